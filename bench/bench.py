@@ -1,0 +1,457 @@
+#!/usr/bin/env python3
+"""End-to-end CPU benchmark: diffusers vs `sdserve generate` on an SD 1.5 shaped model.
+
+    python bench/bench.py                       # build the model if needed, then benchmark
+    python bench/bench.py --sizes 256x256 --steps 1 --runs 1 --skip-sdserve   # quick trial
+    python bench/bench.py build                 # only build the random-weight model
+
+The model has the real SD 1.5 shapes (UNet 860M, CLIP ViT-L/14 text encoder
+123M, SD VAE 84M parameters) but random weights, saved as fp32 safetensors in
+diffusers layout under the cache dir.  Every timed run is a fresh process
+(python for diffusers, the sdserve binary for sdserve) so the time includes
+start-up and model loading, and the peak RSS is that process's own
+(`ru_maxrss` from `os.wait4`).  This parent process never imports torch, so it
+stays small and cannot inflate the children's numbers.
+
+Results go to stdout as markdown; progress goes to stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+DEFAULT_CACHE = HERE / ".cache" / "sd15-random"
+FIXTURE_TOKENIZER = REPO / "fixtures" / "models" / "tiny-sd1" / "tokenizer"
+DEFAULT_PROMPT = "a photograph of an astronaut riding a horse"
+CFG_SCALE = 7.0
+SAMPLER = "Euler a"
+SEED = 1
+BUILD_MARKER = "bench_build.json"
+
+# --- SD 1.5 component configs (shapes only; weights are random) -------------
+
+SD15_UNET = dict(
+    act_fn="silu",
+    attention_head_dim=8,
+    block_out_channels=[320, 640, 1280, 1280],
+    center_input_sample=False,
+    cross_attention_dim=768,
+    down_block_types=["CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"],
+    downsample_padding=1,
+    flip_sin_to_cos=True,
+    freq_shift=0,
+    in_channels=4,
+    layers_per_block=2,
+    mid_block_scale_factor=1,
+    norm_eps=1e-5,
+    norm_num_groups=32,
+    out_channels=4,
+    sample_size=64,
+    up_block_types=["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"],
+)
+
+CLIP_VIT_L14_TEXT = dict(
+    vocab_size=49408,
+    hidden_size=768,
+    intermediate_size=3072,
+    num_hidden_layers=12,
+    num_attention_heads=12,
+    max_position_embeddings=77,
+    hidden_act="quick_gelu",
+    layer_norm_eps=1e-5,
+    projection_dim=768,
+    pad_token_id=1,
+    bos_token_id=0,
+    eos_token_id=2,
+)
+
+SD_VAE = dict(
+    act_fn="silu",
+    block_out_channels=[128, 256, 512, 512],
+    down_block_types=["DownEncoderBlock2D"] * 4,
+    up_block_types=["UpDecoderBlock2D"] * 4,
+    in_channels=3,
+    out_channels=3,
+    latent_channels=4,
+    layers_per_block=2,
+    norm_num_groups=32,
+    sample_size=512,
+    scaling_factor=0.18215,
+)
+
+SD15_SCHEDULER = {
+    "_class_name": "PNDMScheduler",
+    "_diffusers_version": "0.6.0",
+    "beta_end": 0.012,
+    "beta_schedule": "scaled_linear",
+    "beta_start": 0.00085,
+    "num_train_timesteps": 1000,
+    "set_alpha_to_one": False,
+    "skip_prk_steps": True,
+    "steps_offset": 1,
+    "trained_betas": None,
+    "clip_sample": False,
+}
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def write_json(path: Path, obj) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(obj, indent=2) + "\n")
+
+
+# --- build ------------------------------------------------------------------
+
+
+def build(cache: Path, seed: int = 0) -> None:
+    """Create the random-weight SD 1.5 shaped model (runs in its own process)."""
+    import torch
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    if not FIXTURE_TOKENIZER.is_dir():
+        sys.exit(f"missing {FIXTURE_TOKENIZER}: run fixtures/make_fixtures.py first")
+    tmp = cache.with_name(cache.name + ".partial")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    counts = {}
+    t0 = time.perf_counter()
+
+    torch.manual_seed(seed)
+    te = CLIPTextModel(CLIPTextConfig(**CLIP_VIT_L14_TEXT)).eval()
+    counts["text_encoder"] = sum(p.numel() for p in te.parameters())
+    te.save_pretrained(tmp / "text_encoder")
+    del te
+    log(f"text encoder: {counts['text_encoder'] / 1e6:.1f}M params")
+
+    torch.manual_seed(seed + 1)
+    unet = UNet2DConditionModel(**SD15_UNET).eval()
+    counts["unet"] = sum(p.numel() for p in unet.parameters())
+    unet.save_pretrained(tmp / "unet")
+    del unet
+    log(f"unet: {counts['unet'] / 1e6:.1f}M params")
+
+    torch.manual_seed(seed + 2)
+    vae = AutoencoderKL(**SD_VAE).eval()
+    counts["vae"] = sum(p.numel() for p in vae.parameters())
+    vae.save_pretrained(tmp / "vae")
+    del vae
+    log(f"vae: {counts['vae'] / 1e6:.1f}M params")
+
+    shutil.copytree(FIXTURE_TOKENIZER, tmp / "tokenizer")
+    write_json(tmp / "scheduler" / "scheduler_config.json", SD15_SCHEDULER)
+    write_json(
+        tmp / "model_index.json",
+        {
+            "_class_name": "StableDiffusionPipeline",
+            "_diffusers_version": "0.6.0",
+            "feature_extractor": [None, None],
+            "requires_safety_checker": False,
+            "safety_checker": [None, None],
+            "scheduler": ["diffusers", "PNDMScheduler"],
+            "text_encoder": ["transformers", "CLIPTextModel"],
+            "tokenizer": ["transformers", "CLIPTokenizer"],
+            "unet": ["diffusers", "UNet2DConditionModel"],
+            "vae": ["diffusers", "AutoencoderKL"],
+        },
+    )
+    write_json(tmp / BUILD_MARKER, {"param_counts": counts, "seed": seed, "build_s": time.perf_counter() - t0})
+    if cache.exists():
+        shutil.rmtree(cache)
+    tmp.rename(cache)
+    log(f"built {cache} in {time.perf_counter() - t0:.0f}s")
+
+
+def ensure_model(cache: Path, rebuild: bool) -> dict:
+    if rebuild or not (cache / BUILD_MARKER).exists():
+        log(f"building SD 1.5 shaped random model in {cache} (a few GB)...")
+        subprocess.run([sys.executable, __file__, "build", "--cache", str(cache)], check=True)
+    return json.loads((cache / BUILD_MARKER).read_text())
+
+
+# --- one diffusers generation (child process) --------------------------------
+
+
+def diffusers_child(args) -> None:
+    t0 = time.perf_counter()
+    import torch
+    from diffusers import EulerAncestralDiscreteScheduler, StableDiffusionPipeline
+
+    t_import = time.perf_counter()
+    pipe = StableDiffusionPipeline.from_pretrained(
+        args.model, dtype=torch.float32, safety_checker=None, feature_extractor=None, requires_safety_checker=False
+    )
+    pipe.scheduler = EulerAncestralDiscreteScheduler.from_config(pipe.scheduler.config)
+    pipe.set_progress_bar_config(disable=True)
+    t_load = time.perf_counter()
+    image = pipe(
+        prompt=args.prompt,
+        num_inference_steps=args.steps,
+        guidance_scale=CFG_SCALE,
+        width=args.width,
+        height=args.height,
+        generator=torch.Generator("cpu").manual_seed(SEED),
+    ).images[0]
+    image.save(args.output)
+    t_gen = time.perf_counter()
+    print(
+        "BENCH_JSON "
+        + json.dumps(
+            {
+                "import_s": t_import - t0,
+                "load_s": t_load - t_import,
+                "generate_s": t_gen - t_load,
+                "torch_threads": torch.get_num_threads(),
+                "torch": torch.__version__,
+                "diffusers": __import__("diffusers").__version__,
+            }
+        ),
+        flush=True,
+    )
+
+
+# --- timing harness -----------------------------------------------------------
+
+
+def run_timed(cmd: list[str]) -> dict:
+    """Run cmd as a fresh process; wall seconds and that process's peak RSS."""
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        t0 = time.perf_counter()
+        proc = subprocess.Popen(cmd, stdout=out, stderr=err, cwd=REPO)
+        _, status, usage = os.wait4(proc.pid, 0)
+        wall = time.perf_counter() - t0
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        out.seek(0)
+        err.seek(0)
+        stdout = out.read().decode(errors="replace")
+        stderr = err.read().decode(errors="replace")
+    if proc.returncode != 0:
+        log(f"command failed ({proc.returncode}): {' '.join(cmd)}\n{stdout[-2000:]}\n{stderr[-4000:]}")
+        raise SystemExit(1)
+    # Linux reports ru_maxrss in KiB.
+    return {"wall_s": wall, "peak_rss_mib": usage.ru_maxrss / 1024, "stdout": stdout, "stderr": stderr}
+
+
+def diffusers_cmd(model: Path, prompt: str, steps: int, w: int, h: int, output: Path) -> list[str]:
+    return [
+        sys.executable, __file__, "_diffusers",
+        "--model", str(model), "--prompt", prompt, "--steps", str(steps),
+        "--width", str(w), "--height", str(h), "--output", str(output),
+    ]  # fmt: skip
+
+
+def sdserve_cmd(binary: Path, model: Path, prompt: str, steps: int, w: int, h: int, output: Path) -> list[str]:
+    return [
+        str(binary), "generate",
+        "--model", str(model), "--prompt", prompt, "--steps", str(steps),
+        "--cfg-scale", str(CFG_SCALE), "--sampler", SAMPLER,
+        "--width", str(w), "--height", str(h), "--seed", str(SEED), "--output", str(output),
+    ]  # fmt: skip
+
+
+def parse_sizes(text: str) -> list[tuple[int, int]]:
+    sizes = []
+    for part in text.split(","):
+        w, h = part.lower().split("x")
+        sizes.append((int(w), int(h)))
+    return sizes
+
+
+def summarize(runs: list[dict]) -> dict:
+    walls = [r["wall_s"] for r in runs]
+    return {
+        "median_s": statistics.median(walls),
+        "min_s": min(walls),
+        "peak_rss_mib": max(r["peak_rss_mib"] for r in runs),
+    }
+
+
+def diffusers_detail(runs: list[dict]) -> str:
+    parts = []
+    for r in runs:
+        for line in r["stdout"].splitlines():
+            if line.startswith("BENCH_JSON "):
+                parts.append(json.loads(line[len("BENCH_JSON ") :]))
+    if not parts:
+        return ""
+    med = lambda k: statistics.median(p[k] for p in parts)  # noqa: E731
+    return f"import {med('import_s'):.1f}s, load {med('load_s'):.1f}s, generate {med('generate_s'):.1f}s"
+
+
+def sdserve_detail(runs: list[dict]) -> str:
+    for line in reversed(runs[-1]["stderr"].splitlines()):
+        if "timings:" in line:
+            return line[line.index("timings:") + len("timings:") :].strip()
+    return ""
+
+
+def machine_info() -> list[str]:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem = ""
+    try:
+        kb = int(Path("/proc/meminfo").read_text().split()[1])
+        mem = f", {kb / 1024 / 1024:.0f} GiB RAM"
+    except (OSError, ValueError, IndexError):
+        pass
+    return [f"CPU: {cpu}, {os.cpu_count()} logical cores{mem}", f"OS: {platform.platform()}"]
+
+
+def bench(args) -> None:
+    cache = Path(args.cache).resolve()
+    build_info = ensure_model(cache, args.rebuild)
+    binary = Path(args.sdserve)
+    if not binary.is_absolute():
+        binary = (REPO / binary).resolve()
+    do_sdserve = not args.skip_sdserve
+    if do_sdserve and not binary.exists():
+        log(f"sdserve binary {binary} not found: skipping sdserve (build it with cargo build --release)")
+        do_sdserve = False
+    sizes = parse_sizes(args.sizes)
+
+    results = {}
+    details = {}
+    env_info = {}
+    with tempfile.TemporaryDirectory(prefix="sdserve-bench-") as tmp:
+        tmpd = Path(tmp)
+        for w, h in sizes:
+            for tool in ("diffusers", "sdserve"):
+                if tool == "diffusers" and args.skip_diffusers:
+                    continue
+                if tool == "sdserve" and not do_sdserve:
+                    continue
+                runs = []
+                for i in range(args.runs):
+                    out = tmpd / f"{tool}-{w}x{h}-{i}.png"
+                    cmd = (
+                        diffusers_cmd(cache, args.prompt, args.steps, w, h, out)
+                        if tool == "diffusers"
+                        else sdserve_cmd(binary, cache, args.prompt, args.steps, w, h, out)
+                    )
+                    log(f"[{tool} {w}x{h} run {i + 1}/{args.runs}] ...")
+                    r = run_timed(cmd)
+                    if not out.exists():
+                        log(f"{tool} produced no image at {out}")
+                        raise SystemExit(1)
+                    log(f"[{tool} {w}x{h} run {i + 1}/{args.runs}] {r['wall_s']:.1f}s, peak RSS {r['peak_rss_mib']:.0f} MiB")
+                    runs.append(r)
+                results[(w, h, tool)] = summarize(runs)
+                details[(w, h, tool)] = diffusers_detail(runs) if tool == "diffusers" else sdserve_detail(runs)
+                if tool == "diffusers":
+                    for line in runs[0]["stdout"].splitlines():
+                        if line.startswith("BENCH_JSON "):
+                            env_info = json.loads(line[len("BENCH_JSON ") :])
+        sdserve_version = ""
+        if do_sdserve:
+            try:
+                sdserve_version = subprocess.run(
+                    [str(binary), "--version"], capture_output=True, text=True, timeout=30
+                ).stdout.strip()
+            except (OSError, subprocess.SubprocessError):
+                pass
+
+    # --- report (markdown on stdout) ---
+    p = build_info["param_counts"]
+    print("## sdserve vs diffusers, CPU, SD 1.5 shaped random weights (fp32)\n")
+    print(f"- Date: {time.strftime('%Y-%m-%d %H:%M %Z')}")
+    for line in machine_info():
+        print(f"- {line}")
+    if env_info:
+        print(
+            f"- diffusers {env_info['diffusers']}, torch {env_info['torch']}, "
+            f"torch.get_num_threads() = {env_info['torch_threads']} (default, not set)"
+        )
+    if sdserve_version:
+        print(f"- {sdserve_version} ({binary})")
+    print(
+        f"- Model: UNet {p['unet'] / 1e6:.0f}M + text encoder {p['text_encoder'] / 1e6:.0f}M + "
+        f"VAE {p['vae'] / 1e6:.0f}M params, fp32 safetensors, `{cache}`"
+    )
+    print(
+        f"- Job: \"{args.prompt}\", {args.steps} steps, CFG {CFG_SCALE:g}, {SAMPLER}, seed {SEED}, batch 1; "
+        f"{args.runs} run(s) per cell, each a fresh process (start-up + load + generate + PNG write)"
+    )
+    print()
+    print("| size | tool | median s | min s | peak RSS MiB | breakdown (median / last run) |")
+    print("|---|---|---:|---:|---:|---|")
+    for w, h in sizes:
+        for tool in ("diffusers", "sdserve"):
+            r = results.get((w, h, tool))
+            if r:
+                print(
+                    f"| {w}x{h} | {tool} | {r['median_s']:.1f} | {r['min_s']:.1f} | "
+                    f"{r['peak_rss_mib']:.0f} | {details[(w, h, tool)]} |"
+                )
+    if any((w, h, "sdserve") in results and (w, h, "diffusers") in results for w, h in sizes):
+        print()
+        print("| size | time sdserve/diffusers | peak RSS sdserve/diffusers |")
+        print("|---|---:|---:|")
+        for w, h in sizes:
+            s, d = results.get((w, h, "sdserve")), results.get((w, h, "diffusers"))
+            if s and d:
+                print(
+                    f"| {w}x{h} | {s['median_s'] / d['median_s']:.2f} | "
+                    f"{s['peak_rss_mib'] / d['peak_rss_mib']:.2f} |"
+                )
+    print()
+    print("Ratios below 1 mean sdserve is faster / uses less memory.")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--cache", default=str(DEFAULT_CACHE), help="model folder (default: %(default)s)")
+    sub = ap.add_subparsers(dest="cmd")
+
+    b = sub.add_parser("build", help="only build the random-weight SD 1.5 shaped model")
+    b.add_argument("--cache", default=argparse.SUPPRESS)
+
+    d = sub.add_parser("_diffusers", help=argparse.SUPPRESS)
+    d.add_argument("--model", required=True)
+    d.add_argument("--prompt", required=True)
+    d.add_argument("--steps", type=int, required=True)
+    d.add_argument("--width", type=int, required=True)
+    d.add_argument("--height", type=int, required=True)
+    d.add_argument("--output", required=True)
+
+    ap.add_argument("--sdserve", default="target/release/sdserve", help="sdserve binary (default: %(default)s)")
+    ap.add_argument("--sizes", default="256x256,512x512", help="WxH list (default: %(default)s)")
+    ap.add_argument("--steps", type=int, default=4, help="denoising steps (default: %(default)s)")
+    ap.add_argument("--runs", type=int, default=2, help="runs per tool and size (default: %(default)s)")
+    ap.add_argument("--prompt", default=DEFAULT_PROMPT)
+    ap.add_argument("--rebuild", action="store_true", help="rebuild the model even if cached")
+    ap.add_argument("--skip-diffusers", action="store_true")
+    ap.add_argument("--skip-sdserve", action="store_true")
+    args = ap.parse_args()
+
+    if args.cmd == "build":
+        build(Path(args.cache).resolve())
+    elif args.cmd == "_diffusers":
+        diffusers_child(args)
+    else:
+        bench(args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,249 @@
+//! The model's own configuration files (diffusers `config.json`,
+//! `scheduler_config.json`, transformers' CLIP `config.json`) as serde structs.
+//!
+//! Field names and defaults follow diffusers' `UNet2DConditionModel`,
+//! `AutoencoderKL` and schedulers, and transformers' `CLIPTextConfig`, so a
+//! key missing from a file means what it means to diffusers.
+
+use std::path::Path;
+
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+
+use crate::error::{EngineError, Result};
+
+/// Reads and parses one JSON config file, naming the file in any error.
+pub fn read_json<T: DeserializeOwned>(path: &Path) -> Result<T> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| EngineError::invalid_model(path, format!("cannot read config: {e}")))?;
+    serde_json::from_str(&text)
+        .map_err(|e| EngineError::invalid_model(path, format!("malformed config: {e}")))
+}
+
+/// A config value that diffusers accepts either once for all blocks or per block.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(untagged)]
+pub enum PerBlock<T> {
+    One(T),
+    Each(Vec<T>),
+}
+
+impl<T: Copy> PerBlock<T> {
+    /// The value for each of `n` blocks; `None` when a list has the wrong length.
+    pub fn expand(&self, n: usize) -> Option<Vec<T>> {
+        match self {
+            PerBlock::One(v) => Some(vec![*v; n]),
+            PerBlock::Each(v) if v.len() == n => Some(v.clone()),
+            PerBlock::Each(_) => None,
+        }
+    }
+}
+
+fn default_4() -> usize {
+    4
+}
+fn default_true() -> bool {
+    true
+}
+fn default_groups() -> usize {
+    32
+}
+fn default_norm_eps() -> f64 {
+    1e-5
+}
+fn default_one_f64() -> f64 {
+    1.0
+}
+fn default_one_usize() -> usize {
+    1
+}
+fn default_silu() -> String {
+    "silu".into()
+}
+
+/// `unet/config.json` of a `UNet2DConditionModel`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct UNetConfig {
+    #[serde(default = "default_4")]
+    pub in_channels: usize,
+    #[serde(default = "default_4")]
+    pub out_channels: usize,
+    pub sample_size: Option<PerBlock<usize>>,
+    pub block_out_channels: Vec<usize>,
+    pub down_block_types: Vec<String>,
+    pub up_block_types: Vec<String>,
+    pub mid_block_type: Option<String>,
+    #[serde(default = "default_2_per_block")]
+    pub layers_per_block: PerBlock<usize>,
+    pub attention_head_dim: Option<PerBlock<usize>>,
+    pub num_attention_heads: Option<PerBlock<usize>>,
+    pub cross_attention_dim: PerBlock<usize>,
+    #[serde(default = "default_one_per_block")]
+    pub transformer_layers_per_block: PerBlock<usize>,
+    #[serde(default)]
+    pub use_linear_projection: bool,
+    #[serde(default = "default_groups")]
+    pub norm_num_groups: usize,
+    #[serde(default = "default_norm_eps")]
+    pub norm_eps: f64,
+    #[serde(default = "default_true")]
+    pub flip_sin_to_cos: bool,
+    #[serde(default)]
+    pub freq_shift: f64,
+    #[serde(default = "default_one_usize")]
+    pub downsample_padding: usize,
+    #[serde(default = "default_one_f64")]
+    pub mid_block_scale_factor: f64,
+    #[serde(default)]
+    pub center_input_sample: bool,
+    #[serde(default = "default_silu")]
+    pub act_fn: String,
+    pub addition_embed_type: Option<String>,
+    pub class_embed_type: Option<String>,
+    pub time_cond_proj_dim: Option<usize>,
+    pub encoder_hid_dim: Option<usize>,
+    #[serde(default)]
+    pub only_cross_attention: PerBlockBool,
+    #[serde(default)]
+    pub dual_cross_attention: bool,
+    pub resnet_time_scale_shift: Option<String>,
+    pub time_embedding_type: Option<String>,
+}
+
+fn default_2_per_block() -> PerBlock<usize> {
+    PerBlock::One(2)
+}
+fn default_one_per_block() -> PerBlock<usize> {
+    PerBlock::One(1)
+}
+
+/// `only_cross_attention`: a bool or a per-block list of bools.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(untagged)]
+pub enum PerBlockBool {
+    One(bool),
+    Each(Vec<bool>),
+}
+
+impl Default for PerBlockBool {
+    fn default() -> Self {
+        PerBlockBool::One(false)
+    }
+}
+
+impl PerBlockBool {
+    /// True when any block uses the feature.
+    pub fn any(&self) -> bool {
+        match self {
+            PerBlockBool::One(b) => *b,
+            PerBlockBool::Each(v) => v.iter().any(|b| *b),
+        }
+    }
+}
+
+/// `vae/config.json` of an `AutoencoderKL`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct VaeConfig {
+    #[serde(default = "default_3")]
+    pub in_channels: usize,
+    #[serde(default = "default_3")]
+    pub out_channels: usize,
+    pub block_out_channels: Vec<usize>,
+    #[serde(default = "default_one_usize")]
+    pub layers_per_block: usize,
+    #[serde(default = "default_4")]
+    pub latent_channels: usize,
+    #[serde(default = "default_groups")]
+    pub norm_num_groups: usize,
+    #[serde(default = "default_scaling_factor")]
+    pub scaling_factor: f64,
+    pub shift_factor: Option<f64>,
+    #[serde(default = "default_true")]
+    pub use_quant_conv: bool,
+    #[serde(default = "default_true")]
+    pub use_post_quant_conv: bool,
+    #[serde(default = "default_true")]
+    pub mid_block_add_attention: bool,
+    #[serde(default = "default_silu")]
+    pub act_fn: String,
+}
+
+fn default_3() -> usize {
+    3
+}
+fn default_scaling_factor() -> f64 {
+    0.18215
+}
+
+/// `text_encoder/config.json` of a transformers `CLIPTextModel`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct TextEncoderConfig {
+    pub vocab_size: usize,
+    pub hidden_size: usize,
+    pub intermediate_size: usize,
+    pub num_hidden_layers: usize,
+    pub num_attention_heads: usize,
+    pub max_position_embeddings: usize,
+    #[serde(default = "default_quick_gelu")]
+    pub hidden_act: String,
+    #[serde(default = "default_norm_eps")]
+    pub layer_norm_eps: f64,
+}
+
+fn default_quick_gelu() -> String {
+    "quick_gelu".into()
+}
+
+/// `scheduler/scheduler_config.json`. Every field is optional: an absent key
+/// takes the default of the scheduler class that reads it, as `from_config` does.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct SchedulerConfig {
+    pub num_train_timesteps: Option<usize>,
+    pub beta_start: Option<f64>,
+    pub beta_end: Option<f64>,
+    pub beta_schedule: Option<String>,
+    pub trained_betas: Option<Vec<f64>>,
+    pub prediction_type: Option<String>,
+    pub timestep_spacing: Option<String>,
+    pub steps_offset: Option<usize>,
+    pub set_alpha_to_one: Option<bool>,
+    pub clip_sample: Option<bool>,
+    pub clip_sample_range: Option<f64>,
+    pub rescale_betas_zero_snr: Option<bool>,
+    pub thresholding: Option<bool>,
+    pub interpolation_type: Option<String>,
+    pub timestep_type: Option<String>,
+    pub final_sigmas_type: Option<String>,
+}
+
+/// `model_index.json`: which classes make up the pipeline.
+#[derive(Debug, Clone, Deserialize)]
+pub struct ModelIndex {
+    #[serde(rename = "_class_name")]
+    pub class_name: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn per_block_values_expand() {
+        let one: PerBlock<usize> = serde_json::from_str("8").unwrap();
+        assert_eq!(one.expand(3), Some(vec![8, 8, 8]));
+        let each: PerBlock<usize> = serde_json::from_str("[5, 10]").unwrap();
+        assert_eq!(each.expand(2), Some(vec![5, 10]));
+        assert_eq!(each.expand(3), None);
+    }
+
+    #[test]
+    fn scheduler_config_leaves_absent_keys_unset() {
+        let c: SchedulerConfig = serde_json::from_str(
+            r#"{"_class_name": "PNDMScheduler", "steps_offset": 1, "skip_prk_steps": true}"#,
+        )
+        .unwrap();
+        assert_eq!(c.steps_offset, Some(1));
+        assert_eq!(c.timestep_spacing, None);
+        assert_eq!(c.prediction_type, None);
+    }
+}

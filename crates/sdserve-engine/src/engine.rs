@@ -1,0 +1,199 @@
+//! The public facade: load a model once, then generate from many requests.
+
+use std::path::PathBuf;
+
+use crate::error::Result;
+use crate::request::{GenerateRequest, GeneratedImage, Observer, Timings};
+
+/// Where a model comes from: a local diffusers folder or a Hugging Face repo id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ModelSource {
+    /// A diffusers-format folder on disk.
+    Dir(PathBuf),
+    /// `org/name` on the Hugging Face hub, fetched into the standard HF cache.
+    Hub { repo: String },
+}
+
+impl ModelSource {
+    /// An existing path is a folder; otherwise `org/name` is a hub repo id.
+    pub fn parse(spec: &str) -> Self {
+        let path = PathBuf::from(spec);
+        if path.exists()
+            || spec.starts_with('.')
+            || spec.starts_with('/')
+            || spec.matches('/').count() != 1
+        {
+            ModelSource::Dir(path)
+        } else {
+            ModelSource::Hub {
+                repo: spec.to_string(),
+            }
+        }
+    }
+}
+
+/// What a loaded model is and which defaults suit it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModelInfo {
+    /// Folder or repo name, shown in listings and infotexts.
+    pub name: String,
+    /// Native image size (UNet sample size times the VAE scale factor).
+    pub native_width: usize,
+    pub native_height: usize,
+    /// Defaults that suit the model (a Turbo model: few steps, guidance off).
+    pub default_steps: usize,
+    pub default_cfg_scale: f64,
+    /// Pixels per latent cell (2^(VAE blocks - 1)); sizes must be multiples of it.
+    pub vae_scale_factor: usize,
+}
+
+/// The images and stage timings of one job.
+#[derive(Debug, Clone)]
+pub struct GenerationOutput {
+    pub images: Vec<GeneratedImage>,
+    pub timings: Timings,
+}
+
+use candle_core::Device;
+
+use crate::error::EngineError;
+use crate::model::StableDiffusion;
+use crate::pipeline;
+
+/// Defaults for a regular (non-Turbo) model, as A1111 uses.
+const DEFAULT_STEPS: usize = 20;
+const DEFAULT_CFG: f64 = 7.0;
+
+/// A loaded model, ready to generate. Blocking: run it on its own thread.
+pub struct Engine {
+    model: StableDiffusion,
+    info: ModelInfo,
+}
+
+impl Engine {
+    /// Loads a model on the CPU (or the first CUDA GPU when built with `cuda`
+    /// and one is present).
+    pub fn load(source: &ModelSource) -> Result<Self> {
+        let dir = match source {
+            ModelSource::Dir(dir) => dir.clone(),
+            ModelSource::Hub { repo } => crate::hub::resolve(repo)?,
+        };
+        let device = default_device();
+        let model = StableDiffusion::load(&dir, &device)?;
+        let name = match source {
+            ModelSource::Dir(dir) => dir
+                .canonicalize()
+                .unwrap_or_else(|_| dir.clone())
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_else(|| "model".into()),
+            ModelSource::Hub { repo } => repo.clone(),
+        };
+        let turbo = name.to_ascii_lowercase().contains("turbo");
+        let info = ModelInfo {
+            native_width: model.sample_size.1 * model.vae_scale_factor,
+            native_height: model.sample_size.0 * model.vae_scale_factor,
+            default_steps: if turbo { 1 } else { DEFAULT_STEPS },
+            default_cfg_scale: if turbo { 0.0 } else { DEFAULT_CFG },
+            vae_scale_factor: model.vae_scale_factor,
+            name,
+        };
+        Ok(Self { model, info })
+    }
+
+    /// What the model is and which defaults suit it.
+    pub fn info(&self) -> &ModelInfo {
+        &self.info
+    }
+
+    /// Checks a request against the model before it is queued or run.
+    pub fn validate(&self, req: &GenerateRequest) -> Result<()> {
+        let invalid = |m: String| Err(EngineError::InvalidRequest(m));
+        let f = self.info.vae_scale_factor;
+        for (field, value) in [("width", req.width), ("height", req.height)] {
+            if value == 0 || value % f != 0 {
+                return invalid(format!(
+                    "{field} must be a positive multiple of {f}, got {value}"
+                ));
+            }
+        }
+        // diffusers refuses more inference steps than training timesteps.
+        let train_steps = self.model.num_train_timesteps();
+        if req.steps == 0 || req.steps > train_steps {
+            return invalid(format!(
+                "steps must be between 1 and {train_steps}, got {}",
+                req.steps
+            ));
+        }
+        if req.batch_size == 0 {
+            return invalid("batch_size must be at least 1".into());
+        }
+        if !req.cfg_scale.is_finite() {
+            return invalid(format!(
+                "cfg_scale must be a finite number, got {}",
+                req.cfg_scale
+            ));
+        }
+        Ok(())
+    }
+
+    /// Generates the images of one request.
+    pub fn generate(
+        &self,
+        req: &GenerateRequest,
+        observer: &mut dyn Observer,
+    ) -> Result<GenerationOutput> {
+        self.generate_batch(std::slice::from_ref(req), observer)?
+            .pop()
+            .unwrap_or(Err(EngineError::Cancelled))
+    }
+
+    /// Runs compatible jobs as one UNet batch; each job's result is independent
+    /// (a cancelled job yields `Err(Cancelled)` in its slot). The outer error is
+    /// a failure of the whole batch.
+    pub fn generate_batch(
+        &self,
+        jobs: &[GenerateRequest],
+        observer: &mut dyn Observer,
+    ) -> Result<Vec<Result<GenerationOutput>>> {
+        for job in jobs {
+            self.validate(job)?;
+            if !batch_compatible(job, &jobs[0]) {
+                return Err(EngineError::InvalidRequest(
+                    "jobs in one batch must share size, steps, sampler and guidance".into(),
+                ));
+            }
+        }
+        let seeded: Vec<(GenerateRequest, u64)> = jobs
+            .iter()
+            .map(|j| (j.clone(), j.seed.unwrap_or_else(random_seed)))
+            .collect();
+        let results = pipeline::generate_batch(&self.model, &self.info.name, &seeded, observer)?;
+        Ok(results
+            .into_iter()
+            .map(|r| r.map(|(images, timings)| GenerationOutput { images, timings }))
+            .collect())
+    }
+}
+
+/// Jobs that may share one batch: same size, steps, sampler, guidance on/off.
+pub fn batch_compatible(a: &GenerateRequest, b: &GenerateRequest) -> bool {
+    a.width == b.width
+        && a.height == b.height
+        && a.steps == b.steps
+        && a.sampler == b.sampler
+        && pipeline::uses_guidance(a) == pipeline::uses_guidance(b)
+}
+
+/// A random seed in the range torch's generator distinguishes (32 bits).
+pub fn random_seed() -> u64 {
+    rand::random::<u32>() as u64
+}
+
+fn default_device() -> Device {
+    #[cfg(feature = "cuda")]
+    if let Ok(d) = Device::new_cuda(0) {
+        return d;
+    }
+    Device::Cpu
+}

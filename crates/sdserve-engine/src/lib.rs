@@ -1,0 +1,24 @@
+//! sdserve-engine: Stable Diffusion text-to-image on candle.
+//!
+//! The engine turns a [`GenerateRequest`] into pixels that match Hugging Face
+//! diffusers for the same model, settings and seed. It owns the weights, the
+//! tokenizer, the samplers and the seeded noise; it knows nothing of HTTP or async.
+
+pub mod config;
+mod engine;
+pub mod error;
+pub mod hub;
+pub mod loader;
+mod model;
+mod pipeline;
+pub mod png;
+pub mod request;
+pub mod rng;
+pub mod samplers;
+mod text_encoder;
+pub mod tokenizer;
+
+pub use engine::{batch_compatible, random_seed, Engine, GenerationOutput, ModelInfo, ModelSource};
+pub use error::{EngineError, Result};
+pub use request::{GenerateRequest, GeneratedImage, NoopObserver, Observer, Progress, Timings};
+pub use samplers::SamplerId;

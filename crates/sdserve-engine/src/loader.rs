@@ -1,0 +1,321 @@
+//! Finding and checking weight files. Safetensors only: pickle checkpoints
+//! (`.ckpt`, `.pt`, `.pth`, `.bin`) are refused because unpickling runs code.
+//!
+//! Every safetensors header is validated here before candle memory-maps the
+//! file, so a truncated or malformed file gives an error naming the file and
+//! the tensor instead of a panic deep inside a layer constructor.
+
+use std::collections::HashMap;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Device};
+use candle_nn::VarBuilder;
+use serde::Deserialize;
+
+use crate::error::{EngineError, Result};
+
+/// File extensions of pickle-based checkpoints, which can run code on load.
+const PICKLE_EXTENSIONS: [&str; 4] = ["ckpt", "pt", "pth", "bin"];
+
+/// Largest safetensors header accepted (the format's own limit is 100 MB).
+const MAX_HEADER_BYTES: u64 = 100_000_000;
+
+/// Refuses `path` when it is a pickle checkpoint, explaining what to use instead.
+pub fn refuse_pickle(path: &Path) -> Result<()> {
+    let ext = path
+        .extension()
+        .and_then(|e| e.to_str())
+        .map(str::to_ascii_lowercase)
+        .unwrap_or_default();
+    if PICKLE_EXTENSIONS.contains(&ext.as_str()) {
+        return Err(EngineError::UnsafeFormat {
+            path: path.to_path_buf(),
+            reason: format!(
+                ".{ext} files are Python pickles, which can run arbitrary code when loaded; \
+                 sdserve loads only .safetensors. Convert the checkpoint to safetensors \
+                 (e.g. with diffusers' save_pretrained(..., safe_serialization=True)) or \
+                 download the safetensors version of the model"
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// The weight files of one pipeline component (`unet/`, `vae/`, `text_encoder/`).
+///
+/// Prefers `<stem>.safetensors` as diffusers does by default, then the
+/// `<stem>.fp16.safetensors` variant, then shards listed in an index file.
+pub fn component_weights(dir: &Path, stems: &[&str]) -> Result<Vec<PathBuf>> {
+    for stem in stems {
+        for name in [
+            format!("{stem}.safetensors"),
+            format!("{stem}.fp16.safetensors"),
+        ] {
+            let path = dir.join(&name);
+            if path.is_file() {
+                return Ok(vec![path]);
+            }
+        }
+        for name in [
+            format!("{stem}.safetensors.index.json"),
+            format!("{stem}.safetensors.index.fp16.json"),
+            format!("{stem}.fp16.safetensors.index.json"),
+        ] {
+            let index = dir.join(&name);
+            if index.is_file() {
+                return shards_from_index(&index);
+            }
+        }
+    }
+    let entries: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map_err(|e| EngineError::invalid_model(dir, format!("cannot list folder: {e}")))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .collect();
+    if let Some(pickle) = entries.iter().find(|p| refuse_pickle(p).is_err()) {
+        refuse_pickle(pickle)?;
+    }
+    Err(EngineError::invalid_model(
+        dir,
+        format!(
+            "no weights found: expected {}.safetensors",
+            stems.join(".safetensors or ")
+        ),
+    ))
+}
+
+#[derive(Deserialize)]
+struct ShardIndex {
+    weight_map: HashMap<String, String>,
+}
+
+fn shards_from_index(index: &Path) -> Result<Vec<PathBuf>> {
+    let parsed: ShardIndex = crate::config::read_json(index)?;
+    let dir = index.parent().unwrap_or(Path::new("."));
+    let mut files: Vec<PathBuf> = parsed.weight_map.values().map(|f| dir.join(f)).collect();
+    files.sort();
+    files.dedup();
+    for f in &files {
+        refuse_pickle(f)?;
+        if f.file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| n.contains('/') || n.contains(".."))
+        {
+            return Err(EngineError::invalid_model(
+                index,
+                "shard name escapes the folder",
+            ));
+        }
+    }
+    Ok(files)
+}
+
+#[derive(Deserialize)]
+struct TensorInfo {
+    dtype: String,
+    shape: Vec<usize>,
+    data_offsets: (u64, u64),
+}
+
+/// Names of the tensors in a checked safetensors file.
+pub type TensorNames = Vec<String>;
+
+/// Checks the header of a safetensors file against its size; returns tensor names.
+pub fn validate_safetensors(path: &Path) -> Result<TensorNames> {
+    refuse_pickle(path)?;
+    let bad = |msg: String| EngineError::invalid_model(path, msg);
+    let mut file = std::fs::File::open(path).map_err(|e| bad(format!("cannot open: {e}")))?;
+    let file_len = file
+        .metadata()
+        .map_err(|e| bad(format!("cannot stat: {e}")))?
+        .len();
+    let mut len_bytes = [0u8; 8];
+    file.read_exact(&mut len_bytes).map_err(|_| {
+        bad(format!(
+            "truncated: {file_len} bytes is too short for a safetensors header"
+        ))
+    })?;
+    let header_len = u64::from_le_bytes(len_bytes);
+    if header_len > MAX_HEADER_BYTES || header_len > file_len - 8 {
+        return Err(bad(format!(
+            "header length {header_len} is larger than the file ({file_len} bytes): truncated or not a safetensors file"
+        )));
+    }
+    let mut header = vec![0u8; header_len as usize];
+    file.read_exact(&mut header)
+        .map_err(|e| bad(format!("cannot read header: {e}")))?;
+    let mut entries: HashMap<String, serde_json::Value> = serde_json::from_slice(&header)
+        .map_err(|e| bad(format!("header is not valid JSON: {e}")))?;
+    entries.remove("__metadata__");
+    let data_len = file_len - 8 - header_len;
+    let mut names = Vec::with_capacity(entries.len());
+    for (name, value) in entries {
+        let info: TensorInfo = serde_json::from_value(value)
+            .map_err(|e| bad(format!("tensor {name}: malformed entry: {e}")))?;
+        let elem_size = dtype_size(&info.dtype)
+            .ok_or_else(|| bad(format!("tensor {name}: unknown dtype {:?}", info.dtype)))?;
+        let float = matches!(info.dtype.as_str(), "F16" | "BF16" | "F32" | "F64");
+        if !float && !name.ends_with("position_ids") {
+            return Err(bad(format!(
+                "tensor {name}: dtype {} where floating-point weights (F16, BF16, F32) are expected",
+                info.dtype
+            )));
+        }
+        let (begin, end) = info.data_offsets;
+        if begin > end || end > data_len {
+            return Err(bad(format!(
+                "tensor {name}: data offsets {begin}..{end} are outside the {data_len} data bytes (file truncated?)"
+            )));
+        }
+        let elems = info
+            .shape
+            .iter()
+            .try_fold(1u64, |acc, d| acc.checked_mul(*d as u64));
+        if elems.and_then(|n| n.checked_mul(elem_size)) != Some(end - begin) {
+            return Err(bad(format!(
+                "tensor {name}: shape {:?} of {} does not match its {} data bytes",
+                info.shape,
+                info.dtype,
+                end - begin
+            )));
+        }
+        names.push(name);
+    }
+    Ok(names)
+}
+
+fn dtype_size(dtype: &str) -> Option<u64> {
+    Some(match dtype {
+        "BOOL" | "U8" | "I8" | "F8_E4M3" | "F8_E5M2" => 1,
+        "F16" | "BF16" | "I16" | "U16" => 2,
+        "F32" | "I32" | "U32" => 4,
+        "F64" | "I64" | "U64" => 8,
+        _ => return None,
+    })
+}
+
+/// Validates and memory-maps weight files as a float32 (or `dtype`) VarBuilder.
+pub fn var_builder(
+    files: &[PathBuf],
+    dtype: DType,
+    device: &Device,
+) -> Result<(VarBuilder<'static>, TensorNames)> {
+    let mut names = Vec::new();
+    for f in files {
+        names.extend(validate_safetensors(f)?);
+    }
+    // SAFETY: the files are memory-mapped read-only; sdserve never writes model
+    // files, and the headers were validated above.
+    let vb = unsafe { VarBuilder::from_mmaped_safetensors(files, dtype, device) }.map_err(|e| {
+        EngineError::invalid_model(
+            files.first().cloned().unwrap_or_default(),
+            crate::error::describe_candle(&e),
+        )
+    })?;
+    Ok((vb, names))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(dir: &Path, name: &str, bytes: &[u8]) -> PathBuf {
+        let p = dir.join(name);
+        std::fs::write(&p, bytes).unwrap();
+        p
+    }
+
+    fn header_file(header: &str, data: usize) -> Vec<u8> {
+        let mut v = (header.len() as u64).to_le_bytes().to_vec();
+        v.extend_from_slice(header.as_bytes());
+        v.extend(std::iter::repeat_n(0u8, data));
+        v
+    }
+
+    #[test]
+    fn pickles_are_refused_with_the_reason() {
+        for ext in ["ckpt", "pt", "pth", "bin", "CKPT"] {
+            let err = refuse_pickle(Path::new(&format!("model.{ext}"))).unwrap_err();
+            let msg = err.to_string();
+            assert!(
+                msg.contains("pickle") && msg.contains("safetensors"),
+                "{msg}"
+            );
+        }
+        assert!(refuse_pickle(Path::new("model.safetensors")).is_ok());
+    }
+
+    #[test]
+    fn malformed_files_name_file_and_tensor() {
+        let dir = tempdir();
+        let good = r#"{"w":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}}"#;
+        let ok = write(&dir, "ok.safetensors", &header_file(good, 8));
+        assert_eq!(validate_safetensors(&ok).unwrap(), vec!["w".to_string()]);
+
+        let truncated = write(&dir, "trunc.safetensors", &header_file(good, 4));
+        let msg = validate_safetensors(&truncated).unwrap_err().to_string();
+        assert!(
+            msg.contains("trunc.safetensors") && msg.contains("tensor w"),
+            "{msg}"
+        );
+
+        let mut huge = header_file(good, 8);
+        huge[..8].copy_from_slice(&(1u64 << 40).to_le_bytes());
+        let huge = write(&dir, "huge.safetensors", &huge);
+        assert!(validate_safetensors(&huge)
+            .unwrap_err()
+            .to_string()
+            .contains("larger than the file"));
+
+        let shape = r#"{"w":{"dtype":"F32","shape":[3],"data_offsets":[0,8]}}"#;
+        let shape = write(&dir, "shape.safetensors", &header_file(shape, 8));
+        assert!(validate_safetensors(&shape)
+            .unwrap_err()
+            .to_string()
+            .contains("shape [3]"));
+
+        let dtype = r#"{"w":{"dtype":"Q4","shape":[2],"data_offsets":[0,8]}}"#;
+        let dtype = write(&dir, "dtype.safetensors", &header_file(dtype, 8));
+        assert!(validate_safetensors(&dtype)
+            .unwrap_err()
+            .to_string()
+            .contains("unknown dtype"));
+
+        let int = r#"{"w":{"dtype":"I32","shape":[2],"data_offsets":[0,8]}}"#;
+        let int = write(&dir, "int.safetensors", &header_file(int, 8));
+        assert!(validate_safetensors(&int)
+            .unwrap_err()
+            .to_string()
+            .contains("tensor w: dtype I32"));
+
+        let tiny = write(&dir, "tiny.safetensors", b"abc");
+        assert!(validate_safetensors(&tiny)
+            .unwrap_err()
+            .to_string()
+            .contains("too short"));
+
+        let json = write(&dir, "json.safetensors", &header_file("{not json", 0));
+        assert!(validate_safetensors(&json)
+            .unwrap_err()
+            .to_string()
+            .contains("not valid JSON"));
+    }
+
+    #[test]
+    fn folder_with_only_pickles_is_refused() {
+        let dir = tempdir();
+        write(&dir, "diffusion_pytorch_model.bin", b"pickle");
+        let err = component_weights(&dir, &["diffusion_pytorch_model"]).unwrap_err();
+        assert!(matches!(err, EngineError::UnsafeFormat { .. }), "{err}");
+    }
+
+    fn tempdir() -> PathBuf {
+        let p = std::env::temp_dir().join(format!(
+            "sdserve-loader-{}-{}",
+            std::process::id(),
+            rand::random::<u64>()
+        ));
+        std::fs::create_dir_all(&p).unwrap();
+        p
+    }
+}

@@ -1,0 +1,311 @@
+//! Loading a diffusers-format Stable Diffusion folder: every architecture
+//! number comes from the folder's own configs, mapped onto candle-transformers'
+//! UNet and VAE, and refused with a clear error where they go beyond what
+//! those modules implement.
+
+use std::path::Path;
+
+use candle_core::{DType, Device};
+use candle_transformers::models::stable_diffusion::unet_2d::{
+    BlockConfig, UNet2DConditionModel, UNet2DConditionModelConfig,
+};
+use candle_transformers::models::stable_diffusion::vae::{AutoEncoderKL, AutoEncoderKLConfig};
+
+use crate::config::{
+    read_json, PerBlock, SchedulerConfig, TextEncoderConfig, UNetConfig, VaeConfig,
+};
+use crate::error::{EngineError, Result};
+use crate::loader::{component_weights, var_builder};
+use crate::text_encoder::TextEncoder;
+use crate::tokenizer::ClipTokenizer;
+
+/// All parts of a loaded Stable Diffusion 1.x/2.x pipeline.
+pub struct StableDiffusion {
+    pub tokenizer: ClipTokenizer,
+    pub text_encoder: TextEncoder,
+    pub unet: UNet2DConditionModel,
+    pub vae: AutoEncoderKL,
+    pub scheduler: SchedulerConfig,
+    pub vae_scaling_factor: f64,
+    pub vae_shift_factor: f64,
+    pub vae_scale_factor: usize,
+    pub latent_channels: usize,
+    /// Native latent size (height, width) from the UNet's `sample_size`.
+    pub sample_size: (usize, usize),
+    pub device: Device,
+}
+
+impl StableDiffusion {
+    /// Training timesteps of the noise schedule (an upper bound for steps).
+    pub fn num_train_timesteps(&self) -> usize {
+        self.scheduler.num_train_timesteps.unwrap_or(1000)
+    }
+
+    /// Loads every component of the diffusers folder `dir`.
+    pub fn load(dir: &Path, device: &Device) -> Result<Self> {
+        if !dir.is_dir() {
+            crate::loader::refuse_pickle(dir)?;
+            return Err(EngineError::invalid_model(
+                dir,
+                "not a diffusers model folder (expected model_index.json, unet/, vae/, text_encoder/, tokenizer/, scheduler/); single-file checkpoints are not supported yet",
+            ));
+        }
+        let dtype = DType::F32;
+        let tokenizer = ClipTokenizer::from_dir(&dir.join("tokenizer"))?;
+        let scheduler: SchedulerConfig = read_json(&dir.join("scheduler/scheduler_config.json"))?;
+
+        let te_dir = dir.join("text_encoder");
+        let te_cfg: TextEncoderConfig = read_json(&te_dir.join("config.json"))?;
+        let te_files = component_weights(&te_dir, &["model"])?;
+        let (vb, names) = var_builder(&te_files, dtype, device)?;
+        let has_prefix = names.iter().any(|n| n.starts_with("text_model."));
+        let text_encoder = TextEncoder::new(vb, has_prefix, &te_cfg).map_err(|e| {
+            EngineError::invalid_model(&te_files[0], crate::error::describe_candle(&e))
+        })?;
+
+        if tokenizer.max_length() > text_encoder.max_positions() {
+            return Err(EngineError::invalid_model(
+                te_dir.join("config.json"),
+                format!(
+                    "max_position_embeddings {} is shorter than the tokenizer's model_max_length {}",
+                    text_encoder.max_positions(),
+                    tokenizer.max_length()
+                ),
+            ));
+        }
+
+        let unet_dir = dir.join("unet");
+        let unet_cfg: UNetConfig = read_json(&unet_dir.join("config.json"))?;
+        let candle_unet_cfg = unet_config(&unet_cfg, &unet_dir.join("config.json"))?;
+        if te_cfg.hidden_size != candle_unet_cfg.cross_attention_dim {
+            return Err(EngineError::invalid_model(
+                unet_dir.join("config.json"),
+                format!(
+                    "cross_attention_dim {} does not match the text encoder's hidden_size {}",
+                    candle_unet_cfg.cross_attention_dim, te_cfg.hidden_size
+                ),
+            ));
+        }
+        let unet_files = component_weights(&unet_dir, &["diffusion_pytorch_model"])?;
+        let (vb, _) = var_builder(&unet_files, dtype, device)?;
+        let unet = UNet2DConditionModel::new(
+            vb,
+            unet_cfg.in_channels,
+            unet_cfg.out_channels,
+            false,
+            candle_unet_cfg,
+        )
+        .map_err(|e| {
+            EngineError::invalid_model(&unet_files[0], crate::error::describe_candle(&e))
+        })?;
+
+        let vae_dir = dir.join("vae");
+        let vae_cfg: VaeConfig = read_json(&vae_dir.join("config.json"))?;
+        check_vae(&vae_cfg, &vae_dir.join("config.json"))?;
+        if vae_cfg.latent_channels != unet_cfg.in_channels {
+            return Err(EngineError::invalid_model(
+                vae_dir.join("config.json"),
+                format!(
+                    "latent_channels {} does not match the UNet's in_channels {}",
+                    vae_cfg.latent_channels, unet_cfg.in_channels
+                ),
+            ));
+        }
+        let vae_files = component_weights(&vae_dir, &["diffusion_pytorch_model"])?;
+        let (vb, _) = var_builder(&vae_files, dtype, device)?;
+        let vae = AutoEncoderKL::new(
+            vb,
+            vae_cfg.in_channels,
+            vae_cfg.out_channels,
+            AutoEncoderKLConfig {
+                block_out_channels: vae_cfg.block_out_channels.clone(),
+                layers_per_block: vae_cfg.layers_per_block,
+                latent_channels: vae_cfg.latent_channels,
+                norm_num_groups: vae_cfg.norm_num_groups,
+                use_quant_conv: vae_cfg.use_quant_conv,
+                use_post_quant_conv: vae_cfg.use_post_quant_conv,
+            },
+        )
+        .map_err(|e| {
+            EngineError::invalid_model(&vae_files[0], crate::error::describe_candle(&e))
+        })?;
+
+        let vae_scale_factor = 1usize << (vae_cfg.block_out_channels.len().saturating_sub(1));
+        let sample_size = match &unet_cfg.sample_size {
+            Some(PerBlock::One(s)) => (*s, *s),
+            Some(PerBlock::Each(v)) if v.len() == 2 => (v[0], v[1]),
+            _ => (64, 64),
+        };
+        Ok(Self {
+            tokenizer,
+            text_encoder,
+            unet,
+            vae,
+            scheduler,
+            vae_scaling_factor: vae_cfg.scaling_factor,
+            vae_shift_factor: vae_cfg.shift_factor.unwrap_or(0.0),
+            vae_scale_factor,
+            latent_channels: vae_cfg.latent_channels,
+            sample_size,
+            device: device.clone(),
+        })
+    }
+}
+
+/// Maps diffusers' UNet config onto candle's, refusing what candle's UNet lacks.
+fn unet_config(c: &UNetConfig, path: &Path) -> Result<UNet2DConditionModelConfig> {
+    let bad = |m: String| EngineError::invalid_model(path, m);
+    let unsupported = |m: String| EngineError::Unsupported(format!("{}: {m}", path.display()));
+    let n = c.block_out_channels.len();
+    if n == 0 || c.down_block_types.len() != n || c.up_block_types.len() != n {
+        return Err(bad(format!(
+            "block_out_channels, down_block_types and up_block_types must have the same non-zero length (got {}, {}, {})",
+            n,
+            c.down_block_types.len(),
+            c.up_block_types.len()
+        )));
+    }
+    for (name, value) in [
+        ("addition_embed_type", &c.addition_embed_type),
+        ("class_embed_type", &c.class_embed_type),
+    ] {
+        if let Some(v) = value {
+            return Err(unsupported(format!(
+                "{name} {v:?} (SDXL-style conditioning) is not supported yet"
+            )));
+        }
+    }
+    if c.time_cond_proj_dim.is_some() || c.encoder_hid_dim.is_some() {
+        return Err(unsupported(
+            "time_cond_proj_dim / encoder_hid_dim are not supported".into(),
+        ));
+    }
+    if c.only_cross_attention.any() || c.dual_cross_attention {
+        return Err(unsupported(
+            "only_cross_attention / dual_cross_attention are not supported".into(),
+        ));
+    }
+    if c.resnet_time_scale_shift
+        .as_deref()
+        .is_some_and(|v| v != "default")
+        || c.time_embedding_type
+            .as_deref()
+            .is_some_and(|v| v != "positional")
+        || c.act_fn != "silu"
+    {
+        return Err(unsupported(
+            "only silu, positional time embedding and default time scale shift are supported"
+                .into(),
+        ));
+    }
+    if let Some(mid) = c.mid_block_type.as_deref() {
+        if mid != "UNetMidBlock2DCrossAttn" {
+            return Err(unsupported(format!("mid_block_type {mid:?}")));
+        }
+    }
+    let heads = c
+        .num_attention_heads
+        .as_ref()
+        .or(c.attention_head_dim.as_ref())
+        .unwrap_or(&PerBlock::One(8))
+        .expand(n)
+        .ok_or_else(|| {
+            bad("attention_head_dim / num_attention_heads: one value per block expected".into())
+        })?;
+    let transformer_layers = c
+        .transformer_layers_per_block
+        .expand(n)
+        .ok_or_else(|| bad("transformer_layers_per_block: one value per block expected".into()))?;
+    let layers = c
+        .layers_per_block
+        .expand(n)
+        .ok_or_else(|| bad("layers_per_block: one value per block expected".into()))?;
+    if layers.iter().any(|l| *l != layers[0]) {
+        return Err(unsupported("layers_per_block differing per block".into()));
+    }
+    let cross_dims = c
+        .cross_attention_dim
+        .expand(n)
+        .ok_or_else(|| bad("cross_attention_dim: one value per block expected".into()))?;
+    if cross_dims.iter().any(|d| *d != cross_dims[0]) {
+        return Err(unsupported(
+            "cross_attention_dim differing per block".into(),
+        ));
+    }
+    let mut blocks = Vec::with_capacity(n);
+    for i in 0..n {
+        let cross = match c.down_block_types[i].as_str() {
+            "CrossAttnDownBlock2D" => true,
+            "DownBlock2D" => false,
+            other => return Err(unsupported(format!("down block type {other:?}"))),
+        };
+        let expected_up = if cross {
+            "CrossAttnUpBlock2D"
+        } else {
+            "UpBlock2D"
+        };
+        if c.up_block_types[n - 1 - i] != expected_up {
+            return Err(unsupported(format!(
+                "up_block_types must mirror down_block_types (expected {expected_up:?} at {})",
+                n - 1 - i
+            )));
+        }
+        let channels = c.block_out_channels[i];
+        if heads[i] == 0
+            || !channels.is_multiple_of(heads[i])
+            || !channels.is_multiple_of(c.norm_num_groups)
+        {
+            return Err(bad(format!(
+                "block {i}: {channels} channels are not divisible by {} heads and {} norm groups",
+                heads[i], c.norm_num_groups
+            )));
+        }
+        blocks.push(BlockConfig {
+            out_channels: channels,
+            use_cross_attn: cross.then_some(transformer_layers[i]),
+            attention_head_dim: heads[i],
+        });
+    }
+    Ok(UNet2DConditionModelConfig {
+        center_input_sample: c.center_input_sample,
+        flip_sin_to_cos: c.flip_sin_to_cos,
+        freq_shift: c.freq_shift,
+        blocks,
+        layers_per_block: layers[0],
+        downsample_padding: c.downsample_padding,
+        mid_block_scale_factor: c.mid_block_scale_factor,
+        norm_num_groups: c.norm_num_groups,
+        norm_eps: c.norm_eps,
+        cross_attention_dim: cross_dims[0],
+        sliced_attention_size: None,
+        use_linear_projection: c.use_linear_projection,
+    })
+}
+
+fn check_vae(c: &VaeConfig, path: &Path) -> Result<()> {
+    if c.block_out_channels.is_empty() {
+        return Err(EngineError::invalid_model(
+            path,
+            "block_out_channels is empty",
+        ));
+    }
+    if c.act_fn != "silu" || !c.mid_block_add_attention {
+        return Err(EngineError::Unsupported(format!(
+            "{}: only silu VAEs with mid-block attention are supported",
+            path.display()
+        )));
+    }
+    if c.block_out_channels
+        .iter()
+        .any(|ch| ch % c.norm_num_groups != 0)
+    {
+        return Err(EngineError::invalid_model(
+            path,
+            format!(
+                "block_out_channels {:?} not divisible by norm_num_groups {}",
+                c.block_out_channels, c.norm_num_groups
+            ),
+        ));
+    }
+    Ok(())
+}

@@ -1,0 +1,227 @@
+//! The text-to-image loop of diffusers' `StableDiffusionPipeline.__call__`:
+//! encode prompts, draw the initial noise, denoise with classifier-free
+//! guidance, decode with the VAE. Several compatible jobs share each UNet call;
+//! each keeps its own seed, generator, sampler state and result, so a job's
+//! image does not depend on what it was batched with.
+
+use std::time::Instant;
+
+use candle_core::{DType, Tensor};
+
+use crate::error::{EngineError, Result};
+use crate::model::StableDiffusion;
+use crate::request::{GenerateRequest, GeneratedImage, Observer, Progress, Timings};
+use crate::rng::TorchRng;
+use crate::samplers::{self, Sampler};
+
+/// One job's images and the batch's stage timings, or why the job has none.
+pub type JobResult = Result<(Vec<GeneratedImage>, Timings)>;
+
+/// One job's state during a batched generation.
+struct JobState<'a> {
+    request: &'a GenerateRequest,
+    seed: u64,
+    /// Conditional and (with guidance) unconditional text embeddings, `batch_size` rows each.
+    cond: Tensor,
+    uncond: Option<Tensor>,
+    latents: Tensor,
+    sampler: Box<dyn Sampler>,
+    rng: TorchRng,
+    cancelled: bool,
+}
+
+/// True when guidance runs the unconditional pass (`guidance_scale > 1`).
+pub fn uses_guidance(request: &GenerateRequest) -> bool {
+    request.cfg_scale > 1.0
+}
+
+/// Runs `requests` (already validated and mutually compatible) as one batch.
+pub fn generate_batch(
+    model: &StableDiffusion,
+    model_name: &str,
+    requests: &[(GenerateRequest, u64)],
+    observer: &mut dyn Observer,
+) -> Result<Vec<JobResult>> {
+    let Some((first, _)) = requests.first() else {
+        return Ok(Vec::new());
+    };
+    let guidance = uses_guidance(first);
+    let device = &model.device;
+    let mut timings = Timings::default();
+
+    let started = Instant::now();
+    let mut jobs = Vec::with_capacity(requests.len());
+    for (request, seed) in requests {
+        let n = request.batch_size;
+        let cond = repeat_rows(&encode_text(model, &request.prompt)?, n)?;
+        let uncond = if guidance {
+            Some(repeat_rows(
+                &encode_text(model, &request.negative_prompt)?,
+                n,
+            )?)
+        } else {
+            None
+        };
+        let sampler = samplers::build(request.sampler, &model.scheduler, request.steps)?;
+        let mut rng = TorchRng::new(*seed);
+        let shape = (
+            n,
+            model.latent_channels,
+            request.height / model.vae_scale_factor,
+            request.width / model.vae_scale_factor,
+        );
+        let noise = Tensor::from_vec(
+            rng.randn(shape.0 * shape.1 * shape.2 * shape.3),
+            shape,
+            device,
+        )?;
+        let latents = (noise * sampler.init_noise_sigma())?;
+        jobs.push(JobState {
+            request,
+            seed: *seed,
+            cond,
+            uncond,
+            latents,
+            sampler,
+            rng,
+            cancelled: false,
+        });
+    }
+    timings.text_encoding = started.elapsed().as_secs_f64();
+    observer.progress(Progress::Encoded);
+
+    let started = Instant::now();
+    let steps = first.steps;
+    for step in 0..steps {
+        for (i, job) in jobs.iter_mut().enumerate() {
+            if !job.cancelled && observer.is_cancelled(i) {
+                job.cancelled = true;
+            }
+        }
+        if jobs.iter().all(|j| j.cancelled) {
+            break;
+        }
+        denoise_step(model, &mut jobs, step, guidance)?;
+        observer.progress(Progress::Step {
+            step: step + 1,
+            total: steps,
+        });
+    }
+    timings.denoising = started.elapsed().as_secs_f64();
+
+    let started = Instant::now();
+    let mut decoded = Vec::with_capacity(jobs.len());
+    for (i, job) in jobs.iter().enumerate() {
+        if job.cancelled || observer.is_cancelled(i) {
+            decoded.push(None);
+            continue;
+        }
+        decoded.push(Some(decode(model, model_name, job)?));
+    }
+    timings.decoding = started.elapsed().as_secs_f64();
+    observer.progress(Progress::Decoded);
+    Ok(decoded
+        .into_iter()
+        .map(|images| images.map(|i| (i, timings)).ok_or(EngineError::Cancelled))
+        .collect())
+}
+
+/// One UNet call for every active job, then each job's sampler update.
+fn denoise_step(
+    model: &StableDiffusion,
+    jobs: &mut [JobState],
+    step: usize,
+    guidance: bool,
+) -> Result<()> {
+    let active: Vec<usize> = (0..jobs.len()).filter(|i| !jobs[*i].cancelled).collect();
+    let mut inputs = Vec::new();
+    let mut contexts = Vec::new();
+    for &i in &active {
+        let job = &jobs[i];
+        let scaled = job.sampler.scale_model_input(&job.latents, step)?;
+        if let Some(uncond) = &job.uncond {
+            inputs.push(scaled.clone());
+            contexts.push(uncond.clone());
+        }
+        inputs.push(scaled);
+        contexts.push(job.cond.clone());
+    }
+    let x = Tensor::cat(&inputs, 0)?;
+    let context = Tensor::cat(&contexts, 0)?;
+    let t = jobs[active[0]].sampler.timesteps()[step];
+    let prediction = model.unet.forward(&x, t, &context)?;
+
+    let mut row = 0;
+    for &i in &active {
+        let job = &mut jobs[i];
+        let n = job.request.batch_size;
+        let noise_pred = if guidance {
+            let uncond = prediction.narrow(0, row, n)?;
+            let cond = prediction.narrow(0, row + n, n)?;
+            row += 2 * n;
+            (&uncond + ((cond - &uncond)? * job.request.cfg_scale)?)?
+        } else {
+            let cond = prediction.narrow(0, row, n)?;
+            row += n;
+            cond
+        };
+        job.latents = job
+            .sampler
+            .step(&noise_pred, step, &job.latents, &mut job.rng)?;
+    }
+    Ok(())
+}
+
+/// Tokenizes and encodes one prompt to `(1, seq, hidden)`.
+fn encode_text(model: &StableDiffusion, text: &str) -> Result<Tensor> {
+    let ids = model.tokenizer.encode(text);
+    let total = model.tokenizer.count_tokens(text);
+    if total + 2 > ids.len() {
+        tracing::warn!(
+            tokens = total,
+            limit = ids.len().saturating_sub(2),
+            "prompt is longer than CLIP's context and was truncated"
+        );
+    }
+    let ids = Tensor::from_vec(ids.clone(), (1, ids.len()), &model.device)?;
+    Ok(model.text_encoder.forward(&ids)?)
+}
+
+fn repeat_rows(t: &Tensor, n: usize) -> Result<Tensor> {
+    Ok(t.repeat((n, 1, 1))?)
+}
+
+/// VAE decode and `(x / 2 + 0.5).clamp(0, 1)`, rounded to 8 bits as diffusers' `numpy_to_pil`.
+fn decode(
+    model: &StableDiffusion,
+    model_name: &str,
+    job: &JobState,
+) -> Result<Vec<GeneratedImage>> {
+    let latents = ((&job.latents / model.vae_scaling_factor)? + model.vae_shift_factor)?;
+    let (n, _, _, _) = latents.dims4()?;
+    let infotext = crate::png::infotext(job.request, job.seed, model_name);
+    let mut images = Vec::with_capacity(n);
+    for i in 0..n {
+        let pixels = model.vae.decode(&latents.narrow(0, i, 1)?)?;
+        let pixels = ((pixels / 2.0)? + 0.5)?.clamp(0f32, 1f32)?;
+        let (_, _, h, w) = pixels.dims4()?;
+        let hwc: Vec<f32> = pixels
+            .squeeze(0)?
+            .permute((1, 2, 0))?
+            .to_dtype(DType::F32)?
+            .flatten_all()?
+            .to_vec1()?;
+        let rgb = hwc
+            .iter()
+            .map(|v| (v * 255.0).round_ties_even() as u8)
+            .collect();
+        images.push(GeneratedImage {
+            width: w,
+            height: h,
+            rgb,
+            seed: job.seed,
+            infotext: infotext.clone(),
+        });
+    }
+    Ok(images)
+}

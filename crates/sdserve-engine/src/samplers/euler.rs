@@ -1,0 +1,102 @@
+//! Euler and Euler ancestral, as diffusers' `EulerDiscreteScheduler` and
+//! `EulerAncestralDiscreteScheduler` (Karras et al. 2022, Algorithm 2 without
+//! churn; k-diffusion's `sample_euler_ancestral`).
+
+use candle_core::Tensor;
+
+use super::schedule::{linspace_f64, trailing, NoiseSchedule, PredictionType, TimestepSpacing};
+use super::{interp, predict_x0_ve, randn_like, Sampler};
+use crate::error::Result;
+use crate::rng::TorchRng;
+
+/// Euler's method in sigma space; `ancestral` adds fresh noise each step.
+pub struct Euler {
+    timesteps: Vec<f64>,
+    /// One per step plus the final 0, float32 as in diffusers.
+    sigmas: Vec<f32>,
+    init_noise_sigma: f32,
+    prediction: PredictionType,
+    ancestral: bool,
+}
+
+impl Euler {
+    pub fn new(schedule: &NoiseSchedule, steps: usize, ancestral: bool) -> Self {
+        let n = schedule.num_train_timesteps;
+        let timesteps: Vec<f64> = match schedule.spacing {
+            TimestepSpacing::Linspace => {
+                let mut t: Vec<f64> = linspace_f64(0.0, (n - 1) as f64, steps)
+                    .into_iter()
+                    .map(|v| v as f32 as f64)
+                    .collect();
+                t.reverse();
+                t
+            }
+            TimestepSpacing::Leading => {
+                let ratio = n / steps;
+                (0..steps)
+                    .rev()
+                    .map(|i| (i * ratio) as f64 + schedule.steps_offset as f64)
+                    .collect()
+            }
+            TimestepSpacing::Trailing => trailing(n, steps),
+        };
+        let train = schedule.train_sigmas();
+        let mut sigmas: Vec<f32> = timesteps
+            .iter()
+            .map(|t| interp(*t, &train) as f32)
+            .collect();
+        sigmas.push(0.0);
+        let max = sigmas.iter().copied().fold(0.0f32, f32::max);
+        let init_noise_sigma = match schedule.spacing {
+            TimestepSpacing::Linspace | TimestepSpacing::Trailing => max,
+            TimestepSpacing::Leading => (max * max + 1.0).sqrt(),
+        };
+        Self {
+            timesteps,
+            sigmas,
+            init_noise_sigma,
+            prediction: schedule.prediction_type,
+            ancestral,
+        }
+    }
+}
+
+impl Sampler for Euler {
+    fn timesteps(&self) -> &[f64] {
+        &self.timesteps
+    }
+
+    fn init_noise_sigma(&self) -> f64 {
+        self.init_noise_sigma as f64
+    }
+
+    fn scale_model_input(&self, sample: &Tensor, step: usize) -> Result<Tensor> {
+        let sigma = self.sigmas[step];
+        Ok((sample / (sigma * sigma + 1.0).sqrt() as f64)?)
+    }
+
+    fn step(
+        &mut self,
+        model_output: &Tensor,
+        step: usize,
+        sample: &Tensor,
+        rng: &mut TorchRng,
+    ) -> Result<Tensor> {
+        let sigma = self.sigmas[step];
+        let sigma_next = self.sigmas[step + 1];
+        let x0 = predict_x0_ve(self.prediction, model_output, sample, sigma)?;
+        let derivative = ((sample - x0)? / sigma as f64)?;
+        if !self.ancestral {
+            let dt = sigma_next - sigma;
+            return Ok((sample + (derivative * dt as f64)?)?);
+        }
+        let sigma_up = (sigma_next * sigma_next * (sigma * sigma - sigma_next * sigma_next)
+            / (sigma * sigma))
+            .sqrt();
+        let sigma_down = (sigma_next * sigma_next - sigma_up * sigma_up).sqrt();
+        let dt = sigma_down - sigma;
+        let prev = (sample + (derivative * dt as f64)?)?;
+        let noise = randn_like(model_output, rng)?;
+        Ok((prev + (noise * sigma_up as f64)?)?)
+    }
+}

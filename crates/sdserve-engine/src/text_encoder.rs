@@ -1,0 +1,176 @@
+//! CLIP text transformer, as transformers' `CLIPTextModel` returns
+//! `last_hidden_state` (after the final layer norm) with a causal mask and no
+//! padding mask, which is what diffusers' Stable Diffusion pipelines feed the UNet.
+//!
+//! Written here rather than taken from candle-transformers because its CLIP
+//! config has private fields (stable_diffusion::clip) or only QuickGELU
+//! (models::clip), while SD 2.x uses exact GELU.
+
+use candle_core::{DType, Device, Module, Tensor, D};
+use candle_nn::{embedding, layer_norm, linear, Embedding, LayerNorm, Linear, VarBuilder};
+
+use crate::config::TextEncoderConfig;
+use crate::error::{EngineError, Result};
+
+#[derive(Debug, Clone, Copy)]
+enum Activation {
+    QuickGelu,
+    Gelu,
+    GeluTanh,
+}
+
+impl Activation {
+    fn parse(name: &str) -> Result<Self> {
+        match name {
+            "quick_gelu" => Ok(Self::QuickGelu),
+            "gelu" => Ok(Self::Gelu),
+            "gelu_new" | "gelu_pytorch_tanh" => Ok(Self::GeluTanh),
+            other => Err(EngineError::Unsupported(format!(
+                "text_encoder hidden_act {other:?}"
+            ))),
+        }
+    }
+
+    fn forward(self, xs: &Tensor) -> candle_core::Result<Tensor> {
+        match self {
+            Self::QuickGelu => xs * candle_nn::ops::sigmoid(&(xs * 1.702)?)?,
+            Self::Gelu => xs.gelu_erf(),
+            Self::GeluTanh => xs.gelu(),
+        }
+    }
+}
+
+struct EncoderLayer {
+    layer_norm1: LayerNorm,
+    q_proj: Linear,
+    k_proj: Linear,
+    v_proj: Linear,
+    out_proj: Linear,
+    layer_norm2: LayerNorm,
+    fc1: Linear,
+    fc2: Linear,
+}
+
+/// The CLIP text encoder of a Stable Diffusion pipeline.
+pub struct TextEncoder {
+    token_embedding: Embedding,
+    position_embedding: Embedding,
+    layers: Vec<EncoderLayer>,
+    final_layer_norm: LayerNorm,
+    heads: usize,
+    activation: Activation,
+    max_positions: usize,
+}
+
+impl TextEncoder {
+    /// Builds from weights with or without the `text_model.` key prefix
+    /// (transformers 4 writes it, transformers 5 does not).
+    pub fn new(
+        vb: VarBuilder,
+        has_prefix: bool,
+        cfg: &TextEncoderConfig,
+    ) -> candle_core::Result<Self> {
+        let vb = if has_prefix { vb.pp("text_model") } else { vb };
+        let h = cfg.hidden_size;
+        let eps = cfg.layer_norm_eps;
+        let emb = vb.pp("embeddings");
+        let token_embedding = embedding(cfg.vocab_size, h, emb.pp("token_embedding"))?;
+        let position_embedding =
+            embedding(cfg.max_position_embeddings, h, emb.pp("position_embedding"))?;
+        let layers = (0..cfg.num_hidden_layers)
+            .map(|i| {
+                let l = vb.pp("encoder.layers").pp(i.to_string());
+                let attn = l.pp("self_attn");
+                Ok(EncoderLayer {
+                    layer_norm1: layer_norm(h, eps, l.pp("layer_norm1"))?,
+                    q_proj: linear(h, h, attn.pp("q_proj"))?,
+                    k_proj: linear(h, h, attn.pp("k_proj"))?,
+                    v_proj: linear(h, h, attn.pp("v_proj"))?,
+                    out_proj: linear(h, h, attn.pp("out_proj"))?,
+                    layer_norm2: layer_norm(h, eps, l.pp("layer_norm2"))?,
+                    fc1: linear(h, cfg.intermediate_size, l.pp("mlp.fc1"))?,
+                    fc2: linear(cfg.intermediate_size, h, l.pp("mlp.fc2"))?,
+                })
+            })
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        let final_layer_norm = layer_norm(h, eps, vb.pp("final_layer_norm"))?;
+        let activation = Activation::parse(&cfg.hidden_act)
+            .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+        if cfg.num_attention_heads == 0 || !h.is_multiple_of(cfg.num_attention_heads) {
+            return Err(candle_core::Error::Msg(format!(
+                "hidden_size {h} is not divisible by num_attention_heads {}",
+                cfg.num_attention_heads
+            )));
+        }
+        Ok(Self {
+            token_embedding,
+            position_embedding,
+            layers,
+            final_layer_norm,
+            heads: cfg.num_attention_heads,
+            activation,
+            max_positions: cfg.max_position_embeddings,
+        })
+    }
+
+    /// Longest token sequence the position embedding covers.
+    pub fn max_positions(&self) -> usize {
+        self.max_positions
+    }
+
+    /// `(batch, seq)` u32 token ids to `(batch, seq, hidden)` embeddings.
+    pub fn forward(&self, ids: &Tensor) -> candle_core::Result<Tensor> {
+        let (batch, seq) = ids.dims2()?;
+        let positions = Tensor::arange(0u32, seq as u32, ids.device())?;
+        let mut xs = self
+            .token_embedding
+            .forward(ids)?
+            .broadcast_add(&self.position_embedding.forward(&positions)?)?;
+        let mask = causal_mask(seq, xs.dtype(), ids.device())?;
+        for layer in &self.layers {
+            let residual = xs.clone();
+            let normed = layer.layer_norm1.forward(&xs)?;
+            xs = (self.attention(layer, &normed, &mask, batch, seq)? + residual)?;
+            let residual = xs.clone();
+            let normed = layer.layer_norm2.forward(&xs)?;
+            let hidden = self.activation.forward(&layer.fc1.forward(&normed)?)?;
+            xs = (layer.fc2.forward(&hidden)? + residual)?;
+        }
+        self.final_layer_norm.forward(&xs)
+    }
+
+    fn attention(
+        &self,
+        layer: &EncoderLayer,
+        xs: &Tensor,
+        mask: &Tensor,
+        batch: usize,
+        seq: usize,
+    ) -> candle_core::Result<Tensor> {
+        let hidden = xs.dim(D::Minus1)?;
+        let head_dim = hidden / self.heads;
+        let split = |t: Tensor| -> candle_core::Result<Tensor> {
+            t.reshape((batch, seq, self.heads, head_dim))?
+                .transpose(1, 2)?
+                .contiguous()
+        };
+        let q = split((layer.q_proj.forward(xs)? * (head_dim as f64).powf(-0.5))?)?;
+        let k = split(layer.k_proj.forward(xs)?)?;
+        let v = split(layer.v_proj.forward(xs)?)?;
+        let scores = q.matmul(&k.t()?)?.broadcast_add(mask)?;
+        let probs = candle_nn::ops::softmax_last_dim(&scores)?;
+        let out = probs
+            .matmul(&v)?
+            .transpose(1, 2)?
+            .reshape((batch, seq, hidden))?;
+        layer.out_proj.forward(&out)
+    }
+}
+
+/// Additive mask that hides later positions: 0 on and below the diagonal, -inf above.
+fn causal_mask(seq: usize, dtype: DType, device: &Device) -> candle_core::Result<Tensor> {
+    let values: Vec<f32> = (0..seq)
+        .flat_map(|i| (0..seq).map(move |j| if j > i { f32::NEG_INFINITY } else { 0.0 }))
+        .collect();
+    Tensor::from_vec(values, (seq, seq), device)?.to_dtype(dtype)
+}

@@ -1,0 +1,159 @@
+//! `sdserve generate`: one generation from the command line, with a progress
+//! bar on stderr and a timing report at the end.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::Context;
+use indicatif::{ProgressBar, ProgressStyle};
+use sdserve_engine::{png, Engine, GenerateRequest, ModelSource, Observer, Progress, SamplerId};
+
+/// Flags of `sdserve generate` (scripted against by other tools: keep stable).
+#[derive(clap::Args, Debug)]
+pub struct GenerateArgs {
+    /// Diffusers model folder, or a Hugging Face repo id (`org/name`).
+    #[arg(long)]
+    pub model: String,
+    #[arg(long)]
+    pub prompt: String,
+    #[arg(long, default_value = "")]
+    pub negative_prompt: String,
+    /// Seed; -1 or absent draws a random one (printed at the end).
+    #[arg(long, allow_negative_numbers = true)]
+    pub seed: Option<i64>,
+    /// Denoising steps [default: 20, or the model's own default].
+    #[arg(long)]
+    pub steps: Option<usize>,
+    /// Classifier-free guidance scale; 1 or less disables guidance [default: 7].
+    #[arg(long, allow_negative_numbers = true)]
+    pub cfg_scale: Option<f64>,
+    /// Sampler by A1111 name ("Euler a", "DPM++ 2M Karras"...) or id.
+    #[arg(long, default_value = "Euler a")]
+    pub sampler: String,
+    /// Image width [default: the model's native size].
+    #[arg(long)]
+    pub width: Option<usize>,
+    /// Image height [default: the model's native size].
+    #[arg(long)]
+    pub height: Option<usize>,
+    #[arg(long, default_value_t = 1)]
+    pub batch_size: usize,
+    /// Output PNG; with a batch, FILE-0.png, FILE-1.png...
+    #[arg(long, default_value = "output.png")]
+    pub output: PathBuf,
+}
+
+/// Shows denoising progress on stderr.
+struct BarObserver(ProgressBar);
+
+impl Observer for BarObserver {
+    fn progress(&mut self, progress: Progress) {
+        if let Progress::Step { step, total } = progress {
+            self.0.set_length(total as u64);
+            self.0.set_position(step as u64);
+        }
+    }
+}
+
+pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
+    let sampler: SamplerId = args.sampler.parse()?;
+    let started = Instant::now();
+    let engine = Engine::load(&ModelSource::parse(&args.model))
+        .with_context(|| format!("loading model {}", args.model))?;
+    let load_secs = started.elapsed().as_secs_f64();
+    let info = engine.info();
+    let seed = match args.seed {
+        None | Some(-1) => None,
+        Some(s) if s < 0 => {
+            anyhow::bail!("--seed must be -1 (random) or a non-negative number, got {s}")
+        }
+        Some(s) => Some(s as u64),
+    };
+    let request = GenerateRequest {
+        prompt: args.prompt,
+        negative_prompt: args.negative_prompt,
+        seed,
+        steps: args.steps.unwrap_or(info.default_steps),
+        cfg_scale: args.cfg_scale.unwrap_or(info.default_cfg_scale),
+        sampler,
+        width: args.width.unwrap_or(info.native_width),
+        height: args.height.unwrap_or(info.native_height),
+        batch_size: args.batch_size,
+    };
+    engine.validate(&request)?;
+
+    let bar = ProgressBar::new(request.steps as u64);
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{spinner} denoising [{bar:30}] {pos}/{len} {elapsed} eta {eta}",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    let mut observer = BarObserver(bar);
+    let output = engine.generate(&request, &mut observer)?;
+    observer.0.finish_and_clear();
+
+    let paths = output_paths(&args.output, output.images.len());
+    for (image, path) in output.images.iter().zip(&paths) {
+        let bytes = png::encode_png(image)?;
+        write_atomically(path, &bytes)?;
+        println!("wrote {}", path.display());
+    }
+    let seed = output.images.first().map(|i| i.seed).unwrap_or_default();
+    let t = output.timings;
+    eprintln!("seed: {seed}");
+    eprintln!(
+        "timings: load {load_secs:.2}s, text encoding {:.2}s, denoising {:.2}s ({:.2} it/s), decoding {:.2}s",
+        t.text_encoding,
+        t.denoising,
+        request.steps as f64 / t.denoising.max(1e-9),
+        t.decoding
+    );
+    Ok(())
+}
+
+/// `FILE.png` for one image; `FILE-0.png`, `FILE-1.png`... for a batch.
+fn output_paths(output: &Path, count: usize) -> Vec<PathBuf> {
+    if count == 1 {
+        return vec![output.to_path_buf()];
+    }
+    let stem = output
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "output".into());
+    let ext = output
+        .extension()
+        .map(|e| e.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "png".into());
+    (0..count)
+        .map(|i| output.with_file_name(format!("{stem}-{i}.{ext}")))
+        .collect()
+}
+
+/// Writes via a temporary file and rename, so a reader never sees half a PNG.
+fn write_atomically(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let tmp = path.with_extension("png.tmp");
+    std::fs::write(&tmp, bytes).with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batch_outputs_are_numbered() {
+        assert_eq!(
+            output_paths(Path::new("out/a.png"), 1),
+            vec![PathBuf::from("out/a.png")]
+        );
+        assert_eq!(
+            output_paths(Path::new("out/a.png"), 2),
+            vec![PathBuf::from("out/a-0.png"), PathBuf::from("out/a-1.png")]
+        );
+    }
+}

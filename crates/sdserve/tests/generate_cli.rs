@@ -1,0 +1,350 @@
+//! End-to-end tests of `sdserve generate`: the binary, its flags, its files,
+//! model loading from a folder and from a Hugging Face cache laid out here,
+//! and the errors users see for unsafe or broken model files.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use sdserve_engine::png;
+
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures")
+}
+
+fn sdserve(args: &[&str], envs: &[(&str, &str)]) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_sdserve"));
+    cmd.args(args).env_remove("HF_HUB_OFFLINE");
+    for (k, v) in envs {
+        cmd.env(k, v);
+    }
+    cmd.output().expect("sdserve runs")
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// Reference case `euler_ancestral-a` of tiny-sd1 as CLI flags.
+fn case_a_args<'a>(model: &'a str, output: &'a str) -> Vec<&'a str> {
+    vec![
+        "generate",
+        "--model",
+        model,
+        "--prompt",
+        "a photograph of an astronaut riding a horse",
+        "--negative-prompt",
+        "blurry, low quality",
+        "--seed",
+        "42",
+        "--steps",
+        "5",
+        "--cfg-scale",
+        "7.5",
+        "--sampler",
+        "Euler a",
+        "--width",
+        "64",
+        "--height",
+        "64",
+        "--output",
+        output,
+    ]
+}
+
+fn assert_matches_reference(png_path: &Path, reference: &str) {
+    let bytes = std::fs::read(png_path).expect("output written");
+    let (w, h, ours) = png::decode_rgb(&bytes).unwrap();
+    let (rw, rh, theirs) =
+        png::decode_rgb(&std::fs::read(fixtures().join(reference)).unwrap()).unwrap();
+    assert_eq!((w, h), (rw, rh));
+    let diff = ours
+        .iter()
+        .zip(&theirs)
+        .map(|(a, b)| a.abs_diff(*b))
+        .max()
+        .unwrap();
+    assert!(
+        diff <= 3,
+        "{}: max diff {diff} against {reference}",
+        png_path.display()
+    );
+}
+
+#[test]
+fn generate_writes_the_diffusers_image_with_a1111_parameters() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("astronaut.png");
+    let model = fixtures().join("models/tiny-sd1");
+    let result = sdserve(
+        &case_a_args(model.to_str().unwrap(), out.to_str().unwrap()),
+        &[],
+    );
+    assert!(result.status.success(), "{}", stderr(&result));
+    assert_matches_reference(&out, "reference/tiny-sd1/euler_ancestral-a-0.png");
+    let params = png::read_parameters(&std::fs::read(&out).unwrap()).expect("parameters chunk");
+    assert_eq!(
+        params,
+        "a photograph of an astronaut riding a horse\nNegative prompt: blurry, low quality\n\
+         Steps: 5, Sampler: Euler a, CFG scale: 7.5, Seed: 42, Size: 64x64, Model: tiny-sd1"
+    );
+    let err = stderr(&result);
+    assert!(err.contains("seed: 42"), "{err}");
+    for stage in ["load", "text encoding", "denoising", "decoding"] {
+        assert!(err.contains(stage), "timing for {stage} missing: {err}");
+    }
+}
+
+#[test]
+fn batch_writes_numbered_files_and_random_seed_is_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("fox.png");
+    let model = fixtures().join("models/tiny-sd2");
+    let result = sdserve(
+        &[
+            "generate",
+            "--model",
+            model.to_str().unwrap(),
+            "--prompt",
+            "a watercolor painting of a fox",
+            "--seed",
+            "1234",
+            "--steps",
+            "4",
+            "--cfg-scale",
+            "5",
+            "--sampler",
+            "DPM++ 2M Karras",
+            "--width",
+            "64",
+            "--height",
+            "48",
+            "--batch-size",
+            "2",
+            "--output",
+            out.to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert!(result.status.success(), "{}", stderr(&result));
+    assert!(!out.exists());
+    assert_matches_reference(
+        &dir.path().join("fox-0.png"),
+        "reference/tiny-sd2/dpmpp_2m_karras-b-0.png",
+    );
+    assert_matches_reference(
+        &dir.path().join("fox-1.png"),
+        "reference/tiny-sd2/dpmpp_2m_karras-b-1.png",
+    );
+
+    let random = sdserve(
+        &[
+            "generate",
+            "--model",
+            model.to_str().unwrap(),
+            "--prompt",
+            "x",
+            "--seed",
+            "-1",
+            "--steps",
+            "1",
+            "--output",
+            dir.path().join("r.png").to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert!(random.status.success(), "{}", stderr(&random));
+    let seed_line = stderr(&random)
+        .lines()
+        .find(|l| l.starts_with("seed: "))
+        .map(str::to_owned)
+        .expect("seed line");
+    let seed: u64 = seed_line["seed: ".len()..]
+        .trim()
+        .parse()
+        .expect("numeric seed");
+    let params = png::read_parameters(&std::fs::read(dir.path().join("r.png")).unwrap()).unwrap();
+    assert!(params.contains(&format!("Seed: {seed},")), "{params}");
+    // Native size from the model's config, default sampler Euler a.
+    assert!(
+        params.contains("Size: 64x64") && params.contains("Sampler: Euler a"),
+        "{params}"
+    );
+}
+
+/// Copies `src` into a fresh hub cache as `models--<org>--<name>` and returns HF_HOME.
+fn lay_out_hub_cache(src: &Path, home: &Path, org: &str, name: &str) {
+    let repo = home.join("hub").join(format!("models--{org}--{name}"));
+    let revision = "0123456789abcdef0123456789abcdef01234567";
+    let snapshot = repo.join("snapshots").join(revision);
+    copy_dir(src, &snapshot);
+    std::fs::create_dir_all(repo.join("refs")).unwrap();
+    std::fs::write(repo.join("refs/main"), revision).unwrap();
+}
+
+fn copy_dir(src: &Path, dst: &Path) {
+    std::fs::create_dir_all(dst).unwrap();
+    for entry in std::fs::read_dir(src).unwrap() {
+        let entry = entry.unwrap();
+        let target = dst.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).unwrap();
+        }
+    }
+}
+
+#[test]
+fn hub_repo_id_loads_from_the_local_cache_without_network() {
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path().join("hf");
+    lay_out_hub_cache(
+        &fixtures().join("models/tiny-sd1"),
+        &home,
+        "sdserve-test",
+        "tiny-sd1",
+    );
+    let out = dir.path().join("hub.png");
+    // The endpoint is a closed local port: any network access would fail the run.
+    let envs = [
+        ("HF_HOME", home.to_str().unwrap()),
+        ("HF_ENDPOINT", "http://127.0.0.1:9"),
+    ];
+    let result = sdserve(
+        &case_a_args("sdserve-test/tiny-sd1", out.to_str().unwrap()),
+        &envs,
+    );
+    assert!(result.status.success(), "{}", stderr(&result));
+    assert_matches_reference(&out, "reference/tiny-sd1/euler_ancestral-a-0.png");
+    let params = png::read_parameters(&std::fs::read(&out).unwrap()).unwrap();
+    assert!(params.ends_with("Model: sdserve-test/tiny-sd1"), "{params}");
+
+    // Offline mode with a repo that is not cached: a clear error, no download.
+    let missing = sdserve(
+        &case_a_args("sdserve-test/not-cached", out.to_str().unwrap()),
+        &[("HF_HOME", home.to_str().unwrap()), ("HF_HUB_OFFLINE", "1")],
+    );
+    assert!(!missing.status.success());
+    assert!(
+        stderr(&missing).contains("HF_HUB_OFFLINE"),
+        "{}",
+        stderr(&missing)
+    );
+}
+
+#[test]
+fn pickle_checkpoints_are_refused_with_the_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let ckpt = dir.path().join("v1-5-pruned.ckpt");
+    std::fs::write(&ckpt, b"\x80\x02cos\nsystem\n").unwrap();
+    let result = sdserve(&case_a_args(ckpt.to_str().unwrap(), "/dev/null"), &[]);
+    assert!(!result.status.success());
+    let err = stderr(&result);
+    assert!(
+        err.contains("pickle") && err.contains("safetensors") && err.contains("v1-5-pruned.ckpt"),
+        "{err}"
+    );
+
+    // A model folder whose UNet ships only a pickle is refused too.
+    let model = dir.path().join("model");
+    copy_dir(&fixtures().join("models/tiny-sd1"), &model);
+    std::fs::remove_file(model.join("unet/diffusion_pytorch_model.fp16.safetensors")).unwrap();
+    std::fs::write(model.join("unet/diffusion_pytorch_model.bin"), b"pickle").unwrap();
+    let result = sdserve(&case_a_args(model.to_str().unwrap(), "/dev/null"), &[]);
+    assert!(!result.status.success());
+    assert!(
+        stderr(&result).contains("diffusion_pytorch_model.bin"),
+        "{}",
+        stderr(&result)
+    );
+}
+
+#[test]
+fn malformed_safetensors_give_errors_naming_file_and_tensor() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("model");
+    copy_dir(&fixtures().join("models/tiny-sd1"), &model);
+    let weights = model.join("unet/diffusion_pytorch_model.fp16.safetensors");
+    let bytes = std::fs::read(&weights).unwrap();
+
+    std::fs::write(&weights, &bytes[..bytes.len() / 2]).unwrap();
+    let result = sdserve(&case_a_args(model.to_str().unwrap(), "/dev/null"), &[]);
+    assert!(!result.status.success());
+    let err = stderr(&result);
+    assert!(
+        err.contains("diffusion_pytorch_model.fp16.safetensors") && err.contains("tensor "),
+        "{err}"
+    );
+    assert!(!err.contains("panicked"), "{err}");
+
+    // A tensor whose shape does not fit the config: name the file and the tensor.
+    let vae = model.join("vae/config.json");
+    let config = std::fs::read_to_string(&vae).unwrap();
+    std::fs::write(&weights, &bytes).unwrap();
+    std::fs::write(
+        &vae,
+        config.replace("\"latent_channels\": 4", "\"latent_channels\": 8"),
+    )
+    .unwrap();
+    let result = sdserve(&case_a_args(model.to_str().unwrap(), "/dev/null"), &[]);
+    assert!(!result.status.success());
+    assert!(
+        stderr(&result).contains("latent_channels"),
+        "{}",
+        stderr(&result)
+    );
+    std::fs::write(&vae, &config).unwrap();
+
+    let unet_cfg = model.join("unet/config.json");
+    let config = std::fs::read_to_string(&unet_cfg).unwrap();
+    std::fs::write(
+        &unet_cfg,
+        config.replace("\"layers_per_block\": 2", "\"layers_per_block\": 3"),
+    )
+    .unwrap();
+    let result = sdserve(&case_a_args(model.to_str().unwrap(), "/dev/null"), &[]);
+    assert!(!result.status.success());
+    let err = stderr(&result);
+    assert!(
+        err.contains("diffusion_pytorch_model.fp16.safetensors") && err.contains("resnets.2"),
+        "{err}"
+    );
+    assert!(
+        !err.contains("panicked") && !err.contains("candle_core::"),
+        "no panic, no backtrace: {err}"
+    );
+}
+
+#[test]
+fn bad_flags_are_clear_errors() {
+    let model = fixtures().join("models/tiny-sd1");
+    let model = model.to_str().unwrap();
+    for (flag, value, needle) in [
+        ("--width", "60", "width must be a positive multiple of 8"),
+        ("--height", "0", "height must be a positive multiple of 8"),
+        ("--steps", "0", "steps must be between"),
+        ("--sampler", "PLMS", "unknown sampler"),
+        ("--batch-size", "0", "batch_size"),
+    ] {
+        let result = sdserve(
+            &[
+                "generate",
+                "--model",
+                model,
+                "--prompt",
+                "x",
+                flag,
+                value,
+                "--output",
+                "/dev/null",
+            ],
+            &[],
+        );
+        assert!(!result.status.success(), "{flag} {value}");
+        assert!(
+            stderr(&result).contains(needle),
+            "{flag} {value}: {}",
+            stderr(&result)
+        );
+    }
+}

@@ -580,7 +580,8 @@ mod tests {
         assert_eq!(t.tokenize("low"), vec![10]);
         assert_eq!(t.tokenize("LOWER"), vec![12, 11]); // lo+w (rank 3), e+r</w> (rank 2)
         assert_eq!(t.tokenize("low!  lo"), vec![10, 13, 2, 1]); // "o</w>" is unknown: unk
-        assert_eq!(t.tokenize("w?"), vec![4, 1]);
+        // A one-letter word is its end-of-word form ("w</w>"); "?" is unknown.
+        assert_eq!(t.tokenize("w?"), vec![7, 1]);
     }
 
     #[test]

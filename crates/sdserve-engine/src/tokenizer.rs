@@ -4,14 +4,17 @@
 //!
 //! The steps mirror that backend in order: added special tokens are cut out of the raw text
 //! (or, for tokens flagged `normalized`, out of the normalised text); the rest is normalised
-//! (NFC then per-character lowercase; whitespace only separates words, so its collapsing is
+//! (NFC then per-character lowercase; whitespace only separates words, so collapsing it is
 //! implicit); split with CLIP's pattern and again with the byte-level (GPT-2) pattern; mapped
 //! byte by byte to printable characters; then merged by BPE with the `</w>` end-of-word suffix.
+//! transformers 5 never runs ftfy or BERT's BasicTokenizer here, so neither do we.
 
-use std::collections::HashMap;
-use std::path::Path;
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
+use std::path::{Path, PathBuf};
 
 use regex::Regex;
+use serde::Deserialize;
 use serde_json::Value;
 use unicode_normalization::UnicodeNormalization;
 
@@ -19,11 +22,15 @@ use crate::error::{EngineError, Result};
 
 /// CLIP's context length (tokens incl. bos/eos), used when `tokenizer_config.json` gives none.
 pub const DEFAULT_MAX_LENGTH: usize = 77;
-const DEFAULT_BOS: &str = "<|startoftext|>";
-const DEFAULT_EOS: &str = "<|endoftext|>";
+const DEFAULTS: [(&str, &str); 4] = [
+    ("bos_token", "<|startoftext|>"),
+    ("eos_token", "<|endoftext|>"),
+    ("unk_token", "<|endoftext|>"),
+    ("pad_token", "<|endoftext|>"),
+];
 const END_OF_WORD: &str = "</w>";
 /// transformers writes ~1e30 as `model_max_length` when a tokenizer has no limit.
-const UNLIMITED_MAX_LENGTH: u64 = 1 << 20;
+const UNLIMITED_MAX_LENGTH: f64 = (1u64 << 20) as f64;
 /// The `Split` pre-tokenizer of transformers' CLIPTokenizer.
 const CLIP_PATTERN: &str =
     r"<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|\p{L}+|\p{N}|[^\s\p{L}\p{N}]+";
@@ -31,12 +38,54 @@ const CLIP_PATTERN: &str =
 const BYTE_LEVEL_PATTERN: &str = r"'s|'t|'re|'ve|'m|'ll|'d|\p{L}+|\p{N}+|[^\s\p{L}\p{N}]+";
 
 /// A token matched verbatim in the prompt before BPE (bos, eos, pad, unk, added tokens).
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Deserialize)]
 struct AddedToken {
     content: String,
+    /// Absent in `added_tokens_decoder`, where the id is the key.
+    #[serde(default)]
     id: u32,
-    /// Matched in the normalised text (true) or in the raw text (false).
-    normalized: bool,
+    /// Matched in the normalised text (true) or in the raw text (false); defaults to `!special`.
+    normalized: Option<bool>,
+    #[serde(default)]
+    special: bool,
+}
+
+impl AddedToken {
+    fn normalized(&self) -> bool {
+        self.normalized.unwrap_or(!self.special)
+    }
+}
+
+/// A special token in a config: a plain string (matched raw) or an AddedToken object.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum NamedToken {
+    Plain(String),
+    /// `normalized` defaults to false here: transformers marks these tokens special.
+    Object(AddedToken),
+}
+
+/// The parts of `tokenizer.json` that transformers' CLIPTokenizer keeps (it rebuilds the rest).
+#[derive(Deserialize)]
+struct TokenizerJson {
+    model: BpeModel,
+    #[serde(default)]
+    added_tokens: Vec<AddedToken>,
+}
+
+#[derive(Deserialize)]
+struct BpeModel {
+    vocab: HashMap<String, u32>,
+    merges: Vec<Merge>,
+    unk_token: Option<String>,
+}
+
+/// A merge, as `"a b"` (older files) or `["a", "b"]`.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Merge {
+    Joined(String),
+    Pair(String, String),
 }
 
 /// CLIP's byte-level BPE, loaded from a diffusers `tokenizer/` folder.
@@ -49,15 +98,11 @@ pub struct ClipTokenizer {
     byte_chars: [char; 256],
     clip_split: Regex,
     byte_level_split: Regex,
-    bos_id: u32,
-    eos_id: u32,
-    pad_id: u32,
+    /// bos, eos, pad.
+    specials: [u32; 3],
     unk_id: Option<u32>,
     max_length: usize,
 }
-
-/// A named special token as written in a config: content and `normalized` flag.
-type Named = (String, bool);
 
 impl ClipTokenizer {
     /// Loads `tokenizer.json` if present, else `vocab.json` + `merges.txt`; reads pad/bos/eos tokens
@@ -65,125 +110,99 @@ impl ClipTokenizer {
     /// (defaults: bos `<|startoftext|>`, eos `<|endoftext|>`, pad = eos, max length 77).
     pub fn from_dir(dir: &Path) -> Result<Self> {
         let config_path = dir.join("tokenizer_config.json");
-        let config = read_optional_json(&config_path)?;
+        let config = read_optional_json(&config_path)?.unwrap_or(Value::Null);
         let map_path = dir.join("special_tokens_map.json");
-        let map = read_optional_json(&map_path)?;
-        // transformers ignores special_tokens_map.json when the config lists added_tokens_decoder.
-        let decoder = config.as_ref().and_then(|c| c.get("added_tokens_decoder"));
-        let map = if decoder.is_some() { None } else { map };
-
-        let json_path = dir.join("tokenizer.json");
-        let (vocab_path, vocab, merges, mut listed, json_unk) = if json_path.is_file() {
-            load_tokenizer_json(&json_path)?
-        } else {
-            let vocab_path = dir.join("vocab.json");
-            let vocab: HashMap<String, u32> =
-                serde_json::from_slice(&read(&vocab_path)?).map_err(|e| {
-                    bad(
-                        &vocab_path,
-                        format!("expected an object of token -> id: {e}"),
-                    )
-                })?;
-            let merges = parse_merges_txt(&dir.join("merges.txt"))?;
-            (vocab_path, vocab, merges, Vec::new(), None)
+        // transformers ignores special_tokens_map.json when the config has added_tokens_decoder.
+        let decoder = config.get("added_tokens_decoder");
+        let map = match decoder {
+            Some(_) => Value::Null,
+            None => read_optional_json(&map_path)?.unwrap_or(Value::Null),
         };
+
+        let BpeFiles {
+            vocab_path,
+            merges_path,
+            vocab,
+            merges,
+            mut listed,
+            unk,
+        } = BpeFiles::load(dir)?;
         if let Some(decoder) = decoder {
-            listed = parse_added_tokens(decoder, &config_path)?;
+            let entries: HashMap<u32, AddedToken> = parse_json_value(decoder, &config_path)?;
+            listed = entries
+                .into_iter()
+                .map(|(id, t)| AddedToken { id, ..t })
+                .collect();
         }
 
-        let mut named = Vec::new();
-        for (key, default) in [("bos_token", DEFAULT_BOS), ("eos_token", DEFAULT_EOS)]
-            .into_iter()
-            .chain([("unk_token", DEFAULT_EOS), ("pad_token", DEFAULT_EOS)])
-        {
-            let from_map = match &map {
-                Some(m) => named_token(m.get(key), &map_path)?,
-                None => None,
-            };
-            let from_config = match &config {
-                Some(c) => named_token(c.get(key), &config_path)?,
-                None => None,
-            };
-            named.push(
-                from_map
-                    .or(from_config)
-                    .unwrap_or((default.to_string(), false)),
-            );
-        }
-
-        // Flags: listed tokens (tokenizer.json / added_tokens_decoder) win, else the last
-        // named token with that content (order bos, eos, unk, pad), as transformers adds them.
+        // Named tokens (map over config over defaults), added in the order bos, eos, unk, pad
+        // with the last flag winning; tokens listed with ids (tokenizer.json's added_tokens,
+        // added_tokens_decoder) override their flags, as in transformers' loading.
         let mut added: Vec<AddedToken> = Vec::new();
-        let lookup = |content: &str, explicit: Option<u32>| {
-            vocab.get(content).copied().or(explicit).ok_or_else(|| {
+        let mut named_ids = [0u32; 4];
+        let mut named_contents: [String; 4] = Default::default();
+        for (i, (key, default)) in DEFAULTS.iter().enumerate() {
+            let named = match (map.get(key), config.get(key)) {
+                (Some(v), _) if !v.is_null() => parse_json_value(v, &map_path)?,
+                (_, Some(v)) if !v.is_null() => parse_json_value(v, &config_path)?,
+                _ => NamedToken::Plain(default.to_string()),
+            };
+            let (content, normalized) = match named {
+                NamedToken::Plain(content) => (content, false),
+                NamedToken::Object(t) => (t.content, t.normalized.unwrap_or(false)),
+            };
+            let from_list = listed.iter().find(|t| t.content == content);
+            let id = vocab.get(&content).copied().or(from_list.map(|t| t.id));
+            let id = id.ok_or_else(|| {
                 bad(
                     &vocab_path,
-                    format!("special token {content:?} is not in the vocabulary"),
+                    format!("{key} {content:?} is not in the vocabulary"),
                 )
-            })
-        };
-        for (content, normalized) in &named {
-            let id = lookup(content, None);
-            added.retain(|t| &t.content != content);
-            added.push(AddedToken {
-                content: content.clone(),
-                id: id?,
-                normalized: *normalized,
-            });
-        }
-        for (content, id, normalized) in listed {
-            let id = lookup(&content, Some(id))?;
+            })?;
+            let normalized = from_list.map_or(normalized, AddedToken::normalized);
+            named_ids[i] = id;
+            named_contents[i] = content.clone();
             added.retain(|t| t.content != content);
             added.push(AddedToken {
                 content,
                 id,
-                normalized,
+                normalized: Some(normalized),
+                special: true,
             });
         }
-        let id_of = |content: &str| added.iter().find(|t| t.content == content).map(|t| t.id);
-        let unk_name = json_unk.unwrap_or_else(|| named[2].0.clone());
-        let unk_id = vocab.get(&unk_name).copied();
-        let (bos_id, eos_id, pad_id) =
-            match (id_of(&named[0].0), id_of(&named[1].0), id_of(&named[3].0)) {
-                (Some(b), Some(e), Some(p)) => (b, e, p),
-                _ => {
-                    return Err(bad(
-                        &vocab_path,
-                        "bos/eos/pad token ids could not be resolved",
-                    ))
-                }
-            };
-        let max_length = parse_max_length(config.as_ref(), &config_path)?;
-        Self::build(
-            vocab,
-            &merges,
-            added,
-            [bos_id, eos_id, pad_id],
-            unk_id,
-            max_length,
-        )
-        .map_err(|message| bad(&vocab_path, message))
+        for token in listed {
+            if !added.iter().any(|t| t.content == token.content) {
+                let id = vocab.get(&token.content).copied().unwrap_or(token.id);
+                added.push(AddedToken { id, ..token });
+            }
+        }
+        let [_, _, unk_named, _] = named_contents;
+        let unk_id = vocab.get(&unk.unwrap_or(unk_named)).copied();
+        let max_length = parse_max_length(&config, &config_path)?;
+        let [bos, eos, _, pad] = named_ids;
+        Self::build(vocab, &merges, added, [bos, eos, pad], unk_id, max_length)
+            .map_err(|message| bad(&merges_path, message))
     }
 
-    /// Assembles a tokenizer from parsed parts; merges naming unknown tokens are an error,
-    /// as in the `tokenizers` BPE builder.
+    /// Assembles a tokenizer from parsed parts; a merge naming a token absent from the
+    /// vocabulary is an error, as in the `tokenizers` BPE builder (later duplicates win).
     fn build(
         vocab: HashMap<String, u32>,
         merges: &[(String, String)],
         added: Vec<AddedToken>,
-        [bos_id, eos_id, pad_id]: [u32; 3],
+        specials: [u32; 3],
         unk_id: Option<u32>,
         max_length: usize,
     ) -> std::result::Result<Self, String> {
         let mut merge_map = HashMap::with_capacity(merges.len());
         for (rank, (a, b)) in merges.iter().enumerate() {
-            let merged = format!("{a}{b}");
             let id = |t: &str| {
-                vocab.get(t).copied().ok_or(format!(
-                    "merge {a:?} {b:?} uses {t:?}, absent from the vocabulary"
-                ))
+                let message =
+                    || format!("merge {a:?} {b:?} uses {t:?}, absent from the vocabulary");
+                vocab.get(t).copied().ok_or_else(message)
             };
-            merge_map.insert((id(a)?, id(b)?), (rank as u32, id(&merged)?));
+            let rank = u32::try_from(rank).map_err(|e| e.to_string())?;
+            merge_map.insert((id(a)?, id(b)?), (rank, id(&format!("{a}{b}"))?));
         }
         Ok(Self {
             vocab,
@@ -192,9 +211,7 @@ impl ClipTokenizer {
             byte_chars: bytes_to_unicode(),
             clip_split: Regex::new(CLIP_PATTERN).map_err(|e| e.to_string())?,
             byte_level_split: Regex::new(BYTE_LEVEL_PATTERN).map_err(|e| e.to_string())?,
-            bos_id,
-            eos_id,
-            pad_id,
+            specials,
             unk_id,
             max_length,
         })
@@ -202,11 +219,13 @@ impl ClipTokenizer {
 
     /// Exactly `max_length` ids: bos, the BPE ids truncated to max_length-2, eos, then pad ids.
     pub fn encode(&self, text: &str) -> Vec<u32> {
+        let [bos, eos, pad] = self.specials;
         let mut ids = Vec::with_capacity(self.max_length);
-        ids.push(self.bos_id);
-        ids.extend(self.tokenize(text).into_iter().take(self.max_length - 2));
-        ids.push(self.eos_id);
-        ids.resize(self.max_length, self.pad_id);
+        ids.push(bos);
+        let content = self.tokenize(text);
+        ids.extend(content.into_iter().take(self.max_length.saturating_sub(2)));
+        ids.push(eos);
+        ids.resize(self.max_length, pad);
         ids
     }
 
@@ -222,49 +241,51 @@ impl ClipTokenizer {
 
     /// Id filling the tail of [`ClipTokenizer::encode`]'s output (eos for SD1, `!` for SD2).
     pub fn pad_id(&self) -> u32 {
-        self.pad_id
+        self.specials[2]
     }
 
     /// The content ids of `text`, without bos/eos/padding.
     fn tokenize(&self, text: &str) -> Vec<u32> {
         let mut ids = Vec::new();
-        for (raw, special) in self.split_added(text, false) {
-            if let Some(id) = special {
-                ids.push(id);
-                continue;
-            }
+        for raw in self.split_added(text, false) {
+            let raw = match raw {
+                Piece::Token(id) => {
+                    ids.push(id);
+                    continue;
+                }
+                Piece::Text(raw) => raw,
+            };
             let normalized: String = raw.nfc().flat_map(char::to_lowercase).collect();
-            for (piece, special) in self.split_added(&normalized, true) {
-                match special {
-                    Some(id) => ids.push(id),
-                    None => self.tokenize_words(piece, &mut ids),
+            for piece in self.split_added(&normalized, true) {
+                match piece {
+                    Piece::Token(id) => ids.push(id),
+                    Piece::Text(text) => {
+                        for word in self.clip_split.find_iter(text) {
+                            for word in self.byte_level_split.find_iter(word.as_str()) {
+                                ids.extend(self.bpe(word.as_str()));
+                            }
+                        }
+                    }
                 }
             }
         }
         ids
     }
 
-    /// Cuts `text` at added tokens with the given `normalized` flag, leftmost then longest
-    /// first; yields text pieces as `(piece, None)` and tokens as `("", Some(id))`.
-    fn split_added<'t>(&self, text: &'t str, normalized: bool) -> Vec<(&'t str, Option<u32>)> {
-        let tokens: Vec<&AddedToken> = self
-            .added
-            .iter()
-            .filter(|t| t.normalized == normalized)
-            .collect();
-        let mut out = Vec::new();
+    /// Cuts `text` at the added tokens with this `normalized` flag, taking at each position
+    /// the longest token that starts there (the `tokenizers` added-vocabulary matcher).
+    fn split_added<'t>(&self, text: &'t str, normalized: bool) -> Vec<Piece<'t>> {
+        let tokens = self.added.iter().filter(|t| t.normalized() == normalized);
+        let tokens: Vec<&AddedToken> = tokens.filter(|t| !t.content.is_empty()).collect();
+        let mut pieces = Vec::new();
         let (mut start, mut pos) = (0, 0);
-        while pos < text.len() {
-            let rest = &text[pos..];
-            let best = tokens
-                .iter()
-                .filter(|t| !t.content.is_empty() && rest.starts_with(&t.content))
-                .max_by_key(|t| t.content.len());
-            if let Some(token) = best {
+        while let Some(rest) = text.get(pos..).filter(|r| !r.is_empty()) {
+            let matching = tokens.iter().filter(|t| rest.starts_with(&t.content));
+            if let Some(token) = matching.max_by_key(|t| t.content.len()) {
                 if start < pos {
-                    out.push((&text[start..pos], None));
+                    pieces.push(Piece::Text(&text[start..pos]));
                 }
-                out.push(("", Some(token.id)));
+                pieces.push(Piece::Token(token.id));
                 pos += token.content.len();
                 start = pos;
             } else {
@@ -272,23 +293,14 @@ impl ClipTokenizer {
             }
         }
         if start < text.len() {
-            out.push((&text[start..], None));
+            pieces.push(Piece::Text(&text[start..]));
         }
-        out
-    }
-
-    /// Pre-tokenizes normalised text into words and appends each word's BPE ids.
-    fn tokenize_words(&self, text: &str, ids: &mut Vec<u32>) {
-        for piece in self.clip_split.find_iter(text) {
-            for word in self.byte_level_split.find_iter(piece.as_str()) {
-                self.bpe_word(word.as_str(), ids);
-            }
-        }
+        pieces
     }
 
     /// BPE on one word: its bytes as CLIP characters, `</w>` on the last, then merges applied
     /// lowest rank first (leftmost on ties). Unknown characters become unk, or vanish without one.
-    fn bpe_word(&self, word: &str, ids: &mut Vec<u32>) {
+    fn bpe(&self, word: &str) -> Vec<u32> {
         let chars: Vec<char> = word
             .bytes()
             .map(|b| self.byte_chars[usize::from(b)])
@@ -299,40 +311,57 @@ impl ClipTokenizer {
             if i + 1 == chars.len() {
                 symbol.push_str(END_OF_WORD);
             }
-            if let Some(id) = self.vocab.get(&symbol).copied().or(self.unk_id) {
-                symbols.push(id);
+            symbols.extend(self.vocab.get(&symbol).copied().or(self.unk_id));
+        }
+        // Merge the lowest-ranked adjacent pair, leftmost on ties, until none is left; a heap
+        // of candidates over a linked list keeps long words O(n log n) like `tokenizers` does.
+        let n = symbols.len();
+        let mut prev: Vec<usize> = (0..n).map(|i| i.wrapping_sub(1)).collect(); // MAX: none
+        let mut next: Vec<usize> = (1..=n).collect(); // n: none
+        let mut alive = vec![true; n];
+        let mut heap = BinaryHeap::new();
+        let candidate = |symbols: &[u32], i: usize, j: usize| {
+            let merge = self.merges.get(&(symbols[i], symbols[j]));
+            merge.map(|&(rank, id)| Reverse((rank, i, id)))
+        };
+        heap.extend((1..n).filter_map(|j| candidate(&symbols, j - 1, j)));
+        while let Some(Reverse((rank, i, id))) = heap.pop() {
+            let j = next[i];
+            if !alive[i] || j >= n || candidate(&symbols, i, j) != Some(Reverse((rank, i, id))) {
+                continue;
+            }
+            symbols[i] = id;
+            alive[j] = false;
+            next[i] = next[j];
+            if next[i] < n {
+                prev[next[i]] = i;
+                heap.extend(candidate(&symbols, i, next[i]));
+            }
+            if prev[i] < n {
+                heap.extend(candidate(&symbols, prev[i], i));
             }
         }
-        loop {
-            let best = symbols
-                .windows(2)
-                .enumerate()
-                .filter_map(|(i, pair)| {
-                    self.merges
-                        .get(&(pair[0], pair[1]))
-                        .map(|&(rank, id)| (rank, i, id))
-                })
-                .min();
-            let Some((_, i, id)) = best else { break };
-            symbols[i] = id;
-            symbols.remove(i + 1);
-        }
-        ids.extend(symbols);
+        let kept = symbols.into_iter().zip(alive).filter(|&(_, alive)| alive);
+        kept.map(|(symbol, _)| symbol).collect()
     }
 }
 
-/// GPT-2/CLIP's reversible byte → printable character table: printable Latin-1 bytes map to
+/// A stretch of prompt text, or an added token found in it.
+enum Piece<'t> {
+    Text(&'t str),
+    Token(u32),
+}
+
+/// GPT-2/CLIP's reversible byte -> printable character table: printable Latin-1 bytes map to
 /// themselves, the other bytes to U+0100 upward in byte order.
 fn bytes_to_unicode() -> [char; 256] {
     let printable = |b: u8| matches!(b, b'!'..=b'~' | 0xA1..=0xAC | 0xAE..=0xFF);
     let mut table = ['\0'; 256];
-    let mut next = 256u32;
+    let mut next = 0x100u32..;
     for b in 0..=255u8 {
-        table[usize::from(b)] = if printable(b) {
-            char::from(b)
-        } else {
-            next += 1;
-            char::from_u32(next - 1).unwrap_or('\0')
+        table[usize::from(b)] = match printable(b) {
+            true => char::from(b),
+            false => next.next().and_then(char::from_u32).unwrap_or('\0'),
         };
     }
     table
@@ -346,169 +375,98 @@ fn read(path: &Path) -> Result<Vec<u8>> {
     std::fs::read(path).map_err(|e| bad(path, format!("cannot read: {e}")))
 }
 
+fn parse_json<T: serde::de::DeserializeOwned>(bytes: &[u8], path: &Path) -> Result<T> {
+    serde_json::from_slice(bytes).map_err(|e| bad(path, format!("malformed: {e}")))
+}
+
+fn parse_json_value<T: serde::de::DeserializeOwned>(value: &Value, path: &Path) -> Result<T> {
+    T::deserialize(value).map_err(|e| bad(path, format!("malformed value {value}: {e}")))
+}
+
 fn read_optional_json(path: &Path) -> Result<Option<Value>> {
-    if !path.is_file() {
-        return Ok(None);
+    match path.is_file() {
+        true => parse_json(&read(path)?, path).map(Some),
+        false => Ok(None),
     }
-    let value = serde_json::from_slice(&read(path)?)
-        .map_err(|e| bad(path, format!("invalid JSON: {e}")))?;
-    Ok(Some(value))
+}
+
+/// Splits a merge line `left right`; anything but exactly two space-separated tokens is `None`.
+fn split_merge(line: &str) -> Option<(String, String)> {
+    let (a, b) = line.split_once(' ')?;
+    (!b.contains(' ')).then(|| (a.to_string(), b.to_string()))
 }
 
 /// `merges.txt`: an optional `#version` line, then one `left right` pair per line, by rank.
 fn parse_merges_txt(path: &Path) -> Result<Vec<(String, String)>> {
     let text = String::from_utf8(read(path)?).map_err(|e| bad(path, format!("not UTF-8: {e}")))?;
-    let mut merges = Vec::new();
-    for (n, line) in text.lines().enumerate() {
-        if line.starts_with("#version") || line.is_empty() {
-            continue;
-        }
-        match line.split(' ').collect::<Vec<_>>()[..] {
-            [a, b] => merges.push((a.to_string(), b.to_string())),
-            _ => {
-                return Err(bad(
-                    path,
-                    format!("line {}: expected two tokens, got {line:?}", n + 1),
-                ))
-            }
-        }
-    }
-    Ok(merges)
-}
-
-type JsonParts = (
-    std::path::PathBuf,
-    HashMap<String, u32>,
-    Vec<(String, String)>,
-    Vec<(String, u32, bool)>,
-    Option<String>,
-);
-
-/// `tokenizer.json`: the BPE model's vocab, merges (`"a b"` strings or `["a", "b"]` pairs),
-/// unk token and the added tokens; the pipeline itself is CLIP's whatever the file says,
-/// as transformers' CLIPTokenizer also rebuilds it.
-fn load_tokenizer_json(path: &Path) -> Result<JsonParts> {
-    let json: Value = serde_json::from_slice(&read(path)?)
-        .map_err(|e| bad(path, format!("invalid JSON: {e}")))?;
-    let model = &json["model"];
-    if model.get("type").is_some_and(|t| t != "BPE") {
-        return Err(bad(
-            path,
-            format!("model type {} is not BPE", model["type"]),
-        ));
-    }
-    let vocab = serde_json::from_value(model["vocab"].clone()).map_err(|e| {
-        bad(
-            path,
-            format!("model.vocab: expected an object of token -> id: {e}"),
-        )
-    })?;
-    let entries = model["merges"]
-        .as_array()
-        .ok_or_else(|| bad(path, "model.merges: expected an array"))?;
-    let mut merges = Vec::with_capacity(entries.len());
-    for entry in entries {
-        let pair = match entry {
-            Value::String(s) => s
-                .split_once(' ')
-                .map(|(a, b)| (a.to_string(), b.to_string())),
-            Value::Array(a) => match &a[..] {
-                [Value::String(l), Value::String(r)] => Some((l.clone(), r.clone())),
-                _ => None,
-            },
-            _ => None,
-        };
-        merges
-            .push(pair.ok_or_else(|| bad(path, format!("model.merges: malformed entry {entry}")))?);
-    }
-    let unk = model
-        .get("unk_token")
-        .and_then(Value::as_str)
-        .map(str::to_string);
-    let added = match json.get("added_tokens") {
-        Some(Value::Array(list)) => list
-            .iter()
-            .map(|t| added_entry(t, t.get("id"), path))
-            .collect::<Result<Vec<_>>>()?,
-        _ => Vec::new(),
-    };
-    Ok((path.to_path_buf(), vocab, merges, added, unk))
-}
-
-/// `added_tokens_decoder` of `tokenizer_config.json`: id (as a string key) → AddedToken object.
-fn parse_added_tokens(decoder: &Value, path: &Path) -> Result<Vec<(String, u32, bool)>> {
-    let entries = decoder
-        .as_object()
-        .ok_or_else(|| bad(path, "added_tokens_decoder: expected an object"))?;
-    entries
-        .iter()
-        .map(|(id, t)| added_entry(t, Some(&Value::String(id.clone())), path))
+    let lines = text.lines().enumerate();
+    let lines = lines.filter(|(_, line)| !line.is_empty() && !line.starts_with("#version"));
+    lines
+        .map(|(n, line)| {
+            let message = || format!("line {}: expected two tokens, got {line:?}", n + 1);
+            split_merge(line).ok_or_else(|| bad(path, message()))
+        })
         .collect()
 }
 
-/// One AddedToken object: `(content, id, normalized)`; `normalized` defaults to `!special`.
-fn added_entry(token: &Value, id: Option<&Value>, path: &Path) -> Result<(String, u32, bool)> {
-    let id = match id {
-        Some(Value::Number(n)) => n.as_u64(),
-        Some(Value::String(s)) => s.parse().ok(),
-        _ => None,
-    };
-    let content = token.get("content").and_then(Value::as_str);
-    let special = token
-        .get("special")
-        .and_then(Value::as_bool)
-        .unwrap_or(false);
-    let normalized = token
-        .get("normalized")
-        .and_then(Value::as_bool)
-        .unwrap_or(!special);
-    match (content, id.and_then(|i| u32::try_from(i).ok())) {
-        (Some(c), Some(i)) => Ok((c.to_string(), i, normalized)),
-        _ => Err(bad(path, format!("malformed added token {token}"))),
-    }
+/// The vocabulary, ranked merges and listed added tokens, from `tokenizer.json` if present,
+/// else from `vocab.json` + `merges.txt`.
+struct BpeFiles {
+    vocab_path: PathBuf,
+    merges_path: PathBuf,
+    vocab: HashMap<String, u32>,
+    merges: Vec<(String, String)>,
+    listed: Vec<AddedToken>,
+    unk: Option<String>,
 }
 
-/// A special token given as a string (matched raw) or an AddedToken object `{"content": ...}`.
-fn named_token(value: Option<&Value>, path: &Path) -> Result<Option<Named>> {
-    match value {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::String(s)) => Ok(Some((s.clone(), false))),
-        Some(Value::Object(o)) => match o.get("content").and_then(Value::as_str) {
-            Some(c) => Ok(Some((
-                c.to_string(),
-                o.get("normalized")
-                    .and_then(Value::as_bool)
-                    .unwrap_or(false),
-            ))),
-            None => Err(bad(
-                path,
-                format!("special token object without content: {value:?}"),
-            )),
-        },
-        Some(other) => Err(bad(
-            path,
-            format!("special token must be a string or object, got {other}"),
-        )),
+impl BpeFiles {
+    fn load(dir: &Path) -> Result<Self> {
+        let json_path = dir.join("tokenizer.json");
+        if !json_path.is_file() {
+            let (vocab_path, merges_path) = (dir.join("vocab.json"), dir.join("merges.txt"));
+            let vocab = parse_json(&read(&vocab_path)?, &vocab_path)?;
+            let merges = parse_merges_txt(&merges_path)?;
+            let (listed, unk) = (Vec::new(), None);
+            return Ok(Self {
+                vocab_path,
+                merges_path,
+                vocab,
+                merges,
+                listed,
+                unk,
+            });
+        }
+        let json: TokenizerJson = parse_json(&read(&json_path)?, &json_path)?;
+        let merges = json.model.merges.into_iter().map(|m| match m {
+            Merge::Pair(a, b) => Ok((a, b)),
+            Merge::Joined(s) => split_merge(&s).ok_or(s),
+        });
+        let merges = merges
+            .collect::<std::result::Result<_, _>>()
+            .map_err(|s| bad(&json_path, format!("malformed merge {s:?}")))?;
+        Ok(Self {
+            vocab_path: json_path.clone(),
+            merges_path: json_path,
+            vocab: json.model.vocab,
+            merges,
+            listed: json.added_tokens,
+            unk: json.model.unk_token,
+        })
     }
 }
 
 /// `model_max_length`, defaulting to 77 when absent or transformers' "unlimited" sentinel.
-fn parse_max_length(config: Option<&Value>, path: &Path) -> Result<usize> {
-    let Some(value) = config.and_then(|c| c.get("model_max_length")) else {
+fn parse_max_length(config: &Value, path: &Path) -> Result<usize> {
+    let Some(value) = config.get("model_max_length").filter(|v| !v.is_null()) else {
         return Ok(DEFAULT_MAX_LENGTH);
     };
-    let n = value.as_u64().or_else(|| {
-        value
-            .as_f64()
-            .filter(|f| *f >= 0.0 && f.fract() == 0.0)
-            .map(|f| f.min(u64::MAX as f64) as u64)
-    });
-    match n {
+    match value.as_f64() {
         Some(n) if n >= UNLIMITED_MAX_LENGTH => Ok(DEFAULT_MAX_LENGTH),
-        Some(n) if n >= 2 => Ok(n as usize),
+        Some(n) if n >= 2.0 && n.fract() == 0.0 => Ok(n as usize),
         _ => Err(bad(
             path,
-            format!("model_max_length must be an integer >= 2, got {value}"),
+            format!("model_max_length {value} is not an integer >= 2"),
         )),
     }
 }
@@ -524,64 +482,48 @@ mod tests {
         assert_eq!(table[usize::from(b' ')], 'Ġ'); // U+0120: space is the 33rd unprintable byte
         assert_eq!(table[0], 'Ā');
         assert_eq!(table[0xAD], 'Ń');
-        let mut seen: Vec<char> = table.to_vec();
+        assert_eq!(table[0xFF], 'ÿ');
+        let mut seen = table.to_vec();
         seen.sort_unstable();
         seen.dedup();
         assert_eq!(seen.len(), 256);
     }
 
-    /// A vocabulary over `l o w e r` with merges `l o`, `lo w</w>`, `e r</w>`, `lo w`.
+    fn special(content: &str, id: u32, normalized: bool) -> AddedToken {
+        let content = content.to_string();
+        AddedToken {
+            content,
+            id,
+            normalized: Some(normalized),
+            special: true,
+        }
+    }
+
+    /// A vocabulary over `l o w e r` with merges `l o`, `lo w</w>`, `e r</w>`, `lo w`;
+    /// bos is matched after normalisation, eos (also unk and pad) on the raw text.
     fn tiny() -> ClipTokenizer {
-        let tokens = [
-            "<|startoftext|>",
-            "<|endoftext|>",
-            "l",
-            "o",
-            "w",
-            "e",
-            "r",
-            "w</w>",
-            "r</w>",
-            "lo",
-            "low</w>",
-            "er</w>",
-            "low",
-            "!</w>",
-        ];
+        let tokens =
+            "<|startoftext|> <|endoftext|> l o w e r w</w> r</w> lo low</w> er</w> low !</w>";
         let vocab = tokens
-            .iter()
-            .enumerate()
-            .map(|(i, t)| (t.to_string(), i as u32))
+            .split(' ')
+            .zip(0..)
+            .map(|(t, i)| (t.to_string(), i))
             .collect();
-        let merges: Vec<(String, String)> =
-            [("l", "o"), ("lo", "w</w>"), ("e", "r</w>"), ("lo", "w")]
-                .iter()
-                .map(|(a, b)| (a.to_string(), b.to_string()))
-                .collect();
+        let merges = ["l o", "lo w</w>", "e r</w>", "lo w"].map(|m| split_merge(m).expect("pair"));
         let added = vec![
-            AddedToken {
-                content: "<|startoftext|>".into(),
-                id: 0,
-                normalized: true,
-            },
-            AddedToken {
-                content: "<|endoftext|>".into(),
-                id: 1,
-                normalized: false,
-            },
+            special("<|startoftext|>", 0, true),
+            special("<|endoftext|>", 1, false),
         ];
-        ClipTokenizer::build(vocab, &merges, added, [0, 1, 1], Some(1), 8)
-            .expect("tiny vocab is consistent")
+        ClipTokenizer::build(vocab, &merges, added, [0, 1, 1], Some(1), 8).expect("consistent")
     }
 
     #[test]
-    fn bpe_applies_merges_by_rank() {
+    fn bpe_applies_merges_by_rank_then_leftmost() {
         let t = tiny();
         assert_eq!(t.tokenize("low"), vec![10]);
-        assert_eq!(t.tokenize("LOWER"), vec![12, 11]); // lo+w (rank 3), e+r</w> (rank 2)
+        assert_eq!(t.tokenize("LOWER"), vec![12, 11]); // e+r</w> (rank 2) before lo+w (rank 3)
         assert_eq!(t.tokenize("low!  lo"), vec![10, 13, 2, 1]); // "o</w>" is unknown: unk
-        // A one-letter word is its end-of-word form ("w</w>"); "?" is unknown.
-        assert_eq!(t.tokenize("w?"), vec![7, 1]);
+        assert_eq!(t.tokenize("w?"), vec![7, 1]); // two words: "w</w>", unknown "?</w>"
     }
 
     #[test]
@@ -593,12 +535,21 @@ mod tests {
             vec![0, 10, 10, 10, 10, 10, 10, 1]
         );
         assert_eq!(t.count_tokens(&"low ".repeat(10)), 10);
-        // Raw-matched eos, normalised-matched bos, uppercase eos is plain text.
+        // Raw-matched eos, normalised-matched bos; an uppercase eos is plain text that splits
+        // into the words "<|", "endoftext", "|>" (mostly unknown characters here).
         assert_eq!(
             t.tokenize("low<|endoftext|><|STARTOFTEXT|>"),
             vec![10, 1, 0]
         );
-        // "<|", "endoftext", "|>" as BPE words, mostly unknown characters here.
         assert_eq!(t.tokenize("<|ENDOFTEXT|>").len(), 13);
+    }
+
+    #[test]
+    fn inconsistent_merges_are_rejected() {
+        let vocab = HashMap::from([("a".to_string(), 0), ("b".to_string(), 1)]);
+        let merges = [split_merge("a b").expect("pair")];
+        let err = ClipTokenizer::build(vocab, &merges, Vec::new(), [0, 0, 0], None, 77);
+        assert!(err.expect_err("ab is missing").contains("\"ab\""));
+        assert_eq!(split_merge("a b c"), None);
     }
 }

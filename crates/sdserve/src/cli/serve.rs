@@ -1,9 +1,206 @@
-//! `sdserve serve`: load the model and serve the HTTP APIs (in progress).
+//! `sdserve serve`: bind the port, serve `/livez` at once, load the model on its
+//! own thread (then `/readyz` turns ready), and serve the HTTP APIs until SIGTERM
+//! or Ctrl-C, which drains queued and running jobs before exiting 0.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use sdserve_engine::{Engine, ModelSource};
+use sdserve_server::config::{self, AuthConfig, BasicCredential, Limits, ServerConfig};
+use sdserve_server::App;
+
+/// Served when `--model` is not given: small and fast (1 to 4 steps, guidance off).
+pub const DEFAULT_MODEL: &str = "stabilityai/sd-turbo";
 
 /// Flags of `sdserve serve`.
 #[derive(clap::Args, Debug)]
-pub struct ServeArgs {}
+pub struct ServeArgs {
+    /// Diffusers model folder, or a Hugging Face repo id (`org/name`), downloaded once into the HF cache.
+    #[arg(long, default_value = DEFAULT_MODEL)]
+    pub model: String,
+    /// Address to bind; use 0.0.0.0 to accept connections from other machines.
+    #[arg(long, default_value = "127.0.0.1")]
+    pub host: IpAddr,
+    #[arg(long, default_value_t = 7860)]
+    pub port: u16,
+    /// Jobs that may wait at once; more get 429 with Retry-After.
+    #[arg(long, default_value_t = config::DEFAULT_QUEUE_SIZE)]
+    pub queue_size: usize,
+    /// Where PNGs and job records are written (kept across restarts).
+    #[arg(long, default_value = "./outputs")]
+    pub output_dir: PathBuf,
+    /// Accepted API key (`Authorization: Bearer KEY`); repeatable. With any key or
+    /// user, every route but /livez and /readyz requires one.
+    #[arg(long = "api-key", value_name = "KEY")]
+    pub api_keys: Vec<String>,
+    /// Accepted HTTP Basic credential, as AUTOMATIC1111's `--api-auth`; repeatable.
+    #[arg(long = "api-auth", value_name = "USER:PASS")]
+    pub api_auth: Vec<BasicCredential>,
+    /// Seconds SIGTERM waits for queued and running jobs before cancelling them.
+    #[arg(long, value_name = "SECS", default_value_t = config::DEFAULT_DRAIN_TIMEOUT_SECS)]
+    pub drain_timeout: u64,
+    /// Largest image width.
+    #[arg(long, default_value_t = config::DEFAULT_MAX_WIDTH)]
+    pub max_width: usize,
+    /// Largest image height.
+    #[arg(long, default_value_t = config::DEFAULT_MAX_HEIGHT)]
+    pub max_height: usize,
+    /// Largest width × height of one image.
+    #[arg(long, default_value_t = config::DEFAULT_MAX_PIXELS)]
+    pub max_pixels: usize,
+    /// Most denoising steps.
+    #[arg(long, default_value_t = config::DEFAULT_MAX_STEPS)]
+    pub max_steps: usize,
+    /// Most images per request (and per UNet batch).
+    #[arg(long, default_value_t = config::DEFAULT_MAX_BATCH)]
+    pub max_batch: usize,
+    /// Longest prompt or negative prompt, in characters.
+    #[arg(long, default_value_t = config::DEFAULT_MAX_PROMPT_CHARS)]
+    pub max_prompt_chars: usize,
+    /// Largest request body, in bytes.
+    #[arg(long, default_value_t = config::DEFAULT_MAX_BODY_BYTES)]
+    pub max_body_bytes: usize,
+}
 
-pub fn run(_args: ServeArgs) -> anyhow::Result<()> {
-    anyhow::bail!("sdserve serve is not implemented yet")
+impl ServeArgs {
+    fn config(&self) -> ServerConfig {
+        let mut config = ServerConfig::new(&self.output_dir);
+        config.queue_size = self.queue_size;
+        config.auth = AuthConfig {
+            api_keys: self.api_keys.clone(),
+            basic: self.api_auth.clone(),
+        };
+        config.limits = Limits {
+            max_width: self.max_width,
+            max_height: self.max_height,
+            max_pixels: self.max_pixels,
+            max_steps: self.max_steps,
+            max_batch: self.max_batch,
+            max_prompt_chars: self.max_prompt_chars,
+            max_body_bytes: self.max_body_bytes,
+        };
+        config.max_batch_images = self.max_batch.max(1);
+        config.drain_timeout = Duration::from_secs(self.drain_timeout);
+        config
+    }
+}
+
+pub fn run(args: ServeArgs) -> anyhow::Result<()> {
+    let started = Instant::now();
+    for (flag, value) in [
+        ("--queue-size", args.queue_size),
+        ("--max-width", args.max_width),
+        ("--max-height", args.max_height),
+        ("--max-pixels", args.max_pixels),
+        ("--max-steps", args.max_steps),
+        ("--max-batch", args.max_batch),
+        ("--max-prompt-chars", args.max_prompt_chars),
+        ("--max-body-bytes", args.max_body_bytes),
+    ] {
+        anyhow::ensure!(value > 0, "{flag} must be at least 1");
+    }
+    let app = App::new(args.config())?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("sdserve-http")
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(serve(app, args, started))
+}
+
+async fn serve(app: App, args: ServeArgs, started: Instant) -> anyhow::Result<()> {
+    let addr = SocketAddr::new(args.host, args.port);
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding {addr}"))?;
+    let auth = if args.api_keys.is_empty() && args.api_auth.is_empty() {
+        "off"
+    } else {
+        "on"
+    };
+    tracing::info!(%addr, auth, output_dir = %args.output_dir.display(), "listening; /livez is up, /readyz waits for the model");
+
+    let failed = spawn_loader(app.clone(), args.model.clone(), started)?;
+    let load_failure = async move {
+        match failed.await {
+            Ok(error) => error,
+            // The loader succeeded and dropped its sender: never resolve.
+            Err(_) => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        served = app.serve(listener, shutdown_signal()) => {
+            served.context("serving HTTP")?;
+            tracing::info!("drained; exiting");
+            Ok(())
+        }
+        error = load_failure => Err(error),
+    }
+}
+
+/// Loads the model on its own thread; the receiver gets the error if that fails.
+fn spawn_loader(
+    app: App,
+    model: String,
+    started: Instant,
+) -> anyhow::Result<tokio::sync::oneshot::Receiver<anyhow::Error>> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("sdserve-load".into())
+        .spawn(move || {
+            let load_start = Instant::now();
+            tracing::info!(model = %model, "loading model");
+            let loaded = Engine::load(&ModelSource::parse(&model))
+                .with_context(|| format!("loading model {model}"))
+                .and_then(|engine| {
+                    let info = engine.info().clone();
+                    app.install_backend(Arc::new(engine))?;
+                    Ok(info)
+                });
+            match loaded {
+                Ok(info) => tracing::info!(
+                    model = %info.name,
+                    native = %format!("{}x{}", info.native_width, info.native_height),
+                    load_secs = format!("{:.2}", load_start.elapsed().as_secs_f64()),
+                    startup_secs = format!("{:.2}", started.elapsed().as_secs_f64()),
+                    "model loaded; ready"
+                ),
+                Err(error) => {
+                    let _ = tx.send(error);
+                }
+            }
+        })
+        .context("starting the model loader thread")?;
+    Ok(rx)
+}
+
+/// Resolves on SIGTERM or Ctrl-C.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(e) = tokio::signal::ctrl_c().await {
+            tracing::warn!(error = %e, "cannot listen for Ctrl-C");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => tracing::info!("Ctrl-C: draining"),
+        _ = terminate => tracing::info!("SIGTERM: draining"),
+    }
 }

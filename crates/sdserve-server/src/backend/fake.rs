@@ -1,0 +1,260 @@
+//! A stand-in engine for tests: instant (or deliberately slow) generation of
+//! images that depend only on the request and seed, with the engine's progress,
+//! per-job cancellation and error behaviour. Prompts containing
+//! [`FakeBackend::FAIL_MARKER`] or [`FakeBackend::PANIC_MARKER`] make a job fail or
+//! the batch panic, to test those paths.
+
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use crate::engine_api::{
+    random_seed, EngineError, GenerateRequest, GeneratedImage, GenerationOutput, ModelInfo,
+    Observer, Progress, Timings,
+};
+
+use super::Backend;
+
+/// Deterministic fake engine.
+pub struct FakeBackend {
+    info: ModelInfo,
+    step_delay: Duration,
+    batches: Mutex<Vec<usize>>,
+}
+
+impl Default for FakeBackend {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl FakeBackend {
+    /// A prompt containing this makes its job fail with an engine error.
+    pub const FAIL_MARKER: &'static str = "[[fake-fail]]";
+    /// A prompt containing this makes the whole batch panic.
+    pub const PANIC_MARKER: &'static str = "[[fake-panic]]";
+
+    /// A fake 64×64 model, 4 steps and CFG 7 by default, no delay.
+    pub fn new() -> Self {
+        Self {
+            info: ModelInfo {
+                name: "fake-sd".into(),
+                native_width: 64,
+                native_height: 64,
+                default_steps: 4,
+                default_cfg_scale: 7.0,
+                vae_scale_factor: 8,
+            },
+            step_delay: Duration::ZERO,
+            batches: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Sleeps this long per denoising step (to test progress, cancel and overload).
+    pub fn with_step_delay(mut self, delay: Duration) -> Self {
+        self.step_delay = delay;
+        self
+    }
+
+    /// Uses other model facts (name, native size, defaults).
+    pub fn with_info(mut self, info: ModelInfo) -> Self {
+        self.info = info;
+        self
+    }
+
+    /// Number of jobs in each batch run so far, in order.
+    pub fn batch_sizes(&self) -> Vec<usize> {
+        self.batches.lock().map(|b| b.clone()).unwrap_or_default()
+    }
+
+    fn image(&self, request: &GenerateRequest, seed: u64, index: usize) -> GeneratedImage {
+        let mut key = mix(seed ^ 0x5eed);
+        for byte in request
+            .prompt
+            .bytes()
+            .chain([0])
+            .chain(request.negative_prompt.bytes())
+        {
+            key = mix(key ^ u64::from(byte));
+        }
+        key = mix(key ^ request.steps as u64 ^ ((request.cfg_scale.to_bits()) << 1));
+        key = mix(key ^ request.sampler.id().len() as u64 ^ ((index as u64) << 32));
+        let mut rgb = Vec::with_capacity(request.width * request.height * 3);
+        for y in 0..request.height {
+            for x in 0..request.width {
+                let v = mix(key ^ ((y as u64) << 20) ^ x as u64);
+                rgb.extend_from_slice(&v.to_le_bytes()[..3]);
+            }
+        }
+        GeneratedImage {
+            width: request.width,
+            height: request.height,
+            rgb,
+            seed,
+            infotext: format!(
+                "{}\nNegative prompt: {}\nSteps: {}, Sampler: {}, CFG scale: {}, Seed: {}, Size: {}x{}, Model: {}",
+                request.prompt,
+                request.negative_prompt,
+                request.steps,
+                request.sampler.label(),
+                request.cfg_scale,
+                seed,
+                request.width,
+                request.height,
+                self.info.name
+            ),
+        }
+    }
+}
+
+/// SplitMix64 finaliser: a cheap, well-spread hash step.
+fn mix(mut z: u64) -> u64 {
+    z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+impl Backend for FakeBackend {
+    fn info(&self) -> &ModelInfo {
+        &self.info
+    }
+
+    fn validate(&self, r: &GenerateRequest) -> Result<(), EngineError> {
+        let f = self.info.vae_scale_factor;
+        if r.width == 0 || r.height == 0 || r.width % f != 0 || r.height % f != 0 {
+            return Err(EngineError::InvalidRequest(format!(
+                "width and height must be positive multiples of {f}, got {}x{}",
+                r.width, r.height
+            )));
+        }
+        if r.steps == 0 {
+            return Err(EngineError::InvalidRequest(
+                "steps must be at least 1".into(),
+            ));
+        }
+        if r.batch_size == 0 {
+            return Err(EngineError::InvalidRequest(
+                "batch_size must be at least 1".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    fn generate_batch(
+        &self,
+        jobs: &[GenerateRequest],
+        observer: &mut dyn Observer,
+    ) -> Result<Vec<Result<GenerationOutput, EngineError>>, EngineError> {
+        if let Ok(mut b) = self.batches.lock() {
+            b.push(jobs.len());
+        }
+        if jobs.iter().any(|j| j.prompt.contains(Self::PANIC_MARKER)) {
+            panic!("fake backend asked to panic");
+        }
+        let started = Instant::now();
+        observer.progress(Progress::Encoded);
+        let total = jobs.first().map_or(0, |j| j.steps);
+        let mut cancelled = vec![false; jobs.len()];
+        for step in 1..=total {
+            for (i, c) in cancelled.iter_mut().enumerate() {
+                *c = *c || observer.is_cancelled(i);
+            }
+            if cancelled.iter().all(|c| *c) {
+                break;
+            }
+            std::thread::sleep(self.step_delay);
+            observer.progress(Progress::Step { step, total });
+        }
+        let denoising = started.elapsed().as_secs_f64();
+        observer.progress(Progress::Decoded);
+        let results = jobs
+            .iter()
+            .zip(cancelled)
+            .map(|(job, cancelled)| {
+                if cancelled {
+                    return Err(EngineError::Cancelled);
+                }
+                if job.prompt.contains(Self::FAIL_MARKER) {
+                    return Err(EngineError::Unsupported("fake failure requested".into()));
+                }
+                let seed = job.seed.unwrap_or_else(random_seed);
+                Ok(GenerationOutput {
+                    images: (0..job.batch_size)
+                        .map(|i| self.image(job, seed, i))
+                        .collect(),
+                    timings: Timings {
+                        text_encoding: 0.0,
+                        denoising,
+                        decoding: 0.0,
+                    },
+                })
+            })
+            .collect();
+        Ok(results)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine_api::{NoopObserver, SamplerId};
+
+    fn request(seed: Option<u64>) -> GenerateRequest {
+        GenerateRequest {
+            prompt: "a cat".into(),
+            negative_prompt: String::new(),
+            seed,
+            steps: 3,
+            cfg_scale: 7.0,
+            sampler: SamplerId::Euler,
+            width: 16,
+            height: 8,
+            batch_size: 2,
+        }
+    }
+
+    #[test]
+    fn images_depend_on_seed_only_not_on_the_batch() {
+        let fake = FakeBackend::new();
+        let alone = fake
+            .generate_batch(&[request(Some(7))], &mut NoopObserver)
+            .unwrap();
+        let batched = fake
+            .generate_batch(&[request(Some(9)), request(Some(7))], &mut NoopObserver)
+            .unwrap();
+        let a = &alone[0].as_ref().unwrap().images;
+        let b = &batched[1].as_ref().unwrap().images;
+        assert_eq!(a[0].rgb, b[0].rgb);
+        assert_eq!(a[1].rgb, b[1].rgb);
+        assert_ne!(a[0].rgb, a[1].rgb);
+        assert_eq!(a[0].rgb.len(), 16 * 8 * 3);
+        assert_ne!(batched[0].as_ref().unwrap().images[0].rgb, a[0].rgb);
+        assert_eq!(fake.batch_sizes(), [1, 2]);
+    }
+
+    struct CancelSecond {
+        steps: Vec<usize>,
+    }
+    impl Observer for CancelSecond {
+        fn progress(&mut self, p: Progress) {
+            if let Progress::Step { step, .. } = p {
+                self.steps.push(step);
+            }
+        }
+        fn is_cancelled(&mut self, index: usize) -> bool {
+            index == 1 && !self.steps.is_empty()
+        }
+    }
+
+    #[test]
+    fn cancels_per_job_between_steps() {
+        let fake = FakeBackend::new();
+        let mut obs = CancelSecond { steps: vec![] };
+        let out = fake
+            .generate_batch(&[request(Some(1)), request(Some(2))], &mut obs)
+            .unwrap();
+        assert!(out[0].is_ok());
+        assert!(matches!(out[1], Err(EngineError::Cancelled)));
+        assert_eq!(obs.steps, [1, 2, 3]);
+    }
+}

@@ -1,0 +1,33 @@
+//! What the worker needs from an engine, as a trait: the real [`Engine`] in
+//! production, [`FakeBackend`] in tests (fast deterministic pictures, same step
+//! and cancel behaviour), so the whole server can be tested without a model.
+//!
+//! [`Engine`]: sdserve_engine::Engine
+
+mod engine;
+mod fake;
+
+pub use fake::FakeBackend;
+
+use crate::engine_api::{EngineError, GenerateRequest, GenerationOutput, ModelInfo, Observer};
+
+/// A loaded text-to-image model the worker thread can run.
+///
+/// `Sync` because request validation reads it from HTTP handlers while the worker
+/// generates; `generate_batch` is only ever called from the worker thread.
+pub trait Backend: Send + Sync + 'static {
+    /// What the model is and which defaults suit it.
+    fn info(&self) -> &ModelInfo;
+
+    /// Checks a request against the model (sizes, steps...): `InvalidRequest` if not.
+    fn validate(&self, request: &GenerateRequest) -> Result<(), EngineError>;
+
+    /// Runs compatible jobs as one batch; blocking. One result per job, in order
+    /// (a cancelled job yields `Err(Cancelled)` in its slot); the outer error
+    /// fails the whole batch.
+    fn generate_batch(
+        &self,
+        jobs: &[GenerateRequest],
+        observer: &mut dyn Observer,
+    ) -> Result<Vec<Result<GenerationOutput, EngineError>>, EngineError>;
+}

@@ -1,0 +1,166 @@
+//! Everything that configures a server, as plain data with sane defaults, so the
+//! binary maps its flags onto it and tests build one in a line.
+
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::time::Duration;
+
+/// Default `--max-width`.
+pub const DEFAULT_MAX_WIDTH: usize = 2048;
+/// Default `--max-height`.
+pub const DEFAULT_MAX_HEIGHT: usize = 2048;
+/// Default `--max-pixels`: 1536², above SDXL's 1024² and the 1024×1536 portraits people ask for.
+pub const DEFAULT_MAX_PIXELS: usize = 1536 * 1536;
+/// Default `--max-steps`.
+pub const DEFAULT_MAX_STEPS: usize = 150;
+/// Default `--max-batch`.
+pub const DEFAULT_MAX_BATCH: usize = 8;
+/// Default `--max-prompt-chars`: far beyond CLIP's 77 tokens even with chunking.
+pub const DEFAULT_MAX_PROMPT_CHARS: usize = 8192;
+/// Default `--max-body-bytes`: room for a 2048² PNG in base64 (`/sdapi/v1/png-info`).
+pub const DEFAULT_MAX_BODY_BYTES: usize = 16 * 1024 * 1024;
+/// Default `--queue-size`.
+pub const DEFAULT_QUEUE_SIZE: usize = 64;
+/// Default `--drain-timeout`, in seconds.
+pub const DEFAULT_DRAIN_TIMEOUT_SECS: u64 = 120;
+
+/// Request limits enforced by the validation gate (each has a `serve` flag).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Limits {
+    /// Largest image width in pixels.
+    pub max_width: usize,
+    /// Largest image height in pixels.
+    pub max_height: usize,
+    /// Largest width × height of one image.
+    pub max_pixels: usize,
+    /// Most denoising steps.
+    pub max_steps: usize,
+    /// Most images per request (A1111: `batch_size × n_iter`; OpenAI: `n`).
+    pub max_batch: usize,
+    /// Longest prompt (and negative prompt), in characters.
+    pub max_prompt_chars: usize,
+    /// Largest request body, in bytes.
+    pub max_body_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_width: DEFAULT_MAX_WIDTH,
+            max_height: DEFAULT_MAX_HEIGHT,
+            max_pixels: DEFAULT_MAX_PIXELS,
+            max_steps: DEFAULT_MAX_STEPS,
+            max_batch: DEFAULT_MAX_BATCH,
+            max_prompt_chars: DEFAULT_MAX_PROMPT_CHARS,
+            max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+        }
+    }
+}
+
+/// A `USER:PASS` pair for A1111-style HTTP Basic auth.
+#[derive(Clone, PartialEq, Eq)]
+pub struct BasicCredential {
+    /// User name (no `:`).
+    pub user: String,
+    /// Password (may contain `:`).
+    pub password: String,
+}
+
+impl std::fmt::Debug for BasicCredential {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "BasicCredential({}:***)", self.user)
+    }
+}
+
+/// A `--api-auth` value that is not `USER:PASS`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("expected USER:PASS with a non-empty user and password")]
+pub struct BadCredential;
+
+impl FromStr for BasicCredential {
+    type Err = BadCredential;
+    fn from_str(s: &str) -> Result<Self, BadCredential> {
+        match s.split_once(':') {
+            Some((user, password)) if !user.is_empty() && !password.is_empty() => Ok(Self {
+                user: user.to_string(),
+                password: password.to_string(),
+            }),
+            _ => Err(BadCredential),
+        }
+    }
+}
+
+/// Who may call the API; when both lists are empty, everyone may.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct AuthConfig {
+    /// Accepted `Authorization: Bearer` keys.
+    pub api_keys: Vec<String>,
+    /// Accepted HTTP Basic credentials.
+    pub basic: Vec<BasicCredential>,
+}
+
+impl std::fmt::Debug for AuthConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuthConfig")
+            .field("api_keys", &self.api_keys.len())
+            .field("basic", &self.basic)
+            .finish()
+    }
+}
+
+impl AuthConfig {
+    /// True when any credential is configured, so requests must carry one.
+    pub fn enabled(&self) -> bool {
+        !self.api_keys.is_empty() || !self.basic.is_empty()
+    }
+}
+
+/// The whole server configuration.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Jobs that may wait at once; more get 429 (`--queue-size`).
+    pub queue_size: usize,
+    /// Where PNGs and job records go (`--output-dir`).
+    pub output_dir: PathBuf,
+    /// Credentials (`--api-key`, `--api-auth`).
+    pub auth: AuthConfig,
+    /// Request limits.
+    pub limits: Limits,
+    /// Images one UNet batch may hold (defaults to `limits.max_batch`).
+    pub max_batch_images: usize,
+    /// How long finished jobs stay in memory; their records stay on disk.
+    pub finished_ttl: Duration,
+    /// How long SIGTERM waits for queued and running jobs (`--drain-timeout`).
+    pub drain_timeout: Duration,
+}
+
+impl ServerConfig {
+    /// Defaults with results under `output_dir`.
+    pub fn new(output_dir: impl Into<PathBuf>) -> Self {
+        let limits = Limits::default();
+        Self {
+            queue_size: DEFAULT_QUEUE_SIZE,
+            output_dir: output_dir.into(),
+            auth: AuthConfig::default(),
+            max_batch_images: limits.max_batch,
+            limits,
+            finished_ttl: Duration::from_secs(600),
+            drain_timeout: Duration::from_secs(DEFAULT_DRAIN_TIMEOUT_SECS),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_basic_credentials() {
+        let c: BasicCredential = "ann:se:cret".parse().unwrap();
+        assert_eq!((c.user.as_str(), c.password.as_str()), ("ann", "se:cret"));
+        assert!("ann".parse::<BasicCredential>().is_err());
+        assert!(":pw".parse::<BasicCredential>().is_err());
+        assert!("ann:".parse::<BasicCredential>().is_err());
+        assert!(!format!("{c:?}").contains("se:cret"));
+    }
+}

@@ -1,0 +1,191 @@
+//! A1111's discovery and settings endpoints, which clients call before they
+//! generate: models, samplers, schedulers, options, memory and scripts.
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::State;
+use axum::Json;
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use super::{A1111Errors, A1111};
+use crate::engine_api::SamplerId;
+use crate::error::{ApiError, Rejection};
+use crate::extract::parse_json;
+use crate::state::AppState;
+use crate::validation::ValidationError;
+
+/// One checkpoint of `GET /sdapi/v1/sd-models`.
+#[derive(Serialize, ToSchema)]
+pub struct SdModel {
+    /// Name shown in pickers; what `sd_model_checkpoint` takes.
+    pub title: String,
+    /// Model name.
+    pub model_name: String,
+    /// Short hash (not computed).
+    pub hash: Option<String>,
+    /// SHA-256 (not computed).
+    pub sha256: Option<String>,
+    /// Where it came from.
+    pub filename: String,
+    /// Config file (none).
+    pub config: Option<String>,
+}
+
+/// List the served checkpoint.
+#[utoipa::path(get, path = "/sdapi/v1/sd-models", tag = "a1111",
+    responses((status = 200, description = "Checkpoints", body = Vec<SdModel>), A1111Errors))]
+pub async fn sd_models(
+    State(state): State<Arc<AppState>>,
+) -> Result<Json<Vec<SdModel>>, Rejection<A1111>> {
+    let name = state.model()?.name.clone();
+    Ok(Json(vec![SdModel {
+        title: name.clone(),
+        model_name: name.clone(),
+        hash: None,
+        sha256: None,
+        filename: name,
+        config: None,
+    }]))
+}
+
+/// One sampler of `GET /sdapi/v1/samplers`.
+#[derive(Serialize, ToSchema)]
+pub struct SamplerItem {
+    /// A1111 label, what `sampler_name` takes.
+    pub name: String,
+    /// Other accepted names (the machine id).
+    pub aliases: Vec<String>,
+    /// Sampler options (none).
+    pub options: serde_json::Map<String, serde_json::Value>,
+}
+
+/// List the samplers by A1111 label.
+#[utoipa::path(get, path = "/sdapi/v1/samplers", tag = "a1111",
+    responses((status = 200, description = "Samplers", body = Vec<SamplerItem>), A1111Errors))]
+pub async fn samplers() -> Json<Vec<SamplerItem>> {
+    Json(
+        SamplerId::ALL
+            .iter()
+            .map(|s| SamplerItem {
+                name: s.label().to_string(),
+                aliases: vec![s.id().to_string()],
+                options: Default::default(),
+            })
+            .collect(),
+    )
+}
+
+/// One schedule of `GET /sdapi/v1/schedulers`.
+#[derive(Serialize, ToSchema)]
+pub struct SchedulerItem {
+    /// What `scheduler` takes.
+    pub name: String,
+    /// Display label.
+    pub label: String,
+    /// Other names (none).
+    pub aliases: Option<Vec<String>>,
+    /// Karras rho, -1 when not applicable.
+    pub default_rho: f64,
+    /// Always false.
+    pub need_inner_model: bool,
+}
+
+/// List the schedules (`automatic`, and `karras` for DPM++ 2M).
+#[utoipa::path(get, path = "/sdapi/v1/schedulers", tag = "a1111",
+    responses((status = 200, description = "Schedulers", body = Vec<SchedulerItem>), A1111Errors))]
+pub async fn schedulers() -> Json<Vec<SchedulerItem>> {
+    let item = |name: &str, label: &str, rho: f64| SchedulerItem {
+        name: name.into(),
+        label: label.into(),
+        aliases: None,
+        default_rho: rho,
+        need_inner_model: false,
+    };
+    Json(vec![
+        item("automatic", "Automatic", -1.0),
+        item("karras", "Karras", 7.0),
+    ])
+}
+
+/// Current settings (the checkpoint is the one loaded).
+#[utoipa::path(get, path = "/sdapi/v1/options", tag = "a1111",
+    responses((status = 200, description = "Options", body = Object), A1111Errors))]
+pub async fn get_options(
+    State(state): State<Arc<AppState>>,
+) -> Result<Json<serde_json::Value>, Rejection<A1111>> {
+    let name = &state.model()?.name;
+    Ok(Json(serde_json::json!({
+        "sd_model_checkpoint": name,
+        "sd_checkpoint_hash": null,
+        "samples_format": "png",
+        "sd_vae": "Automatic",
+    })))
+}
+
+/// Accepts settings; `sd_model_checkpoint` must name the loaded model. Others are ignored.
+#[utoipa::path(post, path = "/sdapi/v1/options", tag = "a1111", request_body = Object,
+    responses((status = 200, description = "Accepted (null, as A1111 answers)", body = serde_json::Value),
+        A1111Errors))]
+pub async fn set_options(
+    State(state): State<Arc<AppState>>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<serde_json::Value>, Rejection<A1111>> {
+    let options: serde_json::Map<String, serde_json::Value> =
+        parse_json(body, state.config.limits.max_body_bytes)?;
+    let model = &state.model()?.name;
+    if let Some(wanted) = options.get("sd_model_checkpoint") {
+        let ok = wanted
+            .as_str()
+            .is_some_and(|w| w.eq_ignore_ascii_case(model));
+        if !ok {
+            return Err(ApiError::from(ValidationError::Invalid {
+                field: "sd_model_checkpoint",
+                message: format!("only {model:?} is served, got {wanted}"),
+            })
+            .into());
+        }
+    }
+    Ok(Json(serde_json::Value::Null))
+}
+
+/// RAM use of this machine (`/proc/meminfo`); no CUDA statistics.
+#[utoipa::path(get, path = "/sdapi/v1/memory", tag = "a1111",
+    responses((status = 200, description = "Memory", body = Object), A1111Errors))]
+pub async fn memory() -> Json<serde_json::Value> {
+    let meminfo = tokio::fs::read_to_string("/proc/meminfo")
+        .await
+        .unwrap_or_default();
+    let field = |key: &str| -> Option<u64> {
+        meminfo
+            .lines()
+            .find_map(|l| l.strip_prefix(key))
+            .and_then(|rest| {
+                rest.trim()
+                    .trim_end_matches("kB")
+                    .trim()
+                    .parse::<u64>()
+                    .ok()
+            })
+            .map(|kb| kb * 1024)
+    };
+    let ram = match (field("MemTotal:"), field("MemAvailable:")) {
+        (Some(total), Some(free)) => serde_json::json!({
+            "free": free, "used": total.saturating_sub(free), "total": total
+        }),
+        _ => serde_json::json!({ "error": "memory statistics unavailable" }),
+    };
+    Json(serde_json::json!({
+        "ram": ram,
+        "cuda": { "error": "not reported by sdserve" },
+    }))
+}
+
+/// Scripts (none), which `webuiapi` asks for when it connects.
+#[utoipa::path(get, path = "/sdapi/v1/scripts", tag = "a1111",
+    responses((status = 200, description = "Script names", body = Object), A1111Errors))]
+pub async fn scripts() -> Json<serde_json::Value> {
+    Json(serde_json::json!({ "txt2img": [], "img2img": [] }))
+}

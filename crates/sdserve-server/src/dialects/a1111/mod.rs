@@ -1,0 +1,146 @@
+//! The AUTOMATIC1111 dialect under `/sdapi/v1`: A1111's field names, defaults and
+//! response shapes, so scripts and clients written for its API (e.g. the
+//! `webuiapi` package) work unchanged. Errors follow A1111 (FastAPI):
+//! `{"detail": [{"loc", "msg", "type"}]}` for bad input, `{"detail": "..."}` for
+//! HTTP errors, `{"error", "detail", "body", "errors"}` for server faults.
+
+mod listings;
+mod png_info;
+mod status;
+mod txt2img;
+mod wire;
+
+use std::sync::Arc;
+
+use axum::routing::{get, post};
+use axum::Router;
+use serde::Serialize;
+use utoipa::{IntoResponses, ToSchema};
+
+use crate::error::{to_json, ApiError, ErrorShape};
+use crate::state::AppState;
+
+pub use listings::*;
+pub use png_info::*;
+pub use status::*;
+pub use txt2img::*;
+pub use wire::*;
+
+/// Error shape of the A1111 dialect.
+pub struct A1111;
+
+/// One FastAPI validation error item.
+#[derive(Serialize, ToSchema)]
+pub struct ValidationItem {
+    /// Where: `["body", field]`.
+    pub loc: Vec<String>,
+    /// What is wrong.
+    pub msg: String,
+    /// Error kind (`value_error`, `json_invalid`).
+    #[serde(rename = "type")]
+    pub kind: String,
+}
+
+/// `{"detail": ...}`: a message, or a list of [`ValidationItem`] for bad input.
+#[derive(Serialize, ToSchema)]
+pub struct A1111Detail {
+    /// Message or validation items.
+    pub detail: serde_json::Value,
+}
+
+/// A1111's body for server-side exceptions.
+#[derive(Serialize, ToSchema)]
+pub struct A1111Exception {
+    /// Exception name.
+    pub error: String,
+    /// Empty, as A1111 sends it.
+    pub detail: String,
+    /// Empty, as A1111 sends it.
+    pub body: String,
+    /// The message.
+    pub errors: String,
+}
+
+impl ErrorShape for A1111 {
+    fn body(error: &ApiError) -> serde_json::Value {
+        let validation = |field: &str, kind: &str| {
+            to_json(&A1111Detail {
+                detail: to_json(&vec![ValidationItem {
+                    loc: vec!["body".into(), field.into()],
+                    msg: error.to_string(),
+                    kind: kind.into(),
+                }]),
+            })
+        };
+        match error {
+            ApiError::MalformedJson(_) => validation("0", "json_invalid"),
+            ApiError::InvalidField { .. } | ApiError::Validation(_) => {
+                validation(error.field().unwrap_or("body"), "value_error")
+            }
+            e if e.status().is_server_error() => to_json(&A1111Exception {
+                error: match e {
+                    ApiError::Generation(_) => "GenerationError".into(),
+                    _ => "InternalError".into(),
+                },
+                detail: String::new(),
+                body: String::new(),
+                errors: e.to_string(),
+            }),
+            e => to_json(&A1111Detail {
+                detail: serde_json::Value::String(e.to_string()),
+            }),
+        }
+    }
+}
+
+/// Error responses of the A1111 routes (statuses decided in `error.rs`).
+#[derive(IntoResponses)]
+#[allow(dead_code)]
+pub enum A1111Errors {
+    /// Malformed JSON.
+    #[response(status = 400)]
+    BadRequest(A1111Detail),
+    /// Credentials required.
+    #[response(status = 401)]
+    Unauthorized(A1111Detail),
+    /// No such route.
+    #[response(status = 404)]
+    NotFound(A1111Detail),
+    /// Wrong method for the route.
+    #[response(status = 405)]
+    MethodNotAllowed(A1111Detail),
+    /// The job was interrupted.
+    #[response(status = 409)]
+    Conflict(A1111Detail),
+    /// Body too large.
+    #[response(status = 413)]
+    TooLarge(A1111Detail),
+    /// A field breaks a rule; `loc` names it.
+    #[response(status = 422)]
+    Unprocessable(A1111Detail),
+    /// Queue full; retry after `Retry-After` seconds.
+    #[response(status = 429, headers(("Retry-After" = u64, description = "Seconds to wait")))]
+    TooManyRequests(A1111Detail),
+    /// Generation failed on the server.
+    #[response(status = 500)]
+    ServerError(A1111Exception),
+    /// Model loading or server draining.
+    #[response(status = 503, headers(("Retry-After" = u64, description = "Seconds to wait")))]
+    Unavailable(A1111Detail),
+}
+
+/// The A1111 routes.
+pub fn routes() -> Router<Arc<AppState>> {
+    Router::new()
+        .route("/sdapi/v1/txt2img", post(txt2img))
+        .route("/sdapi/v1/progress", get(progress))
+        .route("/sdapi/v1/interrupt", post(interrupt))
+        .route("/sdapi/v1/skip", post(skip))
+        .route("/sdapi/v1/sd-models", get(sd_models))
+        .route("/sdapi/v1/samplers", get(samplers))
+        .route("/sdapi/v1/schedulers", get(schedulers))
+        .route("/sdapi/v1/options", get(get_options).post(set_options))
+        .route("/sdapi/v1/png-info", post(png_info))
+        .route("/sdapi/v1/memory", get(memory))
+        .route("/sdapi/v1/scripts", get(scripts))
+}

@@ -1,0 +1,131 @@
+//! A1111's view of the work in flight: `GET /progress` reports the batch on the
+//! worker; `POST /interrupt` cancels the caller's A1111 jobs (running and
+//! queued), `POST /skip` only the caller's running ones. Other clients' jobs are
+//! never touched: A1111 had one user, this server has many.
+
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::Json;
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use super::wire::job_timestamp;
+use super::A1111Errors;
+use crate::dialects::Dialect;
+use crate::extract::Caller;
+use crate::jobs::{job::unix_now, JobEntry, JobStatus};
+use crate::state::AppState;
+
+/// The `state` object of `/progress`.
+#[derive(Serialize, ToSchema)]
+pub struct ProgressState {
+    /// Always false (skips end the job).
+    pub skipped: bool,
+    /// Always false.
+    pub interrupted: bool,
+    /// Current job description ("" when idle).
+    pub job: String,
+    /// Jobs queued or running.
+    pub job_count: usize,
+    /// `YYYYMMDDhhmmss` of now.
+    pub job_timestamp: String,
+    /// Always 0.
+    pub job_no: usize,
+    /// Steps done in the running batch.
+    pub sampling_step: usize,
+    /// Steps of the running batch.
+    pub sampling_steps: usize,
+}
+
+/// `GET /sdapi/v1/progress` answer.
+#[derive(Serialize, ToSchema)]
+pub struct ProgressResponse {
+    /// Fraction done of the running batch, 0 to 1.
+    pub progress: f64,
+    /// Estimated seconds left.
+    pub eta_relative: f64,
+    /// Details.
+    pub state: ProgressState,
+    /// Always null: previews are not produced.
+    pub current_image: Option<String>,
+    /// Always null.
+    pub textinfo: Option<String>,
+}
+
+/// Progress of the batch on the worker.
+#[utoipa::path(get, path = "/sdapi/v1/progress", tag = "a1111",
+    params(("skip_current_image" = Option<bool>, Query, description = "Ignored (no previews)")),
+    responses((status = 200, description = "Progress", body = ProgressResponse), A1111Errors))]
+pub async fn progress(State(state): State<Arc<AppState>>) -> Json<ProgressResponse> {
+    let jobs = &state.jobs;
+    let current = jobs.current();
+    let (progress, eta, step, steps, job) = match current {
+        Some(c) if c.total > 0 => {
+            let fraction = (c.step as f64 / c.total as f64).clamp(0.0, 1.0);
+            let elapsed = c.started.elapsed().as_secs_f64();
+            let eta = if fraction > 0.0 {
+                elapsed / fraction - elapsed
+            } else {
+                0.0
+            };
+            (
+                fraction,
+                eta,
+                c.step,
+                c.total,
+                format!("Batch of {} job(s)", c.jobs),
+            )
+        }
+        _ => (0.0, 0.0, 0, 0, String::new()),
+    };
+    Json(ProgressResponse {
+        progress,
+        eta_relative: eta,
+        state: ProgressState {
+            skipped: false,
+            interrupted: false,
+            job,
+            job_count: jobs.queued() + jobs.running(),
+            job_timestamp: job_timestamp(unix_now()),
+            job_no: 0,
+            sampling_step: step,
+            sampling_steps: steps,
+        },
+        current_image: None,
+        textinfo: None,
+    })
+}
+
+fn mine(caller: &Caller, entry: &JobEntry) -> bool {
+    entry.origin == Dialect::A1111 && entry.client == caller.client
+}
+
+/// Cancel the caller's A1111 jobs, running and queued.
+#[utoipa::path(post, path = "/sdapi/v1/interrupt", tag = "a1111",
+    responses((status = 200, description = "Interrupted", body = Object), A1111Errors))]
+pub async fn interrupt(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+) -> Json<serde_json::Value> {
+    let who = caller.clone();
+    let n = state
+        .jobs
+        .cancel_where_off_runtime(move |e| mine(&who, e))
+        .await;
+    tracing::info!(cancelled = n, client = ?caller.client, "a1111 interrupt");
+    Json(serde_json::json!({}))
+}
+
+/// Cancel the caller's running A1111 jobs (the current iteration).
+#[utoipa::path(post, path = "/sdapi/v1/skip", tag = "a1111",
+    responses((status = 200, description = "Skipped", body = Object), A1111Errors))]
+pub async fn skip(State(state): State<Arc<AppState>>, caller: Caller) -> Json<serde_json::Value> {
+    let who = caller.clone();
+    let n = state
+        .jobs
+        .cancel_where_off_runtime(move |e| mine(&who, e) && e.status() == JobStatus::Running)
+        .await;
+    tracing::info!(cancelled = n, client = ?caller.client, "a1111 skip");
+    Json(serde_json::json!({}))
+}

@@ -1,0 +1,54 @@
+//! `POST /sdapi/v1/txt2img`: synchronous generation, A1111-style. The request
+//! waits for its job; if the client disconnects first, the job is cancelled.
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::State;
+use axum::Json;
+use base64::Engine as _;
+
+use super::wire::{info, parameters, Txt2ImgRequest, Txt2ImgResponse};
+use super::{A1111Errors, A1111};
+use crate::dialects::Dialect;
+use crate::error::{ApiError, Rejection};
+use crate::extract::{parse_json, Caller};
+use crate::state::AppState;
+
+/// Generate images from a prompt (A1111 compatible).
+#[utoipa::path(post, path = "/sdapi/v1/txt2img", tag = "a1111", request_body = Txt2ImgRequest,
+    responses((status = 200, description = "Images and generation info", body = Txt2ImgResponse),
+        A1111Errors))]
+pub async fn txt2img(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<Txt2ImgResponse>, Rejection<A1111>> {
+    let limits = &state.config.limits;
+    let (request, spec) = match parse_json::<Txt2ImgRequest>(body, limits.max_body_bytes) {
+        Ok(request) => {
+            let spec = request.to_spec(limits).map_err(ApiError::from);
+            (request, spec)
+        }
+        Err(e) => (Txt2ImgRequest::default(), Err(e)),
+    };
+    let handle = state
+        .submit(Dialect::A1111, &caller, spec)?
+        .cancel_on_drop();
+    let snapshot = state.wait_success(&handle).await?;
+    let images = if request.send_images.unwrap_or(true) {
+        let pngs = state.job_pngs(&snapshot).await?;
+        pngs.iter()
+            .map(|png| base64::engine::general_purpose::STANDARD.encode(png))
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let model = state.model()?;
+    Ok(Json(Txt2ImgResponse {
+        images,
+        parameters: parameters(&request, &snapshot),
+        info: info(&request, &snapshot, model),
+    }))
+}

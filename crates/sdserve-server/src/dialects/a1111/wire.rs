@@ -1,0 +1,317 @@
+//! A1111's txt2img request and response shapes, and how they map to a job:
+//! `seed: -1` is random, `sampler_name` + `scheduler` pick one engine sampler,
+//! `batch_size × n_iter` images come from one job, and `info` is the JSON
+//! *string* A1111 returns, with `all_seeds`, `infotexts` and its other keys.
+
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use crate::config::Limits;
+use crate::engine_api::ModelInfo;
+use crate::jobs::JobSnapshot;
+use crate::validation::{parse_sampler, FieldNames, JobSpec, ValidationError};
+
+/// How the A1111 dialect names the shared fields.
+pub const A1111_FIELDS: FieldNames = FieldNames {
+    prompt: "prompt",
+    negative_prompt: "negative_prompt",
+    steps: "steps",
+    cfg_scale: "cfg_scale",
+    sampler: "sampler_name",
+    width: "width",
+    height: "height",
+    batch_size: "batch_size",
+};
+
+/// A1111's default sampler for API requests that name none.
+pub const A1111_DEFAULT_SAMPLER: &str = "Euler";
+
+/// `POST /sdapi/v1/txt2img` body. Unknown fields (hires fix, scripts, ...) are
+/// accepted and ignored; omitted steps, CFG and size take the model's defaults.
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(default)]
+pub struct Txt2ImgRequest {
+    /// Prompt.
+    #[schema(max_length = 8192)]
+    pub prompt: Option<String>,
+    /// Negative prompt.
+    #[schema(max_length = 8192)]
+    pub negative_prompt: Option<String>,
+    /// Seed; -1 (default) for a random one.
+    #[schema(minimum = -1)]
+    pub seed: Option<i64>,
+    /// Sampler label (`Euler a`, `DPM++ 2M`...); see `GET /sdapi/v1/samplers`.
+    pub sampler_name: Option<String>,
+    /// Deprecated alias of `sampler_name`.
+    pub sampler_index: Option<String>,
+    /// `automatic` (default) or `karras` (with `DPM++ 2M`).
+    pub scheduler: Option<String>,
+    /// Denoising steps.
+    #[schema(minimum = 1, maximum = 150)]
+    pub steps: Option<i64>,
+    /// Guidance scale, 0 to 30.
+    #[schema(minimum = 0, maximum = 30)]
+    pub cfg_scale: Option<f64>,
+    /// Width in pixels.
+    #[schema(minimum = 8, maximum = 2048, multiple_of = 8)]
+    pub width: Option<i64>,
+    /// Height in pixels.
+    #[schema(minimum = 8, maximum = 2048, multiple_of = 8)]
+    pub height: Option<i64>,
+    /// Images per iteration.
+    #[schema(minimum = 1, maximum = 8)]
+    pub batch_size: Option<i64>,
+    /// Iterations; `batch_size × n_iter` images in all.
+    #[schema(minimum = 1, maximum = 8)]
+    pub n_iter: Option<i64>,
+    /// Return the images base64-encoded (default true).
+    pub send_images: Option<bool>,
+    /// Accepted for compatibility: images are always saved in the output dir.
+    pub save_images: Option<bool>,
+}
+
+/// `POST /sdapi/v1/txt2img` answer.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Txt2ImgResponse {
+    /// Base64 PNGs (empty when `send_images` is false).
+    pub images: Vec<String>,
+    /// The request's parameters with defaults filled in.
+    pub parameters: serde_json::Value,
+    /// A JSON *string* with `all_seeds`, `infotexts` and A1111's other keys.
+    pub info: String,
+}
+
+fn invalid(field: &'static str, message: impl Into<String>) -> ValidationError {
+    ValidationError::Invalid {
+        field,
+        message: message.into(),
+    }
+}
+
+/// The engine sampler name for an A1111 sampler and scheduler pair.
+pub fn resolve_sampler(sampler: &str, scheduler: Option<&str>) -> Result<String, ValidationError> {
+    let id = parse_sampler("sampler_name", sampler)?;
+    match scheduler.map(|s| s.trim().to_ascii_lowercase()).as_deref() {
+        None | Some("") | Some("automatic") => Ok(id.id().to_string()),
+        Some("karras") => match id.id() {
+            "dpmpp_2m" | "dpmpp_2m_karras" => Ok("dpmpp_2m_karras".into()),
+            _ => Err(invalid(
+                "scheduler",
+                format!("the Karras schedule is available with DPM++ 2M only, not {sampler:?}"),
+            )),
+        },
+        Some(other) => Err(invalid(
+            "scheduler",
+            format!("unsupported scheduler {other:?}; supported: automatic, karras"),
+        )),
+    }
+}
+
+impl Txt2ImgRequest {
+    /// Images in all (`batch_size × n_iter`), checked against the batch limit.
+    fn images(&self, limits: &Limits) -> Result<i64, ValidationError> {
+        let n_iter = self.n_iter.unwrap_or(1);
+        if n_iter < 1 {
+            return Err(invalid(
+                "n_iter",
+                format!("must be at least 1, got {n_iter}"),
+            ));
+        }
+        let batch = self.batch_size.unwrap_or(1);
+        if n_iter > 1 && batch >= 1 && batch.saturating_mul(n_iter) > limits.max_batch as i64 {
+            return Err(invalid(
+                "n_iter",
+                format!(
+                    "batch_size × n_iter = {} images; the limit is {}",
+                    batch.saturating_mul(n_iter),
+                    limits.max_batch
+                ),
+            ));
+        }
+        Ok(batch.saturating_mul(n_iter))
+    }
+
+    /// The job this request asks for.
+    pub fn to_spec(&self, limits: &Limits) -> Result<JobSpec, ValidationError> {
+        let seed = match self.seed.unwrap_or(-1) {
+            -1 => None,
+            s if s >= 0 => Some(s as u64),
+            s => {
+                return Err(invalid(
+                    "seed",
+                    format!("must be -1 (random) or a non-negative integer, got {s}"),
+                ))
+            }
+        };
+        let sampler = self
+            .sampler_name
+            .as_deref()
+            .or(self.sampler_index.as_deref())
+            .unwrap_or(A1111_DEFAULT_SAMPLER);
+        Ok(JobSpec {
+            negative_prompt: self.negative_prompt.clone().unwrap_or_default(),
+            seed,
+            steps: self.steps,
+            cfg_scale: self.cfg_scale,
+            sampler: Some(resolve_sampler(sampler, self.scheduler.as_deref())?),
+            width: self.width,
+            height: self.height,
+            batch_size: Some(self.images(limits)?),
+            ..JobSpec::new(self.prompt.clone().unwrap_or_default(), A1111_FIELDS)
+        })
+    }
+}
+
+/// `YYYYMMDDhhmmss` in UTC, as A1111's `job_timestamp`.
+pub fn job_timestamp(unix_seconds: f64) -> String {
+    let secs = unix_seconds.max(0.0) as i64;
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    // Civil date from days since 1970-01-01 (H. Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}{month:02}{day:02}{:02}{:02}{:02}",
+        rem / 3600,
+        (rem % 3600) / 60,
+        rem % 60
+    )
+}
+
+/// The `parameters` echo: the request's A1111 fields with effective values.
+pub fn parameters(req: &Txt2ImgRequest, snap: &JobSnapshot) -> serde_json::Value {
+    let p = &snap.params;
+    serde_json::json!({
+        "prompt": p.prompt,
+        "negative_prompt": p.negative_prompt,
+        "seed": req.seed.unwrap_or(-1),
+        "sampler_name": p.sampler_id().map_or(p.sampler.clone(), |s| s.label().to_string()),
+        "scheduler": req.scheduler.clone().unwrap_or_else(|| "automatic".into()),
+        "steps": p.steps,
+        "cfg_scale": p.cfg_scale,
+        "width": p.width,
+        "height": p.height,
+        "batch_size": req.batch_size.unwrap_or(1),
+        "n_iter": req.n_iter.unwrap_or(1),
+        "send_images": req.send_images.unwrap_or(true),
+        "save_images": req.save_images.unwrap_or(false),
+    })
+}
+
+/// The `info` string: A1111's generation-info JSON for a finished job.
+pub fn info(req: &Txt2ImgRequest, snap: &JobSnapshot, model: &ModelInfo) -> String {
+    let p = &snap.params;
+    let n = snap.images.len();
+    let seeds: Vec<u64> = snap.images.iter().map(|i| i.seed).collect();
+    let infotexts: Vec<&str> = snap.images.iter().map(|i| i.infotext.as_str()).collect();
+    let value = serde_json::json!({
+        "prompt": p.prompt,
+        "all_prompts": vec![&p.prompt; n],
+        "negative_prompt": p.negative_prompt,
+        "all_negative_prompts": vec![&p.negative_prompt; n],
+        "seed": seeds.first().copied().unwrap_or_default(),
+        "all_seeds": seeds,
+        "subseed": -1,
+        "all_subseeds": vec![-1; n],
+        "subseed_strength": 0,
+        "width": p.width,
+        "height": p.height,
+        "sampler_name": p.sampler_id().map_or(p.sampler.clone(), |s| s.label().to_string()),
+        "cfg_scale": p.cfg_scale,
+        "steps": p.steps,
+        "batch_size": req.batch_size.unwrap_or(1),
+        "restore_faces": false,
+        "face_restoration_model": null,
+        "sd_model_name": model.name,
+        "sd_model_hash": null,
+        "sd_vae_name": null,
+        "sd_vae_hash": null,
+        "seed_resize_from_w": -1,
+        "seed_resize_from_h": -1,
+        "denoising_strength": null,
+        "extra_generation_params": {},
+        "index_of_first_image": 0,
+        "infotexts": infotexts,
+        "styles": [],
+        "job_timestamp": job_timestamp(snap.started_at.unwrap_or(snap.created_at)),
+        "clip_skip": 1,
+        "is_using_inpainting_conditioning": false,
+        "version": concat!("sdserve ", env!("CARGO_PKG_VERSION")),
+    });
+    value.to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timestamps_like_a1111() {
+        assert_eq!(job_timestamp(0.0), "19700101000000");
+        assert_eq!(job_timestamp(1_709_251_199.0), "20240229235959");
+    }
+
+    #[test]
+    fn sampler_and_scheduler_pairs() {
+        assert_eq!(resolve_sampler("Euler a", None).unwrap(), "euler_ancestral");
+        assert_eq!(
+            resolve_sampler("DPM++ 2M", Some("Karras")).unwrap(),
+            "dpmpp_2m_karras"
+        );
+        assert_eq!(
+            resolve_sampler("DPM++ 2M Karras", Some("automatic")).unwrap(),
+            "dpmpp_2m_karras"
+        );
+        let e = resolve_sampler("Euler", Some("karras")).unwrap_err();
+        assert_eq!(e.field(), Some("scheduler"));
+        let e = resolve_sampler("Euler", Some("exponential")).unwrap_err();
+        assert_eq!(e.field(), Some("scheduler"));
+        let e = resolve_sampler("PLMS", None).unwrap_err();
+        assert_eq!(e.field(), Some("sampler_name"));
+    }
+
+    #[test]
+    fn seeds_and_iterations() {
+        let limits = Limits::default();
+        let spec = Txt2ImgRequest {
+            seed: Some(-1),
+            ..Default::default()
+        }
+        .to_spec(&limits)
+        .unwrap();
+        assert_eq!(spec.seed, None);
+        assert_eq!(spec.sampler.as_deref(), Some("euler"));
+        let spec = Txt2ImgRequest {
+            seed: Some(42),
+            batch_size: Some(2),
+            n_iter: Some(3),
+            ..Default::default()
+        }
+        .to_spec(&limits)
+        .unwrap();
+        assert_eq!((spec.seed, spec.batch_size), (Some(42), Some(6)));
+        for bad in [
+            Txt2ImgRequest {
+                seed: Some(-2),
+                ..Default::default()
+            },
+            Txt2ImgRequest {
+                n_iter: Some(0),
+                ..Default::default()
+            },
+            Txt2ImgRequest {
+                batch_size: Some(4),
+                n_iter: Some(3),
+                ..Default::default()
+            },
+        ] {
+            assert!(bad.to_spec(&limits).is_err());
+        }
+    }
+}

@@ -1,0 +1,187 @@
+//! Handlers of the native API: submit, status, cancel, events, images, listings.
+
+use std::convert::Infallible;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::rejection::{BytesRejection, PathRejection};
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use futures_util::Stream;
+use tokio::sync::watch;
+
+use super::wire::{CreateJob, JobAccepted, JobEvent, JobView, ModelList, ModelView, SamplerView};
+use super::{Native, NativeErrors};
+use crate::dialects::Dialect;
+use crate::engine_api::SamplerId;
+use crate::error::{ApiError, Rejection};
+use crate::extract::{parse_id, parse_json, Caller};
+use crate::jobs::{ImageId, JobId, JobSnapshot, JobStatus};
+use crate::state::AppState;
+
+type Result<T> = std::result::Result<T, Rejection<Native>>;
+
+/// Queue a generation job; answers at once with its id.
+#[utoipa::path(post, path = "/api/v1/jobs", tag = "native", request_body = CreateJob,
+    responses(
+        (status = 202, description = "Accepted", body = JobAccepted,
+            headers(("Location" = String, description = "URL of the job"))),
+        NativeErrors))]
+pub async fn create_job(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    body: std::result::Result<Bytes, BytesRejection>,
+) -> Result<Response> {
+    let spec =
+        parse_json::<CreateJob>(body, state.config.limits.max_body_bytes).map(CreateJob::into_spec);
+    let handle = state.submit(Dialect::Native, &caller, spec)?;
+    let snap = handle.snapshot();
+    let location = format!("/api/v1/jobs/{}", snap.id);
+    let mut response = (
+        StatusCode::ACCEPTED,
+        Json(JobAccepted {
+            id: snap.id,
+            status: snap.status,
+            queue_position: snap.queue_position,
+        }),
+    )
+        .into_response();
+    if let Ok(value) = HeaderValue::from_str(&location) {
+        response.headers_mut().insert(header::LOCATION, value);
+    }
+    Ok(response)
+}
+
+/// A job's state, progress, error and images (also after a restart).
+#[utoipa::path(get, path = "/api/v1/jobs/{id}", tag = "native",
+    params(("id" = uuid::Uuid, Path, description = "Job id")),
+    responses((status = 200, description = "The job", body = JobView), NativeErrors))]
+pub async fn get_job(
+    State(state): State<Arc<AppState>>,
+    path: std::result::Result<Path<String>, PathRejection>,
+) -> Result<Json<JobView>> {
+    let id: JobId = parse_id(path)?;
+    Ok(Json(state.job_snapshot(id).await?.into()))
+}
+
+/// Cancel a job: a queued job ends at once, a running one at its next step.
+#[utoipa::path(delete, path = "/api/v1/jobs/{id}", tag = "native",
+    params(("id" = uuid::Uuid, Path, description = "Job id")),
+    responses((status = 200, description = "Cancelled, or cancelling", body = JobView), NativeErrors))]
+pub async fn cancel_job(
+    State(state): State<Arc<AppState>>,
+    path: std::result::Result<Path<String>, PathRejection>,
+) -> Result<Json<JobView>> {
+    let id: JobId = parse_id(path)?;
+    match state.jobs.cancel_off_runtime(id).await {
+        Ok(snapshot) => Ok(Json(snapshot.into())),
+        Err(ApiError::JobNotFound(_)) => {
+            // Finished before a restart: known on disk, so it is a conflict, not a 404.
+            state.job_snapshot(id).await?;
+            Err(ApiError::AlreadyFinished(id.to_string()).into())
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+type EventStream = Pin<Box<dyn Stream<Item = std::result::Result<Event, Infallible>> + Send>>;
+
+fn event(name: &str, snapshot: JobSnapshot) -> Event {
+    let data = serde_json::to_string(&JobView::from(snapshot)).unwrap_or_default();
+    Event::default().event(name).data(data)
+}
+
+/// Server-sent events for one job: `state` on each status change, `progress` on
+/// each step or queue move, each carrying the job as `GET /jobs/{id}` shows it;
+/// the stream ends after the terminal state.
+#[utoipa::path(get, path = "/api/v1/jobs/{id}/events", tag = "native",
+    params(("id" = uuid::Uuid, Path, description = "Job id")),
+    responses((status = 200, description = "Event stream of JobView payloads",
+        content_type = "text/event-stream", body = JobEvent), NativeErrors))]
+pub async fn job_events(
+    State(state): State<Arc<AppState>>,
+    path: std::result::Result<Path<String>, PathRejection>,
+) -> Result<Response> {
+    let id: JobId = parse_id(path)?;
+    let stream: EventStream = match state.jobs.entry(id) {
+        Some(entry) => {
+            let rx = entry.subscribe();
+            Box::pin(futures_util::stream::unfold(
+                (rx, None::<JobStatus>, true),
+                |(mut rx, last, first): (watch::Receiver<JobSnapshot>, Option<JobStatus>, bool)| async move {
+                    if last.is_some_and(JobStatus::is_terminal) {
+                        return None;
+                    }
+                    if !first && rx.changed().await.is_err() {
+                        return None;
+                    }
+                    let snap = rx.borrow_and_update().clone();
+                    let name = if last == Some(snap.status) {
+                        "progress"
+                    } else {
+                        "state"
+                    };
+                    let status = snap.status;
+                    Some((Ok(event(name, snap)), (rx, Some(status), false)))
+                },
+            ))
+        }
+        None => {
+            let snap = state.job_snapshot(id).await?;
+            Box::pin(futures_util::stream::iter([Ok(event("state", snap))]))
+        }
+    };
+    Ok(Sse::new(stream)
+        .keep_alive(KeepAlive::default())
+        .into_response())
+}
+
+/// An image's PNG (with its A1111 `parameters` text chunk).
+#[utoipa::path(get, path = "/api/v1/images/{id}", tag = "native",
+    params(("id" = uuid::Uuid, Path, description = "Image id")),
+    responses((status = 200, description = "PNG image", content_type = "image/png", body = Vec<u8>),
+        NativeErrors))]
+pub async fn get_image(
+    State(state): State<Arc<AppState>>,
+    path: std::result::Result<Path<String>, PathRejection>,
+) -> Result<Response> {
+    let id: ImageId = parse_id(path)?;
+    let png = state.image_png(id).await?;
+    Ok(([(header::CONTENT_TYPE, "image/png")], png).into_response())
+}
+
+/// The loaded model and the defaults that suit it.
+#[utoipa::path(get, path = "/api/v1/models", tag = "native",
+    responses((status = 200, description = "Models", body = ModelList), NativeErrors))]
+pub async fn list_models(State(state): State<Arc<AppState>>) -> Result<Json<ModelList>> {
+    let info = state.model()?;
+    Ok(Json(ModelList {
+        models: vec![ModelView {
+            id: info.name.clone(),
+            native_width: info.native_width,
+            native_height: info.native_height,
+            default_steps: info.default_steps,
+            default_cfg_scale: info.default_cfg_scale,
+            vae_scale_factor: info.vae_scale_factor,
+        }],
+    }))
+}
+
+/// The samplers, by id and A1111 label.
+#[utoipa::path(get, path = "/api/v1/samplers", tag = "native",
+    responses((status = 200, description = "Samplers", body = Vec<SamplerView>), NativeErrors))]
+pub async fn list_samplers() -> Json<Vec<SamplerView>> {
+    Json(
+        SamplerId::ALL
+            .iter()
+            .map(|s| SamplerView {
+                id: s.id().to_string(),
+                label: s.label().to_string(),
+            })
+            .collect(),
+    )
+}

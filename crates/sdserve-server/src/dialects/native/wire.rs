@@ -1,0 +1,181 @@
+//! Wire shapes of the native API: the job request, and the job, model and
+//! sampler views it answers with.
+
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use crate::jobs::{
+    ImageId, JobFailure, JobId, JobParams, JobSnapshot, JobStatus, JobTimings, StepProgress,
+};
+use crate::validation::{FieldNames, JobSpec};
+
+/// `POST /api/v1/jobs` body. Omitted fields take the model's defaults.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateJob {
+    /// Text prompt.
+    #[schema(max_length = 8192)]
+    pub prompt: String,
+    /// Negative prompt.
+    #[schema(max_length = 8192)]
+    pub negative_prompt: Option<String>,
+    /// Seed; omitted or null for a random one (reported per image).
+    pub seed: Option<u64>,
+    /// Denoising steps (default: the model's).
+    #[schema(minimum = 1, maximum = 150)]
+    pub steps: Option<i64>,
+    /// Guidance scale, 0 to 30 (1 or less: guidance off; default: the model's).
+    #[schema(minimum = 0, maximum = 30)]
+    pub cfg_scale: Option<f64>,
+    /// Sampler id or A1111 label (see `GET /api/v1/samplers`; default `euler_ancestral`).
+    pub sampler: Option<String>,
+    /// Width in pixels, a multiple of the model's VAE scale factor (default: native).
+    #[schema(minimum = 8, maximum = 2048, multiple_of = 8)]
+    pub width: Option<i64>,
+    /// Height in pixels (same rules as width).
+    #[schema(minimum = 8, maximum = 2048, multiple_of = 8)]
+    pub height: Option<i64>,
+    /// Images from the one seed (default 1).
+    #[schema(minimum = 1, maximum = 8)]
+    pub batch_size: Option<i64>,
+}
+
+impl CreateJob {
+    /// The job this request asks for.
+    pub fn into_spec(self) -> JobSpec {
+        JobSpec {
+            negative_prompt: self.negative_prompt.unwrap_or_default(),
+            seed: self.seed,
+            steps: self.steps,
+            cfg_scale: self.cfg_scale,
+            sampler: self.sampler,
+            width: self.width,
+            height: self.height,
+            batch_size: self.batch_size,
+            ..JobSpec::new(self.prompt, FieldNames::NATIVE)
+        }
+    }
+}
+
+/// Answer to `POST /api/v1/jobs`.
+#[derive(Serialize, ToSchema)]
+pub struct JobAccepted {
+    /// The new job's id.
+    #[schema(value_type = uuid::Uuid)]
+    pub id: JobId,
+    /// `queued`.
+    pub status: JobStatus,
+    /// Jobs that will run before this one.
+    pub queue_position: Option<usize>,
+}
+
+/// One image of a job, with where to fetch it.
+#[derive(Serialize, ToSchema)]
+pub struct ImageView {
+    /// Image id.
+    #[schema(value_type = uuid::Uuid)]
+    pub id: ImageId,
+    /// `/api/v1/images/{id}`.
+    pub url: String,
+    /// Seed it was generated from.
+    pub seed: u64,
+}
+
+/// A job's state as the native API shows it.
+#[derive(Serialize, ToSchema)]
+pub struct JobView {
+    /// Job id.
+    #[schema(value_type = uuid::Uuid)]
+    pub id: JobId,
+    /// `queued`, `running`, `succeeded`, `failed` or `cancelled`.
+    pub status: JobStatus,
+    /// Jobs ahead of this one, while queued.
+    pub queue_position: Option<usize>,
+    /// Steps done and total, once running.
+    pub progress: Option<StepProgress>,
+    /// A cancel was asked for while running.
+    pub cancel_requested: bool,
+    /// Why it failed.
+    pub error: Option<JobFailure>,
+    /// Images, once succeeded.
+    pub images: Vec<ImageView>,
+    /// Settings the job runs with.
+    pub params: JobParams,
+    /// Unix time of submission.
+    pub created_at: f64,
+    /// Unix time it started running.
+    pub started_at: Option<f64>,
+    /// Unix time it finished.
+    pub finished_at: Option<f64>,
+    /// Phase durations in seconds, once finished.
+    pub timings: Option<JobTimings>,
+}
+
+impl From<JobSnapshot> for JobView {
+    fn from(s: JobSnapshot) -> Self {
+        Self {
+            id: s.id,
+            status: s.status,
+            queue_position: s.queue_position,
+            progress: s.progress,
+            cancel_requested: s.cancel_requested,
+            error: s.error,
+            images: s
+                .images
+                .into_iter()
+                .map(|i| ImageView {
+                    url: format!("/api/v1/images/{}", i.id),
+                    id: i.id,
+                    seed: i.seed,
+                })
+                .collect(),
+            params: s.params,
+            created_at: s.created_at,
+            started_at: s.started_at,
+            finished_at: s.finished_at,
+            timings: s.timings,
+        }
+    }
+}
+
+/// The loaded model and its defaults.
+#[derive(Serialize, ToSchema)]
+pub struct ModelView {
+    /// Model name (folder or hub repo).
+    pub id: String,
+    /// Native width.
+    pub native_width: usize,
+    /// Native height.
+    pub native_height: usize,
+    /// Default steps.
+    pub default_steps: usize,
+    /// Default guidance scale.
+    pub default_cfg_scale: f64,
+    /// Sizes must be multiples of this.
+    pub vae_scale_factor: usize,
+}
+
+/// `GET /api/v1/models`.
+#[derive(Serialize, ToSchema)]
+pub struct ModelList {
+    /// The served models (one).
+    pub models: Vec<ModelView>,
+}
+
+/// A sampler, by id and A1111 label.
+#[derive(Serialize, ToSchema)]
+pub struct SamplerView {
+    /// Machine id (`euler_ancestral`...).
+    pub id: String,
+    /// A1111 label (`Euler a`...).
+    pub label: String,
+}
+
+/// One server-sent event of `GET /api/v1/jobs/{id}/events`.
+#[derive(Serialize, ToSchema)]
+pub struct JobEvent {
+    /// `state` (the status changed) or `progress` (a step or a queue move).
+    pub event: String,
+    /// The job as JSON, shaped like [`JobView`].
+    pub data: String,
+}

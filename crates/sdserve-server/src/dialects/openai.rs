@@ -1,0 +1,334 @@
+//! The OpenAI images dialect: `POST /v1/images/generations` and `GET /v1/models`,
+//! so the OpenAI SDKs work with `base_url` pointed here. Extension fields
+//! (`negative_prompt`, `seed`, `steps`, `cfg_scale`, `sampler`) pass through the
+//! SDKs' `extra_body`. Unknown fields are ignored. Errors are
+//! `{"error": {"message", "type", "param", "code"}}`. Synchronous: a client that
+//! disconnects cancels its job.
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::State;
+use axum::http::{header, HeaderMap};
+use axum::routing::{get, post};
+use axum::Json;
+use axum::Router;
+use base64::Engine as _;
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoResponses, ToSchema};
+
+use super::Dialect;
+use crate::error::{to_json, ApiError, ErrorShape, Rejection};
+use crate::extract::{parse_json, Caller};
+use crate::jobs::job::unix_now;
+use crate::state::AppState;
+use crate::validation::{FieldNames, JobSpec, ValidationError};
+
+/// Error shape of the OpenAI dialect.
+pub struct OpenAi;
+
+/// The inner error object.
+#[derive(Serialize, ToSchema)]
+pub struct OpenAiErrorDetail {
+    /// Human-readable message.
+    pub message: String,
+    /// `invalid_request_error`, `authentication_error`, `rate_limit_error`, `server_error`...
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// The offending parameter.
+    pub param: Option<String>,
+    /// Machine code (`queue_full`, `invalid_api_key`...).
+    pub code: Option<String>,
+}
+
+/// `{"error": {...}}`.
+#[derive(Serialize, ToSchema)]
+pub struct OpenAiError {
+    /// The error.
+    pub error: OpenAiErrorDetail,
+}
+
+impl ErrorShape for OpenAi {
+    fn body(error: &ApiError) -> serde_json::Value {
+        let status = error.status();
+        let kind = match error {
+            ApiError::Unauthorized { .. } => "authentication_error",
+            ApiError::QueueFull { .. } => "rate_limit_error",
+            ApiError::NotReady | ApiError::Draining => "service_unavailable",
+            ApiError::JobNotFound(_) | ApiError::ImageNotFound(_) | ApiError::NoRoute(_) => {
+                "not_found_error"
+            }
+            _ if status.is_server_error() => "server_error",
+            _ => "invalid_request_error",
+        };
+        let code = match error {
+            ApiError::Unauthorized { .. } => "invalid_api_key",
+            e => e.code(),
+        };
+        to_json(&OpenAiError {
+            error: OpenAiErrorDetail {
+                message: error.to_string(),
+                kind: kind.into(),
+                param: error.field().map(str::to_string),
+                code: Some(code.into()),
+            },
+        })
+    }
+}
+
+/// Error responses of the OpenAI routes (statuses decided in `error.rs`).
+#[derive(IntoResponses)]
+#[allow(dead_code)]
+pub enum OpenAiErrors {
+    /// Malformed JSON.
+    #[response(status = 400)]
+    BadRequest(OpenAiError),
+    /// Invalid API key.
+    #[response(status = 401)]
+    Unauthorized(OpenAiError),
+    /// No such route.
+    #[response(status = 404)]
+    NotFound(OpenAiError),
+    /// Wrong method for the route.
+    #[response(status = 405)]
+    MethodNotAllowed(OpenAiError),
+    /// The job was cancelled.
+    #[response(status = 409)]
+    Conflict(OpenAiError),
+    /// Body too large.
+    #[response(status = 413)]
+    TooLarge(OpenAiError),
+    /// A parameter breaks a rule; `param` names it.
+    #[response(status = 422)]
+    Unprocessable(OpenAiError),
+    /// Queue full; retry after `Retry-After` seconds.
+    #[response(status = 429, headers(("Retry-After" = u64, description = "Seconds to wait")))]
+    TooManyRequests(OpenAiError),
+    /// Generation failed on the server.
+    #[response(status = 500)]
+    ServerError(OpenAiError),
+    /// Model loading or server draining.
+    #[response(status = 503, headers(("Retry-After" = u64, description = "Seconds to wait")))]
+    Unavailable(OpenAiError),
+}
+
+/// How the OpenAI dialect names the shared fields.
+const OPENAI_FIELDS: FieldNames = FieldNames {
+    prompt: "prompt",
+    negative_prompt: "negative_prompt",
+    steps: "steps",
+    cfg_scale: "cfg_scale",
+    sampler: "sampler",
+    width: "size",
+    height: "size",
+    batch_size: "n",
+};
+
+/// `POST /v1/images/generations` body.
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct ImageGenerationRequest {
+    /// Prompt.
+    #[schema(max_length = 8192)]
+    pub prompt: String,
+    /// Model id; if given, the served model's id (see `GET /v1/models`).
+    pub model: Option<String>,
+    /// Number of images.
+    #[schema(minimum = 1, maximum = 8)]
+    pub n: Option<i64>,
+    /// `WIDTHxHEIGHT` (or `auto` for the model's native size).
+    #[schema(pattern = "^([1-9][0-9]{0,4}x[1-9][0-9]{0,4}|auto)$")]
+    pub size: Option<String>,
+    /// `b64_json` (default) or `url`.
+    pub response_format: Option<String>,
+    /// End-user id (logged, not used).
+    pub user: Option<String>,
+    /// Extension: negative prompt.
+    #[schema(max_length = 8192)]
+    pub negative_prompt: Option<String>,
+    /// Extension: seed (random if omitted).
+    pub seed: Option<u64>,
+    /// Extension: denoising steps.
+    #[schema(minimum = 1, maximum = 150)]
+    pub steps: Option<i64>,
+    /// Extension: guidance scale, 0 to 30.
+    #[schema(minimum = 0, maximum = 30)]
+    pub cfg_scale: Option<f64>,
+    /// Extension: sampler id or A1111 label.
+    pub sampler: Option<String>,
+}
+
+fn invalid(field: &'static str, message: String) -> ApiError {
+    ValidationError::Invalid { field, message }.into()
+}
+
+fn parse_size(size: &str) -> Result<Option<(i64, i64)>, ApiError> {
+    if size == "auto" {
+        return Ok(None);
+    }
+    let parsed = size
+        .split_once(['x', 'X'])
+        .and_then(|(w, h)| Some((w.trim().parse::<i64>().ok()?, h.trim().parse::<i64>().ok()?)));
+    match parsed {
+        Some(pair) => Ok(Some(pair)),
+        None => Err(invalid(
+            "size",
+            format!("expected WIDTHxHEIGHT such as 512x512, got {size:?}"),
+        )),
+    }
+}
+
+impl ImageGenerationRequest {
+    fn to_spec(&self, model: &str) -> Result<JobSpec, ApiError> {
+        if let Some(wanted) = &self.model {
+            if wanted != model {
+                return Err(invalid(
+                    "model",
+                    format!("the model {wanted:?} does not exist; this server serves {model:?}"),
+                ));
+            }
+        }
+        match self.response_format.as_deref() {
+            None | Some("b64_json") | Some("url") => {}
+            Some(other) => {
+                return Err(invalid(
+                    "response_format",
+                    format!("must be b64_json or url, got {other:?}"),
+                ));
+            }
+        }
+        let size = match &self.size {
+            Some(s) => parse_size(s)?,
+            None => None,
+        };
+        Ok(JobSpec {
+            negative_prompt: self.negative_prompt.clone().unwrap_or_default(),
+            seed: self.seed,
+            steps: self.steps,
+            cfg_scale: self.cfg_scale,
+            sampler: self.sampler.clone(),
+            width: size.map(|s| s.0),
+            height: size.map(|s| s.1),
+            batch_size: self.n,
+            ..JobSpec::new(self.prompt.clone(), OPENAI_FIELDS)
+        })
+    }
+}
+
+/// One generated image: `b64_json` or `url`.
+#[derive(Serialize, ToSchema)]
+pub struct ImageData {
+    /// Base64 PNG (with `response_format: b64_json`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub b64_json: Option<String>,
+    /// Absolute URL of the PNG (with `response_format: url`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    /// The prompt used (unchanged).
+    pub revised_prompt: String,
+    /// Extension: the image's seed.
+    pub seed: u64,
+}
+
+/// `POST /v1/images/generations` answer.
+#[derive(Serialize, ToSchema)]
+pub struct ImagesResponse {
+    /// Unix time of creation.
+    pub created: u64,
+    /// The images.
+    pub data: Vec<ImageData>,
+}
+
+/// A model of `GET /v1/models`.
+#[derive(Serialize, ToSchema)]
+pub struct OpenAiModel {
+    /// Model id, what `model` takes.
+    pub id: String,
+    /// `model`.
+    pub object: String,
+    /// Unix time (server start).
+    pub created: u64,
+    /// `sdserve`.
+    pub owned_by: String,
+}
+
+/// `GET /v1/models` answer.
+#[derive(Serialize, ToSchema)]
+pub struct ModelsResponse {
+    /// `list`.
+    pub object: String,
+    /// The models.
+    pub data: Vec<OpenAiModel>,
+}
+
+/// The OpenAI routes.
+pub fn routes() -> Router<Arc<AppState>> {
+    Router::new()
+        .route("/v1/images/generations", post(generations))
+        .route("/v1/models", get(models))
+}
+
+/// Generate images (OpenAI compatible).
+#[utoipa::path(post, path = "/v1/images/generations", tag = "openai",
+    request_body = ImageGenerationRequest,
+    responses((status = 200, description = "Images", body = ImagesResponse), OpenAiErrors))]
+pub async fn generations(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<ImagesResponse>, Rejection<OpenAi>> {
+    let request = parse_json::<ImageGenerationRequest>(body, state.config.limits.max_body_bytes);
+    let as_url = matches!(&request, Ok(r) if r.response_format.as_deref() == Some("url"));
+    let spec = request.and_then(|r| r.to_spec(&state.model()?.name));
+    let handle = state
+        .submit(Dialect::OpenAi, &caller, spec)?
+        .cancel_on_drop();
+    let snapshot = state.wait_success(&handle).await?;
+    let host = headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .map(str::to_string);
+    let mut data = Vec::with_capacity(snapshot.images.len());
+    let pngs = if as_url {
+        Vec::new()
+    } else {
+        state.job_pngs(&snapshot).await?
+    };
+    for (i, image) in snapshot.images.iter().enumerate() {
+        let path = format!("/api/v1/images/{}", image.id);
+        data.push(ImageData {
+            b64_json: pngs
+                .get(i)
+                .map(|png| base64::engine::general_purpose::STANDARD.encode(png)),
+            url: as_url.then(|| match &host {
+                Some(host) => format!("http://{host}{path}"),
+                None => path.clone(),
+            }),
+            revised_prompt: snapshot.params.prompt.clone(),
+            seed: image.seed,
+        });
+    }
+    Ok(Json(ImagesResponse {
+        created: unix_now() as u64,
+        data,
+    }))
+}
+
+/// The served model.
+#[utoipa::path(get, path = "/v1/models", tag = "openai",
+    responses((status = 200, description = "Models", body = ModelsResponse), OpenAiErrors))]
+pub async fn models(
+    State(state): State<Arc<AppState>>,
+) -> Result<Json<ModelsResponse>, Rejection<OpenAi>> {
+    let model = state.model()?;
+    Ok(Json(ModelsResponse {
+        object: "list".into(),
+        data: vec![OpenAiModel {
+            id: model.name.clone(),
+            object: "model".into(),
+            created: state.started_unix,
+            owned_by: "sdserve".into(),
+        }],
+    }))
+}

@@ -1,0 +1,8 @@
+//! The one place the server names engine items, so that a change in the engine's
+//! public API touches one file here. The server never names a tensor.
+
+pub use sdserve_engine::png;
+pub use sdserve_engine::{
+    batch_compatible, random_seed, Engine, EngineError, GenerateRequest, GeneratedImage,
+    GenerationOutput, ModelInfo, ModelSource, NoopObserver, Observer, Progress, SamplerId, Timings,
+};

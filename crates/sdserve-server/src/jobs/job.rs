@@ -1,0 +1,210 @@
+//! What a job is, as every dialect and the file store see it: its state machine
+//! (`queued → running → succeeded | failed | cancelled`), its progress, its
+//! images and its settings. [`JobSnapshot`] is both the in-memory state published
+//! to waiters and the JSON record written beside the PNGs, so a status read after
+//! a restart looks the same as one before.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use super::id::{ImageId, JobId};
+use crate::engine_api::{GenerateRequest, SamplerId};
+
+/// Where a job is in its life. Terminal states never change again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum JobStatus {
+    /// Waiting in the queue.
+    Queued,
+    /// In a batch on the worker.
+    Running,
+    /// Finished; its images are on disk.
+    Succeeded,
+    /// Finished with an error.
+    Failed,
+    /// Stopped on request (or because its synchronous client went away).
+    Cancelled,
+}
+
+impl JobStatus {
+    /// True once the job can no longer change.
+    pub fn is_terminal(self) -> bool {
+        matches!(self, Self::Succeeded | Self::Failed | Self::Cancelled)
+    }
+
+    /// The lowercase name used on the wire and in metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Queued => "queued",
+            Self::Running => "running",
+            Self::Succeeded => "succeeded",
+            Self::Failed => "failed",
+            Self::Cancelled => "cancelled",
+        }
+    }
+}
+
+/// The settings a job runs with, after defaults and validation (the engine request, as data).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct JobParams {
+    /// Text prompt.
+    pub prompt: String,
+    /// Negative prompt ("" for none).
+    pub negative_prompt: String,
+    /// The requested seed; `null` means the engine drew one (see each image's seed).
+    pub seed: Option<u64>,
+    /// Denoising steps.
+    pub steps: usize,
+    /// Classifier-free guidance scale (1 or less: guidance off).
+    pub cfg_scale: f64,
+    /// Sampler id (`euler`, `euler_ancestral`, `dpmpp_2m`, `dpmpp_2m_karras`, `ddim`).
+    pub sampler: String,
+    /// Image width in pixels.
+    pub width: usize,
+    /// Image height in pixels.
+    pub height: usize,
+    /// Images generated from the seed in one noise draw.
+    pub batch_size: usize,
+}
+
+impl From<&GenerateRequest> for JobParams {
+    fn from(r: &GenerateRequest) -> Self {
+        Self {
+            prompt: r.prompt.clone(),
+            negative_prompt: r.negative_prompt.clone(),
+            seed: r.seed,
+            steps: r.steps,
+            cfg_scale: r.cfg_scale,
+            sampler: r.sampler.id().to_string(),
+            width: r.width,
+            height: r.height,
+            batch_size: r.batch_size,
+        }
+    }
+}
+
+impl JobParams {
+    /// The sampler as the engine knows it (ids written by this server always parse).
+    pub fn sampler_id(&self) -> Option<SamplerId> {
+        self.sampler.parse().ok()
+    }
+}
+
+/// Why a job failed, kept so a synchronous dialect can answer with the right status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum FailureKind {
+    /// The engine refused the request (a 4xx for the client).
+    InvalidRequest,
+    /// The engine failed while generating (a fault on our side).
+    Generation,
+    /// Writing the result failed, or the worker broke (a fault on our side).
+    Internal,
+}
+
+/// The error a failed job ended with.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct JobFailure {
+    /// What kind of failure.
+    pub kind: FailureKind,
+    /// Human-readable message.
+    pub message: String,
+}
+
+/// One image of a finished job.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ImageRecord {
+    /// Image id: `GET /api/v1/images/{id}` and `GET /download/{id}` return its PNG.
+    #[schema(value_type = uuid::Uuid)]
+    pub id: ImageId,
+    /// Seed the image was generated from.
+    pub seed: u64,
+    /// A1111 infotext stored in the PNG's `parameters` chunk.
+    pub infotext: String,
+}
+
+/// Denoising progress of a running job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct StepProgress {
+    /// Steps done (0 before the first).
+    pub step: usize,
+    /// Total steps.
+    pub total: usize,
+}
+
+/// Seconds spent in each phase of a finished job.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct JobTimings {
+    /// Waiting in the queue.
+    pub queue: f64,
+    /// Prompt encoding (for the whole batch the job ran in).
+    pub text_encoding: f64,
+    /// Denoising loop (for the whole batch).
+    pub denoising: f64,
+    /// VAE decoding (for the whole batch).
+    pub decoding: f64,
+    /// PNG encoding and writing of this job's images.
+    pub encoding: f64,
+    /// From submission to the end.
+    pub total: f64,
+}
+
+/// The full state of one job at one moment; also the on-disk JSON record.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct JobSnapshot {
+    /// Job id.
+    #[schema(value_type = uuid::Uuid)]
+    pub id: JobId,
+    /// Current state.
+    pub status: JobStatus,
+    /// Jobs that will run before this one (0: next); only while queued.
+    pub queue_position: Option<usize>,
+    /// Steps done and total; only once running.
+    pub progress: Option<StepProgress>,
+    /// True once a cancel was asked for a running job (it stops at the next step).
+    pub cancel_requested: bool,
+    /// Set when the job failed.
+    pub error: Option<JobFailure>,
+    /// Images of a succeeded job.
+    pub images: Vec<ImageRecord>,
+    /// Settings the job runs with.
+    pub params: JobParams,
+    /// Unix time of submission, in seconds.
+    pub created_at: f64,
+    /// Unix time the job started running.
+    pub started_at: Option<f64>,
+    /// Unix time the job reached a terminal state.
+    pub finished_at: Option<f64>,
+    /// Phase durations, once finished.
+    pub timings: Option<JobTimings>,
+}
+
+impl JobSnapshot {
+    /// The state of a job just accepted into the queue.
+    pub fn queued(id: JobId, params: JobParams, queue_position: usize) -> Self {
+        Self {
+            id,
+            status: JobStatus::Queued,
+            queue_position: Some(queue_position),
+            progress: None,
+            cancel_requested: false,
+            error: None,
+            images: Vec::new(),
+            params,
+            created_at: unix_now(),
+            started_at: None,
+            finished_at: None,
+            timings: None,
+        }
+    }
+}
+
+/// Seconds since the Unix epoch, as a float (0 if the clock is before 1970).
+pub fn unix_now() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}

@@ -1,0 +1,458 @@
+//! The job facade every dialect goes through: admits validated jobs into the one
+//! bounded queue (or refuses with 429), tracks each job's state, cancels, and
+//! hands the worker thread its next batch.
+//!
+//! State lives behind one `std::sync::Mutex`, held only for short, non-blocking
+//! updates (never across an `.await` or an engine call); the worker sleeps on a
+//! `Condvar`. Each job publishes its [`JobSnapshot`] on a `tokio::sync::watch`
+//! channel, which is how waiters, SSE streams and status reads see it.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use tokio::sync::watch;
+
+use super::id::JobId;
+use super::job::{unix_now, JobFailure, JobParams, JobSnapshot, JobStatus, StepProgress};
+use super::queue::{ClientId, FairQueue};
+use super::store::Store;
+use crate::dialects::Dialect;
+use crate::engine_api::{batch_compatible, GenerateRequest};
+use crate::error::ApiError;
+use crate::metrics::Metrics;
+use crate::validation::ValidJob;
+
+pub use super::handle::JobHandle;
+
+/// Retry-After when no job has finished yet to estimate from.
+const DEFAULT_RETRY_AFTER_SECS: u64 = 5;
+/// Longest Retry-After ever suggested.
+const MAX_RETRY_AFTER_SECS: u64 = 600;
+
+/// Sizes and lifetimes of the job system.
+#[derive(Debug, Clone)]
+pub struct JobSettings {
+    /// Jobs that may wait in the queue at once (`--queue-size`); running jobs are not counted.
+    pub capacity: usize,
+    /// Images one UNet batch may hold (sum of the jobs' batch sizes).
+    pub max_batch_images: usize,
+    /// How long finished jobs stay in memory (their records stay on disk).
+    pub finished_ttl: Duration,
+}
+
+/// One job while the server knows it in memory.
+pub struct JobEntry {
+    /// Its id.
+    pub id: JobId,
+    /// Who submitted it (for fairness and for A1111 interrupt).
+    pub client: ClientId,
+    /// The dialect it came through.
+    pub origin: Dialect,
+    /// The engine request, validated.
+    pub request: GenerateRequest,
+    /// When it was accepted.
+    pub enqueued: Instant,
+    pub(super) cancel: AtomicBool,
+    pub(super) state: watch::Sender<JobSnapshot>,
+}
+
+impl JobEntry {
+    /// The job's state right now.
+    pub fn snapshot(&self) -> JobSnapshot {
+        self.state.borrow().clone()
+    }
+
+    /// Its current status.
+    pub fn status(&self) -> JobStatus {
+        self.state.borrow().status
+    }
+
+    /// Follows the job's state from now on (for SSE and waiters).
+    pub fn subscribe(&self) -> watch::Receiver<JobSnapshot> {
+        self.state.subscribe()
+    }
+
+    /// True once a cancel was asked for.
+    pub fn cancel_requested(&self) -> bool {
+        self.cancel.load(Ordering::Relaxed)
+    }
+}
+
+/// The batch on the worker, as A1111's `/progress` reports it.
+#[derive(Debug, Clone, Copy)]
+pub struct CurrentBatch {
+    /// When the batch started.
+    pub started: Instant,
+    /// Steps done.
+    pub step: usize,
+    /// Total steps.
+    pub total: usize,
+    /// Jobs in the batch.
+    pub jobs: usize,
+}
+
+#[derive(Default)]
+struct State {
+    queue: FairQueue<Arc<JobEntry>>,
+    jobs: HashMap<JobId, Arc<JobEntry>>,
+    finished: VecDeque<(Instant, JobId)>,
+    running: Vec<Arc<JobEntry>>,
+    current: Option<CurrentBatch>,
+    stop: bool,
+    /// Moving average of batch wall time, for Retry-After.
+    batch_seconds: Option<f64>,
+}
+
+pub(super) struct Shared {
+    state: Mutex<State>,
+    work: Condvar,
+    pub(super) store: Store,
+    pub(super) metrics: Arc<Metrics>,
+    pub(super) settings: JobSettings,
+    draining: AtomicBool,
+}
+
+/// Handle to the job system; cheap to clone.
+#[derive(Clone)]
+pub struct Jobs {
+    pub(super) shared: Arc<Shared>,
+}
+
+impl Jobs {
+    /// An empty job system; call [`Jobs::start_worker`] once a backend is loaded.
+    pub fn new(settings: JobSettings, store: Store, metrics: Arc<Metrics>) -> Self {
+        Self {
+            shared: Arc::new(Shared {
+                state: Mutex::new(State::default()),
+                work: Condvar::new(),
+                store,
+                metrics,
+                settings,
+                draining: AtomicBool::new(false),
+            }),
+        }
+    }
+
+    /// The file store results go to.
+    pub fn store(&self) -> &Store {
+        &self.shared.store
+    }
+
+    /// Accepts a job into the queue, or refuses it (queue full, draining).
+    pub fn submit(&self, job: ValidJob) -> Result<JobHandle, ApiError> {
+        if self.shared.draining.load(Ordering::SeqCst) {
+            return Err(ApiError::Draining);
+        }
+        let mut st = self.shared.lock();
+        if st.stop {
+            return Err(ApiError::Draining);
+        }
+        let capacity = self.shared.settings.capacity;
+        if st.queue.len() >= capacity {
+            return Err(ApiError::QueueFull {
+                capacity,
+                retry_after: self.shared.retry_after(&st),
+            });
+        }
+        let id = JobId::new();
+        let snapshot = JobSnapshot::queued(id, JobParams::from(&job.request), st.queue.len());
+        let (state, _) = watch::channel(snapshot);
+        let entry = Arc::new(JobEntry {
+            id,
+            client: job.client.clone(),
+            origin: job.dialect,
+            request: job.request,
+            enqueued: Instant::now(),
+            cancel: AtomicBool::new(false),
+            state,
+        });
+        st.queue.push(job.client, entry.clone());
+        st.jobs.insert(id, entry.clone());
+        self.shared.prune_finished(&mut st);
+        Shared::refresh_positions(&st);
+        self.shared.metrics.queue_size.set(st.queue.len() as i64);
+        drop(st);
+        self.shared.work.notify_one();
+        tracing::debug!(job = %id, client = ?entry.client, "job queued");
+        Ok(JobHandle::new(entry, self.clone()))
+    }
+
+    /// The in-memory entry of a job (queued, running or recently finished).
+    pub fn entry(&self, id: JobId) -> Option<Arc<JobEntry>> {
+        self.shared.lock().jobs.get(&id).cloned()
+    }
+
+    /// Cancels a job: a queued one leaves the queue at once, a running one stops
+    /// at the next step. Errors: unknown id, or already finished.
+    pub fn cancel(&self, id: JobId) -> Result<JobSnapshot, ApiError> {
+        let mut st = self.shared.lock();
+        let Some(entry) = st.jobs.get(&id).cloned() else {
+            return Err(ApiError::JobNotFound(id.to_string()));
+        };
+        match entry.status() {
+            JobStatus::Queued => {
+                if entry.cancel.swap(true, Ordering::SeqCst) {
+                    // Another cancel is finishing it right now.
+                    return Ok(entry.snapshot());
+                }
+                st.queue.remove_where(|e| e.id == id);
+                Shared::refresh_positions(&st);
+                self.shared.metrics.queue_size.set(st.queue.len() as i64);
+                let mut snap = entry.snapshot();
+                snap.cancel_requested = true;
+                drop(st);
+                Ok(self.shared.finish(&entry, snap, JobStatus::Cancelled, None))
+            }
+            JobStatus::Running => {
+                entry.cancel.store(true, Ordering::Relaxed);
+                entry.state.send_modify(|s| s.cancel_requested = true);
+                Ok(entry.snapshot())
+            }
+            _ => Err(ApiError::AlreadyFinished(id.to_string())),
+        }
+    }
+
+    /// [`Jobs::cancel`] on a blocking thread: it may write the job's record, which
+    /// must not stall the async runtime.
+    pub async fn cancel_off_runtime(&self, id: JobId) -> Result<JobSnapshot, ApiError> {
+        let jobs = self.clone();
+        tokio::task::spawn_blocking(move || jobs.cancel(id))
+            .await
+            .unwrap_or_else(|e| Err(ApiError::Internal(format!("cancel task failed: {e}"))))
+    }
+
+    /// [`Jobs::cancel_where`] on a blocking thread.
+    pub async fn cancel_where_off_runtime(
+        &self,
+        pred: impl Fn(&JobEntry) -> bool + Send + 'static,
+    ) -> usize {
+        let jobs = self.clone();
+        tokio::task::spawn_blocking(move || jobs.cancel_where(pred))
+            .await
+            .unwrap_or(0)
+    }
+
+    /// Cancels every unfinished job `pred` selects; returns how many.
+    pub fn cancel_where(&self, pred: impl Fn(&JobEntry) -> bool) -> usize {
+        let ids: Vec<JobId> = {
+            let st = self.shared.lock();
+            st.jobs
+                .values()
+                .filter(|e| !e.status().is_terminal() && !e.cancel_requested() && pred(e))
+                .map(|e| e.id)
+                .collect()
+        };
+        ids.into_iter()
+            .filter(|id| self.cancel(*id).is_ok())
+            .count()
+    }
+
+    /// Every job known in memory (queued, running, recently finished).
+    pub fn list(&self) -> Vec<Arc<JobEntry>> {
+        self.shared.lock().jobs.values().cloned().collect()
+    }
+
+    /// Jobs waiting in the queue.
+    pub fn queued(&self) -> usize {
+        self.shared.lock().queue.len()
+    }
+
+    /// Jobs in the batch on the worker.
+    pub fn running(&self) -> usize {
+        self.shared.lock().running.len()
+    }
+
+    /// The batch on the worker, if any.
+    pub fn current(&self) -> Option<CurrentBatch> {
+        self.shared.lock().current
+    }
+
+    /// Refuses new jobs from now on; queued and running ones go on.
+    pub fn begin_drain(&self) {
+        self.shared.draining.store(true, Ordering::SeqCst);
+    }
+
+    /// True once [`Jobs::begin_drain`] was called.
+    pub fn is_draining(&self) -> bool {
+        self.shared.draining.load(Ordering::SeqCst)
+    }
+
+    /// True when nothing is queued or running.
+    pub fn is_idle(&self) -> bool {
+        let st = self.shared.lock();
+        st.queue.is_empty() && st.running.is_empty()
+    }
+
+    /// Waits until nothing is queued or running, up to `timeout`; false on timeout.
+    pub async fn wait_idle(&self, timeout: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + timeout;
+        while !self.is_idle() {
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        true
+    }
+
+    /// Cancels everything unfinished (the end of a drain that ran out of time).
+    pub fn cancel_all(&self) -> usize {
+        self.cancel_where(|_| true)
+    }
+
+    /// Lets the worker thread exit once the queue is empty.
+    pub fn stop_worker(&self) {
+        self.shared.lock().stop = true;
+        self.shared.work.notify_all();
+    }
+
+    /// Blocks until a batch is ready; `None` once stopped with nothing left.
+    pub(super) fn next_batch(&self) -> Option<Vec<Arc<JobEntry>>> {
+        let shared = &self.shared;
+        let mut st = shared.lock();
+        loop {
+            if !st.queue.is_empty() {
+                let batch = st.queue.pop_batch(
+                    shared.settings.max_batch_images,
+                    |e| e.request.batch_size,
+                    |a, b| batch_compatible(&a.request, &b.request),
+                );
+                let started = unix_now();
+                for entry in &batch {
+                    let total = entry.request.steps;
+                    entry.state.send_modify(|s| {
+                        s.status = JobStatus::Running;
+                        s.queue_position = None;
+                        s.started_at = Some(started);
+                        s.progress = Some(StepProgress { step: 0, total });
+                    });
+                    shared
+                        .metrics
+                        .queue_duration_seconds
+                        .observe(entry.enqueued.elapsed().as_secs_f64());
+                }
+                st.current = Some(CurrentBatch {
+                    started: Instant::now(),
+                    step: 0,
+                    total: batch.first().map_or(0, |e| e.request.steps),
+                    jobs: batch.len(),
+                });
+                st.running = batch.clone();
+                Shared::refresh_positions(&st);
+                shared.metrics.queue_size.set(st.queue.len() as i64);
+                shared.metrics.requests_running.set(batch.len() as i64);
+                return Some(batch);
+            }
+            if st.stop {
+                return None;
+            }
+            st = shared.work.wait(st).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+
+    /// Records a step of the running batch (for A1111 `/progress`).
+    pub(super) fn set_step(&self, step: usize, total: usize) {
+        if let Some(current) = self.shared.lock().current.as_mut() {
+            current.step = step;
+            current.total = total;
+        }
+    }
+
+    /// Clears the running batch once all its jobs are finished.
+    pub(super) fn batch_done(&self, seconds: f64) {
+        let mut st = self.shared.lock();
+        st.running.clear();
+        st.current = None;
+        st.batch_seconds = Some(match st.batch_seconds {
+            Some(avg) => 0.8 * avg + 0.2 * seconds,
+            None => seconds,
+        });
+        self.shared.metrics.requests_running.set(0);
+    }
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Publishes each queued job's place in the service order.
+    fn refresh_positions(st: &State) {
+        for (position, entry) in st.queue.service_order().into_iter().enumerate() {
+            entry.state.send_if_modified(|s| {
+                let changed = s.queue_position != Some(position);
+                s.queue_position = Some(position);
+                changed
+            });
+        }
+    }
+
+    /// Seconds until a slot is likely free: the batches ahead times their average length.
+    fn retry_after(&self, st: &State) -> u64 {
+        let Some(avg) = st.batch_seconds else {
+            return DEFAULT_RETRY_AFTER_SECS;
+        };
+        let per_batch = self.settings.max_batch_images.max(1);
+        let batches_ahead = st.queue.len().div_ceil(per_batch).max(1) as f64;
+        ((avg * batches_ahead).ceil() as u64).clamp(1, MAX_RETRY_AFTER_SECS)
+    }
+
+    /// Drops finished jobs older than the TTL from memory (their records stay on disk).
+    fn prune_finished(&self, st: &mut State) {
+        let ttl = self.settings.finished_ttl;
+        while let Some((at, id)) = st.finished.front().copied() {
+            if at.elapsed() < ttl {
+                break;
+            }
+            st.finished.pop_front();
+            st.jobs.remove(&id);
+        }
+    }
+
+    /// Moves a job to a terminal state: writes its record, then publishes it.
+    pub(super) fn finish(
+        &self,
+        entry: &JobEntry,
+        mut snap: JobSnapshot,
+        status: JobStatus,
+        error: Option<JobFailure>,
+    ) -> JobSnapshot {
+        snap.status = status;
+        snap.error = error;
+        snap.queue_position = None;
+        snap.finished_at = Some(unix_now());
+        if let Err(e) = self.store.write_record(&snap) {
+            tracing::error!(job = %entry.id, error = %e, "could not write job record");
+        }
+        match status {
+            JobStatus::Succeeded => self
+                .metrics
+                .request_duration_seconds
+                .observe(entry.enqueued.elapsed().as_secs_f64()),
+            JobStatus::Cancelled => self.metrics.failure("cancelled"),
+            _ => self
+                .metrics
+                .failure(match snap.error.as_ref().map(|e| e.kind) {
+                    Some(super::job::FailureKind::InvalidRequest) => "invalid_request",
+                    Some(super::job::FailureKind::Generation) => "generation",
+                    _ => "internal",
+                }),
+        }
+        entry.state.send_replace(snap.clone());
+        let mut st = self.lock();
+        st.finished.push_back((Instant::now(), entry.id));
+        let t = snap.timings.unwrap_or_default();
+        tracing::info!(
+            job = %entry.id,
+            status = status.as_str(),
+            queue_secs = t.queue,
+            denoise_secs = t.denoising,
+            encode_secs = t.encoding,
+            total_secs = entry.enqueued.elapsed().as_secs_f64(),
+            "job finished"
+        );
+        snap
+    }
+}

@@ -1,0 +1,94 @@
+//! Operational routes: liveness and readiness probes, Prometheus metrics, the
+//! OpenAPI document and the offline docs page.
+
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::header;
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::get;
+use axum::Json;
+use axum::Router;
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use crate::dialects::native::{Native, NativeErrors};
+use crate::error::{ApiError, Rejection};
+use crate::state::AppState;
+
+/// The docs page: committed, self-contained HTML that renders `/openapi.json`.
+const DOCS_HTML: &str = include_str!("../assets/docs.html");
+
+/// Probe answer.
+#[derive(Serialize, ToSchema)]
+pub struct Health {
+    /// `alive` or `ready`.
+    pub status: String,
+}
+
+/// The operational routes.
+pub fn routes() -> Router<Arc<AppState>> {
+    Router::new()
+        .route("/livez", get(livez))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .route("/openapi.json", get(openapi_json))
+        .route("/docs", get(docs))
+}
+
+/// Liveness: the process serves HTTP (also while the model loads).
+#[utoipa::path(get, path = "/livez", tag = "ops", security(()),
+    responses((status = 200, description = "Alive", body = Health)))]
+pub async fn livez() -> Json<Health> {
+    Json(Health {
+        status: "alive".into(),
+    })
+}
+
+/// Readiness: 200 once the model is loaded; 503 while loading and while draining.
+#[utoipa::path(get, path = "/readyz", tag = "ops", security(()),
+    responses((status = 200, description = "Ready", body = Health), NativeErrors))]
+pub async fn readyz(State(state): State<Arc<AppState>>) -> Result<Json<Health>, Rejection<Native>> {
+    if state.jobs.is_draining() {
+        return Err(ApiError::Draining.into());
+    }
+    state.backend()?;
+    Ok(Json(Health {
+        status: "ready".into(),
+    }))
+}
+
+/// Prometheus metrics in the text exposition format.
+#[utoipa::path(get, path = "/metrics", tag = "ops",
+    responses((status = 200, description = "Metrics", content_type = "text/plain", body = String),
+        NativeErrors))]
+pub async fn metrics(State(state): State<Arc<AppState>>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        state.metrics.render(),
+    )
+        .into_response()
+}
+
+/// This OpenAPI document, with the server's configured limits.
+#[utoipa::path(get, path = "/openapi.json", tag = "ops",
+    responses((status = 200, description = "OpenAPI 3.1 document", body = Object), NativeErrors))]
+pub async fn openapi_json(State(state): State<Arc<AppState>>) -> Json<serde_json::Value> {
+    let model = state.model().ok();
+    Json(crate::openapi::document(
+        &state.config.limits,
+        model,
+        state.config.auth.enabled(),
+    ))
+}
+
+/// A page rendering the OpenAPI document; works offline.
+#[utoipa::path(get, path = "/docs", tag = "ops",
+    responses((status = 200, description = "HTML page", content_type = "text/html", body = String),
+        NativeErrors))]
+pub async fn docs() -> Html<&'static str> {
+    Html(DOCS_HTML)
+}

@@ -1,0 +1,138 @@
+//! The facade every handler calls (TGI's `Infer`, for images): the loaded
+//! backend (or "still loading"), the gate from a dialect's spec to an accepted
+//! job, request accounting in the metrics, and reading results back.
+
+use std::sync::{Arc, OnceLock};
+
+use crate::backend::Backend;
+use crate::config::ServerConfig;
+use crate::dialects::Dialect;
+use crate::engine_api::ModelInfo;
+use crate::error::ApiError;
+use crate::extract::Caller;
+use crate::jobs::{FailureKind, ImageId, JobHandle, JobId, JobSnapshot, JobStatus, Jobs};
+use crate::metrics::Metrics;
+use crate::validation::{validate, JobSpec, ValidJob, ValidationError};
+
+/// Shared state of one server.
+pub struct AppState {
+    /// The configuration it was built with.
+    pub config: ServerConfig,
+    /// The job system.
+    pub jobs: Jobs,
+    /// Its metrics.
+    pub metrics: Arc<Metrics>,
+    /// Unix time the server was built (OpenAI's `created` of the model).
+    pub started_unix: u64,
+    pub(crate) backend: OnceLock<Arc<dyn Backend>>,
+}
+
+impl AppState {
+    /// The loaded backend, or 503 while the model loads.
+    pub fn backend(&self) -> Result<&Arc<dyn Backend>, ApiError> {
+        self.backend.get().ok_or(ApiError::NotReady)
+    }
+
+    /// Facts about the loaded model, or 503 while it loads.
+    pub fn model(&self) -> Result<&ModelInfo, ApiError> {
+        Ok(self.backend()?.info())
+    }
+
+    /// Ready for traffic: model loaded and not draining.
+    pub fn is_ready(&self) -> bool {
+        self.backend.get().is_some() && !self.jobs.is_draining()
+    }
+
+    /// The gate: counts the request, validates it and queues it, or says why not.
+    pub fn submit(
+        &self,
+        dialect: Dialect,
+        caller: &Caller,
+        spec: Result<JobSpec, ApiError>,
+    ) -> Result<JobHandle, ApiError> {
+        self.metrics
+            .requests_total
+            .with_label_values(&[dialect.as_str()])
+            .inc();
+        let result = (|| {
+            let spec = spec?;
+            if self.jobs.is_draining() {
+                return Err(ApiError::Draining);
+            }
+            let backend = self.backend()?;
+            let request = validate(spec, &self.config.limits, backend.as_ref())?;
+            self.jobs.submit(ValidJob {
+                request,
+                client: caller.client.clone(),
+                dialect,
+            })
+        })();
+        if let Err(e) = &result {
+            self.metrics.failure(failure_reason(e));
+        }
+        result
+    }
+
+    /// Waits for a synchronous dialect's job; a failed or cancelled job becomes an error.
+    pub async fn wait_success(&self, handle: &JobHandle) -> Result<JobSnapshot, ApiError> {
+        let snapshot = handle.finished().await;
+        match snapshot.status {
+            JobStatus::Succeeded => Ok(snapshot),
+            JobStatus::Cancelled => Err(ApiError::Cancelled(snapshot.id.to_string())),
+            _ => {
+                let (kind, message) = snapshot
+                    .error
+                    .map(|e| (e.kind, e.message))
+                    .unwrap_or((FailureKind::Internal, "job failed".into()));
+                Err(match kind {
+                    FailureKind::InvalidRequest => ValidationError::Engine(message).into(),
+                    FailureKind::Generation => ApiError::Generation(message),
+                    FailureKind::Internal => ApiError::Internal(message),
+                })
+            }
+        }
+    }
+
+    /// A job's state: from memory, else from its record on disk (after a restart).
+    pub async fn job_snapshot(&self, id: JobId) -> Result<JobSnapshot, ApiError> {
+        if let Some(entry) = self.jobs.entry(id) {
+            return Ok(entry.snapshot());
+        }
+        self.jobs
+            .store()
+            .read_record(id)
+            .await
+            .ok_or_else(|| ApiError::JobNotFound(id.to_string()))
+    }
+
+    /// The PNG bytes of one image.
+    pub async fn image_png(&self, id: ImageId) -> Result<Vec<u8>, ApiError> {
+        match self.jobs.store().read_png(id).await {
+            Ok(Some(bytes)) => Ok(bytes),
+            Ok(None) => Err(ApiError::ImageNotFound(id.to_string())),
+            Err(e) => Err(ApiError::Internal(format!(
+                "could not read image {id}: {e}"
+            ))),
+        }
+    }
+
+    /// The PNG bytes of every image of a finished job, in order.
+    pub async fn job_pngs(&self, snapshot: &JobSnapshot) -> Result<Vec<Vec<u8>>, ApiError> {
+        let mut out = Vec::with_capacity(snapshot.images.len());
+        for image in &snapshot.images {
+            out.push(self.image_png(image.id).await?);
+        }
+        Ok(out)
+    }
+}
+
+/// The `reason` label of `sd_request_failures_total` for a refused request.
+fn failure_reason(error: &ApiError) -> &'static str {
+    match error {
+        ApiError::QueueFull { .. } => "queue_full",
+        ApiError::Draining => "draining",
+        ApiError::NotReady => "not_ready",
+        e if e.status().is_client_error() => "invalid_request",
+        _ => "internal",
+    }
+}

@@ -1,0 +1,546 @@
+//! The validation gate: the only way into the queue. Every dialect reduces its
+//! request to a [`JobSpec`]; [`validate`] fills in the model's defaults, applies
+//! the configured [`Limits`] and the engine's own checks, and returns the engine
+//! request. Later code never re-checks. Each rule is one [`ValidationError`]
+//! variant whose message names the field (as the dialect's client spelled it),
+//! the limit and the value given.
+
+use crate::backend::Backend;
+use crate::config::Limits;
+use crate::dialects::Dialect;
+use crate::engine_api::{EngineError, GenerateRequest, SamplerId};
+use crate::jobs::ClientId;
+
+/// Largest accepted CFG scale: the top of AUTOMATIC1111's CFG slider.
+pub const MAX_CFG_SCALE: f64 = 30.0;
+
+/// Sampler used when a request names none: the same as `sdserve generate`'s
+/// default, so omitted settings give the same image in the CLI and the server.
+pub const DEFAULT_SAMPLER: SamplerId = SamplerId::EulerAncestral;
+
+/// How a dialect spells the shared fields, so errors name what the client sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FieldNames {
+    /// Prompt field.
+    pub prompt: &'static str,
+    /// Negative prompt field.
+    pub negative_prompt: &'static str,
+    /// Steps field.
+    pub steps: &'static str,
+    /// Guidance scale field.
+    pub cfg_scale: &'static str,
+    /// Sampler field.
+    pub sampler: &'static str,
+    /// Width field.
+    pub width: &'static str,
+    /// Height field.
+    pub height: &'static str,
+    /// Images-per-request field.
+    pub batch_size: &'static str,
+}
+
+impl FieldNames {
+    /// The native dialect's names (also the engine's).
+    pub const NATIVE: FieldNames = FieldNames {
+        prompt: "prompt",
+        negative_prompt: "negative_prompt",
+        steps: "steps",
+        cfg_scale: "cfg_scale",
+        sampler: "sampler",
+        width: "width",
+        height: "height",
+        batch_size: "batch_size",
+    };
+}
+
+/// A dialect's request reduced to the shared fields; `None` means the model's default.
+#[derive(Debug, Clone)]
+pub struct JobSpec {
+    /// Text prompt.
+    pub prompt: String,
+    /// Negative prompt.
+    pub negative_prompt: String,
+    /// Seed; `None` for a random one.
+    pub seed: Option<u64>,
+    /// Denoising steps.
+    pub steps: Option<i64>,
+    /// Guidance scale.
+    pub cfg_scale: Option<f64>,
+    /// Sampler id or A1111 label.
+    pub sampler: Option<String>,
+    /// Width in pixels.
+    pub width: Option<i64>,
+    /// Height in pixels.
+    pub height: Option<i64>,
+    /// Images from the one seed.
+    pub batch_size: Option<i64>,
+    /// How the dialect names these fields.
+    pub names: FieldNames,
+}
+
+impl JobSpec {
+    /// A spec with only a prompt; everything else defaults.
+    pub fn new(prompt: impl Into<String>, names: FieldNames) -> Self {
+        Self {
+            prompt: prompt.into(),
+            negative_prompt: String::new(),
+            seed: None,
+            steps: None,
+            cfg_scale: None,
+            sampler: None,
+            width: None,
+            height: None,
+            batch_size: None,
+            names,
+        }
+    }
+}
+
+/// A request that passed the gate, ready for the queue.
+#[derive(Debug, Clone)]
+pub struct ValidJob {
+    /// What the engine will run.
+    pub request: GenerateRequest,
+    /// Who asked (fairness, A1111 interrupt).
+    pub client: ClientId,
+    /// Which dialect it came through.
+    pub dialect: Dialect,
+}
+
+/// One broken rule. Every message names the field and the value given; every
+/// variant's `field` is the field as the client's dialect spells it.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ValidationError {
+    /// Prompt longer than `--max-prompt-chars`.
+    #[error("`{field}` is {got} characters long; the limit is {max}")]
+    TooLong {
+        /// The field.
+        field: &'static str,
+        /// The limit.
+        max: usize,
+        /// Characters given.
+        got: usize,
+    },
+    /// Zero or negative size.
+    #[error("`{field}` must be a positive number of pixels, got {got}")]
+    NotPositive {
+        /// The field.
+        field: &'static str,
+        /// Value given.
+        got: i64,
+    },
+    /// Size above `--max-width`/`--max-height`.
+    #[error("`{field}` must be at most {max}, got {got}")]
+    TooLarge {
+        /// The field.
+        field: &'static str,
+        /// The limit.
+        max: usize,
+        /// Value given.
+        got: i64,
+    },
+    /// Size not a multiple of the model's VAE scale factor.
+    #[error("`{field}` must be a multiple of {multiple}, got {got}")]
+    NotMultiple {
+        /// The field.
+        field: &'static str,
+        /// The required multiple.
+        multiple: usize,
+        /// Value given.
+        got: i64,
+    },
+    /// Width × height above `--max-pixels`.
+    #[error("`{field}` × height = {width}×{height} = {pixels} pixels; the limit is {max}")]
+    TooManyPixels {
+        /// The width field.
+        field: &'static str,
+        /// Width given.
+        width: usize,
+        /// Height given.
+        height: usize,
+        /// Their product.
+        pixels: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// Integer outside its range (steps, batch size).
+    #[error("`{field}` must be between {min} and {max}, got {got}")]
+    OutOfRange {
+        /// The field.
+        field: &'static str,
+        /// Smallest accepted.
+        min: i64,
+        /// Largest accepted.
+        max: usize,
+        /// Value given.
+        got: i64,
+    },
+    /// NaN or infinite guidance scale.
+    #[error("`{field}` must be a finite number")]
+    NotFinite {
+        /// The field.
+        field: &'static str,
+    },
+    /// Guidance scale outside `0..=MAX_CFG_SCALE`.
+    #[error("`{field}` must be between 0 and {MAX_CFG_SCALE}, got {got}")]
+    CfgOutOfRange {
+        /// The field.
+        field: &'static str,
+        /// Value given.
+        got: f64,
+    },
+    /// Sampler name the engine does not know.
+    #[error("`{field}`: {message}")]
+    UnknownSampler {
+        /// The field.
+        field: &'static str,
+        /// The engine's message, listing the known samplers.
+        message: String,
+    },
+    /// A dialect-specific field with a bad value (OpenAI `size`, A1111 `seed`...).
+    #[error("`{field}`: {message}")]
+    Invalid {
+        /// The field.
+        field: &'static str,
+        /// What is wrong.
+        message: String,
+    },
+    /// The engine refused the request for the loaded model.
+    #[error("{0}")]
+    Engine(String),
+}
+
+impl ValidationError {
+    /// The offending field, as the client named it.
+    pub fn field(&self) -> Option<&'static str> {
+        match self {
+            Self::TooLong { field, .. }
+            | Self::NotPositive { field, .. }
+            | Self::TooLarge { field, .. }
+            | Self::NotMultiple { field, .. }
+            | Self::TooManyPixels { field, .. }
+            | Self::OutOfRange { field, .. }
+            | Self::NotFinite { field }
+            | Self::CfgOutOfRange { field, .. }
+            | Self::UnknownSampler { field, .. }
+            | Self::Invalid { field, .. } => Some(field),
+            Self::Engine(_) => None,
+        }
+    }
+}
+
+fn check_text(field: &'static str, text: &str, max: usize) -> Result<(), ValidationError> {
+    let got = text.chars().count();
+    if got > max {
+        return Err(ValidationError::TooLong { field, max, got });
+    }
+    Ok(())
+}
+
+fn check_size(
+    field: &'static str,
+    value: i64,
+    max: usize,
+    multiple: usize,
+) -> Result<usize, ValidationError> {
+    if value <= 0 {
+        return Err(ValidationError::NotPositive { field, got: value });
+    }
+    let size = usize::try_from(value).map_err(|_| ValidationError::TooLarge {
+        field,
+        max,
+        got: value,
+    })?;
+    if size > max {
+        return Err(ValidationError::TooLarge {
+            field,
+            max,
+            got: value,
+        });
+    }
+    if multiple > 1 && size % multiple != 0 {
+        return Err(ValidationError::NotMultiple {
+            field,
+            multiple,
+            got: value,
+        });
+    }
+    Ok(size)
+}
+
+fn check_count(field: &'static str, value: i64, max: usize) -> Result<usize, ValidationError> {
+    match usize::try_from(value) {
+        Ok(n) if (1..=max).contains(&n) => Ok(n),
+        _ => Err(ValidationError::OutOfRange {
+            field,
+            min: 1,
+            max,
+            got: value,
+        }),
+    }
+}
+
+/// Parses a sampler name (id or A1111 label) for the given field.
+pub fn parse_sampler(field: &'static str, name: &str) -> Result<SamplerId, ValidationError> {
+    name.parse::<SamplerId>()
+        .map_err(|e| ValidationError::UnknownSampler {
+            field,
+            message: e.to_string(),
+        })
+}
+
+/// Turns a spec into an engine request, or says which rule it breaks.
+pub fn validate(
+    spec: JobSpec,
+    limits: &Limits,
+    backend: &dyn Backend,
+) -> Result<GenerateRequest, ValidationError> {
+    let n = spec.names;
+    let info = backend.info();
+    check_text(n.prompt, &spec.prompt, limits.max_prompt_chars)?;
+    check_text(
+        n.negative_prompt,
+        &spec.negative_prompt,
+        limits.max_prompt_chars,
+    )?;
+    let multiple = info.vae_scale_factor.max(1);
+    let width = check_size(
+        n.width,
+        spec.width.unwrap_or(info.native_width as i64),
+        limits.max_width,
+        multiple,
+    )?;
+    let height = check_size(
+        n.height,
+        spec.height.unwrap_or(info.native_height as i64),
+        limits.max_height,
+        multiple,
+    )?;
+    let pixels = width.saturating_mul(height);
+    if pixels > limits.max_pixels {
+        return Err(ValidationError::TooManyPixels {
+            field: n.width,
+            width,
+            height,
+            pixels,
+            max: limits.max_pixels,
+        });
+    }
+    // The model's default, but never above the configured limit.
+    let default_steps = info.default_steps.min(limits.max_steps).max(1);
+    let steps = check_count(
+        n.steps,
+        spec.steps.unwrap_or(default_steps as i64),
+        limits.max_steps,
+    )?;
+    let batch_size = check_count(n.batch_size, spec.batch_size.unwrap_or(1), limits.max_batch)?;
+    let cfg_scale = spec.cfg_scale.unwrap_or(info.default_cfg_scale);
+    if !cfg_scale.is_finite() {
+        return Err(ValidationError::NotFinite { field: n.cfg_scale });
+    }
+    if !(0.0..=MAX_CFG_SCALE).contains(&cfg_scale) {
+        return Err(ValidationError::CfgOutOfRange {
+            field: n.cfg_scale,
+            got: cfg_scale,
+        });
+    }
+    let sampler = match spec.sampler.as_deref() {
+        None => DEFAULT_SAMPLER,
+        Some(name) => parse_sampler(n.sampler, name)?,
+    };
+    let request = GenerateRequest {
+        prompt: spec.prompt,
+        negative_prompt: spec.negative_prompt,
+        seed: spec.seed,
+        steps,
+        cfg_scale,
+        sampler,
+        width,
+        height,
+        batch_size,
+    };
+    backend.validate(&request).map_err(|e| match e {
+        EngineError::InvalidRequest(message) => ValidationError::Engine(message),
+        other => ValidationError::Engine(other.to_string()),
+    })?;
+    Ok(request)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::FakeBackend;
+
+    fn spec() -> JobSpec {
+        JobSpec::new("a cat", FieldNames::NATIVE)
+    }
+
+    fn check(spec: JobSpec) -> Result<GenerateRequest, ValidationError> {
+        validate(spec, &Limits::default(), &FakeBackend::new())
+    }
+
+    #[test]
+    fn fills_model_defaults() {
+        let r = check(spec()).unwrap();
+        assert_eq!((r.width, r.height, r.steps, r.batch_size), (64, 64, 4, 1));
+        assert_eq!(r.cfg_scale, 7.0);
+        assert_eq!(r.sampler, DEFAULT_SAMPLER);
+        assert_eq!(DEFAULT_SAMPLER.label(), "Euler a");
+        assert_eq!(r.seed, None);
+    }
+
+    #[test]
+    fn each_rule_names_its_field() {
+        let cases: Vec<(JobSpec, &str)> = vec![
+            (
+                JobSpec {
+                    width: Some(0),
+                    ..spec()
+                },
+                "width",
+            ),
+            (
+                JobSpec {
+                    height: Some(-64),
+                    ..spec()
+                },
+                "height",
+            ),
+            (
+                JobSpec {
+                    width: Some(65),
+                    ..spec()
+                },
+                "width",
+            ),
+            (
+                JobSpec {
+                    width: Some(4096),
+                    ..spec()
+                },
+                "width",
+            ),
+            (
+                JobSpec {
+                    width: Some(i64::MAX),
+                    ..spec()
+                },
+                "width",
+            ),
+            (
+                JobSpec {
+                    width: Some(2048),
+                    height: Some(2048),
+                    ..spec()
+                },
+                "width",
+            ),
+            (
+                JobSpec {
+                    steps: Some(0),
+                    ..spec()
+                },
+                "steps",
+            ),
+            (
+                JobSpec {
+                    steps: Some(151),
+                    ..spec()
+                },
+                "steps",
+            ),
+            (
+                JobSpec {
+                    steps: Some(-3),
+                    ..spec()
+                },
+                "steps",
+            ),
+            (
+                JobSpec {
+                    batch_size: Some(9),
+                    ..spec()
+                },
+                "batch_size",
+            ),
+            (
+                JobSpec {
+                    cfg_scale: Some(f64::NAN),
+                    ..spec()
+                },
+                "cfg_scale",
+            ),
+            (
+                JobSpec {
+                    cfg_scale: Some(f64::INFINITY),
+                    ..spec()
+                },
+                "cfg_scale",
+            ),
+            (
+                JobSpec {
+                    cfg_scale: Some(1e300),
+                    ..spec()
+                },
+                "cfg_scale",
+            ),
+            (
+                JobSpec {
+                    cfg_scale: Some(-1.0),
+                    ..spec()
+                },
+                "cfg_scale",
+            ),
+            (
+                JobSpec {
+                    sampler: Some("PLMS".into()),
+                    ..spec()
+                },
+                "sampler",
+            ),
+            (
+                JobSpec {
+                    prompt: "x".repeat(9000),
+                    ..spec()
+                },
+                "prompt",
+            ),
+            (
+                JobSpec {
+                    negative_prompt: "x".repeat(9000),
+                    ..spec()
+                },
+                "negative_prompt",
+            ),
+        ];
+        for (case, field) in cases {
+            let err = check(case.clone()).expect_err(&format!("{case:?} accepted"));
+            assert_eq!(err.field(), Some(field), "{err}");
+            assert!(err.to_string().contains(field), "{err}");
+        }
+    }
+
+    #[test]
+    fn default_steps_respect_the_limit() {
+        let limits = Limits {
+            max_steps: 2,
+            ..Limits::default()
+        };
+        let r = validate(spec(), &limits, &FakeBackend::new()).unwrap();
+        assert_eq!(r.steps, 2);
+    }
+
+    #[test]
+    fn accepts_labels_and_limits_exactly() {
+        let r = check(JobSpec {
+            sampler: Some("DPM++ 2M Karras".into()),
+            steps: Some(150),
+            batch_size: Some(8),
+            cfg_scale: Some(30.0),
+            ..spec()
+        })
+        .unwrap();
+        assert_eq!(r.sampler, SamplerId::DpmPp2mKarras);
+        assert_eq!((r.steps, r.batch_size), (150, 8));
+    }
+}

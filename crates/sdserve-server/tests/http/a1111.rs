@@ -1,0 +1,341 @@
+//! The AUTOMATIC1111 dialect, field by field, with A1111's error shapes.
+
+use std::time::Duration;
+
+use base64::Engine as _;
+use sdserve_server::FakeBackend;
+use serde_json::{json, Value};
+
+use crate::common::{assert_error, b64, expected_pngs, request, TestServer};
+
+#[tokio::test]
+async fn txt2img_field_by_field() {
+    let s = TestServer::start().await;
+    let resp = s
+        .post(
+            "/sdapi/v1/txt2img",
+            json!({
+                "prompt": "a cat", "negative_prompt": "dog", "seed": 42, "sampler_name": "Euler a",
+                "scheduler": "Automatic", "steps": 3, "cfg_scale": 5.5, "width": 32, "height": 48,
+                "batch_size": 1, "n_iter": 1, "send_images": true, "save_images": false,
+                "enable_hr": false, "alwayson_scripts": {}, "override_settings": {"x": 1}
+            }),
+        )
+        .await;
+    assert_eq!(resp.status(), 200);
+    let body: Value = resp.json().await.unwrap();
+    let mut want = request("a cat", 42);
+    want.negative_prompt = "dog".into();
+    want.sampler = "euler_ancestral".parse().unwrap();
+    want.steps = 3;
+    want.cfg_scale = 5.5;
+    want.width = 32;
+    want.height = 48;
+    let images = body["images"].as_array().unwrap();
+    assert_eq!(images.len(), 1);
+    assert_eq!(b64(images[0].as_str().unwrap()), expected_pngs(&want)[0]);
+
+    let p = &body["parameters"];
+    assert_eq!(p["prompt"], "a cat");
+    assert_eq!(p["seed"], 42);
+    assert_eq!(p["sampler_name"], "Euler a");
+    assert_eq!(p["steps"], 3);
+    assert_eq!(p["cfg_scale"], 5.5);
+    assert_eq!(
+        (p["width"].as_u64(), p["height"].as_u64()),
+        (Some(32), Some(48))
+    );
+
+    let info: Value = serde_json::from_str(body["info"].as_str().unwrap()).unwrap();
+    assert_eq!(info["prompt"], "a cat");
+    assert_eq!(info["all_prompts"], json!(["a cat"]));
+    assert_eq!(info["negative_prompt"], "dog");
+    assert_eq!(info["all_negative_prompts"], json!(["dog"]));
+    assert_eq!(info["seed"], 42);
+    assert_eq!(info["all_seeds"], json!([42]));
+    assert_eq!(info["subseed"], -1);
+    assert_eq!(
+        (info["width"].as_u64(), info["height"].as_u64()),
+        (Some(32), Some(48))
+    );
+    assert_eq!(info["sampler_name"], "Euler a");
+    assert_eq!(info["cfg_scale"], 5.5);
+    assert_eq!(info["steps"], 3);
+    assert_eq!(info["batch_size"], 1);
+    assert_eq!(info["sd_model_name"], "fake-sd");
+    assert_eq!(info["index_of_first_image"], 0);
+    assert_eq!(info["job_timestamp"].as_str().unwrap().len(), 14);
+    let infotext = info["infotexts"][0].as_str().unwrap();
+    assert!(
+        infotext.starts_with("a cat\nNegative prompt: dog\nSteps: 3, Sampler: Euler a"),
+        "{infotext}"
+    );
+    assert!(infotext.contains("Seed: 42"));
+    for key in [
+        "restore_faces",
+        "styles",
+        "clip_skip",
+        "extra_generation_params",
+        "version",
+    ] {
+        assert!(info.get(key).is_some(), "info.{key}");
+    }
+}
+
+#[tokio::test]
+async fn defaults_random_seed_batches_and_send_images() {
+    let s = TestServer::start().await;
+    let body: Value = s
+        .post("/sdapi/v1/txt2img", json!({"prompt": "x"}))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let info: Value = serde_json::from_str(body["info"].as_str().unwrap()).unwrap();
+    let seed = info["seed"].as_u64().unwrap();
+    assert_eq!(info["all_seeds"], json!([seed]));
+    assert_eq!(info["steps"], 4, "model default steps");
+    assert_eq!(info["sampler_name"], "Euler", "A1111's API default sampler");
+    let mut want = request("x", seed);
+    want.sampler = "euler".parse().unwrap();
+    assert_eq!(
+        b64(body["images"][0].as_str().unwrap()),
+        expected_pngs(&want)[0]
+    );
+
+    let body: Value = s
+        .post(
+            "/sdapi/v1/txt2img",
+            json!({"prompt": "y", "seed": -1, "batch_size": 2, "n_iter": 2}),
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(body["images"].as_array().unwrap().len(), 4);
+    let info: Value = serde_json::from_str(body["info"].as_str().unwrap()).unwrap();
+    assert_eq!(info["all_seeds"].as_array().unwrap().len(), 4);
+    assert_eq!(info["infotexts"].as_array().unwrap().len(), 4);
+
+    let body: Value = s
+        .post(
+            "/sdapi/v1/txt2img",
+            json!({"prompt": "z", "send_images": false}),
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(body["images"], json!([]));
+}
+
+#[tokio::test]
+async fn errors_in_a1111_shape() {
+    let s = TestServer::start().await;
+    let body = assert_error(
+        s.post("/sdapi/v1/txt2img", json!({"steps": 0})).await,
+        422,
+        "steps",
+    )
+    .await;
+    assert_eq!(body["detail"][0]["loc"], json!(["body", "steps"]));
+    assert!(body["detail"][0]["msg"].as_str().unwrap().contains("steps"));
+    let body = assert_error(
+        s.post("/sdapi/v1/txt2img", json!({"steps": "ten"})).await,
+        422,
+        "steps",
+    )
+    .await;
+    assert_eq!(body["detail"][0]["loc"], json!(["body", "steps"]));
+    let body = assert_error(
+        s.post("/sdapi/v1/txt2img", json!({"sampler_name": "PLMS"}))
+            .await,
+        422,
+        "PLMS",
+    )
+    .await;
+    assert_eq!(body["detail"][0]["loc"], json!(["body", "sampler_name"]));
+    let body = assert_error(
+        s.post("/sdapi/v1/txt2img", json!({"scheduler": "exponential"}))
+            .await,
+        422,
+        "scheduler",
+    )
+    .await;
+    assert_eq!(body["detail"][0]["loc"], json!(["body", "scheduler"]));
+    assert_error(
+        s.post("/sdapi/v1/txt2img", json!({"seed": -7})).await,
+        422,
+        "seed",
+    )
+    .await;
+    let body = assert_error(s.post_raw("/sdapi/v1/txt2img", "{nope").await, 400, "JSON").await;
+    assert_eq!(body["detail"][0]["type"], "json_invalid");
+    let body = assert_error(s.get("/sdapi/v1/nothing-here").await, 404, "no route").await;
+    assert!(body["detail"].is_string());
+    let prompt = format!("x {}", FakeBackend::FAIL_MARKER);
+    let body = assert_error(
+        s.post("/sdapi/v1/txt2img", json!({"prompt": prompt})).await,
+        500,
+        "fake failure",
+    )
+    .await;
+    assert_eq!(body["error"], "GenerationError");
+    for key in ["detail", "body", "errors"] {
+        assert!(body.get(key).is_some(), "{key}");
+    }
+}
+
+#[tokio::test]
+async fn discovery_and_options() {
+    let s = TestServer::start().await;
+    let models: Value = s.get("/sdapi/v1/sd-models").await.json().await.unwrap();
+    assert_eq!(models[0]["title"], "fake-sd");
+    assert_eq!(models[0]["model_name"], "fake-sd");
+    let samplers: Value = s.get("/sdapi/v1/samplers").await.json().await.unwrap();
+    let names: Vec<_> = samplers
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        ["Euler a", "Euler", "DPM++ 2M", "DPM++ 2M Karras", "DDIM"]
+    );
+    assert_eq!(samplers[0]["aliases"], json!(["euler_ancestral"]));
+    let schedulers: Value = s.get("/sdapi/v1/schedulers").await.json().await.unwrap();
+    assert_eq!(schedulers[1]["name"], "karras");
+    let options: Value = s.get("/sdapi/v1/options").await.json().await.unwrap();
+    assert_eq!(options["sd_model_checkpoint"], "fake-sd");
+    let resp = s
+        .post(
+            "/sdapi/v1/options",
+            json!({"sd_model_checkpoint": "fake-sd", "other": 1}),
+        )
+        .await;
+    assert_eq!(resp.status(), 200);
+    let body = assert_error(
+        s.post(
+            "/sdapi/v1/options",
+            json!({"sd_model_checkpoint": "v1-5.ckpt"}),
+        )
+        .await,
+        422,
+        "only",
+    )
+    .await;
+    assert_eq!(
+        body["detail"][0]["loc"],
+        json!(["body", "sd_model_checkpoint"])
+    );
+    let memory: Value = s.get("/sdapi/v1/memory").await.json().await.unwrap();
+    assert!(memory["ram"].is_object() && memory["cuda"].is_object());
+    let scripts: Value = s.get("/sdapi/v1/scripts").await.json().await.unwrap();
+    assert_eq!(scripts, json!({"txt2img": [], "img2img": []}));
+}
+
+#[tokio::test]
+async fn png_info_reads_back_the_parameters() {
+    let s = TestServer::start().await;
+    let body: Value = s
+        .post(
+            "/sdapi/v1/txt2img",
+            json!({"prompt": "a cat", "negative_prompt": "dog", "seed": 9, "steps": 2}),
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    let image = body["images"][0].as_str().unwrap();
+    let info: Value = s
+        .post(
+            "/sdapi/v1/png-info",
+            json!({"image": format!("data:image/png;base64,{image}")}),
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert!(info["info"]
+        .as_str()
+        .unwrap()
+        .starts_with("a cat\nNegative prompt: dog\nSteps: 2"));
+    assert_eq!(info["parameters"]["Prompt"], "a cat");
+    assert_eq!(info["parameters"]["Negative prompt"], "dog");
+    assert_eq!(info["parameters"]["Seed"], 9);
+    assert_eq!(info["parameters"]["Steps"], 2);
+    let empty: Value = s
+        .post("/sdapi/v1/png-info", json!({"image": ""}))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(empty["info"], "");
+    let not_png = base64::engine::general_purpose::STANDARD.encode(b"hello");
+    let none: Value = s
+        .post("/sdapi/v1/png-info", json!({"image": not_png}))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(none["info"], "");
+    assert_error(
+        s.post("/sdapi/v1/png-info", json!({"image": "@@@"})).await,
+        422,
+        "image",
+    )
+    .await;
+    assert_error(s.post("/sdapi/v1/png-info", json!({})).await, 422, "image").await;
+}
+
+#[tokio::test]
+async fn progress_and_interrupt() {
+    let fake = FakeBackend::new().with_step_delay(Duration::from_millis(50));
+    let s = TestServer::with(|_| {}, fake).await;
+    let idle: Value = s.get("/sdapi/v1/progress").await.json().await.unwrap();
+    assert_eq!(idle["progress"], 0.0);
+    assert_eq!(idle["state"]["job_count"], 0);
+    assert_eq!(idle["current_image"], Value::Null);
+
+    let client = s.client.clone();
+    let url = s.url("/sdapi/v1/txt2img");
+    let pending = tokio::spawn(async move {
+        client
+            .post(url)
+            .json(&json!({"prompt": "long", "steps": 40}))
+            .send()
+            .await
+            .unwrap()
+    });
+    // Wait until it is running with a few steps done.
+    let mut running = Value::Null;
+    for _ in 0..200 {
+        running = s.get("/sdapi/v1/progress").await.json().await.unwrap();
+        if running["state"]["sampling_step"].as_u64().unwrap_or(0) >= 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(running["state"]["sampling_steps"], 40);
+    assert_eq!(running["state"]["job_count"], 1);
+    let fraction = running["progress"].as_f64().unwrap();
+    assert!(fraction > 0.0 && fraction < 1.0, "{running}");
+    assert!(running["eta_relative"].as_f64().unwrap() > 0.0);
+
+    let resp = s
+        .client
+        .post(s.url("/sdapi/v1/interrupt"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let interrupted = pending.await.unwrap();
+    let body = assert_error(interrupted, 409, "cancelled").await;
+    assert!(body["detail"].is_string());
+    assert_eq!(
+        s.metric("sd_request_failures_total{reason=\"cancelled\"}")
+            .await,
+        1.0
+    );
+}

@@ -1,0 +1,14 @@
+//! Black-box HTTP tests of sdserve-server against the FakeBackend on loopback,
+//! one module per concern (one test binary keeps link time down).
+
+mod a1111;
+mod auth;
+mod cancel;
+mod common;
+mod limits;
+mod native;
+mod openai;
+mod ops;
+mod overload;
+mod restart;
+mod simple;

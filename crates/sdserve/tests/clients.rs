@@ -1,0 +1,137 @@
+//! Real clients that no one here wrote, against `sdserve serve` with the tiny
+//! fixture model: the `webuiapi` package (AUTOMATIC1111), the `openai` package,
+//! and schemathesis fuzzing `/openapi.json`. Each is a script in
+//! `tests/clients/`, run with `$SDSERVE_TEST_PYTHON` (default `python3`), which
+//! needs the packages of `scripts/requirements-test.txt`.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+
+use common::{cli_png, repo_root, Server, Settings};
+
+fn python() -> String {
+    std::env::var("SDSERVE_TEST_PYTHON").unwrap_or_else(|_| "python3".to_string())
+}
+
+/// Runs a client script; its working directory is `workdir`, so tool caches
+/// (schemathesis, hypothesis) stay out of the source tree.
+fn run_script(script: &str, args: &[String], workdir: &Path) {
+    let python = python();
+    let path = repo_root().join("tests/clients").join(script);
+    let out = Command::new(&python)
+        .arg(&path)
+        .args(args)
+        .current_dir(workdir)
+        .output()
+        .unwrap_or_else(|e| {
+            panic!(
+                "cannot run {python} ({e}); set SDSERVE_TEST_PYTHON to a Python that has \
+             `pip install -r scripts/requirements-test.txt`"
+            )
+        });
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    if stderr.contains("ModuleNotFoundError") {
+        panic!(
+            "{script}: a Python package is missing for {python}; install them with \
+             `{python} -m pip install -r scripts/requirements-test.txt` or point \
+             SDSERVE_TEST_PYTHON at a venv that has them.\n{stderr}"
+        );
+    }
+    assert!(
+        out.status.success(),
+        "{script} failed ({}):\n{stdout}\n{stderr}",
+        out.status
+    );
+    println!("{stdout}");
+}
+
+/// The settings both generation clients use, as script flags.
+fn settings_args(s: &Settings, reference: &Path) -> Vec<String> {
+    vec![
+        "--reference".into(),
+        reference.display().to_string(),
+        "--prompt".into(),
+        s.prompt.into(),
+        "--negative-prompt".into(),
+        s.negative_prompt.into(),
+        "--seed".into(),
+        s.seed.to_string(),
+        "--steps".into(),
+        s.steps.to_string(),
+        "--cfg-scale".into(),
+        s.cfg_scale.to_string(),
+        "--sampler".into(),
+        s.sampler.into(),
+        "--size".into(),
+        s.width.to_string(),
+    ]
+}
+
+fn reference(dir: &Path, settings: &Settings) -> std::path::PathBuf {
+    let path = dir.join("reference.png");
+    std::fs::write(&path, cli_png(settings, dir)).expect("reference written");
+    path
+}
+
+#[test]
+fn webuiapi_client_gets_the_cli_image() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[]);
+    let settings = Settings::default();
+    let reference = reference(dir.path(), &settings);
+    let mut args = vec!["--port".to_string(), server.port.to_string()];
+    args.extend(settings_args(&settings, &reference));
+    run_script("test_webuiapi.py", &args, dir.path());
+}
+
+#[test]
+fn openai_client_gets_the_cli_image() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[]);
+    let settings = Settings::default();
+    let reference = reference(dir.path(), &settings);
+    let mut args = vec!["--base-url".to_string(), server.base.clone()];
+    args.extend(settings_args(&settings, &reference));
+    run_script("test_openai.py", &args, dir.path());
+}
+
+#[test]
+fn schemathesis_finds_no_server_errors_or_schema_violations() {
+    let dir = tempfile::tempdir().unwrap();
+    // Small limits keep every generated request cheap.
+    let server = Server::start(
+        dir.path(),
+        &[
+            "--max-width",
+            "64",
+            "--max-height",
+            "64",
+            "--max-steps",
+            "3",
+            "--max-batch",
+            "2",
+            "--max-prompt-chars",
+            "200",
+            "--queue-size",
+            "16",
+        ],
+    );
+    run_script(
+        "run_schemathesis.py",
+        &[
+            "--base-url".to_string(),
+            server.base.clone(),
+            "--max-examples".into(),
+            "10".into(),
+        ],
+        dir.path(),
+    );
+    assert!(
+        server.log_text().contains("ready"),
+        "server log:\n{}",
+        server.log_text()
+    );
+}

@@ -24,10 +24,16 @@ use schedule::{NoiseSchedule, PredictionType, SchedulerClass};
 pub trait Sampler: Send {
     /// Timesteps passed to the UNet, one per step (float for Euler's linspace).
     fn timesteps(&self) -> &[f64];
-    /// Scale of the initial noise (`scheduler.init_noise_sigma`).
-    fn init_noise_sigma(&self) -> f64;
-    /// `scheduler.scale_model_input(sample, t)` for step `step`.
-    fn scale_model_input(&self, sample: &Tensor, step: usize) -> Result<Tensor>;
+    /// Scale of the initial noise (`scheduler.init_noise_sigma`); 1 for the
+    /// variance-preserving samplers (DDIM, DPM-Solver).
+    fn init_noise_sigma(&self) -> f64 {
+        1.0
+    }
+    /// `scheduler.scale_model_input(sample, t)` for step `step`; the
+    /// variance-preserving samplers feed the sample unchanged.
+    fn scale_model_input(&self, sample: &Tensor, _step: usize) -> Result<Tensor> {
+        Ok(sample.clone())
+    }
     /// `scheduler.step(model_output, t, sample, generator)` for step `step`.
     fn step(
         &mut self,

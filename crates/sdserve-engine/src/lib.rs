@@ -17,6 +17,7 @@ pub mod rng;
 pub mod samplers;
 mod text_encoder;
 pub mod tokenizer;
+mod unet;
 
 pub use engine::{batch_compatible, random_seed, Engine, GenerationOutput, ModelInfo, ModelSource};
 pub use error::{EngineError, Result};

@@ -7,7 +7,7 @@ use std::path::Path;
 
 use candle_core::{DType, Device};
 use candle_transformers::models::stable_diffusion::unet_2d::{
-    BlockConfig, UNet2DConditionModel, UNet2DConditionModelConfig,
+    BlockConfig, UNet2DConditionModelConfig,
 };
 use candle_transformers::models::stable_diffusion::vae::{AutoEncoderKL, AutoEncoderKLConfig};
 
@@ -18,12 +18,13 @@ use crate::error::{EngineError, Result};
 use crate::loader::{component_weights, var_builder};
 use crate::text_encoder::TextEncoder;
 use crate::tokenizer::ClipTokenizer;
+use crate::unet::UNet;
 
 /// All parts of a loaded Stable Diffusion 1.x/2.x pipeline.
 pub struct StableDiffusion {
     pub tokenizer: ClipTokenizer,
     pub text_encoder: TextEncoder,
-    pub unet: UNet2DConditionModel,
+    pub unet: UNet,
     pub vae: AutoEncoderKL,
     pub scheduler: SchedulerConfig,
     pub vae_scaling_factor: f64,
@@ -88,12 +89,11 @@ impl StableDiffusion {
         }
         let unet_files = component_weights(&unet_dir, &["diffusion_pytorch_model"])?;
         let (vb, _) = var_builder(&unet_files, dtype, device)?;
-        let unet = UNet2DConditionModel::new(
+        let unet = UNet::new(
             vb,
             unet_cfg.in_channels,
             unet_cfg.out_channels,
-            false,
-            candle_unet_cfg,
+            &candle_unet_cfg,
         )
         .map_err(|e| {
             EngineError::invalid_model(&unet_files[0], crate::error::describe_candle(&e))

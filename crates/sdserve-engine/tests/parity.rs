@@ -147,3 +147,45 @@ fn cases_cover_samplers_seeds_negative_batch_and_non_square() {
         }
     }
 }
+
+/// A job's images do not depend on the jobs it shares the UNet batch with.
+#[test]
+fn batched_jobs_equal_their_solo_images_exactly() {
+    for model in ["tiny-sd1", "tiny-sd2"] {
+        let engine = Engine::load(&ModelSource::Dir(fixtures().join("models").join(model)))
+            .expect("model loads");
+        for (sampler, cfg_scale) in [(SamplerId::EulerAncestral, 7.5), (SamplerId::DpmPp2m, 1.0)] {
+            let jobs: Vec<GenerateRequest> = ["a red car", "a green tree", "a blue house"]
+                .iter()
+                .enumerate()
+                .map(|(i, prompt)| GenerateRequest {
+                    prompt: prompt.to_string(),
+                    negative_prompt: "blurry".into(),
+                    seed: Some(10 + i as u64),
+                    steps: 3,
+                    cfg_scale,
+                    sampler,
+                    width: 64,
+                    height: 48,
+                    batch_size: 1 + i % 2,
+                })
+                .collect();
+            let batched = engine
+                .generate_batch(&jobs, &mut NoopObserver)
+                .expect("batch runs");
+            for (job, result) in jobs.iter().zip(batched) {
+                let together = result.expect("job succeeds");
+                let alone = engine.generate(job, &mut NoopObserver).expect("solo runs");
+                assert_eq!(together.images.len(), job.batch_size);
+                assert_eq!(alone.images.len(), job.batch_size);
+                for (a, b) in together.images.iter().zip(&alone.images) {
+                    assert!(
+                        a.rgb == b.rgb,
+                        "{model} {sampler} {:?}: batched image differs from solo",
+                        job.prompt
+                    );
+                }
+            }
+        }
+    }
+}

@@ -2,7 +2,11 @@
 
 use std::path::PathBuf;
 
-use crate::error::Result;
+use candle_core::Device;
+
+use crate::error::{EngineError, Result};
+use crate::model::StableDiffusion;
+use crate::pipeline;
 use crate::request::{GenerateRequest, GeneratedImage, Observer, Timings};
 
 /// Where a model comes from: a local diffusers folder or a Hugging Face repo id.
@@ -54,12 +58,6 @@ pub struct GenerationOutput {
     pub timings: Timings,
 }
 
-use candle_core::Device;
-
-use crate::error::EngineError;
-use crate::model::StableDiffusion;
-use crate::pipeline;
-
 /// Defaults for a regular (non-Turbo) model, as A1111 uses.
 const DEFAULT_STEPS: usize = 20;
 const DEFAULT_CFG: f64 = 7.0;
@@ -89,7 +87,7 @@ impl Engine {
                 .unwrap_or_else(|| "model".into()),
             ModelSource::Hub { repo } => repo.clone(),
         };
-        let turbo = name.to_ascii_lowercase().contains("turbo");
+        let turbo = is_turbo(&name);
         let info = ModelInfo {
             native_width: model.sample_size.1 * model.vae_scale_factor,
             native_height: model.sample_size.0 * model.vae_scale_factor,
@@ -185,6 +183,12 @@ pub fn batch_compatible(a: &GenerateRequest, b: &GenerateRequest) -> bool {
         && pipeline::uses_guidance(a) == pipeline::uses_guidance(b)
 }
 
+/// Turbo (adversarially distilled) models ship the same configs as their base
+/// model, so only the name tells them apart; they want 1-4 steps and no guidance.
+fn is_turbo(name: &str) -> bool {
+    name.to_ascii_lowercase().contains("turbo")
+}
+
 /// A random seed in the range torch's generator distinguishes (32 bits).
 pub fn random_seed() -> u64 {
     rand::random::<u32>() as u64
@@ -196,4 +200,26 @@ fn default_device() -> Device {
         return d;
     }
     Device::Cpu
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn model_source_tells_folders_from_repo_ids() {
+        assert_eq!(
+            ModelSource::parse("stabilityai/sd-turbo"),
+            ModelSource::Hub {
+                repo: "stabilityai/sd-turbo".into()
+            }
+        );
+        for folder in ["./models/sd15", "/srv/models/sd15", "sd15", "a/b/c", "."] {
+            assert!(
+                matches!(ModelSource::parse(folder), ModelSource::Dir(_)),
+                "{folder}"
+            );
+        }
+        assert!(is_turbo("stabilityai/sd-turbo") && !is_turbo("stable-diffusion-v1-5"));
+    }
 }

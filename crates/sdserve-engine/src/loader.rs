@@ -9,8 +9,10 @@ use std::collections::HashMap;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
-use candle_core::{DType, Device};
-use candle_nn::VarBuilder;
+use candle_core::{DType, Device, Shape, Tensor};
+use candle_nn::var_builder::SimpleBackend;
+use candle_nn::{Init, VarBuilder};
+use memmap2::{Mmap, UncheckedAdvice};
 use serde::Deserialize;
 
 use crate::error::{EngineError, Result};
@@ -120,8 +122,24 @@ struct TensorInfo {
 /// Names of the tensors in a checked safetensors file.
 pub type TensorNames = Vec<String>;
 
+/// Where one tensor's bytes lie in its file, after validation.
+#[derive(Debug, Clone)]
+struct TensorEntry {
+    dtype: DType,
+    shape: Vec<usize>,
+    /// Byte range within the file.
+    start: usize,
+    end: usize,
+}
+
 /// Checks the header of a safetensors file against its size; returns tensor names.
 pub fn validate_safetensors(path: &Path) -> Result<TensorNames> {
+    Ok(read_header(path)?.into_keys().collect())
+}
+
+/// Parses and checks a safetensors header: every tensor's dtype, shape and
+/// byte range must be consistent with each other and with the file size.
+fn read_header(path: &Path) -> Result<HashMap<String, TensorEntry>> {
     refuse_pickle(path)?;
     let bad = |msg: String| EngineError::invalid_model(path, msg);
     let mut file = std::fs::File::open(path).map_err(|e| bad(format!("cannot open: {e}")))?;
@@ -147,15 +165,23 @@ pub fn validate_safetensors(path: &Path) -> Result<TensorNames> {
     let mut entries: HashMap<String, serde_json::Value> = serde_json::from_slice(&header)
         .map_err(|e| bad(format!("header is not valid JSON: {e}")))?;
     entries.remove("__metadata__");
-    let data_len = file_len - 8 - header_len;
-    let mut names = Vec::with_capacity(entries.len());
+    let data_start = 8 + header_len;
+    let data_len = file_len - data_start;
+    let mut tensors = HashMap::with_capacity(entries.len());
     for (name, value) in entries {
         let info: TensorInfo = serde_json::from_value(value)
             .map_err(|e| bad(format!("tensor {name}: malformed entry: {e}")))?;
         let elem_size = dtype_size(&info.dtype)
             .ok_or_else(|| bad(format!("tensor {name}: unknown dtype {:?}", info.dtype)))?;
-        let float = matches!(info.dtype.as_str(), "F16" | "BF16" | "F32" | "F64");
-        if !float && !name.ends_with("position_ids") {
+        let dtype = match info.dtype.as_str() {
+            "F16" => DType::F16,
+            "BF16" => DType::BF16,
+            "F32" => DType::F32,
+            "F64" => DType::F64,
+            "I64" if name.ends_with("position_ids") => DType::I64,
+            _ => DType::U8,
+        };
+        if dtype == DType::U8 {
             return Err(bad(format!(
                 "tensor {name}: dtype {} where floating-point weights (F16, BF16, F32) are expected",
                 info.dtype
@@ -179,9 +205,15 @@ pub fn validate_safetensors(path: &Path) -> Result<TensorNames> {
                 end - begin
             )));
         }
-        names.push(name);
+        let entry = TensorEntry {
+            dtype,
+            shape: info.shape,
+            start: (data_start + begin) as usize,
+            end: (data_start + end) as usize,
+        };
+        tensors.insert(name, entry);
     }
-    Ok(names)
+    Ok(tensors)
 }
 
 fn dtype_size(dtype: &str) -> Option<u64> {
@@ -194,25 +226,106 @@ fn dtype_size(dtype: &str) -> Option<u64> {
     })
 }
 
-/// Validates and memory-maps weight files as a float32 (or `dtype`) VarBuilder.
+/// Validates and memory-maps weight files as a VarBuilder converting to `dtype`.
 pub fn var_builder(
     files: &[PathBuf],
     dtype: DType,
     device: &Device,
 ) -> Result<(VarBuilder<'static>, TensorNames)> {
-    let mut names = Vec::new();
-    for f in files {
-        names.extend(validate_safetensors(f)?);
+    let weights = MappedWeights::open(files)?;
+    let names = weights.index.keys().cloned().collect();
+    Ok((
+        VarBuilder::from_backend(Box::new(weights), dtype, device.clone()),
+        names,
+    ))
+}
+
+/// Memory-mapped safetensors files. Each tensor's pages are released as soon
+/// as it has been converted, so loading never holds a whole mapped file and
+/// its converted copy at once: peak memory stays near the model's own size.
+struct MappedWeights {
+    maps: Vec<Mmap>,
+    /// Tensor name -> (index into `maps`, where its bytes are).
+    index: HashMap<String, (usize, TensorEntry)>,
+}
+
+impl MappedWeights {
+    fn open(files: &[PathBuf]) -> Result<Self> {
+        let mut maps = Vec::with_capacity(files.len());
+        let mut index = HashMap::new();
+        for (i, path) in files.iter().enumerate() {
+            let header = read_header(path)?;
+            let file = std::fs::File::open(path)
+                .map_err(|e| EngineError::invalid_model(path, format!("cannot open: {e}")))?;
+            // SAFETY: mapped read-only; sdserve never writes model files, and the
+            // header was checked against the file size above.
+            let map = unsafe { Mmap::map(&file) }
+                .map_err(|e| EngineError::invalid_model(path, format!("cannot memory-map: {e}")))?;
+            maps.push(map);
+            index.extend(header.into_iter().map(|(name, entry)| (name, (i, entry))));
+        }
+        Ok(Self { maps, index })
     }
-    // SAFETY: the files are memory-mapped read-only; sdserve never writes model
-    // files, and the headers were validated above.
-    let vb = unsafe { VarBuilder::from_mmaped_safetensors(files, dtype, device) }.map_err(|e| {
-        EngineError::invalid_model(
-            files.first().cloned().unwrap_or_default(),
-            crate::error::describe_candle(&e),
-        )
-    })?;
-    Ok((vb, names))
+
+    fn load(&self, name: &str, dtype: DType, device: &Device) -> candle_core::Result<Tensor> {
+        let (file, entry) =
+            self.index
+                .get(name)
+                .ok_or_else(|| candle_core::Error::CannotFindTensor {
+                    path: name.to_string(),
+                })?;
+        let map = &self.maps[*file];
+        // The file may have shrunk since its header was checked.
+        let bytes = map.get(entry.start..entry.end).ok_or_else(|| {
+            candle_core::Error::Msg(format!("tensor {name}: file changed while loading"))
+        })?;
+        let tensor =
+            Tensor::from_raw_buffer(bytes, entry.dtype, &entry.shape, device)?.to_dtype(dtype)?;
+        // SAFETY: the map is read-only and file-backed: dropped pages are read
+        // again from the file if ever touched, so no data can be lost.
+        let _ = unsafe {
+            map.unchecked_advise_range(
+                UncheckedAdvice::DontNeed,
+                entry.start,
+                entry.end - entry.start,
+            )
+        };
+        Ok(tensor)
+    }
+}
+
+impl SimpleBackend for MappedWeights {
+    fn get(
+        &self,
+        shape: Shape,
+        name: &str,
+        _: Init,
+        dtype: DType,
+        device: &Device,
+    ) -> candle_core::Result<Tensor> {
+        let tensor = self.load(name, dtype, device)?;
+        if tensor.shape() != &shape {
+            return Err(candle_core::Error::UnexpectedShape {
+                msg: format!("shape mismatch for {name}"),
+                expected: shape,
+                got: tensor.shape().clone(),
+            });
+        }
+        Ok(tensor)
+    }
+
+    fn get_unchecked(
+        &self,
+        name: &str,
+        dtype: DType,
+        device: &Device,
+    ) -> candle_core::Result<Tensor> {
+        self.load(name, dtype, device)
+    }
+
+    fn contains_tensor(&self, name: &str) -> bool {
+        self.index.contains_key(name)
+    }
 }
 
 #[cfg(test)]

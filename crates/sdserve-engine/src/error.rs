@@ -27,6 +27,10 @@ pub enum EngineError {
     #[error("hub download of {repo} failed: {message}")]
     Hub { repo: String, message: String },
 
+    /// Writing an image failed (an internal fault, not the request's).
+    #[error("image encoding failed: {0}")]
+    Encoding(String),
+
     /// The job was cancelled between denoising steps.
     #[error("cancelled")]
     Cancelled,

@@ -32,8 +32,7 @@ pub fn infotext(request: &GenerateRequest, seed: u64, model_name: &str) -> Strin
 /// Encodes `image` as an 8-bit RGB PNG carrying its infotext
 /// (tEXt when Latin-1 can hold it, iTXt otherwise, as PIL does).
 pub fn encode_png(image: &GeneratedImage) -> Result<Vec<u8>> {
-    let fail =
-        |e: png::EncodingError| EngineError::InvalidRequest(format!("PNG encoding failed: {e}"));
+    let fail = |e: png::EncodingError| EngineError::Encoding(format!("PNG: {e}"));
     let mut out = Vec::new();
     {
         let mut encoder = png::Encoder::new(&mut out, image.width as u32, image.height as u32);

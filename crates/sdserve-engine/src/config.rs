@@ -216,13 +216,6 @@ pub struct SchedulerConfig {
     pub final_sigmas_type: Option<String>,
 }
 
-/// `model_index.json`: which classes make up the pipeline.
-#[derive(Debug, Clone, Deserialize)]
-pub struct ModelIndex {
-    #[serde(rename = "_class_name")]
-    pub class_name: Option<String>,
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -10,6 +10,7 @@ use hf_hub::api::sync::ApiBuilder;
 use hf_hub::{Cache, Repo};
 
 use crate::error::{EngineError, Result};
+use crate::loader::component_weights;
 
 /// The pipeline components sdserve needs, in diffusers' folder names.
 const COMPONENTS: [&str; 5] = ["unet", "vae", "text_encoder", "tokenizer", "scheduler"];
@@ -41,22 +42,17 @@ fn offline() -> bool {
         .unwrap_or(false)
 }
 
-/// True when every component has a config and, where needed, weights.
+/// True when every component has a config and, where needed, weights that
+/// the loader would accept (the same lookup `model.rs` uses).
 fn snapshot_complete(dir: &Path) -> bool {
-    let has_weights = |sub: &str, stem: &str| {
-        [
-            format!("{stem}.safetensors"),
-            format!("{stem}.fp16.safetensors"),
-        ]
-        .iter()
-        .any(|f| dir.join(sub).join(f).is_file())
-    };
-    dir.join("scheduler/scheduler_config.json").is_file()
-        && dir.join("tokenizer/vocab.json").is_file()
-            | dir.join("tokenizer/tokenizer.json").is_file()
-        && dir.join("unet/config.json").is_file()
-        && dir.join("vae/config.json").is_file()
-        && dir.join("text_encoder/config.json").is_file()
+    let has_weights = |sub: &str, stem: &str| component_weights(&dir.join(sub), &[stem]).is_ok();
+    let has_tokenizer = dir.join("tokenizer/vocab.json").is_file()
+        || dir.join("tokenizer/tokenizer.json").is_file();
+    has_tokenizer
+        && dir.join("scheduler/scheduler_config.json").is_file()
+        && ["unet", "vae", "text_encoder"]
+            .iter()
+            .all(|c| dir.join(c).join("config.json").is_file())
         && has_weights("unet", "diffusion_pytorch_model")
         && has_weights("vae", "diffusion_pytorch_model")
         && has_weights("text_encoder", "model")

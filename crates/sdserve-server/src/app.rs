@@ -5,13 +5,14 @@
 //! runs on a listener and drains on the shutdown signal.
 
 use std::future::Future;
-use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
 
-use axum::extract::{DefaultBodyLimit, Request};
-use axum::middleware;
+use axum::body::{Body, HttpBody as _};
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::middleware::{self, Next};
 use axum::response::Response;
 use axum::Router;
+use http_body_util::LengthLimitError;
 use tokio::net::TcpListener;
 
 use crate::backend::Backend;
@@ -20,8 +21,22 @@ use crate::dialects::{self, Dialect};
 use crate::error::ApiError;
 use crate::jobs::{JobSettings, Jobs, Store};
 use crate::metrics::Metrics;
+use crate::signing::UrlSigner;
 use crate::state::AppState;
-use crate::{auth, ops};
+use crate::{auth, connections, ops};
+
+/// After the drain timeout cancels the remaining jobs, how long the running
+/// batch gets to notice (at its next step) before the server exits without it.
+const CANCEL_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// How a shutdown went; the binary turns it into its exit code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ShutdownReport {
+    /// True when the drain timeout ran out with jobs still queued or running.
+    pub timed_out: bool,
+    /// Jobs the drain cancelled when it ran out of time.
+    pub cancelled_jobs: usize,
+}
 
 /// Why a server could not be built or started.
 #[derive(Debug, thiserror::Error)]
@@ -59,6 +74,12 @@ impl App {
             path: config.output_dir.clone(),
             source,
         })?;
+        let signer = UrlSigner::load_or_create(&config.output_dir).map_err(|source| {
+            ServerError::OutputDir {
+                path: config.output_dir.clone(),
+                source,
+            }
+        })?;
         let metrics = Arc::new(Metrics::new()?);
         let jobs = Jobs::new(
             JobSettings {
@@ -75,6 +96,7 @@ impl App {
                 jobs,
                 metrics,
                 started_unix: crate::jobs::job::unix_now() as u64,
+                signer,
                 backend: OnceLock::new(),
             }),
         })
@@ -96,7 +118,7 @@ impl App {
         Ok(())
     }
 
-    /// Every route, with auth and the body limit applied.
+    /// Every route, with auth, the body limit and the body read timeout applied.
     pub fn router(&self) -> Router {
         let limit = self.state.config.limits.max_body_bytes;
         Router::new()
@@ -109,6 +131,10 @@ impl App {
             .method_not_allowed_fallback(wrong_method)
             .layer(middleware::from_fn_with_state(
                 self.state.clone(),
+                read_body_in_time,
+            ))
+            .layer(middleware::from_fn_with_state(
+                self.state.clone(),
                 auth::require_auth,
             ))
             .layer(DefaultBodyLimit::max(limit))
@@ -117,8 +143,7 @@ impl App {
 
     /// SIGTERM behaviour: stop taking jobs (`/readyz` → 503), let queued and running
     /// jobs finish for up to the drain timeout, cancel what is left, stop the worker.
-    /// Returns true if everything finished in time.
-    pub async fn drain(&self) -> bool {
+    pub async fn drain(&self) -> ShutdownReport {
         let jobs = &self.state.jobs;
         jobs.begin_drain();
         tracing::info!(
@@ -127,35 +152,73 @@ impl App {
             "draining: no new jobs"
         );
         let finished = jobs.wait_idle(self.state.config.drain_timeout).await;
+        let mut cancelled_jobs = 0;
         if !finished {
-            let cancelled = jobs.cancel_where_off_runtime(|_| true).await;
+            cancelled_jobs = jobs.cancel_where_off_runtime(|_| true).await;
             tracing::warn!(
-                cancelled,
+                cancelled_jobs,
                 "drain timeout reached; cancelled the remaining jobs"
             );
-            jobs.wait_idle(std::time::Duration::from_secs(30)).await;
+            if !jobs.wait_idle(CANCEL_WAIT).await {
+                tracing::warn!("the running batch did not stop in time; exiting without it");
+            }
         }
         jobs.stop_worker();
-        finished
+        ShutdownReport {
+            timed_out: !finished,
+            cancelled_jobs,
+        }
     }
 
-    /// Serves on `listener` until `shutdown` resolves, then drains and returns.
+    /// Serves on `listener` until `shutdown` resolves, drains, closes every
+    /// connection (by force after a short grace) and returns how the drain went.
     pub async fn serve(
         &self,
         listener: TcpListener,
         shutdown: impl Future<Output = ()> + Send + 'static,
-    ) -> std::io::Result<()> {
+    ) -> std::io::Result<ShutdownReport> {
         let app = self.clone();
-        let service = self
-            .router()
-            .into_make_service_with_connect_info::<SocketAddr>();
-        axum::serve(listener, service)
-            .with_graceful_shutdown(async move {
-                shutdown.await;
-                app.drain().await;
-            })
-            .await
+        connections::serve(
+            listener,
+            self.router(),
+            self.state.config.connections.clone(),
+            shutdown,
+            async move { app.drain().await },
+        )
+        .await
     }
+}
+
+/// Reads the whole request body within `--body-read-timeout` (408 otherwise) and
+/// `--max-body-bytes` (413), so a body trickled byte by byte cannot hold a
+/// connection; handlers then get it from memory.
+async fn read_body_in_time(
+    State(state): State<Arc<AppState>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    use http_body_util::BodyExt as _;
+    let (parts, body) = request.into_parts();
+    if body.size_hint().exact() == Some(0) {
+        return next.run(Request::from_parts(parts, body)).await;
+    }
+    let limit = state.config.limits.max_body_bytes;
+    let timeout = state.config.connections.body_read_timeout;
+    let read = http_body_util::Limited::new(body, limit).collect();
+    let error = match tokio::time::timeout(timeout, read).await {
+        Ok(Ok(collected)) => {
+            let body = Body::from(collected.to_bytes());
+            return next.run(Request::from_parts(parts, body)).await;
+        }
+        Ok(Err(e)) if e.downcast_ref::<LengthLimitError>().is_some() => {
+            ApiError::BodyTooLarge { limit }
+        }
+        Ok(Err(e)) => ApiError::BadBody(e.to_string()),
+        Err(_) => ApiError::BodyTimeout {
+            seconds: timeout.as_secs_f64(),
+        },
+    };
+    Dialect::for_path(parts.uri.path()).error_response(error)
 }
 
 /// Unknown route: 404 in the path's dialect.

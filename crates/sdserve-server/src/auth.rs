@@ -1,9 +1,13 @@
-//! Optional authentication: API keys (`Authorization: Bearer KEY`) and
-//! A1111-style HTTP Basic (`--api-auth USER:PASS`). When any credential is
-//! configured, every route except `/livez` and `/readyz` requires one (401
-//! otherwise, in the dialect's error shape). Secrets are compared in constant
-//! time, as given (no case folding). The credential used also names the caller's
-//! fairness lane; without auth the lane is the client address.
+//! Optional authentication: API keys (`Authorization: Bearer KEY`), operator
+//! keys (`--admin-key`) and A1111-style HTTP Basic (`--api-auth USER:PASS`).
+//! When any credential is configured, every route except `/livez`, `/readyz`
+//! and signed image links requires one (401 otherwise, in the dialect's error
+//! shape). Secrets are compared in constant time, as given (no case folding).
+//!
+//! The credential used names the caller: `key:<hash>` (a SHA-256 prefix, stable
+//! across restarts and key reordering, never the key itself) or `user:NAME`.
+//! That name is the caller's fairness lane and the owner of its jobs: a
+//! restricted caller sees only its own. Without auth the lane is the address.
 
 use std::sync::Arc;
 
@@ -12,6 +16,7 @@ use axum::http::{header, HeaderMap};
 use axum::middleware::Next;
 use axum::response::Response;
 use base64::Engine as _;
+use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use crate::config::AuthConfig;
@@ -24,24 +29,46 @@ use crate::state::AppState;
 /// Routes that never require credentials (orchestrator probes).
 const PUBLIC_PATHS: [&str; 2] = ["/livez", "/readyz"];
 
+/// Routes that carry their own proof (an HMAC-signed, expiring image link).
+const SIGNED_PREFIX: &str = "/v1/images/files/";
+
 /// Constant-time equality of two secrets (the length may leak, the content does not).
 fn secret_eq(a: &str, b: &str) -> bool {
     a.as_bytes().ct_eq(b.as_bytes()).into()
 }
 
-/// The fairness lane of a valid credential in `headers`, or `None`.
-pub fn identify(auth: &AuthConfig, headers: &HeaderMap) -> Option<ClientId> {
+/// The owner name of an API key: a hash prefix, so logs and records never hold the key.
+fn key_label(key: &str) -> String {
+    let digest = Sha256::digest(key.as_bytes());
+    format!("key:{}", hex::encode(&digest[..8]))
+}
+
+/// The index of the first of `keys` equal to `credential`, comparing every key.
+fn find_key(keys: &[String], credential: &str) -> Option<usize> {
+    let mut found = None;
+    for (index, key) in keys.iter().enumerate() {
+        if secret_eq(key, credential) && found.is_none() {
+            found = Some(index);
+        }
+    }
+    found
+}
+
+/// The caller a valid credential in `headers` names, or `None`.
+pub fn identify(auth: &AuthConfig, headers: &HeaderMap) -> Option<Caller> {
     let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?.trim();
     let (scheme, credential) = value.split_once(' ')?;
     let credential = credential.trim();
     if scheme.eq_ignore_ascii_case("bearer") {
-        let mut found = None;
-        for (index, key) in auth.api_keys.iter().enumerate() {
-            if secret_eq(key, credential) && found.is_none() {
-                found = Some(index);
-            }
-        }
-        return found.map(|i| ClientId::new(format!("key#{i}")));
+        let admin = find_key(&auth.admin_keys, credential);
+        let user = find_key(&auth.api_keys, credential);
+        let key = admin
+            .map(|i| &auth.admin_keys[i])
+            .or(user.map(|i| &auth.api_keys[i]))?;
+        return Some(Caller {
+            client: ClientId::new(key_label(key)),
+            restricted: admin.is_none(),
+        });
     }
     if scheme.eq_ignore_ascii_case("basic") {
         let decoded = base64::engine::general_purpose::STANDARD
@@ -56,7 +83,10 @@ pub fn identify(auth: &AuthConfig, headers: &HeaderMap) -> Option<ClientId> {
                 found = Some(cred.user.clone());
             }
         }
-        return found.map(|u| ClientId::new(format!("user:{u}")));
+        return found.map(|u| Caller {
+            client: ClientId::new(format!("user:{u}")),
+            restricted: true,
+        });
     }
     None
 }
@@ -79,8 +109,11 @@ pub async fn require_auth(
     let auth = &state.config.auth;
     let path = request.uri().path();
     let caller = match identify(auth, request.headers()) {
-        Some(client) => Caller { client },
-        None if !auth.enabled() || PUBLIC_PATHS.contains(&path) => {
+        Some(caller) => caller,
+        None if !auth.enabled()
+            || PUBLIC_PATHS.contains(&path)
+            || path.starts_with(SIGNED_PREFIX) =>
+        {
             Caller::from_connection(request.extensions())
         }
         None => {
@@ -103,7 +136,12 @@ mod tests {
         AuthConfig {
             api_keys: vec!["k1".into(), "Secret-Key".into()],
             basic: vec!["ann:pw:x".parse().unwrap()],
+            admin_keys: vec!["root-key".into()],
         }
+    }
+
+    fn label(auth: &AuthConfig, value: &str) -> Option<(String, bool)> {
+        identify(auth, &with(value)).map(|c| (c.client.as_str().to_string(), c.restricted))
     }
 
     fn with(value: &str) -> HeaderMap {
@@ -115,25 +153,29 @@ mod tests {
     #[test]
     fn accepts_exact_keys_and_basic_pairs() {
         let auth = config();
-        assert_eq!(
-            identify(&auth, &with("Bearer Secret-Key"))
-                .unwrap()
-                .as_str(),
-            "key#1"
+        let (secret, restricted) = label(&auth, "Bearer Secret-Key").unwrap();
+        assert!(restricted);
+        assert!(
+            secret.starts_with("key:") && secret.len() == 4 + 16,
+            "{secret}"
         );
-        assert_eq!(
-            identify(&auth, &with("bearer k1")).unwrap().as_str(),
-            "key#0"
-        );
+        assert!(!secret.contains("Secret"));
+        let (k1, _) = label(&auth, "bearer k1").unwrap();
+        assert_ne!(k1, secret);
+        // The label depends on the key, not on its place in the list.
+        let mut reordered = auth.clone();
+        reordered.api_keys.reverse();
+        assert_eq!(label(&reordered, "Bearer k1").unwrap().0, k1);
+        let (admin, restricted) = label(&auth, "Bearer root-key").unwrap();
+        assert!(!restricted);
+        assert_ne!(admin, k1);
         assert!(identify(&auth, &with("Bearer secret-key")).is_none());
         assert!(identify(&auth, &with("Bearer k")).is_none());
         assert!(identify(&auth, &with("Bearer")).is_none());
         let basic = base64::engine::general_purpose::STANDARD.encode("ann:pw:x");
         assert_eq!(
-            identify(&auth, &with(&format!("Basic {basic}")))
-                .unwrap()
-                .as_str(),
-            "user:ann"
+            label(&auth, &format!("Basic {basic}")).unwrap(),
+            ("user:ann".to_string(), true)
         );
         let wrong = base64::engine::general_purpose::STANDARD.encode("ann:pw");
         assert!(identify(&auth, &with(&format!("Basic {wrong}"))).is_none());

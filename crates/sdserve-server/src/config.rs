@@ -24,6 +24,46 @@ pub const DEFAULT_QUEUE_SIZE: usize = 64;
 /// Default `--drain-timeout`, in seconds.
 pub const DEFAULT_DRAIN_TIMEOUT_SECS: u64 = 120;
 
+/// Default `--max-connections`: well under the usual 1024 file descriptors.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 512;
+/// Default `--header-read-timeout`, in seconds.
+pub const DEFAULT_HEADER_READ_TIMEOUT_SECS: u64 = 30;
+/// Default `--body-read-timeout`, in seconds: a 16 MiB body at ~2.5 Mbit/s.
+pub const DEFAULT_BODY_READ_TIMEOUT_SECS: u64 = 60;
+/// Default `--keep-alive-timeout`, in seconds (as uvicorn and Node).
+pub const DEFAULT_KEEP_ALIVE_TIMEOUT_SECS: u64 = 5;
+/// How long open connections get to finish after the drain before they are closed.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
+
+/// Limits on connections, so slow or idle clients cannot hold the server.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ConnectionLimits {
+    /// Open connections at most; more are closed at once (`--max-connections`).
+    pub max_connections: usize,
+    /// Time to receive a request's headers, and to wait for the first byte
+    /// of the next request on a kept-alive connection (`--header-read-timeout`).
+    pub header_read_timeout: Duration,
+    /// Time to receive a whole request body (`--body-read-timeout`).
+    pub body_read_timeout: Duration,
+    /// A connection with no request in flight and no traffic for this long is
+    /// closed (`--keep-alive-timeout`).
+    pub keep_alive_timeout: Duration,
+    /// After the drain, how long open connections may take to finish.
+    pub shutdown_grace: Duration,
+}
+
+impl Default for ConnectionLimits {
+    fn default() -> Self {
+        Self {
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            header_read_timeout: Duration::from_secs(DEFAULT_HEADER_READ_TIMEOUT_SECS),
+            body_read_timeout: Duration::from_secs(DEFAULT_BODY_READ_TIMEOUT_SECS),
+            keep_alive_timeout: Duration::from_secs(DEFAULT_KEEP_ALIVE_TIMEOUT_SECS),
+            shutdown_grace: SHUTDOWN_GRACE,
+        }
+    }
+}
+
 /// Request limits enforced by the validation gate (each has a `serve` flag).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Limits {
@@ -90,13 +130,16 @@ impl FromStr for BasicCredential {
     }
 }
 
-/// Who may call the API; when both lists are empty, everyone may.
+/// Who may call the API; when every list is empty, everyone may. Each key or
+/// user sees only its own jobs and images; an admin key sees all of them.
 #[derive(Clone, Default, PartialEq, Eq)]
 pub struct AuthConfig {
     /// Accepted `Authorization: Bearer` keys.
     pub api_keys: Vec<String>,
     /// Accepted HTTP Basic credentials.
     pub basic: Vec<BasicCredential>,
+    /// Operator keys (`--admin-key`): accepted like API keys, and see every job.
+    pub admin_keys: Vec<String>,
 }
 
 impl std::fmt::Debug for AuthConfig {
@@ -104,6 +147,7 @@ impl std::fmt::Debug for AuthConfig {
         f.debug_struct("AuthConfig")
             .field("api_keys", &self.api_keys.len())
             .field("basic", &self.basic)
+            .field("admin_keys", &self.admin_keys.len())
             .finish()
     }
 }
@@ -111,7 +155,7 @@ impl std::fmt::Debug for AuthConfig {
 impl AuthConfig {
     /// True when any credential is configured, so requests must carry one.
     pub fn enabled(&self) -> bool {
-        !self.api_keys.is_empty() || !self.basic.is_empty()
+        !self.api_keys.is_empty() || !self.basic.is_empty() || !self.admin_keys.is_empty()
     }
 }
 
@@ -132,6 +176,8 @@ pub struct ServerConfig {
     pub finished_ttl: Duration,
     /// How long SIGTERM waits for queued and running jobs (`--drain-timeout`).
     pub drain_timeout: Duration,
+    /// Connection limits and timeouts.
+    pub connections: ConnectionLimits,
 }
 
 impl ServerConfig {
@@ -146,6 +192,7 @@ impl ServerConfig {
             limits,
             finished_ttl: Duration::from_secs(600),
             drain_timeout: Duration::from_secs(DEFAULT_DRAIN_TIMEOUT_SECS),
+            connections: ConnectionLimits::default(),
         }
     }
 }

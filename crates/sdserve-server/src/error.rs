@@ -36,6 +36,12 @@ pub enum ApiError {
         /// `--max-body-bytes`.
         limit: usize,
     },
+    /// The body did not arrive within `--body-read-timeout`.
+    #[error("the request body did not arrive within {seconds} s")]
+    BodyTimeout {
+        /// `--body-read-timeout`.
+        seconds: f64,
+    },
     /// The body could not be read (client aborted, bad encoding).
     #[error("could not read the request body: {0}")]
     BadBody(String),
@@ -60,6 +66,9 @@ pub enum ApiError {
         /// `WWW-Authenticate` challenge to send.
         challenge: &'static str,
     },
+    /// A signed image link that expired or was tampered with.
+    #[error("this image link is not valid: {0}")]
+    InvalidLink(String),
     /// Cancel asked for a job that already finished.
     #[error("job {0} has already finished")]
     AlreadyFinished(String),
@@ -97,11 +106,13 @@ impl ApiError {
             }
             Self::InvalidField { .. } | Self::Validation(_) => StatusCode::UNPROCESSABLE_ENTITY,
             Self::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::BodyTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
             Self::JobNotFound(_) | Self::ImageNotFound(_) | Self::NoRoute(_) => {
                 StatusCode::NOT_FOUND
             }
             Self::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             Self::Unauthorized { .. } => StatusCode::UNAUTHORIZED,
+            Self::InvalidLink(_) => StatusCode::FORBIDDEN,
             Self::AlreadyFinished(_) | Self::Cancelled(_) => StatusCode::CONFLICT,
             Self::QueueFull { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::NotReady | Self::Draining => StatusCode::SERVICE_UNAVAILABLE,
@@ -116,10 +127,12 @@ impl ApiError {
             Self::InvalidField { .. } | Self::Validation(_) => "invalid_request",
             Self::BodyTooLarge { .. } => "body_too_large",
             Self::BadBody(_) => "bad_body",
+            Self::BodyTimeout { .. } => "body_timeout",
             Self::InvalidId(_) => "invalid_id",
             Self::JobNotFound(_) | Self::ImageNotFound(_) | Self::NoRoute(_) => "not_found",
             Self::MethodNotAllowed(_) => "method_not_allowed",
             Self::Unauthorized { .. } => "unauthorized",
+            Self::InvalidLink(_) => "invalid_link",
             Self::AlreadyFinished(_) => "already_finished",
             Self::Cancelled(_) => "cancelled",
             Self::QueueFull { .. } => "queue_full",

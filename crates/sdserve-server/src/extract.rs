@@ -28,6 +28,18 @@ pub fn parse_json<T: DeserializeOwned>(
         }
         other => ApiError::BadBody(other.body_text()),
     })?;
+    // serde would read a struct from a JSON array too; every body here is an object.
+    if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return Err(
+            match serde_json::from_slice::<serde::de::IgnoredAny>(&bytes) {
+                Ok(_) => ApiError::InvalidField {
+                    field: "body".into(),
+                    message: "the request body must be a JSON object".into(),
+                },
+                Err(e) => ApiError::MalformedJson(e.to_string()),
+            },
+        );
+    }
     let mut de = serde_json::Deserializer::from_slice(&bytes);
     let value: T = serde_path_to_error::deserialize(&mut de).map_err(|e| {
         let path = e.path().to_string();
@@ -44,6 +56,54 @@ pub fn parse_json<T: DeserializeOwned>(
     de.end()
         .map_err(|e| ApiError::MalformedJson(e.to_string()))?;
     Ok(value)
+}
+
+/// Integer fields read as pydantic (and JSON Schema's `integer`) read them: an
+/// integer, or a number with no fractional part (`40.0`); `40.5`, strings and
+/// values outside the type's range are refused. Use with `#[serde(default,
+/// deserialize_with = "...")]`.
+pub mod whole_number {
+    use serde::de::Error as _;
+    use serde::{Deserialize, Deserializer};
+
+    /// 2^63 and 2^64 as floats: the first values out of range.
+    const I64_END: f64 = 9_223_372_036_854_775_808.0;
+    const U64_END: f64 = 18_446_744_073_709_551_616.0;
+
+    fn whole(n: &serde_json::Number, low: f64, end: f64) -> Option<f64> {
+        n.as_f64()
+            .filter(|f| f.is_finite() && f.fract() == 0.0 && *f >= low && *f < end)
+    }
+
+    /// An optional `i64`.
+    pub fn option_i64<'de, D: Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error> {
+        let Some(n) = Option::<serde_json::Number>::deserialize(d)? else {
+            return Ok(None);
+        };
+        n.as_i64()
+            .or_else(|| whole(&n, -I64_END, I64_END).map(|f| f as i64))
+            .map(Some)
+            .ok_or_else(|| {
+                D::Error::custom(format!(
+                    "expected a whole number in the range of i64, got {n}"
+                ))
+            })
+    }
+
+    /// An optional `u64`.
+    pub fn option_u64<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+        let Some(n) = Option::<serde_json::Number>::deserialize(d)? else {
+            return Ok(None);
+        };
+        n.as_u64()
+            .or_else(|| whole(&n, 0.0, U64_END).map(|f| f as u64))
+            .map(Some)
+            .ok_or_else(|| {
+                D::Error::custom(format!(
+                    "expected a whole number from 0 to 18446744073709551615, got {n}"
+                ))
+            })
+    }
 }
 
 /// The field a serde data error is about: its path, plus the field a
@@ -70,11 +130,14 @@ pub fn parse_id<I: FromStr<Err = InvalidId>>(
 }
 
 /// Who is calling: set by the auth layer from the credential used, else the
-/// client's IP address. Used for round-robin fairness and A1111 interrupt.
+/// client's IP address. Used for round-robin fairness, A1111 interrupt, and
+/// (when credentials are configured) to show each caller only its own jobs.
 #[derive(Debug, Clone)]
 pub struct Caller {
-    /// The fairness lane.
+    /// The fairness lane, and the owner of the jobs this caller submits.
     pub client: ClientId,
+    /// True when the caller sees only its own jobs (auth on, not an admin key).
+    pub restricted: bool,
 }
 
 impl Caller {
@@ -86,7 +149,13 @@ impl Caller {
             .unwrap_or_else(|| "local".to_string());
         Self {
             client: ClientId::new(label),
+            restricted: false,
         }
+    }
+
+    /// True when this caller may see a job submitted by `owner`.
+    pub fn may_see(&self, owner: &ClientId) -> bool {
+        !self.restricted || self.client == *owner
     }
 }
 
@@ -113,6 +182,51 @@ mod tests {
         nested: Option<Vec<u8>>,
     }
 
+    #[derive(Debug, serde::Deserialize)]
+    struct Numbers {
+        #[serde(default, deserialize_with = "whole_number::option_i64")]
+        signed: Option<i64>,
+        #[serde(default, deserialize_with = "whole_number::option_u64")]
+        unsigned: Option<u64>,
+    }
+
+    fn numbers(text: &str) -> Result<(Option<i64>, Option<u64>), ApiError> {
+        parse_json::<Numbers>(Ok(Bytes::from(text.to_string())), 1000)
+            .map(|n| (n.signed, n.unsigned))
+    }
+
+    #[test]
+    fn whole_floats_are_integers_as_in_pydantic() {
+        assert_eq!(
+            numbers(r#"{"signed": 40.0, "unsigned": 7.0}"#).unwrap(),
+            (Some(40), Some(7))
+        );
+        assert_eq!(
+            numbers(r#"{"signed": -1, "unsigned": 18446744073709551615}"#).unwrap(),
+            (Some(-1), Some(u64::MAX))
+        );
+        assert_eq!(numbers(r#"{"signed": null}"#).unwrap(), (None, None));
+        assert_eq!(numbers("{}").unwrap(), (None, None));
+        assert_eq!(numbers(r#"{"signed": -4e3}"#).unwrap(), (Some(-4000), None));
+        for bad in [
+            r#"{"signed": 40.5}"#,
+            r#"{"signed": "40"}"#,
+            r#"{"signed": 9223372036854775808}"#,
+            r#"{"signed": 1e300}"#,
+            r#"{"unsigned": -1}"#,
+            r#"{"unsigned": -1.0}"#,
+            r#"{"unsigned": 18446744073709551616}"#,
+            r#"{"unsigned": true}"#,
+        ] {
+            match numbers(bad) {
+                Err(ApiError::InvalidField { field, .. }) => {
+                    assert!(field == "signed" || field == "unsigned", "{bad}: {field}")
+                }
+                other => panic!("{bad}: {other:?}"),
+            }
+        }
+    }
+
     fn parse(text: &str) -> Result<Body, ApiError> {
         parse_json(Ok(Bytes::from(text.to_string())), 100)
     }
@@ -137,10 +251,16 @@ mod tests {
             Ok(_) => {}
             other => panic!("{other:?}"),
         }
-        match parse("[1]") {
-            Err(ApiError::InvalidField { field, .. }) => assert_eq!(field, "body"),
-            other => panic!("{other:?}"),
+        for not_object in ["[1]", "[]", "  [\"p\", 1]", "1", "\"s\"", "null"] {
+            match parse(not_object) {
+                Err(ApiError::InvalidField { field, message }) => {
+                    assert_eq!(field, "body");
+                    assert!(message.contains("JSON object"), "{message}");
+                }
+                other => panic!("{not_object}: {other:?}"),
+            }
         }
+        assert!(matches!(parse("[1"), Err(ApiError::MalformedJson(_))));
         assert!(parse(r#"{"steps": 3}"#).is_ok());
     }
 }

@@ -12,6 +12,7 @@ use crate::error::ApiError;
 use crate::extract::Caller;
 use crate::jobs::{FailureKind, ImageId, JobHandle, JobId, JobSnapshot, JobStatus, Jobs};
 use crate::metrics::Metrics;
+use crate::signing::UrlSigner;
 use crate::validation::{validate, JobSpec, ValidJob, ValidationError};
 
 /// Shared state of one server.
@@ -24,6 +25,8 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// Unix time the server was built (OpenAI's `created` of the model).
     pub started_unix: u64,
+    /// Signs the image links of OpenAI's `response_format: url`.
+    pub signer: UrlSigner,
     pub(crate) backend: OnceLock<Arc<dyn Backend>>,
 }
 

@@ -20,7 +20,7 @@ enum Command {
     Serve(cli::serve::ServeArgs),
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<std::process::ExitCode> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -29,7 +29,9 @@ fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     match Cli::parse().command {
-        Command::Generate(args) => cli::generate::run(args),
+        Command::Generate(args) => {
+            cli::generate::run(args).map(|()| std::process::ExitCode::SUCCESS)
+        }
         Command::Serve(args) => cli::serve::run(args),
     }
 }

@@ -8,9 +8,10 @@
 use std::sync::Arc;
 
 use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
-use axum::extract::State;
+use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap};
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Json;
 use axum::Router;
@@ -20,8 +21,10 @@ use utoipa::{IntoResponses, ToSchema};
 
 use super::Dialect;
 use crate::error::{to_json, ApiError, ErrorShape, Rejection};
-use crate::extract::{parse_json, Caller};
+use crate::extract::{parse_id, parse_json, Caller};
 use crate::jobs::job::unix_now;
+use crate::jobs::ImageId;
+use crate::signing::SIGNED_LINK_TTL_SECS;
 use crate::state::AppState;
 use crate::validation::{FieldNames, JobSpec, ValidationError};
 
@@ -87,6 +90,9 @@ pub enum OpenAiErrors {
     /// Invalid API key.
     #[response(status = 401)]
     Unauthorized(OpenAiError),
+    /// A signed image link that expired or was altered.
+    #[response(status = 403)]
+    Forbidden(OpenAiError),
     /// No such route.
     #[response(status = 404)]
     NotFound(OpenAiError),
@@ -96,6 +102,9 @@ pub enum OpenAiErrors {
     /// The job was cancelled.
     #[response(status = 409)]
     Conflict(OpenAiError),
+    /// The body did not arrive within `--body-read-timeout`.
+    #[response(status = 408)]
+    RequestTimeout(OpenAiError),
     /// Body too large.
     #[response(status = 413)]
     TooLarge(OpenAiError),
@@ -135,6 +144,7 @@ pub struct ImageGenerationRequest {
     pub model: Option<String>,
     /// Number of images.
     #[schema(minimum = 1, maximum = 8)]
+    #[serde(default, deserialize_with = "crate::extract::whole_number::option_i64")]
     pub n: Option<i64>,
     /// `WIDTHxHEIGHT` (or `auto` for the model's native size).
     #[schema(pattern = "^([1-9][0-9]{0,4}x[1-9][0-9]{0,4}|auto)$")]
@@ -147,9 +157,11 @@ pub struct ImageGenerationRequest {
     #[schema(max_length = 8192)]
     pub negative_prompt: Option<String>,
     /// Extension: seed (random if omitted).
+    #[serde(default, deserialize_with = "crate::extract::whole_number::option_u64")]
     pub seed: Option<u64>,
     /// Extension: denoising steps.
     #[schema(minimum = 1, maximum = 150)]
+    #[serde(default, deserialize_with = "crate::extract::whole_number::option_i64")]
     pub steps: Option<i64>,
     /// Extension: guidance scale, 0 to 30.
     #[schema(minimum = 0, maximum = 30)]
@@ -265,6 +277,7 @@ pub struct ModelsResponse {
 pub fn routes() -> Router<Arc<AppState>> {
     Router::new()
         .route("/v1/images/generations", post(generations))
+        .route("/v1/images/files/{id}", get(image_file))
         .route("/v1/models", get(models))
 }
 
@@ -295,8 +308,9 @@ pub async fn generations(
     } else {
         state.job_pngs(&snapshot).await?
     };
+    let now = unix_now() as u64;
     for (i, image) in snapshot.images.iter().enumerate() {
-        let path = format!("/api/v1/images/{}", image.id);
+        let path = state.signer.link(image.id, now, SIGNED_LINK_TTL_SECS);
         data.push(ImageData {
             b64_json: pngs
                 .get(i)
@@ -331,4 +345,35 @@ pub async fn models(
             owned_by: "sdserve".into(),
         }],
     }))
+}
+
+/// The query of a signed image link.
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct SignedLink {
+    /// Unix time after which the link no longer works.
+    pub expires: u64,
+    /// Hex HMAC-SHA256 over the image id and `expires`.
+    pub signature: String,
+}
+
+/// An image from a signed link handed out by `response_format: url`; needs no
+/// credentials, works until `expires`.
+#[utoipa::path(get, path = "/v1/images/files/{id}", tag = "openai", security(()),
+    params(("id" = uuid::Uuid, Path, description = "Image id"), SignedLink),
+    responses((status = 200, description = "PNG image", content_type = "image/png", body = Vec<u8>),
+        OpenAiErrors))]
+pub async fn image_file(
+    State(state): State<Arc<AppState>>,
+    path: Result<Path<String>, PathRejection>,
+    query: Result<Query<SignedLink>, QueryRejection>,
+) -> Result<Response, Rejection<OpenAi>> {
+    let id: ImageId = parse_id(path)?;
+    let Query(link) = query.map_err(|e| ApiError::InvalidLink(e.body_text()))?;
+    state
+        .signer
+        .verify(id, link.expires, &link.signature, unix_now() as u64)
+        .map_err(|e| ApiError::InvalidLink(e.to_string()))?;
+    let png = state.image_png(id).await?;
+    Ok(([(header::CONTENT_TYPE, "image/png")], png).into_response())
 }

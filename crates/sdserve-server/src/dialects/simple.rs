@@ -60,6 +60,9 @@ pub enum SimpleErrors {
     /// The job was cancelled.
     #[response(status = 409)]
     Conflict(A1111Detail),
+    /// The body did not arrive within `--body-read-timeout`.
+    #[response(status = 408)]
+    RequestTimeout(A1111Detail),
     /// Body too large.
     #[response(status = 413)]
     TooLarge(A1111Detail),
@@ -94,8 +97,10 @@ pub struct GenerationRequest {
     pub scale: Option<f64>,
     /// Sampling steps (default: the model's).
     #[schema(minimum = 1, maximum = 150)]
+    #[serde(default, deserialize_with = "crate::extract::whole_number::option_i64")]
     pub steps: Option<i64>,
     /// Seed for reproducible results (random if omitted).
+    #[serde(default, deserialize_with = "crate::extract::whole_number::option_u64")]
     pub seed: Option<u64>,
 }
 

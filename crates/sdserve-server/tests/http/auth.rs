@@ -117,3 +117,61 @@ async fn without_credentials_configured_everything_is_open() {
         200
     );
 }
+
+#[tokio::test]
+async fn openai_url_links_work_without_a_key_and_only_as_signed() {
+    let s = secured().await;
+    let body: Value = s
+        .client
+        .post(s.url("/v1/images/generations"))
+        .bearer_auth("key-one")
+        .json(&json!({"prompt": "x", "seed": 3, "response_format": "url"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let url = body["data"][0]["url"].as_str().unwrap().to_string();
+    assert!(
+        url.starts_with(&format!("{}/v1/images/files/", s.base)),
+        "{url}"
+    );
+    // A plain GET with no credentials, as a browser or curl does.
+    let plain = reqwest::get(&url).await.unwrap();
+    assert_eq!(plain.status(), 200);
+    assert_eq!(plain.headers()["content-type"], "image/png");
+    assert_eq!(
+        plain.bytes().await.unwrap().to_vec(),
+        crate::common::expected_pngs(&crate::common::request("x", 3))[0]
+    );
+    // Any change to the id, the expiry or the signature is refused.
+    let (path, query) = url.split_once('?').unwrap();
+    let expires: u64 = query
+        .split('&')
+        .find_map(|kv| kv.strip_prefix("expires="))
+        .unwrap()
+        .parse()
+        .unwrap();
+    let signature = query.split_once("signature=").unwrap().1;
+    let id = path.rsplit('/').next().unwrap();
+    let other_id = "67e55044-10b1-426f-9247-bb680e5fe0c8";
+    for tampered in [
+        format!("{path}?expires={}&signature={signature}", expires + 3600),
+        format!("{}{other_id}?{query}", path.trim_end_matches(id)),
+        format!("{path}?expires={expires}&signature={}", "0".repeat(64)),
+        format!("{path}?expires={expires}"),
+        path.to_string(),
+    ] {
+        let resp = reqwest::get(&tampered).await.unwrap();
+        assert_eq!(resp.status(), 403, "{tampered}");
+        let body: Value = resp.json().await.unwrap();
+        assert_eq!(body["error"]["code"], "invalid_link", "{body}");
+    }
+    // An expired link: signed for the past with the server's own key.
+    let image = id.parse().unwrap();
+    let old = s.app.state().signer.link(image, 1_000, 60);
+    let resp = reqwest::get(s.url(&old)).await.unwrap();
+    assert_eq!(resp.status(), 403);
+    assert!(resp.text().await.unwrap().contains("expired"));
+}

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use sdserve_server::engine_api::{png, GenerateRequest, NoopObserver, SamplerId};
-use sdserve_server::{App, Backend, FakeBackend, ServerConfig};
+use sdserve_server::{App, Backend, FakeBackend, ServerConfig, ShutdownReport};
 use serde_json::Value;
 use tokio::sync::oneshot;
 
@@ -18,7 +18,7 @@ pub struct TestServer {
     pub dir: Arc<tempfile::TempDir>,
     pub client: reqwest::Client,
     shutdown: Option<oneshot::Sender<()>>,
-    task: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
+    task: Option<tokio::task::JoinHandle<std::io::Result<ShutdownReport>>>,
 }
 
 impl TestServer {
@@ -101,13 +101,16 @@ impl TestServer {
     }
 
     /// Sends the shutdown signal (SIGTERM path) and waits for `serve` to return.
-    pub async fn stop(mut self) -> std::io::Result<()> {
+    pub async fn stop(mut self) -> std::io::Result<ShutdownReport> {
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
         }
         match self.task.take() {
             Some(task) => task.await.expect("server task"),
-            None => Ok(()),
+            None => Ok(ShutdownReport {
+                timed_out: false,
+                cancelled_jobs: 0,
+            }),
         }
     }
 
@@ -119,10 +122,13 @@ impl TestServer {
     }
 
     /// Waits for the server task after `signal_shutdown`.
-    pub async fn join(mut self) -> std::io::Result<()> {
+    pub async fn join(mut self) -> std::io::Result<ShutdownReport> {
         match self.task.take() {
             Some(task) => task.await.expect("server task"),
-            None => Ok(()),
+            None => Ok(ShutdownReport {
+                timed_out: false,
+                cancelled_jobs: 0,
+            }),
         }
     }
 

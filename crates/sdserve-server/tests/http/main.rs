@@ -5,6 +5,7 @@ mod a1111;
 mod auth;
 mod cancel;
 mod common;
+mod connections;
 mod limits;
 mod native;
 mod openai;

@@ -91,7 +91,9 @@ async fn shutdown_drains_running_and_queued_jobs() {
     let refused = s.post("/generate", json!({"prompt": "too late"})).await;
     assert_eq!(refused.status(), 503);
     assert_eq!(running.await.unwrap(), 200, "the running job finishes");
-    s.join().await.unwrap();
+    let report = s.join().await.unwrap();
+    assert!(!report.timed_out);
+    assert_eq!(report.cancelled_jobs, 0);
     let entry = app
         .state()
         .jobs
@@ -123,7 +125,9 @@ async fn drain_timeout_cancels_what_is_left() {
         .unwrap();
     let app = s.app.clone();
     s.signal_shutdown();
-    s.join().await.unwrap();
+    let report = s.join().await.unwrap();
+    assert!(report.timed_out);
+    assert_eq!(report.cancelled_jobs, 1);
     let entry = app
         .state()
         .jobs

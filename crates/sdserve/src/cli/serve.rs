@@ -1,16 +1,23 @@
 //! `sdserve serve`: bind the port, serve `/livez` at once, load the model on its
 //! own thread (then `/readyz` turns ready), and serve the HTTP APIs until SIGTERM
-//! or Ctrl-C, which drains queued and running jobs before exiting 0.
+//! or Ctrl-C, which drains queued and running jobs before exiting: 0 when every
+//! job finished, [`DRAIN_TIMED_OUT_EXIT`] when the drain timeout cancelled some.
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
+use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use sdserve_engine::{Engine, ModelSource};
-use sdserve_server::config::{self, AuthConfig, BasicCredential, Limits, ServerConfig};
+use sdserve_server::config::{
+    self, AuthConfig, BasicCredential, ConnectionLimits, Limits, ServerConfig,
+};
 use sdserve_server::App;
+
+/// Exit status when the drain timeout ran out and jobs were cancelled.
+pub const DRAIN_TIMED_OUT_EXIT: u8 = 3;
 
 /// Served when `--model` is not given: small and fast (1 to 4 steps, guidance off).
 pub const DEFAULT_MODEL: &str = "stabilityai/sd-turbo";
@@ -36,12 +43,32 @@ pub struct ServeArgs {
     /// user, every route but /livez and /readyz requires one.
     #[arg(long = "api-key", value_name = "KEY")]
     pub api_keys: Vec<String>,
+    /// Operator key: accepted like `--api-key`, and sees every caller's jobs and
+    /// images (each API key or user otherwise sees only its own); repeatable.
+    #[arg(long = "admin-key", value_name = "KEY")]
+    pub admin_keys: Vec<String>,
     /// Accepted HTTP Basic credential, as AUTOMATIC1111's `--api-auth`; repeatable.
     #[arg(long = "api-auth", value_name = "USER:PASS")]
     pub api_auth: Vec<BasicCredential>,
-    /// Seconds SIGTERM waits for queued and running jobs before cancelling them.
+    /// Seconds SIGTERM waits for queued and running jobs before cancelling them;
+    /// the process then exits within a few seconds whatever clients do (exit 0 if
+    /// every job finished, 3 if the drain had to cancel jobs).
     #[arg(long, value_name = "SECS", default_value_t = config::DEFAULT_DRAIN_TIMEOUT_SECS)]
     pub drain_timeout: u64,
+    /// Open connections at most; further ones are closed at once.
+    #[arg(long, default_value_t = config::DEFAULT_MAX_CONNECTIONS)]
+    pub max_connections: usize,
+    /// Seconds a client has to send a request's headers (and, on a kept-alive
+    /// connection, to start the next request).
+    #[arg(long, value_name = "SECS", default_value_t = config::DEFAULT_HEADER_READ_TIMEOUT_SECS)]
+    pub header_read_timeout: u64,
+    /// Seconds a client has to send a whole request body (408 after).
+    #[arg(long, value_name = "SECS", default_value_t = config::DEFAULT_BODY_READ_TIMEOUT_SECS)]
+    pub body_read_timeout: u64,
+    /// Seconds a connection may sit with no request in flight before it is closed.
+    /// Requests in flight (a long txt2img, an SSE stream) are never cut.
+    #[arg(long, value_name = "SECS", default_value_t = config::DEFAULT_KEEP_ALIVE_TIMEOUT_SECS)]
+    pub keep_alive_timeout: u64,
     /// Largest image width.
     #[arg(long, default_value_t = config::DEFAULT_MAX_WIDTH)]
     pub max_width: usize,
@@ -72,6 +99,7 @@ impl ServeArgs {
         config.auth = AuthConfig {
             api_keys: self.api_keys.clone(),
             basic: self.api_auth.clone(),
+            admin_keys: self.admin_keys.clone(),
         };
         config.limits = Limits {
             max_width: self.max_width,
@@ -84,11 +112,18 @@ impl ServeArgs {
         };
         config.max_batch_images = self.max_batch.max(1);
         config.drain_timeout = Duration::from_secs(self.drain_timeout);
+        config.connections = ConnectionLimits {
+            max_connections: self.max_connections,
+            header_read_timeout: Duration::from_secs(self.header_read_timeout),
+            body_read_timeout: Duration::from_secs(self.body_read_timeout),
+            keep_alive_timeout: Duration::from_secs(self.keep_alive_timeout),
+            ..ConnectionLimits::default()
+        };
         config
     }
 }
 
-pub fn run(args: ServeArgs) -> anyhow::Result<()> {
+pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let started = Instant::now();
     for (flag, value) in [
         ("--queue-size", args.queue_size),
@@ -99,6 +134,10 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         ("--max-batch", args.max_batch),
         ("--max-prompt-chars", args.max_prompt_chars),
         ("--max-body-bytes", args.max_body_bytes),
+        ("--max-connections", args.max_connections),
+        ("--header-read-timeout", args.header_read_timeout as usize),
+        ("--body-read-timeout", args.body_read_timeout as usize),
+        ("--keep-alive-timeout", args.keep_alive_timeout as usize),
     ] {
         anyhow::ensure!(value > 0, "{flag} must be at least 1");
     }
@@ -111,12 +150,13 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     runtime.block_on(serve(app, args, started))
 }
 
-async fn serve(app: App, args: ServeArgs, started: Instant) -> anyhow::Result<()> {
+async fn serve(app: App, args: ServeArgs, started: Instant) -> anyhow::Result<ExitCode> {
     let addr = SocketAddr::new(args.host, args.port);
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .with_context(|| format!("binding {addr}"))?;
-    let auth = if args.api_keys.is_empty() && args.api_auth.is_empty() {
+    let auth = if args.api_keys.is_empty() && args.api_auth.is_empty() && args.admin_keys.is_empty()
+    {
         "off"
     } else {
         "on"
@@ -133,9 +173,14 @@ async fn serve(app: App, args: ServeArgs, started: Instant) -> anyhow::Result<()
     };
     tokio::select! {
         served = app.serve(listener, shutdown_signal()) => {
-            served.context("serving HTTP")?;
-            tracing::info!("drained; exiting");
-            Ok(())
+            let report = served.context("serving HTTP")?;
+            if report.timed_out {
+                tracing::warn!(cancelled_jobs = report.cancelled_jobs, "drain timed out; exiting");
+                Ok(ExitCode::from(DRAIN_TIMED_OUT_EXIT))
+            } else {
+                tracing::info!("drained; exiting");
+                Ok(ExitCode::SUCCESS)
+            }
         }
         error = load_failure => Err(error),
     }

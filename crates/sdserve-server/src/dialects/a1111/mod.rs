@@ -112,6 +112,9 @@ pub enum A1111Errors {
     /// The job was interrupted.
     #[response(status = 409)]
     Conflict(A1111Detail),
+    /// The body did not arrive within `--body-read-timeout`.
+    #[response(status = 408)]
+    RequestTimeout(A1111Detail),
     /// Body too large.
     #[response(status = 413)]
     TooLarge(A1111Detail),

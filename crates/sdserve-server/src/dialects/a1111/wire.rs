@@ -39,6 +39,7 @@ pub struct Txt2ImgRequest {
     pub negative_prompt: Option<String>,
     /// Seed; -1 (default) for a random one.
     #[schema(minimum = -1)]
+    #[serde(default, deserialize_with = "crate::extract::whole_number::option_i64")]
     pub seed: Option<i64>,
     /// Sampler label (`Euler a`, `DPM++ 2M`...); see `GET /sdapi/v1/samplers`.
     pub sampler_name: Option<String>,
@@ -48,21 +49,26 @@ pub struct Txt2ImgRequest {
     pub scheduler: Option<String>,
     /// Denoising steps.
     #[schema(minimum = 1, maximum = 150)]
+    #[serde(default, deserialize_with = "crate::extract::whole_number::option_i64")]
     pub steps: Option<i64>,
     /// Guidance scale, 0 to 30.
     #[schema(minimum = 0, maximum = 30)]
     pub cfg_scale: Option<f64>,
     /// Width in pixels.
     #[schema(minimum = 8, maximum = 2048, multiple_of = 8)]
+    #[serde(default, deserialize_with = "crate::extract::whole_number::option_i64")]
     pub width: Option<i64>,
     /// Height in pixels.
     #[schema(minimum = 8, maximum = 2048, multiple_of = 8)]
+    #[serde(default, deserialize_with = "crate::extract::whole_number::option_i64")]
     pub height: Option<i64>,
     /// Images per iteration.
     #[schema(minimum = 1, maximum = 8)]
+    #[serde(default, deserialize_with = "crate::extract::whole_number::option_i64")]
     pub batch_size: Option<i64>,
     /// Iterations; `batch_size × n_iter` images in all.
     #[schema(minimum = 1, maximum = 8)]
+    #[serde(default, deserialize_with = "crate::extract::whole_number::option_i64")]
     pub n_iter: Option<i64>,
     /// Return the images base64-encoded (default true).
     pub send_images: Option<bool>,

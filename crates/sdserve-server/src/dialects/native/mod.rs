@@ -62,6 +62,9 @@ pub enum NativeErrors {
     /// The job already finished (cancel) or was cancelled.
     #[response(status = 409)]
     Conflict(NativeError),
+    /// The body did not arrive within `--body-read-timeout`.
+    #[response(status = 408)]
+    RequestTimeout(NativeError),
     /// Body too large.
     #[response(status = 413)]
     TooLarge(NativeError),

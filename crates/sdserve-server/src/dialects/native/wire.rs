@@ -20,9 +20,11 @@ pub struct CreateJob {
     #[schema(max_length = 8192)]
     pub negative_prompt: Option<String>,
     /// Seed; omitted or null for a random one (reported per image).
+    #[serde(default, deserialize_with = "crate::extract::whole_number::option_u64")]
     pub seed: Option<u64>,
     /// Denoising steps (default: the model's).
     #[schema(minimum = 1, maximum = 150)]
+    #[serde(default, deserialize_with = "crate::extract::whole_number::option_i64")]
     pub steps: Option<i64>,
     /// Guidance scale, 0 to 30 (1 or less: guidance off; default: the model's).
     #[schema(minimum = 0, maximum = 30)]
@@ -31,12 +33,15 @@ pub struct CreateJob {
     pub sampler: Option<String>,
     /// Width in pixels, a multiple of the model's VAE scale factor (default: native).
     #[schema(minimum = 8, maximum = 2048, multiple_of = 8)]
+    #[serde(default, deserialize_with = "crate::extract::whole_number::option_i64")]
     pub width: Option<i64>,
     /// Height in pixels (same rules as width).
     #[schema(minimum = 8, maximum = 2048, multiple_of = 8)]
+    #[serde(default, deserialize_with = "crate::extract::whole_number::option_i64")]
     pub height: Option<i64>,
     /// Images from the one seed (default 1).
     #[schema(minimum = 1, maximum = 8)]
+    #[serde(default, deserialize_with = "crate::extract::whole_number::option_i64")]
     pub batch_size: Option<i64>,
 }
 

@@ -1,8 +1,9 @@
 //! What a job is, as every dialect and the file store see it: its state machine
 //! (`queued → running → succeeded | failed | cancelled`), its progress, its
 //! images and its settings. [`JobSnapshot`] is both the in-memory state published
-//! to waiters and the JSON record written beside the PNGs, so a status read after
-//! a restart looks the same as one before.
+//! to waiters and the heart of the JSON record written beside the PNGs
+//! (`record.rs` adds what only the server needs), so a status read after a
+//! restart looks the same as one before.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -190,7 +191,7 @@ pub struct JobTimings {
     pub total: f64,
 }
 
-/// The full state of one job at one moment; also the on-disk JSON record.
+/// The full state of one job at one moment; also the body of its on-disk record.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct JobSnapshot {
     /// Job id.

@@ -1,5 +1,6 @@
-//! Building and running a server: [`App::new`] prepares the output directory,
-//! metrics and job system; [`App::router`] assembles every route with its layers
+//! Building and running a server: [`App::new`] prepares the output directory
+//! (proved writable), metrics and job system, recovers the jobs a crash left
+//! unfinished and starts retention; [`App::router`] assembles every route with its layers
 //! (usable in tests without binding a port); [`App::install_backend`] starts the
 //! worker once the model is loaded (until then `/readyz` says 503); [`App::serve`]
 //! runs on a listener and drains on the shutdown signal.
@@ -41,8 +42,8 @@ pub struct ShutdownReport {
 /// Why a server could not be built or started.
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
-    /// The output directory could not be created or read.
-    #[error("output directory {path}: {source}")]
+    /// The output directory could not be created, read or written.
+    #[error("output directory {path} is not usable: {source}")]
     OutputDir {
         /// The directory.
         path: std::path::PathBuf,
@@ -59,6 +60,9 @@ pub enum ServerError {
     /// The worker thread could not be started.
     #[error("could not start the worker thread: {0}")]
     Worker(std::io::Error),
+    /// The retention thread could not be started.
+    #[error("could not start the retention thread: {0}")]
+    Retention(std::io::Error),
 }
 
 /// A server: state plus the routes over it. Cheap to clone.
@@ -68,28 +72,34 @@ pub struct App {
 }
 
 impl App {
-    /// Prepares a server; no model yet, so `/readyz` answers 503.
+    /// Prepares a server; no model yet, so `/readyz` answers 503. Refuses an
+    /// output directory it cannot write; queues again the native jobs a crash
+    /// left unfinished (they run once a backend is installed), fails the
+    /// synchronous ones, then sweeps old results and starts the sweeper.
     pub fn new(config: ServerConfig) -> Result<Self, ServerError> {
-        let store = Store::open(&config.output_dir).map_err(|source| ServerError::OutputDir {
+        let dir_error = |source| ServerError::OutputDir {
             path: config.output_dir.clone(),
             source,
-        })?;
-        let signer = UrlSigner::load_or_create(&config.output_dir).map_err(|source| {
-            ServerError::OutputDir {
-                path: config.output_dir.clone(),
-                source,
-            }
-        })?;
+        };
+        let store = Store::open(&config.output_dir).map_err(dir_error)?;
+        let signer = UrlSigner::load_or_create(&config.output_dir).map_err(dir_error)?;
         let metrics = Arc::new(Metrics::new()?);
         let jobs = Jobs::new(
             JobSettings {
                 capacity: config.queue_size,
                 max_batch_images: config.max_batch_images.max(1),
                 finished_ttl: config.finished_ttl,
+                result_ttl: config.result_ttl,
+                max_output_bytes: config.max_output_bytes,
+                min_free_disk: config.min_free_disk,
             },
             store,
             metrics.clone(),
         );
+        jobs.recover().map_err(dir_error)?;
+        jobs.sweep().map_err(dir_error)?;
+        jobs.spawn_sweeper(config.sweep_interval)
+            .map_err(ServerError::Retention)?;
         Ok(Self {
             state: Arc::new(AppState {
                 config,
@@ -113,6 +123,10 @@ impl App {
             .backend
             .set(backend.clone())
             .map_err(|_| ServerError::AlreadyLoaded)?;
+        // Jobs recovered from disk were validated against the model of their day.
+        self.state
+            .jobs
+            .revalidate(|request| backend.validate(request).map_err(|e| e.to_string()));
         crate::jobs::worker::spawn(self.state.jobs.clone(), backend)
             .map_err(ServerError::Worker)?;
         Ok(())

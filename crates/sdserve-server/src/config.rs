@@ -23,6 +23,18 @@ pub const DEFAULT_MAX_BODY_BYTES: usize = 16 * 1024 * 1024;
 pub const DEFAULT_QUEUE_SIZE: usize = 64;
 /// Default `--drain-timeout`, in seconds.
 pub const DEFAULT_DRAIN_TIMEOUT_SECS: u64 = 120;
+/// Default `--result-ttl`, in seconds: 7 days, long enough to fetch a result
+/// after a weekend, short enough that a small disk does not fill.
+pub const DEFAULT_RESULT_TTL_SECS: u64 = 7 * 24 * 3600;
+/// Default `--max-output-bytes`: 10 GiB of results (about 25,000 512² PNGs);
+/// past it the oldest results go first.
+pub const DEFAULT_MAX_OUTPUT_BYTES: u64 = 10 * 1024 * 1024 * 1024;
+/// Default `--min-free-disk`: below 1 GiB free on the output directory's file
+/// system, `/readyz` says 503 and new jobs get 507 (a fixed size, not a
+/// percentage, so it means the same on a 20 GiB and a 2 TiB disk).
+pub const DEFAULT_MIN_FREE_DISK_BYTES: u64 = 1024 * 1024 * 1024;
+/// How often retention runs (and once at start).
+pub const DEFAULT_SWEEP_INTERVAL_SECS: u64 = 60;
 
 /// Default `--max-connections`: well under the usual 1024 file descriptors.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 512;
@@ -178,6 +190,17 @@ pub struct ServerConfig {
     pub drain_timeout: Duration,
     /// Connection limits and timeouts.
     pub connections: ConnectionLimits,
+    /// How long finished results (images and record) are kept on disk; zero
+    /// keeps them forever (`--result-ttl`).
+    pub result_ttl: Duration,
+    /// Most bytes of finished results on disk, oldest removed first; zero for no
+    /// cap (`--max-output-bytes`).
+    pub max_output_bytes: u64,
+    /// Free bytes the output directory's file system must keep, else not ready
+    /// and new jobs refused with 507; zero turns the check off (`--min-free-disk`).
+    pub min_free_disk: u64,
+    /// How often retention runs.
+    pub sweep_interval: Duration,
 }
 
 impl ServerConfig {
@@ -193,6 +216,10 @@ impl ServerConfig {
             finished_ttl: Duration::from_secs(600),
             drain_timeout: Duration::from_secs(DEFAULT_DRAIN_TIMEOUT_SECS),
             connections: ConnectionLimits::default(),
+            result_ttl: Duration::from_secs(DEFAULT_RESULT_TTL_SECS),
+            max_output_bytes: DEFAULT_MAX_OUTPUT_BYTES,
+            min_free_disk: DEFAULT_MIN_FREE_DISK_BYTES,
+            sweep_interval: Duration::from_secs(DEFAULT_SWEEP_INTERVAL_SECS),
         }
     }
 }

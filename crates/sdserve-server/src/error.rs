@@ -92,9 +92,16 @@ pub enum ApiError {
     /// The engine failed while generating.
     #[error("generation failed: {0}")]
     Generation(String),
-    /// A fault on our side (storage, a broken worker).
+    /// A fault on our side (a broken worker).
     #[error("internal error: {0}")]
     Internal(String),
+    /// A job's images or record could not be written, or the disk is below
+    /// `--min-free-disk` so new jobs are refused.
+    #[error("insufficient storage: {0}")]
+    Storage(String),
+    /// Readiness: the output directory's disk is below `--min-free-disk`.
+    #[error("not ready: {0}")]
+    LowDisk(String),
 }
 
 impl ApiError {
@@ -115,8 +122,9 @@ impl ApiError {
             Self::InvalidLink(_) => StatusCode::FORBIDDEN,
             Self::AlreadyFinished(_) | Self::Cancelled(_) => StatusCode::CONFLICT,
             Self::QueueFull { .. } => StatusCode::TOO_MANY_REQUESTS,
-            Self::NotReady | Self::Draining => StatusCode::SERVICE_UNAVAILABLE,
+            Self::NotReady | Self::Draining | Self::LowDisk(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Generation(_) | Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            Self::Storage(_) => StatusCode::INSUFFICIENT_STORAGE,
         }
     }
 
@@ -140,6 +148,8 @@ impl ApiError {
             Self::Draining => "draining",
             Self::Generation(_) => "generation",
             Self::Internal(_) => "internal",
+            Self::Storage(_) => "storage",
+            Self::LowDisk(_) => "low_disk",
         }
     }
 
@@ -254,6 +264,17 @@ mod tests {
             assert_eq!(e.status(), StatusCode::SERVICE_UNAVAILABLE);
             assert!(e.retry_after().is_some());
         }
+    }
+
+    #[test]
+    fn storage_faults_are_507_and_low_disk_unready() {
+        let e = ApiError::Storage("disk full".into());
+        assert_eq!(e.status(), StatusCode::INSUFFICIENT_STORAGE);
+        assert_eq!(e.code(), "storage");
+        assert!(e.to_string().contains("disk full"));
+        let e = ApiError::LowDisk("12 bytes free".into());
+        assert_eq!(e.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert!(e.to_string().contains("12 bytes free"));
     }
 
     #[test]

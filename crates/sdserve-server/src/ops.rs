@@ -45,7 +45,8 @@ pub async fn livez() -> Json<Health> {
     })
 }
 
-/// Readiness: 200 once the model is loaded; 503 while loading and while draining.
+/// Readiness: 200 once the model is loaded; 503 while loading, while draining,
+/// and while the output disk is below `--min-free-disk` (the body says why).
 #[utoipa::path(get, path = "/readyz", tag = "ops", security(()),
     responses((status = 200, description = "Ready", body = Health), NativeErrors))]
 pub async fn readyz(State(state): State<Arc<AppState>>) -> Result<Json<Health>, Rejection<Native>> {
@@ -53,6 +54,9 @@ pub async fn readyz(State(state): State<Arc<AppState>>) -> Result<Json<Health>, 
         return Err(ApiError::Draining.into());
     }
     state.backend()?;
+    if let Some(problem) = state.jobs.storage_problem() {
+        return Err(ApiError::LowDisk(problem).into());
+    }
     Ok(Json(Health {
         status: "ready".into(),
     }))

@@ -10,7 +10,7 @@ use crate::dialects::Dialect;
 use crate::engine_api::ModelInfo;
 use crate::error::ApiError;
 use crate::extract::Caller;
-use crate::jobs::{FailureKind, ImageId, JobHandle, JobId, JobSnapshot, JobStatus, Jobs};
+use crate::jobs::{FailureKind, ImageId, JobHandle, JobId, JobSnapshot, JobStatus, Jobs, Keep};
 use crate::metrics::Metrics;
 use crate::signing::UrlSigner;
 use crate::validation::{validate, JobSpec, ValidJob, ValidationError};
@@ -41,39 +41,67 @@ impl AppState {
         Ok(self.backend()?.info())
     }
 
-    /// Ready for traffic: model loaded and not draining.
+    /// Ready for traffic: model loaded, not draining, enough free disk.
     pub fn is_ready(&self) -> bool {
-        self.backend.get().is_some() && !self.jobs.is_draining()
+        self.backend.get().is_some()
+            && !self.jobs.is_draining()
+            && self.jobs.storage_problem().is_none()
     }
 
-    /// The gate: counts the request, validates it and queues it, or says why not.
-    pub fn submit(
+    /// The gate: counts the request, validates it, records and queues it, or says why not.
+    pub async fn submit(
         &self,
         dialect: Dialect,
         caller: &Caller,
         spec: Result<JobSpec, ApiError>,
     ) -> Result<JobHandle, ApiError> {
+        self.submit_with(dialect, caller, spec, Keep::Stored).await
+    }
+
+    /// [`AppState::submit`], saying whether the result outlives the response.
+    pub async fn submit_with(
+        &self,
+        dialect: Dialect,
+        caller: &Caller,
+        spec: Result<JobSpec, ApiError>,
+        keep: Keep,
+    ) -> Result<JobHandle, ApiError> {
         self.metrics
             .requests_total
             .with_label_values(&[dialect.as_str()])
             .inc();
-        let result = (|| {
+        let result = async {
             let spec = spec?;
             if self.jobs.is_draining() {
                 return Err(ApiError::Draining);
             }
             let backend = self.backend()?;
             let request = validate(spec, &self.config.limits, backend.as_ref())?;
-            self.jobs.submit(ValidJob {
+            let job = ValidJob {
                 request,
                 client: caller.client.clone(),
                 dialect,
-            })
-        })();
+            };
+            // Admission fsyncs the job's record: off the async runtime. If this
+            // request is dropped meanwhile, the job is still admitted and runs;
+            // a response-only result is then removed by retention.
+            let jobs = self.jobs.clone();
+            tokio::task::spawn_blocking(move || jobs.submit(job, keep))
+                .await
+                .unwrap_or_else(|e| Err(ApiError::Internal(format!("admission failed: {e}"))))
+        }
+        .await;
         if let Err(e) = &result {
             self.metrics.failure(failure_reason(e));
         }
         result
+    }
+
+    /// Removes a finished response-only job's images and record (once its
+    /// synchronous response holds the images).
+    pub async fn discard(&self, snapshot: JobSnapshot) {
+        let jobs = self.jobs.clone();
+        let _ = tokio::task::spawn_blocking(move || jobs.discard(&snapshot)).await;
     }
 
     /// Waits for a synchronous dialect's job; a failed or cancelled job becomes an error.
@@ -90,7 +118,8 @@ impl AppState {
                 Err(match kind {
                     FailureKind::InvalidRequest => ValidationError::Engine(message).into(),
                     FailureKind::Generation => ApiError::Generation(message),
-                    FailureKind::Internal => ApiError::Internal(message),
+                    FailureKind::Storage => ApiError::Storage(message),
+                    FailureKind::Internal | FailureKind::Interrupted => ApiError::Internal(message),
                 })
             }
         }
@@ -105,6 +134,7 @@ impl AppState {
             .store()
             .read_record(id)
             .await
+            .map(|record| record.snapshot)
             .ok_or_else(|| ApiError::JobNotFound(id.to_string()))
     }
 
@@ -135,6 +165,7 @@ fn failure_reason(error: &ApiError) -> &'static str {
         ApiError::QueueFull { .. } => "queue_full",
         ApiError::Draining => "draining",
         ApiError::NotReady => "not_ready",
+        ApiError::Storage(_) => "storage",
         e if e.status().is_client_error() => "invalid_request",
         _ => "internal",
     }

@@ -252,6 +252,95 @@ fn results_survive_restart_and_sigterm_exits_zero() {
 }
 
 #[test]
+fn sigkill_loses_no_accepted_job() {
+    let dir = tempfile::tempdir().unwrap();
+    let client = Client::new();
+    let server = Server::start(dir.path(), &[]);
+    let submit = |body: Value| -> String {
+        let resp = client
+            .post(server.url("/api/v1/jobs"))
+            .json(&body)
+            .send()
+            .unwrap();
+        assert_eq!(resp.status(), 202);
+        resp.json::<Value>().unwrap()["id"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    // A long job holds the worker while the others wait in the queue.
+    let long = submit(json!({"prompt": "interrupted", "steps": 40, "seed": 1}));
+    let s = Settings {
+        steps: 3,
+        ..Settings::default()
+    };
+    let mut queued = Vec::new();
+    for seed in [11, 12, 13] {
+        queued.push(submit(json!({
+            "prompt": s.prompt, "negative_prompt": s.negative_prompt, "seed": seed,
+            "steps": s.steps, "cfg_scale": s.cfg_scale, "sampler": s.sampler,
+            "width": s.width, "height": s.height
+        })));
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let job: Value = client
+            .get(server.url(&format!("/api/v1/jobs/{long}")))
+            .send()
+            .unwrap()
+            .json()
+            .unwrap();
+        if job["status"] == "running" {
+            assert_eq!(job["progress"]["total"], 40);
+            break;
+        }
+        assert_eq!(job["status"], "queued", "{job}");
+        assert!(Instant::now() < deadline, "{job}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    server.kill();
+    // Killed mid-run: every accepted job is on disk, none finished.
+    for id in std::iter::once(&long).chain(&queued) {
+        let record: Value =
+            serde_json::from_slice(&std::fs::read(dir.path().join(format!("{id}.json"))).unwrap())
+                .unwrap();
+        assert_eq!(record["status"], "queued", "{record}");
+    }
+
+    // The retention and disk flags parse (and keep everything here).
+    let server = Server::start(
+        dir.path(),
+        &[
+            "--result-ttl",
+            "0",
+            "--max-output-bytes",
+            "0",
+            "--min-free-disk",
+            "1",
+        ],
+    );
+    for id in std::iter::once(&long).chain(&queued) {
+        let job = wait_job(&client, &server, id);
+        assert_eq!(job["status"], "succeeded", "{job}");
+        let png = client
+            .get(server.url(job["images"][0]["url"].as_str().unwrap()))
+            .send()
+            .unwrap();
+        assert_eq!(png.status(), 200);
+    }
+    let job = wait_job(&client, &server, &queued[0]);
+    let got = client
+        .get(server.url(job["images"][0]["url"].as_str().unwrap()))
+        .send()
+        .unwrap()
+        .bytes()
+        .unwrap();
+    let want = cli_png(&Settings { seed: 11, ..s }, dir.path());
+    assert_same_image(&got, &want, "re-run after SIGKILL");
+    assert!(server.terminate().success());
+}
+
+#[test]
 fn sigterm_drains_the_running_job_then_exits_zero() {
     let dir = tempfile::tempdir().unwrap();
     let client = Client::new();

@@ -8,11 +8,14 @@ pub mod openai;
 pub mod simple;
 
 use axum::response::{IntoResponse, Response};
+use serde::{Deserialize, Serialize};
 
 use crate::error::{ApiError, Rejection};
 
-/// Which API a request came through.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+/// Which API a request came through (kept in each job's record, so a restart
+/// knows whether a client holds an id to come back for).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Dialect {
     /// `/api/v1`: asynchronous jobs.
     Native,

@@ -23,7 +23,7 @@ use super::Dialect;
 use crate::error::{to_json, ApiError, ErrorShape, Rejection};
 use crate::extract::{parse_id, parse_json, Caller};
 use crate::jobs::job::unix_now;
-use crate::jobs::ImageId;
+use crate::jobs::{ImageId, JobHandle, Keep};
 use crate::signing::SIGNED_LINK_TTL_SECS;
 use crate::state::AppState;
 use crate::validation::{FieldNames, JobSpec, ValidationError};
@@ -120,6 +120,9 @@ pub enum OpenAiErrors {
     /// Model loading or server draining.
     #[response(status = 503, headers(("Retry-After" = u64, description = "Seconds to wait")))]
     Unavailable(OpenAiError),
+    /// The job's images or record could not be written, or the disk is below `--min-free-disk`.
+    #[response(status = 507)]
+    InsufficientStorage(OpenAiError),
 }
 
 /// How the OpenAI dialect names the shared fields.
@@ -294,10 +297,32 @@ pub async fn generations(
     let request = parse_json::<ImageGenerationRequest>(body, state.config.limits.max_body_bytes);
     let as_url = matches!(&request, Ok(r) if r.response_format.as_deref() == Some("url"));
     let spec = request.and_then(|r| r.to_spec(&state.model()?.name));
+    // b64_json carries the images in the response, and nothing names their
+    // files afterwards: they are removed once it is built. `url` keeps them.
+    let keep = if as_url {
+        Keep::Stored
+    } else {
+        Keep::ResponseOnly
+    };
     let handle = state
-        .submit(Dialect::OpenAi, &caller, spec)?
+        .submit_with(Dialect::OpenAi, &caller, spec, keep)
+        .await?
         .cancel_on_drop();
-    let snapshot = state.wait_success(&handle).await?;
+    let response = respond(&state, &handle, as_url, &headers).await;
+    if keep == Keep::ResponseOnly {
+        state.discard(handle.snapshot()).await;
+    }
+    response.map(Json)
+}
+
+/// The images of a finished OpenAI job, as the response carries them.
+async fn respond(
+    state: &AppState,
+    handle: &JobHandle,
+    as_url: bool,
+    headers: &HeaderMap,
+) -> Result<ImagesResponse, Rejection<OpenAi>> {
+    let snapshot = state.wait_success(handle).await?;
     let host = headers
         .get(header::HOST)
         .and_then(|h| h.to_str().ok())
@@ -323,10 +348,10 @@ pub async fn generations(
             seed: image.seed,
         });
     }
-    Ok(Json(ImagesResponse {
+    Ok(ImagesResponse {
         created: unix_now() as u64,
         data,
-    }))
+    })
 }
 
 /// The served model.

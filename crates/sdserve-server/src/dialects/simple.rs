@@ -78,6 +78,9 @@ pub enum SimpleErrors {
     /// Model loading or server draining.
     #[response(status = 503, headers(("Retry-After" = u64, description = "Seconds to wait")))]
     Unavailable(A1111Detail),
+    /// The job's images or record could not be written, or the disk is below `--min-free-disk`.
+    #[response(status = 507)]
+    InsufficientStorage(A1111Detail),
 }
 
 /// How the simple dialect names the shared fields.
@@ -139,7 +142,8 @@ pub async fn generate(
         }
     });
     let handle = state
-        .submit(Dialect::Simple, &caller, spec)?
+        .submit(Dialect::Simple, &caller, spec)
+        .await?
         .cancel_on_drop();
     let snapshot = state.wait_success(&handle).await?;
     let Some(image) = snapshot.images.first() else {

@@ -1,8 +1,9 @@
 //! What a job is, as every dialect and the file store see it: its state machine
 //! (`queued → running → succeeded | failed | cancelled`), its progress, its
 //! images and its settings. [`JobSnapshot`] is both the in-memory state published
-//! to waiters and the JSON record written beside the PNGs, so a status read after
-//! a restart looks the same as one before.
+//! to waiters and the heart of the JSON record written beside the PNGs
+//! (`record.rs` adds what only the server needs), so a status read after a
+//! restart looks the same as one before.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -90,6 +91,26 @@ impl JobParams {
     pub fn sampler_id(&self) -> Option<SamplerId> {
         self.sampler.parse().ok()
     }
+
+    /// The engine request these settings stand for: the inverse of
+    /// `From<&GenerateRequest>`, used to re-run a recorded job after a restart.
+    /// Fails only on a sampler id this build does not know.
+    pub fn to_request(&self) -> Result<GenerateRequest, String> {
+        let sampler = self
+            .sampler_id()
+            .ok_or_else(|| format!("unknown sampler {:?}", self.sampler))?;
+        Ok(GenerateRequest {
+            prompt: self.prompt.clone(),
+            negative_prompt: self.negative_prompt.clone(),
+            seed: self.seed,
+            steps: self.steps,
+            cfg_scale: self.cfg_scale,
+            sampler,
+            width: self.width,
+            height: self.height,
+            batch_size: self.batch_size,
+        })
+    }
 }
 
 /// Why a job failed, kept so a synchronous dialect can answer with the right status.
@@ -100,8 +121,27 @@ pub enum FailureKind {
     InvalidRequest,
     /// The engine failed while generating (a fault on our side).
     Generation,
-    /// Writing the result failed, or the worker broke (a fault on our side).
+    /// The worker broke (a fault on our side).
     Internal,
+    /// An image or the job's record could not be written (disk full, output
+    /// directory gone); none of its images are kept.
+    Storage,
+    /// The server stopped (crash, kill) while the job was unfinished, and its
+    /// client (a synchronous dialect) could not come back for it.
+    Interrupted,
+}
+
+impl FailureKind {
+    /// The `reason` label of `sd_request_failures_total`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::InvalidRequest => "invalid_request",
+            Self::Generation => "generation",
+            Self::Internal => "internal",
+            Self::Storage => "storage",
+            Self::Interrupted => "interrupted",
+        }
+    }
 }
 
 /// The error a failed job ended with.
@@ -151,7 +191,7 @@ pub struct JobTimings {
     pub total: f64,
 }
 
-/// The full state of one job at one moment; also the on-disk JSON record.
+/// The full state of one job at one moment; also the body of its on-disk record.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct JobSnapshot {
     /// Job id.
@@ -207,4 +247,38 @@ pub fn unix_now() -> f64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs_f64())
         .unwrap_or(0.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn params_map_back_to_the_whole_engine_request() {
+        let base = GenerateRequest {
+            prompt: "a cat".into(),
+            negative_prompt: "dog".into(),
+            seed: Some(42),
+            steps: 7,
+            cfg_scale: 6.5,
+            sampler: SamplerId::Euler,
+            width: 64,
+            height: 128,
+            batch_size: 3,
+        };
+        for sampler in SamplerId::ALL {
+            let request = GenerateRequest {
+                sampler,
+                ..base.clone()
+            };
+            let params = JobParams::from(&request);
+            let json = serde_json::to_string(&params).unwrap();
+            let back: JobParams = serde_json::from_str(&json).unwrap();
+            assert_eq!(back.to_request().unwrap(), request);
+        }
+        let mut params = JobParams::from(&GenerateRequest { seed: None, ..base });
+        assert_eq!(params.to_request().unwrap().seed, None);
+        params.sampler = "no such".into();
+        assert!(params.to_request().unwrap_err().contains("no such"));
+    }
 }

@@ -6,6 +6,10 @@
 //! updates (never across an `.await` or an engine call); the worker sleeps on a
 //! `Condvar`. Each job publishes its [`JobSnapshot`] on a `tokio::sync::watch`
 //! channel, which is how waiters, SSE streams and status reads see it.
+//!
+//! Durability: a job's record is on disk (fsynced) before [`Jobs::submit`]
+//! returns, and rewritten when it ends; `recovery.rs` re-queues what a crash
+//! left unfinished, `retention.rs` removes old results.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -15,8 +19,12 @@ use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
 use super::id::JobId;
-use super::job::{unix_now, JobFailure, JobParams, JobSnapshot, JobStatus, StepProgress};
+use super::job::{
+    unix_now, FailureKind, JobFailure, JobParams, JobSnapshot, JobStatus, StepProgress,
+};
 use super::queue::{ClientId, FairQueue};
+use super::record::{JobRecord, Keep};
+use super::space::DiskGuard;
 use super::store::Store;
 use crate::dialects::Dialect;
 use crate::engine_api::{batch_compatible, GenerateRequest};
@@ -40,6 +48,12 @@ pub struct JobSettings {
     pub max_batch_images: usize,
     /// How long finished jobs stay in memory (their records stay on disk).
     pub finished_ttl: Duration,
+    /// How long finished results stay on disk (zero: forever).
+    pub result_ttl: Duration,
+    /// Most bytes of finished results on disk (zero: no cap).
+    pub max_output_bytes: u64,
+    /// Free bytes the output disk must keep for new jobs (zero: no check).
+    pub min_free_disk: u64,
 }
 
 /// One job while the server knows it in memory.
@@ -54,6 +68,10 @@ pub struct JobEntry {
     pub request: GenerateRequest,
     /// When it was accepted.
     pub enqueued: Instant,
+    /// Admission order, kept in its record (restart order).
+    pub seq: u64,
+    /// Whether its result outlives the response.
+    pub keep: Keep,
     pub(super) cancel: AtomicBool,
     pub(super) state: watch::Sender<JobSnapshot>,
 }
@@ -94,15 +112,19 @@ pub struct CurrentBatch {
 }
 
 #[derive(Default)]
-struct State {
-    queue: FairQueue<Arc<JobEntry>>,
-    jobs: HashMap<JobId, Arc<JobEntry>>,
+pub(super) struct State {
+    pub(super) queue: FairQueue<Arc<JobEntry>>,
+    pub(super) jobs: HashMap<JobId, Arc<JobEntry>>,
     finished: VecDeque<(Instant, JobId)>,
     running: Vec<Arc<JobEntry>>,
     current: Option<CurrentBatch>,
     stop: bool,
     /// Moving average of batch wall time, for Retry-After.
     batch_seconds: Option<f64>,
+    /// Admitted jobs whose record is being written (they hold a queue slot).
+    reserved: usize,
+    /// The last admission sequence number given out.
+    pub(super) last_seq: u64,
 }
 
 pub(super) struct Shared {
@@ -111,6 +133,7 @@ pub(super) struct Shared {
     pub(super) store: Store,
     pub(super) metrics: Arc<Metrics>,
     pub(super) settings: JobSettings,
+    pub(super) disk: DiskGuard,
     draining: AtomicBool,
 }
 
@@ -127,6 +150,7 @@ impl Jobs {
             shared: Arc::new(Shared {
                 state: Mutex::new(State::default()),
                 work: Condvar::new(),
+                disk: DiskGuard::new(store.clone(), settings.min_free_disk),
                 store,
                 metrics,
                 settings,
@@ -140,31 +164,66 @@ impl Jobs {
         &self.shared.store
     }
 
-    /// Accepts a job into the queue, or refuses it (queue full, draining).
-    pub fn submit(&self, job: ValidJob) -> Result<JobHandle, ApiError> {
+    /// Why new jobs are refused for lack of disk space, if they are (cached briefly).
+    pub fn storage_problem(&self) -> Option<String> {
+        self.shared.disk.problem()
+    }
+
+    /// Accepts a job: records it on disk (fsynced), then queues it; or refuses
+    /// it (draining, low disk, queue full, or the record could not be written,
+    /// in which case nothing is queued). Blocking: call it off the async runtime.
+    pub fn submit(&self, job: ValidJob, keep: Keep) -> Result<JobHandle, ApiError> {
         if self.shared.draining.load(Ordering::SeqCst) {
             return Err(ApiError::Draining);
         }
+        if let Some(problem) = self.storage_problem() {
+            return Err(ApiError::Storage(problem));
+        }
+        let (id, seq) = {
+            let mut st = self.shared.lock();
+            if st.stop {
+                return Err(ApiError::Draining);
+            }
+            let capacity = self.shared.settings.capacity;
+            if st.queue.len() + st.reserved >= capacity {
+                return Err(ApiError::QueueFull {
+                    capacity,
+                    retry_after: self.shared.retry_after(&st),
+                });
+            }
+            st.reserved += 1;
+            st.last_seq += 1;
+            (JobId::new(), st.last_seq)
+        };
+        // The slot is reserved; write the record without holding the lock.
+        let snapshot = JobSnapshot::queued(id, JobParams::from(&job.request), 0);
+        let record = JobRecord {
+            snapshot,
+            client: job.client.as_str().to_string(),
+            dialect: Some(job.dialect),
+            seq,
+            keep,
+        };
+        let written = self.shared.store.write_record(&record);
         let mut st = self.shared.lock();
-        if st.stop {
-            return Err(ApiError::Draining);
+        st.reserved -= 1;
+        if let Err(e) = written {
+            drop(st);
+            tracing::error!(job = %id, error = %e, "could not record a new job; refused");
+            return Err(ApiError::Storage(format!(
+                "could not record the job in {}: {e}",
+                self.shared.store.dir().display()
+            )));
         }
-        let capacity = self.shared.settings.capacity;
-        if st.queue.len() >= capacity {
-            return Err(ApiError::QueueFull {
-                capacity,
-                retry_after: self.shared.retry_after(&st),
-            });
-        }
-        let id = JobId::new();
-        let snapshot = JobSnapshot::queued(id, JobParams::from(&job.request), st.queue.len());
-        let (state, _) = watch::channel(snapshot);
+        let (state, _) = watch::channel(record.snapshot);
         let entry = Arc::new(JobEntry {
             id,
             client: job.client.clone(),
             origin: job.dialect,
             request: job.request,
             enqueued: Instant::now(),
+            seq,
+            keep,
             cancel: AtomicBool::new(false),
             state,
         });
@@ -177,6 +236,14 @@ impl Jobs {
         self.shared.work.notify_one();
         tracing::debug!(job = %id, client = ?entry.client, "job queued");
         Ok(JobHandle::new(entry, self.clone()))
+    }
+
+    /// Forgets a finished job in memory (its files were removed).
+    pub(super) fn forget(&self, id: JobId) {
+        let mut st = self.shared.lock();
+        if st.jobs.get(&id).is_some_and(|e| e.status().is_terminal()) {
+            st.jobs.remove(&id);
+        }
     }
 
     /// The in-memory entry of a job (queued, running or recently finished).
@@ -279,10 +346,10 @@ impl Jobs {
         self.shared.draining.load(Ordering::SeqCst)
     }
 
-    /// True when nothing is queued or running.
+    /// True when nothing is queued or running (or being admitted).
     pub fn is_idle(&self) -> bool {
         let st = self.shared.lock();
-        st.queue.is_empty() && st.running.is_empty()
+        st.queue.is_empty() && st.running.is_empty() && st.reserved == 0
     }
 
     /// Waits until nothing is queued or running, up to `timeout`; false on timeout.
@@ -374,12 +441,12 @@ impl Jobs {
 }
 
 impl Shared {
-    fn lock(&self) -> MutexGuard<'_, State> {
+    pub(super) fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Publishes each queued job's place in the service order.
-    fn refresh_positions(st: &State) {
+    pub(super) fn refresh_positions(st: &State) {
         for (position, entry) in st.queue.service_order().into_iter().enumerate() {
             entry.state.send_if_modified(|s| {
                 let changed = s.queue_position != Some(position);
@@ -411,20 +478,51 @@ impl Shared {
         }
     }
 
+    /// The record of `entry` in state `snapshot`.
+    pub(super) fn record_of(entry: &JobEntry, snapshot: JobSnapshot) -> JobRecord {
+        JobRecord {
+            snapshot,
+            client: entry.client.as_str().to_string(),
+            dialect: Some(entry.origin),
+            seq: entry.seq,
+            keep: entry.keep,
+        }
+    }
+
     /// Moves a job to a terminal state: writes its record, then publishes it.
+    /// A success whose record cannot be written becomes a storage failure, and
+    /// its images are removed (nothing would point to them).
     pub(super) fn finish(
         &self,
         entry: &JobEntry,
         mut snap: JobSnapshot,
-        status: JobStatus,
+        mut status: JobStatus,
         error: Option<JobFailure>,
     ) -> JobSnapshot {
         snap.status = status;
         snap.error = error;
         snap.queue_position = None;
         snap.finished_at = Some(unix_now());
-        if let Err(e) = self.store.write_record(&snap) {
+        let mut recorded = self
+            .store
+            .write_record(&Self::record_of(entry, snap.clone()));
+        if let Err(e) = &recorded {
             tracing::error!(job = %entry.id, error = %e, "could not write job record");
+            if status == JobStatus::Succeeded {
+                let images = std::mem::take(&mut snap.images);
+                if let Err(e) = self.store.remove_images(images.iter().map(|i| i.id)) {
+                    tracing::error!(job = %entry.id, error = %e, "could not remove its images");
+                }
+                status = JobStatus::Failed;
+                snap.status = status;
+                snap.error = Some(JobFailure {
+                    kind: FailureKind::Storage,
+                    message: format!("could not write the job's record: {e}"),
+                });
+                recorded = self
+                    .store
+                    .write_record(&Self::record_of(entry, snap.clone()));
+            }
         }
         match status {
             JobStatus::Succeeded => self
@@ -432,17 +530,19 @@ impl Shared {
                 .request_duration_seconds
                 .observe(entry.enqueued.elapsed().as_secs_f64()),
             JobStatus::Cancelled => self.metrics.failure("cancelled"),
-            _ => self
-                .metrics
-                .failure(match snap.error.as_ref().map(|e| e.kind) {
-                    Some(super::job::FailureKind::InvalidRequest) => "invalid_request",
-                    Some(super::job::FailureKind::Generation) => "generation",
-                    _ => "internal",
-                }),
+            _ => self.metrics.failure(
+                snap.error
+                    .as_ref()
+                    .map_or(FailureKind::Internal, |e| e.kind)
+                    .as_str(),
+            ),
         }
         entry.state.send_replace(snap.clone());
         let mut st = self.lock();
-        st.finished.push_back((Instant::now(), entry.id));
+        // Without a final record on disk, memory is the only truth: keep it there.
+        if recorded.is_ok() {
+            st.finished.push_back((Instant::now(), entry.id));
+        }
         let t = snap.timings.unwrap_or_default();
         tracing::info!(
             job = %entry.id,

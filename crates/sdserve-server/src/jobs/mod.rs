@@ -1,11 +1,18 @@
 //! The one job model every dialect shares: ids, states, the bounded fair queue,
-//! the worker thread that runs the engine, and the on-disk results.
+//! the worker thread that runs the engine, and the on-disk records and results:
+//! durable before a job is acknowledged (`manager.rs`), recovered after a crash
+//! (`recovery.rs`), removed when old (`retention.rs`), refused up front when the
+//! disk is nearly full (`space.rs`).
 
 pub mod handle;
 pub mod id;
 pub mod job;
 pub mod manager;
 pub mod queue;
+pub mod record;
+pub mod recovery;
+pub mod retention;
+pub mod space;
 pub mod store;
 pub mod worker;
 
@@ -16,4 +23,6 @@ pub use job::{
 };
 pub use manager::{CurrentBatch, JobEntry, JobHandle, JobSettings, Jobs};
 pub use queue::ClientId;
+pub use record::{JobRecord, Keep};
+pub use recovery::{Recovered, INTERRUPTED};
 pub use store::Store;

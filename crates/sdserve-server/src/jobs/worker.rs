@@ -170,23 +170,29 @@ fn finish_job(jobs: &Jobs, entry: &JobEntry, result: Result<GenerationOutput, En
         }
     };
     let encode_start = Instant::now();
-    let mut images = Vec::with_capacity(output.images.len());
+    let mut images: Vec<ImageRecord> = Vec::with_capacity(output.images.len());
     for image in &output.images {
         let id = ImageId::new();
-        let stored = png::encode_png(image)
-            .map_err(|e| e.to_string())
-            .and_then(|bytes| {
-                shared
-                    .store
-                    .write_png(id, &bytes)
-                    .map_err(|e| e.to_string())
-            });
-        if let Err(message) = stored {
+        let stored = match png::encode_png(image) {
+            Err(e) => Err((
+                FailureKind::Internal,
+                format!("could not encode the image: {e}"),
+            )),
+            Ok(bytes) => shared.store.write_png(id, &bytes).map_err(|e| {
+                let dir = shared.store.dir().display();
+                (
+                    FailureKind::Storage,
+                    format!("could not store the image in {dir}: {e}"),
+                )
+            }),
+        };
+        if let Err((kind, message)) = stored {
             tracing::error!(job = %entry.id, error = %message, "could not store image");
-            let failure = JobFailure {
-                kind: FailureKind::Internal,
-                message: format!("could not store the image: {message}"),
-            };
+            // No orphans: the images already written go with the failed job.
+            if let Err(e) = shared.store.remove_images(images.iter().map(|i| i.id)) {
+                tracing::error!(job = %entry.id, error = %e, "could not remove its images");
+            }
+            let failure = JobFailure { kind, message };
             shared.finish(entry, snap, JobStatus::Failed, Some(failure));
             return;
         }

@@ -90,6 +90,16 @@ pub struct ServeArgs {
     /// Largest request body, in bytes.
     #[arg(long, default_value_t = config::DEFAULT_MAX_BODY_BYTES)]
     pub max_body_bytes: usize,
+    /// Seconds finished results (images and job records) are kept; 0 keeps them forever.
+    #[arg(long, value_name = "SECS", default_value_t = config::DEFAULT_RESULT_TTL_SECS)]
+    pub result_ttl: u64,
+    /// Most bytes of finished results kept in --output-dir, oldest removed first; 0 for no cap.
+    #[arg(long, value_name = "BYTES", default_value_t = config::DEFAULT_MAX_OUTPUT_BYTES)]
+    pub max_output_bytes: u64,
+    /// Below this many free bytes on --output-dir's disk, /readyz says 503 and new
+    /// jobs get 507; 0 turns the check off.
+    #[arg(long, value_name = "BYTES", default_value_t = config::DEFAULT_MIN_FREE_DISK_BYTES)]
+    pub min_free_disk: u64,
 }
 
 impl ServeArgs {
@@ -119,6 +129,9 @@ impl ServeArgs {
             keep_alive_timeout: Duration::from_secs(self.keep_alive_timeout),
             ..ConnectionLimits::default()
         };
+        config.result_ttl = Duration::from_secs(self.result_ttl);
+        config.max_output_bytes = self.max_output_bytes;
+        config.min_free_disk = self.min_free_disk;
         config
     }
 }

@@ -98,6 +98,17 @@ impl Server {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// Kills the process with SIGKILL (no drain, no cleanup) and waits for it.
+    pub fn kill(mut self) {
+        let mut child = self.child.take().expect("running");
+        let sent = Command::new("kill")
+            .args(["-KILL", &child.id().to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(sent.success());
+        let _ = child.wait();
+    }
+
     /// Sends SIGTERM and waits for the process to exit.
     pub fn terminate(mut self) -> ExitStatus {
         let mut child = self.child.take().expect("running");

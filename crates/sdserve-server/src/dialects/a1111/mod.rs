@@ -80,6 +80,7 @@ impl ErrorShape for A1111 {
             e if e.status().is_server_error() => to_json(&A1111Exception {
                 error: match e {
                     ApiError::Generation(_) => "GenerationError".into(),
+                    ApiError::Storage(_) => "StorageError".into(),
                     _ => "InternalError".into(),
                 },
                 detail: String::new(),
@@ -130,6 +131,9 @@ pub enum A1111Errors {
     /// Model loading or server draining.
     #[response(status = 503, headers(("Retry-After" = u64, description = "Seconds to wait")))]
     Unavailable(A1111Detail),
+    /// The job's images or record could not be written, or the disk is below `--min-free-disk`.
+    #[response(status = 507)]
+    InsufficientStorage(A1111Exception),
 }
 
 /// The A1111 routes.

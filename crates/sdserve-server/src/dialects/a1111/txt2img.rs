@@ -14,6 +14,7 @@ use super::{A1111Errors, A1111};
 use crate::dialects::Dialect;
 use crate::error::{ApiError, Rejection};
 use crate::extract::{parse_json, Caller};
+use crate::jobs::{JobHandle, Keep};
 use crate::state::AppState;
 
 /// Generate images from a prompt (A1111 compatible).
@@ -33,10 +34,31 @@ pub async fn txt2img(
         }
         Err(e) => (Txt2ImgRequest::default(), Err(e)),
     };
+    // As in A1111, `save_images` defaults to false: the images then live only
+    // in this response, and their files are removed once it is built.
+    let keep = if request.save_images.unwrap_or(false) {
+        Keep::Stored
+    } else {
+        Keep::ResponseOnly
+    };
     let handle = state
-        .submit(Dialect::A1111, &caller, spec)?
+        .submit_with(Dialect::A1111, &caller, spec, keep)
+        .await?
         .cancel_on_drop();
-    let snapshot = state.wait_success(&handle).await?;
+    let response = respond(&state, &handle, &request).await;
+    if keep == Keep::ResponseOnly {
+        state.discard(handle.snapshot()).await;
+    }
+    response.map(Json)
+}
+
+/// The answer for a finished job.
+async fn respond(
+    state: &AppState,
+    handle: &JobHandle,
+    request: &Txt2ImgRequest,
+) -> Result<Txt2ImgResponse, Rejection<A1111>> {
+    let snapshot = state.wait_success(handle).await?;
     let images = if request.send_images.unwrap_or(true) {
         let pngs = state.job_pngs(&snapshot).await?;
         pngs.iter()
@@ -46,9 +68,9 @@ pub async fn txt2img(
         Vec::new()
     };
     let model = state.model()?;
-    Ok(Json(Txt2ImgResponse {
+    Ok(Txt2ImgResponse {
         images,
-        parameters: parameters(&request, &snapshot),
-        info: info(&request, &snapshot, model),
-    }))
+        parameters: parameters(request, &snapshot),
+        info: info(request, &snapshot, model),
+    })
 }

@@ -72,7 +72,8 @@ pub struct Txt2ImgRequest {
     pub n_iter: Option<i64>,
     /// Return the images base64-encoded (default true).
     pub send_images: Option<bool>,
-    /// Accepted for compatibility: images are always saved in the output dir.
+    /// Keep the images in the output dir after the response (default false, as
+    /// in A1111: they are removed once the response is built).
     pub save_images: Option<bool>,
 }
 

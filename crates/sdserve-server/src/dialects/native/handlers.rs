@@ -38,7 +38,7 @@ pub async fn create_job(
 ) -> Result<Response> {
     let spec =
         parse_json::<CreateJob>(body, state.config.limits.max_body_bytes).map(CreateJob::into_spec);
-    let handle = state.submit(Dialect::Native, &caller, spec)?;
+    let handle = state.submit(Dialect::Native, &caller, spec).await?;
     let snap = handle.snapshot();
     let location = format!("/api/v1/jobs/{}", snap.id);
     let mut response = (

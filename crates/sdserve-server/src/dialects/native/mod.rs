@@ -77,6 +77,9 @@ pub enum NativeErrors {
     /// Model loading or server draining.
     #[response(status = 503, headers(("Retry-After" = u64, description = "Seconds to wait")))]
     Unavailable(NativeError),
+    /// The job's images or record could not be written, or the disk is below `--min-free-disk`.
+    #[response(status = 507)]
+    InsufficientStorage(NativeError),
 }
 
 /// The native routes.

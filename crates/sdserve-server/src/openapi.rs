@@ -21,7 +21,7 @@ use crate::ops;
             AUTOMATIC1111-compatible, OpenAI-images-compatible and simple /generate dialects."
     ),
     paths(
-        native::create_job, native::get_job, native::cancel_job, native::job_events,
+        native::create_job, native::get_job, native::cancel_job, native::delete_job, native::job_events,
         native::get_image, native::list_models, native::list_samplers,
         a1111::txt2img, a1111::progress, a1111::interrupt, a1111::skip, a1111::sd_models,
         a1111::samplers, a1111::schedulers, a1111::get_options, a1111::set_options,

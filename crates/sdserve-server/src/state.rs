@@ -10,7 +10,9 @@ use crate::dialects::Dialect;
 use crate::engine_api::ModelInfo;
 use crate::error::ApiError;
 use crate::extract::Caller;
-use crate::jobs::{FailureKind, ImageId, JobHandle, JobId, JobSnapshot, JobStatus, Jobs, Keep};
+use crate::jobs::{
+    Deleted, FailureKind, ImageId, JobHandle, JobId, JobSnapshot, JobStatus, Jobs, Keep,
+};
 use crate::metrics::Metrics;
 use crate::signing::UrlSigner;
 use crate::validation::{validate, JobSpec, ValidJob, ValidationError};
@@ -125,20 +127,51 @@ impl AppState {
         }
     }
 
-    /// A job's state: from memory, else from its record on disk (after a restart).
-    pub async fn job_snapshot(&self, id: JobId) -> Result<JobSnapshot, ApiError> {
+    /// A job's state as `caller` may see it: from memory, else from its record
+    /// on disk (after a restart). Another caller's job, or a deleted one,
+    /// answers exactly as an unknown id.
+    pub async fn job_for(&self, id: JobId, caller: &Caller) -> Result<JobSnapshot, ApiError> {
+        let unknown = || ApiError::JobNotFound(id.to_string());
         if let Some(entry) = self.jobs.entry(id) {
+            if entry.is_deleted() || !caller.may_see(&entry.client) {
+                return Err(unknown());
+            }
             return Ok(entry.snapshot());
         }
-        self.jobs
+        let record = self
+            .jobs
             .store()
             .read_record(id)
             .await
-            .map(|record| record.snapshot)
-            .ok_or_else(|| ApiError::JobNotFound(id.to_string()))
+            .ok_or_else(unknown)?;
+        if !caller.may_see(&record.client_id()) {
+            return Err(unknown());
+        }
+        Ok(record.snapshot)
     }
 
-    /// The PNG bytes of one image.
+    /// Deletes a job the caller may see (cancelling it first if unfinished).
+    pub async fn delete_job(&self, id: JobId, caller: &Caller) -> Result<(), ApiError> {
+        self.job_for(id, caller).await?;
+        let jobs = self.jobs.clone();
+        match tokio::task::spawn_blocking(move || jobs.delete(id)).await {
+            Ok(Ok(Deleted::Removed)) => Ok(()),
+            Ok(Ok(Deleted::Unknown)) => Err(ApiError::JobNotFound(id.to_string())),
+            Ok(Err(e)) => Err(ApiError::Storage(format!("could not delete job {id}: {e}"))),
+            Err(e) => Err(ApiError::Internal(format!("delete task failed: {e}"))),
+        }
+    }
+
+    /// The PNG bytes of an image `caller` may see; another caller's image
+    /// answers exactly as an unknown id.
+    pub async fn image_for(&self, id: ImageId, caller: &Caller) -> Result<Vec<u8>, ApiError> {
+        if caller.restricted && self.jobs.store().image_owner(id).as_ref() != Some(&caller.client) {
+            return Err(ApiError::ImageNotFound(id.to_string()));
+        }
+        self.image_png(id).await
+    }
+
+    /// The PNG bytes of one image, whoever owns it (signed links, a job's own results).
     pub async fn image_png(&self, id: ImageId) -> Result<Vec<u8>, ApiError> {
         match self.jobs.store().read_png(id).await {
             Ok(Some(bytes)) => Ok(bytes),

@@ -162,10 +162,11 @@ pub async fn generate(
         SimpleErrors))]
 pub async fn download(
     State(state): State<Arc<AppState>>,
+    caller: Caller,
     path: Result<Path<String>, PathRejection>,
 ) -> Result<Response, Rejection<Simple>> {
     let id: ImageId = parse_id(path)?;
-    let png = state.image_png(id).await?;
+    let png = state.image_for(id, &caller).await?;
     let disposition = format!("inline; filename=\"{id}.png\"");
     Ok((
         [

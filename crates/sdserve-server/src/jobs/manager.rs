@@ -73,6 +73,8 @@ pub struct JobEntry {
     /// Whether its result outlives the response.
     pub keep: Keep,
     pub(super) cancel: AtomicBool,
+    /// Set by `DELETE`: the job reads as unknown and is removed once it ends.
+    pub(super) deleted: AtomicBool,
     pub(super) state: watch::Sender<JobSnapshot>,
 }
 
@@ -95,6 +97,11 @@ impl JobEntry {
     /// True once a cancel was asked for.
     pub fn cancel_requested(&self) -> bool {
         self.cancel.load(Ordering::Relaxed)
+    }
+
+    /// True once the job was deleted: it answers as an unknown id.
+    pub fn is_deleted(&self) -> bool {
+        self.deleted.load(Ordering::SeqCst)
     }
 }
 
@@ -225,6 +232,7 @@ impl Jobs {
             seq,
             keep,
             cancel: AtomicBool::new(false),
+            deleted: AtomicBool::new(false),
             state,
         });
         st.queue.push(job.client, entry.clone());
@@ -553,6 +561,10 @@ impl Shared {
             total_secs = entry.enqueued.elapsed().as_secs_f64(),
             "job finished"
         );
+        drop(st);
+        if entry.is_deleted() {
+            self.forget(entry, &snap);
+        }
         snap
     }
 }

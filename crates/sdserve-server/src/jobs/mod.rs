@@ -4,6 +4,7 @@
 //! (`recovery.rs`), removed when old (`retention.rs`), refused up front when the
 //! disk is nearly full (`space.rs`).
 
+pub mod deletion;
 pub mod handle;
 pub mod id;
 pub mod job;
@@ -16,6 +17,7 @@ pub mod space;
 pub mod store;
 pub mod worker;
 
+pub use deletion::Deleted;
 pub use id::{ImageId, InvalidId, JobId};
 pub use job::{
     FailureKind, ImageRecord, JobFailure, JobParams, JobSnapshot, JobStatus, JobTimings,

@@ -111,6 +111,7 @@ impl Jobs {
                 seq: record.seq,
                 keep: record.keep,
                 cancel: AtomicBool::new(false),
+                deleted: AtomicBool::new(false),
                 state,
             });
             st.queue.push(entry.client.clone(), entry.clone());

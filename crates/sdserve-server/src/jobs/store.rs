@@ -11,13 +11,15 @@
 //! to anyway (a crash between writing a job's PNGs and its final record) are
 //! collected at start-up by [`Store::scan`]'s caller.
 
+use std::collections::HashMap;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::SystemTime;
 
 use super::id::{ImageId, JobId};
 use super::job::JobSnapshot;
+use super::queue::ClientId;
 use super::record::JobRecord;
 
 /// Prefix of files being written; left-overs from a crash are removed at start-up.
@@ -62,6 +64,9 @@ pub struct Scan {
 pub struct Store {
     dir: PathBuf,
     fault: Arc<Mutex<Option<Fault>>>,
+    /// Which client owns each image, learnt from every record written or scanned,
+    /// so an image request is checked without reading every record.
+    owners: Arc<Mutex<HashMap<ImageId, ClientId>>>,
 }
 
 impl Store {
@@ -78,6 +83,7 @@ impl Store {
         let store = Self {
             dir,
             fault: Arc::default(),
+            owners: Arc::default(),
         };
         store.probe()?;
         Ok(store)
@@ -164,6 +170,22 @@ impl Store {
         self.write_atomic(&self.png_path(id), png)
     }
 
+    fn owners(&self) -> MutexGuard<'_, HashMap<ImageId, ClientId>> {
+        self.owners.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn learn_owner(&self, record: &JobRecord) {
+        let mut owners = self.owners();
+        for image in &record.snapshot.images {
+            owners.insert(image.id, record.client_id());
+        }
+    }
+
+    /// The client that owns an image, if a record names it.
+    pub fn image_owner(&self, id: ImageId) -> Option<ClientId> {
+        self.owners().get(&id).cloned()
+    }
+
     /// Stores a job's record (blocking; small).
     pub fn write_record(&self, record: &JobRecord) -> io::Result<()> {
         let terminal = record.snapshot.status.is_terminal();
@@ -173,7 +195,9 @@ impl Store {
             Fault::Png { .. } => false,
         })?;
         let json = serde_json::to_vec_pretty(record).map_err(io::Error::other)?;
-        self.write_atomic(&self.record_path(record.snapshot.id), &json)
+        self.write_atomic(&self.record_path(record.snapshot.id), &json)?;
+        self.learn_owner(record);
+        Ok(())
     }
 
     /// The PNG of an image, or `None` if there is no such image.
@@ -191,10 +215,17 @@ impl Store {
         parse_record(id, &bytes)
     }
 
+    /// [`Store::read_record`] for blocking callers.
+    pub fn read_record_blocking(&self, id: JobId) -> Option<JobRecord> {
+        let bytes = std::fs::read(self.record_path(id)).ok()?;
+        parse_record(id, &bytes)
+    }
+
     /// Removes images (blocking); missing ones are not an error.
     pub fn remove_images(&self, ids: impl IntoIterator<Item = ImageId>) -> io::Result<()> {
         let mut first_error = None;
         for id in ids {
+            self.owners().remove(&id);
             match std::fs::remove_file(self.png_path(id)) {
                 Err(e) if e.kind() != io::ErrorKind::NotFound => {
                     first_error.get_or_insert(e);
@@ -233,6 +264,7 @@ impl Store {
                     .ok()
                     .and_then(|bytes| parse_record(id, &bytes));
                 if let Some(record) = record {
+                    self.learn_owner(&record);
                     scan.records.push((record, info));
                 }
             }

@@ -12,6 +12,7 @@ mod native;
 mod openai;
 mod ops;
 mod overload;
+mod ownership;
 mod restart;
 mod retention;
 mod simple;

@@ -78,12 +78,34 @@ async fn job_lifecycle_field_by_field() {
     // Finished: cancelling is a conflict.
     assert_error(
         s.client
-            .delete(s.url(&format!("/api/v1/jobs/{id}")))
+            .post(s.url(&format!("/api/v1/jobs/{id}/cancel")))
             .send()
             .await
             .unwrap(),
         409,
         "already finished",
+    )
+    .await;
+    // Deleting removes the job and its image: both ids are unknown afterwards.
+    let files = std::fs::read_dir(s.dir.path()).unwrap().count();
+    let resp = s
+        .client
+        .delete(s.url(&format!("/api/v1/jobs/{id}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 204);
+    assert_error(s.get(&format!("/api/v1/jobs/{id}")).await, 404, "no job").await;
+    assert_error(s.get(url).await, 404, "no image").await;
+    assert_eq!(std::fs::read_dir(s.dir.path()).unwrap().count(), files - 2);
+    assert_error(
+        s.client
+            .delete(s.url(&format!("/api/v1/jobs/{id}")))
+            .send()
+            .await
+            .unwrap(),
+        404,
+        "no job",
     )
     .await;
 }

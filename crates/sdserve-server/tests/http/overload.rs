@@ -18,6 +18,8 @@ async fn burst_of_40_gets_images_or_429_and_metrics_add_up() {
         |c| {
             c.queue_size = 4;
             c.auth.api_keys = CLIENTS.iter().map(|c| c.to_string()).collect();
+            // The operator key reads every client's jobs.
+            c.auth.admin_keys = vec!["ops".into()];
         },
         FakeBackend::new().with_step_delay(Duration::from_millis(10)),
     )
@@ -106,7 +108,7 @@ async fn burst_of_40_gets_images_or_429_and_metrics_add_up() {
         let resp = s
             .client
             .get(s.url(&format!("/api/v1/jobs/{id}")))
-            .bearer_auth("alice")
+            .bearer_auth("ops")
             .send()
             .await
             .unwrap();
@@ -120,7 +122,7 @@ async fn burst_of_40_gets_images_or_429_and_metrics_add_up() {
             job = s
                 .client
                 .get(s.url(&format!("/api/v1/jobs/{id}")))
-                .bearer_auth("alice")
+                .bearer_auth("ops")
                 .send()
                 .await
                 .unwrap()
@@ -176,6 +178,7 @@ async fn clients_are_served_round_robin() {
         |c| {
             c.max_batch_images = 1;
             c.auth.api_keys = vec!["a".into(), "b".into()];
+            c.auth.admin_keys = vec!["ops".into()];
         },
         FakeBackend::new().with_step_delay(Duration::from_millis(30)),
     )
@@ -219,7 +222,7 @@ async fn clients_are_served_round_robin() {
             job = s
                 .client
                 .get(s.url(&format!("/api/v1/jobs/{id}")))
-                .bearer_auth("a")
+                .bearer_auth("ops")
                 .send()
                 .await
                 .unwrap()

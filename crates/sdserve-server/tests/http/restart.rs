@@ -69,9 +69,22 @@ async fn downloads_and_status_survive_a_restart() {
     );
     let resp = second
         .client
-        .delete(second.url(&format!("/api/v1/jobs/{job_id}")))
+        .post(second.url(&format!("/api/v1/jobs/{job_id}/cancel")))
         .send()
         .await
         .unwrap();
     assert_eq!(resp.status(), 409);
+    // A job known only from its record is deleted from disk too.
+    let resp = second
+        .client
+        .delete(second.url(&format!("/api/v1/jobs/{job_id}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 204);
+    assert_eq!(
+        second.get(&format!("/api/v1/jobs/{job_id}")).await.status(),
+        404
+    );
+    assert!(!second.dir.path().join(format!("{job_id}.json")).exists());
 }

@@ -62,30 +62,48 @@ pub async fn create_job(
     responses((status = 200, description = "The job", body = JobView), NativeErrors))]
 pub async fn get_job(
     State(state): State<Arc<AppState>>,
+    caller: Caller,
     path: std::result::Result<Path<String>, PathRejection>,
 ) -> Result<Json<JobView>> {
     let id: JobId = parse_id(path)?;
-    Ok(Json(state.job_snapshot(id).await?.into()))
+    Ok(Json(state.job_for(id, &caller).await?.into()))
 }
 
-/// Cancel a job: a queued job ends at once, a running one at its next step.
-#[utoipa::path(delete, path = "/api/v1/jobs/{id}", tag = "native",
+/// Cancel a job and keep it: a queued job ends at once, a running one at its
+/// next step; its state stays readable.
+#[utoipa::path(post, path = "/api/v1/jobs/{id}/cancel", tag = "native",
     params(("id" = uuid::Uuid, Path, description = "Job id")),
     responses((status = 200, description = "Cancelled, or cancelling", body = JobView), NativeErrors))]
 pub async fn cancel_job(
     State(state): State<Arc<AppState>>,
+    caller: Caller,
     path: std::result::Result<Path<String>, PathRejection>,
 ) -> Result<Json<JobView>> {
     let id: JobId = parse_id(path)?;
+    state.job_for(id, &caller).await?;
     match state.jobs.cancel_off_runtime(id).await {
         Ok(snapshot) => Ok(Json(snapshot.into())),
         Err(ApiError::JobNotFound(_)) => {
             // Finished before a restart: known on disk, so it is a conflict, not a 404.
-            state.job_snapshot(id).await?;
             Err(ApiError::AlreadyFinished(id.to_string()).into())
         }
         Err(e) => Err(e.into()),
     }
+}
+
+/// Delete a job: cancelled first if unfinished, then its images and record are
+/// removed; the id answers 404 from then on.
+#[utoipa::path(delete, path = "/api/v1/jobs/{id}", tag = "native",
+    params(("id" = uuid::Uuid, Path, description = "Job id")),
+    responses((status = 204, description = "Deleted"), NativeErrors))]
+pub async fn delete_job(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    path: std::result::Result<Path<String>, PathRejection>,
+) -> Result<StatusCode> {
+    let id: JobId = parse_id(path)?;
+    state.delete_job(id, &caller).await?;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 type EventStream = Pin<Box<dyn Stream<Item = std::result::Result<Event, Infallible>> + Send>>;
@@ -104,9 +122,11 @@ fn event(name: &str, snapshot: JobSnapshot) -> Event {
         content_type = "text/event-stream", body = JobEvent), NativeErrors))]
 pub async fn job_events(
     State(state): State<Arc<AppState>>,
+    caller: Caller,
     path: std::result::Result<Path<String>, PathRejection>,
 ) -> Result<Response> {
     let id: JobId = parse_id(path)?;
+    let snap = state.job_for(id, &caller).await?;
     let stream: EventStream = match state.jobs.entry(id) {
         Some(entry) => {
             let rx = entry.subscribe();
@@ -130,10 +150,7 @@ pub async fn job_events(
                 },
             ))
         }
-        None => {
-            let snap = state.job_snapshot(id).await?;
-            Box::pin(futures_util::stream::iter([Ok(event("state", snap))]))
-        }
+        None => Box::pin(futures_util::stream::iter([Ok(event("state", snap))])),
     };
     Ok(Sse::new(stream)
         .keep_alive(KeepAlive::default())
@@ -147,10 +164,11 @@ pub async fn job_events(
         NativeErrors))]
 pub async fn get_image(
     State(state): State<Arc<AppState>>,
+    caller: Caller,
     path: std::result::Result<Path<String>, PathRejection>,
 ) -> Result<Response> {
     let id: ImageId = parse_id(path)?;
-    let png = state.image_png(id).await?;
+    let png = state.image_for(id, &caller).await?;
     Ok(([(header::CONTENT_TYPE, "image/png")], png).into_response())
 }
 

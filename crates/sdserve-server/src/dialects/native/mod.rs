@@ -86,7 +86,8 @@ pub enum NativeErrors {
 pub fn routes() -> Router<Arc<AppState>> {
     Router::new()
         .route("/api/v1/jobs", post(create_job))
-        .route("/api/v1/jobs/{id}", get(get_job).delete(cancel_job))
+        .route("/api/v1/jobs/{id}", get(get_job).delete(delete_job))
+        .route("/api/v1/jobs/{id}/cancel", post(cancel_job))
         .route("/api/v1/jobs/{id}/events", get(job_events))
         .route("/api/v1/images/{id}", get(get_image))
         .route("/api/v1/models", get(list_models))

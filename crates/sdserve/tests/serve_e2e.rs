@@ -393,6 +393,42 @@ fn sigterm_drains_the_running_job_then_exits_zero() {
 }
 
 #[test]
+fn sigterm_exits_in_bounded_time_whatever_clients_hold_and_reports_cancelled_jobs() {
+    use std::io::Write as _;
+    let dir = tempfile::tempdir().unwrap();
+    let client = Client::new();
+    let server = Server::start(dir.path(), &["--drain-timeout", "0"]);
+    // A job longer than the (zero) drain timeout.
+    let resp = client
+        .post(server.url("/api/v1/jobs"))
+        .json(&json!({"prompt": "endless", "steps": 150, "seed": 1, "batch_size": 2}))
+        .send()
+        .unwrap();
+    assert_eq!(resp.status(), 202);
+    // A client holding a half-sent request head, and one holding a half-sent body.
+    let addr = server.base.trim_start_matches("http://").to_string();
+    let mut half_head = std::net::TcpStream::connect(&addr).unwrap();
+    half_head
+        .write_all(b"POST /api/v1/jobs HTTP/1.1\r\nHost: x\r\n")
+        .unwrap();
+    let mut half_body = std::net::TcpStream::connect(&addr).unwrap();
+    half_body
+        .write_all(b"POST /api/v1/jobs HTTP/1.1\r\nHost: x\r\nContent-Length: 500\r\n\r\n{")
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    let started = Instant::now();
+    let status = server.terminate();
+    // No drain + the running step noticing the cancel + 3 s of grace, with room.
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "exit took {:?}",
+        started.elapsed()
+    );
+    assert_eq!(status.code(), Some(3), "exit status {status}");
+    drop((half_head, half_body));
+}
+
+#[test]
 fn auth_flags_protect_everything_but_probes() {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(

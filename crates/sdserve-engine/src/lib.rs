@@ -8,6 +8,7 @@ pub mod config;
 mod engine;
 pub mod error;
 pub mod hub;
+pub mod image_input;
 pub mod loader;
 mod model;
 mod pipeline;

@@ -148,31 +148,70 @@ fn read_header(path: &Path) -> Result<HashMap<String, TensorEntry>> {
         .map_err(|e| bad(format!("cannot stat: {e}")))?
         .len();
     let mut len_bytes = [0u8; 8];
-    file.read_exact(&mut len_bytes).map_err(|_| {
-        bad(format!(
-            "truncated: {file_len} bytes is too short for a safetensors header"
-        ))
-    })?;
-    let header_len = u64::from_le_bytes(len_bytes);
-    if header_len > MAX_HEADER_BYTES || header_len > file_len - 8 {
-        return Err(bad(format!(
-            "header length {header_len} is larger than the file ({file_len} bytes): truncated or not a safetensors file"
-        )));
-    }
+    file.read_exact(&mut len_bytes)
+        .map_err(|_| bad(too_short(file_len)))?;
+    let header_len = header_len(len_bytes, file_len).map_err(bad)?;
     let mut header = vec![0u8; header_len as usize];
     file.read_exact(&mut header)
         .map_err(|e| bad(format!("cannot read header: {e}")))?;
-    let mut entries: HashMap<String, serde_json::Value> = serde_json::from_slice(&header)
-        .map_err(|e| bad(format!("header is not valid JSON: {e}")))?;
+    parse_entries(&header, file_len).map_err(bad)
+}
+
+/// Checks a whole safetensors file held in memory (the pure core of
+/// [`validate_safetensors`], the same checks and messages): the length prefix,
+/// the JSON header, and every tensor against the data that follows. Errors
+/// name the file as `(in memory)`.
+pub fn parse_header(file: &[u8]) -> Result<TensorNames> {
+    let bad = |msg: String| EngineError::invalid_model("(in memory)", msg);
+    let file_len = file.len() as u64;
+    let (len_bytes, rest) = file
+        .split_first_chunk::<8>()
+        .ok_or_else(|| bad(too_short(file_len)))?;
+    let header_len = header_len(*len_bytes, file_len).map_err(bad)?;
+    let header = rest.get(..header_len as usize).ok_or_else(|| {
+        bad(format!(
+            "cannot read header: {header_len} bytes past the end"
+        ))
+    })?;
+    Ok(parse_entries(header, file_len)
+        .map_err(bad)?
+        .into_keys()
+        .collect())
+}
+
+fn too_short(file_len: u64) -> String {
+    format!("truncated: {file_len} bytes is too short for a safetensors header")
+}
+
+/// The header length the 8-byte little-endian prefix declares, if the file
+/// (of `file_len` bytes, at least 8) can hold it.
+fn header_len(len_bytes: [u8; 8], file_len: u64) -> std::result::Result<u64, String> {
+    let header_len = u64::from_le_bytes(len_bytes);
+    if header_len > MAX_HEADER_BYTES || header_len > file_len.saturating_sub(8) {
+        return Err(format!(
+            "header length {header_len} is larger than the file ({file_len} bytes): truncated or not a safetensors file"
+        ));
+    }
+    Ok(header_len)
+}
+
+/// Parses the JSON `header` of a file of `file_len` bytes and checks each
+/// tensor's dtype, shape and byte range.
+fn parse_entries(
+    header: &[u8],
+    file_len: u64,
+) -> std::result::Result<HashMap<String, TensorEntry>, String> {
+    let mut entries: HashMap<String, serde_json::Value> =
+        serde_json::from_slice(header).map_err(|e| format!("header is not valid JSON: {e}"))?;
     entries.remove("__metadata__");
-    let data_start = 8 + header_len;
+    let data_start = 8 + header.len() as u64;
     let data_len = file_len - data_start;
     let mut tensors = HashMap::with_capacity(entries.len());
     for (name, value) in entries {
         let info: TensorInfo = serde_json::from_value(value)
-            .map_err(|e| bad(format!("tensor {name}: malformed entry: {e}")))?;
+            .map_err(|e| format!("tensor {name}: malformed entry: {e}"))?;
         let elem_size = dtype_size(&info.dtype)
-            .ok_or_else(|| bad(format!("tensor {name}: unknown dtype {:?}", info.dtype)))?;
+            .ok_or_else(|| format!("tensor {name}: unknown dtype {:?}", info.dtype))?;
         let dtype = match info.dtype.as_str() {
             "F16" => DType::F16,
             "BF16" => DType::BF16,
@@ -182,28 +221,28 @@ fn read_header(path: &Path) -> Result<HashMap<String, TensorEntry>> {
             _ => DType::U8,
         };
         if dtype == DType::U8 {
-            return Err(bad(format!(
+            return Err(format!(
                 "tensor {name}: dtype {} where floating-point weights (F16, BF16, F32) are expected",
                 info.dtype
-            )));
+            ));
         }
         let (begin, end) = info.data_offsets;
         if begin > end || end > data_len {
-            return Err(bad(format!(
+            return Err(format!(
                 "tensor {name}: data offsets {begin}..{end} are outside the {data_len} data bytes (file truncated?)"
-            )));
+            ));
         }
         let elems = info
             .shape
             .iter()
             .try_fold(1u64, |acc, d| acc.checked_mul(*d as u64));
         if elems.and_then(|n| n.checked_mul(elem_size)) != Some(end - begin) {
-            return Err(bad(format!(
+            return Err(format!(
                 "tensor {name}: shape {:?} of {} does not match its {} data bytes",
                 info.shape,
                 info.dtype,
                 end - begin
-            )));
+            ));
         }
         let entry = TensorEntry {
             dtype,
@@ -412,6 +451,21 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("not valid JSON"));
+
+        // The in-memory parser gives the same answers and messages.
+        for name in [
+            "ok", "trunc", "huge", "shape", "dtype", "int", "tiny", "json",
+        ] {
+            let path = dir.join(format!("{name}.safetensors"));
+            let from_file = validate_safetensors(&path).map_err(|e| e.to_string());
+            let in_memory = parse_header(&std::fs::read(&path).unwrap()).map_err(|e| e.to_string());
+            let path_text = path.display().to_string();
+            assert_eq!(
+                in_memory,
+                from_file.map_err(|e| e.replace(&path_text, "(in memory)")),
+                "{name}"
+            );
+        }
     }
 
     #[test]

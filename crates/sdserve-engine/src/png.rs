@@ -1,13 +1,12 @@
 //! PNG output with an AUTOMATIC1111-style `parameters` text chunk, so A1111's
-//! "PNG Info" tab and image sites read back the settings of an image.
-
-use std::io::Cursor;
+//! "PNG Info" tab and image sites read back the settings of an image. Reading
+//! untrusted PNGs is `image_input`'s job; the readers here are its thin wrappers.
 
 use crate::error::{EngineError, Result};
+use crate::image_input::{self, ImageLimits};
 use crate::request::{GenerateRequest, GeneratedImage};
 
-/// The PNG text keyword A1111 reads generation parameters from.
-pub const PARAMETERS_KEY: &str = "parameters";
+pub use crate::image_input::PARAMETERS_KEY;
 
 /// A1111's infotext: prompt, optional negative prompt, then the settings line.
 pub fn infotext(request: &GenerateRequest, seed: u64, model_name: &str) -> String {
@@ -54,70 +53,21 @@ pub fn encode_png(image: &GeneratedImage) -> Result<Vec<u8>> {
     Ok(out)
 }
 
-/// The `parameters` text of a PNG, if it has one (tEXt, zTXt or iTXt).
+/// The `parameters` text of a PNG, if it has one (tEXt, zTXt or iTXt) and it
+/// reads within the default [`ImageLimits`] (see [`image_input::read_text`]).
 pub fn read_parameters(png_bytes: &[u8]) -> Option<String> {
-    let mut reader = png::Decoder::new(Cursor::new(png_bytes)).read_info().ok()?;
-    if let Some(text) = find_parameters(reader.info()) {
-        return Some(text);
-    }
-    // Text chunks may also follow the image data.
-    let mut buf = vec![0; reader.output_buffer_size()?];
-    reader.next_frame(&mut buf).ok()?;
-    find_parameters(reader.info())
+    image_input::read_text(png_bytes, &ImageLimits::default())
+        .ok()?
+        .parameters()
+        .map(str::to_owned)
 }
 
-fn find_parameters(info: &png::Info) -> Option<String> {
-    info.uncompressed_latin1_text
-        .iter()
-        .find(|c| c.keyword == PARAMETERS_KEY)
-        .map(|c| c.text.clone())
-        .or_else(|| {
-            info.compressed_latin1_text
-                .iter()
-                .find(|c| c.keyword == PARAMETERS_KEY)
-                .and_then(|c| c.get_text().ok())
-        })
-        .or_else(|| {
-            info.utf8_text
-                .iter()
-                .find(|c| c.keyword == PARAMETERS_KEY)
-                .and_then(|c| c.get_text().ok())
-        })
-}
-
-/// Decodes an 8-bit RGB or RGBA PNG to (width, height, RGB bytes).
+/// Decodes a PNG (or JPEG) to (width, height, RGB bytes) within the default
+/// [`ImageLimits`] (see [`image_input::decode_rgb`]).
 pub fn decode_rgb(png_bytes: &[u8]) -> Result<(usize, usize, Vec<u8>)> {
-    let bad =
-        |e: png::DecodingError| EngineError::InvalidRequest(format!("not a readable PNG: {e}"));
-    let mut decoder = png::Decoder::new(Cursor::new(png_bytes));
-    decoder.set_transformations(png::Transformations::EXPAND | png::Transformations::STRIP_16);
-    let mut reader = decoder.read_info().map_err(bad)?;
-    let size = reader
-        .output_buffer_size()
-        .ok_or_else(|| EngineError::InvalidRequest("PNG too large".into()))?;
-    let mut buf = vec![0; size];
-    let frame = reader.next_frame(&mut buf).map_err(bad)?;
-    let (w, h) = (frame.width as usize, frame.height as usize);
-    let channels = frame.color_type.samples();
-    buf.truncate(frame.buffer_size());
-    let rgb = match channels {
-        3 => buf,
-        4 => buf
-            .chunks_exact(4)
-            .flat_map(|p| [p[0], p[1], p[2]])
-            .collect(),
-        1 => buf.iter().flat_map(|g| [*g, *g, *g]).collect(),
-        2 => buf
-            .chunks_exact(2)
-            .flat_map(|p| [p[0], p[0], p[0]])
-            .collect(),
-        _ => {
-            return Err(EngineError::InvalidRequest(
-                "unsupported PNG colour type".into(),
-            ))
-        }
-    };
-    Ok((w, h, rgb))
+    let image = image_input::decode_rgb(png_bytes, &ImageLimits::default())
+        .map_err(|e| EngineError::InvalidRequest(e.to_string()))?;
+    Ok((image.width, image.height, image.rgb))
 }
 
 #[cfg(test)]

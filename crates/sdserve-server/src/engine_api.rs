@@ -1,6 +1,9 @@
 //! The one place the server names engine items, so that a change in the engine's
 //! public API touches one file here. The server never names a tensor.
 
+pub use sdserve_engine::image_input::{
+    self, DecodedImage, ImageInputError, ImageLimits, ImageText, TextChunk,
+};
 pub use sdserve_engine::png;
 pub use sdserve_engine::{
     batch_compatible, random_seed, Engine, EngineError, GenerateRequest, GeneratedImage,

@@ -8,6 +8,7 @@ use std::marker::PhantomData;
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 
+use crate::engine_api::ImageInputError;
 use crate::validation::ValidationError;
 
 /// Seconds a client should wait before retrying while the model loads or the server drains.
@@ -41,6 +42,15 @@ pub enum ApiError {
     BodyTimeout {
         /// `--body-read-timeout`.
         seconds: f64,
+    },
+    /// An uploaded image that is malformed, or over one of the engine's
+    /// `ImageLimits` (a decompression bomb, a header claiming huge dimensions).
+    #[error("invalid `{field}`: {error}")]
+    InvalidImage {
+        /// The request field that carried the image.
+        field: &'static str,
+        /// Why the engine refused it; its message names the limit.
+        error: ImageInputError,
     },
     /// The body could not be read (client aborted, bad encoding).
     #[error("could not read the request body: {0}")]
@@ -112,8 +122,13 @@ impl ApiError {
                 StatusCode::BAD_REQUEST
             }
             Self::InvalidField { .. } | Self::Validation(_) => StatusCode::UNPROCESSABLE_ENTITY,
-            Self::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::BodyTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
+            Self::BodyTooLarge { .. }
+            | Self::InvalidImage {
+                error: ImageInputError::TooLarge { .. },
+                ..
+            } => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::InvalidImage { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             Self::JobNotFound(_) | Self::ImageNotFound(_) | Self::NoRoute(_) => {
                 StatusCode::NOT_FOUND
             }
@@ -134,6 +149,11 @@ impl ApiError {
             Self::MalformedJson(_) => "invalid_json",
             Self::InvalidField { .. } | Self::Validation(_) => "invalid_request",
             Self::BodyTooLarge { .. } => "body_too_large",
+            Self::InvalidImage {
+                error: ImageInputError::TooLarge { .. },
+                ..
+            } => "image_too_large",
+            Self::InvalidImage { .. } => "invalid_image",
             Self::BadBody(_) => "bad_body",
             Self::BodyTimeout { .. } => "body_timeout",
             Self::InvalidId(_) => "invalid_id",
@@ -157,6 +177,7 @@ impl ApiError {
     pub fn field(&self) -> Option<&str> {
         match self {
             Self::InvalidField { field, .. } => Some(field),
+            Self::InvalidImage { field, .. } => Some(field),
             Self::Validation(v) => v.field(),
             _ => None,
         }
@@ -275,6 +296,27 @@ mod tests {
         let e = ApiError::LowDisk("12 bytes free".into());
         assert_eq!(e.status(), StatusCode::SERVICE_UNAVAILABLE);
         assert!(e.to_string().contains("12 bytes free"));
+    }
+
+    #[test]
+    fn images_over_a_cap_are_413_and_malformed_ones_422() {
+        let over = ApiError::InvalidImage {
+            field: "image",
+            error: ImageInputError::TooLarge {
+                what: "image width".into(),
+                limit: 8192,
+                actual: Some(100_000),
+                unit: "pixels",
+            },
+        };
+        assert_eq!(over.status(), StatusCode::PAYLOAD_TOO_LARGE);
+        assert!(over.to_string().contains("limit of 8192 pixels"), "{over}");
+        let bad = ApiError::InvalidImage {
+            field: "image",
+            error: ImageInputError::Malformed("truncated".into()),
+        };
+        assert_eq!(bad.status(), StatusCode::UNPROCESSABLE_ENTITY);
+        assert_eq!(bad.field(), Some("image"));
     }
 
     #[test]

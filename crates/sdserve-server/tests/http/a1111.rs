@@ -273,13 +273,13 @@ async fn png_info_reads_back_the_parameters() {
         .unwrap();
     assert_eq!(empty["info"], "");
     let not_png = base64::engine::general_purpose::STANDARD.encode(b"hello");
-    let none: Value = s
-        .post("/sdapi/v1/png-info", json!({"image": not_png}))
-        .await
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(none["info"], "");
+    assert_error(
+        s.post("/sdapi/v1/png-info", json!({"image": not_png}))
+            .await,
+        422,
+        "image",
+    )
+    .await;
     assert_error(
         s.post("/sdapi/v1/png-info", json!({"image": "@@@"})).await,
         422,
@@ -287,6 +287,78 @@ async fn png_info_reads_back_the_parameters() {
     )
     .await;
     assert_error(s.post("/sdapi/v1/png-info", json!({})).await, 422, "image").await;
+}
+
+/// A PNG from raw chunks (CRCs left zero: the text reader does not check them).
+fn png_of(chunks: &[(&[u8; 4], Vec<u8>)]) -> Vec<u8> {
+    let mut out = b"\x89PNG\r\n\x1a\n".to_vec();
+    for (kind, data) in chunks {
+        out.extend_from_slice(&(data.len() as u32).to_be_bytes());
+        out.extend_from_slice(*kind);
+        out.extend_from_slice(data);
+        out.extend_from_slice(&[0; 4]);
+    }
+    out
+}
+
+fn ihdr(width: u32, height: u32) -> Vec<u8> {
+    let mut data = width.to_be_bytes().to_vec();
+    data.extend_from_slice(&height.to_be_bytes());
+    data.extend_from_slice(&[8, 2, 0, 0, 0]);
+    data
+}
+
+async fn png_info_of(s: &TestServer, png: &[u8]) -> reqwest::Response {
+    let image = base64::engine::general_purpose::STANDARD.encode(png);
+    s.post("/sdapi/v1/png-info", json!({ "image": image }))
+        .await
+}
+
+#[tokio::test]
+async fn png_info_refuses_bombs_and_garbage_by_their_limits() {
+    let s = TestServer::start().await;
+    // 93 bytes whose IHDR claims 100000x100000 pixels (aborted the process before).
+    let mut giant = png_of(&[
+        (b"IHDR", ihdr(100_000, 100_000)),
+        (b"IDAT", vec![0; 36]),
+        (b"IEND", vec![]),
+    ]);
+    giant.truncate(93);
+    assert_eq!(giant.len(), 93);
+    assert_error(
+        png_info_of(&s, &giant).await,
+        413,
+        "image width exceeds the limit of 8192 pixels (got 100000 pixels)",
+    )
+    .await;
+    // A zTXt chunk of ~8 KiB that inflates to 8 MiB.
+    let mut ztxt = b"parameters\0\0".to_vec();
+    ztxt.extend(miniz_oxide::deflate::compress_to_vec_zlib(
+        &vec![b'a'; 8 << 20],
+        9,
+    ));
+    let bomb = png_of(&[(b"IHDR", ihdr(1, 1)), (b"zTXt", ztxt), (b"IEND", vec![])]);
+    assert!(bomb.len() < 64 * 1024);
+    let body = assert_error(png_info_of(&s, &bomb).await, 413, "limit of 1048576 bytes").await;
+    assert!(body.to_string().contains("parameters"), "{body}");
+    // Garbage and truncated files are 422s on the `image` field.
+    for bad in [&b"GIF89a not a png"[..], &giant[..20]] {
+        assert_error(png_info_of(&s, bad).await, 422, "image").await;
+    }
+    // Other text chunks come back in `items`, as A1111 lists them.
+    let with_items = png_of(&[
+        (b"IHDR", ihdr(1, 1)),
+        (
+            b"tEXt",
+            b"parameters\0a dog\nSteps: 3, Sampler: Euler, Seed: 5".to_vec(),
+        ),
+        (b"tEXt", b"Software\0sdserve".to_vec()),
+        (b"IEND", vec![]),
+    ]);
+    let info: Value = png_info_of(&s, &with_items).await.json().await.unwrap();
+    assert_eq!(info["parameters"]["Prompt"], "a dog");
+    assert_eq!(info["parameters"]["Seed"], 5);
+    assert_eq!(info["items"], json!({"Software": "sdserve"}));
 }
 
 #[tokio::test]

@@ -1,6 +1,7 @@
 //! `POST /sdapi/v1/png-info`: reads the A1111 `parameters` text chunk of a PNG
 //! (ours or A1111's) and parses it the way A1111 does: prompt, negative prompt,
-//! then a `Key: value, Key: value` line.
+//! then a `Key: value, Key: value` line. The image is read by the engine's
+//! bounded `image_input` reader, so a hostile upload costs at most its caps.
 
 use std::sync::Arc;
 
@@ -13,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use super::{A1111Errors, A1111};
-use crate::engine_api::png::read_parameters;
+use crate::engine_api::{image_input, ImageLimits};
 use crate::error::{ApiError, Rejection};
 use crate::extract::parse_json;
 use crate::state::AppState;
@@ -22,7 +23,9 @@ use crate::validation::ValidationError;
 /// `POST /sdapi/v1/png-info` body.
 #[derive(Deserialize, ToSchema)]
 pub struct PngInfoRequest {
-    /// Base64 PNG, optionally as a `data:image/png;base64,` URL.
+    /// Base64 PNG, optionally as a `data:image/png;base64,` URL. A JPEG is
+    /// accepted and has no parameters; a malformed image is a 422, one over the
+    /// engine's default `ImageLimits` (dimensions, text size, chunk count) a 413.
     pub image: String,
 }
 
@@ -31,7 +34,7 @@ pub struct PngInfoRequest {
 pub struct PngInfoResponse {
     /// The raw `parameters` text ("" if none).
     pub info: String,
-    /// Other text chunks (none are read).
+    /// The other text chunks, keyword to text, as A1111 lists PIL's `info`.
     pub items: serde_json::Map<String, serde_json::Value>,
     /// `info` parsed into keys (`Prompt`, `Negative prompt`, `Steps`, `Seed`...).
     pub parameters: serde_json::Map<String, serde_json::Value>,
@@ -119,9 +122,9 @@ pub async fn png_info(
         Some((prefix, data)) if prefix.starts_with("data:") => data,
         _ => text,
     };
-    let info = if b64.is_empty() {
-        String::new()
-    } else {
+    let mut info = String::new();
+    let mut items = serde_json::Map::new();
+    if !b64.is_empty() {
         let bytes = base64::engine::general_purpose::STANDARD
             .decode(b64.as_bytes())
             .map_err(|e| {
@@ -130,8 +133,18 @@ pub async fn png_info(
                     message: format!("not valid base64: {e}"),
                 })
             })?;
-        read_parameters(&bytes).unwrap_or_default()
-    };
+        let text = image_input::read_text(&bytes, &ImageLimits::default()).map_err(|error| {
+            ApiError::InvalidImage {
+                field: "image",
+                error,
+            }
+        })?;
+        info = text.parameters().unwrap_or_default().to_string();
+        for chunk in text.others() {
+            // PIL keeps the last chunk of a keyword; so does this map.
+            items.insert(chunk.keyword.clone(), chunk.text.clone().into());
+        }
+    }
     let parameters = if info.is_empty() {
         Default::default()
     } else {
@@ -139,7 +152,7 @@ pub async fn png_info(
     };
     Ok(Json(PngInfoResponse {
         info,
-        items: Default::default(),
+        items,
         parameters,
     }))
 }

@@ -97,12 +97,11 @@ fn decode_png(bytes: &[u8], limits: &ImageLimits) -> Result<DecodedImage, ImageI
     let mut reader = decoder.read_info().map_err(png_error)?;
     // At most 4 bytes a pixel after EXPAND | STRIP_16, and the pixels are
     // within `max_pixels` (checked by `walk`): this allocation is bounded.
+    let max_output = limits.max_pixels.saturating_mul(4);
     let size = reader
         .output_buffer_size()
-        .filter(|&n| n as u64 <= limits.max_pixels.saturating_mul(4))
-        .ok_or_else(|| {
-            ImageInputError::too_large("PNG output", limits.max_pixels * 4, None, "bytes")
-        })?;
+        .filter(|&n| n as u64 <= max_output)
+        .ok_or_else(|| ImageInputError::too_large("PNG output", max_output, None, "bytes"))?;
     let mut buf = vec![0; size];
     let frame = reader.next_frame(&mut buf).map_err(png_error)?;
     let (width, height) = (frame.width as usize, frame.height as usize);

@@ -15,3 +15,4 @@ mod overload;
 mod restart;
 mod retention;
 mod simple;
+mod spec;

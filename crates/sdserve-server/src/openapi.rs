@@ -158,6 +158,7 @@ pub fn document(limits: &Limits, model: Option<&ModelInfo>, auth: bool) -> Value
         schema.insert("allOf".into(), Value::Array(rules));
     }
     bound_unsigned_integers(&mut doc);
+    add_links(&mut doc);
     if auth {
         if let Some(components) = doc.get_mut("components").and_then(Value::as_object_mut) {
             components.insert(
@@ -176,6 +177,66 @@ pub fn document(limits: &Limits, model: Option<&ModelInfo>, auth: bool) -> Value
         }
     }
     doc
+}
+
+/// OpenAPI links from the responses that hand out ids to the routes that take
+/// them, so clients (and schemathesis' stateful phase) can follow a job from
+/// submission to its images.
+const LINKS: &[(&str, &str, &str, &str, &str)] = &[
+    // (path, method, status, target operationId, the id in the response)
+    (
+        "/api/v1/jobs",
+        "post",
+        "202",
+        "get_job",
+        "$response.body#/id",
+    ),
+    (
+        "/api/v1/jobs",
+        "post",
+        "202",
+        "job_events",
+        "$response.body#/id",
+    ),
+    (
+        "/api/v1/jobs",
+        "post",
+        "202",
+        "cancel_job",
+        "$response.body#/id",
+    ),
+    (
+        "/api/v1/jobs/{id}",
+        "get",
+        "200",
+        "get_image",
+        "$response.body#/images/0/id",
+    ),
+    (
+        "/generate",
+        "post",
+        "200",
+        "download",
+        "$response.body#/download_id",
+    ),
+];
+
+fn add_links(doc: &mut Value) {
+    for (path, method, status, target, id) in LINKS {
+        let pointer = format!(
+            "/paths/{}/{method}/responses/{status}",
+            path.replace('~', "~0").replace('/', "~1")
+        );
+        if let Some(response) = doc.pointer_mut(&pointer).and_then(Value::as_object_mut) {
+            let links = response.entry("links").or_insert_with(|| json!({}));
+            if let Some(links) = links.as_object_mut() {
+                links.insert(
+                    (*target).to_string(),
+                    json!({ "operationId": target, "parameters": { "id": id } }),
+                );
+            }
+        }
+    }
 }
 
 /// One property of a component schema.
@@ -361,6 +422,22 @@ mod tests {
         let progress = &doc["paths"]["/sdapi/v1/progress"]["get"]["parameters"][0];
         assert_eq!(progress["name"], "skip_current_image");
         assert_eq!(progress["schema"]["type"], "boolean");
+    }
+
+    #[test]
+    fn links_name_real_operations() {
+        let doc = served();
+        let mut ids = Vec::new();
+        for item in doc["paths"].as_object().unwrap().values() {
+            for op in item.as_object().unwrap().values() {
+                ids.extend(op["operationId"].as_str().map(str::to_string));
+            }
+        }
+        for (path, method, status, target, _) in LINKS {
+            let links = &doc["paths"][path][method]["responses"][status]["links"];
+            assert_eq!(links[target]["operationId"], *target, "{path} {method}");
+            assert!(ids.iter().any(|id| id == target), "{target}");
+        }
     }
 
     #[test]

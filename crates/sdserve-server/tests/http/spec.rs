@@ -83,6 +83,14 @@ async fn a1111_schedulers_and_their_rule() {
     // sampler_index stands in for an absent or null sampler_name.
     let body = json!({"sampler_name": null, "sampler_index": "DPM++ 2M", "scheduler": "karras"});
     assert_eq!(status(&s, "/sdapi/v1/txt2img", body).await, 200);
+    // An unknown alias is refused even when sampler_name decides.
+    let body = json!({"sampler_name": "Euler", "sampler_index": "__not_in_enum__"});
+    assert_error(
+        s.post("/sdapi/v1/txt2img", body).await,
+        422,
+        "sampler_index",
+    )
+    .await;
     for body in [
         json!({"scheduler": "KARRAS", "sampler_name": "DPM++ 2M"}),
         json!({"scheduler": ""}),

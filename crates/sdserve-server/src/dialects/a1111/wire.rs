@@ -215,6 +215,11 @@ impl Txt2ImgRequest {
                 ))
             }
         };
+        // The alias is checked even when sampler_name wins: the schema
+        // constrains it either way.
+        if let Some(index) = &self.sampler_index {
+            parse_sampler("sampler_index", index)?;
+        }
         let sampler = self
             .sampler_name
             .as_deref()

@@ -1,25 +1,30 @@
-"""Runs schemathesis against a running sdserve's /openapi.json with a bounded
-number of examples, and fails on any 5xx, any undocumented status or content
-type, or any response body that breaks its schema.
+"""Runs schemathesis against a running sdserve's /openapi.json and fails on any
+failure of any of its checks: "the spec is the truth".
+
+Every check (`--checks all`) runs on positive data (what the schema allows must
+be accepted: 2xx, or a documented 401/403/404/409/429) and negative data (what
+it forbids must be refused with a 4xx), through the examples, coverage,
+fuzzing and stateful phases (stateful chains follow the `Location` header of
+`POST /api/v1/jobs` into the job routes). Beyond the 5xx, undocumented status,
+content type, header and response-schema checks, that covers unknown methods
+(405 with `Allow`), deleted resources and authentication (the server runs
+without keys).
+
+Rules JSON Schema cannot state (width × height <= --max-pixels) are out of
+reach with the limits the driving test sets, so no status is excused.
 
 Usage: python run_schemathesis.py --base-url http://127.0.0.1:PORT [--max-examples N]
-Driven by crates/sdserve/tests/clients.rs (which starts the server with small limits,
-so every generated request is cheap).
+Driven by crates/sdserve/tests/clients.rs, which starts the server with small
+limits (so every generated request is cheap) and a queue large enough that no
+fuzzed burst of native jobs meets a 429.
 """
 
 import argparse
 import subprocess
 import sys
 
-CHECKS = ",".join(
-    [
-        "not_a_server_error",
-        "status_code_conformance",
-        "content_type_conformance",
-        "response_headers_conformance",
-        "response_schema_conformance",
-    ]
-)
+# Checks that cannot pass yet, each with the reason in the docstring above.
+PENDING: list[str] = []
 
 
 def main() -> int:
@@ -30,15 +35,20 @@ def main() -> int:
     args = p.parse_args()
     cmd = [
         sys.executable, "-m", "schemathesis.cli", "run", f"{args.base_url}/openapi.json",
-        "--checks", CHECKS,
+        "--checks", "all",
+        "--mode", "all",
+        "--phases", "examples,coverage,fuzzing,stateful",
         "--max-examples", str(args.max_examples),
         "--seed", str(args.seed),
         "--workers", "1",
         "--request-timeout", "60",
-        "--phases", "examples,coverage,fuzzing",
         "--suppress-health-check", "all",
+        "--continue-on-failure",
         "--no-shrink",
+        "--no-color",
     ]
+    if PENDING:
+        cmd += ["--exclude-checks", ",".join(PENDING)]
     print("running:", " ".join(cmd), flush=True)
     return subprocess.call(cmd)
 

@@ -8,8 +8,8 @@ use std::net::SocketAddr;
 use std::str::FromStr;
 
 use axum::body::Bytes;
-use axum::extract::rejection::{BytesRejection, PathRejection};
-use axum::extract::{ConnectInfo, FromRequestParts, Path};
+use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
+use axum::extract::{ConnectInfo, FromRequestParts, Path, Query};
 use axum::http::request::Parts;
 use axum::http::Extensions;
 use serde::de::DeserializeOwned;
@@ -106,10 +106,39 @@ pub mod whole_number {
     }
 }
 
+/// Parses a query string; a parameter of the wrong type (or given twice) is a
+/// 422 naming it, as a bad body field is.
+pub fn parse_query<T>(query: Result<Query<T>, QueryRejection>) -> Result<T, ApiError> {
+    let rejection = match query {
+        Ok(Query(value)) => return Ok(value),
+        Err(rejection) => rejection,
+    };
+    let text = rejection.body_text();
+    let detail = text
+        .strip_prefix("Failed to deserialize query string: ")
+        .unwrap_or(&text);
+    // serde_path_to_error writes `path: message` when it knows the path.
+    let field = match detail.split_once(": ") {
+        Some((path, _))
+            if !path.is_empty()
+                && path
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "_.[]".contains(c)) =>
+        {
+            path.to_string()
+        }
+        _ => field_of(".", detail),
+    };
+    Err(ApiError::InvalidField {
+        field,
+        message: detail.to_string(),
+    })
+}
+
 /// The field a serde data error is about: its path, plus the field a
 /// "missing field `x`" / "unknown field `x`" message names.
 fn field_of(path: &str, message: &str) -> String {
-    let named = ["missing field `", "unknown field `"]
+    let named = ["missing field `", "unknown field `", "duplicate field `"]
         .iter()
         .find_map(|p| message.strip_prefix(p))
         .and_then(|rest| rest.split('`').next());
@@ -222,6 +251,30 @@ mod tests {
                 Err(ApiError::InvalidField { field, .. }) => {
                     assert!(field == "signed" || field == "unsigned", "{bad}: {field}")
                 }
+                other => panic!("{bad}: {other:?}"),
+            }
+        }
+    }
+
+    #[derive(Debug, serde::Deserialize)]
+    #[allow(dead_code)]
+    struct Flags {
+        flag: Option<bool>,
+    }
+
+    fn query(text: &str) -> Result<Flags, ApiError> {
+        let uri: axum::http::Uri = format!("/x?{text}").parse().unwrap();
+        parse_query(Query::try_from_uri(&uri))
+    }
+
+    #[test]
+    fn bad_query_parameters_are_named() {
+        assert_eq!(query("flag=true").unwrap().flag, Some(true));
+        assert_eq!(query("").unwrap().flag, None);
+        assert_eq!(query("other=1").unwrap().flag, None);
+        for bad in ["flag=null", "flag=1", "flag=", "flag=true&flag=false"] {
+            match query(bad) {
+                Err(ApiError::InvalidField { field, .. }) => assert_eq!(field, "flag", "{bad}"),
                 other => panic!("{bad}: {other:?}"),
             }
         }

@@ -9,8 +9,9 @@ use utoipa::OpenApi;
 
 use crate::config::Limits;
 use crate::dialects::{a1111, native, openai, simple};
-use crate::engine_api::{ModelInfo, SamplerId};
+use crate::engine_api::ModelInfo;
 use crate::ops;
+use crate::validation::sampler_names;
 
 /// Every route and schema of the server.
 #[derive(OpenApi)]
@@ -81,10 +82,7 @@ pub fn document(limits: &Limits, model: Option<&ModelInfo>, auth: bool) -> Value
     let mut doc = serde_json::to_value(ApiDoc::openapi()).unwrap_or(Value::Null);
     let multiple = model.map_or(8, |m| m.vae_scale_factor.max(1));
     for (schema, field, bound) in LIMITED {
-        let Some(prop) = doc
-            .pointer_mut(&format!("/components/schemas/{schema}/properties/{field}"))
-            .and_then(Value::as_object_mut)
-        else {
+        let Some(prop) = property(&mut doc, schema, field) else {
             continue;
         };
         match bound {
@@ -109,22 +107,21 @@ pub fn document(limits: &Limits, model: Option<&ModelInfo>, auth: bool) -> Value
             }
         }
     }
-    // Closed vocabularies: listed so clients and fuzzers send accepted values.
-    let mut samplers: Vec<Value> = SamplerId::ALL
-        .iter()
-        .flat_map(|s| [json!(s.label()), json!(s.id())])
-        .collect();
+    describe_pixel_limit(&mut doc, limits);
+    // Closed vocabularies: exactly the values the server takes.
+    let mut samplers: Vec<Value> = sampler_names().into_iter().map(Value::from).collect();
     samplers.push(Value::Null);
+    let mut schedulers: Vec<Value> = a1111::SCHEDULERS
+        .iter()
+        .map(|(name, _)| json!(name))
+        .collect();
+    schedulers.push(Value::Null);
     let mut enums = vec![
         ("CreateJob", "sampler", samplers.clone()),
         ("ImageGenerationRequest", "sampler", samplers.clone()),
         ("Txt2ImgRequest", "sampler_name", samplers.clone()),
         ("Txt2ImgRequest", "sampler_index", samplers),
-        (
-            "Txt2ImgRequest",
-            "scheduler",
-            vec![json!("automatic"), json!("karras"), Value::Null],
-        ),
+        ("Txt2ImgRequest", "scheduler", schedulers),
         (
             "ImageGenerationRequest",
             "response_format",
@@ -137,15 +134,31 @@ pub fn document(limits: &Limits, model: Option<&ModelInfo>, auth: bool) -> Value
             "model",
             vec![json!(model.name), Value::Null],
         ));
+        enums.push((
+            "OptionsRequest",
+            "sd_model_checkpoint",
+            vec![json!(model.name), Value::Null],
+        ));
     }
     for (schema, field, values) in enums {
-        if let Some(prop) = doc
-            .pointer_mut(&format!("/components/schemas/{schema}/properties/{field}"))
-            .and_then(Value::as_object_mut)
-        {
+        if let Some(prop) = property(&mut doc, schema, field) {
             prop.insert("enum".into(), Value::Array(values));
         }
     }
+    if let Some(prop) = property(&mut doc, "ImageGenerationRequest", "size") {
+        let pattern = openai::size_pattern(limits.max_width, limits.max_height, multiple);
+        prop.insert("pattern".into(), json!(pattern));
+    }
+    // Rules across fields, which the gate applies after each field's own.
+    if let Some(schema) = doc
+        .pointer_mut("/components/schemas/Txt2ImgRequest")
+        .and_then(Value::as_object_mut)
+    {
+        let rules = a1111::txt2img_schema_rules(limits.max_batch);
+        schema.insert("allOf".into(), Value::Array(rules));
+    }
+    bound_unsigned_integers(&mut doc);
+    add_links(&mut doc);
     if auth {
         if let Some(components) = doc.get_mut("components").and_then(Value::as_object_mut) {
             components.insert(
@@ -164,6 +177,128 @@ pub fn document(limits: &Limits, model: Option<&ModelInfo>, auth: bool) -> Value
         }
     }
     doc
+}
+
+/// OpenAPI links from the responses that hand out ids to the routes that take
+/// them, so clients (and schemathesis' stateful phase) can follow a job from
+/// submission to its images.
+const LINKS: &[(&str, &str, &str, &str, &str)] = &[
+    // (path, method, status, target operationId, the id in the response)
+    (
+        "/api/v1/jobs",
+        "post",
+        "202",
+        "get_job",
+        "$response.body#/id",
+    ),
+    (
+        "/api/v1/jobs",
+        "post",
+        "202",
+        "job_events",
+        "$response.body#/id",
+    ),
+    (
+        "/api/v1/jobs",
+        "post",
+        "202",
+        "cancel_job",
+        "$response.body#/id",
+    ),
+    (
+        "/api/v1/jobs/{id}",
+        "get",
+        "200",
+        "get_image",
+        "$response.body#/images/0/id",
+    ),
+    (
+        "/generate",
+        "post",
+        "200",
+        "download",
+        "$response.body#/download_id",
+    ),
+];
+
+fn add_links(doc: &mut Value) {
+    for (path, method, status, target, id) in LINKS {
+        let pointer = format!(
+            "/paths/{}/{method}/responses/{status}",
+            path.replace('~', "~0").replace('/', "~1")
+        );
+        if let Some(response) = doc.pointer_mut(&pointer).and_then(Value::as_object_mut) {
+            let links = response.entry("links").or_insert_with(|| json!({}));
+            if let Some(links) = links.as_object_mut() {
+                links.insert(
+                    (*target).to_string(),
+                    json!({ "operationId": target, "parameters": { "id": id } }),
+                );
+            }
+        }
+    }
+}
+
+/// One property of a component schema.
+fn property<'a>(
+    doc: &'a mut Value,
+    schema: &str,
+    field: &str,
+) -> Option<&'a mut serde_json::Map<String, Value>> {
+    doc.pointer_mut(&format!("/components/schemas/{schema}/properties/{field}"))
+        .and_then(Value::as_object_mut)
+}
+
+/// `--max-pixels` bounds width × height, which no JSON Schema keyword can state:
+/// the size fields' descriptions say it instead.
+fn describe_pixel_limit(doc: &mut Value, limits: &Limits) {
+    let rule = format!(
+        " At most {} pixels in all (width × height, `--max-pixels`); \
+         JSON Schema cannot state this rule, so a larger image is refused with 422.",
+        limits.max_pixels
+    );
+    for (schema, field) in [
+        ("CreateJob", "width"),
+        ("CreateJob", "height"),
+        ("Txt2ImgRequest", "width"),
+        ("Txt2ImgRequest", "height"),
+        ("ImageGenerationRequest", "size"),
+    ] {
+        if let Some(prop) = property(doc, schema, field) {
+            let text = prop
+                .get("description")
+                .and_then(Value::as_str)
+                .unwrap_or_default();
+            let described = format!("{text}{rule}");
+            prop.insert("description".into(), json!(described));
+        }
+    }
+}
+
+/// Unsigned integers get the OpenAPI format registry's name (utoipa writes
+/// `u-int64`) and their type's maximum, written exactly (`2^64 - 1` is no
+/// `f64`), so fuzzers neither stop at `i64`'s nor send numbers the server
+/// cannot hold.
+fn bound_unsigned_integers(value: &mut Value) {
+    match value {
+        Value::Object(map) => {
+            let unsigned = match map.get("format").and_then(Value::as_str) {
+                Some("u-int8" | "uint8") => Some(("uint8", u64::from(u8::MAX))),
+                Some("u-int16" | "uint16") => Some(("uint16", u64::from(u16::MAX))),
+                Some("u-int32" | "uint32") => Some(("uint32", u64::from(u32::MAX))),
+                Some("u-int64" | "uint64") => Some(("uint64", u64::MAX)),
+                _ => None,
+            };
+            if let Some((format, max)) = unsigned {
+                map.insert("format".into(), json!(format));
+                map.entry("minimum").or_insert(json!(0));
+                map.entry("maximum").or_insert(json!(max));
+            }
+            map.values_mut().for_each(bound_unsigned_integers);
+        }
+        Value::Array(items) => items.iter_mut().for_each(bound_unsigned_integers),
+        _ => {}
+    }
 }
 
 #[cfg(test)]
@@ -191,5 +326,153 @@ mod tests {
             .contains(&json!("Euler a")));
         assert!(doc["paths"]["/sdapi/v1/txt2img"]["post"].is_object());
         assert!(doc["paths"]["/api/v1/jobs/{id}/events"]["get"].is_object());
+    }
+
+    fn served() -> Value {
+        let limits = Limits {
+            max_width: 64,
+            max_height: 48,
+            max_batch: 2,
+            ..Limits::default()
+        };
+        let model = ModelInfo {
+            name: "tiny".into(),
+            native_width: 64,
+            native_height: 64,
+            default_steps: 4,
+            default_cfg_scale: 7.0,
+            vae_scale_factor: 8,
+        };
+        document(&limits, Some(&model), false)
+    }
+
+    #[test]
+    fn u64_fields_span_u64_exactly() {
+        let doc = served();
+        let schemas = &doc["components"]["schemas"];
+        let params = &doc["paths"]["/v1/images/files/{id}"]["get"]["parameters"];
+        let expires = params
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == "expires")
+            .unwrap();
+        for seed in [
+            &schemas["CreateJob"]["properties"]["seed"],
+            &schemas["ImageGenerationRequest"]["properties"]["seed"],
+            &schemas["GenerationRequest"]["properties"]["seed"],
+            &schemas["ImageView"]["properties"]["seed"],
+            &expires["schema"],
+        ] {
+            assert_eq!(seed["format"], "uint64", "{seed}");
+            assert_eq!(seed["minimum"], 0, "{seed}");
+            assert_eq!(seed["maximum"].as_u64(), Some(u64::MAX), "{seed}");
+        }
+        let text = serde_json::to_string(&doc).unwrap();
+        assert!(text.contains(r#""maximum":18446744073709551615"#));
+        assert!(!text.contains("u-int"));
+        // A1111's seed is signed: -1 means random.
+        let a1111_seed = &schemas["Txt2ImgRequest"]["properties"]["seed"];
+        assert_eq!(
+            (
+                a1111_seed["format"].as_str(),
+                a1111_seed["minimum"].as_i64()
+            ),
+            (Some("int64"), Some(-1))
+        );
+    }
+
+    #[test]
+    fn vocabularies_are_the_servers() {
+        let doc = served();
+        let schemas = &doc["components"]["schemas"];
+        let mut samplers: Vec<Value> = sampler_names().into_iter().map(Value::from).collect();
+        samplers.push(Value::Null);
+        for (schema, field) in [
+            ("CreateJob", "sampler"),
+            ("ImageGenerationRequest", "sampler"),
+            ("Txt2ImgRequest", "sampler_name"),
+            ("Txt2ImgRequest", "sampler_index"),
+        ] {
+            assert_eq!(
+                schemas[schema]["properties"][field]["enum"],
+                json!(samplers)
+            );
+        }
+        assert_eq!(
+            schemas["Txt2ImgRequest"]["properties"]["scheduler"]["enum"],
+            json!(["automatic", "Automatic", "karras", "Karras", null])
+        );
+        assert_eq!(
+            schemas["OptionsRequest"]["properties"]["sd_model_checkpoint"]["enum"],
+            json!(["tiny", null])
+        );
+        assert_eq!(
+            schemas["ImageGenerationRequest"]["properties"]["model"]["enum"],
+            json!(["tiny", null])
+        );
+        assert_eq!(
+            schemas["ImageGenerationRequest"]["properties"]["size"]["pattern"],
+            "^(auto|(8|16|24|32|40|48|56|64)x(8|16|24|32|40|48))$"
+        );
+        assert_eq!(
+            schemas["PngInfoRequest"]["properties"]["image"]["pattern"],
+            a1111::IMAGE_PATTERN
+        );
+        let progress = &doc["paths"]["/sdapi/v1/progress"]["get"]["parameters"][0];
+        assert_eq!(progress["name"], "skip_current_image");
+        assert_eq!(progress["schema"]["type"], "boolean");
+    }
+
+    #[test]
+    fn links_name_real_operations() {
+        let doc = served();
+        let mut ids = Vec::new();
+        for item in doc["paths"].as_object().unwrap().values() {
+            for op in item.as_object().unwrap().values() {
+                ids.extend(op["operationId"].as_str().map(str::to_string));
+            }
+        }
+        for (path, method, status, target, _) in LINKS {
+            let links = &doc["paths"][path][method]["responses"][status]["links"];
+            assert_eq!(links[target]["operationId"], *target, "{path} {method}");
+            assert!(ids.iter().any(|id| id == target), "{target}");
+        }
+    }
+
+    #[test]
+    fn rules_and_open_bodies_are_stated() {
+        let doc = served();
+        let schemas = &doc["components"]["schemas"];
+        // Unknown fields: refused by the native API only.
+        assert_eq!(schemas["CreateJob"]["additionalProperties"], false);
+        for open in [
+            "Txt2ImgRequest",
+            "ImageGenerationRequest",
+            "GenerationRequest",
+            "OptionsRequest",
+            "PngInfoRequest",
+        ] {
+            assert!(
+                schemas[open].get("additionalProperties").is_none(),
+                "{open}"
+            );
+        }
+        let rules = schemas["Txt2ImgRequest"]["allOf"].as_array().unwrap();
+        assert_eq!(rules.len(), 2, "karras + one n_iter rule for --max-batch 2");
+        assert_eq!(rules[1]["then"]["properties"]["batch_size"]["maximum"], 1);
+        for (schema, field) in [
+            ("CreateJob", "width"),
+            ("Txt2ImgRequest", "height"),
+            ("ImageGenerationRequest", "size"),
+        ] {
+            let text = schemas[schema]["properties"][field]["description"]
+                .as_str()
+                .unwrap();
+            assert!(
+                text.contains("At most 2359296 pixels"),
+                "{schema}.{field}: {text}"
+            );
+        }
     }
 }

@@ -280,12 +280,44 @@ fn check_count(field: &'static str, value: i64, max: usize) -> Result<usize, Val
     }
 }
 
-/// Parses a sampler name (id or A1111 label) for the given field.
+/// Old k-diffusion names some A1111 scripts still send.
+const SAMPLER_ALIASES: [(&str, SamplerId); 4] = [
+    ("euler_a", SamplerId::EulerAncestral),
+    ("k_euler_a", SamplerId::EulerAncestral),
+    ("k_euler_ancestral", SamplerId::EulerAncestral),
+    ("k_euler", SamplerId::Euler),
+];
+
+/// Every sampler name the gate accepts, exactly as spelled here: each A1111
+/// label, each id, then the old aliases. The OpenAPI document lists these as the
+/// sampler fields' `enum`, so the two cannot disagree.
+pub fn sampler_names() -> Vec<&'static str> {
+    SamplerId::ALL
+        .iter()
+        .flat_map(|s| [s.label(), s.id()])
+        .chain(SAMPLER_ALIASES.iter().map(|(alias, _)| *alias))
+        .collect()
+}
+
+/// Parses a sampler name (one of [`sampler_names`], case and spaces exact) for
+/// the given field.
 pub fn parse_sampler(field: &'static str, name: &str) -> Result<SamplerId, ValidationError> {
-    name.parse::<SamplerId>()
-        .map_err(|e| ValidationError::UnknownSampler {
+    SamplerId::ALL
+        .iter()
+        .copied()
+        .find(|s| s.label() == name || s.id() == name)
+        .or_else(|| {
+            SAMPLER_ALIASES
+                .iter()
+                .find(|(alias, _)| *alias == name)
+                .map(|(_, id)| *id)
+        })
+        .ok_or_else(|| ValidationError::UnknownSampler {
             field,
-            message: e.to_string(),
+            message: format!(
+                "unknown sampler {name:?}; known samplers: {}",
+                sampler_names().join(", ")
+            ),
         })
 }
 
@@ -517,6 +549,25 @@ mod tests {
             let err = check(case.clone()).expect_err(&format!("{case:?} accepted"));
             assert_eq!(err.field(), Some(field), "{err}");
             assert!(err.to_string().contains(field), "{err}");
+        }
+    }
+
+    #[test]
+    fn sampler_names_are_exact() {
+        for name in sampler_names() {
+            assert!(parse_sampler("sampler", name).is_ok(), "{name}");
+        }
+        assert_eq!(
+            parse_sampler("sampler", "k_euler_a").unwrap(),
+            SamplerId::EulerAncestral
+        );
+        for near in ["euler a", "EULER", " Euler a", "Euler a ", "dpm++ 2m", ""] {
+            let err = parse_sampler("sampler_name", near).unwrap_err();
+            assert_eq!(err.field(), Some("sampler_name"));
+            assert!(
+                err.to_string().contains("Euler a, euler_ancestral"),
+                "{err}"
+            );
         }
     }
 

@@ -149,8 +149,9 @@ pub struct ImageGenerationRequest {
     #[schema(minimum = 1, maximum = 8)]
     #[serde(default, deserialize_with = "crate::extract::whole_number::option_i64")]
     pub n: Option<i64>,
-    /// `WIDTHxHEIGHT` (or `auto` for the model's native size).
-    #[schema(pattern = "^([1-9][0-9]{0,4}x[1-9][0-9]{0,4}|auto)$")]
+    /// `WIDTHxHEIGHT` such as `512x512` (or `auto` for the model's native size);
+    /// the pattern lists the sides the server's limits allow.
+    #[schema(pattern = "^(auto|[1-9][0-9]*x[1-9][0-9]*)$")]
     pub size: Option<String>,
     /// `b64_json` (default) or `url`.
     pub response_format: Option<String>,
@@ -177,13 +178,21 @@ fn invalid(field: &'static str, message: String) -> ApiError {
     ValidationError::Invalid { field, message }.into()
 }
 
+/// One side of a `size`: decimal digits without a sign, spaces or leading zero.
+fn size_side(text: &str) -> Option<i64> {
+    let plain = !text.starts_with('0') && text.bytes().all(|b| b.is_ascii_digit());
+    plain.then(|| text.parse().ok()).flatten()
+}
+
+/// `auto`, or `WIDTHxHEIGHT` spelled as [`size_pattern`] spells it; the gate
+/// then checks each side against the limits.
 fn parse_size(size: &str) -> Result<Option<(i64, i64)>, ApiError> {
     if size == "auto" {
         return Ok(None);
     }
     let parsed = size
-        .split_once(['x', 'X'])
-        .and_then(|(w, h)| Some((w.trim().parse::<i64>().ok()?, h.trim().parse::<i64>().ok()?)));
+        .split_once('x')
+        .and_then(|(w, h)| Some((size_side(w)?, size_side(h)?)));
     match parsed {
         Some(pair) => Ok(Some(pair)),
         None => Err(invalid(
@@ -191,6 +200,26 @@ fn parse_size(size: &str) -> Result<Option<(i64, i64)>, ApiError> {
             format!("expected WIDTHxHEIGHT such as 512x512, got {size:?}"),
         )),
     }
+}
+
+/// The `size` values the server accepts, as the anchored pattern the OpenAPI
+/// document gives: `auto`, or `WIDTHxHEIGHT` where each side is a multiple of
+/// `multiple` (the model's VAE factor) from `multiple` up to its limit. The
+/// `--max-pixels` limit on width × height is beyond a pattern; the schema's
+/// description states it.
+pub fn size_pattern(max_width: usize, max_height: usize, multiple: usize) -> String {
+    let multiple = multiple.max(1);
+    let sides = |max: usize| {
+        (1..=max / multiple)
+            .map(|i| (i * multiple).to_string())
+            .collect::<Vec<_>>()
+            .join("|")
+    };
+    let (widths, heights) = (sides(max_width), sides(max_height));
+    if widths.is_empty() || heights.is_empty() {
+        return "^auto$".into();
+    }
+    format!("^(auto|({widths})x({heights}))$")
 }
 
 impl ImageGenerationRequest {
@@ -401,4 +430,57 @@ pub async fn image_file(
         .map_err(|e| ApiError::InvalidLink(e.to_string()))?;
     let png = state.image_png(id).await?;
     Ok(([(header::CONTENT_TYPE, "image/png")], png).into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Limits;
+
+    #[test]
+    fn size_pattern_is_what_the_parser_and_gate_take() {
+        let pattern = size_pattern(24, 17, 8);
+        assert_eq!(pattern, "^(auto|(8|16|24)x(8|16))$");
+        let pattern = regex::Regex::new(&pattern).unwrap();
+        assert_eq!(size_pattern(4, 64, 8), "^auto$");
+        let limits = Limits {
+            max_width: 24,
+            max_height: 17,
+            ..Limits::default()
+        };
+        for size in [
+            "auto",
+            "8x8",
+            "24x16",
+            "16x8",
+            "32x8",
+            "8x24",
+            "7x8",
+            "0x8",
+            "08x8",
+            "+8x8",
+            " 8x8",
+            "8x8 ",
+            "8X8",
+            "8x",
+            "x8",
+            "8x8x8",
+            "",
+            "-8x8",
+            "99999999999999999999x8",
+        ] {
+            let parsed = parse_size(size).ok().map(|wh| match wh {
+                None => true,
+                Some((w, h)) => {
+                    let ok = |v: i64, max: usize| v > 0 && v as usize <= max && v % 8 == 0;
+                    ok(w, limits.max_width) && ok(h, limits.max_height)
+                }
+            });
+            assert_eq!(
+                parsed == Some(true),
+                pattern.is_match(size),
+                "{size:?}: parsed {parsed:?}"
+            );
+        }
+    }
 }

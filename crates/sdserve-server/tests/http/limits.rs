@@ -64,7 +64,7 @@ fn cases() -> Vec<(&'static str, Value, &'static str)> {
         (
             "/sdapi/v1/txt2img",
             json!({"sampler_index": "unknown"}),
-            "sampler_name",
+            "sampler_index",
         ),
         (
             "/sdapi/v1/txt2img",

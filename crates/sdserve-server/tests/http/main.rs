@@ -16,3 +16,4 @@ mod ownership;
 mod restart;
 mod retention;
 mod simple;
+mod spec;

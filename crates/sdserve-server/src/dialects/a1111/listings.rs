@@ -7,7 +7,7 @@ use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::State;
 use axum::Json;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use super::{A1111Errors, A1111};
@@ -125,25 +125,31 @@ pub async fn get_options(
     })))
 }
 
+/// `POST /sdapi/v1/options` body: A1111 settings. Any other key is accepted
+/// and ignored.
+#[derive(Deserialize, ToSchema)]
+pub struct OptionsRequest {
+    /// The checkpoint to use: the loaded model's title (see
+    /// `GET /sdapi/v1/sd-models`), as there is only one; null leaves it.
+    #[serde(default)]
+    pub sd_model_checkpoint: Option<String>,
+}
+
 /// Accepts settings; `sd_model_checkpoint` must name the loaded model. Others are ignored.
-#[utoipa::path(post, path = "/sdapi/v1/options", tag = "a1111", request_body = Object,
+#[utoipa::path(post, path = "/sdapi/v1/options", tag = "a1111", request_body = OptionsRequest,
     responses((status = 200, description = "Accepted (null, as A1111 answers)", body = serde_json::Value),
         A1111Errors))]
 pub async fn set_options(
     State(state): State<Arc<AppState>>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<serde_json::Value>, Rejection<A1111>> {
-    let options: serde_json::Map<String, serde_json::Value> =
-        parse_json(body, state.config.limits.max_body_bytes)?;
+    let options: OptionsRequest = parse_json(body, state.config.limits.max_body_bytes)?;
     let model = &state.model()?.name;
-    if let Some(wanted) = options.get("sd_model_checkpoint") {
-        let ok = wanted
-            .as_str()
-            .is_some_and(|w| w.eq_ignore_ascii_case(model));
-        if !ok {
+    if let Some(wanted) = options.sd_model_checkpoint {
+        if wanted != *model {
             return Err(ApiError::from(ValidationError::Invalid {
                 field: "sd_model_checkpoint",
-                message: format!("only {model:?} is served, got {wanted}"),
+                message: format!("only {model:?} is served, got {wanted:?}"),
             })
             .into());
         }

@@ -14,19 +14,50 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use super::{A1111Errors, A1111};
-use crate::engine_api::{image_input, ImageLimits};
+use crate::engine_api::{image_input, ImageInputError, ImageLimits};
 use crate::error::{ApiError, Rejection};
 use crate::extract::parse_json;
 use crate::state::AppState;
 use crate::validation::ValidationError;
 
+/// What `image` accepts, exactly as [`png_info`] reads it: optional ASCII
+/// whitespace around standard padded base64 (canonical: unused bits zero),
+/// optionally behind a `data:<type>;base64,` prefix. Empty means no image.
+pub const IMAGE_PATTERN: &str = r"^[\t\n\f\r ]*(data:[^,]*;base64,)?([A-Za-z0-9+/]{4})*([A-Za-z0-9+/][AQgw]==|[A-Za-z0-9+/]{2}[AEIMQUYcgkosw048]=)?[\t\n\f\r ]*$";
+
 /// `POST /sdapi/v1/png-info` body.
 #[derive(Deserialize, ToSchema)]
 pub struct PngInfoRequest {
-    /// Base64 PNG, optionally as a `data:image/png;base64,` URL. A JPEG is
-    /// accepted and has no parameters; a malformed image is a 422, one over the
-    /// engine's default `ImageLimits` (dimensions, text size, chunk count) a 413.
+    /// Base64 PNG, optionally as a `data:image/png;base64,` URL ("" for none). A
+    /// JPEG, or bytes of no image format, have no parameters; a malformed PNG or
+    /// JPEG is a 422, one over the engine's default `ImageLimits` (dimensions,
+    /// text size, chunk count) a 413.
+    #[schema(
+        pattern = r"^[\t\n\f\r ]*(data:[^,]*;base64,)?([A-Za-z0-9+/]{4})*([A-Za-z0-9+/][AQgw]==|[A-Za-z0-9+/]{2}[AEIMQUYcgkosw048]=)?[\t\n\f\r ]*$"
+    )]
     pub image: String,
+}
+
+fn invalid_image(message: String) -> ApiError {
+    ValidationError::Invalid {
+        field: "image",
+        message,
+    }
+    .into()
+}
+
+/// The base64 text of `image`: trimmed of ASCII whitespace, out of its data URL.
+fn base64_part(image: &str) -> Result<&str, ApiError> {
+    let text = image.trim_matches(|c: char| c.is_ascii_whitespace());
+    match text.strip_prefix("data:") {
+        None => Ok(text),
+        Some(rest) => match rest.split_once(',') {
+            Some((media, data)) if media.ends_with(";base64") => Ok(data),
+            _ => Err(invalid_image(
+                "a data URL must read data:<type>;base64,<data>".into(),
+            )),
+        },
+    }
 }
 
 /// `POST /sdapi/v1/png-info` answer.
@@ -117,32 +148,31 @@ pub async fn png_info(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<PngInfoResponse>, Rejection<A1111>> {
     let request: PngInfoRequest = parse_json(body, state.config.limits.max_body_bytes)?;
-    let text = request.image.trim();
-    let b64 = match text.split_once(";base64,") {
-        Some((prefix, data)) if prefix.starts_with("data:") => data,
-        _ => text,
-    };
+    let b64 = base64_part(&request.image)?;
     let mut info = String::new();
     let mut items = serde_json::Map::new();
     if !b64.is_empty() {
         let bytes = base64::engine::general_purpose::STANDARD
             .decode(b64.as_bytes())
-            .map_err(|e| {
-                ApiError::from(ValidationError::Invalid {
-                    field: "image",
-                    message: format!("not valid base64: {e}"),
-                })
-            })?;
-        let text = image_input::read_text(&bytes, &ImageLimits::default()).map_err(|error| {
-            ApiError::InvalidImage {
-                field: "image",
-                error,
+            .map_err(|e| invalid_image(format!("not valid base64: {e}")))?;
+        match image_input::read_text(&bytes, &ImageLimits::default()) {
+            Ok(text) => {
+                info = text.parameters().unwrap_or_default().to_string();
+                for chunk in text.others() {
+                    // PIL keeps the last chunk of a keyword; so does this map.
+                    items.insert(chunk.keyword.clone(), chunk.text.clone().into());
+                }
             }
-        })?;
-        info = text.parameters().unwrap_or_default().to_string();
-        for chunk in text.others() {
-            // PIL keeps the last chunk of a keyword; so does this map.
-            items.insert(chunk.keyword.clone(), chunk.text.clone().into());
+            // Bytes of no image format carry no parameters: nothing to read, as
+            // for "" (any base64 is valid here, so the spec and the answer agree).
+            Err(ImageInputError::Unsupported(_)) => {}
+            Err(error) => {
+                return Err(ApiError::InvalidImage {
+                    field: "image",
+                    error,
+                }
+                .into())
+            }
         }
     }
     let parameters = if info.is_empty() {
@@ -177,5 +207,47 @@ mod tests {
         assert_eq!(p["Model"], "tiny, sd");
         let only_prompt = parse_infotext("just words");
         assert_eq!(only_prompt["Prompt"], "just words");
+    }
+
+    #[test]
+    fn image_pattern_is_what_the_parser_takes() {
+        let pattern = regex::Regex::new(IMAGE_PATTERN).unwrap();
+        let accepted = |image: &str| {
+            base64_part(image).is_ok_and(|b64| {
+                b64.is_empty()
+                    || base64::engine::general_purpose::STANDARD
+                        .decode(b64)
+                        .is_ok()
+            })
+        };
+        for image in [
+            "",
+            "  ",
+            "QQ==",
+            "QUI=",
+            "QUJD",
+            " QUJD\n",
+            "data:image/png;base64,QUJD",
+            "data:;base64,",
+            "data:image/png;base64,",
+            "\tdata:x;y;base64,QQ==\r\n",
+            "QR==",
+            "QUJ=",
+            "QQ",
+            "QQ=",
+            "Q===",
+            "QUJDRA",
+            "@@@",
+            "data:image/png,QUJD",
+            "data:a,b;base64,QUJD",
+            "data:image/png;base64,QUJD,",
+            "xdata:image/png;base64,QUJD",
+            "QU JD",
+            "\u{a0}QUJD",
+            "\u{feff}QUJD",
+            "QUJD\u{b}",
+        ] {
+            assert_eq!(accepted(image), pattern.is_match(image), "{image:?}");
+        }
     }
 }

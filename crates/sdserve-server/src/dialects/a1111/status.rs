@@ -5,15 +5,17 @@
 
 use std::sync::Arc;
 
-use axum::extract::State;
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Query, State};
 use axum::Json;
-use serde::Serialize;
-use utoipa::ToSchema;
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
 
 use super::wire::job_timestamp;
-use super::A1111Errors;
+use super::{A1111Errors, A1111};
 use crate::dialects::Dialect;
-use crate::extract::Caller;
+use crate::error::Rejection;
+use crate::extract::{parse_query, Caller};
 use crate::jobs::{job::unix_now, JobEntry, JobStatus};
 use crate::state::AppState;
 
@@ -53,11 +55,22 @@ pub struct ProgressResponse {
     pub textinfo: Option<String>,
 }
 
+/// The query of `GET /sdapi/v1/progress`.
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct ProgressQuery {
+    /// Ignored (no previews are made), but must be `true` or `false` if given.
+    pub skip_current_image: Option<bool>,
+}
+
 /// Progress of the batch on the worker.
-#[utoipa::path(get, path = "/sdapi/v1/progress", tag = "a1111",
-    params(("skip_current_image" = Option<bool>, Query, description = "Ignored (no previews)")),
+#[utoipa::path(get, path = "/sdapi/v1/progress", tag = "a1111", params(ProgressQuery),
     responses((status = 200, description = "Progress", body = ProgressResponse), A1111Errors))]
-pub async fn progress(State(state): State<Arc<AppState>>) -> Json<ProgressResponse> {
+pub async fn progress(
+    State(state): State<Arc<AppState>>,
+    query: Result<Query<ProgressQuery>, QueryRejection>,
+) -> Result<Json<ProgressResponse>, Rejection<A1111>> {
+    parse_query(query)?;
     let jobs = &state.jobs;
     let current = jobs.current();
     let (progress, eta, step, steps, job) = match current {
@@ -79,7 +92,7 @@ pub async fn progress(State(state): State<Arc<AppState>>) -> Json<ProgressRespon
         }
         _ => (0.0, 0.0, 0, 0, String::new()),
     };
-    Json(ProgressResponse {
+    Ok(Json(ProgressResponse {
         progress,
         eta_relative: eta,
         state: ProgressState {
@@ -94,7 +107,7 @@ pub async fn progress(State(state): State<Arc<AppState>>) -> Json<ProgressRespon
         },
         current_image: None,
         textinfo: None,
-    })
+    }))
 }
 
 fn mine(caller: &Caller, entry: &JobEntry) -> bool {

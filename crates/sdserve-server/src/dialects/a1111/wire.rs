@@ -7,9 +7,9 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use crate::config::Limits;
-use crate::engine_api::ModelInfo;
+use crate::engine_api::{ModelInfo, SamplerId};
 use crate::jobs::JobSnapshot;
-use crate::validation::{parse_sampler, FieldNames, JobSpec, ValidationError};
+use crate::validation::{parse_sampler, sampler_names, FieldNames, JobSpec, ValidationError};
 
 /// How the A1111 dialect names the shared fields.
 pub const A1111_FIELDS: FieldNames = FieldNames {
@@ -45,7 +45,8 @@ pub struct Txt2ImgRequest {
     pub sampler_name: Option<String>,
     /// Deprecated alias of `sampler_name`.
     pub sampler_index: Option<String>,
-    /// `automatic` (default) or `karras` (with `DPM++ 2M`).
+    /// `automatic` (default) or `karras` (with `DPM++ 2M` only), or their labels
+    /// `Automatic`, `Karras`; see `GET /sdapi/v1/schedulers`.
     pub scheduler: Option<String>,
     /// Denoising steps.
     #[schema(minimum = 1, maximum = 150)]
@@ -95,23 +96,87 @@ fn invalid(field: &'static str, message: impl Into<String>) -> ValidationError {
     }
 }
 
+/// The accepted `scheduler` values, exactly: the names and labels that
+/// `GET /sdapi/v1/schedulers` lists (as A1111 accepts both), and whether each
+/// is the Karras schedule.
+pub const SCHEDULERS: [(&str, bool); 4] = [
+    ("automatic", false),
+    ("Automatic", false),
+    ("karras", true),
+    ("Karras", true),
+];
+
+/// The samplers a Karras schedule applies to (both become `dpmpp_2m_karras`).
+const KARRAS_SAMPLERS: [SamplerId; 2] = [SamplerId::DpmPp2m, SamplerId::DpmPp2mKarras];
+
 /// The engine sampler name for an A1111 sampler and scheduler pair.
 pub fn resolve_sampler(sampler: &str, scheduler: Option<&str>) -> Result<String, ValidationError> {
     let id = parse_sampler("sampler_name", sampler)?;
-    match scheduler.map(|s| s.trim().to_ascii_lowercase()).as_deref() {
-        None | Some("") | Some("automatic") => Ok(id.id().to_string()),
-        Some("karras") => match id.id() {
-            "dpmpp_2m" | "dpmpp_2m_karras" => Ok("dpmpp_2m_karras".into()),
-            _ => Err(invalid(
-                "scheduler",
-                format!("the Karras schedule is available with DPM++ 2M only, not {sampler:?}"),
-            )),
-        },
-        Some(other) => Err(invalid(
+    let Some(scheduler) = scheduler else {
+        return Ok(id.id().to_string());
+    };
+    match SCHEDULERS.iter().find(|(name, _)| *name == scheduler) {
+        None => Err(invalid(
             "scheduler",
-            format!("unsupported scheduler {other:?}; supported: automatic, karras"),
+            format!("unsupported scheduler {scheduler:?}; supported: automatic, karras (or Automatic, Karras)"),
+        )),
+        Some((_, false)) => Ok(id.id().to_string()),
+        Some((_, true)) if KARRAS_SAMPLERS.contains(&id) => {
+            Ok(SamplerId::DpmPp2mKarras.id().to_string())
+        }
+        Some((_, true)) => Err(invalid(
+            "scheduler",
+            format!("the Karras schedule is available with DPM++ 2M only, not {sampler:?}"),
         )),
     }
+}
+
+/// The rules across fields of [`Txt2ImgRequest`] that [`Txt2ImgRequest::to_spec`]
+/// applies, as JSON Schema `if`/`then` pairs for the OpenAPI document's `allOf`:
+/// a Karras `scheduler` needs a DPM++ 2M sampler (in `sampler_name`, or in
+/// `sampler_index` when `sampler_name` is absent or null; the default sampler is
+/// `Euler`), and `batch_size × n_iter` stays within `--max-batch`.
+pub fn txt2img_schema_rules(max_batch: usize) -> Vec<serde_json::Value> {
+    let karras: Vec<&str> = SCHEDULERS
+        .iter()
+        .filter(|(_, karras)| *karras)
+        .map(|(name, _)| *name)
+        .collect();
+    let karras_samplers: Vec<&str> = sampler_names()
+        .into_iter()
+        .filter(|name| parse_sampler("", name).is_ok_and(|id| KARRAS_SAMPLERS.contains(&id)))
+        .collect();
+    let mut rules = vec![serde_json::json!({
+        "if": { "properties": { "scheduler": { "enum": karras } }, "required": ["scheduler"] },
+        "then": { "anyOf": [
+            {
+                "properties": { "sampler_name": { "enum": karras_samplers } },
+                "required": ["sampler_name"],
+            },
+            {
+                "properties": {
+                    "sampler_name": { "type": "null" },
+                    "sampler_index": { "enum": karras_samplers },
+                },
+                "required": ["sampler_index"],
+            },
+        ] },
+    })];
+    // n_iter values sharing the same largest batch_size form one rule.
+    let mut n_iter = 2;
+    while n_iter <= max_batch {
+        let most = max_batch / n_iter;
+        let last = max_batch / most;
+        rules.push(serde_json::json!({
+            "if": {
+                "properties": { "n_iter": { "type": "number", "minimum": n_iter, "maximum": last } },
+                "required": ["n_iter"],
+            },
+            "then": { "properties": { "batch_size": { "maximum": most } } },
+        }));
+        n_iter = last + 1;
+    }
+    rules
 }
 
 impl Txt2ImgRequest {
@@ -150,6 +215,11 @@ impl Txt2ImgRequest {
                 ))
             }
         };
+        // The alias is checked even when sampler_name wins: the schema
+        // constrains it either way.
+        if let Some(index) = &self.sampler_index {
+            parse_sampler("sampler_index", index)?;
+        }
         let sampler = self
             .sampler_name
             .as_deref()
@@ -277,10 +347,62 @@ mod tests {
         );
         let e = resolve_sampler("Euler", Some("karras")).unwrap_err();
         assert_eq!(e.field(), Some("scheduler"));
-        let e = resolve_sampler("Euler", Some("exponential")).unwrap_err();
-        assert_eq!(e.field(), Some("scheduler"));
+        for unknown in ["exponential", "", "KARRAS", " karras"] {
+            let e = resolve_sampler("Euler", Some(unknown)).unwrap_err();
+            assert_eq!(e.field(), Some("scheduler"), "{unknown:?}");
+        }
+        assert_eq!(
+            resolve_sampler("dpmpp_2m", Some("karras")).unwrap(),
+            "dpmpp_2m_karras"
+        );
+        assert_eq!(
+            resolve_sampler("Euler", Some("Automatic")).unwrap(),
+            "euler"
+        );
         let e = resolve_sampler("PLMS", None).unwrap_err();
         assert_eq!(e.field(), Some("sampler_name"));
+    }
+
+    #[test]
+    fn batch_rules_match_the_gate() {
+        // For each n_iter, the schema's largest batch_size is the gate's.
+        for max_batch in [1, 2, 7, 8, 30] {
+            let limits = Limits {
+                max_batch,
+                ..Limits::default()
+            };
+            let rules = txt2img_schema_rules(max_batch);
+            for n_iter in 1..=max_batch as i64 {
+                let schema_most = rules[1..]
+                    .iter()
+                    .find(|r| {
+                        let n = &r["if"]["properties"]["n_iter"];
+                        n["minimum"].as_i64().unwrap() <= n_iter
+                            && n_iter <= n["maximum"].as_i64().unwrap()
+                    })
+                    .map_or(max_batch as i64, |r| {
+                        r["then"]["properties"]["batch_size"]["maximum"]
+                            .as_i64()
+                            .unwrap()
+                    });
+                let accepted = |batch: i64| {
+                    Txt2ImgRequest {
+                        batch_size: Some(batch),
+                        n_iter: Some(n_iter),
+                        ..Default::default()
+                    }
+                    .to_spec(&limits)
+                    .is_ok_and(|spec| spec.batch_size.unwrap() <= max_batch as i64)
+                };
+                assert!(accepted(schema_most), "{max_batch}: n_iter {n_iter}");
+                assert!(!accepted(schema_most + 1), "{max_batch}: n_iter {n_iter}");
+            }
+        }
+        let karras = &txt2img_schema_rules(8)[0];
+        assert_eq!(
+            karras["then"]["anyOf"][0]["properties"]["sampler_name"]["enum"],
+            serde_json::json!(["DPM++ 2M", "dpmpp_2m", "DPM++ 2M Karras", "dpmpp_2m_karras"])
+        );
     }
 
     #[test]

@@ -114,7 +114,12 @@ pub async fn require_auth(
             || PUBLIC_PATHS.contains(&path)
             || path.starts_with(SIGNED_PREFIX) =>
         {
-            Caller::from_connection(request.extensions())
+            // Without a credential on an open route the caller owns nothing:
+            // with auth on, it must not see anyone's jobs.
+            Caller {
+                restricted: auth.enabled(),
+                ..Caller::from_connection(request.extensions())
+            }
         }
         None => {
             let error = ApiError::Unauthorized {

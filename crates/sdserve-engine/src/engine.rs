@@ -6,6 +6,7 @@ use candle_core::Device;
 
 use crate::error::{EngineError, Result};
 use crate::model::StableDiffusion;
+use crate::options::EngineOptions;
 use crate::pipeline;
 use crate::request::{GenerateRequest, GeneratedImage, Observer, Timings};
 
@@ -66,12 +67,18 @@ const DEFAULT_CFG: f64 = 7.0;
 pub struct Engine {
     model: StableDiffusion,
     info: ModelInfo,
+    options: EngineOptions,
 }
 
 impl Engine {
-    /// Loads a model on the CPU (or the first CUDA GPU when built with `cuda`
-    /// and one is present).
+    /// Loads a model with default options on the CPU (or the first CUDA GPU
+    /// when built with `cuda` and one is present).
     pub fn load(source: &ModelSource) -> Result<Self> {
+        Self::load_with(source, EngineOptions::default())
+    }
+
+    /// Loads a model with `options` (memory limit, VAE tiling).
+    pub fn load_with(source: &ModelSource, options: EngineOptions) -> Result<Self> {
         let dir = match source {
             ModelSource::Dir(dir) => dir.clone(),
             ModelSource::Hub { repo } => crate::hub::resolve(repo)?,
@@ -96,12 +103,21 @@ impl Engine {
             vae_scale_factor: model.vae_scale_factor,
             name,
         };
-        Ok(Self { model, info })
+        Ok(Self {
+            model,
+            info,
+            options,
+        })
     }
 
     /// What the model is and which defaults suit it.
     pub fn info(&self) -> &ModelInfo {
         &self.info
+    }
+
+    /// The options the engine was loaded with.
+    pub fn options(&self) -> &EngineOptions {
+        &self.options
     }
 
     /// Checks a request against the model before it is queued or run.

@@ -11,6 +11,7 @@ pub mod hub;
 pub mod image_input;
 pub mod loader;
 mod model;
+pub mod options;
 mod pipeline;
 pub mod png;
 pub mod request;
@@ -22,5 +23,6 @@ mod unet;
 
 pub use engine::{batch_compatible, random_seed, Engine, GenerationOutput, ModelInfo, ModelSource};
 pub use error::{EngineError, Result};
+pub use options::{EngineOptions, VaeTiling};
 pub use request::{GenerateRequest, GeneratedImage, NoopObserver, Observer, Progress, Timings};
 pub use samplers::SamplerId;

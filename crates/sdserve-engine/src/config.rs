@@ -164,6 +164,9 @@ pub struct VaeConfig {
     pub use_post_quant_conv: bool,
     #[serde(default = "default_true")]
     pub mid_block_add_attention: bool,
+    /// Decode in f32 when the rest runs in f16 (the SD VAE overflows in f16).
+    #[serde(default = "default_true")]
+    pub force_upcast: bool,
     #[serde(default = "default_silu")]
     pub act_fn: String,
 }

@@ -2,11 +2,12 @@
 
 use std::path::PathBuf;
 
-use candle_core::Device;
+use candle_core::{DType, Device};
 
+use crate::attention::ScoreBlock;
 use crate::error::{EngineError, Result};
 use crate::model::StableDiffusion;
-use crate::options::EngineOptions;
+use crate::options::{EngineOptions, Precision};
 use crate::pipeline;
 use crate::request::{GenerateRequest, GeneratedImage, Observer, Timings};
 
@@ -84,7 +85,13 @@ impl Engine {
             ModelSource::Hub { repo } => crate::hub::resolve(repo)?,
         };
         let device = default_device();
-        let model = StableDiffusion::load(&dir, &device)?;
+        let dtype = match options.dtype {
+            Precision::Auto if device.is_cuda() => DType::F16,
+            Precision::Auto | Precision::F32 => DType::F32,
+            Precision::F16 => DType::F16,
+            Precision::Bf16 => DType::BF16,
+        };
+        let model = StableDiffusion::load_with(&dir, &device, ScoreBlock::DEFAULT, dtype)?;
         let name = match source {
             ModelSource::Dir(dir) => dir
                 .canonicalize()

@@ -10,6 +10,7 @@ mod engine;
 pub mod error;
 pub mod hub;
 pub mod image_input;
+mod layers;
 pub mod loader;
 mod model;
 pub mod options;
@@ -27,6 +28,6 @@ mod vae;
 
 pub use engine::{batch_compatible, random_seed, Engine, GenerationOutput, ModelInfo, ModelSource};
 pub use error::{EngineError, Result};
-pub use options::{EngineOptions, VaeTiling};
+pub use options::{EngineOptions, Precision, VaeTiling};
 pub use request::{GenerateRequest, GeneratedImage, NoopObserver, Observer, Progress, Timings};
 pub use samplers::SamplerId;

@@ -27,6 +27,10 @@ pub struct StableDiffusion {
     pub text_encoder: TextEncoder,
     pub unet: UNet,
     pub vae: VaeDecoder,
+    /// dtype of the text encoder and UNet weights and activations.
+    pub dtype: DType,
+    /// dtype the VAE decodes in (f32 when `force_upcast` and `dtype` is f16, as diffusers).
+    pub vae_dtype: DType,
     pub scheduler: SchedulerConfig,
     pub vae_scaling_factor: f64,
     pub vae_shift_factor: f64,
@@ -43,13 +47,11 @@ impl StableDiffusion {
         self.scheduler.num_train_timesteps.unwrap_or(1000)
     }
 
-    /// Loads every component of the diffusers folder `dir`.
-    pub fn load(dir: &Path, device: &Device) -> Result<Self> {
-        Self::load_with(dir, device, ScoreBlock::DEFAULT)
-    }
-
-    /// Loads with attention scores computed in blocks of at most `block` bytes.
-    pub fn load_with(dir: &Path, device: &Device, block: ScoreBlock) -> Result<Self> {
+    /// Loads every component of the diffusers folder `dir`, with weights in `dtype` and attention scores computed in blocks
+    /// of at most `block` bytes. Weights are converted tensor by tensor from
+    /// the mapped files, so half-precision files loaded as half are never
+    /// widened in memory.
+    pub fn load_with(dir: &Path, device: &Device, block: ScoreBlock, dtype: DType) -> Result<Self> {
         if !dir.is_dir() {
             crate::loader::refuse_pickle(dir)?;
             return Err(EngineError::invalid_model(
@@ -57,7 +59,6 @@ impl StableDiffusion {
                 "not a diffusers model folder (expected model_index.json, unet/, vae/, text_encoder/, tokenizer/, scheduler/); single-file checkpoints are not supported yet",
             ));
         }
-        let dtype = DType::F32;
         let tokenizer = ClipTokenizer::from_dir(&dir.join("tokenizer"))?;
         let scheduler: SchedulerConfig = read_json(&dir.join("scheduler/scheduler_config.json"))?;
 
@@ -119,7 +120,12 @@ impl StableDiffusion {
             ));
         }
         let vae_files = component_weights(&vae_dir, &["diffusion_pytorch_model"])?;
-        let (vb, _) = var_builder(&vae_files, dtype, device)?;
+        let vae_dtype = if dtype == DType::F16 && vae_cfg.force_upcast {
+            DType::F32
+        } else {
+            dtype
+        };
+        let (vb, _) = var_builder(&vae_files, vae_dtype, device)?;
         let vae_shape = VaeShape {
             latent_channels: vae_cfg.latent_channels,
             out_channels: vae_cfg.out_channels,
@@ -143,6 +149,8 @@ impl StableDiffusion {
             text_encoder,
             unet,
             vae,
+            dtype,
+            vae_dtype,
             scheduler,
             vae_scaling_factor: vae_cfg.scaling_factor,
             vae_shift_factor: vae_cfg.shift_factor.unwrap_or(0.0),
@@ -351,7 +359,7 @@ mod tests {
             .flat_map(|c| [ScoreBlock::DEFAULT, ScoreBlock(256)].map(|b| (c, b)))
         {
             let dir = fixtures.join("models").join(model);
-            let sd = StableDiffusion::load_with(&dir, &Device::Cpu, block).unwrap();
+            let sd = StableDiffusion::load_with(&dir, &Device::Cpu, block, DType::F32).unwrap();
             let get = |name: &str| debug[&format!("{key}.{name}")].clone();
 
             let ids = sd

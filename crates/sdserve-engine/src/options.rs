@@ -31,6 +31,33 @@ impl FromStr for VaeTiling {
     }
 }
 
+/// Precision of the weights and activations (`--dtype`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Precision {
+    /// f16 on CUDA, f32 on the CPU.
+    #[default]
+    Auto,
+    F32,
+    F16,
+    Bf16,
+}
+
+impl FromStr for Precision {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<Self, Self::Err> {
+        match s {
+            "auto" => Ok(Self::Auto),
+            "f32" | "fp32" | "float32" => Ok(Self::F32),
+            "f16" | "fp16" | "float16" => Ok(Self::F16),
+            "bf16" | "bfloat16" => Ok(Self::Bf16),
+            other => Err(format!(
+                "unknown dtype {other:?} (expected auto, f32, f16 or bf16)"
+            )),
+        }
+    }
+}
+
 /// Options fixed for the life of a loaded engine.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct EngineOptions {
@@ -39,6 +66,8 @@ pub struct EngineOptions {
     /// `--memory-limit` in bytes: an upper bound on what the plan may use,
     /// lowered further by the container's and the device's own limits.
     pub memory_limit: Option<u64>,
+    /// `--dtype`.
+    pub dtype: Precision,
 }
 
 #[cfg(test)]

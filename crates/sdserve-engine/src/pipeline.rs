@@ -149,7 +149,9 @@ fn denoise_step(
     let x = Tensor::cat(&inputs, 0)?;
     let context = Tensor::cat(&contexts, 0)?;
     let t = jobs[active[0]].sampler.timesteps()[step];
-    let prediction = model.unet.forward(&x, t, &context)?;
+    // Latents and sampler arithmetic stay f32; the UNet runs in the model's dtype.
+    let x = x.to_dtype(model.dtype)?;
+    let prediction = model.unet.forward(&x, t, &context)?.to_dtype(DType::F32)?;
 
     let mut row = 0;
     for &i in &active {
@@ -202,7 +204,8 @@ fn decode(
     let infotext = crate::png::infotext(job.request, job.seed, model_name);
     let mut images = Vec::with_capacity(n);
     for i in 0..n {
-        let pixels = model.vae.decode(&latents.narrow(0, i, 1)?)?;
+        let latent = latents.narrow(0, i, 1)?.to_dtype(model.vae_dtype)?;
+        let pixels = model.vae.decode(&latent)?.to_dtype(DType::F32)?;
         let pixels = ((pixels / 2.0)? + 0.5)?.clamp(0f32, 1f32)?;
         let (_, _, h, w) = pixels.dims4()?;
         let hwc: Vec<f32> = pixels

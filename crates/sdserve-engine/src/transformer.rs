@@ -8,6 +8,7 @@ use candle_core::{Module, Result, Tensor, D};
 use candle_nn as nn;
 
 use crate::attention::{attention, ScoreBlock};
+use crate::layers::Conv2d;
 
 /// Multi-head attention of `Attention` (`to_q`, `to_k`, `to_v`, `to_out.0`).
 struct CrossAttention {
@@ -126,7 +127,7 @@ pub struct SpatialTransformerConfig {
 }
 
 enum Projection {
-    Conv(nn::Conv2d),
+    Conv(Conv2d),
     Linear(nn::Linear),
 }
 
@@ -147,7 +148,7 @@ impl SpatialTransformer {
             Ok(if c.use_linear_projection {
                 Projection::Linear(nn::linear(dim, dim, vb)?)
             } else {
-                Projection::Conv(nn::conv2d(dim, dim, 1, Default::default(), vb)?)
+                Projection::Conv(Conv2d::new(vb, (dim, dim), 1, Default::default())?)
             })
         };
         let blocks_vb = vb.pp("transformer_blocks");

@@ -1,6 +1,6 @@
 //! The Stable Diffusion UNet (diffusers' `UNet2DConditionModel`), assembled
-//! from our blocks (`unet_blocks.rs`, bounded attention) and candle's resnets
-//! and timestep embedding. The timestep embedding is computed once, as a single
+//! from our blocks (`unet_blocks.rs`: resnets, bounded attention) and candle's
+//! timestep embedding. The timestep embedding is computed once, as a single
 //! row, and broadcast over the batch.
 //!
 //! Why one row: every job of a batch shares the step's timestep. candle's UNet builds
@@ -17,19 +17,20 @@ use candle_transformers::models::stable_diffusion::unet_2d::{
 };
 
 use crate::attention::ScoreBlock;
+use crate::layers::Conv2d;
 use crate::transformer::SpatialTransformerConfig;
 use crate::unet_blocks::{BlockShape, DownBlock, MidBlock, UpBlock, UpChannels};
 
 /// The denoising UNet; weights are looked up under diffusers' key names.
 pub struct UNet {
-    conv_in: nn::Conv2d,
+    conv_in: Conv2d,
     time_proj: Timesteps,
     time_embedding: TimestepEmbedding,
     down: Vec<DownBlock>,
     mid: MidBlock,
     up: Vec<UpBlock>,
     norm_out: nn::GroupNorm,
-    conv_out: nn::Conv2d,
+    conv_out: Conv2d,
     center_input_sample: bool,
 }
 
@@ -116,7 +117,7 @@ impl UNet {
         }
 
         Ok(Self {
-            conv_in: nn::conv2d(in_channels, channels(0), 3, conv3, vb.pp("conv_in"))?,
+            conv_in: Conv2d::new(vb.pp("conv_in"), (in_channels, channels(0)), 3, conv3)?,
             time_proj: Timesteps::new(channels(0), c.flip_sin_to_cos, c.freq_shift),
             time_embedding: TimestepEmbedding::new(vb.pp("time_embedding"), channels(0), time_dim)?,
             down,
@@ -128,7 +129,7 @@ impl UNet {
                 c.norm_eps,
                 vb.pp("conv_norm_out"),
             )?,
-            conv_out: nn::conv2d(channels(0), out_channels, 3, conv3, vb.pp("conv_out"))?,
+            conv_out: Conv2d::new(vb.pp("conv_out"), (channels(0), out_channels), 3, conv3)?,
             center_input_sample: c.center_input_sample,
         })
     }

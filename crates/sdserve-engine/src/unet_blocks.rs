@@ -1,13 +1,13 @@
 //! The UNet's down, mid and up blocks (diffusers' `DownBlock2D`,
 //! `CrossAttnDownBlock2D`, `UNetMidBlock2DCrossAttn`, `UpBlock2D`,
-//! `CrossAttnUpBlock2D`): candle's resnets with our own transformers, so that
-//! attention is bounded ([`crate::attention`]) and the resnets use the model's
-//! own group count (candle's plain blocks assume 32).
+//! `CrossAttnUpBlock2D`): our resnets and transformers, so that attention is
+//! bounded ([`crate::attention`]), bf16 runs on the CPU ([`crate::layers`]) and
+//! the resnets use the model's own group count (candle's plain blocks assume 32).
 
 use candle_core::{Module, Result, Tensor};
 use candle_nn as nn;
-use candle_transformers::models::stable_diffusion::resnet::{ResnetBlock2D, ResnetBlock2DConfig};
 
+use crate::layers::{Conv2d, ResnetBlock, ResnetShape};
 use crate::transformer::{SpatialTransformer, SpatialTransformerConfig};
 
 /// What every block of one UNet shares.
@@ -21,15 +21,21 @@ pub struct BlockShape {
 }
 
 impl BlockShape {
-    fn resnet(&self, out_channels: usize, output_scale_factor: f64) -> ResnetBlock2DConfig {
-        ResnetBlock2DConfig {
-            out_channels: Some(out_channels),
+    fn resnet(
+        &self,
+        vb: nn::VarBuilder,
+        (in_channels, out_channels): (usize, usize),
+        output_scale_factor: f64,
+    ) -> Result<ResnetBlock> {
+        let shape = ResnetShape {
+            in_channels,
+            out_channels,
             temb_channels: Some(self.temb_channels),
             groups: self.norm_groups,
             eps: self.norm_eps,
             output_scale_factor,
-            ..Default::default()
-        }
+        };
+        ResnetBlock::new(vb, shape)
     }
 
     fn transformer(
@@ -45,7 +51,7 @@ impl BlockShape {
 
 /// A stride-2 3x3 convolution (`downsamplers.0.conv`); padding 0 pads right and bottom by one.
 struct Downsample {
-    conv: nn::Conv2d,
+    conv: Conv2d,
     padding: usize,
 }
 
@@ -57,7 +63,7 @@ impl Downsample {
             ..Default::default()
         };
         Ok(Self {
-            conv: nn::conv2d(channels, channels, 3, cfg, vb.pp("conv"))?,
+            conv: Conv2d::new(vb.pp("conv"), (channels, channels), 3, cfg)?,
             padding,
         })
     }
@@ -74,7 +80,7 @@ impl Downsample {
 
 /// Nearest-neighbour 2x (or to an explicit size) then a 3x3 convolution.
 pub struct Upsample {
-    conv: nn::Conv2d,
+    conv: Conv2d,
 }
 
 impl Upsample {
@@ -84,7 +90,7 @@ impl Upsample {
             ..Default::default()
         };
         Ok(Self {
-            conv: nn::conv2d(channels, channels, 3, cfg, vb.pp("conv"))?,
+            conv: Conv2d::new(vb.pp("conv"), (channels, channels), 3, cfg)?,
         })
     }
 
@@ -98,7 +104,7 @@ impl Upsample {
 /// A down block: resnets, each followed by a transformer in cross-attention
 /// blocks, then an optional downsampler. Returns the skip connections too.
 pub struct DownBlock {
-    resnets: Vec<ResnetBlock2D>,
+    resnets: Vec<ResnetBlock>,
     attentions: Vec<SpatialTransformer>,
     downsampler: Option<Downsample>,
 }
@@ -116,11 +122,7 @@ impl DownBlock {
         for i in 0..layers {
             let input = if i == 0 { in_channels } else { out_channels };
             let vb_res = vb.pp("resnets").pp(i.to_string());
-            resnets.push(ResnetBlock2D::new(
-                vb_res,
-                input,
-                shape.resnet(out_channels, 1.0),
-            )?);
+            resnets.push(shape.resnet(vb_res, (input, out_channels), 1.0)?);
             let vb_attn = vb.pp("attentions").pp(i.to_string());
             attentions.extend(shape.transformer(vb_attn, out_channels)?);
         }
@@ -159,8 +161,8 @@ impl DownBlock {
 
 /// `UNetMidBlock2DCrossAttn`: resnet, then (transformer, resnet) per layer.
 pub struct MidBlock {
-    first: ResnetBlock2D,
-    layers: Vec<(SpatialTransformer, ResnetBlock2D)>,
+    first: ResnetBlock,
+    layers: Vec<(SpatialTransformer, ResnetBlock)>,
 }
 
 impl MidBlock {
@@ -171,11 +173,8 @@ impl MidBlock {
         output_scale_factor: f64,
     ) -> Result<Self> {
         let resnet = |i: usize| {
-            ResnetBlock2D::new(
-                vb.pp("resnets").pp(i.to_string()),
-                channels,
-                shape.resnet(channels, output_scale_factor),
-            )
+            let vb = vb.pp("resnets").pp(i.to_string());
+            shape.resnet(vb, (channels, channels), output_scale_factor)
         };
         let first = resnet(0)?;
         let mut layers = Vec::new();
@@ -197,7 +196,7 @@ impl MidBlock {
 /// An up block: (concat a skip, resnet, transformer in cross-attention blocks)
 /// per layer, then an optional upsampler.
 pub struct UpBlock {
-    resnets: Vec<ResnetBlock2D>,
+    resnets: Vec<ResnetBlock>,
     attentions: Vec<SpatialTransformer>,
     upsampler: Option<Upsample>,
 }
@@ -223,11 +222,7 @@ impl UpBlock {
             let skip = if i + 1 == layers { ch.skip } else { ch.out };
             let input = if i == 0 { ch.previous } else { ch.out };
             let vb_res = vb.pp("resnets").pp(i.to_string());
-            resnets.push(ResnetBlock2D::new(
-                vb_res,
-                input + skip,
-                shape.resnet(ch.out, 1.0),
-            )?);
+            resnets.push(shape.resnet(vb_res, (input + skip, ch.out), 1.0)?);
             let vb_attn = vb.pp("attentions").pp(i.to_string());
             attentions.extend(shape.transformer(vb_attn, ch.out)?);
         }

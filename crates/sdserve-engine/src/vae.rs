@@ -6,9 +6,9 @@
 
 use candle_core::{Module, Result, Tensor};
 use candle_nn as nn;
-use candle_transformers::models::stable_diffusion::resnet::{ResnetBlock2D, ResnetBlock2DConfig};
 
 use crate::attention::{attention, ScoreBlock};
+use crate::layers::{Conv2d, ResnetBlock, ResnetShape};
 use crate::unet_blocks::Upsample;
 
 /// What the decoder is built from (the VAE's `config.json`).
@@ -76,7 +76,7 @@ impl Module for SelfAttention {
 
 /// One `UpDecoderBlock2D`: resnets (no time embedding), then an optional upsampler.
 struct UpDecoderBlock {
-    resnets: Vec<ResnetBlock2D>,
+    resnets: Vec<ResnetBlock>,
     upsampler: Option<Upsample>,
 }
 
@@ -95,14 +95,14 @@ impl Module for UpDecoderBlock {
 
 /// Latents (already divided by the scaling factor) to pixels in [-1, 1].
 pub struct VaeDecoder {
-    post_quant_conv: Option<nn::Conv2d>,
-    conv_in: nn::Conv2d,
-    mid_first: ResnetBlock2D,
+    post_quant_conv: Option<Conv2d>,
+    conv_in: Conv2d,
+    mid_first: ResnetBlock,
     mid_attention: SelfAttention,
-    mid_second: ResnetBlock2D,
+    mid_second: ResnetBlock,
     up_blocks: Vec<UpDecoderBlock>,
     norm_out: nn::GroupNorm,
-    conv_out: nn::Conv2d,
+    conv_out: Conv2d,
 }
 
 impl VaeDecoder {
@@ -113,15 +113,16 @@ impl VaeDecoder {
             padding: 1,
             ..Default::default()
         };
-        let resnet = |vb: nn::VarBuilder, input: usize, out: usize| {
-            let cfg = ResnetBlock2DConfig {
-                out_channels: Some(out),
+        let resnet = |vb: nn::VarBuilder, in_channels: usize, out_channels: usize| {
+            let shape = ResnetShape {
+                in_channels,
+                out_channels,
                 temb_channels: None,
                 groups,
                 eps: 1e-6,
-                ..Default::default()
+                output_scale_factor: 1.0,
             };
-            ResnetBlock2D::new(vb, input, cfg)
+            ResnetBlock::new(vb, shape)
         };
         let reversed: Vec<usize> = s.block_out_channels.iter().rev().copied().collect();
         let (Some(&deepest), Some(&first)) = (reversed.first(), s.block_out_channels.first())
@@ -133,8 +134,8 @@ impl VaeDecoder {
         let post_quant_conv = s
             .use_post_quant_conv
             .then(|| {
-                let (c, cfg) = (s.latent_channels, Default::default());
-                nn::conv2d(c, c, 1, cfg, vb.pp("post_quant_conv"))
+                let c = s.latent_channels;
+                Conv2d::new(vb.pp("post_quant_conv"), (c, c), 1, Default::default())
             })
             .transpose()?;
         let vb = vb.pp("decoder");
@@ -156,7 +157,7 @@ impl VaeDecoder {
         }
         Ok(Self {
             post_quant_conv,
-            conv_in: nn::conv2d(s.latent_channels, deepest, 3, conv3, vb.pp("conv_in"))?,
+            conv_in: Conv2d::new(vb.pp("conv_in"), (s.latent_channels, deepest), 3, conv3)?,
             mid_first: resnet(mid.pp("resnets").pp("0"), deepest, deepest)?,
             mid_attention: SelfAttention::new(
                 mid.pp("attentions").pp("0"),
@@ -167,7 +168,7 @@ impl VaeDecoder {
             mid_second: resnet(mid.pp("resnets").pp("1"), deepest, deepest)?,
             up_blocks,
             norm_out: nn::group_norm(groups, first, 1e-6, vb.pp("conv_norm_out"))?,
-            conv_out: nn::conv2d(first, s.out_channels, 3, conv3, vb.pp("conv_out"))?,
+            conv_out: Conv2d::new(vb.pp("conv_out"), (first, s.out_channels), 3, conv3)?,
         })
     }
 

@@ -20,6 +20,7 @@ pub mod samplers;
 mod text_encoder;
 pub mod tokenizer;
 mod unet;
+mod vae_tiling;
 
 pub use engine::{batch_compatible, random_seed, Engine, GenerationOutput, ModelInfo, ModelSource};
 pub use error::{EngineError, Result};

@@ -169,6 +169,25 @@ pub struct VaeConfig {
     pub force_upcast: bool,
     #[serde(default = "default_silu")]
     pub act_fn: String,
+    /// Training image size; diffusers' tile size when tiling is enabled.
+    #[serde(default = "default_vae_sample_size")]
+    pub sample_size: PerBlock<usize>,
+}
+
+impl VaeConfig {
+    /// `sample_size` as one number: diffusers derives the latent tile from the
+    /// first entry of a list (and fails on a list for the pixel tile).
+    pub fn sample_size(&self) -> usize {
+        match &self.sample_size {
+            PerBlock::One(s) => *s,
+            PerBlock::Each(v) => v.first().copied().unwrap_or(32),
+        }
+    }
+}
+
+/// diffusers' `AutoencoderKL` default `sample_size`.
+fn default_vae_sample_size() -> PerBlock<usize> {
+    PerBlock::One(32)
 }
 
 fn default_3() -> usize {

@@ -7,7 +7,7 @@ use candle_core::{DType, Device};
 use crate::attention::ScoreBlock;
 use crate::error::{EngineError, Result};
 use crate::model::StableDiffusion;
-use crate::options::{EngineOptions, Precision};
+use crate::options::{EngineOptions, Precision, VaeTiling};
 use crate::pipeline;
 use crate::request::{GenerateRequest, GeneratedImage, Observer, Timings};
 
@@ -92,6 +92,10 @@ impl Engine {
             Precision::Bf16 => DType::BF16,
         };
         let model = StableDiffusion::load_with(&dir, &device, ScoreBlock::DEFAULT, dtype)?;
+        if options.vae_tiling == VaeTiling::On {
+            // `--vae-tiling on` with a VAE that cannot tile is refused now, not at the first decode.
+            model.vae_tile_geometry()?;
+        }
         let name = match source {
             ModelSource::Dir(dir) => dir
                 .canonicalize()
@@ -125,6 +129,21 @@ impl Engine {
     /// The options the engine was loaded with.
     pub fn options(&self) -> &EngineOptions {
         &self.options
+    }
+
+    /// Whether `Auto` tiles the VAE decode of a `width` x `height` image.
+    pub fn auto_tile_vae(&self, _width: usize, _height: usize) -> bool {
+        false // the memory plan (branch `memplan`, written in parallel) decides this
+    }
+
+    /// Whether a request's VAE decode tiles (diffusers' `use_tiling`; only a
+    /// latent larger than one tile is then cut).
+    fn tile_vae(&self, req: &GenerateRequest) -> bool {
+        match self.options.vae_tiling {
+            VaeTiling::On => true,
+            VaeTiling::Off => false,
+            VaeTiling::Auto => self.auto_tile_vae(req.width, req.height),
+        }
     }
 
     /// Checks a request against the model before it is queued or run.
@@ -185,9 +204,13 @@ impl Engine {
                 ));
             }
         }
-        let seeded: Vec<(GenerateRequest, u64)> = jobs
+        let seeded: Vec<pipeline::Job> = jobs
             .iter()
-            .map(|j| (j.clone(), j.seed.unwrap_or_else(random_seed)))
+            .map(|j| pipeline::Job {
+                request: j.clone(),
+                seed: j.seed.unwrap_or_else(random_seed),
+                tile_vae: self.tile_vae(j),
+            })
             .collect();
         let results = pipeline::generate_batch(&self.model, &self.info.name, &seeded, observer)?;
         Ok(results

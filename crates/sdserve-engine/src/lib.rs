@@ -25,6 +25,7 @@ mod transformer;
 mod unet;
 mod unet_blocks;
 mod vae;
+mod vae_tiling;
 
 pub use engine::{batch_compatible, random_seed, Engine, GenerationOutput, ModelInfo, ModelSource};
 pub use error::{EngineError, Result};

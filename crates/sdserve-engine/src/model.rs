@@ -20,6 +20,7 @@ use crate::text_encoder::TextEncoder;
 use crate::tokenizer::ClipTokenizer;
 use crate::unet::UNet;
 use crate::vae::{VaeDecoder, VaeShape};
+use crate::vae_tiling::TileGeometry;
 
 /// All parts of a loaded Stable Diffusion 1.x/2.x pipeline.
 pub struct StableDiffusion {
@@ -38,6 +39,9 @@ pub struct StableDiffusion {
     pub latent_channels: usize,
     /// Native latent size (height, width) from the UNet's `sample_size`.
     pub sample_size: (usize, usize),
+    /// The VAE config's `sample_size` and `block_out_channels` count: its tile geometry.
+    pub vae_sample_size: usize,
+    pub vae_blocks: usize,
     pub device: Device,
 }
 
@@ -45,6 +49,11 @@ impl StableDiffusion {
     /// Training timesteps of the noise schedule (an upper bound for steps).
     pub fn num_train_timesteps(&self) -> usize {
         self.scheduler.num_train_timesteps.unwrap_or(1000)
+    }
+
+    /// The VAE's tile sizes, as diffusers derives them when tiling is enabled.
+    pub fn vae_tile_geometry(&self) -> Result<TileGeometry> {
+        TileGeometry::new(self.vae_sample_size, self.vae_blocks)
     }
 
     /// Loads every component of the diffusers folder `dir`, with weights in `dtype` and attention scores computed in blocks
@@ -157,6 +166,8 @@ impl StableDiffusion {
             vae_scale_factor,
             latent_channels: vae_cfg.latent_channels,
             sample_size,
+            vae_sample_size: vae_cfg.sample_size(),
+            vae_blocks: vae_cfg.block_out_channels.len(),
             device: device.clone(),
         })
     }
@@ -381,6 +392,55 @@ mod tests {
 
             let pixels = sd.vae.decode(&get("vae_in")).unwrap();
             assert!(max_diff(&pixels, &get("vae_out")) < 1e-4, "{model}: vae");
+        }
+    }
+
+    /// Tiled decode against diffusers' `vae.enable_tiling()` on a (1, 4, 12, 20)
+    /// latent (2 x 4 tiles, partial tiles at the bottom and right edges), and
+    /// the untiled decode of the same latent, which must differ from it.
+    #[test]
+    fn tiled_vae_decode_matches_diffusers_enable_tiling() {
+        let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures");
+        let refs = candle_core::safetensors::load(
+            fixtures.join("reference/vae-tiling.safetensors"),
+            &Device::Cpu,
+        )
+        .unwrap();
+        for (model, key) in [("tiny-sd1", "sd1"), ("tiny-sd2", "sd2")] {
+            let sd = StableDiffusion::load_with(
+                &fixtures.join("models").join(model),
+                &Device::Cpu,
+                ScoreBlock::DEFAULT,
+                DType::F32,
+            )
+            .unwrap();
+            let get = |name: &str| refs[&format!("{key}.{name}")].clone();
+            let z = get("vae_tiled_in");
+            assert_eq!(z.dims(), &[1, 4, 12, 20]);
+            let geometry = sd.vae_tile_geometry().unwrap();
+            assert_eq!((geometry.sample, geometry.latent), (64, 8), "{model}");
+
+            let tiled = crate::vae_tiling::decode(&sd.vae, &geometry, &z).unwrap();
+            assert_eq!(tiled.dims(), &[1, 3, 96, 160]);
+            let tiled_diff = max_diff(&tiled, &get("vae_tiled_out"));
+            let untiled = sd.vae.decode(&z).unwrap();
+            let untiled_diff = max_diff(&untiled, &get("vae_untiled_out"));
+            let apart = max_diff(&get("vae_tiled_out"), &get("vae_untiled_out"));
+            eprintln!(
+                "{model}: tiled {tiled_diff:e}, untiled {untiled_diff:e}, tiled vs untiled {apart}"
+            );
+            assert!(tiled_diff < 1e-4, "{model}: tiled vae {tiled_diff}");
+            assert!(untiled_diff < 1e-4, "{model}: untiled vae {untiled_diff}");
+            assert!(
+                apart > 0.05,
+                "{model}: tiling should change the pixels ({apart})"
+            );
+
+            // A latent of one tile or less is decoded whole, as diffusers' `_decode`.
+            let small = z.narrow(2, 0, 8).unwrap().narrow(3, 0, 8).unwrap();
+            let whole = sd.vae.decode(&small).unwrap();
+            let through = crate::vae_tiling::decode(&sd.vae, &geometry, &small).unwrap();
+            assert_eq!(max_diff(&whole, &through), 0.0, "{model}: small latent");
         }
     }
 }

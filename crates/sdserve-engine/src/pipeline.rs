@@ -13,14 +13,25 @@ use crate::model::StableDiffusion;
 use crate::request::{GenerateRequest, GeneratedImage, Observer, Progress, Timings};
 use crate::rng::TorchRng;
 use crate::samplers::{self, Sampler};
+use crate::vae_tiling;
 
 /// One job's images and the batch's stage timings, or why the job has none.
 pub type JobResult = Result<(Vec<GeneratedImage>, Timings)>;
+
+/// A validated job as the engine hands it over: the request, its seed (drawn
+/// when the request had none) and whether its VAE decode tiles (diffusers'
+/// `use_tiling`; the latent is still tiled only when larger than one tile).
+pub struct Job {
+    pub request: GenerateRequest,
+    pub seed: u64,
+    pub tile_vae: bool,
+}
 
 /// One job's state during a batched generation.
 struct JobState<'a> {
     request: &'a GenerateRequest,
     seed: u64,
+    tile_vae: bool,
     /// Conditional and (with guidance) unconditional text embeddings, `batch_size` rows each.
     cond: Tensor,
     uncond: Option<Tensor>,
@@ -39,10 +50,10 @@ pub fn uses_guidance(request: &GenerateRequest) -> bool {
 pub fn generate_batch(
     model: &StableDiffusion,
     model_name: &str,
-    requests: &[(GenerateRequest, u64)],
+    requests: &[Job],
     observer: &mut dyn Observer,
 ) -> Result<Vec<JobResult>> {
-    let Some((first, _)) = requests.first() else {
+    let Some(Job { request: first, .. }) = requests.first() else {
         return Ok(Vec::new());
     };
     let guidance = uses_guidance(first);
@@ -51,7 +62,12 @@ pub fn generate_batch(
 
     let started = Instant::now();
     let mut jobs = Vec::with_capacity(requests.len());
-    for (request, seed) in requests {
+    for Job {
+        request,
+        seed,
+        tile_vae,
+    } in requests
+    {
         let n = request.batch_size;
         let cond = repeat_rows(&encode_text(model, &request.prompt)?, n)?;
         let uncond = if guidance {
@@ -79,6 +95,7 @@ pub fn generate_batch(
         jobs.push(JobState {
             request,
             seed: *seed,
+            tile_vae: *tile_vae,
             cond,
             uncond,
             latents,
@@ -193,7 +210,8 @@ fn repeat_rows(t: &Tensor, n: usize) -> Result<Tensor> {
     Ok(t.repeat((n, 1, 1))?)
 }
 
-/// VAE decode and `(x / 2 + 0.5).clamp(0, 1)`, rounded to 8 bits as diffusers' `numpy_to_pil`.
+/// VAE decode (tiled as diffusers' `enable_tiling()` when the job asks) and
+/// `(x / 2 + 0.5).clamp(0, 1)`, rounded to 8 bits as diffusers' `numpy_to_pil`.
 fn decode(
     model: &StableDiffusion,
     model_name: &str,
@@ -202,10 +220,19 @@ fn decode(
     let latents = ((&job.latents / model.vae_scaling_factor)? + model.vae_shift_factor)?;
     let (n, _, _, _) = latents.dims4()?;
     let infotext = crate::png::infotext(job.request, job.seed, model_name);
+    let tiles = if job.tile_vae {
+        Some(model.vae_tile_geometry()?)
+    } else {
+        None
+    };
     let mut images = Vec::with_capacity(n);
     for i in 0..n {
         let latent = latents.narrow(0, i, 1)?.to_dtype(model.vae_dtype)?;
-        let pixels = model.vae.decode(&latent)?.to_dtype(DType::F32)?;
+        let pixels = match &tiles {
+            Some(geometry) => vae_tiling::decode(&model.vae, geometry, &latent)?,
+            None => model.vae.decode(&latent)?,
+        }
+        .to_dtype(DType::F32)?;
         let pixels = ((pixels / 2.0)? + 0.5)?.clamp(0f32, 1f32)?;
         let (_, _, h, w) = pixels.dims4()?;
         let hwc: Vec<f32> = pixels

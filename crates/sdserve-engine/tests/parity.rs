@@ -1,10 +1,13 @@
 //! Image-for-image parity with diffusers: every reference case rendered by
-//! `fixtures/make_fixtures.py` must be reproduced within 3/255 per channel.
+//! `fixtures/make_fixtures.py` must be reproduced within 3/255 per channel,
+//! including the renders made with diffusers' `vae.enable_tiling()`.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use sdserve_engine::{png, Engine, GenerateRequest, ModelSource, NoopObserver, SamplerId};
+use sdserve_engine::{
+    png, Engine, EngineOptions, GenerateRequest, ModelSource, NoopObserver, SamplerId, VaeTiling,
+};
 use serde::Deserialize;
 
 /// Largest per-channel difference allowed against diffusers' 8-bit output.
@@ -24,16 +27,36 @@ struct Case {
     height: usize,
     batch_size: usize,
     images: Vec<String>,
+    /// Rendered with `vae.enable_tiling()` (absent in `cases.json`: off).
+    #[serde(default)]
+    vae_tiling: bool,
 }
 
 fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures")
 }
 
+/// `cases.json` followed by `vae-tiling-cases.json`.
 fn cases() -> Vec<Case> {
-    let text =
-        std::fs::read_to_string(fixtures().join("reference/cases.json")).expect("cases.json");
-    serde_json::from_str(&text).expect("cases.json parses")
+    let mut all = Vec::new();
+    for file in ["cases.json", "vae-tiling-cases.json"] {
+        let text = std::fs::read_to_string(fixtures().join("reference").join(file)).expect(file);
+        let cases: Vec<Case> = serde_json::from_str(&text).expect("cases parse");
+        all.extend(cases);
+    }
+    all
+}
+
+fn engine(model: &str, vae_tiling: VaeTiling) -> Engine {
+    let options = EngineOptions {
+        vae_tiling,
+        ..EngineOptions::default()
+    };
+    Engine::load_with(
+        &ModelSource::Dir(fixtures().join("models").join(model)),
+        options,
+    )
+    .expect("model loads")
 }
 
 fn request(case: &Case) -> GenerateRequest {
@@ -60,11 +83,13 @@ fn max_diff(a: &[u8], b: &[u8]) -> u8 {
 }
 
 fn check_model(model: &str) {
-    let engine = Engine::load(&ModelSource::Dir(fixtures().join("models").join(model)))
-        .expect("model loads");
+    // Each case runs as `--vae-tiling on` or `off`, as diffusers rendered it.
+    let tiled = engine(model, VaeTiling::On);
+    let untiled = engine(model, VaeTiling::Off);
     let mut failures = Vec::new();
     let mut checked = 0;
     for case in cases().into_iter().filter(|c| c.model == model) {
+        let engine = if case.vae_tiling { &tiled } else { &untiled };
         let output = engine
             .generate(&request(&case), &mut NoopObserver)
             .expect("generates");
@@ -97,7 +122,7 @@ fn check_model(model: &str) {
         }
     }
     assert!(
-        checked >= 16,
+        checked >= 18,
         "{model}: only {checked} reference images checked"
     );
     assert!(
@@ -145,6 +170,53 @@ fn cases_cover_samplers_seeds_negative_batch_and_non_square() {
                 "{model} {sampler}: non-square"
             );
         }
+    }
+}
+
+/// The tiled render's twin (same request, tiling off) is a different image,
+/// by more than the parity tolerance, and `--vae-tiling off` at that size
+/// gives that untiled image: the flag provably changes what is decoded.
+#[test]
+fn vae_tiling_off_gives_the_untiled_image_which_differs_from_the_tiled_one() {
+    let all = cases();
+    for model in ["tiny-sd1", "tiny-sd2"] {
+        let pick = |tiling: bool| {
+            all.iter()
+                .find(|c| c.model == model && c.vae_tiling == tiling && c.width > 64)
+                .unwrap_or_else(|| {
+                    panic!("{model}: no case with vae_tiling {tiling} above one tile")
+                })
+        };
+        let (tiled_case, untiled_case) = (pick(true), pick(false));
+        let req = request(tiled_case);
+        assert_eq!(
+            req,
+            request(untiled_case),
+            "{model}: the twins share one request"
+        );
+        let read = |case: &Case| {
+            let bytes = std::fs::read(fixtures().join(&case.images[0])).expect("reference png");
+            png::decode_rgb(&bytes).expect("reference decodes").2
+        };
+        let (tiled_ref, untiled_ref) = (read(tiled_case), read(untiled_case));
+        let apart = max_diff(&tiled_ref, &untiled_ref);
+        assert!(
+            apart > 2 * TOLERANCE,
+            "{model}: references only {apart} apart"
+        );
+
+        let on = engine(model, VaeTiling::On)
+            .generate(&req, &mut NoopObserver)
+            .unwrap();
+        let off = engine(model, VaeTiling::Off)
+            .generate(&req, &mut NoopObserver)
+            .unwrap();
+        let off_vs_untiled = max_diff(&off.images[0].rgb, &untiled_ref);
+        let off_vs_tiled = max_diff(&off.images[0].rgb, &tiled_ref);
+        let on_vs_tiled = max_diff(&on.images[0].rgb, &tiled_ref);
+        eprintln!("{model}: references {apart} apart; off vs untiled {off_vs_untiled}, off vs tiled {off_vs_tiled}, on vs tiled {on_vs_tiled}");
+        assert!(off_vs_untiled <= TOLERANCE && on_vs_tiled <= TOLERANCE);
+        assert!(off_vs_tiled > TOLERANCE, "{model}: off looks tiled");
     }
 }
 

@@ -348,3 +348,69 @@ fn bad_flags_are_clear_errors() {
         );
     }
 }
+
+/// `--vae-tiling on` gives diffusers' `vae.enable_tiling()` render of the
+/// 128x96 reference case, `off` its untiled twin (the two differ by far more
+/// than the tolerance); anything else is refused naming the accepted values.
+#[test]
+fn vae_tiling_flag_selects_the_tiled_or_untiled_image_and_refuses_bad_values() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = fixtures().join("models/tiny-sd1");
+    let model = model.to_str().unwrap();
+    let run = |mode: &str, out: &Path| {
+        sdserve(
+            &[
+                "generate",
+                "--model",
+                model,
+                "--prompt",
+                "a lighthouse on a cliff at dusk",
+                "--negative-prompt",
+                "blurry",
+                "--seed",
+                "99",
+                "--steps",
+                "4",
+                "--cfg-scale",
+                "7.5",
+                "--sampler",
+                "Euler a",
+                "--width",
+                "128",
+                "--height",
+                "96",
+                "--vae-tiling",
+                mode,
+                "--output",
+                out.to_str().unwrap(),
+            ],
+            &[],
+        )
+    };
+    for (mode, reference) in [
+        ("on", "reference/tiny-sd1/euler_ancestral-tiled-0.png"),
+        ("off", "reference/tiny-sd1/euler_ancestral-untiled-0.png"),
+    ] {
+        let out = dir.path().join(format!("{mode}.png"));
+        let result = run(mode, &out);
+        assert!(result.status.success(), "{mode}: {}", stderr(&result));
+        assert_matches_reference(&out, reference);
+    }
+    let read = |p: &Path| png::decode_rgb(&std::fs::read(p).unwrap()).unwrap().2;
+    let (on, off) = (
+        read(&dir.path().join("on.png")),
+        read(&dir.path().join("off.png")),
+    );
+    let apart = on.iter().zip(&off).map(|(a, b)| a.abs_diff(*b)).max();
+    assert!(apart > Some(3), "on and off differ by only {apart:?}");
+
+    let out = dir.path().join("bad.png");
+    let result = run("yes", &out);
+    assert!(!result.status.success());
+    let err = stderr(&result);
+    assert!(
+        err.contains("--vae-tiling") && err.contains("expected auto, on or off"),
+        "{err}"
+    );
+    assert!(!out.exists());
+}

@@ -505,3 +505,46 @@ fn bad_flags_and_models_fail_fast() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// `serve --vae-tiling on` serves diffusers' `vae.enable_tiling()` render of the
+/// 128x96 reference case; a bad mode stops the server at start.
+#[test]
+fn serve_vae_tiling_on_serves_the_tiled_image_and_refuses_bad_modes() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &["--vae-tiling", "on"]);
+    let client = Client::new();
+    let got = native_png(
+        &client,
+        &server,
+        json!({
+            "prompt": "a lighthouse on a cliff at dusk", "negative_prompt": "blurry", "seed": 99,
+            "steps": 4, "cfg_scale": 7.5, "sampler": "Euler a", "width": 128, "height": 96
+        }),
+    );
+    let (w, h, got) = sdserve_engine::png::decode_rgb(&got).unwrap();
+    assert_eq!((w, h), (128, 96));
+    let reference = |name: &str| {
+        let path = common::repo_root()
+            .join("fixtures/reference/tiny-sd1")
+            .join(name);
+        sdserve_engine::png::decode_rgb(&std::fs::read(path).unwrap())
+            .unwrap()
+            .2
+    };
+    let max_diff = |want: &[u8]| got.iter().zip(want).map(|(a, b)| a.abs_diff(*b)).max();
+    let tiled = max_diff(&reference("euler_ancestral-tiled-0.png"));
+    let untiled = max_diff(&reference("euler_ancestral-untiled-0.png"));
+    assert!(
+        tiled <= Some(3) && untiled > Some(3),
+        "tiled {tiled:?}, untiled {untiled:?}"
+    );
+
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_sdserve"))
+        .args(["serve", "--vae-tiling", "sometimes", "--output-dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("expected auto, on or off"), "{err}");
+}

@@ -6,7 +6,10 @@ use std::time::Instant;
 
 use anyhow::Context;
 use indicatif::{ProgressBar, ProgressStyle};
-use sdserve_engine::{png, Engine, GenerateRequest, ModelSource, Observer, Progress, SamplerId};
+use sdserve_engine::{
+    png, Engine, EngineOptions, GenerateRequest, ModelSource, Observer, Progress, SamplerId,
+    VaeTiling,
+};
 
 /// Flags of `sdserve generate` (scripted against by other tools: keep stable).
 #[derive(clap::Args, Debug)]
@@ -41,6 +44,10 @@ pub struct GenerateArgs {
     /// Output PNG; with a batch, FILE-0.png, FILE-1.png...
     #[arg(long, default_value = "output.png")]
     pub output: PathBuf,
+    /// VAE decode in overlapping tiles as diffusers' enable_vae_tiling(): on
+    /// (images larger than one VAE tile), off, or auto (when memory requires).
+    #[arg(long, value_name = "auto|on|off", default_value = "auto")]
+    pub vae_tiling: VaeTiling,
 }
 
 /// Shows denoising progress on stderr.
@@ -58,7 +65,11 @@ impl Observer for BarObserver {
 pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
     let sampler: SamplerId = args.sampler.parse()?;
     let started = Instant::now();
-    let engine = Engine::load(&ModelSource::parse(&args.model))
+    let options = EngineOptions {
+        vae_tiling: args.vae_tiling,
+        ..EngineOptions::default()
+    };
+    let engine = Engine::load_with(&ModelSource::parse(&args.model), options)
         .with_context(|| format!("loading model {}", args.model))?;
     let load_secs = started.elapsed().as_secs_f64();
     let info = engine.info();

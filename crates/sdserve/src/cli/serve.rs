@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use sdserve_engine::{Engine, ModelSource};
+use sdserve_engine::{Engine, EngineOptions, ModelSource, VaeTiling};
 use sdserve_server::config::{
     self, AuthConfig, BasicCredential, ConnectionLimits, Limits, ServerConfig,
 };
@@ -100,6 +100,10 @@ pub struct ServeArgs {
     /// jobs get 507; 0 turns the check off.
     #[arg(long, value_name = "BYTES", default_value_t = config::DEFAULT_MIN_FREE_DISK_BYTES)]
     pub min_free_disk: u64,
+    /// VAE decode in overlapping tiles as diffusers' enable_vae_tiling(): on
+    /// (images larger than one VAE tile), off, or auto (when memory requires).
+    #[arg(long, value_name = "auto|on|off", default_value = "auto")]
+    pub vae_tiling: VaeTiling,
 }
 
 impl ServeArgs {
@@ -176,7 +180,11 @@ async fn serve(app: App, args: ServeArgs, started: Instant) -> anyhow::Result<Ex
     };
     tracing::info!(%addr, auth, output_dir = %args.output_dir.display(), "listening; /livez is up, /readyz waits for the model");
 
-    let failed = spawn_loader(app.clone(), args.model.clone(), started)?;
+    let options = EngineOptions {
+        vae_tiling: args.vae_tiling,
+        ..EngineOptions::default()
+    };
+    let failed = spawn_loader(app.clone(), args.model.clone(), options, started)?;
     let load_failure = async move {
         match failed.await {
             Ok(error) => error,
@@ -203,6 +211,7 @@ async fn serve(app: App, args: ServeArgs, started: Instant) -> anyhow::Result<Ex
 fn spawn_loader(
     app: App,
     model: String,
+    options: EngineOptions,
     started: Instant,
 ) -> anyhow::Result<tokio::sync::oneshot::Receiver<anyhow::Error>> {
     let (tx, rx) = tokio::sync::oneshot::channel();
@@ -211,7 +220,7 @@ fn spawn_loader(
         .spawn(move || {
             let load_start = Instant::now();
             tracing::info!(model = %model, "loading model");
-            let loaded = Engine::load(&ModelSource::parse(&model))
+            let loaded = Engine::load_with(&ModelSource::parse(&model), options)
                 .with_context(|| format!("loading model {model}"))
                 .and_then(|engine| {
                     let info = engine.info().clone();

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use candle_core::Device;
 
 use crate::error::{EngineError, Result};
+use crate::memory::{plan_for_model, MemoryPlan};
 use crate::model::StableDiffusion;
 use crate::options::EngineOptions;
 use crate::pipeline;
@@ -68,6 +69,7 @@ pub struct Engine {
     model: StableDiffusion,
     info: ModelInfo,
     options: EngineOptions,
+    plan: MemoryPlan,
 }
 
 impl Engine {
@@ -84,6 +86,12 @@ impl Engine {
             ModelSource::Hub { repo } => crate::hub::resolve(repo)?,
         };
         let device = default_device();
+        if !dir.is_dir() {
+            // the model's own loader says what is wrong with the path
+            StableDiffusion::load(&dir, &device)?;
+        }
+        // Before the weights: a budget that cannot hold them is an error, not an OOM kill.
+        let plan = plan_for_model(&dir, &options, &device)?;
         let model = StableDiffusion::load(&dir, &device)?;
         let name = match source {
             ModelSource::Dir(dir) => dir
@@ -107,6 +115,7 @@ impl Engine {
             model,
             info,
             options,
+            plan,
         })
     }
 
@@ -118,6 +127,17 @@ impl Engine {
     /// The options the engine was loaded with.
     pub fn options(&self) -> &EngineOptions {
         &self.options
+    }
+
+    /// The memory plan computed at load: budget, weights, what fits.
+    pub fn memory_plan(&self) -> &MemoryPlan {
+        &self.plan
+    }
+
+    /// Whether an image of `width × height` is decoded in tiles under the
+    /// `--vae-tiling` mode (`Auto` asks the memory plan).
+    pub fn auto_tile_vae(&self, width: usize, height: usize) -> bool {
+        self.plan.tile_vae(width, height)
     }
 
     /// Checks a request against the model before it is queued or run.
@@ -148,6 +168,13 @@ impl Engine {
                 req.cfg_scale
             ));
         }
+        self.plan.check(
+            req.width,
+            req.height,
+            req.batch_size,
+            pipeline::uses_guidance(req),
+            f,
+        )?;
         Ok(())
     }
 
@@ -177,6 +204,17 @@ impl Engine {
                     "jobs in one batch must share size, steps, sampler and guidance".into(),
                 ));
             }
+        }
+        // Each job fits alone; the batch as a whole must fit too.
+        if let Some(first) = jobs.first() {
+            let images = jobs.iter().map(|j| j.batch_size).sum();
+            self.plan.check(
+                first.width,
+                first.height,
+                images,
+                pipeline::uses_guidance(first),
+                self.info.vae_scale_factor,
+            )?;
         }
         let seeded: Vec<(GenerateRequest, u64)> = jobs
             .iter()

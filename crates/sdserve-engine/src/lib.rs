@@ -10,6 +10,7 @@ pub mod error;
 pub mod hub;
 pub mod image_input;
 pub mod loader;
+pub mod memory;
 mod model;
 pub mod options;
 mod pipeline;
@@ -23,6 +24,7 @@ mod unet;
 
 pub use engine::{batch_compatible, random_seed, Engine, GenerationOutput, ModelInfo, ModelSource};
 pub use error::{EngineError, Result};
+pub use memory::{MemoryPlan, OverBudget};
 pub use options::{EngineOptions, VaeTiling};
 pub use request::{GenerateRequest, GeneratedImage, NoopObserver, Observer, Progress, Timings};
 pub use samplers::SamplerId;

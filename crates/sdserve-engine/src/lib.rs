@@ -26,5 +26,6 @@ pub use engine::{batch_compatible, random_seed, Engine, GenerationOutput, ModelI
 pub use error::{EngineError, Result};
 pub use memory::{MemoryPlan, OverBudget};
 pub use options::{EngineOptions, VaeTiling};
+pub use pipeline::uses_guidance;
 pub use request::{GenerateRequest, GeneratedImage, NoopObserver, Observer, Progress, Timings};
 pub use samplers::SamplerId;

@@ -6,7 +6,9 @@ use std::time::Instant;
 
 use anyhow::Context;
 use indicatif::{ProgressBar, ProgressStyle};
-use sdserve_engine::{png, Engine, GenerateRequest, ModelSource, Observer, Progress, SamplerId};
+use sdserve_engine::{
+    png, Engine, EngineOptions, GenerateRequest, ModelSource, Observer, Progress, SamplerId,
+};
 
 /// Flags of `sdserve generate` (scripted against by other tools: keep stable).
 #[derive(clap::Args, Debug)]
@@ -41,6 +43,10 @@ pub struct GenerateArgs {
     /// Output PNG; with a batch, FILE-0.png, FILE-1.png...
     #[arg(long, default_value = "output.png")]
     pub output: PathBuf,
+    /// Most memory the generation may plan for (e.g. 8G, 512M, bytes); a size
+    /// beyond the plan is refused before anything runs.
+    #[arg(long, value_name = "SIZE", value_parser = super::parse_memory_limit)]
+    pub memory_limit: Option<u64>,
 }
 
 /// Shows denoising progress on stderr.
@@ -58,7 +64,11 @@ impl Observer for BarObserver {
 pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
     let sampler: SamplerId = args.sampler.parse()?;
     let started = Instant::now();
-    let engine = Engine::load(&ModelSource::parse(&args.model))
+    let options = EngineOptions {
+        memory_limit: args.memory_limit,
+        ..EngineOptions::default()
+    };
+    let engine = Engine::load_with(&ModelSource::parse(&args.model), options)
         .with_context(|| format!("loading model {}", args.model))?;
     let load_secs = started.elapsed().as_secs_f64();
     let info = engine.info();

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use sdserve_engine::{Engine, ModelSource};
+use sdserve_engine::{Engine, EngineOptions, ModelSource};
 use sdserve_server::config::{
     self, AuthConfig, BasicCredential, ConnectionLimits, Limits, ServerConfig,
 };
@@ -100,6 +100,11 @@ pub struct ServeArgs {
     /// jobs get 507; 0 turns the check off.
     #[arg(long, value_name = "BYTES", default_value_t = config::DEFAULT_MIN_FREE_DISK_BYTES)]
     pub min_free_disk: u64,
+    /// Most memory the server may plan for (e.g. 8G, 8GiB, 512M, bytes); the
+    /// container's cgroup limit and available memory lower it further.
+    /// Requests beyond the plan get 413.
+    #[arg(long, value_name = "SIZE", value_parser = super::parse_memory_limit)]
+    pub memory_limit: Option<u64>,
 }
 
 impl ServeArgs {
@@ -176,7 +181,11 @@ async fn serve(app: App, args: ServeArgs, started: Instant) -> anyhow::Result<Ex
     };
     tracing::info!(%addr, auth, output_dir = %args.output_dir.display(), "listening; /livez is up, /readyz waits for the model");
 
-    let failed = spawn_loader(app.clone(), args.model.clone(), started)?;
+    let options = EngineOptions {
+        memory_limit: args.memory_limit,
+        ..EngineOptions::default()
+    };
+    let failed = spawn_loader(app.clone(), args.model.clone(), started, options)?;
     let load_failure = async move {
         match failed.await {
             Ok(error) => error,
@@ -204,6 +213,7 @@ fn spawn_loader(
     app: App,
     model: String,
     started: Instant,
+    options: EngineOptions,
 ) -> anyhow::Result<tokio::sync::oneshot::Receiver<anyhow::Error>> {
     let (tx, rx) = tokio::sync::oneshot::channel();
     std::thread::Builder::new()
@@ -211,7 +221,7 @@ fn spawn_loader(
         .spawn(move || {
             let load_start = Instant::now();
             tracing::info!(model = %model, "loading model");
-            let loaded = Engine::load(&ModelSource::parse(&model))
+            let loaded = Engine::load_with(&ModelSource::parse(&model), options)
                 .with_context(|| format!("loading model {model}"))
                 .and_then(|engine| {
                     let info = engine.info().clone();

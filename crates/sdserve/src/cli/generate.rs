@@ -6,6 +6,7 @@ use std::time::Instant;
 
 use anyhow::Context;
 use indicatif::{ProgressBar, ProgressStyle};
+use sdserve_engine::memory::human_bytes;
 use sdserve_engine::{
     png, Engine, EngineOptions, GenerateRequest, ModelSource, Observer, Progress, SamplerId,
 };
@@ -91,6 +92,19 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
         batch_size: args.batch_size,
     };
     engine.validate(&request)?;
+    let plan = engine.memory_plan();
+    let estimate = plan.estimate(
+        request.width,
+        request.height,
+        request.batch_size,
+        sdserve_engine::uses_guidance(&request),
+    );
+    eprintln!(
+        "memory: estimated peak ~{} (estimate_bytes={estimate}); budget {} ({})",
+        human_bytes(estimate),
+        human_bytes(plan.budget_bytes()),
+        plan.budget_source()
+    );
 
     let bar = ProgressBar::new(request.steps as u64);
     bar.set_style(

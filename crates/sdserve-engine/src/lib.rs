@@ -4,6 +4,7 @@
 //! diffusers for the same model, settings and seed. It owns the weights, the
 //! tokenizer, the samplers and the seeded noise; it knows nothing of HTTP or async.
 
+mod attention;
 pub mod config;
 mod engine;
 pub mod error;
@@ -20,7 +21,10 @@ pub mod rng;
 pub mod samplers;
 mod text_encoder;
 pub mod tokenizer;
+mod transformer;
 mod unet;
+mod unet_blocks;
+mod vae;
 
 pub use engine::{batch_compatible, random_seed, Engine, GenerationOutput, ModelInfo, ModelSource};
 pub use error::{EngineError, Result};

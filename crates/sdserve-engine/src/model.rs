@@ -1,7 +1,7 @@
 //! Loading a diffusers-format Stable Diffusion folder: every architecture
-//! number comes from the folder's own configs, mapped onto candle-transformers'
-//! UNet and VAE, and refused with a clear error where they go beyond what
-//! those modules implement.
+//! number comes from the folder's own configs, mapped onto our UNet and VAE
+//! decoder (built from candle's layers), and refused with a clear error where
+//! they go beyond what those modules implement.
 
 use std::path::Path;
 
@@ -9,8 +9,8 @@ use candle_core::{DType, Device};
 use candle_transformers::models::stable_diffusion::unet_2d::{
     BlockConfig, UNet2DConditionModelConfig,
 };
-use candle_transformers::models::stable_diffusion::vae::{AutoEncoderKL, AutoEncoderKLConfig};
 
+use crate::attention::ScoreBlock;
 use crate::config::{
     read_json, PerBlock, SchedulerConfig, TextEncoderConfig, UNetConfig, VaeConfig,
 };
@@ -19,13 +19,14 @@ use crate::loader::{component_weights, var_builder};
 use crate::text_encoder::TextEncoder;
 use crate::tokenizer::ClipTokenizer;
 use crate::unet::UNet;
+use crate::vae::{VaeDecoder, VaeShape};
 
 /// All parts of a loaded Stable Diffusion 1.x/2.x pipeline.
 pub struct StableDiffusion {
     pub tokenizer: ClipTokenizer,
     pub text_encoder: TextEncoder,
     pub unet: UNet,
-    pub vae: AutoEncoderKL,
+    pub vae: VaeDecoder,
     pub scheduler: SchedulerConfig,
     pub vae_scaling_factor: f64,
     pub vae_shift_factor: f64,
@@ -44,6 +45,11 @@ impl StableDiffusion {
 
     /// Loads every component of the diffusers folder `dir`.
     pub fn load(dir: &Path, device: &Device) -> Result<Self> {
+        Self::load_with(dir, device, ScoreBlock::DEFAULT)
+    }
+
+    /// Loads with attention scores computed in blocks of at most `block` bytes.
+    pub fn load_with(dir: &Path, device: &Device, block: ScoreBlock) -> Result<Self> {
         if !dir.is_dir() {
             crate::loader::refuse_pickle(dir)?;
             return Err(EngineError::invalid_model(
@@ -94,6 +100,7 @@ impl StableDiffusion {
             unet_cfg.in_channels,
             unet_cfg.out_channels,
             &candle_unet_cfg,
+            block,
         )
         .map_err(|e| {
             EngineError::invalid_model(&unet_files[0], crate::error::describe_candle(&e))
@@ -113,20 +120,15 @@ impl StableDiffusion {
         }
         let vae_files = component_weights(&vae_dir, &["diffusion_pytorch_model"])?;
         let (vb, _) = var_builder(&vae_files, dtype, device)?;
-        let vae = AutoEncoderKL::new(
-            vb,
-            vae_cfg.in_channels,
-            vae_cfg.out_channels,
-            AutoEncoderKLConfig {
-                block_out_channels: vae_cfg.block_out_channels.clone(),
-                layers_per_block: vae_cfg.layers_per_block,
-                latent_channels: vae_cfg.latent_channels,
-                norm_num_groups: vae_cfg.norm_num_groups,
-                use_quant_conv: vae_cfg.use_quant_conv,
-                use_post_quant_conv: vae_cfg.use_post_quant_conv,
-            },
-        )
-        .map_err(|e| {
+        let vae_shape = VaeShape {
+            latent_channels: vae_cfg.latent_channels,
+            out_channels: vae_cfg.out_channels,
+            block_out_channels: vae_cfg.block_out_channels.clone(),
+            layers_per_block: vae_cfg.layers_per_block,
+            norm_num_groups: vae_cfg.norm_num_groups,
+            use_post_quant_conv: vae_cfg.use_post_quant_conv,
+        };
+        let vae = VaeDecoder::new(vb, &vae_shape, block).map_err(|e| {
             EngineError::invalid_model(&vae_files[0], crate::error::describe_candle(&e))
         })?;
 
@@ -341,9 +343,15 @@ mod tests {
             &Device::Cpu,
         )
         .unwrap();
-        for (model, key) in [("tiny-sd1", "sd1"), ("tiny-sd2", "sd2")] {
-            let sd =
-                StableDiffusion::load(&fixtures.join("models").join(model), &Device::Cpu).unwrap();
+        // The default block holds these tiny models' scores whole; 256 bytes
+        // splits every attention call into runs of query rows.
+        let cases = [("tiny-sd1", "sd1"), ("tiny-sd2", "sd2")];
+        for ((model, key), block) in cases
+            .into_iter()
+            .flat_map(|c| [ScoreBlock::DEFAULT, ScoreBlock(256)].map(|b| (c, b)))
+        {
+            let dir = fixtures.join("models").join(model);
+            let sd = StableDiffusion::load_with(&dir, &Device::Cpu, block).unwrap();
             let get = |name: &str| debug[&format!("{key}.{name}")].clone();
 
             let ids = sd

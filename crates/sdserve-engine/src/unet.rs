@@ -1,9 +1,9 @@
 //! The Stable Diffusion UNet (diffusers' `UNet2DConditionModel`), assembled
-//! from candle-transformers' public blocks with one change to its top-level
-//! forward: the timestep embedding is computed once, as a single row, and
-//! broadcast over the batch.
+//! from our blocks (`unet_blocks.rs`, bounded attention) and candle's resnets
+//! and timestep embedding. The timestep embedding is computed once, as a single
+//! row, and broadcast over the batch.
 //!
-//! Why: every job of a batch shares the step's timestep. candle's UNet builds
+//! Why one row: every job of a batch shares the step's timestep. candle's UNet builds
 //! one embedding row per batch entry, and its CPU matrix kernels round a
 //! product of 1-2 rows differently from one of 3+ rows, so a job's image
 //! changed (by 1/255 here and there) with the size of the batch it ran in.
@@ -15,42 +15,33 @@ use candle_transformers::models::stable_diffusion::embeddings::{TimestepEmbeddin
 use candle_transformers::models::stable_diffusion::unet_2d::{
     BlockConfig, UNet2DConditionModelConfig,
 };
-use candle_transformers::models::stable_diffusion::unet_2d_blocks::{
-    CrossAttnDownBlock2D, CrossAttnDownBlock2DConfig, CrossAttnUpBlock2D, CrossAttnUpBlock2DConfig,
-    DownBlock2D, DownBlock2DConfig, UNetMidBlock2DCrossAttn, UNetMidBlock2DCrossAttnConfig,
-    UpBlock2D, UpBlock2DConfig,
-};
 
-enum Down {
-    Plain(DownBlock2D),
-    CrossAttn(CrossAttnDownBlock2D),
-}
-
-enum Up {
-    Plain(UpBlock2D),
-    CrossAttn(CrossAttnUpBlock2D),
-}
+use crate::attention::ScoreBlock;
+use crate::transformer::SpatialTransformerConfig;
+use crate::unet_blocks::{BlockShape, DownBlock, MidBlock, UpBlock, UpChannels};
 
 /// The denoising UNet; weights are looked up under diffusers' key names.
 pub struct UNet {
     conv_in: nn::Conv2d,
     time_proj: Timesteps,
     time_embedding: TimestepEmbedding,
-    down: Vec<Down>,
-    mid: UNetMidBlock2DCrossAttn,
-    up: Vec<Up>,
+    down: Vec<DownBlock>,
+    mid: MidBlock,
+    up: Vec<UpBlock>,
     norm_out: nn::GroupNorm,
     conv_out: nn::Conv2d,
     center_input_sample: bool,
 }
 
 impl UNet {
-    /// Builds the UNet for `config` (already checked against candle's blocks by `model.rs`).
+    /// Builds the UNet for `config` (already checked by `model.rs`); attention
+    /// scores are computed in blocks of at most `block` bytes.
     pub fn new(
         vb: nn::VarBuilder,
         in_channels: usize,
         out_channels: usize,
         config: &UNet2DConditionModelConfig,
+        block: ScoreBlock,
     ) -> Result<Self> {
         let c = config;
         let n = c.blocks.len();
@@ -60,64 +51,43 @@ impl UNet {
             padding: 1,
             ..Default::default()
         };
+        let transformer = |b: &BlockConfig, depth: usize| SpatialTransformerConfig {
+            channels: b.out_channels,
+            heads: b.attention_head_dim,
+            depth,
+            norm_groups: c.norm_num_groups,
+            context_dim: c.cross_attention_dim,
+            use_linear_projection: c.use_linear_projection,
+            block,
+        };
+        let shape = |b: &BlockConfig, attention: Option<usize>| BlockShape {
+            temb_channels: time_dim,
+            norm_groups: c.norm_num_groups,
+            norm_eps: c.norm_eps,
+            transformer: attention.map(|depth| transformer(b, depth)),
+        };
 
         let down_vb = vb.pp("down_blocks");
         let mut down = Vec::with_capacity(n);
-        for i in 0..n {
-            let BlockConfig {
-                out_channels: out,
-                use_cross_attn,
-                attention_head_dim: heads,
-            } = c.blocks[i];
+        for (i, b) in c.blocks.iter().enumerate() {
             let input = if i == 0 { channels(0) } else { channels(i - 1) };
-            let block = DownBlock2DConfig {
-                num_layers: c.layers_per_block,
-                resnet_eps: c.norm_eps,
-                resnet_groups: c.norm_num_groups,
-                add_downsample: i + 1 < n,
-                downsample_padding: c.downsample_padding,
-                ..Default::default()
-            };
-            let vb = down_vb.pp(i.to_string());
-            down.push(match use_cross_attn {
-                Some(layers) => {
-                    let cfg = CrossAttnDownBlock2DConfig {
-                        downblock: block,
-                        attn_num_head_channels: heads,
-                        cross_attention_dim: c.cross_attention_dim,
-                        sliced_attention_size: None,
-                        use_linear_projection: c.use_linear_projection,
-                        transformer_layers_per_block: layers,
-                    };
-                    Down::CrossAttn(CrossAttnDownBlock2D::new(
-                        vb,
-                        input,
-                        out,
-                        Some(time_dim),
-                        false,
-                        cfg,
-                    )?)
-                }
-                None => Down::Plain(DownBlock2D::new(vb, input, out, Some(time_dim), block)?),
-            });
+            down.push(DownBlock::new(
+                down_vb.pp(i.to_string()),
+                &shape(b, b.use_cross_attn),
+                c.layers_per_block,
+                (input, b.out_channels),
+                (i + 1 < n).then_some(c.downsample_padding),
+            )?);
         }
 
-        let last = c.blocks[n - 1];
-        let mid = UNetMidBlock2DCrossAttn::new(
+        let last = &c.blocks[n - 1];
+        // The mid block always attends, with the last block's heads and depth.
+        let mid_shape = shape(last, Some(last.use_cross_attn.unwrap_or(1)));
+        let mid = MidBlock::new(
             vb.pp("mid_block"),
+            &mid_shape,
             last.out_channels,
-            Some(time_dim),
-            false,
-            UNetMidBlock2DCrossAttnConfig {
-                resnet_eps: c.norm_eps,
-                output_scale_factor: c.mid_block_scale_factor,
-                cross_attn_dim: c.cross_attention_dim,
-                attn_num_head_channels: last.attention_head_dim,
-                resnet_groups: Some(c.norm_num_groups),
-                use_linear_projection: c.use_linear_projection,
-                transformer_layers_per_block: last.use_cross_attn.unwrap_or(1),
-                ..Default::default()
-            },
+            c.mid_block_scale_factor,
         )?;
 
         let up_vb = vb.pp("up_blocks");
@@ -125,54 +95,24 @@ impl UNet {
         for i in 0..n {
             // Up block i mirrors down block n-1-i.
             let mirrored = n - 1 - i;
-            let BlockConfig {
-                out_channels: out,
-                use_cross_attn,
-                attention_head_dim: heads,
-            } = c.blocks[mirrored];
+            let b = &c.blocks[mirrored];
             let previous = if i == 0 {
                 last.out_channels
             } else {
                 channels(n - i)
             };
-            let skip = channels(mirrored.saturating_sub(1));
-            let block = UpBlock2DConfig {
-                num_layers: c.layers_per_block + 1,
-                resnet_eps: c.norm_eps,
-                resnet_groups: c.norm_num_groups,
-                add_upsample: i + 1 < n,
-                ..Default::default()
+            let ch = UpChannels {
+                skip: channels(mirrored.saturating_sub(1)),
+                previous,
+                out: b.out_channels,
             };
-            let vb = up_vb.pp(i.to_string());
-            up.push(match use_cross_attn {
-                Some(layers) => {
-                    let cfg = CrossAttnUpBlock2DConfig {
-                        upblock: block,
-                        attn_num_head_channels: heads,
-                        cross_attention_dim: c.cross_attention_dim,
-                        sliced_attention_size: None,
-                        use_linear_projection: c.use_linear_projection,
-                        transformer_layers_per_block: layers,
-                    };
-                    Up::CrossAttn(CrossAttnUpBlock2D::new(
-                        vb,
-                        skip,
-                        previous,
-                        out,
-                        Some(time_dim),
-                        false,
-                        cfg,
-                    )?)
-                }
-                None => Up::Plain(UpBlock2D::new(
-                    vb,
-                    skip,
-                    previous,
-                    out,
-                    Some(time_dim),
-                    block,
-                )?),
-            });
+            up.push(UpBlock::new(
+                up_vb.pp(i.to_string()),
+                &shape(b, b.use_cross_attn),
+                c.layers_per_block + 1,
+                ch,
+                i + 1 < n,
+            )?);
         }
 
         Ok(Self {
@@ -208,23 +148,17 @@ impl UNet {
         let mut xs = self.conv_in.forward(&xs)?;
         let mut skips = vec![xs.clone()];
         for block in &self.down {
-            let (out, res) = match block {
-                Down::Plain(b) => b.forward(&xs, Some(&emb))?,
-                Down::CrossAttn(b) => b.forward(&xs, Some(&emb), Some(context))?,
-            };
+            let (out, res) = block.forward(&xs, &emb, context)?;
             skips.extend(res);
             xs = out;
         }
-        xs = self.mid.forward(&xs, Some(&emb), Some(context))?;
+        xs = self.mid.forward(&xs, &emb, context)?;
 
         // Sizes that do not divide by the total downsampling need explicit upsample targets.
         let factor = 1usize << (self.up.len() - 1);
         let explicit_sizes = height % factor != 0 || width % factor != 0;
         for (i, block) in self.up.iter().enumerate() {
-            let n_res = match block {
-                Up::Plain(b) => b.resnets.len(),
-                Up::CrossAttn(b) => b.upblock.resnets.len(),
-            };
+            let n_res = block.layers();
             let res = skips.split_off(skips.len().saturating_sub(n_res));
             let upsample_size = match skips.last() {
                 Some(next) if explicit_sizes && i + 1 < self.up.len() => {
@@ -233,12 +167,7 @@ impl UNet {
                 }
                 _ => None,
             };
-            xs = match block {
-                Up::Plain(b) => b.forward(&xs, &res, Some(&emb), upsample_size)?,
-                Up::CrossAttn(b) => {
-                    b.forward(&xs, &res, Some(&emb), upsample_size, Some(context))?
-                }
-            };
+            xs = block.forward(&xs, &res, &emb, context, upsample_size)?;
         }
         let xs = nn::ops::silu(&self.norm_out.forward(&xs)?)?;
         self.conv_out.forward(&xs)

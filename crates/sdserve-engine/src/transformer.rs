@@ -1,0 +1,199 @@
+//! diffusers' `Transformer2DModel` (self-attention, cross-attention to the
+//! prompt, GEGLU feed-forward) as the SD UNet uses it, with weights under
+//! diffusers' key names. Our own rather than candle's so attention runs in
+//! bounded blocks ([`crate::attention`]) and the GEGLU uses the exact (erf)
+//! GELU, as diffusers does.
+
+use candle_core::{Module, Result, Tensor, D};
+use candle_nn as nn;
+
+use crate::attention::{attention, ScoreBlock};
+
+/// Multi-head attention of `Attention` (`to_q`, `to_k`, `to_v`, `to_out.0`).
+struct CrossAttention {
+    to_q: nn::Linear,
+    to_k: nn::Linear,
+    to_v: nn::Linear,
+    to_out: nn::Linear,
+    heads: usize,
+    scale: f64,
+    block: ScoreBlock,
+}
+
+impl CrossAttention {
+    fn new(
+        vb: nn::VarBuilder,
+        query_dim: usize,
+        context_dim: usize,
+        heads: usize,
+        head_dim: usize,
+        block: ScoreBlock,
+    ) -> Result<Self> {
+        let inner = heads * head_dim;
+        Ok(Self {
+            to_q: nn::linear_no_bias(query_dim, inner, vb.pp("to_q"))?,
+            to_k: nn::linear_no_bias(context_dim, inner, vb.pp("to_k"))?,
+            to_v: nn::linear_no_bias(context_dim, inner, vb.pp("to_v"))?,
+            to_out: nn::linear(inner, query_dim, vb.pp("to_out.0"))?,
+            heads,
+            scale: 1.0 / (head_dim as f64).sqrt(),
+            block,
+        })
+    }
+
+    /// `(batch, tokens, heads × d)` → `(batch × heads, tokens, d)`.
+    fn split_heads(&self, xs: &Tensor) -> Result<Tensor> {
+        let (b, t, c) = xs.dims3()?;
+        xs.reshape((b, t, self.heads, c / self.heads))?
+            .transpose(1, 2)?
+            .reshape((b * self.heads, t, c / self.heads))
+    }
+
+    fn forward(&self, xs: &Tensor, context: Option<&Tensor>) -> Result<Tensor> {
+        let context = match context {
+            Some(c) => c.contiguous()?,
+            None => xs.clone(),
+        };
+        let q = self.split_heads(&self.to_q.forward(xs)?)?;
+        let k = self.split_heads(&self.to_k.forward(&context)?)?;
+        let v = self.split_heads(&self.to_v.forward(&context)?)?;
+        let out = attention(&q, &k, &v, self.scale, self.block)?;
+        let (bh, t, d) = out.dims3()?;
+        let out = out
+            .reshape((bh / self.heads, self.heads, t, d))?
+            .transpose(1, 2)?
+            .reshape((bh / self.heads, t, self.heads * d))?;
+        self.to_out.forward(&out)
+    }
+}
+
+/// `FeedForward` with a GEGLU input projection (`net.0.proj`, `net.2`).
+struct FeedForward {
+    project_in: nn::Linear,
+    project_out: nn::Linear,
+}
+
+impl FeedForward {
+    fn new(vb: nn::VarBuilder, dim: usize) -> Result<Self> {
+        let inner = dim * 4;
+        let vb = vb.pp("net");
+        Ok(Self {
+            project_in: nn::linear(dim, inner * 2, vb.pp("0").pp("proj"))?,
+            project_out: nn::linear(inner, dim, vb.pp("2"))?,
+        })
+    }
+}
+
+impl Module for FeedForward {
+    fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+        let halves = self.project_in.forward(xs)?.chunk(2, D::Minus1)?;
+        let gated = (&halves[0] * halves[1].gelu_erf()?)?;
+        self.project_out.forward(&gated)
+    }
+}
+
+/// `BasicTransformerBlock`: pre-norm self-attention, cross-attention, feed-forward.
+struct TransformerBlock {
+    norm1: nn::LayerNorm,
+    attn1: CrossAttention,
+    norm2: nn::LayerNorm,
+    attn2: CrossAttention,
+    norm3: nn::LayerNorm,
+    ff: FeedForward,
+}
+
+impl TransformerBlock {
+    fn forward(&self, xs: &Tensor, context: &Tensor) -> Result<Tensor> {
+        let xs = (self.attn1.forward(&self.norm1.forward(xs)?, None)? + xs)?;
+        let xs = (self
+            .attn2
+            .forward(&self.norm2.forward(&xs)?, Some(context))?
+            + xs)?;
+        self.ff.forward(&self.norm3.forward(&xs)?)? + xs
+    }
+}
+
+/// Shape of one `Transformer2DModel`, from the UNet config.
+#[derive(Debug, Clone, Copy)]
+pub struct SpatialTransformerConfig {
+    pub channels: usize,
+    pub heads: usize,
+    pub depth: usize,
+    pub norm_groups: usize,
+    pub context_dim: usize,
+    pub use_linear_projection: bool,
+    pub block: ScoreBlock,
+}
+
+enum Projection {
+    Conv(nn::Conv2d),
+    Linear(nn::Linear),
+}
+
+/// `Transformer2DModel`: group norm, project in, transformer blocks over the
+/// `h × w` tokens, project out, residual.
+pub struct SpatialTransformer {
+    norm: nn::GroupNorm,
+    proj_in: Projection,
+    blocks: Vec<TransformerBlock>,
+    proj_out: Projection,
+}
+
+impl SpatialTransformer {
+    pub fn new(vb: nn::VarBuilder, c: SpatialTransformerConfig) -> Result<Self> {
+        let dim = c.channels;
+        let head_dim = dim / c.heads.max(1);
+        let projection = |vb: nn::VarBuilder| -> Result<Projection> {
+            Ok(if c.use_linear_projection {
+                Projection::Linear(nn::linear(dim, dim, vb)?)
+            } else {
+                Projection::Conv(nn::conv2d(dim, dim, 1, Default::default(), vb)?)
+            })
+        };
+        let blocks_vb = vb.pp("transformer_blocks");
+        let mut blocks = Vec::with_capacity(c.depth);
+        for i in 0..c.depth {
+            let vb = blocks_vb.pp(i.to_string());
+            blocks.push(TransformerBlock {
+                norm1: nn::layer_norm(dim, 1e-5, vb.pp("norm1"))?,
+                attn1: CrossAttention::new(vb.pp("attn1"), dim, dim, c.heads, head_dim, c.block)?,
+                norm2: nn::layer_norm(dim, 1e-5, vb.pp("norm2"))?,
+                attn2: CrossAttention::new(
+                    vb.pp("attn2"),
+                    dim,
+                    c.context_dim,
+                    c.heads,
+                    head_dim,
+                    c.block,
+                )?,
+                norm3: nn::layer_norm(dim, 1e-5, vb.pp("norm3"))?,
+                ff: FeedForward::new(vb.pp("ff"), dim)?,
+            });
+        }
+        Ok(Self {
+            norm: nn::group_norm(c.norm_groups, dim, 1e-6, vb.pp("norm"))?,
+            proj_in: projection(vb.pp("proj_in"))?,
+            blocks,
+            proj_out: projection(vb.pp("proj_out"))?,
+        })
+    }
+
+    pub fn forward(&self, xs: &Tensor, context: &Tensor) -> Result<Tensor> {
+        let (b, c, h, w) = xs.dims4()?;
+        let to_tokens = |t: &Tensor| t.permute((0, 2, 3, 1))?.reshape((b, h * w, c));
+        let normed = self.norm.forward(xs)?;
+        let mut tokens = match &self.proj_in {
+            Projection::Conv(p) => to_tokens(&p.forward(&normed)?)?,
+            Projection::Linear(p) => p.forward(&to_tokens(&normed)?)?,
+        };
+        for block in &self.blocks {
+            tokens = block.forward(&tokens, context)?;
+        }
+        let to_map = |t: &Tensor| t.reshape((b, h, w, c))?.permute((0, 3, 1, 2));
+        let out = match &self.proj_out {
+            Projection::Conv(p) => p.forward(&to_map(&tokens)?.contiguous()?)?,
+            Projection::Linear(p) => to_map(&p.forward(&tokens)?)?,
+        };
+        out + xs
+    }
+}

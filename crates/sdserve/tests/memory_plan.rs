@@ -69,7 +69,10 @@ fn a_declared_limit_refuses_what_does_not_fit() {
     let weights = memory["weights_bytes"].as_u64().unwrap();
     assert!((8 << 20..64 << 20).contains(&weights), "{memory}");
     let side = memory["largest_square_batch1"].as_u64().unwrap();
-    assert!((64..1024).contains(&side) && side.is_multiple_of(8), "{memory}");
+    assert!(
+        (64..1024).contains(&side) && side.is_multiple_of(8),
+        "{memory}"
+    );
     assert!(
         server.log_text().contains("memory plan"),
         "{}",

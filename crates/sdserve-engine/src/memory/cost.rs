@@ -34,6 +34,13 @@ const CONTEXT_TOKENS: usize = 77;
 pub enum Attention {
     /// The whole `queries × keys` matrix and its softmax (candle's blocks).
     Full,
+    /// Runs of heads or query rows whose scores fit `score_bytes` (the
+    /// engine's `attention.rs`): a block's scores, their softmax and the
+    /// scaled copy at most, never more than the whole matrix.
+    Blocked {
+        /// `ScoreBlock`'s bytes.
+        score_bytes: u64,
+    },
     /// Query blocks × key blocks with a running max and sum (flash-style):
     /// scores exist one tile at a time.
     Chunked {
@@ -51,6 +58,10 @@ impl Attention {
         match self {
             // scores and their softmax
             Attention::Full => 2 * bh * nq as u128 * nk as u128,
+            Attention::Blocked { score_bytes } => {
+                let whole = 2 * bh * nq as u128 * nk as u128;
+                whole.min(3 * u128::from(score_bytes) / 4)
+            }
             // a tile of scores, its exponentials, and the running max/sum per query
             Attention::Chunked { q_block, k_block } => {
                 let (q, k) = (q_block.min(nq) as u128, k_block.min(nk) as u128);
@@ -60,8 +71,10 @@ impl Attention {
     }
 }
 
-/// The attention the engine runs today.
-pub const ENGINE_ATTENTION: Attention = Attention::Full;
+/// The attention the engine runs: blocks of 64 MiB of scores (`attention::ScoreBlock::DEFAULT`).
+pub const ENGINE_ATTENTION: Attention = Attention::Blocked {
+    score_bytes: 64 << 20,
+};
 
 /// The shapes that decide activation memory, read from the UNet and VAE configs.
 #[derive(Debug, Clone, PartialEq)]

@@ -6,6 +6,7 @@ use candle_core::{DType, Device};
 
 use crate::attention::ScoreBlock;
 use crate::error::{EngineError, Result};
+use crate::memory::{plan_for_model, MemoryPlan};
 use crate::model::StableDiffusion;
 use crate::options::{EngineOptions, Precision, VaeTiling};
 use crate::pipeline;
@@ -69,6 +70,7 @@ pub struct Engine {
     model: StableDiffusion,
     info: ModelInfo,
     options: EngineOptions,
+    plan: MemoryPlan,
 }
 
 impl Engine {
@@ -91,7 +93,14 @@ impl Engine {
             Precision::F16 => DType::F16,
             Precision::Bf16 => DType::BF16,
         };
-        let model = StableDiffusion::load_with(&dir, &device, ScoreBlock::DEFAULT, dtype)?;
+        let block = ScoreBlock::DEFAULT;
+        if !dir.is_dir() {
+            // the model's own loader says what is wrong with the path
+            StableDiffusion::load_with(&dir, &device, block, dtype)?;
+        }
+        // Before the weights: a budget that cannot hold them is an error, not an OOM kill.
+        let plan = plan_for_model(&dir, &options, &device, dtype)?;
+        let model = StableDiffusion::load_with(&dir, &device, block, dtype)?;
         if options.vae_tiling == VaeTiling::On {
             // `--vae-tiling on` with a VAE that cannot tile is refused now, not at the first decode.
             model.vae_tile_geometry()?;
@@ -118,6 +127,7 @@ impl Engine {
             model,
             info,
             options,
+            plan,
         })
     }
 
@@ -131,9 +141,15 @@ impl Engine {
         &self.options
     }
 
-    /// Whether `Auto` tiles the VAE decode of a `width` x `height` image.
-    pub fn auto_tile_vae(&self, _width: usize, _height: usize) -> bool {
-        false // the memory plan (branch `memplan`, written in parallel) decides this
+    /// The memory plan computed at load: budget, weights, what fits.
+    pub fn memory_plan(&self) -> &MemoryPlan {
+        &self.plan
+    }
+
+    /// Whether an image of `width × height` is decoded in tiles under the
+    /// `--vae-tiling` mode (`Auto` asks the memory plan).
+    pub fn auto_tile_vae(&self, width: usize, height: usize) -> bool {
+        self.plan.tile_vae(width, height)
     }
 
     /// Whether a request's VAE decode tiles (diffusers' `use_tiling`; only a
@@ -174,6 +190,13 @@ impl Engine {
                 req.cfg_scale
             ));
         }
+        self.plan.check(
+            req.width,
+            req.height,
+            req.batch_size,
+            pipeline::uses_guidance(req),
+            f,
+        )?;
         Ok(())
     }
 
@@ -203,6 +226,17 @@ impl Engine {
                     "jobs in one batch must share size, steps, sampler and guidance".into(),
                 ));
             }
+        }
+        // Each job fits alone; the batch as a whole must fit too.
+        if let Some(first) = jobs.first() {
+            let images = jobs.iter().map(|j| j.batch_size).sum();
+            self.plan.check(
+                first.width,
+                first.height,
+                images,
+                pipeline::uses_guidance(first),
+                self.info.vae_scale_factor,
+            )?;
         }
         let seeded: Vec<pipeline::Job> = jobs
             .iter()

@@ -31,6 +31,24 @@ pub enum EngineError {
     #[error("image encoding failed: {0}")]
     Encoding(String),
 
+    /// The memory budget cannot even hold the model (weights plus the process).
+    #[error("the memory budget is {} ({source_name}) but loading the model needs ~{} (weights {} + process {})", crate::memory::human_bytes(*.budget), crate::memory::human_bytes(*.need), crate::memory::human_bytes(*.weights), crate::memory::human_bytes(.need.saturating_sub(*.weights)))]
+    MemoryBudget {
+        /// Budget bytes.
+        budget: u64,
+        /// Where the budget came from.
+        source_name: String,
+        /// Bytes the loaded model needs before any request.
+        need: u64,
+        /// Of which weights.
+        weights: u64,
+    },
+
+    /// A request larger than the memory plan allows; the message names the
+    /// budget, its source and the largest size that fits.
+    #[error(transparent)]
+    OverBudget(#[from] crate::memory::OverBudget),
+
     /// The job was cancelled between denoising steps.
     #[error("cancelled")]
     Cancelled,

@@ -12,6 +12,7 @@ pub mod hub;
 pub mod image_input;
 mod layers;
 pub mod loader;
+pub mod memory;
 mod model;
 pub mod options;
 mod pipeline;
@@ -29,6 +30,8 @@ mod vae_tiling;
 
 pub use engine::{batch_compatible, random_seed, Engine, GenerationOutput, ModelInfo, ModelSource};
 pub use error::{EngineError, Result};
+pub use memory::{MemoryPlan, OverBudget};
 pub use options::{EngineOptions, Precision, VaeTiling};
+pub use pipeline::uses_guidance;
 pub use request::{GenerateRequest, GeneratedImage, NoopObserver, Observer, Progress, Timings};
 pub use samplers::SamplerId;

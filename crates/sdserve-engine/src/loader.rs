@@ -137,6 +137,24 @@ pub fn validate_safetensors(path: &Path) -> Result<TensorNames> {
     Ok(read_header(path)?.into_keys().collect())
 }
 
+/// Bytes the tensors of checked safetensors `files` take once converted to
+/// `dtype` (what the loaded model holds), from their headers alone.
+pub fn runtime_bytes(files: &[PathBuf], dtype: DType) -> Result<u64> {
+    let mut total = 0u64;
+    for path in files {
+        for entry in read_header(path)?.values() {
+            let elems: u64 = entry.shape.iter().map(|d| *d as u64).product();
+            let size = if entry.dtype.is_float() {
+                dtype.size_in_bytes()
+            } else {
+                entry.dtype.size_in_bytes()
+            };
+            total = total.saturating_add(elems.saturating_mul(size as u64));
+        }
+    }
+    Ok(total)
+}
+
 /// Parses and checks a safetensors header: every tensor's dtype, shape and
 /// byte range must be consistent with each other and with the file size.
 fn read_header(path: &Path) -> Result<HashMap<String, TensorEntry>> {

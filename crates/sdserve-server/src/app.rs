@@ -127,6 +127,16 @@ impl App {
         self.state
             .jobs
             .revalidate(|request| backend.validate(request).map_err(|e| e.to_string()));
+        if let Some(m) = ops::memory_report(&self.state) {
+            tracing::info!(
+                budget = %crate::engine_api::human_bytes(m.budget_bytes),
+                source = %m.budget_source,
+                weights = %crate::engine_api::human_bytes(m.weights_bytes),
+                largest_square_batch1 = %format!("{0}x{0}", m.largest_square_batch1),
+                vae_tiling = %m.vae_tiling,
+                "memory plan"
+            );
+        }
         crate::jobs::worker::spawn(self.state.jobs.clone(), backend)
             .map_err(ServerError::Worker)?;
         Ok(())

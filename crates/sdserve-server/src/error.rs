@@ -118,6 +118,7 @@ impl ApiError {
     /// The HTTP status: the only mapping from errors to statuses in the server.
     pub fn status(&self) -> StatusCode {
         match self {
+            Self::Validation(ValidationError::OverBudget { .. }) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::MalformedJson(_) | Self::BadBody(_) | Self::InvalidId(_) => {
                 StatusCode::BAD_REQUEST
             }
@@ -147,6 +148,7 @@ impl ApiError {
     pub fn code(&self) -> &'static str {
         match self {
             Self::MalformedJson(_) => "invalid_json",
+            Self::Validation(ValidationError::OverBudget { .. }) => "over_memory_budget",
             Self::InvalidField { .. } | Self::Validation(_) => "invalid_request",
             Self::BodyTooLarge { .. } => "body_too_large",
             Self::InvalidImage {

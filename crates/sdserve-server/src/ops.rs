@@ -13,6 +13,7 @@ use serde::Serialize;
 use utoipa::ToSchema;
 
 use crate::dialects::native::{Native, NativeErrors};
+use crate::engine_api::VaeTiling;
 use crate::error::{ApiError, Rejection};
 use crate::state::AppState;
 
@@ -24,6 +25,44 @@ const DOCS_HTML: &str = include_str!("../assets/docs.html");
 pub struct Health {
     /// `alive` or `ready`.
     pub status: String,
+    /// The memory plan (on `/readyz` once the model is loaded).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub memory: Option<MemoryReport>,
+}
+
+/// The memory plan computed at load, as `/readyz` reports it.
+#[derive(Serialize, ToSchema, Debug, Clone, PartialEq)]
+pub struct MemoryReport {
+    /// Bytes the server may use: the smallest of the limits found.
+    pub budget_bytes: u64,
+    /// Which limit that is: `--memory-limit`, a cgroup file, `MemAvailable`, a GPU-sharing variable.
+    pub budget_source: String,
+    /// The model's weights at their runtime dtype.
+    pub weights_bytes: u64,
+    /// Largest square size that fits one image (with guidance) within both the budget and the configured limits.
+    pub largest_square_batch1: usize,
+    /// `--vae-tiling` mode: `auto`, `on` or `off`.
+    pub vae_tiling: String,
+}
+
+/// The plan of the loaded backend, capped by the configured limits.
+pub fn memory_report(state: &AppState) -> Option<MemoryReport> {
+    let backend = state.backend().ok()?;
+    let plan = backend.memory_plan()?;
+    let multiple = backend.info().vae_scale_factor;
+    let allowed = crate::validation::largest_allowed_square(&state.config.limits, multiple);
+    Some(MemoryReport {
+        budget_bytes: plan.budget_bytes(),
+        budget_source: plan.budget_source().to_string(),
+        weights_bytes: plan.weights_bytes(),
+        largest_square_batch1: plan.largest_square(1, multiple).min(allowed),
+        vae_tiling: match plan.vae_tiling() {
+            VaeTiling::Auto => "auto",
+            VaeTiling::On => "on",
+            VaeTiling::Off => "off",
+        }
+        .into(),
+    })
 }
 
 /// The operational routes.
@@ -42,6 +81,7 @@ pub fn routes() -> Router<Arc<AppState>> {
 pub async fn livez() -> Json<Health> {
     Json(Health {
         status: "alive".into(),
+        memory: None,
     })
 }
 
@@ -59,6 +99,7 @@ pub async fn readyz(State(state): State<Arc<AppState>>) -> Result<Json<Health>, 
     }
     Ok(Json(Health {
         status: "ready".into(),
+        memory: memory_report(&state),
     }))
 }
 

@@ -8,7 +8,7 @@
 use crate::backend::Backend;
 use crate::config::Limits;
 use crate::dialects::Dialect;
-use crate::engine_api::{EngineError, GenerateRequest, SamplerId};
+use crate::engine_api::{uses_guidance, EngineError, GenerateRequest, OverBudget, SamplerId};
 use crate::jobs::ClientId;
 
 /// Largest accepted CFG scale: the top of AUTOMATIC1111's CFG slider.
@@ -205,6 +205,14 @@ pub enum ValidationError {
         /// What is wrong.
         message: String,
     },
+    /// Beyond the memory plan: more than the budget holds (413).
+    #[error("{detail}")]
+    OverBudget {
+        /// The width field (the size as a whole is at fault).
+        field: &'static str,
+        /// Need, budget, source and the largest square that fits.
+        detail: OverBudget,
+    },
     /// The engine refused the request for the loaded model.
     #[error("{0}")]
     Engine(String),
@@ -223,7 +231,8 @@ impl ValidationError {
             | Self::NotFinite { field }
             | Self::CfgOutOfRange { field, .. }
             | Self::UnknownSampler { field, .. }
-            | Self::Invalid { field, .. } => Some(field),
+            | Self::Invalid { field, .. }
+            | Self::OverBudget { field, .. } => Some(field),
             Self::Engine(_) => None,
         }
     }
@@ -321,6 +330,16 @@ pub fn parse_sampler(field: &'static str, name: &str) -> Result<SamplerId, Valid
         })
 }
 
+/// The largest square side (a multiple of `multiple`) the configured limits allow.
+pub fn largest_allowed_square(limits: &Limits, multiple: usize) -> usize {
+    let m = multiple.max(1);
+    let side = limits
+        .max_width
+        .min(limits.max_height)
+        .min(limits.max_pixels.isqrt());
+    side / m * m
+}
+
 /// Turns a spec into an engine request, or says which rule it breaks.
 pub fn validate(
     spec: JobSpec,
@@ -391,8 +410,26 @@ pub fn validate(
         height,
         batch_size,
     };
+    // The memory plan after the configured limits: it only ever lowers them,
+    // and the largest size it suggests is one the limits also allow.
+    if let Some(plan) = backend.memory_plan() {
+        let guidance = uses_guidance(&request);
+        if let Err(mut detail) = plan.check(width, height, batch_size, guidance, multiple) {
+            detail.largest_square = detail
+                .largest_square
+                .min(largest_allowed_square(limits, multiple));
+            return Err(ValidationError::OverBudget {
+                field: n.width,
+                detail,
+            });
+        }
+    }
     backend.validate(&request).map_err(|e| match e {
         EngineError::InvalidRequest(message) => ValidationError::Engine(message),
+        EngineError::OverBudget(detail) => ValidationError::OverBudget {
+            field: n.width,
+            detail,
+        },
         other => ValidationError::Engine(other.to_string()),
     })?;
     Ok(request)

@@ -2,12 +2,16 @@
 
 use super::Backend;
 use crate::engine_api::{
-    Engine, EngineError, GenerateRequest, GenerationOutput, ModelInfo, Observer,
+    Engine, EngineError, GenerateRequest, GenerationOutput, MemoryPlan, ModelInfo, Observer,
 };
 
 impl Backend for Engine {
     fn info(&self) -> &ModelInfo {
         Engine::info(self)
+    }
+
+    fn memory_plan(&self) -> Option<&MemoryPlan> {
+        Some(Engine::memory_plan(self))
     }
 
     fn validate(&self, request: &GenerateRequest) -> Result<(), EngineError> {

@@ -8,8 +8,8 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use crate::engine_api::{
-    random_seed, EngineError, GenerateRequest, GeneratedImage, GenerationOutput, ModelInfo,
-    Observer, Progress, Timings,
+    random_seed, EngineError, GenerateRequest, GeneratedImage, GenerationOutput, MemoryPlan,
+    ModelInfo, Observer, Progress, Timings,
 };
 
 use super::Backend;
@@ -19,6 +19,7 @@ pub struct FakeBackend {
     info: ModelInfo,
     step_delay: Duration,
     batches: Mutex<Vec<usize>>,
+    plan: Option<MemoryPlan>,
 }
 
 impl Default for FakeBackend {
@@ -46,6 +47,7 @@ impl FakeBackend {
             },
             step_delay: Duration::ZERO,
             batches: Mutex::new(Vec::new()),
+            plan: None,
         }
     }
 
@@ -58,6 +60,13 @@ impl FakeBackend {
     /// Uses other model facts (name, native size, defaults).
     pub fn with_info(mut self, info: ModelInfo) -> Self {
         self.info = info;
+        self
+    }
+
+    /// Refuses what `plan` says does not fit, as the engine does
+    /// (`MemoryPlan::per_pixel` makes one with simple arithmetic).
+    pub fn with_memory_plan(mut self, plan: MemoryPlan) -> Self {
+        self.plan = Some(plan);
         self
     }
 
@@ -119,6 +128,10 @@ impl Backend for FakeBackend {
         &self.info
     }
 
+    fn memory_plan(&self) -> Option<&MemoryPlan> {
+        self.plan.as_ref()
+    }
+
     fn validate(&self, r: &GenerateRequest) -> Result<(), EngineError> {
         let f = self.info.vae_scale_factor;
         if r.width == 0 || r.height == 0 || r.width % f != 0 || r.height % f != 0 {
@@ -137,6 +150,10 @@ impl Backend for FakeBackend {
                 "batch_size must be at least 1".into(),
             ));
         }
+        if let Some(plan) = &self.plan {
+            let guidance = crate::engine_api::uses_guidance(r);
+            plan.check(r.width, r.height, r.batch_size, guidance, f)?;
+        }
         Ok(())
     }
 
@@ -147,6 +164,12 @@ impl Backend for FakeBackend {
     ) -> Result<Vec<Result<GenerationOutput, EngineError>>, EngineError> {
         if let Ok(mut b) = self.batches.lock() {
             b.push(jobs.len());
+        }
+        if let (Some(plan), Some(first)) = (&self.plan, jobs.first()) {
+            let images = jobs.iter().map(|j| j.batch_size).sum();
+            let guidance = crate::engine_api::uses_guidance(first);
+            let f = self.info.vae_scale_factor;
+            plan.check(first.width, first.height, images, guidance, f)?;
         }
         if jobs.iter().any(|j| j.prompt.contains(Self::PANIC_MARKER)) {
             panic!("fake backend asked to panic");

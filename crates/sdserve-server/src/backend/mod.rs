@@ -9,7 +9,9 @@ mod fake;
 
 pub use fake::FakeBackend;
 
-use crate::engine_api::{EngineError, GenerateRequest, GenerationOutput, ModelInfo, Observer};
+use crate::engine_api::{
+    EngineError, GenerateRequest, GenerationOutput, MemoryPlan, ModelInfo, Observer,
+};
 
 /// A loaded text-to-image model the worker thread can run.
 ///
@@ -18,6 +20,23 @@ use crate::engine_api::{EngineError, GenerateRequest, GenerationOutput, ModelInf
 pub trait Backend: Send + Sync + 'static {
     /// What the model is and which defaults suit it.
     fn info(&self) -> &ModelInfo;
+
+    /// The memory plan (budget, weights, what fits), if the backend has one.
+    fn memory_plan(&self) -> Option<&MemoryPlan> {
+        None
+    }
+
+    /// Most images of `request`'s size and guidance one batch may hold
+    /// within the memory plan (`usize::MAX` without a plan).
+    fn max_batch_images(&self, request: &GenerateRequest) -> usize {
+        self.memory_plan().map_or(usize::MAX, |plan| {
+            plan.max_batch(
+                request.width,
+                request.height,
+                crate::engine_api::uses_guidance(request),
+            )
+        })
+    }
 
     /// Checks a request against the model (sizes, steps...): `InvalidRequest` if not.
     fn validate(&self, request: &GenerateRequest) -> Result<(), EngineError>;

@@ -384,13 +384,23 @@ impl Jobs {
     }
 
     /// Blocks until a batch is ready; `None` once stopped with nothing left.
-    pub(super) fn next_batch(&self) -> Option<Vec<Arc<JobEntry>>> {
+    /// `max_images` says how many images of a request's size the memory plan
+    /// lets one batch hold: jobs are never combined beyond it (nor beyond
+    /// `--max-batch`); a first job is always taken, as the gate admitted it.
+    pub(super) fn next_batch(
+        &self,
+        max_images: impl Fn(&GenerateRequest) -> usize,
+    ) -> Option<Vec<Arc<JobEntry>>> {
         let shared = &self.shared;
         let mut st = shared.lock();
         loop {
             if !st.queue.is_empty() {
+                let planned = st
+                    .queue
+                    .peek_next()
+                    .map_or(usize::MAX, |head| max_images(&head.request));
                 let batch = st.queue.pop_batch(
-                    shared.settings.max_batch_images,
+                    shared.settings.max_batch_images.min(planned),
                     |e| e.request.batch_size,
                     |a, b| batch_compatible(&a.request, &b.request),
                 );

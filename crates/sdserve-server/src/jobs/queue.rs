@@ -107,6 +107,11 @@ impl<T> FairQueue<T> {
         None
     }
 
+    /// The item [`FairQueue::pop_batch`] would take first.
+    pub fn peek_next(&self) -> Option<&T> {
+        self.lanes.front().and_then(|(_, lane)| lane.front())
+    }
+
     /// Takes the next item in service order plus the compatible items after it,
     /// while the summed `weight` stays within `max_weight` (the first item is
     /// always taken). The first item's lane moves to the back of the rotation.
@@ -204,6 +209,7 @@ mod tests {
         let mut q = FairQueue::default();
         q.push(c("a"), 9);
         q.push(c("b"), 1);
+        assert_eq!(q.peek_next(), Some(&9));
         assert_eq!(q.pop_batch(4, |i| *i, |_, _| true), [9]);
         assert_eq!(q.pop_batch(4, |i| *i, |_, _| true), [1]);
         assert!(q.pop_batch(4, |i| *i, |_, _| true).is_empty());

@@ -23,7 +23,7 @@ pub fn spawn(
     std::thread::Builder::new()
         .name("sdserve-worker".into())
         .spawn(move || {
-            while let Some(batch) = jobs.next_batch() {
+            while let Some(batch) = jobs.next_batch(|r| backend.max_batch_images(r)) {
                 run_batch(&jobs, backend.as_ref(), &batch);
             }
             tracing::info!("worker stopped");

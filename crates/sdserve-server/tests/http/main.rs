@@ -8,6 +8,7 @@ mod common;
 mod connections;
 mod durability;
 mod limits;
+mod memory;
 mod native;
 mod openai;
 mod ops;

@@ -6,9 +6,10 @@ use std::time::Instant;
 
 use anyhow::Context;
 use indicatif::{ProgressBar, ProgressStyle};
+use sdserve_engine::memory::human_bytes;
 use sdserve_engine::{
-    png, Engine, EngineOptions, GenerateRequest, ModelSource, Observer, Progress, SamplerId,
-    VaeTiling,
+    png, Engine, EngineOptions, GenerateRequest, ModelSource, Observer, Precision, Progress,
+    SamplerId, VaeTiling,
 };
 
 /// Flags of `sdserve generate` (scripted against by other tools: keep stable).
@@ -48,6 +49,14 @@ pub struct GenerateArgs {
     /// (images larger than one VAE tile), off, or auto (when memory requires).
     #[arg(long, value_name = "auto|on|off", default_value = "auto")]
     pub vae_tiling: VaeTiling,
+    /// Most memory the generation may plan for (e.g. 8G, 512M, bytes); a size
+    /// beyond the plan is refused before anything runs.
+    #[arg(long, value_name = "SIZE", value_parser = super::parse_memory_limit)]
+    pub memory_limit: Option<u64>,
+    /// Precision of weights and activations: auto (f16 on CUDA, f32 on the
+    /// CPU), f32, f16 or bf16.
+    #[arg(long, value_name = "auto|f32|f16|bf16", default_value = "auto")]
+    pub dtype: Precision,
 }
 
 /// Shows denoising progress on stderr.
@@ -67,7 +76,8 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
     let started = Instant::now();
     let options = EngineOptions {
         vae_tiling: args.vae_tiling,
-        ..EngineOptions::default()
+        memory_limit: args.memory_limit,
+        dtype: args.dtype,
     };
     let engine = Engine::load_with(&ModelSource::parse(&args.model), options)
         .with_context(|| format!("loading model {}", args.model))?;
@@ -92,6 +102,19 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
         batch_size: args.batch_size,
     };
     engine.validate(&request)?;
+    let plan = engine.memory_plan();
+    let estimate = plan.estimate(
+        request.width,
+        request.height,
+        request.batch_size,
+        sdserve_engine::uses_guidance(&request),
+    );
+    eprintln!(
+        "memory: estimated peak ~{} (estimate_bytes={estimate}); budget {} ({})",
+        human_bytes(estimate),
+        human_bytes(plan.budget_bytes()),
+        plan.budget_source()
+    );
 
     let bar = ProgressBar::new(request.steps as u64);
     bar.set_style(
@@ -120,6 +143,13 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
         request.steps as f64 / t.denoising.max(1e-9),
         t.decoding
     );
+    // Measured next to the plan's estimate printed before the run.
+    if let Some(peak) = sdserve_engine::memory::peak_rss(&Default::default()) {
+        eprintln!(
+            "memory: peak RSS {} (peak_rss_bytes={peak})",
+            human_bytes(peak)
+        );
+    }
     Ok(())
 }
 

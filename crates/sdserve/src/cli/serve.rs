@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use sdserve_engine::{Engine, EngineOptions, ModelSource, VaeTiling};
+use sdserve_engine::{Engine, EngineOptions, ModelSource, Precision, VaeTiling};
 use sdserve_server::config::{
     self, AuthConfig, BasicCredential, ConnectionLimits, Limits, ServerConfig,
 };
@@ -104,6 +104,15 @@ pub struct ServeArgs {
     /// (images larger than one VAE tile), off, or auto (when memory requires).
     #[arg(long, value_name = "auto|on|off", default_value = "auto")]
     pub vae_tiling: VaeTiling,
+    /// Most memory the server may plan for (e.g. 8G, 8GiB, 512M, bytes); the
+    /// container's cgroup limit and available memory lower it further.
+    /// Requests beyond the plan get 413.
+    #[arg(long, value_name = "SIZE", value_parser = super::parse_memory_limit)]
+    pub memory_limit: Option<u64>,
+    /// Precision of weights and activations: auto (f16 on CUDA, f32 on the
+    /// CPU), f32, f16 or bf16.
+    #[arg(long, value_name = "auto|f32|f16|bf16", default_value = "auto")]
+    pub dtype: Precision,
 }
 
 impl ServeArgs {
@@ -182,9 +191,10 @@ async fn serve(app: App, args: ServeArgs, started: Instant) -> anyhow::Result<Ex
 
     let options = EngineOptions {
         vae_tiling: args.vae_tiling,
-        ..EngineOptions::default()
+        memory_limit: args.memory_limit,
+        dtype: args.dtype,
     };
-    let failed = spawn_loader(app.clone(), args.model.clone(), options, started)?;
+    let failed = spawn_loader(app.clone(), args.model.clone(), started, options)?;
     let load_failure = async move {
         match failed.await {
             Ok(error) => error,
@@ -211,8 +221,8 @@ async fn serve(app: App, args: ServeArgs, started: Instant) -> anyhow::Result<Ex
 fn spawn_loader(
     app: App,
     model: String,
-    options: EngineOptions,
     started: Instant,
+    options: EngineOptions,
 ) -> anyhow::Result<tokio::sync::oneshot::Receiver<anyhow::Error>> {
     let (tx, rx) = tokio::sync::oneshot::channel();
     std::thread::Builder::new()

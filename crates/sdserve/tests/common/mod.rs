@@ -40,10 +40,26 @@ pub struct Server {
 impl Server {
     /// Starts `sdserve serve --model tiny-sd1` on a free port and waits for `/readyz`.
     pub fn start(output_dir: &Path, extra: &[&str]) -> Self {
+        Self::start_in(output_dir, extra, None)
+    }
+
+    /// [`Server::start`], the process first moving itself into the cgroup
+    /// whose `cgroup.procs` file is `procs` (through `sh`, which then execs sdserve).
+    pub fn start_in(output_dir: &Path, extra: &[&str], procs: Option<&Path>) -> Self {
         let port = free_port();
         let log = output_dir.join(format!("serve-{port}.log"));
         let log_file = std::fs::File::create(&log).expect("log file");
-        let child = Command::new(env!("CARGO_BIN_EXE_sdserve"))
+        let mut command = match procs {
+            None => Command::new(env!("CARGO_BIN_EXE_sdserve")),
+            Some(procs) => {
+                let mut sh = Command::new("sh");
+                sh.args(["-c", "echo $$ > \"$0\" && exec \"$@\""])
+                    .arg(procs)
+                    .arg(env!("CARGO_BIN_EXE_sdserve"));
+                sh
+            }
+        };
+        let child = command
             .arg("serve")
             .arg("--model")
             .arg(tiny_sd1())

@@ -1,0 +1,302 @@
+//! What a generation costs in memory, from the model's own configs.
+//!
+//! The estimate follows how the forward pass allocates rather than a curve
+//! fitted to one model: candle's CPU ops are out of place, so every op's
+//! output is a new buffer, and a Rust binding that is shadowed stays alive to
+//! the end of its scope. The peak of each block is the sum of the buffers live
+//! at its worst moment; the peak of a generation is the worst block plus what
+//! is held across blocks (the UNet's skip connections). Counted in elements of
+//! the runtime dtype, turned into bytes at the end.
+//!
+//! Blocks, as candle-transformers writes them (`resnet.rs`, `unet_2d_blocks.rs`,
+//! `attention.rs`, `vae.rs`, candle-nn's `GroupNorm`, candle-core's tiled conv):
+//!
+//! * GroupNorm of `c` channels over `n` cells: `x - mean`, `x_normed`, `* w`,
+//!   `+ b` are four buffers of `c·n` alive together (the input is the caller's).
+//! * 3×3 conv: a channels-last copy of the input plus the output (the im2col
+//!   tiles are 512 pixels, negligible).
+//! * ResnetBlock2D (`cin` → `cout`, shortcut conv when they differ): worst of
+//!   norm1 (input + 4·cin), conv1 (input, norm1 out, silu, copy, output) and
+//!   norm2 (input, norm1 out, conv1 out, [+temb sum], 4·cout), plus the shortcut.
+//! * Transformer block of `c` channels: the residual and hidden state, then the
+//!   worse of self-attention (norm, q/k/v, their per-head copies, the scores,
+//!   output) and the GEGLU feed-forward (norm, 8c projection, 4c gelu, 4c
+//!   product, output).
+//! * Attention scores: see [`Attention`].
+
+use crate::config::{PerBlock, UNetConfig, VaeConfig};
+
+/// Tokens of the text context (CLIP's 77), for cross-attention scores.
+const CONTEXT_TOKENS: usize = 77;
+
+/// How an attention layer holds its scores.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Attention {
+    /// The whole `queries × keys` matrix and its softmax (candle's blocks).
+    Full,
+    /// Runs of heads or query rows whose scores fit `score_bytes` (the
+    /// engine's `attention.rs`): a block's scores and their softmax, never
+    /// more than the whole matrix.
+    Blocked {
+        /// `ScoreBlock`'s bytes.
+        score_bytes: u64,
+    },
+    /// Query blocks × key blocks with a running max and sum (flash-style):
+    /// scores exist one tile at a time.
+    Chunked {
+        /// Queries per block.
+        q_block: usize,
+        /// Keys per block.
+        k_block: usize,
+    },
+}
+
+impl Attention {
+    /// Elements of score scratch for `bh` (batch × heads) attentions of `nq` queries over `nk` keys.
+    pub fn scratch(self, bh: usize, nq: usize, nk: usize) -> u128 {
+        let bh = bh as u128;
+        match self {
+            // scores and their softmax
+            Attention::Full => 2 * bh * nq as u128 * nk as u128,
+            Attention::Blocked { score_bytes } => {
+                let whole = 2 * bh * nq as u128 * nk as u128;
+                // scores are f32 whatever the model's dtype: bytes / 4 per block
+                whole.min(2 * u128::from(score_bytes) / 4)
+            }
+            // a tile of scores, its exponentials, and the running max/sum per query
+            Attention::Chunked { q_block, k_block } => {
+                let (q, k) = (q_block.min(nq) as u128, k_block.min(nk) as u128);
+                bh * (2 * q * k + 2 * nq as u128)
+            }
+        }
+    }
+}
+
+/// The attention the engine runs: blocks of 64 MiB of scores (`attention::ScoreBlock::DEFAULT`).
+pub const ENGINE_ATTENTION: Attention = Attention::Blocked {
+    score_bytes: 64 << 20,
+};
+
+/// The shapes that decide activation memory, read from the UNet and VAE configs.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModelShape {
+    /// UNet `block_out_channels`.
+    pub unet_channels: Vec<usize>,
+    /// Whether each UNet level has transformer blocks (cross-attention).
+    pub unet_cross_attn: Vec<bool>,
+    /// Attention heads at each UNet level.
+    pub unet_heads: Vec<usize>,
+    /// UNet resnets per down block (up blocks have one more).
+    pub unet_layers: usize,
+    /// Latent channels (UNet input).
+    pub latent_channels: usize,
+    /// VAE `block_out_channels`.
+    pub vae_channels: Vec<usize>,
+    /// VAE resnets per encoder block (decoder blocks have one more).
+    pub vae_layers: usize,
+    /// Pixels per latent cell.
+    pub vae_factor: usize,
+    /// Bytes per element at the runtime dtype.
+    pub dtype_bytes: usize,
+    /// Bytes per element in the VAE (f32 when it is upcast from f16).
+    pub vae_dtype_bytes: usize,
+    /// Side of a VAE tile in pixels (the VAE config's `sample_size`, as diffusers).
+    pub vae_tile: usize,
+    /// How attention holds its scores.
+    pub attention: Attention,
+}
+
+impl ModelShape {
+    /// The shape of a model from its configs (already checked by `model.rs`).
+    pub fn from_configs(
+        unet: &UNetConfig,
+        vae: &VaeConfig,
+        dtype_bytes: usize,
+        vae_dtype_bytes: usize,
+    ) -> Self {
+        let n = unet.block_out_channels.len();
+        let heads = unet
+            .num_attention_heads
+            .as_ref()
+            .or(unet.attention_head_dim.as_ref())
+            .unwrap_or(&PerBlock::One(8))
+            .expand(n)
+            .unwrap_or_else(|| vec![8; n]);
+        let layers = unet
+            .layers_per_block
+            .expand(n)
+            .and_then(|l| l.first().copied())
+            .unwrap_or(2);
+        Self {
+            unet_channels: unet.block_out_channels.clone(),
+            unet_cross_attn: unet
+                .down_block_types
+                .iter()
+                .map(|t| t.starts_with("CrossAttn"))
+                .collect(),
+            unet_heads: heads,
+            unet_layers: layers,
+            latent_channels: unet.in_channels,
+            vae_channels: vae.block_out_channels.clone(),
+            vae_layers: vae.layers_per_block,
+            vae_factor: 1 << vae.block_out_channels.len().saturating_sub(1),
+            dtype_bytes,
+            vae_dtype_bytes,
+            vae_tile: vae.sample_size(),
+            attention: ENGINE_ATTENTION,
+        }
+    }
+
+    /// Peak activation bytes of one UNet call on `batch` latents of `w × h` pixels.
+    pub fn unet_peak(&self, width: usize, height: usize, batch: usize) -> u128 {
+        let (lw, lh) = (width / self.vae_factor, height / self.vae_factor);
+        let levels = self.unet_channels.len();
+        // cells at level i (the batch included)
+        let cells = |i: usize| (batch * (lw >> i).max(1) * (lh >> i).max(1)) as u128;
+        let ch = |i: usize| self.unet_channels[i] as u128;
+        let l = self.unet_layers as u128;
+        // Skip connections held from the down path: conv_in's output, each
+        // resnet's (and transformer's) output, each downsample's output.
+        let mut skips = ch(0) * cells(0);
+        for i in 0..levels {
+            skips += l * ch(i) * cells(i);
+            if i + 1 < levels {
+                skips += ch(i) * cells(i + 1);
+            }
+        }
+        let mut worst = 0u128;
+        for i in 0..levels {
+            // The up block's first resnet sees the level below concatenated with a skip.
+            let below = if i + 1 < levels { ch(i + 1) } else { ch(i) };
+            let res =
+                resnet_peak(below + ch(i), ch(i), true).max(resnet_peak(2 * ch(i), ch(i), true));
+            let mut local = res * cells(i);
+            if self.unet_cross_attn.get(i).copied().unwrap_or(false) {
+                let n = (lw >> i).max(1) * (lh >> i).max(1);
+                let bh = batch * self.unet_heads.get(i).copied().unwrap_or(8);
+                let c = ch(i) * cells(i);
+                let self_attn = 8 * c + self.attention.scratch(bh, n, n);
+                let cross_attn = 4 * c + self.attention.scratch(bh, n, CONTEXT_TOKENS);
+                let feed_forward = 18 * c;
+                local = local.max(2 * c + self_attn.max(cross_attn).max(feed_forward));
+            }
+            worst = worst.max(local);
+        }
+        // The middle block (resnet, transformer, resnet) at the lowest level.
+        let bottom = levels - 1;
+        let mid_c = ch(bottom) * cells(bottom);
+        let n = (lw >> bottom).max(1) * (lh >> bottom).max(1);
+        let bh = batch * self.unet_heads.get(bottom).copied().unwrap_or(8);
+        let mid = (2 * mid_c + (8 * mid_c + self.attention.scratch(bh, n, n)).max(18 * mid_c))
+            .max(resnet_peak(ch(bottom), ch(bottom), true) * cells(bottom));
+        (skips + worst.max(mid)) * self.dtype_bytes as u128
+    }
+
+    /// Peak activation bytes of decoding one image of `w × h` pixels whole.
+    pub fn vae_decode_peak(&self, width: usize, height: usize) -> u128 {
+        let (lw, lh) = (width / self.vae_factor, height / self.vae_factor);
+        let rev: Vec<u128> = self.vae_channels.iter().rev().map(|c| *c as u128).collect();
+        let levels = rev.len();
+        let cells = |j: usize| ((lw << j) * (lh << j)) as u128;
+        // Mid block at the latent size: resnet, single-head attention, resnet.
+        let n0 = lw * lh;
+        let mid = (resnet_peak(rev[0], rev[0], false) * cells(0))
+            .max(6 * rev[0] * cells(0) + self.attention.scratch(1, n0, n0));
+        let mut worst = mid;
+        for j in 0..levels {
+            let cin = if j == 0 { rev[0] } else { rev[j - 1] };
+            let first = resnet_peak(cin, rev[j], false);
+            let rest = resnet_peak(rev[j], rev[j], false);
+            worst = worst.max(first.max(rest) * cells(j));
+            if j + 1 < levels {
+                // nearest upsample (input, upsampled), then the conv's copy and output
+                worst = worst.max(rev[j] * (cells(j) + 3 * cells(j + 1)));
+            }
+        }
+        // conv_norm_out, silu, conv_out to RGB at full size.
+        let last = rev[levels - 1] * cells(levels - 1);
+        worst = worst.max(5 * last).max(4 * last + 3 * cells(levels - 1));
+        worst * self.vae_dtype_bytes as u128
+    }
+
+    /// Peak activation bytes of decoding in tiles of `tile` pixels square:
+    /// one tile's decode plus the full image's output and its blend.
+    pub fn vae_tiled_peak(&self, width: usize, height: usize, tile: usize) -> u128 {
+        let tile_peak = self.vae_decode_peak(tile.min(width), tile.min(height));
+        tile_peak + 3 * 3 * (width * height) as u128 * self.vae_dtype_bytes as u128
+    }
+}
+
+/// Peak elements per cell of a ResnetBlock2D from `cin` to `cout` channels.
+fn resnet_peak(cin: u128, cout: u128, temb: bool) -> u128 {
+    let shortcut = if cin != cout { cout } else { 0 };
+    let norm1 = 5 * cin;
+    let conv1 = 4 * cin + cout;
+    let norm2 = 2 * cin + cout + u128::from(temb) * cout + 4 * cout;
+    norm1.max(conv1).max(norm2) + shortcut
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Stable Diffusion 1.5's shapes.
+    fn sd15() -> ModelShape {
+        ModelShape {
+            unet_channels: vec![320, 640, 1280, 1280],
+            unet_cross_attn: vec![true, true, true, false],
+            unet_heads: vec![8; 4],
+            unet_layers: 2,
+            latent_channels: 4,
+            vae_channels: vec![128, 256, 512, 512],
+            vae_layers: 2,
+            vae_factor: 8,
+            dtype_bytes: 4,
+            vae_dtype_bytes: 4,
+            vae_tile: 512,
+            attention: Attention::Full,
+        }
+    }
+
+    #[test]
+    fn resnet_peaks_follow_the_live_buffers() {
+        // same channels, no time embedding: norm2 with input, norm1 out, conv1 out + 4
+        assert_eq!(resnet_peak(32, 32, false), 7 * 32);
+        assert_eq!(resnet_peak(32, 32, true), 8 * 32);
+        // 256 -> 128 with a shortcut: norm1 (5 * 256) + shortcut
+        assert_eq!(resnet_peak(256, 128, false), 5 * 256 + 128);
+    }
+
+    #[test]
+    fn sd15_vae_decode_at_512_is_its_first_full_size_resnet() {
+        // decoder levels 512, 512, 256, 128 channels; the 256 -> 128 resnet at
+        // 512x512 holds 5*256 + 128 = 1408 floats per pixel.
+        assert_eq!(sd15().vae_decode_peak(512, 512), 1408 * 512 * 512 * 4);
+    }
+
+    #[test]
+    fn full_attention_is_quadratic_and_chunked_is_not() {
+        let full = sd15();
+        let chunked = ModelShape {
+            attention: Attention::Chunked {
+                q_block: 1024,
+                k_block: 1024,
+            },
+            ..sd15()
+        };
+        let ratio =
+            |m: &ModelShape| m.unet_peak(1024, 1024, 2) as f64 / m.unet_peak(512, 512, 2) as f64;
+        assert!(ratio(&full) > 10.0, "{}", ratio(&full));
+        assert!(ratio(&chunked) < 4.5, "{}", ratio(&chunked));
+        // full attention at 512, batch 2 (CFG): 2 * 8 heads * 4096^2 scores and softmax
+        assert!(full.unet_peak(512, 512, 2) > 2 * 16 * 4096 * 4096 * 4);
+        // tiling bounds the decode by the tile
+        assert!(chunked.vae_tiled_peak(2048, 2048, 512) < chunked.vae_decode_peak(2048, 2048) / 4);
+    }
+
+    #[test]
+    fn costs_grow_with_the_batch() {
+        let m = sd15();
+        assert!(m.unet_peak(512, 512, 4) > m.unet_peak(512, 512, 2));
+    }
+}

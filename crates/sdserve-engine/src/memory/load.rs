@@ -1,0 +1,108 @@
+//! The plan for a model folder, computed before its weights are loaded so
+//! that a budget too small for the weights fails with a message instead of
+//! the loader being OOM-killed.
+
+use std::path::Path;
+
+use candle_core::{DType, Device};
+
+use super::budget::{self, Budget, Candidate, HostPaths};
+use super::cost::ModelShape;
+use super::plan::MemoryPlan;
+use crate::config::{read_json, UNetConfig, VaeConfig};
+use crate::error::{EngineError, Result};
+use crate::loader::{component_weights, runtime_bytes};
+use crate::options::EngineOptions;
+
+/// `vae_tiling.rs` can cut any image the VAE config allows into tiles.
+const TILING_AVAILABLE: bool = true;
+
+/// Memory the process holds beyond its resident size at start that the
+/// model's load adds besides weights: the tokenizer's tables, allocator
+/// arenas of the loader's threads. Measured on the tiny fixtures; small next
+/// to any real model.
+const LOAD_OVERHEAD: u64 = 16 << 20;
+
+/// Used when the process's resident size cannot be read (not Linux).
+const FALLBACK_BASELINE: u64 = 64 << 20;
+
+/// Computes the plan for the diffusers folder `dir` on `device`, refusing a
+/// budget below what the weights and the process need.
+pub fn plan_for_model(
+    dir: &Path,
+    options: &EngineOptions,
+    device: &Device,
+    dtype: DType,
+) -> Result<MemoryPlan> {
+    let unet: UNetConfig = read_json(&dir.join("unet/config.json"))?;
+    let vae: VaeConfig = read_json(&dir.join("vae/config.json"))?;
+    // As model.rs: the VAE decodes in f32 when it must be upcast from f16.
+    let vae_dtype = if dtype == DType::F16 && vae.force_upcast {
+        DType::F32
+    } else {
+        dtype
+    };
+    let mut weights = 0u64;
+    for (component, stem, dtype) in [
+        ("text_encoder", "model", dtype),
+        ("unet", "diffusion_pytorch_model", dtype),
+        // The whole file is counted, though only the decoder's part is loaded.
+        ("vae", "diffusion_pytorch_model", vae_dtype),
+    ] {
+        let files = component_weights(&dir.join(component), &[stem])?;
+        weights = weights.saturating_add(runtime_bytes(&files, dtype)?);
+    }
+    let paths = HostPaths::default();
+    let baseline = budget::current_rss(&paths)
+        .unwrap_or(FALLBACK_BASELINE)
+        .saturating_add(LOAD_OVERHEAD);
+    let candidates = if device.is_cuda() {
+        gpu_candidates(options.memory_limit)?
+    } else {
+        budget::host_candidates(options.memory_limit, &paths)
+    };
+    let budget = Budget::smallest(candidates).unwrap_or(Budget {
+        bytes: u64::MAX,
+        source: "no limit found".into(),
+        candidates: Vec::new(),
+    });
+    let plan = MemoryPlan::new(
+        budget,
+        baseline,
+        weights,
+        ModelShape::from_configs(
+            &unet,
+            &vae,
+            dtype.size_in_bytes(),
+            vae_dtype.size_in_bytes(),
+        ),
+        options.vae_tiling,
+        TILING_AVAILABLE,
+    );
+    if plan.resident_bytes() > plan.budget_bytes() {
+        return Err(EngineError::MemoryBudget {
+            budget: plan.budget_bytes(),
+            source_name: plan.budget_source().to_string(),
+            need: plan.resident_bytes(),
+            weights,
+        });
+    }
+    Ok(plan)
+}
+
+/// Device memory limits for CUDA device 0: `--memory-limit`, the
+/// GPU-sharing systems' variables, and the driver's free memory.
+fn gpu_candidates(memory_limit: Option<u64>) -> Result<Vec<Candidate>> {
+    let mut out = Vec::new();
+    if let Some(bytes) = memory_limit {
+        out.push(Candidate {
+            bytes,
+            source: "--memory-limit".into(),
+        });
+    }
+    let env = budget::gpu_env_candidates(0, |k| std::env::var(k).ok())
+        .map_err(|e| EngineError::InvalidRequest(e.to_string()))?;
+    out.extend(env);
+    out.extend(budget::cuda_free_memory());
+    Ok(out)
+}

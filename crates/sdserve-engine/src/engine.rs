@@ -8,7 +8,7 @@ use crate::attention::ScoreBlock;
 use crate::error::{EngineError, Result};
 use crate::memory::{plan_for_model, MemoryPlan};
 use crate::model::StableDiffusion;
-use crate::options::{EngineOptions, Precision, VaeTiling};
+use crate::options::{DeviceChoice, EngineOptions, Precision, VaeTiling};
 use crate::pipeline;
 use crate::request::{GenerateRequest, GeneratedImage, Observer, Timings};
 
@@ -86,7 +86,7 @@ impl Engine {
             ModelSource::Dir(dir) => dir.clone(),
             ModelSource::Hub { repo } => crate::hub::resolve(repo)?,
         };
-        let device = default_device();
+        let device = open_device(options.device)?;
         let dtype = match options.dtype {
             Precision::Auto if device.is_cuda() => DType::F16,
             Precision::Auto | Precision::F32 => DType::F32,
@@ -274,12 +274,26 @@ pub fn random_seed() -> u64 {
     rand::random::<u32>() as u64
 }
 
-fn default_device() -> Device {
-    #[cfg(feature = "cuda")]
-    if let Ok(d) = Device::new_cuda(0) {
-        return d;
+/// The device `choice` names; `Auto` falls back to the CPU, an explicit
+/// `cuda:N` that cannot be opened is an error naming why.
+fn open_device(choice: DeviceChoice) -> Result<Device> {
+    match choice {
+        DeviceChoice::Cpu => Ok(Device::Cpu),
+        DeviceChoice::Auto => {
+            #[cfg(feature = "cuda")]
+            if let Ok(d) = Device::new_cuda(0) {
+                return Ok(d);
+            }
+            Ok(Device::Cpu)
+        }
+        #[cfg(feature = "cuda")]
+        DeviceChoice::Cuda(n) => Device::new_cuda(n)
+            .map_err(|e| EngineError::Unsupported(format!("cannot open CUDA device {n}: {e}"))),
+        #[cfg(not(feature = "cuda"))]
+        DeviceChoice::Cuda(n) => Err(EngineError::Device(format!(
+            "--device cuda:{n}: this sdserve was built without CUDA (cargo feature `cuda`)"
+        ))),
     }
-    Device::Cpu
 }
 
 #[cfg(test)]

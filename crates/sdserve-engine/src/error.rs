@@ -23,6 +23,10 @@ pub enum EngineError {
     #[error("unsupported model: {0}")]
     Unsupported(String),
 
+    /// The requested device cannot be used (no CUDA in this build, no such GPU).
+    #[error("device unavailable: {0}")]
+    Device(String),
+
     /// Downloading from the Hugging Face hub failed.
     #[error("hub download of {repo} failed: {message}")]
     Hub { repo: String, message: String },

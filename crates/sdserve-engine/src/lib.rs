@@ -31,7 +31,7 @@ mod vae_tiling;
 pub use engine::{batch_compatible, random_seed, Engine, GenerationOutput, ModelInfo, ModelSource};
 pub use error::{EngineError, Result};
 pub use memory::{MemoryPlan, OverBudget};
-pub use options::{EngineOptions, Precision, VaeTiling};
+pub use options::{DeviceChoice, EngineOptions, Precision, VaeTiling};
 pub use pipeline::uses_guidance;
 pub use request::{GenerateRequest, GeneratedImage, NoopObserver, Observer, Progress, Timings};
 pub use samplers::SamplerId;

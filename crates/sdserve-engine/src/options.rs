@@ -58,6 +58,40 @@ impl FromStr for Precision {
     }
 }
 
+/// Where the engine runs (`--device`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DeviceChoice {
+    /// The first CUDA GPU when built with `cuda` and one is present, else the CPU.
+    #[default]
+    Auto,
+    Cpu,
+    /// CUDA device N as the process sees it (after `CUDA_VISIBLE_DEVICES`,
+    /// which is also how a MIG instance is chosen: `MIG-<uuid>`).
+    Cuda(usize),
+}
+
+impl FromStr for DeviceChoice {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<Self, Self::Err> {
+        match s {
+            "auto" => return Ok(Self::Auto),
+            "cpu" => return Ok(Self::Cpu),
+            "cuda" => return Ok(Self::Cuda(0)),
+            _ => {}
+        }
+        if s.contains(',') || s == "all" {
+            return Err(format!(
+                "{s:?}: one engine serves one device for now; run one sdserve per GPU (CUDA_VISIBLE_DEVICES) behind a load balancer"
+            ));
+        }
+        s.strip_prefix("cuda:")
+            .and_then(|n| n.parse().ok())
+            .map(Self::Cuda)
+            .ok_or_else(|| format!("unknown device {s:?} (expected auto, cpu, cuda or cuda:N)"))
+    }
+}
+
 /// Options fixed for the life of a loaded engine.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct EngineOptions {
@@ -68,6 +102,8 @@ pub struct EngineOptions {
     pub memory_limit: Option<u64>,
     /// `--dtype`.
     pub dtype: Precision,
+    /// `--device`.
+    pub device: DeviceChoice,
 }
 
 #[cfg(test)]

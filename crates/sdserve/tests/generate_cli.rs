@@ -414,3 +414,37 @@ fn vae_tiling_flag_selects_the_tiled_or_untiled_image_and_refuses_bad_values() {
     );
     assert!(!out.exists());
 }
+
+/// `--device cpu` renders the diffusers image; a CUDA device on a build
+/// without CUDA, several devices and unknown names are refused by name.
+#[test]
+fn device_flag_runs_on_the_cpu_and_refuses_what_this_build_cannot_do() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = fixtures().join("models/tiny-sd1");
+    let model = model.to_str().unwrap();
+    let out_path = dir.path().join("cpu.png");
+    let mut args = case_a_args(model, out_path.to_str().unwrap());
+    args.extend(["--device", "cpu", "--dtype", "f32"]);
+    let out = sdserve(&args, &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_matches_reference(&out_path, "reference/tiny-sd1/euler_ancestral-a-0.png");
+
+    let refused = [
+        ("cuda:0,cuda:1", "one engine serves one device"),
+        ("tpu", "expected auto, cpu, cuda or cuda:N"),
+        ("cuda:1", "built without CUDA"),
+    ];
+    for (device, expected) in refused {
+        if cfg!(feature = "cuda") && device == "cuda:1" {
+            continue;
+        }
+        let out_path = dir.path().join("refused.png");
+        let mut args = case_a_args(model, out_path.to_str().unwrap());
+        args.extend(["--device", device]);
+        let out = sdserve(&args, &[("RUST_BACKTRACE", "0")]);
+        let err = stderr(&out);
+        assert!(!out.status.success(), "{device}: {err}");
+        assert!(err.contains(expected), "{device}: {err}");
+        assert!(!out_path.exists(), "{device}");
+    }
+}

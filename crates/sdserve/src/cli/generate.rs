@@ -8,8 +8,8 @@ use anyhow::Context;
 use indicatif::{ProgressBar, ProgressStyle};
 use sdserve_engine::memory::human_bytes;
 use sdserve_engine::{
-    png, Engine, EngineOptions, GenerateRequest, ModelSource, Observer, Precision, Progress,
-    SamplerId, VaeTiling,
+    png, DeviceChoice, Engine, EngineOptions, GenerateRequest, ModelSource, Observer, Precision,
+    Progress, SamplerId, VaeTiling,
 };
 
 /// Flags of `sdserve generate` (scripted against by other tools: keep stable).
@@ -57,6 +57,11 @@ pub struct GenerateArgs {
     /// CPU), f32, f16 or bf16.
     #[arg(long, value_name = "auto|f32|f16|bf16", default_value = "auto")]
     pub dtype: Precision,
+    /// Where to run: auto (the first CUDA GPU when built with `cuda` and one is
+    /// present, else the CPU), cpu, cuda or cuda:N (after CUDA_VISIBLE_DEVICES,
+    /// which also selects a MIG instance: MIG-<uuid>).
+    #[arg(long, value_name = "auto|cpu|cuda|cuda:N", default_value = "auto")]
+    pub device: DeviceChoice,
 }
 
 /// Shows denoising progress on stderr.
@@ -78,6 +83,7 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
         vae_tiling: args.vae_tiling,
         memory_limit: args.memory_limit,
         dtype: args.dtype,
+        device: args.device,
     };
     let engine = Engine::load_with(&ModelSource::parse(&args.model), options)
         .with_context(|| format!("loading model {}", args.model))?;

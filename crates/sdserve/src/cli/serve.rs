@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use sdserve_engine::{Engine, EngineOptions, ModelSource, Precision, VaeTiling};
+use sdserve_engine::{DeviceChoice, Engine, EngineOptions, ModelSource, Precision, VaeTiling};
 use sdserve_server::config::{
     self, AuthConfig, BasicCredential, ConnectionLimits, Limits, ServerConfig,
 };
@@ -113,6 +113,11 @@ pub struct ServeArgs {
     /// CPU), f32, f16 or bf16.
     #[arg(long, value_name = "auto|f32|f16|bf16", default_value = "auto")]
     pub dtype: Precision,
+    /// Where to run: auto (the first CUDA GPU when built with `cuda` and one is
+    /// present, else the CPU), cpu, cuda or cuda:N (after CUDA_VISIBLE_DEVICES,
+    /// which also selects a MIG instance: MIG-<uuid>).
+    #[arg(long, value_name = "auto|cpu|cuda|cuda:N", default_value = "auto")]
+    pub device: DeviceChoice,
 }
 
 impl ServeArgs {
@@ -193,6 +198,7 @@ async fn serve(app: App, args: ServeArgs, started: Instant) -> anyhow::Result<Ex
         vae_tiling: args.vae_tiling,
         memory_limit: args.memory_limit,
         dtype: args.dtype,
+        device: args.device,
     };
     let failed = spawn_loader(app.clone(), args.model.clone(), started, options)?;
     let load_failure = async move {

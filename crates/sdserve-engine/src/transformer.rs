@@ -8,7 +8,7 @@ use candle_core::{Module, Result, Tensor, D};
 use candle_nn as nn;
 
 use crate::attention::{attention, ScoreBlock};
-use crate::layers::Conv2d;
+use crate::layers::{Conv2d, GroupNorm};
 
 /// Multi-head attention of `Attention` (`to_q`, `to_k`, `to_v`, `to_out.0`).
 struct CrossAttention {
@@ -134,7 +134,7 @@ enum Projection {
 /// `Transformer2DModel`: group norm, project in, transformer blocks over the
 /// `h × w` tokens, project out, residual.
 pub struct SpatialTransformer {
-    norm: nn::GroupNorm,
+    norm: GroupNorm,
     proj_in: Projection,
     blocks: Vec<TransformerBlock>,
     proj_out: Projection,
@@ -172,7 +172,7 @@ impl SpatialTransformer {
             });
         }
         Ok(Self {
-            norm: nn::group_norm(c.norm_groups, dim, 1e-6, vb.pp("norm"))?,
+            norm: GroupNorm::new(vb.pp("norm"), c.norm_groups, dim, 1e-6)?,
             proj_in: projection(vb.pp("proj_in"))?,
             blocks,
             proj_out: projection(vb.pp("proj_out"))?,
@@ -182,7 +182,7 @@ impl SpatialTransformer {
     pub fn forward(&self, xs: &Tensor, context: &Tensor) -> Result<Tensor> {
         let (b, c, h, w) = xs.dims4()?;
         let to_tokens = |t: &Tensor| t.permute((0, 2, 3, 1))?.reshape((b, h * w, c));
-        let normed = self.norm.forward(xs)?;
+        let normed = self.norm.forward(xs, false)?;
         let mut tokens = match &self.proj_in {
             Projection::Conv(p) => to_tokens(&p.forward(&normed)?)?,
             Projection::Linear(p) => p.forward(&to_tokens(&normed)?)?,

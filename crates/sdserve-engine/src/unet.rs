@@ -17,7 +17,7 @@ use candle_transformers::models::stable_diffusion::unet_2d::{
 };
 
 use crate::attention::ScoreBlock;
-use crate::layers::Conv2d;
+use crate::layers::{Conv2d, GroupNorm};
 use crate::transformer::SpatialTransformerConfig;
 use crate::unet_blocks::{BlockShape, DownBlock, MidBlock, UpBlock, UpChannels};
 
@@ -29,7 +29,7 @@ pub struct UNet {
     down: Vec<DownBlock>,
     mid: MidBlock,
     up: Vec<UpBlock>,
-    norm_out: nn::GroupNorm,
+    norm_out: GroupNorm,
     conv_out: Conv2d,
     center_input_sample: bool,
 }
@@ -123,11 +123,11 @@ impl UNet {
             down,
             mid,
             up,
-            norm_out: nn::group_norm(
+            norm_out: GroupNorm::new(
+                vb.pp("conv_norm_out"),
                 c.norm_num_groups,
                 channels(0),
                 c.norm_eps,
-                vb.pp("conv_norm_out"),
             )?,
             conv_out: Conv2d::new(vb.pp("conv_out"), (channels(0), out_channels), 3, conv3)?,
             center_input_sample: c.center_input_sample,
@@ -170,7 +170,7 @@ impl UNet {
             };
             xs = block.forward(&xs, &res, &emb, context, upsample_size)?;
         }
-        let xs = nn::ops::silu(&self.norm_out.forward(&xs)?)?;
+        let xs = self.norm_out.forward(&xs, true)?;
         self.conv_out.forward(&xs)
     }
 }

@@ -8,7 +8,7 @@ use candle_core::{Module, Result, Tensor};
 use candle_nn as nn;
 
 use crate::attention::{attention, ScoreBlock};
-use crate::layers::{Conv2d, ResnetBlock, ResnetShape};
+use crate::layers::{Conv2d, GroupNorm, ResnetBlock, ResnetShape};
 use crate::unet_blocks::Upsample;
 
 /// What the decoder is built from (the VAE's `config.json`).
@@ -25,7 +25,7 @@ pub struct VaeShape {
 /// The mid-block's single-head self-attention over all latent cells
 /// (`to_q`/`to_k`/`to_v`/`to_out.0`, or the older `query`/`key`/`value`/`proj_attn`).
 struct SelfAttention {
-    group_norm: nn::GroupNorm,
+    group_norm: GroupNorm,
     to_q: nn::Linear,
     to_k: nn::Linear,
     to_v: nn::Linear,
@@ -42,7 +42,7 @@ impl SelfAttention {
         };
         let linear = |name: &str| nn::linear(channels, channels, vb.pp(name));
         Ok(Self {
-            group_norm: nn::group_norm(groups, channels, 1e-6, vb.pp("group_norm"))?,
+            group_norm: GroupNorm::new(vb.pp("group_norm"), groups, channels, 1e-6)?,
             to_q: linear(names[0])?,
             to_k: linear(names[1])?,
             to_v: linear(names[2])?,
@@ -57,7 +57,7 @@ impl Module for SelfAttention {
         let (b, c, h, w) = xs.dims4()?;
         let tokens = self
             .group_norm
-            .forward(xs)?
+            .forward(xs, false)?
             .reshape((b, c, h * w))?
             .transpose(1, 2)?
             .contiguous()?;
@@ -101,7 +101,7 @@ pub struct VaeDecoder {
     mid_attention: SelfAttention,
     mid_second: ResnetBlock,
     up_blocks: Vec<UpDecoderBlock>,
-    norm_out: nn::GroupNorm,
+    norm_out: GroupNorm,
     conv_out: Conv2d,
 }
 
@@ -167,7 +167,7 @@ impl VaeDecoder {
             )?,
             mid_second: resnet(mid.pp("resnets").pp("1"), deepest, deepest)?,
             up_blocks,
-            norm_out: nn::group_norm(groups, first, 1e-6, vb.pp("conv_norm_out"))?,
+            norm_out: GroupNorm::new(vb.pp("conv_norm_out"), groups, first, 1e-6)?,
             conv_out: Conv2d::new(vb.pp("conv_out"), (first, s.out_channels), 3, conv3)?,
         })
     }
@@ -185,7 +185,7 @@ impl VaeDecoder {
         for block in &self.up_blocks {
             xs = block.forward(&xs)?;
         }
-        let xs = nn::ops::silu(&self.norm_out.forward(&xs)?)?;
+        let xs = self.norm_out.forward(&xs, true)?;
         self.conv_out.forward(&xs)
     }
 }

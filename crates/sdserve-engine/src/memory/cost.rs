@@ -8,16 +8,16 @@
 //! is held across blocks (the UNet's skip connections). Counted in elements of
 //! the runtime dtype, turned into bytes at the end.
 //!
-//! Blocks, as candle-transformers writes them (`resnet.rs`, `unet_2d_blocks.rs`,
-//! `attention.rs`, `vae.rs`, candle-nn's `GroupNorm`, candle-core's tiled conv):
+//! Blocks, as the engine writes them (`layers.rs`, `unet_blocks.rs`,
+//! `transformer.rs`, `attention.rs`, `vae.rs`, candle-core's tiled conv):
 //!
-//! * GroupNorm of `c` channels over `n` cells: `x - mean`, `x_normed`, `* w`,
-//!   `+ b` are four buffers of `c·n` alive together (the input is the caller's).
+//! * GroupNorm (+ SiLU) of `c` channels over `n` cells: one fused pass, one
+//!   output buffer of `c·n` (on the CPU in f32; other dtypes take candle's
+//!   out-of-place ops, which this model undercounts).
 //! * 3×3 conv: a channels-last copy of the input plus the output (the im2col
 //!   tiles are 512 pixels, negligible).
-//! * ResnetBlock2D (`cin` → `cout`, shortcut conv when they differ): worst of
-//!   norm1 (input + 4·cin), conv1 (input, norm1 out, silu, copy, output) and
-//!   norm2 (input, norm1 out, conv1 out, [+temb sum], 4·cout), plus the shortcut.
+//! * ResnetBlock2D (`cin` → `cout`, shortcut conv when they differ): see
+//!   [`resnet_peak`].
 //! * Transformer block of `c` channels: the residual and hidden state, then the
 //!   worse of self-attention (norm, q/k/v, their per-head copies, the scores,
 //!   output) and the GEGLU feed-forward (norm, 8c projection, 4c gelu, 4c
@@ -213,9 +213,9 @@ impl ModelShape {
                 worst = worst.max(rev[j] * (cells(j) + 3 * cells(j + 1)));
             }
         }
-        // conv_norm_out, silu, conv_out to RGB at full size.
+        // conv_norm_out + silu (one buffer), conv_out's copy and RGB output at full size.
         let last = rev[levels - 1] * cells(levels - 1);
-        worst = worst.max(5 * last).max(4 * last + 3 * cells(levels - 1));
+        worst = worst.max(3 * last + 3 * cells(levels - 1));
         worst * self.vae_dtype_bytes as u128
     }
 
@@ -227,13 +227,16 @@ impl ModelShape {
     }
 }
 
-/// Peak elements per cell of a ResnetBlock2D from `cin` to `cout` channels.
+/// Peak elements per cell of a ResnetBlock2D from `cin` to `cout` channels
+/// (`layers.rs`: GroupNorm and SiLU fused into one buffer). Worst of conv1
+/// (input, norm1 output, the conv's copy, its output) and conv2 (input, conv1's
+/// output and its time-embedding sum, both alive to the end of the block,
+/// norm2 output, copy, output), plus the shortcut conv's output.
 fn resnet_peak(cin: u128, cout: u128, temb: bool) -> u128 {
     let shortcut = if cin != cout { cout } else { 0 };
-    let norm1 = 5 * cin;
-    let conv1 = 4 * cin + cout;
-    let norm2 = 2 * cin + cout + u128::from(temb) * cout + 4 * cout;
-    norm1.max(conv1).max(norm2) + shortcut
+    let conv1 = 3 * cin + cout;
+    let conv2 = cin + (4 + u128::from(temb)) * cout;
+    conv1.max(conv2) + shortcut
 }
 
 #[cfg(test)]
@@ -260,18 +263,18 @@ mod tests {
 
     #[test]
     fn resnet_peaks_follow_the_live_buffers() {
-        // same channels, no time embedding: norm2 with input, norm1 out, conv1 out + 4
-        assert_eq!(resnet_peak(32, 32, false), 7 * 32);
-        assert_eq!(resnet_peak(32, 32, true), 8 * 32);
-        // 256 -> 128 with a shortcut: norm1 (5 * 256) + shortcut
-        assert_eq!(resnet_peak(256, 128, false), 5 * 256 + 128);
+        // same channels: conv2's phase (input + 4 or 5 outputs)
+        assert_eq!(resnet_peak(32, 32, false), 5 * 32);
+        assert_eq!(resnet_peak(32, 32, true), 6 * 32);
+        // 256 -> 128 with a shortcut: conv1's phase (3 * 256 + 128) + shortcut
+        assert_eq!(resnet_peak(256, 128, false), 3 * 256 + 128 + 128);
     }
 
     #[test]
     fn sd15_vae_decode_at_512_is_its_first_full_size_resnet() {
         // decoder levels 512, 512, 256, 128 channels; the 256 -> 128 resnet at
-        // 512x512 holds 5*256 + 128 = 1408 floats per pixel.
-        assert_eq!(sd15().vae_decode_peak(512, 512), 1408 * 512 * 512 * 4);
+        // 512x512 holds 3*256 + 128 + 128 (shortcut) = 1024 floats per pixel.
+        assert_eq!(sd15().vae_decode_peak(512, 512), 1024 * 512 * 512 * 4);
     }
 
     #[test]

@@ -92,6 +92,7 @@ pub fn attention(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_util::max_diff;
     use candle_core::Device;
 
     fn naive(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> Tensor {
@@ -99,19 +100,6 @@ mod tests {
         candle_nn::ops::softmax_last_dim(&scores)
             .unwrap()
             .matmul(v)
-            .unwrap()
-    }
-
-    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-        (a - b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar()
             .unwrap()
     }
 

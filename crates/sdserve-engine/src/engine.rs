@@ -94,10 +94,7 @@ impl Engine {
             Precision::Bf16 => DType::BF16,
         };
         let block = ScoreBlock::DEFAULT;
-        if !dir.is_dir() {
-            // the model's own loader says what is wrong with the path
-            StableDiffusion::load_with(&dir, &device, block, dtype)?;
-        }
+        StableDiffusion::check_folder(&dir)?;
         // Before the weights: a budget that cannot hold them is an error, not an OOM kill.
         let plan = plan_for_model(&dir, &options, &device, dtype)?;
         let model = StableDiffusion::load_with(&dir, &device, block, dtype)?;
@@ -288,7 +285,7 @@ fn open_device(choice: DeviceChoice) -> Result<Device> {
         }
         #[cfg(feature = "cuda")]
         DeviceChoice::Cuda(n) => Device::new_cuda(n)
-            .map_err(|e| EngineError::Unsupported(format!("cannot open CUDA device {n}: {e}"))),
+            .map_err(|e| EngineError::Device(format!("cannot open CUDA device {n}: {e}"))),
         #[cfg(not(feature = "cuda"))]
         DeviceChoice::Cuda(n) => Err(EngineError::Device(format!(
             "--device cuda:{n}: this sdserve was built without CUDA (cargo feature `cuda`)"

@@ -132,16 +132,13 @@ impl CustomOp3 for FusedGroupNorm {
         bias: &CpuStorage,
         bias_layout: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let slice = |s: &CpuStorage, l: &Layout| -> Result<Vec<f32>> {
+        fn slice<'a>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [f32]> {
             let (CpuStorage::F32(v), Some((start, end))) = (s, l.contiguous_offsets()) else {
                 candle_core::bail!("fused group norm needs contiguous f32 tensors");
             };
-            Ok(v[start..end].to_vec())
-        };
-        let (CpuStorage::F32(x), Some((start, end))) = (xs, xs_layout.contiguous_offsets()) else {
-            candle_core::bail!("fused group norm needs a contiguous f32 input");
-        };
-        let x = &x[start..end];
+            Ok(&v[start..end])
+        }
+        let x = slice(xs, xs_layout)?;
         let (w, b) = (slice(weight, weight_layout)?, slice(bias, bias_layout)?);
         let dims = xs_layout.dims();
         let channels = dims[1];
@@ -266,16 +263,7 @@ mod tests {
                 expected = nn::ops::silu(&expected).unwrap();
             }
             let got = ours.forward(&xs, silu).unwrap();
-            let diff: f32 = (got - expected)
-                .unwrap()
-                .abs()
-                .unwrap()
-                .flatten_all()
-                .unwrap()
-                .max(0)
-                .unwrap()
-                .to_scalar()
-                .unwrap();
+            let diff = crate::test_util::max_diff(&got, &expected);
             assert!(diff < 1e-5, "silu {silu}: {diff}");
         }
         // bf16 (weights and input) takes candle's path.

@@ -35,3 +35,18 @@ pub use options::{DeviceChoice, EngineOptions, Precision, VaeTiling};
 pub use pipeline::uses_guidance;
 pub use request::{GenerateRequest, GeneratedImage, NoopObserver, Observer, Progress, Timings};
 pub use samplers::SamplerId;
+
+/// Helpers shared by the unit tests.
+#[cfg(test)]
+mod test_util {
+    use candle_core::Tensor;
+
+    /// Largest absolute element difference of two same-shaped tensors.
+    pub fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+        assert_eq!(a.dims(), b.dims());
+        let d = (a - b).and_then(|d| d.abs()).and_then(|d| d.flatten_all());
+        d.and_then(|d| d.max(0))
+            .and_then(|d| d.to_scalar::<f32>())
+            .unwrap()
+    }
+}

@@ -56,18 +56,24 @@ impl StableDiffusion {
         TileGeometry::new(self.vae_sample_size, self.vae_blocks)
     }
 
+    /// Refuses a path that is not a diffusers folder (a pickle says why it is unsafe).
+    pub fn check_folder(dir: &Path) -> Result<()> {
+        if dir.is_dir() {
+            return Ok(());
+        }
+        crate::loader::refuse_pickle(dir)?;
+        Err(EngineError::invalid_model(
+            dir,
+            "not a diffusers model folder (expected model_index.json, unet/, vae/, text_encoder/, tokenizer/, scheduler/); single-file checkpoints are not supported yet",
+        ))
+    }
+
     /// Loads every component of the diffusers folder `dir`, with weights in `dtype` and attention scores computed in blocks
     /// of at most `block` bytes. Weights are converted tensor by tensor from
     /// the mapped files, so half-precision files loaded as half are never
     /// widened in memory.
     pub fn load_with(dir: &Path, device: &Device, block: ScoreBlock, dtype: DType) -> Result<Self> {
-        if !dir.is_dir() {
-            crate::loader::refuse_pickle(dir)?;
-            return Err(EngineError::invalid_model(
-                dir,
-                "not a diffusers model folder (expected model_index.json, unet/, vae/, text_encoder/, tokenizer/, scheduler/); single-file checkpoints are not supported yet",
-            ));
-        }
+        Self::check_folder(dir)?;
         let tokenizer = ClipTokenizer::from_dir(&dir.join("tokenizer"))?;
         let scheduler: SchedulerConfig = read_json(&dir.join("scheduler/scheduler_config.json"))?;
 
@@ -129,11 +135,7 @@ impl StableDiffusion {
             ));
         }
         let vae_files = component_weights(&vae_dir, &["diffusion_pytorch_model"])?;
-        let vae_dtype = if dtype == DType::F16 && vae_cfg.force_upcast {
-            DType::F32
-        } else {
-            dtype
-        };
+        let vae_dtype = vae_dtype(dtype, &vae_cfg);
         let (vb, _) = var_builder(&vae_files, vae_dtype, device)?;
         let vae_shape = VaeShape {
             latent_channels: vae_cfg.latent_channels,
@@ -170,6 +172,16 @@ impl StableDiffusion {
             vae_blocks: vae_cfg.block_out_channels.len(),
             device: device.clone(),
         })
+    }
+}
+
+/// The dtype the VAE runs in: f32 when the model runs in f16 and the VAE's
+/// config says `force_upcast` (the SD VAE overflows in f16), as diffusers.
+pub fn vae_dtype(dtype: DType, vae: &VaeConfig) -> DType {
+    if dtype == DType::F16 && vae.force_upcast {
+        DType::F32
+    } else {
+        dtype
     }
 }
 
@@ -334,22 +346,8 @@ fn check_vae(c: &VaeConfig, path: &Path) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_util::max_diff;
     use candle_core::Tensor;
-
-    /// Largest absolute difference between two tensors of the same shape.
-    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-        assert_eq!(a.dims(), b.dims());
-        (a - b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap()
-    }
 
     /// Each component against the outputs diffusers recorded for the same inputs
     /// (`fixtures/reference/debug.safetensors`), so a parity failure of the

@@ -36,12 +36,7 @@ pub fn plan_for_model(
 ) -> Result<MemoryPlan> {
     let unet: UNetConfig = read_json(&dir.join("unet/config.json"))?;
     let vae: VaeConfig = read_json(&dir.join("vae/config.json"))?;
-    // As model.rs: the VAE decodes in f32 when it must be upcast from f16.
-    let vae_dtype = if dtype == DType::F16 && vae.force_upcast {
-        DType::F32
-    } else {
-        dtype
-    };
+    let vae_dtype = crate::model::vae_dtype(dtype, &vae);
     let mut weights = 0u64;
     for (component, stem, dtype) in [
         ("text_encoder", "model", dtype),

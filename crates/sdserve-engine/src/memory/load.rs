@@ -40,10 +40,14 @@ pub fn plan_for_model(
     let mut weights = 0u64;
     for (component, stem, dtype) in [
         ("text_encoder", "model", dtype),
+        ("text_encoder_2", "model", dtype),
         ("unet", "diffusion_pytorch_model", dtype),
         // The whole file is counted, though only the decoder's part is loaded.
         ("vae", "diffusion_pytorch_model", vae_dtype),
     ] {
+        if component == "text_encoder_2" && !dir.join(component).is_dir() {
+            continue;
+        }
         let files = component_weights(&dir.join(component), &[stem])?;
         weights = weights.saturating_add(runtime_bytes(&files, dtype)?);
     }

@@ -237,6 +237,8 @@ impl Catalog {
         extra: Vec<ModelEntry>,
         hashes: Arc<HashStore>,
     ) -> std::io::Result<Self> {
+        // Absolute, so listings' `filename`s are (as A1111's are).
+        let dir = dir.map(|d| std::path::absolute(&d).unwrap_or(d));
         let catalog = Self {
             dir,
             extra,

@@ -413,6 +413,13 @@ async fn refresh_checkpoints_lists_new_files() {
     .await;
     let resp = m.s.post("/sdapi/v1/refresh-checkpoints", json!({})).await;
     assert_eq!(resp.status(), 200);
+    let doc: Value = m.s.get("/openapi.json").await.json().await.unwrap();
+    assert!(doc["paths"]["/sdapi/v1/refresh-checkpoints"]["post"].is_object());
+    let schemas = &doc["components"]["schemas"];
+    assert!(
+        schemas["OverrideSettings"]["properties"]["sd_model_checkpoint"].is_object(),
+        "{schemas}"
+    );
     let after = hashed_listing(&m.s).await;
     let delta = after
         .iter()

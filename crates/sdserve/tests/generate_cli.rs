@@ -75,11 +75,18 @@ fn generate_writes_the_diffusers_image_with_a1111_parameters() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("astronaut.png");
     let model = fixtures().join("models/tiny-sd1");
+    let cache = dir.path().join("cache");
     let result = sdserve(
         &case_a_args(model.to_str().unwrap(), out.to_str().unwrap()),
-        &[],
+        &[("XDG_CACHE_HOME", cache.to_str().unwrap())],
     );
     assert!(result.status.success(), "{}", stderr(&result));
+    // The model's hash (its UNet weights file's sha256) is cached for the next run.
+    let hashes = std::fs::read_to_string(cache.join("sdserve/model-hashes.json")).unwrap();
+    assert!(
+        hashes.contains("8e8c3ec5efaa3f66a6ea1abc541867547f3c7849ef5df658e90178a1a060d4c8"),
+        "{hashes}"
+    );
     assert_matches_reference(&out, "reference/tiny-sd1/euler_ancestral-a-0.png");
     let params = png::read_parameters(&std::fs::read(&out).unwrap()).expect("parameters chunk");
     assert_eq!(

@@ -208,7 +208,8 @@ impl HashStore {
         let Some(cache) = &self.cache else { return };
         let write = || -> std::io::Result<()> {
             let bytes = serde_json::to_vec_pretty(&CacheFile { files })?;
-            let tmp = cache.with_extension("json.tmp");
+            // One temporary file per process: several `sdserve generate` may share a cache.
+            let tmp = cache.with_extension(format!("json.{}.tmp", std::process::id()));
             std::fs::write(&tmp, bytes)?;
             std::fs::rename(&tmp, cache)
         };

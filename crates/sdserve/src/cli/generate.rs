@@ -11,7 +11,7 @@ use sdserve_engine::{
     png, DeviceChoice, Engine, EngineOptions, GenerateRequest, ModelSource, Observer, Precision,
     Progress, SamplerId, VaeTiling,
 };
-use sdserve_server::models::{sha256_file, ModelEntry};
+use sdserve_server::models::ModelEntry;
 
 /// Flags of `sdserve generate` (scripted against by other tools: keep stable).
 #[derive(clap::Args, Debug)]
@@ -93,7 +93,7 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
     let sha256 = entry
         .hash_file
         .as_ref()
-        .map(|key| sha256_file(&key.path))
+        .map(|key| super::models::cli_hashes().hash_now(key))
         .transpose()
         .with_context(|| format!("hashing model {}", args.model))?;
     engine.set_label(super::models::label(&entry, sha256.as_deref()));

@@ -3,7 +3,7 @@
 //! repo id as before), and the loader the pool calls to turn a catalog entry
 //! into an engine whose infotexts name the model and its short hash.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::Context;
@@ -77,6 +77,20 @@ fn loader(hashes: Arc<HashStore>, options: EngineOptions) -> Loader {
         engine.set_label(label(&model.entry, sha256.as_deref()));
         Ok(Arc::new(engine) as Arc<dyn Backend>)
     })
+}
+
+/// The hash cache of `sdserve generate`, which has no output directory:
+/// `$XDG_CACHE_HOME/sdserve`, else `~/.cache/sdserve`; in memory only (every
+/// run hashes) when neither can be used.
+pub fn cli_hashes() -> Arc<HashStore> {
+    let dir = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cache")))
+        .map(|cache| cache.join("sdserve"));
+    match dir {
+        Some(dir) if std::fs::create_dir_all(&dir).is_ok() => HashStore::open(&dir),
+        _ => HashStore::in_memory(),
+    }
 }
 
 /// How infotexts name a model (the same in `serve` and `generate`): A1111's

@@ -360,6 +360,31 @@ mod tests {
     }
 
     #[test]
+    fn a_model_outside_the_folder_is_named_by_its_path_or_repo_id() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        touch(
+            &d.join("sd15/unet/diffusion_pytorch_model.safetensors"),
+            b"u",
+        );
+        std::os::unix::fs::symlink(d.join("sd15"), d.join("alias")).unwrap();
+        touch(&d.join("one.safetensors"), b"1");
+        let folder = ModelEntry::from_source(&format!("{}/", d.join("alias").display()));
+        assert_eq!((folder.name.as_str(), folder.stem()), ("alias", "alias"));
+        let unet = folder.hash_file.unwrap();
+        assert!(unet
+            .path
+            .ends_with("sd15/unet/diffusion_pytorch_model.safetensors"));
+        let file = ModelEntry::from_source(d.join("one.safetensors").to_str().unwrap());
+        assert_eq!((file.model_name.as_str(), file.stem()), ("one", "one"));
+        assert_eq!(file.hash_file.unwrap().size, 1);
+        let hub = ModelEntry::from_source("stabilityai/sd-turbo");
+        assert_eq!(hub.name, "stabilityai/sd-turbo");
+        assert_eq!(hub.model_name, "stabilityai_sd-turbo");
+        assert!(hub.hash_file.is_none());
+    }
+
+    #[test]
     fn a1111_ids_name_a_model() {
         let listed = Listed {
             entry: Arc::new(ModelEntry {

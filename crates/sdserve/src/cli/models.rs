@@ -105,3 +105,24 @@ pub fn label(entry: &ModelEntry, sha256: Option<&str>) -> ModelLabel {
         short_hash: sha256.and_then(|s| s.get(..SHORT_HASH_LEN).map(str::to_string)),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn labels_name_the_file_stem_or_the_whole_repo_id() {
+        let hub = label(&ModelEntry::from_source("org/sd-turbo"), None);
+        assert_eq!(hub, ModelLabel::named("org/sd-turbo"));
+        let mut file = ModelEntry::named("sub/anime.safetensors");
+        file.source = "/models/sub/anime.safetensors".into();
+        let sha = "0123456789abcdef";
+        assert_eq!(
+            label(&file, Some(sha)),
+            ModelLabel {
+                name: "anime".into(),
+                short_hash: Some("0123456789".into()),
+            }
+        );
+    }
+}

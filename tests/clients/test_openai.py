@@ -66,14 +66,18 @@ def main() -> int:
         assert resp.headers["Content-Type"] == "image/png"
         assert resp.read().startswith(b"\x89PNG")
 
-    # Errors arrive as the SDK's typed exceptions with OpenAI's error shape.
-    for bad, param in [({"size": "banana"}, "size"), ({"model": "dall-e-3"}, "model")]:
+    # Errors arrive as the SDK's typed exceptions with OpenAI's error shape;
+    # an unknown model is a 404 (`model_not_found`), as OpenAI answers.
+    for bad, param, error in [
+        ({"size": "banana"}, "size", openai.UnprocessableEntityError),
+        ({"model": "dall-e-3"}, "model", openai.NotFoundError),
+    ]:
         kwargs = {"model": model, "prompt": "x", "size": f"{args.size}x{args.size}"}
         kwargs.update(bad)
         try:
             client.images.generate(**kwargs)
-        except openai.UnprocessableEntityError as e:
-            assert e.status_code == 422
+        except error as e:
+            assert e.status_code in (404, 422), e.status_code
             assert e.body["param"] == param, e.body
             assert e.body["type"] == "invalid_request_error", e.body
         else:

@@ -10,6 +10,7 @@ use crate::memory::{plan_for_model, MemoryPlan};
 use crate::model::StableDiffusion;
 use crate::options::{DeviceChoice, EngineOptions, Precision, VaeTiling};
 use crate::pipeline;
+use crate::png::ModelLabel;
 use crate::request::{GenerateRequest, GeneratedImage, Observer, Timings};
 
 /// Where a model comes from: a local diffusers folder or a Hugging Face repo id.
@@ -71,6 +72,7 @@ pub struct Engine {
     info: ModelInfo,
     options: EngineOptions,
     plan: MemoryPlan,
+    label: ModelLabel,
 }
 
 impl Engine {
@@ -122,6 +124,7 @@ impl Engine {
         };
         Ok(Self {
             model,
+            label: ModelLabel::named(info.name.clone()),
             info,
             options,
             plan,
@@ -131,6 +134,17 @@ impl Engine {
     /// What the model is and which defaults suit it.
     pub fn info(&self) -> &ModelInfo {
         &self.info
+    }
+
+    /// Names the model in the infotexts of its images (A1111's `Model` and
+    /// `Model hash`); by default the folder or repo name, without a hash.
+    pub fn set_label(&mut self, label: ModelLabel) {
+        self.label = label;
+    }
+
+    /// How the infotexts of its images name the model.
+    pub fn label(&self) -> &ModelLabel {
+        &self.label
     }
 
     /// The options the engine was loaded with.
@@ -243,7 +257,7 @@ impl Engine {
                 tile_vae: self.tile_vae(j),
             })
             .collect();
-        let results = pipeline::generate_batch(&self.model, &self.info.name, &seeded, observer)?;
+        let results = pipeline::generate_batch(&self.model, &self.label, &seeded, observer)?;
         Ok(results
             .into_iter()
             .map(|r| r.map(|(images, timings)| GenerationOutput { images, timings }))

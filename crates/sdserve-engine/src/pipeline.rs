@@ -54,7 +54,7 @@ pub fn uses_guidance(request: &GenerateRequest) -> bool {
 /// Runs `requests` (already validated and mutually compatible) as one batch.
 pub fn generate_batch(
     model: &StableDiffusion,
-    model_name: &str,
+    label: &crate::png::ModelLabel,
     requests: &[Job],
     observer: &mut dyn Observer,
 ) -> Result<Vec<JobResult>> {
@@ -144,7 +144,7 @@ pub fn generate_batch(
             decoded.push(None);
             continue;
         }
-        decoded.push(Some(decode(model, model_name, job)?));
+        decoded.push(Some(decode(model, label, job)?));
     }
     timings.decoding = started.elapsed().as_secs_f64();
     observer.progress(Progress::Decoded);
@@ -226,7 +226,7 @@ fn repeat_rows(c: &Conditioning, n: usize) -> Result<Conditioning> {
 /// `(x / 2 + 0.5).clamp(0, 1)`, rounded to 8 bits as diffusers' `numpy_to_pil`.
 fn decode(
     model: &StableDiffusion,
-    model_name: &str,
+    label: &crate::png::ModelLabel,
     job: &JobState,
 ) -> Result<Vec<GeneratedImage>> {
     let latents = match &model.vae_latents_stats {
@@ -239,7 +239,7 @@ fn decode(
         None => ((&job.latents / model.vae_scaling_factor)? + model.vae_shift_factor)?,
     };
     let (n, _, _, _) = latents.dims4()?;
-    let infotext = crate::png::infotext(job.request, job.seed, model_name);
+    let infotext = crate::png::infotext(job.request, job.seed, label);
     let tiles = if job.tile_vae {
         Some(model.vae_tile_geometry()?)
     } else {

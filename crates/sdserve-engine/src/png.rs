@@ -8,23 +8,58 @@ use crate::request::{GenerateRequest, GeneratedImage};
 
 pub use crate::image_input::PARAMETERS_KEY;
 
-/// A1111's infotext: prompt, optional negative prompt, then the settings line.
-pub fn infotext(request: &GenerateRequest, seed: u64, model_name: &str) -> String {
+/// How an infotext names the model, as A1111 writes it: `Model hash` (its
+/// short hash) and `Model` (its name).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ModelLabel {
+    /// The model's display name.
+    pub name: String,
+    /// A1111's short hash: the first 10 hex digits of the model's sha256
+    /// (omitted from the infotext when unknown).
+    pub short_hash: Option<String>,
+}
+
+impl ModelLabel {
+    /// A label with a name and no hash.
+    pub fn named(name: impl Into<String>) -> Self {
+        Self {
+            name: name.into(),
+            short_hash: None,
+        }
+    }
+}
+
+/// The version an infotext names (`Version: sdserve 0.1.0`).
+pub const VERSION: &str = concat!("sdserve ", env!("CARGO_PKG_VERSION"));
+
+/// A1111's infotext: prompt, optional negative prompt, then the settings line
+/// ending with `Model hash`, `Model` and `Version` as A1111 writes them. The
+/// name loses its `,` and `:` (as A1111 did before it quoted values): every
+/// infotext parser splits the settings line on them.
+pub fn infotext(request: &GenerateRequest, seed: u64, model: &ModelLabel) -> String {
     let mut text = request.prompt.clone();
     if !request.negative_prompt.is_empty() {
         text.push_str("\nNegative prompt: ");
         text.push_str(&request.negative_prompt);
     }
     text.push_str(&format!(
-        "\nSteps: {}, Sampler: {}, CFG scale: {}, Seed: {}, Size: {}x{}, Model: {}",
+        "\nSteps: {}, Sampler: {}, CFG scale: {}, Seed: {}, Size: {}x{}",
         request.steps,
         request.sampler.label(),
         request.cfg_scale,
         seed,
         request.width,
         request.height,
-        model_name
     ));
+    if let Some(hash) = &model.short_hash {
+        text.push_str(&format!(", Model hash: {hash}"));
+    }
+    let name: String = model
+        .name
+        .chars()
+        .filter(|c| !matches!(c, ',' | ':'))
+        .collect();
+    text.push_str(&format!(", Model: {name}, Version: {VERSION}"));
     text
 }
 
@@ -91,16 +126,29 @@ mod tests {
 
     #[test]
     fn infotext_has_a1111_layout() {
-        let text = infotext(&request("a cat", "blurry"), 42, "tiny");
+        let label = ModelLabel {
+            name: "tiny".into(),
+            short_hash: Some("0123456789".into()),
+        };
+        let text = infotext(&request("a cat", "blurry"), 42, &label);
         assert_eq!(
             text,
-            "a cat\nNegative prompt: blurry\nSteps: 20, Sampler: Euler a, CFG scale: 7, Seed: 42, Size: 512x512, Model: tiny"
+            format!("a cat\nNegative prompt: blurry\nSteps: 20, Sampler: Euler a, CFG scale: 7, Seed: 42, Size: 512x512, Model hash: 0123456789, Model: tiny, Version: {VERSION}")
         );
         let mut r = request("a cat", "");
         r.cfg_scale = 7.5;
         assert_eq!(
-            infotext(&r, 1, "m"),
-            "a cat\nSteps: 20, Sampler: Euler a, CFG scale: 7.5, Seed: 1, Size: 512x512, Model: m"
+            infotext(&r, 1, &ModelLabel::named("m")),
+            format!("a cat\nSteps: 20, Sampler: Euler a, CFG scale: 7.5, Seed: 1, Size: 512x512, Model: m, Version: {VERSION}")
+        );
+    }
+
+    #[test]
+    fn infotext_model_names_lose_commas_and_colons() {
+        let text = infotext(&request("a", ""), 1, &ModelLabel::named("sd: v1, pruned"));
+        assert!(
+            text.ends_with(&format!(", Model: sd v1 pruned, Version: {VERSION}")),
+            "{text}"
         );
     }
 
@@ -112,7 +160,7 @@ mod tests {
                 height: 2,
                 rgb: (0..18).map(|v| v * 10).collect(),
                 seed: 1,
-                infotext: infotext(&request(prompt, ""), 1, "m"),
+                infotext: infotext(&request(prompt, ""), 1, &ModelLabel::named("m")),
             };
             let bytes = encode_png(&image).unwrap();
             assert_eq!(

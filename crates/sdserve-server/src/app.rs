@@ -22,6 +22,7 @@ use crate::dialects::{self, Dialect};
 use crate::error::ApiError;
 use crate::jobs::{JobSettings, Jobs, Store};
 use crate::metrics::Metrics;
+use crate::models::Models;
 use crate::signing::UrlSigner;
 use crate::state::AppState;
 use crate::{auth, connections, ops};
@@ -57,6 +58,9 @@ pub enum ServerError {
     /// A backend was installed twice.
     #[error("a model is already loaded")]
     AlreadyLoaded,
+    /// Models were installed before their default model was loaded.
+    #[error("the default model {0:?} is not loaded")]
+    DefaultNotLoaded(String),
     /// The worker thread could not be started.
     #[error("could not start the worker thread: {0}")]
     Worker(std::io::Error),
@@ -107,7 +111,7 @@ impl App {
                 metrics,
                 started_unix: crate::jobs::job::unix_now() as u64,
                 signer,
-                backend: OnceLock::new(),
+                models: OnceLock::new(),
             }),
         })
     }
@@ -117,16 +121,37 @@ impl App {
         &self.state
     }
 
-    /// Installs the loaded model and starts the worker thread; the server turns ready.
+    /// Installs one loaded model as all there is (no models folder, no
+    /// switching) and starts the worker thread; the server turns ready.
     pub fn install_backend(&self, backend: Arc<dyn Backend>) -> Result<(), ServerError> {
+        self.install_models(Arc::new(Models::single(backend)))
+    }
+
+    /// Installs the served models (the default one loaded) and starts the
+    /// worker thread; the server turns ready.
+    pub fn install_models(&self, models: Arc<Models>) -> Result<(), ServerError> {
+        let default = models.default_name();
+        if models.pool().peek(&default, |_| ()).is_none() {
+            return Err(ServerError::DefaultNotLoaded(default));
+        }
         self.state
-            .backend
-            .set(backend.clone())
+            .models
+            .set(models.clone())
             .map_err(|_| ServerError::AlreadyLoaded)?;
-        // Jobs recovered from disk were validated against the model of their day.
-        self.state
-            .jobs
-            .revalidate(|request| backend.validate(request).map_err(|e| e.to_string()));
+        // Jobs recovered from disk were validated against the model of their
+        // day; those of the default model are checked again now, the others
+        // by the engine when they run.
+        self.state.jobs.revalidate(|entry| {
+            if !entry.model.is_empty() && entry.model != default {
+                return Ok(());
+            }
+            models
+                .pool()
+                .peek(&default, |b| {
+                    b.validate(&entry.request).map_err(|e| e.to_string())
+                })
+                .unwrap_or(Ok(()))
+        });
         if let Some(m) = ops::memory_report(&self.state) {
             tracing::info!(
                 budget = %crate::engine_api::human_bytes(m.budget_bytes),
@@ -137,8 +162,7 @@ impl App {
                 "memory plan"
             );
         }
-        crate::jobs::worker::spawn(self.state.jobs.clone(), backend)
-            .map_err(ServerError::Worker)?;
+        crate::jobs::worker::spawn(self.state.jobs.clone(), models).map_err(ServerError::Worker)?;
         Ok(())
     }
 

@@ -112,6 +112,25 @@ pub enum ApiError {
     /// Readiness: the output directory's disk is below `--min-free-disk`.
     #[error("not ready: {0}")]
     LowDisk(String),
+    /// A request (or `sd_model_checkpoint`) names no model the server has.
+    #[error("`{field}`: no model {asked:?}; available: {}", available.join(", "))]
+    UnknownModel {
+        /// The field that named it, as the dialect spells it.
+        field: &'static str,
+        /// What the client asked for.
+        asked: String,
+        /// The names the server has.
+        available: Vec<String>,
+    },
+    /// A listed model could not be loaded (a file the engine refuses, too
+    /// little memory...): the server's fault, not the request's.
+    #[error("could not load model {model:?}: {message}")]
+    ModelLoad {
+        /// The model's name.
+        model: String,
+        /// Why.
+        message: String,
+    },
 }
 
 impl ApiError {
@@ -130,16 +149,19 @@ impl ApiError {
                 ..
             } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::InvalidImage { .. } => StatusCode::UNPROCESSABLE_ENTITY,
-            Self::JobNotFound(_) | Self::ImageNotFound(_) | Self::NoRoute(_) => {
-                StatusCode::NOT_FOUND
-            }
+            Self::JobNotFound(_)
+            | Self::ImageNotFound(_)
+            | Self::NoRoute(_)
+            | Self::UnknownModel { .. } => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             Self::Unauthorized { .. } => StatusCode::UNAUTHORIZED,
             Self::InvalidLink(_) => StatusCode::FORBIDDEN,
             Self::AlreadyFinished(_) | Self::Cancelled(_) => StatusCode::CONFLICT,
             Self::QueueFull { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::NotReady | Self::Draining | Self::LowDisk(_) => StatusCode::SERVICE_UNAVAILABLE,
-            Self::Generation(_) | Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            Self::Generation(_) | Self::Internal(_) | Self::ModelLoad { .. } => {
+                StatusCode::INTERNAL_SERVER_ERROR
+            }
             Self::Storage(_) => StatusCode::INSUFFICIENT_STORAGE,
         }
     }
@@ -172,6 +194,8 @@ impl ApiError {
             Self::Internal(_) => "internal",
             Self::Storage(_) => "storage",
             Self::LowDisk(_) => "low_disk",
+            Self::UnknownModel { .. } => "model_not_found",
+            Self::ModelLoad { .. } => "model_load_failed",
         }
     }
 
@@ -181,6 +205,7 @@ impl ApiError {
             Self::InvalidField { field, .. } => Some(field),
             Self::InvalidImage { field, .. } => Some(field),
             Self::Validation(v) => v.field(),
+            Self::UnknownModel { field, .. } => Some(field),
             _ => None,
         }
     }
@@ -329,6 +354,11 @@ mod tests {
             ApiError::Validation(v),
             ApiError::BodyTooLarge { limit: 1 },
             ApiError::JobNotFound("x".into()),
+            ApiError::UnknownModel {
+                field: "model",
+                asked: "x".into(),
+                available: vec!["a".into()],
+            },
             ApiError::Unauthorized {
                 challenge: "Bearer",
             },

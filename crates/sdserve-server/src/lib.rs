@@ -30,6 +30,7 @@ pub mod error;
 pub mod extract;
 pub mod jobs;
 pub mod metrics;
+pub mod models;
 pub mod openapi;
 pub mod ops;
 pub mod signing;

@@ -26,7 +26,7 @@ use crate::validation::sampler_names;
         native::get_image, native::list_models, native::list_samplers,
         a1111::txt2img, a1111::progress, a1111::interrupt, a1111::skip, a1111::sd_models,
         a1111::samplers, a1111::schedulers, a1111::get_options, a1111::set_options,
-        a1111::png_info, a1111::memory, a1111::scripts,
+        a1111::png_info, a1111::memory, a1111::scripts, a1111::refresh_checkpoints,
         openai::generations, openai::models, openai::image_file,
         simple::generate, simple::download,
         ops::livez, ops::readyz, ops::metrics, ops::openapi_json, ops::docs,

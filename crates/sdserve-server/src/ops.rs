@@ -45,9 +45,16 @@ pub struct MemoryReport {
     pub vae_tiling: String,
 }
 
-/// The plan of the loaded backend, capped by the configured limits.
+/// The plan of the default model (when it is loaded), capped by the configured limits.
 pub fn memory_report(state: &AppState) -> Option<MemoryReport> {
-    let backend = state.backend().ok()?;
+    let models = state.models().ok()?;
+    models
+        .pool()
+        .peek(&models.default_name(), |backend| report(state, backend))
+        .flatten()
+}
+
+fn report(state: &AppState, backend: &dyn crate::backend::Backend) -> Option<MemoryReport> {
     let plan = backend.memory_plan()?;
     let multiple = backend.info().vae_scale_factor;
     let allowed = crate::validation::largest_allowed_square(&state.config.limits, multiple);
@@ -93,7 +100,7 @@ pub async fn readyz(State(state): State<Arc<AppState>>) -> Result<Json<Health>, 
     if state.jobs.is_draining() {
         return Err(ApiError::Draining.into());
     }
-    state.backend()?;
+    state.models()?;
     if let Some(problem) = state.jobs.storage_problem() {
         return Err(ApiError::LowDisk(problem).into());
     }
@@ -125,7 +132,7 @@ pub async fn openapi_json(State(state): State<Arc<AppState>>) -> Json<serde_json
     let model = state.model().ok();
     Json(crate::openapi::document(
         &state.config.limits,
-        model,
+        model.as_ref(),
         state.config.auth.enabled(),
     ))
 }

@@ -1,10 +1,9 @@
-//! The facade every handler calls (TGI's `Infer`, for images): the loaded
-//! backend (or "still loading"), the gate from a dialect's spec to an accepted
-//! job, request accounting in the metrics, and reading results back.
+//! The facade every handler calls (TGI's `Infer`, for images): the served
+//! models (or "still loading"), the gate from a dialect's spec to an accepted
+//! job on its model, request accounting in the metrics, and reading results back.
 
 use std::sync::{Arc, OnceLock};
 
-use crate::backend::Backend;
 use crate::config::ServerConfig;
 use crate::dialects::Dialect;
 use crate::engine_api::ModelInfo;
@@ -14,6 +13,7 @@ use crate::jobs::{
     Deleted, FailureKind, ImageId, JobHandle, JobId, JobSnapshot, JobStatus, Jobs, Keep,
 };
 use crate::metrics::Metrics;
+use crate::models::{Listed, Models};
 use crate::signing::UrlSigner;
 use crate::validation::{validate, JobSpec, ValidJob, ValidationError};
 
@@ -29,23 +29,35 @@ pub struct AppState {
     pub started_unix: u64,
     /// Signs the image links of OpenAI's `response_format: url`.
     pub signer: UrlSigner,
-    pub(crate) backend: OnceLock<Arc<dyn Backend>>,
+    pub(crate) models: OnceLock<Arc<Models>>,
 }
 
 impl AppState {
-    /// The loaded backend, or 503 while the model loads.
-    pub fn backend(&self) -> Result<&Arc<dyn Backend>, ApiError> {
-        self.backend.get().ok_or(ApiError::NotReady)
+    /// The served models, or 503 while the default model loads.
+    pub fn models(&self) -> Result<&Arc<Models>, ApiError> {
+        self.models.get().ok_or(ApiError::NotReady)
     }
 
-    /// Facts about the loaded model, or 503 while it loads.
-    pub fn model(&self) -> Result<&ModelInfo, ApiError> {
-        Ok(self.backend()?.info())
+    /// Facts about the default model, or 503 while it loads.
+    pub fn model(&self) -> Result<ModelInfo, ApiError> {
+        let models = self.models()?;
+        models
+            .info(&models.default_name())
+            .ok_or_else(|| ApiError::Internal("the default model was never loaded".into()))
     }
 
-    /// Ready for traffic: model loaded, not draining, enough free disk.
+    /// The model a finished job ran on, with its hash as known now.
+    pub fn job_model(&self, snapshot: &JobSnapshot) -> Option<Listed> {
+        let models = self.models.get()?;
+        match snapshot.params.model.as_deref() {
+            Some(name) if !name.is_empty() => models.catalog().by_name(name),
+            _ => models.default_model(),
+        }
+    }
+
+    /// Ready for traffic: default model loaded, not draining, enough free disk.
     pub fn is_ready(&self) -> bool {
-        self.backend.get().is_some()
+        self.models.get().is_some()
             && !self.jobs.is_draining()
             && self.jobs.storage_problem().is_none()
     }
@@ -77,13 +89,19 @@ impl AppState {
             if self.jobs.is_draining() {
                 return Err(ApiError::Draining);
             }
-            let backend = self.backend()?;
-            let request = validate(spec, &self.config.limits, backend.as_ref())?;
+            let models = self.models()?;
+            let model = models.resolve(spec.model.as_deref(), spec.names.model)?;
+            // Validation needs the model's own facts and memory plan: load it
+            // (on a blocking thread) if it is not loaded.
+            let lease = models.acquire(model).await?;
+            let request = validate(spec, &self.config.limits, lease.backend().as_ref())?;
             let job = ValidJob {
                 request,
                 client: caller.client.clone(),
                 dialect,
+                model: lease.name().to_string(),
             };
+            drop(lease);
             // Admission fsyncs the job's record: off the async runtime. If this
             // request is dropped meanwhile, the job is still admitted and runs;
             // a response-only result is then removed by retention.

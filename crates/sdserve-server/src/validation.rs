@@ -37,6 +37,8 @@ pub struct FieldNames {
     pub height: &'static str,
     /// Images-per-request field.
     pub batch_size: &'static str,
+    /// Model field.
+    pub model: &'static str,
 }
 
 impl FieldNames {
@@ -50,6 +52,7 @@ impl FieldNames {
         width: "width",
         height: "height",
         batch_size: "batch_size",
+        model: "model",
     };
 }
 
@@ -74,6 +77,9 @@ pub struct JobSpec {
     pub height: Option<i64>,
     /// Images from the one seed.
     pub batch_size: Option<i64>,
+    /// The model to run on (any of A1111's ids; see `GET /sdapi/v1/sd-models`);
+    /// `None` for the default model.
+    pub model: Option<String>,
     /// How the dialect names these fields.
     pub names: FieldNames,
 }
@@ -91,6 +97,7 @@ impl JobSpec {
             width: None,
             height: None,
             batch_size: None,
+            model: None,
             names,
         }
     }
@@ -105,6 +112,8 @@ pub struct ValidJob {
     pub client: ClientId,
     /// Which dialect it came through.
     pub dialect: Dialect,
+    /// The catalog name of the model it runs on.
+    pub model: String,
 }
 
 /// One broken rule. Every message names the field and the value given; every

@@ -6,10 +6,11 @@
 
 mod common;
 
+use std::ffi::OsStr;
 use std::path::Path;
 use std::process::Command;
 
-use common::{cli_png, repo_root, Server, Settings};
+use common::{cli_png, cli_png_of, repo_root, tiny_sd1, Server, Settings};
 
 fn python() -> String {
     std::env::var("SDSERVE_TEST_PYTHON").unwrap_or_else(|_| "python3".to_string())
@@ -85,6 +86,76 @@ fn webuiapi_client_gets_the_cli_image() {
     let mut args = vec!["--port".to_string(), server.port.to_string()];
     args.extend(settings_args(&settings, &reference));
     run_script("test_webuiapi.py", &args, dir.path());
+}
+
+/// A models folder of three: tiny-sd1 and tiny-sd2 (linked), and `third`, a
+/// copy of tiny-sd1 whose scheduler's `beta_end` differs (other images from
+/// the same UNet weights, so the same hash: a hash names the UNet).
+fn three_models(dir: &Path) -> std::path::PathBuf {
+    let models = dir.join("models");
+    let fixtures = tiny_sd1().join("..");
+    std::fs::create_dir_all(models.join("third/scheduler")).unwrap();
+    for name in ["tiny-sd1", "tiny-sd2"] {
+        std::os::unix::fs::symlink(fixtures.join(name), models.join(name)).unwrap();
+    }
+    for part in [
+        "model_index.json",
+        "text_encoder",
+        "tokenizer",
+        "unet",
+        "vae",
+    ] {
+        std::os::unix::fs::symlink(tiny_sd1().join(part), models.join("third").join(part)).unwrap();
+    }
+    let config = tiny_sd1().join("scheduler/scheduler_config.json");
+    let config = std::fs::read_to_string(config).unwrap();
+    assert!(config.contains("\"beta_end\": 0.012"), "{config}");
+    std::fs::write(
+        models.join("third/scheduler/scheduler_config.json"),
+        config.replace("\"beta_end\": 0.012", "\"beta_end\": 0.02"),
+    )
+    .unwrap();
+    models
+}
+
+#[test]
+fn webuiapi_switches_between_three_models_and_gets_each_ones_cli_image() {
+    let dir = tempfile::tempdir().unwrap();
+    let models = three_models(dir.path());
+    let settings = Settings::default();
+    let mut cases = Vec::new();
+    let mut pngs = Vec::new();
+    for name in ["tiny-sd1", "tiny-sd2", "third"] {
+        let png = cli_png_of(&models.join(name), &settings, dir.path());
+        let path = dir.path().join(format!("reference-{name}.png"));
+        std::fs::write(&path, &png).unwrap();
+        cases.extend(["--case".to_string(), format!("{name}={}", path.display())]);
+        pngs.push(png);
+    }
+    assert!(pngs[0] != pngs[1] && pngs[0] != pngs[2] && pngs[1] != pngs[2]);
+    // Two of the three stay loaded: switching also unloads and reloads.
+    let server = Server::start_with_models(
+        dir.path(),
+        &[
+            OsStr::new("--models-dir"),
+            models.as_os_str(),
+            OsStr::new("--model"),
+            OsStr::new("tiny-sd2"),
+        ],
+        &["--max-loaded-models", "2"],
+    );
+    let mut args = vec!["--port".to_string(), server.port.to_string()];
+    args.extend(settings_args(&settings, &dir.path().join("unused.png")));
+    // The script takes one reference per model instead of --reference.
+    let at = args.iter().position(|a| a == "--reference").unwrap();
+    args.drain(at..at + 2);
+    args.extend(cases);
+    run_script("test_webuiapi_models.py", &args, dir.path());
+    let log = server.log_text();
+    assert!(
+        log.contains("unloading the least recently used model"),
+        "{log}"
+    );
 }
 
 #[test]

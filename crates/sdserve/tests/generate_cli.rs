@@ -75,17 +75,28 @@ fn generate_writes_the_diffusers_image_with_a1111_parameters() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("astronaut.png");
     let model = fixtures().join("models/tiny-sd1");
+    let cache = dir.path().join("cache");
     let result = sdserve(
         &case_a_args(model.to_str().unwrap(), out.to_str().unwrap()),
-        &[],
+        &[("XDG_CACHE_HOME", cache.to_str().unwrap())],
     );
     assert!(result.status.success(), "{}", stderr(&result));
+    // The model's hash (its UNet weights file's sha256) is cached for the next run.
+    let hashes = std::fs::read_to_string(cache.join("sdserve/model-hashes.json")).unwrap();
+    assert!(
+        hashes.contains("8e8c3ec5efaa3f66a6ea1abc541867547f3c7849ef5df658e90178a1a060d4c8"),
+        "{hashes}"
+    );
     assert_matches_reference(&out, "reference/tiny-sd1/euler_ancestral-a-0.png");
     let params = png::read_parameters(&std::fs::read(&out).unwrap()).expect("parameters chunk");
     assert_eq!(
         params,
-        "a photograph of an astronaut riding a horse\nNegative prompt: blurry, low quality\n\
-         Steps: 5, Sampler: Euler a, CFG scale: 7.5, Seed: 42, Size: 64x64, Model: tiny-sd1"
+        concat!(
+            "a photograph of an astronaut riding a horse\nNegative prompt: blurry, low quality\n\
+             Steps: 5, Sampler: Euler a, CFG scale: 7.5, Seed: 42, Size: 64x64, \
+             Model hash: 8e8c3ec5ef, Model: tiny-sd1, Version: sdserve ",
+            env!("CARGO_PKG_VERSION")
+        )
     );
     let err = stderr(&result);
     assert!(err.contains("seed: 42"), "{err}");
@@ -217,7 +228,14 @@ fn hub_repo_id_loads_from_the_local_cache_without_network() {
     assert!(result.status.success(), "{}", stderr(&result));
     assert_matches_reference(&out, "reference/tiny-sd1/euler_ancestral-a-0.png");
     let params = png::read_parameters(&std::fs::read(&out).unwrap()).unwrap();
-    assert!(params.ends_with("Model: sdserve-test/tiny-sd1"), "{params}");
+    // A hub repo keeps its whole id, and has no hash (no local file to hash).
+    assert!(
+        params.ends_with(concat!(
+            ", Size: 64x64, Model: sdserve-test/tiny-sd1, Version: sdserve ",
+            env!("CARGO_PKG_VERSION")
+        )),
+        "{params}"
+    );
 
     // Offline mode with a repo that is not cached: a clear error, no download.
     let missing = sdserve(

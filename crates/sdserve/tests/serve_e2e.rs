@@ -504,6 +504,35 @@ fn bad_flags_and_models_fail_fast() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    // A models folder that is missing, or empty with no --model, or a
+    // --max-loaded-models of 0: clear errors at start.
+    let empty = dir.path().join("empty");
+    std::fs::create_dir(&empty).unwrap();
+    for (args, needle) in [
+        (
+            vec!["--models-dir", "/no/such/dir"],
+            "reading --models-dir /no/such/dir",
+        ),
+        (
+            vec!["--models-dir", empty.to_str().unwrap()],
+            "holds no model",
+        ),
+        (
+            vec!["--max-loaded-models", "0"],
+            "--max-loaded-models must be at least 1",
+        ),
+    ] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_sdserve"))
+            .args(["serve", "--port", &common::free_port().to_string()])
+            .args(&args)
+            .arg("--output-dir")
+            .arg(dir.path())
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(needle), "{args:?}: {err}");
+    }
 }
 
 /// `serve --vae-tiling on` serves diffusers' `vae.enable_tiling()` render of the

@@ -135,6 +135,7 @@ const OPENAI_FIELDS: FieldNames = FieldNames {
     width: "size",
     height: "size",
     batch_size: "n",
+    model: "model",
 };
 
 /// `POST /v1/images/generations` body.
@@ -143,7 +144,8 @@ pub struct ImageGenerationRequest {
     /// Prompt.
     #[schema(max_length = 8192)]
     pub prompt: String,
-    /// Model id; if given, the served model's id (see `GET /v1/models`).
+    /// Model id (see `GET /v1/models`; A1111's titles and hashes work too);
+    /// default: the server's default model. An unknown one is a 404.
     pub model: Option<String>,
     /// Number of images.
     #[schema(minimum = 1, maximum = 8)]
@@ -223,15 +225,7 @@ pub fn size_pattern(max_width: usize, max_height: usize, multiple: usize) -> Str
 }
 
 impl ImageGenerationRequest {
-    fn to_spec(&self, model: &str) -> Result<JobSpec, ApiError> {
-        if let Some(wanted) = &self.model {
-            if wanted != model {
-                return Err(invalid(
-                    "model",
-                    format!("the model {wanted:?} does not exist; this server serves {model:?}"),
-                ));
-            }
-        }
+    fn to_spec(&self) -> Result<JobSpec, ApiError> {
         match self.response_format.as_deref() {
             None | Some("b64_json") | Some("url") => {}
             Some(other) => {
@@ -254,6 +248,7 @@ impl ImageGenerationRequest {
             width: size.map(|s| s.0),
             height: size.map(|s| s.1),
             batch_size: self.n,
+            model: self.model.clone(),
             ..JobSpec::new(self.prompt.clone(), OPENAI_FIELDS)
         })
     }
@@ -325,7 +320,7 @@ pub async fn generations(
 ) -> Result<Json<ImagesResponse>, Rejection<OpenAi>> {
     let request = parse_json::<ImageGenerationRequest>(body, state.config.limits.max_body_bytes);
     let as_url = matches!(&request, Ok(r) if r.response_format.as_deref() == Some("url"));
-    let spec = request.and_then(|r| r.to_spec(&state.model()?.name));
+    let spec = request.and_then(|r| r.to_spec());
     // b64_json carries the images in the response, and nothing names their
     // files afterwards: they are removed once it is built. `url` keeps them.
     let keep = if as_url {
@@ -383,21 +378,26 @@ async fn respond(
     })
 }
 
-/// The served model.
+/// The served models (`--models-dir` and `--model`), by name.
 #[utoipa::path(get, path = "/v1/models", tag = "openai",
     responses((status = 200, description = "Models", body = ModelsResponse), OpenAiErrors))]
 pub async fn models(
     State(state): State<Arc<AppState>>,
 ) -> Result<Json<ModelsResponse>, Rejection<OpenAi>> {
-    let model = state.model()?;
+    let models = state.models()?;
     Ok(Json(ModelsResponse {
         object: "list".into(),
-        data: vec![OpenAiModel {
-            id: model.name.clone(),
-            object: "model".into(),
-            created: state.started_unix,
-            owned_by: "sdserve".into(),
-        }],
+        data: models
+            .catalog()
+            .list()
+            .into_iter()
+            .map(|m| OpenAiModel {
+                id: m.entry.name.clone(),
+                object: "model".into(),
+                created: state.started_unix,
+                owned_by: "sdserve".into(),
+            })
+            .collect(),
     }))
 }
 

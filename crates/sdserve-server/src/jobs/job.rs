@@ -68,6 +68,10 @@ pub struct JobParams {
     pub height: usize,
     /// Images generated from the seed in one noise draw.
     pub batch_size: usize,
+    /// The model it runs on (its catalog name); absent in records written
+    /// before models could be switched, which run on the default model.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
 }
 
 impl From<&GenerateRequest> for JobParams {
@@ -82,6 +86,7 @@ impl From<&GenerateRequest> for JobParams {
             width: r.width,
             height: r.height,
             batch_size: r.batch_size,
+            model: None,
         }
     }
 }

@@ -64,6 +64,9 @@ pub struct JobEntry {
     pub client: ClientId,
     /// The dialect it came through.
     pub origin: Dialect,
+    /// The catalog name of the model it runs on ("" for the default model:
+    /// a recovered job recorded before models could be switched).
+    pub model: String,
     /// The engine request, validated.
     pub request: GenerateRequest,
     /// When it was accepted.
@@ -203,7 +206,11 @@ impl Jobs {
             (JobId::new(), st.last_seq)
         };
         // The slot is reserved; write the record without holding the lock.
-        let snapshot = JobSnapshot::queued(id, JobParams::from(&job.request), 0);
+        let params = JobParams {
+            model: Some(job.model.clone()),
+            ..JobParams::from(&job.request)
+        };
+        let snapshot = JobSnapshot::queued(id, params, 0);
         let record = JobRecord {
             snapshot,
             client: job.client.as_str().to_string(),
@@ -227,6 +234,7 @@ impl Jobs {
             id,
             client: job.client.clone(),
             origin: job.dialect,
+            model: job.model,
             request: job.request,
             enqueued: Instant::now(),
             seq,
@@ -383,58 +391,69 @@ impl Jobs {
         self.shared.work.notify_all();
     }
 
-    /// Blocks until a batch is ready; `None` once stopped with nothing left.
-    /// `max_images` says how many images of a request's size the memory plan
-    /// lets one batch hold: jobs are never combined beyond it (nor beyond
-    /// `--max-batch`); a first job is always taken, as the gate admitted it.
-    pub(super) fn next_batch(
-        &self,
-        max_images: impl Fn(&GenerateRequest) -> usize,
-    ) -> Option<Vec<Arc<JobEntry>>> {
-        let shared = &self.shared;
-        let mut st = shared.lock();
+    /// Blocks until a job is queued and returns the model of the one the
+    /// worker would take next; `None` once stopped with nothing left.
+    pub(super) fn next_model(&self) -> Option<String> {
+        let mut st = self.shared.lock();
         loop {
-            if !st.queue.is_empty() {
-                let planned = st
-                    .queue
-                    .peek_next()
-                    .map_or(usize::MAX, |head| max_images(&head.request));
-                let batch = st.queue.pop_batch(
-                    shared.settings.max_batch_images.min(planned),
-                    |e| e.request.batch_size,
-                    |a, b| batch_compatible(&a.request, &b.request),
-                );
-                let started = unix_now();
-                for entry in &batch {
-                    let total = entry.request.steps;
-                    entry.state.send_modify(|s| {
-                        s.status = JobStatus::Running;
-                        s.queue_position = None;
-                        s.started_at = Some(started);
-                        s.progress = Some(StepProgress { step: 0, total });
-                    });
-                    shared
-                        .metrics
-                        .queue_duration_seconds
-                        .observe(entry.enqueued.elapsed().as_secs_f64());
-                }
-                st.current = Some(CurrentBatch {
-                    started: Instant::now(),
-                    step: 0,
-                    total: batch.first().map_or(0, |e| e.request.steps),
-                    jobs: batch.len(),
-                });
-                st.running = batch.clone();
-                Shared::refresh_positions(&st);
-                shared.metrics.queue_size.set(st.queue.len() as i64);
-                shared.metrics.requests_running.set(batch.len() as i64);
-                return Some(batch);
+            if let Some(head) = st.queue.peek_next() {
+                return Some(head.model.clone());
             }
             if st.stop {
                 return None;
             }
-            st = shared.work.wait(st).unwrap_or_else(|e| e.into_inner());
+            st = self.shared.work.wait(st).unwrap_or_else(|e| e.into_inner());
         }
+    }
+
+    /// Takes the next batch if its first job runs on `model` (whose backend
+    /// the worker now holds); `None` if the queue changed meanwhile. Only jobs
+    /// of that one model join it. `max_images` says how many images of a
+    /// request's size the memory plan lets one batch hold: jobs are never
+    /// combined beyond it (nor beyond `--max-batch`); a first job is always
+    /// taken, as the gate admitted it.
+    pub(super) fn next_batch_for(
+        &self,
+        model: &str,
+        max_images: impl Fn(&GenerateRequest) -> usize,
+    ) -> Option<Vec<Arc<JobEntry>>> {
+        let shared = &self.shared;
+        let mut st = shared.lock();
+        let head = st.queue.peek_next()?;
+        if head.model != model {
+            return None;
+        }
+        let planned = max_images(&head.request);
+        let batch = st.queue.pop_batch(
+            shared.settings.max_batch_images.min(planned),
+            |e| e.request.batch_size,
+            |a, b| a.model == b.model && batch_compatible(&a.request, &b.request),
+        );
+        let started = unix_now();
+        for entry in &batch {
+            let total = entry.request.steps;
+            entry.state.send_modify(|s| {
+                s.status = JobStatus::Running;
+                s.queue_position = None;
+                s.started_at = Some(started);
+                s.progress = Some(StepProgress { step: 0, total });
+            });
+            shared
+                .metrics
+                .queue_duration_seconds
+                .observe(entry.enqueued.elapsed().as_secs_f64());
+        }
+        st.current = Some(CurrentBatch {
+            started: Instant::now(),
+            step: 0,
+            total: batch.first().map_or(0, |e| e.request.steps),
+            jobs: batch.len(),
+        });
+        st.running = batch.clone();
+        Shared::refresh_positions(&st);
+        shared.metrics.queue_size.set(st.queue.len() as i64);
+        shared.metrics.requests_running.set(batch.len() as i64);
+        Some(batch)
     }
 
     /// Records a step of the running batch (for A1111 `/progress`).

@@ -9,6 +9,9 @@
 //!
 //! Once the model is loaded, [`Jobs::revalidate`] fails the re-queued jobs the
 //! model refuses (another model, other limits) with that reason; never a 404.
+//! A recorded job names its model (none before models could be switched: it
+//! runs on the default); [`Jobs::fail_queued`] fails the jobs of a model that
+//! cannot be loaded.
 
 use std::collections::HashSet;
 use std::io;
@@ -22,7 +25,6 @@ use super::id::ImageId;
 use super::job::{unix_now, FailureKind, JobFailure, JobStatus};
 use super::manager::{JobEntry, Jobs, Shared};
 use super::record::JobRecord;
-use crate::engine_api::GenerateRequest;
 
 /// The reason given to synchronous jobs a restart cut off.
 pub const INTERRUPTED: &str = "interrupted by a server restart";
@@ -106,6 +108,7 @@ impl Jobs {
                 id,
                 client: record.client_id(),
                 origin: record.dialect.unwrap_or(crate::dialects::Dialect::Native),
+                model: record.snapshot.params.model.clone().unwrap_or_default(),
                 request,
                 enqueued: Instant::now(),
                 seq: record.seq,
@@ -153,16 +156,16 @@ impl Jobs {
         }
     }
 
-    /// Fails every queued job that `check` refuses (the loaded model's own
+    /// Fails every queued job that `check` refuses (its model's own
     /// validation), with its reason. Call before the worker starts.
-    pub fn revalidate(&self, check: impl Fn(&GenerateRequest) -> Result<(), String>) -> usize {
+    pub fn revalidate(&self, check: impl Fn(&JobEntry) -> Result<(), String>) -> usize {
         let refused: Vec<(Arc<JobEntry>, String)> = {
             let mut st = self.shared.lock();
             let refused: Vec<_> = st
                 .queue
                 .service_order()
                 .into_iter()
-                .filter_map(|e| check(&e.request).err().map(|why| (e.clone(), why)))
+                .filter_map(|e| check(e).err().map(|why| (e.clone(), why)))
                 .collect();
             for (entry, _) in &refused {
                 st.queue.remove_where(|e| e.id == entry.id);
@@ -180,5 +183,28 @@ impl Jobs {
                 .finish(entry, entry.snapshot(), JobStatus::Failed, Some(failure));
         }
         refused.len()
+    }
+
+    /// Fails every queued job of `model` (its load failed) with `message`; returns how many.
+    pub(super) fn fail_queued(&self, model: &str, kind: FailureKind, message: &str) -> usize {
+        let failed: Vec<Arc<JobEntry>> = {
+            let mut st = self.shared.lock();
+            let mut failed = Vec::new();
+            while let Some(entry) = st.queue.remove_where(|e| e.model == model) {
+                failed.push(entry);
+            }
+            Shared::refresh_positions(&st);
+            self.shared.metrics.queue_size.set(st.queue.len() as i64);
+            failed
+        };
+        for entry in &failed {
+            let failure = JobFailure {
+                kind,
+                message: message.to_string(),
+            };
+            self.shared
+                .finish(entry, entry.snapshot(), JobStatus::Failed, Some(failure));
+        }
+        failed.len()
     }
 }

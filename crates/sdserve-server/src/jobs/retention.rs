@@ -201,6 +201,7 @@ mod tests {
                 width: 8,
                 height: 8,
                 batch_size: 1,
+                model: None,
             },
             0,
         );

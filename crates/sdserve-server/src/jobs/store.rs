@@ -337,6 +337,7 @@ mod tests {
                     width: 64,
                     height: 64,
                     batch_size: 1,
+                    model: None,
                 },
                 0,
             ),

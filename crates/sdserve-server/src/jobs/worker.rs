@@ -1,6 +1,8 @@
 //! The worker thread: the only place the engine runs. It takes the next batch
-//! from the queue, runs it through the [`Backend`] on this plain OS thread (never
-//! on the async runtime), reports steps and polls cancel flags through an
+//! from the queue (jobs of one model only), leases that model from the pool
+//! (loading it if it is not loaded, evicting the least recently used), runs
+//! it through the [`Backend`] on this plain OS thread (never on the async
+//! runtime), reports steps and polls cancel flags through an
 //! [`Observer`], encodes and stores each job's PNGs, and publishes the outcome.
 //! A panic inside the engine fails that batch's jobs; the thread lives on.
 
@@ -14,20 +16,44 @@ use super::job::{FailureKind, ImageRecord, JobFailure, JobStatus, JobTimings, St
 use super::manager::{JobEntry, Jobs};
 use crate::backend::Backend;
 use crate::engine_api::{png, EngineError, GenerationOutput, Observer, Progress};
+use crate::models::Models;
 
 /// Starts the worker thread; it runs until [`Jobs::stop_worker`] and an empty queue.
-pub fn spawn(
-    jobs: Jobs,
-    backend: Arc<dyn Backend>,
-) -> std::io::Result<std::thread::JoinHandle<()>> {
+pub fn spawn(jobs: Jobs, models: Arc<Models>) -> std::io::Result<std::thread::JoinHandle<()>> {
     std::thread::Builder::new()
         .name("sdserve-worker".into())
         .spawn(move || {
-            while let Some(batch) = jobs.next_batch(|r| backend.max_batch_images(r)) {
-                run_batch(&jobs, backend.as_ref(), &batch);
+            while let Some(model) = jobs.next_model() {
+                run_next(&jobs, &models, &model);
             }
             tracing::info!("worker stopped");
         })
+}
+
+/// Loads (if needed) the model of the next job, then runs that job's batch on
+/// it. A model that cannot be loaded fails its queued jobs.
+fn run_next(jobs: &Jobs, models: &Models, model: &str) {
+    // "" is a job recorded before models could be switched: the default model.
+    let name = match model {
+        "" => models.default_name(),
+        named => named.to_string(),
+    };
+    let lease = match models.catalog().by_name(&name) {
+        Some(listed) => models.acquire_blocking(&listed).map_err(|e| e.to_string()),
+        None => Err(format!("model {name:?} is no longer served")),
+    };
+    let lease = match lease {
+        Ok(lease) => lease,
+        Err(message) => {
+            let failed = jobs.fail_queued(model, FailureKind::Internal, &message);
+            tracing::error!(model = %name, failed, error = %message, "model unavailable; its queued jobs failed");
+            return;
+        }
+    };
+    let backend = lease.backend().clone();
+    if let Some(batch) = jobs.next_batch_for(model, |r| backend.max_batch_images(r)) {
+        run_batch(jobs, backend.as_ref(), &batch);
+    }
 }
 
 /// Progress and cancellation bridge between the engine and the batch's jobs.

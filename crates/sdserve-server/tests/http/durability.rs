@@ -38,6 +38,7 @@ fn queue_direct(app: &App, client: &str, dialect: Dialect, req: GenerateRequest)
         request: req,
         client: ClientId::new(client),
         dialect,
+        model: String::new(),
     };
     let handle = app.state().jobs.submit(job, Keep::Stored).expect("queued");
     handle.id().to_string()

@@ -9,6 +9,7 @@ mod connections;
 mod durability;
 mod limits;
 mod memory;
+mod models;
 mod native;
 mod openai;
 mod ops;

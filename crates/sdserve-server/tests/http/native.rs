@@ -229,7 +229,8 @@ async fn listings() {
     let models: Value = s.get("/api/v1/models").await.json().await.unwrap();
     assert_eq!(
         models,
-        json!({"models": [{"id": "fake-sd", "native_width": 64, "native_height": 64,
+        json!({"models": [{"id": "fake-sd", "sha256": null, "default": true, "loaded": true,
+            "native_width": 64, "native_height": 64,
             "default_steps": 4, "default_cfg_scale": 7.0, "vae_scale_factor": 8}]})
     );
     let samplers: Value = s.get("/api/v1/samplers").await.json().await.unwrap();

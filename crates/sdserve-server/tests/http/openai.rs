@@ -78,8 +78,22 @@ async fn defaults_and_url_format() {
 #[tokio::test]
 async fn errors_in_openai_shape() {
     let s = TestServer::start().await;
+    let err = assert_error(
+        s.post(
+            "/v1/images/generations",
+            json!({"prompt": "x", "model": "dall-e-3"}),
+        )
+        .await,
+        404,
+        "available: fake-sd",
+    )
+    .await;
+    assert_eq!(
+        err,
+        json!({"error": {"code": "model_not_found", "param": "model", "type": "invalid_request_error",
+            "message": "`model`: no model \"dall-e-3\"; available: fake-sd"}})
+    );
     for (body, param) in [
-        (json!({"prompt": "x", "model": "dall-e-3"}), "model"),
         (json!({"prompt": "x", "size": "big"}), "size"),
         (json!({"prompt": "x", "size": "0x64"}), "size"),
         (json!({"prompt": "x", "size": "63x64"}), "size"),

@@ -11,6 +11,7 @@ use sdserve_engine::{
     png, DeviceChoice, Engine, EngineOptions, GenerateRequest, ModelSource, Observer, Precision,
     Progress, SamplerId, VaeTiling,
 };
+use sdserve_server::models::ModelEntry;
 
 /// Flags of `sdserve generate` (scripted against by other tools: keep stable).
 #[derive(clap::Args, Debug)]
@@ -85,8 +86,17 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
         dtype: args.dtype,
         device: args.device,
     };
-    let engine = Engine::load_with(&ModelSource::parse(&args.model), options)
+    let mut engine = Engine::load_with(&ModelSource::parse(&args.model), options)
         .with_context(|| format!("loading model {}", args.model))?;
+    // The infotext names the model and its hash exactly as `sdserve serve` does.
+    let entry = ModelEntry::from_source(&args.model);
+    let sha256 = entry
+        .hash_file
+        .as_ref()
+        .map(|key| super::models::cli_hashes().hash_now(key))
+        .transpose()
+        .with_context(|| format!("hashing model {}", args.model))?;
+    engine.set_label(super::models::label(&entry, sha256.as_deref()));
     let load_secs = started.elapsed().as_secs_f64();
     let info = engine.info();
     let seed = match args.seed {

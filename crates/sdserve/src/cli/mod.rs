@@ -1,6 +1,7 @@
 //! One module per subcommand.
 
 pub mod generate;
+pub mod models;
 pub mod serve;
 
 /// `--memory-limit`: `8G`, `8GiB`, `512M` or plain bytes (binary units).

@@ -1,6 +1,7 @@
-//! `sdserve serve`: bind the port, serve `/livez` at once, load the model on its
-//! own thread (then `/readyz` turns ready), and serve the HTTP APIs until SIGTERM
-//! or Ctrl-C, which drains queued and running jobs before exiting: 0 when every
+//! `sdserve serve`: bind the port, serve `/livez` at once, load the default
+//! model on its own thread (then `/readyz` turns ready; `models.rs` builds the
+//! catalog of `--models-dir` and the loader for the others), and serve the
+//! HTTP APIs until SIGTERM or Ctrl-C, which drains queued and running jobs before exiting: 0 when every
 //! job finished, [`DRAIN_TIMED_OUT_EXIT`] when the drain timeout cancelled some.
 
 use std::net::{IpAddr, SocketAddr};
@@ -10,10 +11,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use sdserve_engine::{DeviceChoice, Engine, EngineOptions, ModelSource, Precision, VaeTiling};
+use sdserve_engine::{DeviceChoice, EngineOptions, ModelInfo, Precision, VaeTiling};
 use sdserve_server::config::{
     self, AuthConfig, BasicCredential, ConnectionLimits, Limits, ServerConfig,
 };
+use sdserve_server::models::Models;
 use sdserve_server::App;
 
 /// Exit status when the drain timeout ran out and jobs were cancelled.
@@ -25,9 +27,20 @@ pub const DEFAULT_MODEL: &str = "stabilityai/sd-turbo";
 /// Flags of `sdserve serve`.
 #[derive(clap::Args, Debug)]
 pub struct ServeArgs {
-    /// Diffusers model folder, or a Hugging Face repo id (`org/name`), downloaded once into the HF cache.
-    #[arg(long, default_value = DEFAULT_MODEL)]
-    pub model: String,
+    /// The default model: a name in --models-dir, a diffusers model folder, or a
+    /// Hugging Face repo id (`org/name`, downloaded once into the HF cache).
+    /// Default: the first model of --models-dir, else stabilityai/sd-turbo.
+    #[arg(long)]
+    pub model: Option<String>,
+    /// Folder of models to list and switch between: diffusers folders (with
+    /// model_index.json) and *.safetensors checkpoints, recursively (A1111's
+    /// `Stable-diffusion/` layout too).
+    #[arg(long, value_name = "DIR")]
+    pub models_dir: Option<PathBuf>,
+    /// Models kept loaded at once; the least recently used is unloaded before
+    /// another loads.
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    pub max_loaded_models: usize,
     /// Address to bind; use 0.0.0.0 to accept connections from other machines.
     #[arg(long, default_value = "127.0.0.1")]
     pub host: IpAddr,
@@ -164,6 +177,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         ("--max-steps", args.max_steps),
         ("--max-batch", args.max_batch),
         ("--max-prompt-chars", args.max_prompt_chars),
+        ("--max-loaded-models", args.max_loaded_models),
         ("--max-body-bytes", args.max_body_bytes),
         ("--max-connections", args.max_connections),
         ("--header-read-timeout", args.header_read_timeout as usize),
@@ -200,7 +214,15 @@ async fn serve(app: App, args: ServeArgs, started: Instant) -> anyhow::Result<Ex
         dtype: args.dtype,
         device: args.device,
     };
-    let failed = spawn_loader(app.clone(), args.model.clone(), started, options)?;
+    let models = super::models::models(
+        args.models_dir.as_deref(),
+        args.model.as_deref(),
+        DEFAULT_MODEL,
+        &args.output_dir,
+        args.max_loaded_models,
+        options,
+    )?;
+    let failed = spawn_loader(app.clone(), models, started)?;
     let load_failure = async move {
         match failed.await {
             Ok(error) => error,
@@ -223,26 +245,22 @@ async fn serve(app: App, args: ServeArgs, started: Instant) -> anyhow::Result<Ex
     }
 }
 
-/// Loads the model on its own thread; the receiver gets the error if that fails.
+/// Loads the default model on its own thread, then installs the models; the
+/// receiver gets the error if that fails.
 fn spawn_loader(
     app: App,
-    model: String,
+    models: Models,
     started: Instant,
-    options: EngineOptions,
 ) -> anyhow::Result<tokio::sync::oneshot::Receiver<anyhow::Error>> {
     let (tx, rx) = tokio::sync::oneshot::channel();
     std::thread::Builder::new()
         .name("sdserve-load".into())
         .spawn(move || {
             let load_start = Instant::now();
-            tracing::info!(model = %model, "loading model");
-            let loaded = Engine::load_with(&ModelSource::parse(&model), options)
-                .with_context(|| format!("loading model {model}"))
-                .and_then(|engine| {
-                    let info = engine.info().clone();
-                    app.install_backend(Arc::new(engine))?;
-                    Ok(info)
-                });
+            let loaded = load_default(&models).and_then(|info| {
+                app.install_models(Arc::new(models))?;
+                Ok(info)
+            });
             match loaded {
                 Ok(info) => tracing::info!(
                     model = %info.name,
@@ -258,6 +276,19 @@ fn spawn_loader(
         })
         .context("starting the model loader thread")?;
     Ok(rx)
+}
+
+/// Loads the default model into the pool (where it stays until evicted).
+fn load_default(models: &Models) -> anyhow::Result<ModelInfo> {
+    let default = models
+        .default_model()
+        .context("the default model is not in the catalog")?;
+    let name = default.entry.source.clone();
+    let lease = models
+        .acquire_blocking(&default)
+        .map_err(|e| anyhow::anyhow!("{e}"))
+        .with_context(|| format!("loading model {name}"))?;
+    Ok(lease.backend().info().clone())
 }
 
 /// Resolves on SIGTERM or Ctrl-C.

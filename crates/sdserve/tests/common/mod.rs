@@ -4,6 +4,7 @@
 
 #![allow(dead_code)]
 
+use std::ffi::OsStr;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -46,6 +47,22 @@ impl Server {
     /// [`Server::start`], the process first moving itself into the cgroup
     /// whose `cgroup.procs` file is `procs` (through `sh`, which then execs sdserve).
     pub fn start_in(output_dir: &Path, extra: &[&str], procs: Option<&Path>) -> Self {
+        let model = tiny_sd1();
+        Self::launch(
+            output_dir,
+            &[OsStr::new("--model"), model.as_os_str()],
+            extra,
+            procs,
+        )
+    }
+
+    /// Starts `sdserve serve` with `models` as its model flags (`--models-dir`...)
+    /// instead of `--model tiny-sd1`.
+    pub fn start_with_models(output_dir: &Path, models: &[&OsStr], extra: &[&str]) -> Self {
+        Self::launch(output_dir, models, extra, None)
+    }
+
+    fn launch(output_dir: &Path, models: &[&OsStr], extra: &[&str], procs: Option<&Path>) -> Self {
         let port = free_port();
         let log = output_dir.join(format!("serve-{port}.log"));
         let log_file = std::fs::File::create(&log).expect("log file");
@@ -61,8 +78,7 @@ impl Server {
         };
         let child = command
             .arg("serve")
-            .arg("--model")
-            .arg(tiny_sd1())
+            .args(models)
             .args(["--host", "127.0.0.1", "--port", &port.to_string()])
             .arg("--output-dir")
             .arg(output_dir)
@@ -186,11 +202,16 @@ impl Default for Settings {
 
 /// The PNG `sdserve generate` writes for these settings.
 pub fn cli_png(settings: &Settings, dir: &Path) -> Vec<u8> {
+    cli_png_of(&tiny_sd1(), settings, dir)
+}
+
+/// The PNG `sdserve generate --model MODEL` writes for these settings.
+pub fn cli_png_of(model: &Path, settings: &Settings, dir: &Path) -> Vec<u8> {
     let output = dir.join(format!("cli-{}-{}.png", settings.seed, uuid_like()));
     let out = Command::new(env!("CARGO_BIN_EXE_sdserve"))
         .arg("generate")
         .arg("--model")
-        .arg(tiny_sd1())
+        .arg(model)
         .args(["--prompt", settings.prompt])
         .args(["--negative-prompt", settings.negative_prompt])
         .args(["--seed", &settings.seed.to_string()])

@@ -1,5 +1,6 @@
 //! A1111's discovery and settings endpoints, which clients call before they
-//! generate: models, samplers, schedulers, options, memory and scripts.
+//! generate: models (listing, refresh, switching the default through
+//! `options`), samplers, schedulers, options, memory and scripts.
 
 use std::sync::Arc;
 
@@ -14,41 +15,66 @@ use super::{A1111Errors, A1111};
 use crate::engine_api::SamplerId;
 use crate::error::{ApiError, Rejection};
 use crate::extract::parse_json;
+use crate::models::Listed;
 use crate::state::AppState;
-use crate::validation::ValidationError;
 
-/// One checkpoint of `GET /sdapi/v1/sd-models`.
+/// One checkpoint of `GET /sdapi/v1/sd-models`, named as A1111 names it.
 #[derive(Serialize, ToSchema)]
 pub struct SdModel {
-    /// Name shown in pickers; what `sd_model_checkpoint` takes.
+    /// `name [shorthash]` (just the name while the hash is being computed):
+    /// what `sd_model_checkpoint` takes (so do the name, `model_name` and hashes).
     pub title: String,
-    /// Model name.
+    /// The name without extension, `/` replaced by `_`.
     pub model_name: String,
-    /// Short hash (not computed).
+    /// Short hash: the first 10 hex digits of `sha256` (null until hashed).
     pub hash: Option<String>,
-    /// SHA-256 (not computed).
+    /// SHA-256 of the checkpoint file; for a diffusers folder, of its UNet
+    /// weights file (null until hashed, and for a hub repo id).
     pub sha256: Option<String>,
-    /// Where it came from.
+    /// The checkpoint file or model folder (or hub repo id).
     pub filename: String,
     /// Config file (none).
     pub config: Option<String>,
 }
 
-/// List the served checkpoint.
+impl From<&Listed> for SdModel {
+    fn from(m: &Listed) -> Self {
+        Self {
+            title: m.title(),
+            model_name: m.entry.model_name.clone(),
+            hash: m.short_hash().map(str::to_string),
+            sha256: m.sha256.clone(),
+            filename: m.entry.source.clone(),
+            config: None,
+        }
+    }
+}
+
+/// List the checkpoints (`--models-dir` and `--model`), with their hashes as known now.
 #[utoipa::path(get, path = "/sdapi/v1/sd-models", tag = "a1111",
     responses((status = 200, description = "Checkpoints", body = Vec<SdModel>), A1111Errors))]
 pub async fn sd_models(
     State(state): State<Arc<AppState>>,
 ) -> Result<Json<Vec<SdModel>>, Rejection<A1111>> {
-    let name = state.model()?.name.clone();
-    Ok(Json(vec![SdModel {
-        title: name.clone(),
-        model_name: name.clone(),
-        hash: None,
-        sha256: None,
-        filename: name,
-        config: None,
-    }]))
+    let models = state.models()?;
+    Ok(Json(
+        models.catalog().list().iter().map(SdModel::from).collect(),
+    ))
+}
+
+/// Scan `--models-dir` again; new files are hashed in the background.
+#[utoipa::path(post, path = "/sdapi/v1/refresh-checkpoints", tag = "a1111",
+    responses((status = 200, description = "Rescanned (null, as A1111 answers)", body = serde_json::Value),
+        A1111Errors))]
+pub async fn refresh_checkpoints(
+    State(state): State<Arc<AppState>>,
+) -> Result<Json<serde_json::Value>, Rejection<A1111>> {
+    let models = state.models()?.clone();
+    tokio::task::spawn_blocking(move || models.catalog().refresh())
+        .await
+        .map_err(|e| ApiError::Internal(format!("rescan task failed: {e}")))?
+        .map_err(|e| ApiError::Internal(format!("cannot read the models folder: {e}")))?;
+    Ok(Json(serde_json::Value::Null))
 }
 
 /// One sampler of `GET /sdapi/v1/samplers`.
@@ -110,16 +136,17 @@ pub async fn schedulers() -> Json<Vec<SchedulerItem>> {
     ])
 }
 
-/// Current settings (the checkpoint is the one loaded).
+/// Current settings: `sd_model_checkpoint` is the default model's title.
 #[utoipa::path(get, path = "/sdapi/v1/options", tag = "a1111",
     responses((status = 200, description = "Options", body = Object), A1111Errors))]
 pub async fn get_options(
     State(state): State<Arc<AppState>>,
 ) -> Result<Json<serde_json::Value>, Rejection<A1111>> {
-    let name = &state.model()?.name;
+    let models = state.models()?;
+    let default = models.default_model();
     Ok(Json(serde_json::json!({
-        "sd_model_checkpoint": name,
-        "sd_checkpoint_hash": null,
+        "sd_model_checkpoint": default.as_ref().map(Listed::title),
+        "sd_checkpoint_hash": default.and_then(|m| m.sha256),
         "samples_format": "png",
         "sd_vae": "Automatic",
     })))
@@ -129,13 +156,15 @@ pub async fn get_options(
 /// and ignored.
 #[derive(Deserialize, ToSchema)]
 pub struct OptionsRequest {
-    /// The checkpoint to use: the loaded model's title (see
-    /// `GET /sdapi/v1/sd-models`), as there is only one; null leaves it.
+    /// The default checkpoint from now on: a title, name, `model_name` or hash
+    /// from `GET /sdapi/v1/sd-models`; null leaves it. The answer comes once it
+    /// is loaded.
     #[serde(default)]
     pub sd_model_checkpoint: Option<String>,
 }
 
-/// Accepts settings; `sd_model_checkpoint` must name the loaded model. Others are ignored.
+/// Accepts settings; `sd_model_checkpoint` switches the default model (loaded
+/// before the answer, as A1111 does; 404 for an unknown one). Others are ignored.
 #[utoipa::path(post, path = "/sdapi/v1/options", tag = "a1111", request_body = OptionsRequest,
     responses((status = 200, description = "Accepted (null, as A1111 answers)", body = serde_json::Value),
         A1111Errors))]
@@ -144,15 +173,12 @@ pub async fn set_options(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<serde_json::Value>, Rejection<A1111>> {
     let options: OptionsRequest = parse_json(body, state.config.limits.max_body_bytes)?;
-    let model = &state.model()?.name;
+    let models = state.models()?;
     if let Some(wanted) = options.sd_model_checkpoint {
-        if wanted != *model {
-            return Err(ApiError::from(ValidationError::Invalid {
-                field: "sd_model_checkpoint",
-                message: format!("only {model:?} is served, got {wanted:?}"),
-            })
-            .into());
-        }
+        let model = models.resolve(Some(&wanted), "sd_model_checkpoint")?;
+        let lease = models.acquire(model).await?;
+        models.set_default(lease.name());
+        tracing::info!(model = %lease.name(), "default model switched");
     }
     Ok(Json(serde_json::Value::Null))
 }

@@ -104,7 +104,7 @@ pub enum A1111Errors {
     /// Credentials required.
     #[response(status = 401)]
     Unauthorized(A1111Detail),
-    /// No such route.
+    /// No such route, or no such model (the message lists the available ones).
     #[response(status = 404)]
     NotFound(A1111Detail),
     /// Wrong method for the route.
@@ -125,7 +125,7 @@ pub enum A1111Errors {
     /// Queue full; retry after `Retry-After` seconds.
     #[response(status = 429, headers(("Retry-After" = u64, description = "Seconds to wait")))]
     TooManyRequests(A1111Detail),
-    /// Generation failed on the server.
+    /// Generation failed on the server, or a model could not be loaded.
     #[response(status = 500)]
     ServerError(A1111Exception),
     /// Model loading or server draining.
@@ -144,6 +144,7 @@ pub fn routes() -> Router<Arc<AppState>> {
         .route("/sdapi/v1/interrupt", post(interrupt))
         .route("/sdapi/v1/skip", post(skip))
         .route("/sdapi/v1/sd-models", get(sd_models))
+        .route("/sdapi/v1/refresh-checkpoints", post(refresh_checkpoints))
         .route("/sdapi/v1/samplers", get(samplers))
         .route("/sdapi/v1/schedulers", get(schedulers))
         .route("/sdapi/v1/options", get(get_options).post(set_options))

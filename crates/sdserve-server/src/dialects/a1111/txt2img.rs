@@ -45,6 +45,14 @@ pub async fn txt2img(
         .submit_with(Dialect::A1111, &caller, spec, keep)
         .await?
         .cancel_on_drop();
+    if request.override_settings_restore_afterwards == Some(false) {
+        // A1111 keeps an override it is told not to restore: it becomes the default.
+        if let (Some(asked), Ok(models)) = (request.override_model(), state.models()) {
+            if let Some(model) = models.catalog().find(asked) {
+                models.set_default(&model.entry.name);
+            }
+        }
+    }
     let response = respond(&state, &handle, &request).await;
     if keep == Keep::ResponseOnly {
         state.discard(handle.snapshot()).await;
@@ -67,10 +75,10 @@ async fn respond(
     } else {
         Vec::new()
     };
-    let model = state.model()?;
+    let model = state.job_model(&snapshot);
     Ok(Txt2ImgResponse {
         images,
         parameters: parameters(request, &snapshot),
-        info: info(request, &snapshot, model),
+        info: info(request, &snapshot, model.as_ref()),
     })
 }

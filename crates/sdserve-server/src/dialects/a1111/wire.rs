@@ -7,8 +7,9 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use crate::config::Limits;
-use crate::engine_api::{ModelInfo, SamplerId};
+use crate::engine_api::SamplerId;
 use crate::jobs::JobSnapshot;
+use crate::models::Listed;
 use crate::validation::{parse_sampler, sampler_names, FieldNames, JobSpec, ValidationError};
 
 /// How the A1111 dialect names the shared fields.
@@ -21,6 +22,7 @@ pub const A1111_FIELDS: FieldNames = FieldNames {
     width: "width",
     height: "height",
     batch_size: "batch_size",
+    model: "override_settings.sd_model_checkpoint",
 };
 
 /// A1111's default sampler for API requests that name none.
@@ -76,6 +78,21 @@ pub struct Txt2ImgRequest {
     /// Keep the images in the output dir after the response (default false, as
     /// in A1111: they are removed once the response is built).
     pub save_images: Option<bool>,
+    /// Settings for this request: `sd_model_checkpoint` picks its model.
+    pub override_settings: Option<OverrideSettings>,
+    /// With `false`, the overridden `sd_model_checkpoint` stays the default
+    /// afterwards (as in A1111); default `true`: it applies to this request only.
+    pub override_settings_restore_afterwards: Option<bool>,
+}
+
+/// `override_settings` of a txt2img request. Other A1111 settings are
+/// accepted and ignored, as unknown request fields are.
+#[derive(Debug, Default, Serialize, Deserialize, ToSchema)]
+#[serde(default)]
+pub struct OverrideSettings {
+    /// The model for this request: a title, name, `model_name` or hash from
+    /// `GET /sdapi/v1/sd-models` (404 if none matches).
+    pub sd_model_checkpoint: Option<String>,
 }
 
 /// `POST /sdapi/v1/txt2img` answer.
@@ -234,8 +251,18 @@ impl Txt2ImgRequest {
             width: self.width,
             height: self.height,
             batch_size: Some(self.images(limits)?),
+            model: self.override_model().map(str::to_string),
             ..JobSpec::new(self.prompt.clone().unwrap_or_default(), A1111_FIELDS)
         })
+    }
+}
+
+impl Txt2ImgRequest {
+    /// The model `override_settings` picks, if any.
+    pub fn override_model(&self) -> Option<&str> {
+        self.override_settings
+            .as_ref()
+            .and_then(|o| o.sd_model_checkpoint.as_deref())
     }
 }
 
@@ -282,7 +309,7 @@ pub fn parameters(req: &Txt2ImgRequest, snap: &JobSnapshot) -> serde_json::Value
 }
 
 /// The `info` string: A1111's generation-info JSON for a finished job.
-pub fn info(req: &Txt2ImgRequest, snap: &JobSnapshot, model: &ModelInfo) -> String {
+pub fn info(req: &Txt2ImgRequest, snap: &JobSnapshot, model: Option<&Listed>) -> String {
     let p = &snap.params;
     let n = snap.images.len();
     let seeds: Vec<u64> = snap.images.iter().map(|i| i.seed).collect();
@@ -305,8 +332,8 @@ pub fn info(req: &Txt2ImgRequest, snap: &JobSnapshot, model: &ModelInfo) -> Stri
         "batch_size": req.batch_size.unwrap_or(1),
         "restore_faces": false,
         "face_restoration_model": null,
-        "sd_model_name": model.name,
-        "sd_model_hash": null,
+        "sd_model_name": model.map(|m| m.entry.stem()),
+        "sd_model_hash": model.and_then(Listed::short_hash),
         "sd_vae_name": null,
         "sd_vae_hash": null,
         "seed_resize_from_w": -1,

@@ -172,21 +172,35 @@ pub async fn get_image(
     Ok(([(header::CONTENT_TYPE, "image/png")], png).into_response())
 }
 
-/// The loaded model and the defaults that suit it.
+/// The served models, which is the default and loaded, and the defaults
+/// that suit each (once it has been loaded).
 #[utoipa::path(get, path = "/api/v1/models", tag = "native",
     responses((status = 200, description = "Models", body = ModelList), NativeErrors))]
 pub async fn list_models(State(state): State<Arc<AppState>>) -> Result<Json<ModelList>> {
-    let info = state.model()?;
-    Ok(Json(ModelList {
-        models: vec![ModelView {
-            id: info.name.clone(),
-            native_width: info.native_width,
-            native_height: info.native_height,
-            default_steps: info.default_steps,
-            default_cfg_scale: info.default_cfg_scale,
-            vae_scale_factor: info.vae_scale_factor,
-        }],
-    }))
+    let models = state.models()?;
+    let default = models.default_name();
+    let loaded = models.pool().loaded();
+    let views = models
+        .catalog()
+        .list()
+        .into_iter()
+        .map(|m| {
+            let name = &m.entry.name;
+            let info = models.info(name);
+            ModelView {
+                id: name.clone(),
+                sha256: m.sha256.clone(),
+                default: *name == default,
+                loaded: loaded.contains(name),
+                native_width: info.as_ref().map(|i| i.native_width),
+                native_height: info.as_ref().map(|i| i.native_height),
+                default_steps: info.as_ref().map(|i| i.default_steps),
+                default_cfg_scale: info.as_ref().map(|i| i.default_cfg_scale),
+                vae_scale_factor: info.as_ref().map(|i| i.vae_scale_factor),
+            }
+        })
+        .collect();
+    Ok(Json(ModelList { models: views }))
 }
 
 /// The samplers, by id and A1111 label.

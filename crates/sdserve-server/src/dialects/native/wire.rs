@@ -43,6 +43,9 @@ pub struct CreateJob {
     #[schema(minimum = 1, maximum = 8)]
     #[serde(default, deserialize_with = "crate::extract::whole_number::option_i64")]
     pub batch_size: Option<i64>,
+    /// Model id from `GET /api/v1/models` (A1111's titles and hashes work too;
+    /// default: the server's default model). An unknown one is a 404.
+    pub model: Option<String>,
 }
 
 impl CreateJob {
@@ -57,6 +60,7 @@ impl CreateJob {
             width: self.width,
             height: self.height,
             batch_size: self.batch_size,
+            model: self.model,
             ..JobSpec::new(self.prompt, FieldNames::NATIVE)
         }
     }
@@ -143,27 +147,35 @@ impl From<JobSnapshot> for JobView {
     }
 }
 
-/// The loaded model and its defaults.
+/// A served model, with its defaults once it has been loaded.
 #[derive(Serialize, ToSchema)]
 pub struct ModelView {
-    /// Model name (folder or hub repo).
+    /// Model name (its path below `--models-dir`, or the folder's or hub
+    /// repo's name): what a job's `model` takes.
     pub id: String,
-    /// Native width.
-    pub native_width: usize,
-    /// Native height.
-    pub native_height: usize,
-    /// Default steps.
-    pub default_steps: usize,
-    /// Default guidance scale.
-    pub default_cfg_scale: f64,
-    /// Sizes must be multiples of this.
-    pub vae_scale_factor: usize,
+    /// SHA-256 of the checkpoint file, or of a diffusers folder's UNet
+    /// weights (null until hashed, and for a hub repo id).
+    pub sha256: Option<String>,
+    /// True for the model jobs without `model` run on.
+    pub default: bool,
+    /// True while it is loaded.
+    pub loaded: bool,
+    /// Native width (null until first loaded).
+    pub native_width: Option<usize>,
+    /// Native height (null until first loaded).
+    pub native_height: Option<usize>,
+    /// Default steps (null until first loaded).
+    pub default_steps: Option<usize>,
+    /// Default guidance scale (null until first loaded).
+    pub default_cfg_scale: Option<f64>,
+    /// Sizes must be multiples of this (null until first loaded).
+    pub vae_scale_factor: Option<usize>,
 }
 
 /// `GET /api/v1/models`.
 #[derive(Serialize, ToSchema)]
 pub struct ModelList {
-    /// The served models (one).
+    /// The served models, by name.
     pub models: Vec<ModelView>,
 }
 

@@ -11,11 +11,9 @@ use candle_transformers::models::stable_diffusion::unet_2d::{
 };
 
 use crate::attention::ScoreBlock;
-use crate::config::{
-    read_json, PerBlock, SchedulerConfig, TextEncoderConfig, UNetConfig, VaeConfig,
-};
+use crate::config::{PerBlock, SchedulerConfig, UNetConfig, VaeConfig};
 use crate::error::{EngineError, Result};
-use crate::loader::{component_weights, var_builder};
+use crate::model_files::{ModelFiles, Part};
 use crate::text_encoder::TextEncoder;
 use crate::tokenizer::ClipTokenizer;
 use crate::unet::UNet;
@@ -56,39 +54,30 @@ impl StableDiffusion {
         TileGeometry::new(self.vae_sample_size, self.vae_blocks)
     }
 
-    /// Refuses a path that is not a diffusers folder (a pickle says why it is unsafe).
+    /// Refuses a path that is neither a diffusers folder nor a single file (a pickle says why it is unsafe).
     pub fn check_folder(dir: &Path) -> Result<()> {
-        if dir.is_dir() {
-            return Ok(());
-        }
-        crate::loader::refuse_pickle(dir)?;
-        Err(EngineError::invalid_model(
-            dir,
-            "not a diffusers model folder (expected model_index.json, unet/, vae/, text_encoder/, tokenizer/, scheduler/); single-file checkpoints are not supported yet",
-        ))
+        ModelFiles::open(dir).map(|_| ())
     }
 
-    /// Loads every component of the diffusers folder `dir`, with weights in `dtype` and attention scores computed in blocks
+    /// Loads every component of the diffusers folder or single-file checkpoint `dir`
+    /// (`model_files.rs`), with weights in `dtype` and attention scores computed in blocks
     /// of at most `block` bytes. Weights are converted tensor by tensor from
     /// the mapped files, so half-precision files loaded as half are never
     /// widened in memory.
     pub fn load_with(dir: &Path, device: &Device, block: ScoreBlock, dtype: DType) -> Result<Self> {
-        Self::check_folder(dir)?;
-        let tokenizer = ClipTokenizer::from_dir(&dir.join("tokenizer"))?;
-        let scheduler: SchedulerConfig = read_json(&dir.join("scheduler/scheduler_config.json"))?;
+        let files = ModelFiles::open(dir)?;
+        let tokenizer: ClipTokenizer = files.tokenizer()?;
+        let scheduler: SchedulerConfig = files.scheduler()?;
 
-        let te_dir = dir.join("text_encoder");
-        let te_cfg: TextEncoderConfig = read_json(&te_dir.join("config.json"))?;
-        let te_files = component_weights(&te_dir, &["model"])?;
-        let (vb, names) = var_builder(&te_files, dtype, device)?;
+        let te_cfg = files.text_encoder_config()?;
+        let (vb, names, te_file) = files.weights(Part::TextEncoder, dtype, device)?;
         let has_prefix = names.iter().any(|n| n.starts_with("text_model."));
-        let text_encoder = TextEncoder::new(vb, has_prefix, &te_cfg).map_err(|e| {
-            EngineError::invalid_model(&te_files[0], crate::error::describe_candle(&e))
-        })?;
+        let text_encoder = TextEncoder::new(vb, has_prefix, &te_cfg)
+            .map_err(|e| EngineError::invalid_model(&te_file, crate::error::describe_candle(&e)))?;
 
         if tokenizer.max_length() > text_encoder.max_positions() {
             return Err(EngineError::invalid_model(
-                te_dir.join("config.json"),
+                files.config_path(Part::TextEncoder),
                 format!(
                     "max_position_embeddings {} is shorter than the tokenizer's model_max_length {}",
                     text_encoder.max_positions(),
@@ -97,20 +86,18 @@ impl StableDiffusion {
             ));
         }
 
-        let unet_dir = dir.join("unet");
-        let unet_cfg: UNetConfig = read_json(&unet_dir.join("config.json"))?;
-        let candle_unet_cfg = unet_config(&unet_cfg, &unet_dir.join("config.json"))?;
+        let unet_cfg: UNetConfig = files.unet_config()?;
+        let candle_unet_cfg = unet_config(&unet_cfg, &files.config_path(Part::Unet))?;
         if te_cfg.hidden_size != candle_unet_cfg.cross_attention_dim {
             return Err(EngineError::invalid_model(
-                unet_dir.join("config.json"),
+                files.config_path(Part::Unet),
                 format!(
                     "cross_attention_dim {} does not match the text encoder's hidden_size {}",
                     candle_unet_cfg.cross_attention_dim, te_cfg.hidden_size
                 ),
             ));
         }
-        let unet_files = component_weights(&unet_dir, &["diffusion_pytorch_model"])?;
-        let (vb, _) = var_builder(&unet_files, dtype, device)?;
+        let (vb, _, unet_file) = files.weights(Part::Unet, dtype, device)?;
         let unet = UNet::new(
             vb,
             unet_cfg.in_channels,
@@ -118,25 +105,21 @@ impl StableDiffusion {
             &candle_unet_cfg,
             block,
         )
-        .map_err(|e| {
-            EngineError::invalid_model(&unet_files[0], crate::error::describe_candle(&e))
-        })?;
+        .map_err(|e| EngineError::invalid_model(&unet_file, crate::error::describe_candle(&e)))?;
 
-        let vae_dir = dir.join("vae");
-        let vae_cfg: VaeConfig = read_json(&vae_dir.join("config.json"))?;
-        check_vae(&vae_cfg, &vae_dir.join("config.json"))?;
+        let vae_cfg: VaeConfig = files.vae_config()?;
+        check_vae(&vae_cfg, &files.config_path(Part::Vae))?;
         if vae_cfg.latent_channels != unet_cfg.in_channels {
             return Err(EngineError::invalid_model(
-                vae_dir.join("config.json"),
+                files.config_path(Part::Vae),
                 format!(
                     "latent_channels {} does not match the UNet's in_channels {}",
                     vae_cfg.latent_channels, unet_cfg.in_channels
                 ),
             ));
         }
-        let vae_files = component_weights(&vae_dir, &["diffusion_pytorch_model"])?;
         let vae_dtype = vae_dtype(dtype, &vae_cfg);
-        let (vb, _) = var_builder(&vae_files, vae_dtype, device)?;
+        let (vb, _, vae_file) = files.weights(Part::Vae, vae_dtype, device)?;
         let vae_shape = VaeShape {
             latent_channels: vae_cfg.latent_channels,
             out_channels: vae_cfg.out_channels,
@@ -146,7 +129,7 @@ impl StableDiffusion {
             use_post_quant_conv: vae_cfg.use_post_quant_conv,
         };
         let vae = VaeDecoder::new(vb, &vae_shape, block).map_err(|e| {
-            EngineError::invalid_model(&vae_files[0], crate::error::describe_candle(&e))
+            EngineError::invalid_model(&vae_file, crate::error::describe_candle(&e))
         })?;
 
         let vae_scale_factor = 1usize << (vae_cfg.block_out_channels.len().saturating_sub(1));

@@ -48,15 +48,16 @@ fn cases() -> Vec<Case> {
 }
 
 fn engine(model: &str, vae_tiling: VaeTiling) -> Engine {
+    engine_at(fixtures().join("models").join(model), vae_tiling)
+}
+
+/// The engine for a folder or single file at `path`.
+fn engine_at(path: PathBuf, vae_tiling: VaeTiling) -> Engine {
     let options = EngineOptions {
         vae_tiling,
         ..EngineOptions::default()
     };
-    Engine::load_with(
-        &ModelSource::Dir(fixtures().join("models").join(model)),
-        options,
-    )
-    .expect("model loads")
+    Engine::load_with(&ModelSource::Dir(path), options).expect("model loads")
 }
 
 fn request(case: &Case) -> GenerateRequest {
@@ -82,10 +83,11 @@ fn max_diff(a: &[u8], b: &[u8]) -> u8 {
         .unwrap_or(0)
 }
 
-fn check_model(model: &str) {
+/// Every reference case of `model` (a fixture folder's name), rendered from `path`.
+fn check_model_at(model: &str, path: PathBuf) {
     // Each case runs as `--vae-tiling on` or `off`, as diffusers rendered it.
-    let tiled = engine(model, VaeTiling::On);
-    let untiled = engine(model, VaeTiling::Off);
+    let tiled = engine_at(path.clone(), VaeTiling::On);
+    let untiled = engine_at(path, VaeTiling::Off);
     let mut failures = Vec::new();
     let mut checked = 0;
     for case in cases().into_iter().filter(|c| c.model == model) {
@@ -132,6 +134,10 @@ fn check_model(model: &str) {
     );
 }
 
+fn check_model(model: &str) {
+    check_model_at(model, fixtures().join("models").join(model));
+}
+
 #[test]
 fn tiny_sd1_matches_diffusers_for_every_sampler() {
     check_model("tiny-sd1");
@@ -140,6 +146,20 @@ fn tiny_sd1_matches_diffusers_for_every_sampler() {
 #[test]
 fn tiny_sd2_matches_diffusers_for_every_sampler() {
     check_model("tiny-sd2");
+}
+
+/// The same weights as one LDM-layout `.safetensors` (+ its original-config
+/// yaml) render the folder's diffusers references: fixtures/make_single_file_fixtures.py.
+#[test]
+fn tiny_sd1_single_file_matches_the_folders_references() {
+    let file = fixtures().join("models/single/tiny-sd1.safetensors");
+    check_model_at("tiny-sd1", file);
+}
+
+#[test]
+fn tiny_sd2_single_file_matches_the_folders_references() {
+    let file = fixtures().join("models/single/tiny-sd2.safetensors");
+    check_model_at("tiny-sd2", file);
 }
 
 #[test]

@@ -1,0 +1,469 @@
+//! Single-file checkpoints: one `.safetensors` in the original LDM key layout
+//! (`model.diffusion_model.*`, `first_stage_model.*`, `cond_stage_model.*`),
+//! as A1111 and most model sites keep SD 1.x and 2.x models.
+//!
+//! The architecture comes from the original config `<name>.yaml` next to the
+//! file when there is one (`yaml.rs`), else from the tensors' names and shapes
+//! for the standard architectures (`detect.rs`); `configs.rs` turns it into
+//! the diffusers configs our modules are built from, `keys.rs` maps the LDM
+//! names to diffusers names and `weights.rs` serves them to the modules. The
+//! tokenizer is CLIP's BPE bundled in the binary (`vocab.rs`). SDXL files
+//! (`conditioner.embedders.*`) are refused for now.
+
+mod configs;
+mod detect;
+mod keys;
+mod vocab;
+mod weights;
+mod yaml;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Device};
+use candle_nn::VarBuilder;
+
+use crate::config::{PerBlock, SchedulerConfig, TextEncoderConfig, UNetConfig, VaeConfig};
+use crate::error::{EngineError, Result};
+use crate::loader::{tensor_shapes, TensorNames};
+use crate::tokenizer::ClipTokenizer;
+use detect::{Family, Refusal, Shapes};
+pub use keys::Part;
+use keys::{KeyMap, Layout, Source, TextLayout};
+use yaml::{Component, ModelParams, OriginalConfig};
+
+/// The latent scaling of the SD 1.x/2.x VAE, when the yaml gives no `scale_factor`.
+const DEFAULT_SCALE_FACTOR: f64 = 0.18215;
+
+/// A checked single-file checkpoint: its components' configs and key maps.
+pub struct SingleFile {
+    path: PathBuf,
+    /// The original config it was described by, if any (named in config errors).
+    yaml: Option<PathBuf>,
+    family: Family,
+    unet: UNetConfig,
+    vae: VaeConfig,
+    text_encoder: TextEncoderConfig,
+    scheduler: SchedulerConfig,
+    keys: KeyMap,
+    /// Shape and dtype of each tensor, for the memory plan.
+    tensors: HashMap<String, (Vec<usize>, DType)>,
+}
+
+impl SingleFile {
+    /// Reads the header of `path` (and `<name>.yaml` beside it), works out the
+    /// architecture and maps the keys; no tensor data is read.
+    pub fn open(path: &Path) -> Result<Self> {
+        let tensors: HashMap<String, (Vec<usize>, DType)> = tensor_shapes(path)?
+            .into_iter()
+            .map(|(name, shape, dtype)| (name, (shape, dtype)))
+            .collect();
+        let shapes: Shapes = tensors
+            .iter()
+            .map(|(k, (s, _))| (k.clone(), s.clone()))
+            .collect();
+        let family = detect::family(&shapes).map_err(|r| refusal(path, r))?;
+        let yaml_path = path.with_extension("yaml");
+        let (config, yaml) = if yaml_path.is_file() {
+            (OriginalConfig::read(&yaml_path)?, Some(yaml_path))
+        } else {
+            let standard = detect::standard(&shapes, family).map_err(|r| match r {
+                Refusal::Invalid(m) => EngineError::invalid_model(
+                    path,
+                    format!(
+                        "{m}; put the model's original config next to it as {}",
+                        yaml_path.display()
+                    ),
+                ),
+                other => refusal(path, other),
+            })?;
+            tracing::info!("{}: detected {}", path.display(), standard.name);
+            (from_standard(standard), None)
+        };
+        let at = yaml.as_deref().unwrap_or(path);
+        let p = &config.model.params;
+        if p.conditioner_config.is_some() {
+            return Err(refusal(
+                at,
+                Refusal::Unsupported(
+                    "SGM conditioner_config (SDXL-style conditioning) is not supported yet".into(),
+                ),
+            ));
+        }
+        let missing =
+            |what: &str| EngineError::invalid_model(at, format!("model.params.{what} is missing"));
+        let unet_params = &p
+            .unet_config
+            .as_ref()
+            .ok_or_else(|| missing("unet_config"))?
+            .params;
+        let vae_params = &p
+            .first_stage_config
+            .as_ref()
+            .ok_or_else(|| missing("first_stage_config"))?
+            .params;
+        let image_size = p
+            .image_size
+            .unwrap_or(match (family, p.parameterization.as_deref()) {
+                (Family::Sd2, Some("v")) => 96,
+                _ => 64,
+            });
+        let cond = p.cond_stage_config.as_ref();
+        let target = cond.and_then(|c| c.target.as_deref()).unwrap_or_default();
+        let open_clip = target.ends_with("FrozenOpenCLIPEmbedder");
+        if (open_clip || target.ends_with("FrozenCLIPEmbedder"))
+            && open_clip != (family == Family::Sd2)
+        {
+            return Err(EngineError::invalid_model(
+                at,
+                format!("cond_stage_config target {target} does not match the file's text encoder ({family:?})"),
+            ));
+        }
+        let layer = cond.map(|c| c.params.layer.as_deref().unwrap_or("last"));
+        let overrides = &config.diffusers;
+        let unet = configs::unet_config(unet_params, image_size).map_err(|r| refusal(at, r))?;
+        let scale = p.scale_factor.unwrap_or(DEFAULT_SCALE_FACTOR);
+        let vae = configs::vae_config(vae_params, image_size, scale).map_err(|r| refusal(at, r))?;
+        let text_encoder =
+            configs::text_encoder_config(&shapes, family, layer, &overrides.text_encoder)
+                .map_err(|r| refusal(at, r))?;
+        let scheduler =
+            configs::scheduler_config(p, &overrides.scheduler).map_err(|r| refusal(at, r))?;
+        let layers_per_block = match &unet_params.num_res_blocks {
+            PerBlock::One(n) => *n,
+            PerBlock::Each(v) => match v.first() {
+                Some(n) if v.iter().all(|m| m == n) => *n,
+                _ => {
+                    return Err(refusal(
+                        at,
+                        Refusal::Unsupported("num_res_blocks differing per level".into()),
+                    ))
+                }
+            },
+        };
+        let layout = Layout {
+            unet_layers_per_block: layers_per_block,
+            vae_levels: vae.block_out_channels.len(),
+            text: match family {
+                Family::Sd1 { text_model } => TextLayout::HfClip { text_model },
+                Family::Sd2 => TextLayout::OpenClip,
+            },
+        };
+        let keys = keys::map_keys(
+            shapes.iter().map(|(k, s)| (k.as_str(), s.as_slice())),
+            &layout,
+        );
+        Ok(Self {
+            path: path.to_path_buf(),
+            yaml,
+            family,
+            unet,
+            vae,
+            text_encoder,
+            scheduler,
+            keys,
+            tensors,
+        })
+    }
+
+    /// The file itself.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// What the configs came from: the yaml when there is one, else the file.
+    pub fn config_path(&self) -> &Path {
+        self.yaml.as_deref().unwrap_or(&self.path)
+    }
+
+    /// CLIP's bundled tokenizer, padded as the family's diffusers tokenizer.
+    pub fn tokenizer(&self) -> Result<ClipTokenizer> {
+        vocab::bundled_tokenizer(match self.family {
+            Family::Sd1 { .. } => vocab::Padding::EndOfText,
+            Family::Sd2 => vocab::Padding::Bang,
+        })
+    }
+
+    pub fn unet_config(&self) -> &UNetConfig {
+        &self.unet
+    }
+
+    pub fn vae_config(&self) -> &VaeConfig {
+        &self.vae
+    }
+
+    pub fn text_encoder_config(&self) -> &TextEncoderConfig {
+        &self.text_encoder
+    }
+
+    pub fn scheduler_config(&self) -> &SchedulerConfig {
+        &self.scheduler
+    }
+
+    fn part(&self, part: Part) -> HashMap<String, Source> {
+        self.keys.get(&part).cloned().unwrap_or_default()
+    }
+
+    /// A VarBuilder serving `part` under diffusers names, and those names.
+    pub fn var_builder(
+        &self,
+        part: Part,
+        dtype: DType,
+        device: &Device,
+    ) -> Result<(VarBuilder<'static>, TensorNames)> {
+        let map = self.part(part);
+        let names = map.keys().cloned().collect();
+        Ok((weights::var_builder(&self.path, map, dtype, device)?, names))
+    }
+
+    /// Bytes `part`'s tensors take once converted to `dtype`.
+    pub fn runtime_bytes(&self, part: Part, dtype: DType) -> u64 {
+        let mut total = 0u64;
+        for source in self.part(part).values() {
+            let Some((shape, file_dtype)) = self.tensors.get(source.key()) else {
+                continue;
+            };
+            let elems: u64 = match source {
+                Source::Whole(_) => shape.iter().map(|d| *d as u64).product(),
+                Source::Rows { len, .. } => {
+                    let row: u64 = shape.iter().skip(1).map(|d| *d as u64).product();
+                    row.saturating_mul(*len as u64)
+                }
+            };
+            let size = if file_dtype.is_float() {
+                dtype
+            } else {
+                *file_dtype
+            }
+            .size_in_bytes();
+            total = total.saturating_add(elems.saturating_mul(size as u64));
+        }
+        total
+    }
+}
+
+/// The yaml a standard architecture stands for.
+fn from_standard(s: detect::Standard) -> OriginalConfig {
+    OriginalConfig {
+        model: yaml::ModelSection {
+            params: ModelParams {
+                parameterization: Some(s.parameterization.into()),
+                image_size: Some(s.image_size),
+                unet_config: Some(Component { params: s.unet }),
+                first_stage_config: Some(Component { params: s.vae }),
+                ..Default::default()
+            },
+        },
+        diffusers: Default::default(),
+    }
+}
+
+/// A detection or config refusal as the engine's error, naming `path`.
+fn refusal(path: &Path, r: Refusal) -> EngineError {
+    match r {
+        Refusal::Invalid(m) => EngineError::invalid_model(path, m),
+        Refusal::Unsupported(m) => EngineError::Unsupported(format!("{}: {m}", path.display())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::attention::ScoreBlock;
+    use crate::model::StableDiffusion;
+    use crate::test_util::max_diff;
+    use candle_core::Tensor;
+
+    fn fixtures() -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures")
+    }
+
+    /// Each component built from the single file gives exactly the outputs of
+    /// the one built from the diffusers folder, and diffusers' recorded outputs
+    /// (`reference/debug.safetensors`) within 1e-4.
+    #[test]
+    fn components_equal_the_folders() {
+        let debug = candle_core::safetensors::load(
+            fixtures().join("reference/debug.safetensors"),
+            &Device::Cpu,
+        )
+        .unwrap();
+        for (model, key) in [("tiny-sd1", "sd1"), ("tiny-sd2", "sd2")] {
+            let load = |path: PathBuf| {
+                StableDiffusion::load_with(&path, &Device::Cpu, ScoreBlock::DEFAULT, DType::F32)
+                    .unwrap()
+            };
+            let folder = load(fixtures().join("models").join(model));
+            let single = load(fixtures().join(format!("models/single/{model}.safetensors")));
+            let get = |name: &str| debug[&format!("{key}.{name}")].clone();
+
+            let prompt = "a photograph of an astronaut riding a horse";
+            let ids = single.tokenizer.encode(prompt);
+            assert_eq!(ids, folder.tokenizer.encode(prompt), "{model}: tokenizer");
+            let ids = Tensor::from_vec(ids.clone(), (1, ids.len()), &Device::Cpu).unwrap();
+            let embeds = single.text_encoder.forward(&ids).unwrap();
+            assert_eq!(
+                max_diff(&embeds, &folder.text_encoder.forward(&ids).unwrap()),
+                0.0,
+                "{model}: text encoder"
+            );
+            assert!(
+                max_diff(&embeds, &get("text_embeds")) < 1e-4,
+                "{model}: text encoder vs diffusers"
+            );
+
+            let t = get("unet_t").to_vec1::<f32>().unwrap()[0] as f64;
+            let (x, ctx) = (get("unet_in"), get("unet_ctx"));
+            let noise = single.unet.forward(&x, t, &ctx).unwrap();
+            assert_eq!(
+                max_diff(&noise, &folder.unet.forward(&x, t, &ctx).unwrap()),
+                0.0,
+                "{model}: unet"
+            );
+            assert!(
+                max_diff(&noise, &get("unet_out")) < 1e-4,
+                "{model}: unet vs diffusers"
+            );
+
+            let z = get("vae_in");
+            let pixels = single.vae.decode(&z).unwrap();
+            assert_eq!(
+                max_diff(&pixels, &folder.vae.decode(&z).unwrap()),
+                0.0,
+                "{model}: vae"
+            );
+            assert!(
+                max_diff(&pixels, &get("vae_out")) < 1e-4,
+                "{model}: vae vs diffusers"
+            );
+
+            assert_eq!(single.sample_size, folder.sample_size, "{model}");
+            assert_eq!(single.vae_sample_size, folder.vae_sample_size, "{model}");
+            assert_eq!(
+                single.vae_scaling_factor, folder.vae_scaling_factor,
+                "{model}"
+            );
+            let (s, f) = (&single.scheduler, &folder.scheduler);
+            assert_eq!(
+                (
+                    &s.prediction_type,
+                    &s.timestep_spacing,
+                    s.steps_offset,
+                    s.beta_start,
+                    s.beta_end
+                ),
+                (
+                    &f.prediction_type.clone().or(Some("epsilon".into())),
+                    &f.timestep_spacing,
+                    f.steps_offset,
+                    f.beta_start,
+                    f.beta_end
+                ),
+                "{model}: scheduler"
+            );
+        }
+    }
+
+    /// Copies `names` of `fixtures/models/single/` into a fresh folder.
+    fn copy(names: &[&str]) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        for name in names {
+            std::fs::copy(
+                fixtures().join("models/single").join(name),
+                dir.path().join(name),
+            )
+            .unwrap();
+        }
+        dir
+    }
+
+    #[test]
+    fn tiny_file_without_yaml_names_what_is_missing() {
+        let dir = copy(&["tiny-sd1.safetensors"]);
+        let file = dir.path().join("tiny-sd1.safetensors");
+        let msg = SingleFile::open(&file).err().unwrap().to_string();
+        assert!(msg.contains("tiny-sd1.safetensors"), "{msg}");
+        assert!(msg.contains("not a standard SD 1.x architecture"), "{msg}");
+        assert!(
+            msg.contains("model.diffusion_model.input_blocks.0.0.weight is [32, 4, 3, 3]"),
+            "{msg}"
+        );
+        assert!(msg.contains("tiny-sd1.yaml"), "{msg}");
+    }
+
+    #[test]
+    fn yaml_without_head_count_or_with_the_wrong_family_is_refused() {
+        let dir = copy(&["tiny-sd2.safetensors", "tiny-sd2.yaml"]);
+        let (file, yaml) = (
+            dir.path().join("tiny-sd2.safetensors"),
+            dir.path().join("tiny-sd2.yaml"),
+        );
+        let text = std::fs::read_to_string(&yaml).unwrap();
+        std::fs::write(&yaml, text.replace("    num_attention_heads: 4\n", "")).unwrap();
+        let msg = SingleFile::open(&file).err().unwrap().to_string();
+        assert!(
+            msg.contains("tiny-sd2.yaml")
+                && msg.contains("diffusers.text_encoder.num_attention_heads"),
+            "{msg}"
+        );
+
+        std::fs::write(
+            &yaml,
+            text.replace("FrozenOpenCLIPEmbedder", "FrozenCLIPEmbedder"),
+        )
+        .unwrap();
+        let msg = SingleFile::open(&file).err().unwrap().to_string();
+        assert!(
+            msg.contains("does not match the file's text encoder"),
+            "{msg}"
+        );
+
+        std::fs::write(
+            &yaml,
+            text.replace("model_channels: 32", "model_channels: thirty-two"),
+        )
+        .unwrap();
+        let msg = SingleFile::open(&file).err().unwrap().to_string();
+        assert!(
+            msg.contains("tiny-sd2.yaml") && msg.contains("model_channels"),
+            "{msg}"
+        );
+
+        // A yaml whose UNet differs from the weights: the load names the tensor.
+        std::fs::write(
+            &yaml,
+            text.replace("num_res_blocks: 2", "num_res_blocks: 1"),
+        )
+        .unwrap();
+        let err = StableDiffusion::load_with(&file, &Device::Cpu, ScoreBlock::DEFAULT, DType::F32)
+            .err()
+            .unwrap();
+        let msg = err.to_string();
+        assert!(msg.contains("tiny-sd2.safetensors"), "{msg}");
+    }
+
+    #[test]
+    fn pickles_and_non_model_files_are_refused() {
+        for name in ["model.ckpt", "model.pt", "model.bin"] {
+            let err = crate::model_files::ModelFiles::open(Path::new(name))
+                .err()
+                .unwrap();
+            assert!(
+                matches!(err, EngineError::UnsafeFormat { .. }),
+                "{name}: {err}"
+            );
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("empty.safetensors");
+        let header = br#"{"a.weight":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}}"#;
+        let mut bytes = (header.len() as u64).to_le_bytes().to_vec();
+        bytes.extend_from_slice(header);
+        bytes.extend_from_slice(&[0; 4]);
+        std::fs::write(&file, bytes).unwrap();
+        let msg = SingleFile::open(&file).err().unwrap().to_string();
+        assert!(
+            msg.contains("empty.safetensors") && msg.contains("model.diffusion_model"),
+            "{msg}"
+        );
+    }
+}

@@ -180,13 +180,14 @@ pub fn text_encoder_config(
                 true => format!("{HF_CLIP_PREFIX}text_model."),
                 false => HF_CLIP_PREFIX.to_string(),
             };
-            let skip =
-                match layer.unwrap_or("last") {
-                    "last" => 0,
-                    other => return Err(unsupported(format!(
+            let skip = match layer.unwrap_or("last") {
+                "last" => 0,
+                other => {
+                    return Err(unsupported(format!(
                         "cond_stage_config layer {other:?} (clip skip) is not supported for SD 1.x"
-                    ))),
-                };
+                    )))
+                }
+            };
             let token = format!("{p}embeddings.token_embedding.weight");
             let position = format!("{p}embeddings.position_embedding.weight");
             (

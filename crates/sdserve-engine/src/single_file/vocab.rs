@@ -57,14 +57,19 @@ pub fn bundled_tokenizer(padding: Padding) -> Result<ClipTokenizer> {
     )
 }
 
+/// Token -> id.
+type Vocab = HashMap<String, u32>;
+/// Merges by rank.
+type Merges = Vec<(String, String)>;
+
 /// The 49,408-token vocabulary and the ranked merges.
-pub fn clip_vocab() -> Result<(HashMap<String, u32>, Vec<(String, String)>)> {
+pub fn clip_vocab() -> Result<(Vocab, Merges)> {
     let bad = |m: String| EngineError::invalid_model(ORIGIN, m);
     let mut text = String::new();
     flate2::read::GzDecoder::new(BPE_GZ)
         .read_to_string(&mut text)
         .map_err(|e| bad(format!("cannot decompress: {e}")))?;
-    let merges: Vec<(String, String)> = text
+    let merges: Merges = text
         .split('\n')
         .skip(1)
         .take(MERGES)
@@ -83,7 +88,7 @@ pub fn clip_vocab() -> Result<(HashMap<String, u32>, Vec<(String, String)>)> {
     tokens.extend(bytes.iter().map(|c| format!("{c}</w>")));
     tokens.extend(merges.iter().map(|(a, b)| format!("{a}{b}")));
     tokens.extend([BOS.to_string(), EOS.to_string()]);
-    let vocab: HashMap<String, u32> = tokens.into_iter().zip(0u32..).collect();
+    let vocab: Vocab = tokens.into_iter().zip(0u32..).collect();
     Ok((vocab, merges))
 }
 

@@ -25,7 +25,8 @@ pub const DEFAULT_MODEL: &str = "stabilityai/sd-turbo";
 /// Flags of `sdserve serve`.
 #[derive(clap::Args, Debug)]
 pub struct ServeArgs {
-    /// Diffusers model folder, or a Hugging Face repo id (`org/name`), downloaded once into the HF cache.
+    /// Diffusers model folder, single-file `.safetensors` checkpoint (SD 1.x/2.x, LDM layout), or a
+    /// Hugging Face repo id (`org/name`), downloaded once into the HF cache.
     #[arg(long, default_value = DEFAULT_MODEL)]
     pub model: String,
     /// Address to bind; use 0.0.0.0 to accept connections from other machines.

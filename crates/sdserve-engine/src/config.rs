@@ -108,6 +108,24 @@ pub struct UNetConfig {
     pub dual_cross_attention: bool,
     pub resnet_time_scale_shift: Option<String>,
     pub time_embedding_type: Option<String>,
+    /// SDXL's `text_time` conditioning: width of each add_time_id's sinusoidal embedding.
+    pub addition_time_embed_dim: Option<usize>,
+    /// SDXL's `text_time` conditioning: pooled text width + 6 x `addition_time_embed_dim`.
+    pub projection_class_embeddings_input_dim: Option<usize>,
+    /// Up-block depths when they are not the reverse of the down blocks' (nested lists).
+    pub reverse_transformer_layers_per_block: Option<serde_json::Value>,
+    pub time_embedding_dim: Option<usize>,
+    pub time_embedding_act_fn: Option<String>,
+    pub timestep_post_act: Option<String>,
+    pub attention_type: Option<String>,
+    pub cross_attention_norm: Option<String>,
+    #[serde(default)]
+    pub class_embeddings_concat: bool,
+    #[serde(default)]
+    pub resnet_skip_time_act: bool,
+    pub resnet_out_scale_factor: Option<f64>,
+    pub conv_in_kernel: Option<usize>,
+    pub conv_out_kernel: Option<usize>,
 }
 
 fn default_2_per_block() -> PerBlock<usize> {
@@ -172,6 +190,10 @@ pub struct VaeConfig {
     /// Training image size; diffusers' tile size when tiling is enabled.
     #[serde(default = "default_vae_sample_size")]
     pub sample_size: PerBlock<usize>,
+    /// Per-channel latent statistics some SDXL-family VAEs declare: the
+    /// pipeline then decodes `latents * std / scaling_factor + mean`.
+    pub latents_mean: Option<Vec<f64>>,
+    pub latents_std: Option<Vec<f64>>,
 }
 
 impl VaeConfig {
@@ -210,6 +232,27 @@ pub struct TextEncoderConfig {
     pub hidden_act: String,
     #[serde(default = "default_norm_eps")]
     pub layer_norm_eps: f64,
+    /// Width of `text_projection` (a `CLIPTextModelWithProjection`'s pooled output).
+    pub projection_dim: Option<usize>,
+    /// transformers pools at the first `eos_token_id`; the legacy value 2 means
+    /// "at the highest id" (argmax), which is where CLIP's eos sits.
+    #[serde(default = "default_eos")]
+    pub eos_token_id: i64,
+    #[serde(default)]
+    pub architectures: Vec<String>,
+}
+
+fn default_eos() -> i64 {
+    2
+}
+
+/// `model_index.json`: the pipeline class and its own flags.
+#[derive(Debug, Clone, Deserialize)]
+pub struct PipelineIndex {
+    #[serde(rename = "_class_name")]
+    pub class_name: Option<String>,
+    /// SDXL: an empty negative prompt is all-zero embeddings (diffusers' default `true`).
+    pub force_zeros_for_empty_prompt: Option<bool>,
 }
 
 fn default_quick_gelu() -> String {

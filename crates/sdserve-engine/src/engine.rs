@@ -120,7 +120,7 @@ impl Engine {
                 .unwrap_or_else(|| "model".into()),
             ModelSource::Hub { repo } => repo.clone(),
         };
-        let turbo = is_turbo(&name);
+        let turbo = is_turbo(&name) || model.has_turbo_configs();
         let info = ModelInfo {
             native_width: model.sample_size.1 * model.vae_scale_factor,
             native_height: model.sample_size.0 * model.vae_scale_factor,
@@ -269,8 +269,9 @@ pub fn batch_compatible(a: &GenerateRequest, b: &GenerateRequest) -> bool {
         && pipeline::uses_guidance(a) == pipeline::uses_guidance(b)
 }
 
-/// Turbo (adversarially distilled) models ship the same configs as their base
-/// model, so only the name tells them apart; they want 1-4 steps and no guidance.
+/// Turbo (adversarially distilled) models want 1-4 steps and no guidance. SD-Turbo
+/// ships its base model's configs, so only the name tells; SDXL-Turbo's configs
+/// tell too ([`StableDiffusion::has_turbo_configs`]).
 fn is_turbo(name: &str) -> bool {
     name.to_ascii_lowercase().contains("turbo")
 }

@@ -12,8 +12,17 @@ use hf_hub::{Cache, Repo};
 use crate::error::{EngineError, Result};
 use crate::loader::component_weights;
 
-/// The pipeline components sdserve needs, in diffusers' folder names.
-const COMPONENTS: [&str; 5] = ["unet", "vae", "text_encoder", "tokenizer", "scheduler"];
+/// The pipeline components sdserve needs, in diffusers' folder names (the
+/// `_2` ones are SDXL's and absent from SD 1.x/2.x repos).
+const COMPONENTS: [&str; 7] = [
+    "unet",
+    "vae",
+    "text_encoder",
+    "tokenizer",
+    "scheduler",
+    "text_encoder_2",
+    "tokenizer_2",
+];
 
 /// Returns the local snapshot folder of `repo`, downloading what is missing.
 pub fn resolve(repo: &str) -> Result<PathBuf> {
@@ -43,19 +52,29 @@ fn offline() -> bool {
 }
 
 /// True when every component has a config and, where needed, weights that
-/// the loader would accept (the same lookup `model.rs` uses).
+/// the loader would accept (the same lookup `model.rs` uses); SDXL's second
+/// text encoder and tokenizer when `model_index.json` names them.
 fn snapshot_complete(dir: &Path) -> bool {
     let has_weights = |sub: &str, stem: &str| component_weights(&dir.join(sub), &[stem]).is_ok();
-    let has_tokenizer = dir.join("tokenizer/vocab.json").is_file()
-        || dir.join("tokenizer/tokenizer.json").is_file();
-    has_tokenizer
+    let has_tokenizer = |sub: &str| {
+        dir.join(sub).join("vocab.json").is_file() || dir.join(sub).join("tokenizer.json").is_file()
+    };
+    let has_encoder =
+        |sub: &str| dir.join(sub).join("config.json").is_file() && has_weights(sub, "model");
+    let second_needed = std::fs::read_to_string(dir.join("model_index.json"))
+        .ok()
+        .and_then(|text| serde_json::from_str::<serde_json::Value>(&text).ok())
+        .and_then(|index| index.get("text_encoder_2").cloned())
+        .is_some_and(|entry| entry.get(0).is_some_and(|lib| !lib.is_null()));
+    has_tokenizer("tokenizer")
         && dir.join("scheduler/scheduler_config.json").is_file()
-        && ["unet", "vae", "text_encoder"]
+        && ["unet", "vae"]
             .iter()
             .all(|c| dir.join(c).join("config.json").is_file())
         && has_weights("unet", "diffusion_pytorch_model")
         && has_weights("vae", "diffusion_pytorch_model")
-        && has_weights("text_encoder", "model")
+        && has_encoder("text_encoder")
+        && (!second_needed || (has_encoder("text_encoder_2") && has_tokenizer("tokenizer_2")))
 }
 
 /// Picks the files sdserve loads from a repo listing: configs, tokenizer files
@@ -150,5 +169,27 @@ mod tests {
             .iter()
             .all(|f| !f.ends_with(".bin") && !f.ends_with(".ckpt")));
         assert!(!chosen.iter().any(|f| f.starts_with("safety_checker")));
+        // SDXL's second text encoder and tokenizer come along when the repo has them.
+        let sdxl: Vec<String> = [
+            "model_index.json",
+            "text_encoder_2/config.json",
+            "text_encoder_2/model.safetensors",
+            "text_encoder_2/model.fp16.safetensors",
+            "tokenizer_2/merges.txt",
+            "tokenizer_2/vocab.json",
+            "tokenizer_2/special_tokens_map.json",
+        ]
+        .map(String::from)
+        .to_vec();
+        let chosen = select_files(&sdxl);
+        for f in [
+            "text_encoder_2/config.json",
+            "text_encoder_2/model.safetensors",
+            "tokenizer_2/merges.txt",
+            "tokenizer_2/vocab.json",
+            "tokenizer_2/special_tokens_map.json",
+        ] {
+            assert!(chosen.contains(&f.to_string()), "{f}");
+        }
     }
 }

@@ -227,8 +227,7 @@ impl ResnetBlock {
         };
         let h = self.conv1.forward(&self.norm1.forward(xs, true)?)?;
         let h = match (temb, &self.time_emb_proj) {
-            (Some(temb), Some(proj)) => proj
-                .forward(&nn::ops::silu(temb)?)?
+            (Some(temb), Some(proj)) => project_rows(proj, &nn::ops::silu(temb)?)?
                 .unsqueeze(D::Minus1)?
                 .unsqueeze(D::Minus1)?
                 .broadcast_add(&h)?,
@@ -237,6 +236,20 @@ impl ResnetBlock {
         let h = self.conv2.forward(&self.norm2.forward(&h, true)?)?;
         (shortcut + h)? / self.output_scale_factor
     }
+}
+
+/// `proj` applied to each row of `xs` on its own: the CPU matrix kernels round
+/// a product of 1-2 rows differently from one of 3+, and a job's image must
+/// not depend on the batch it runs in (SDXL gives each image its own row).
+fn project_rows(proj: &nn::Linear, xs: &Tensor) -> Result<Tensor> {
+    let rows = xs.dim(0)?;
+    if rows == 1 {
+        return proj.forward(xs);
+    }
+    let out = (0..rows)
+        .map(|r| proj.forward(&xs.narrow(0, r, 1)?))
+        .collect::<Result<Vec<_>>>()?;
+    Tensor::cat(&out, 0)
 }
 
 #[cfg(test)]

@@ -5,6 +5,7 @@
 //! tokenizer, the samplers and the seeded noise; it knows nothing of HTTP or async.
 
 mod attention;
+mod conditioning;
 pub mod config;
 mod engine;
 pub mod error;

@@ -5,25 +5,33 @@
 
 use std::path::Path;
 
-use candle_core::{DType, Device};
+use candle_core::{DType, Device, Tensor};
 use candle_transformers::models::stable_diffusion::unet_2d::{
     BlockConfig, UNet2DConditionModelConfig,
 };
 
 use crate::attention::ScoreBlock;
+use crate::conditioning::{PromptEncoder, TextConditioner};
 use crate::config::{PerBlock, SchedulerConfig, UNetConfig, VaeConfig};
 use crate::error::{EngineError, Result};
 use crate::model_files::{ModelFiles, Part};
-use crate::text_encoder::TextEncoder;
-use crate::tokenizer::ClipTokenizer;
-use crate::unet::UNet;
+use crate::unet::{TextTimeShape, UNet, UNetShape};
 use crate::vae::{VaeDecoder, VaeShape};
 use crate::vae_tiling::TileGeometry;
 
-/// All parts of a loaded Stable Diffusion 1.x/2.x pipeline.
+/// Model families, told apart by their components.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Family {
+    /// SD 1.x / 2.x: one text encoder.
+    Sd,
+    /// SDXL base: two text encoders and `text_time` added conditioning.
+    Sdxl,
+}
+
+/// All parts of a loaded Stable Diffusion 1.x/2.x or SDXL pipeline.
 pub struct StableDiffusion {
-    pub tokenizer: ClipTokenizer,
-    pub text_encoder: TextEncoder,
+    pub family: Family,
+    pub text: TextConditioner,
     pub unet: UNet,
     pub vae: VaeDecoder,
     /// dtype of the text encoder and UNet weights and activations.
@@ -33,6 +41,8 @@ pub struct StableDiffusion {
     pub scheduler: SchedulerConfig,
     pub vae_scaling_factor: f64,
     pub vae_shift_factor: f64,
+    /// Per-channel latent mean and std (`(1, C, 1, 1)`) when the VAE config declares them.
+    pub vae_latents_stats: Option<(Tensor, Tensor)>,
     pub vae_scale_factor: usize,
     pub latent_channels: usize,
     /// Native latent size (height, width) from the UNet's `sample_size`.
@@ -47,6 +57,15 @@ impl StableDiffusion {
     /// Training timesteps of the noise schedule (an upper bound for steps).
     pub fn num_train_timesteps(&self) -> usize {
         self.scheduler.num_train_timesteps.unwrap_or(1000)
+    }
+
+    /// SDXL-Turbo's configs: SDXL's architecture trained at 512 px (a 64-cell
+    /// latent where SDXL base has 128) with "trailing" timesteps, which
+    /// 1-step sampling needs. Such a model gets Turbo's defaults whatever its name.
+    pub fn has_turbo_configs(&self) -> bool {
+        self.family == Family::Sdxl
+            && self.sample_size == (64, 64)
+            && self.scheduler.timestep_spacing.as_deref() == Some("trailing")
     }
 
     /// The VAE's tile sizes, as diffusers derives them when tiling is enabled.
@@ -66,43 +85,47 @@ impl StableDiffusion {
     /// widened in memory.
     pub fn load_with(dir: &Path, device: &Device, block: ScoreBlock, dtype: DType) -> Result<Self> {
         let files = ModelFiles::open(dir)?;
-        let tokenizer: ClipTokenizer = files.tokenizer()?;
         let scheduler: SchedulerConfig = files.scheduler()?;
-
-        let te_cfg = files.text_encoder_config()?;
-        let (vb, names, te_file) = files.weights(Part::TextEncoder, dtype, device)?;
-        let has_prefix = names.iter().any(|n| n.starts_with("text_model."));
-        let text_encoder = TextEncoder::new(vb, has_prefix, &te_cfg)
-            .map_err(|e| EngineError::invalid_model(&te_file, crate::error::describe_candle(&e)))?;
-
-        if tokenizer.max_length() > text_encoder.max_positions() {
-            return Err(EngineError::invalid_model(
-                files.config_path(Part::TextEncoder),
-                format!(
-                    "max_position_embeddings {} is shorter than the tokenizer's model_max_length {}",
-                    text_encoder.max_positions(),
-                    tokenizer.max_length()
-                ),
-            ));
+        let family = if files.has(Part::TextEncoder2) {
+            Family::Sdxl
+        } else {
+            Family::Sd
+        };
+        if family == Family::Sdxl && !files.has(Part::TextEncoder) {
+            return Err(EngineError::Unsupported(format!(
+                "{}: a text_encoder_2 without text_encoder (the SDXL refiner) is not supported",
+                dir.display()
+            )));
         }
+        let first = PromptEncoder::load(&files, Part::TextEncoder, dtype, device)?;
+        let text = match family {
+            Family::Sd => TextConditioner::Single(Box::new(first)),
+            Family::Sdxl => {
+                let second = PromptEncoder::load(&files, Part::TextEncoder2, dtype, device)?;
+                if !second.encoder.has_projection() {
+                    return Err(EngineError::invalid_model(
+                        files.config_path(Part::TextEncoder2),
+                        "no text_projection (SDXL's second text encoder is a CLIPTextModelWithProjection)",
+                    ));
+                }
+                let force_zeros = files.force_zeros_for_empty_prompt()?;
+                TextConditioner::Dual {
+                    first: Box::new(first),
+                    second: Box::new(second),
+                    force_zeros_for_empty_prompt: force_zeros,
+                }
+            }
+        };
 
         let unet_cfg: UNetConfig = files.unet_config()?;
-        let candle_unet_cfg = unet_config(&unet_cfg, &files.config_path(Part::Unet))?;
-        if te_cfg.hidden_size != candle_unet_cfg.cross_attention_dim {
-            return Err(EngineError::invalid_model(
-                files.config_path(Part::Unet),
-                format!(
-                    "cross_attention_dim {} does not match the text encoder's hidden_size {}",
-                    candle_unet_cfg.cross_attention_dim, te_cfg.hidden_size
-                ),
-            ));
-        }
+        let unet_shape = unet_config(&unet_cfg, &files.config_path(Part::Unet))?;
+        check_conditioning(&text, &unet_shape, &files.config_path(Part::Unet))?;
         let (vb, _, unet_file) = files.weights(Part::Unet, dtype, device)?;
         let unet = UNet::new(
             vb,
             unet_cfg.in_channels,
             unet_cfg.out_channels,
-            &candle_unet_cfg,
+            &unet_shape,
             block,
         )
         .map_err(|e| EngineError::invalid_model(&unet_file, crate::error::describe_candle(&e)))?;
@@ -138,9 +161,10 @@ impl StableDiffusion {
             Some(PerBlock::Each(v)) if v.len() == 2 => (v[0], v[1]),
             _ => (64, 64),
         };
+        let vae_latents_stats = latents_stats(&vae_cfg, &files.config_path(Part::Vae), device)?;
         Ok(Self {
-            tokenizer,
-            text_encoder,
+            family,
+            text,
             unet,
             vae,
             dtype,
@@ -148,6 +172,7 @@ impl StableDiffusion {
             scheduler,
             vae_scaling_factor: vae_cfg.scaling_factor,
             vae_shift_factor: vae_cfg.shift_factor.unwrap_or(0.0),
+            vae_latents_stats,
             vae_scale_factor,
             latent_channels: vae_cfg.latent_channels,
             sample_size,
@@ -168,8 +193,63 @@ pub fn vae_dtype(dtype: DType, vae: &VaeConfig) -> DType {
     }
 }
 
-/// Maps diffusers' UNet config onto candle's, refusing what candle's UNet lacks.
-fn unet_config(c: &UNetConfig, path: &Path) -> Result<UNet2DConditionModelConfig> {
+/// The UNet's context width must be the text side's; SDXL's added conditioning
+/// must take the pooled width plus six time ids.
+fn check_conditioning(text: &TextConditioner, unet: &UNetShape, path: &Path) -> Result<()> {
+    let bad = |m: String| Err(EngineError::invalid_model(path, m));
+    let context = text.context_dim();
+    if context != unet.blocks.cross_attention_dim {
+        return bad(format!(
+            "cross_attention_dim {} does not match the text encoders' hidden size {context}",
+            unet.blocks.cross_attention_dim
+        ));
+    }
+    match (text, &unet.text_time) {
+        (TextConditioner::Single(_), None) => Ok(()),
+        (TextConditioner::Dual { second, .. }, Some(tt)) => {
+            let pooled = second.encoder.projection_dim().unwrap_or(0);
+            let expected = pooled + 6 * tt.time_embed_dim;
+            if tt.input_dim != expected {
+                return bad(format!(
+                    "projection_class_embeddings_input_dim {} is not text_encoder_2's projection_dim {pooled} + 6 x addition_time_embed_dim {}",
+                    tt.input_dim, tt.time_embed_dim
+                ));
+            }
+            Ok(())
+        }
+        (TextConditioner::Single(_), Some(_)) => bad(
+            "addition_embed_type \"text_time\" needs a second text encoder (text_encoder_2/)"
+                .into(),
+        ),
+        (TextConditioner::Dual { .. }, None) => {
+            bad("a pipeline with text_encoder_2 needs addition_embed_type \"text_time\"".into())
+        }
+    }
+}
+
+/// The VAE config's `latents_mean` / `latents_std` as `(1, C, 1, 1)` tensors.
+fn latents_stats(c: &VaeConfig, path: &Path, device: &Device) -> Result<Option<(Tensor, Tensor)>> {
+    match (&c.latents_mean, &c.latents_std) {
+        (Some(mean), Some(std)) => {
+            let n = c.latent_channels;
+            if mean.len() != n || std.len() != n {
+                return Err(EngineError::invalid_model(
+                    path,
+                    format!("latents_mean and latents_std need {n} values each (latent_channels)"),
+                ));
+            }
+            let t = |v: &[f64]| {
+                let v: Vec<f32> = v.iter().map(|x| *x as f32).collect();
+                Tensor::from_vec(v, (1, n, 1, 1), device)
+            };
+            Ok(Some((t(mean)?, t(std)?)))
+        }
+        _ => Ok(None),
+    }
+}
+
+/// Maps diffusers' UNet config onto our UNet's shape, refusing what it lacks.
+fn unet_config(c: &UNetConfig, path: &Path) -> Result<UNetShape> {
     let bad = |m: String| EngineError::invalid_model(path, m);
     let unsupported = |m: String| EngineError::Unsupported(format!("{}: {m}", path.display()));
     let n = c.block_out_channels.len();
@@ -181,15 +261,64 @@ fn unet_config(c: &UNetConfig, path: &Path) -> Result<UNet2DConditionModelConfig
             c.up_block_types.len()
         )));
     }
-    for (name, value) in [
-        ("addition_embed_type", &c.addition_embed_type),
-        ("class_embed_type", &c.class_embed_type),
-    ] {
-        if let Some(v) = value {
-            return Err(unsupported(format!(
-                "{name} {v:?} (SDXL-style conditioning) is not supported yet"
-            )));
+    if let Some(v) = &c.class_embed_type {
+        return Err(unsupported(format!(
+            "class_embed_type {v:?} is not supported"
+        )));
+    }
+    let text_time = match c.addition_embed_type.as_deref() {
+        None => None,
+        Some("text_time") => {
+            let (Some(time_embed_dim), Some(input_dim)) = (
+                c.addition_time_embed_dim,
+                c.projection_class_embeddings_input_dim,
+            ) else {
+                return Err(bad("addition_embed_type \"text_time\" needs addition_time_embed_dim and projection_class_embeddings_input_dim".into()));
+            };
+            if time_embed_dim == 0 || time_embed_dim % 2 == 1 {
+                return Err(unsupported(format!(
+                    "addition_time_embed_dim {time_embed_dim} (an even, non-zero width is supported)"
+                )));
+            }
+            Some(TextTimeShape {
+                time_embed_dim,
+                input_dim,
+            })
         }
+        Some(other) => {
+            return Err(unsupported(format!(
+                "addition_embed_type {other:?} (only \"text_time\", SDXL's, is supported)"
+            )))
+        }
+    };
+    let unsupported_set = [
+        (
+            "reverse_transformer_layers_per_block",
+            c.reverse_transformer_layers_per_block
+                .as_ref()
+                .is_some_and(|v| !v.is_null()),
+        ),
+        ("time_embedding_dim", c.time_embedding_dim.is_some()),
+        ("time_embedding_act_fn", c.time_embedding_act_fn.is_some()),
+        ("timestep_post_act", c.timestep_post_act.is_some()),
+        (
+            "attention_type",
+            c.attention_type.as_deref().is_some_and(|v| v != "default"),
+        ),
+        ("cross_attention_norm", c.cross_attention_norm.is_some()),
+        ("class_embeddings_concat", c.class_embeddings_concat),
+        ("resnet_skip_time_act", c.resnet_skip_time_act),
+        (
+            "resnet_out_scale_factor",
+            c.resnet_out_scale_factor.is_some_and(|v| v != 1.0),
+        ),
+        ("conv_in_kernel", c.conv_in_kernel.is_some_and(|k| k != 3)),
+        ("conv_out_kernel", c.conv_out_kernel.is_some_and(|k| k != 3)),
+    ];
+    if let Some((name, _)) = unsupported_set.iter().find(|(_, set)| *set) {
+        return Err(unsupported(format!(
+            "{name} other than the default is not supported"
+        )));
     }
     if c.time_cond_proj_dim.is_some() || c.encoder_hid_dim.is_some() {
         return Err(unsupported(
@@ -282,7 +411,7 @@ fn unet_config(c: &UNetConfig, path: &Path) -> Result<UNet2DConditionModelConfig
             attention_head_dim: heads[i],
         });
     }
-    Ok(UNet2DConditionModelConfig {
+    let blocks = UNet2DConditionModelConfig {
         center_input_sample: c.center_input_sample,
         flip_sin_to_cos: c.flip_sin_to_cos,
         freq_shift: c.freq_shift,
@@ -295,6 +424,12 @@ fn unet_config(c: &UNetConfig, path: &Path) -> Result<UNet2DConditionModelConfig
         cross_attention_dim: cross_dims[0],
         sliced_attention_size: None,
         use_linear_projection: c.use_linear_projection,
+    };
+    Ok(UNetShape {
+        blocks,
+        // diffusers' mid block takes the last entry whatever the last block's type.
+        mid_transformer_layers: transformer_layers[n - 1],
+        text_time,
     })
 }
 
@@ -354,11 +489,11 @@ mod tests {
             let sd = StableDiffusion::load_with(&dir, &Device::Cpu, block, DType::F32).unwrap();
             let get = |name: &str| debug[&format!("{key}.{name}")].clone();
 
-            let ids = sd
-                .tokenizer
-                .encode("a photograph of an astronaut riding a horse");
-            let ids = Tensor::from_vec(ids.clone(), (1, ids.len()), &Device::Cpu).unwrap();
-            let embeds = sd.text_encoder.forward(&ids).unwrap();
+            let embeds = sd
+                .text
+                .encode("a photograph of an astronaut riding a horse", &Device::Cpu)
+                .unwrap()
+                .context;
             assert!(
                 max_diff(&embeds, &get("text_embeds")) < 1e-4,
                 "{model}: text encoder"
@@ -367,12 +502,81 @@ mod tests {
             let t = get("unet_t").to_vec1::<f32>().unwrap()[0] as f64;
             let noise = sd
                 .unet
-                .forward(&get("unet_in"), t, &get("unet_ctx"))
+                .forward(&get("unet_in"), t, &get("unet_ctx"), None)
                 .unwrap();
             assert!(max_diff(&noise, &get("unet_out")) < 1e-4, "{model}: unet");
 
             let pixels = sd.vae.decode(&get("vae_in")).unwrap();
             assert!(max_diff(&pixels, &get("vae_out")) < 1e-4, "{model}: vae");
+        }
+    }
+
+    /// SDXL's parts against `StableDiffusionXLPipeline.encode_prompt` and one
+    /// UNet call with added conditioning (`fixtures/reference/sdxl-debug.safetensors`).
+    #[test]
+    fn sdxl_components_match_diffusers_outputs() {
+        use crate::unet::AddedConditioning;
+        let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures");
+        let debug = candle_core::safetensors::load(
+            fixtures.join("reference/sdxl-debug.safetensors"),
+            &Device::Cpu,
+        )
+        .unwrap();
+        for model in ["tiny-sdxl", "tiny-sdxl-fast"] {
+            let dir = fixtures.join("models").join(model);
+            let sd = StableDiffusion::load_with(&dir, &Device::Cpu, ScoreBlock(256), DType::F32)
+                .unwrap();
+            assert_eq!(sd.family, Family::Sdxl);
+            let get = |name: &str| debug[&format!("{}.{name}", model.replace('-', "_"))].clone();
+            let dev = &Device::Cpu;
+            let prompt = sd
+                .text
+                .encode("a photograph of an astronaut riding a horse", dev)
+                .unwrap();
+            let negative = sd.text.encode_negative("blurry", dev).unwrap();
+            let pairs = [
+                (prompt.context.clone(), "prompt_embeds"),
+                (prompt.pooled.clone().unwrap(), "pooled_prompt_embeds"),
+                (negative.context.clone(), "negative_prompt_embeds"),
+                (
+                    negative.pooled.clone().unwrap(),
+                    "negative_pooled_prompt_embeds",
+                ),
+            ];
+            for (ours, key) in pairs {
+                let d = max_diff(&ours, &get(key));
+                assert!(d < 1e-4, "{model}: {key} differs by {d}");
+            }
+            // An empty negative prompt is zeros (force_zeros_for_empty_prompt).
+            let empty = sd.text.encode_negative("", dev).unwrap();
+            assert_eq!(empty.context.dims(), prompt.context.dims());
+            let zero = |t: &Tensor| {
+                t.abs()
+                    .unwrap()
+                    .max_all()
+                    .unwrap()
+                    .to_scalar::<f32>()
+                    .unwrap()
+            };
+            assert_eq!(zero(&empty.context), 0.0);
+            assert_eq!(zero(empty.pooled.as_ref().unwrap()), 0.0);
+
+            let t = get("unet_t").to_vec1::<f32>().unwrap()[0] as f64;
+            let added = AddedConditioning {
+                text_embeds: get("unet_text_embeds"),
+                time_ids: get("unet_time_ids"),
+            };
+            let out = sd
+                .unet
+                .forward(&get("unet_in"), t, &get("unet_ctx"), Some(&added))
+                .unwrap();
+            let d = max_diff(&out, &get("unet_out"));
+            assert!(d < 1e-4, "{model}: unet differs by {d}");
+            // Without the added conditioning the SDXL UNet refuses to run.
+            assert!(sd
+                .unet
+                .forward(&get("unet_in"), t, &get("unet_ctx"), None)
+                .is_err());
         }
     }
 

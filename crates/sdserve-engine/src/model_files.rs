@@ -8,7 +8,9 @@ use std::path::{Path, PathBuf};
 use candle_core::{DType, Device};
 use candle_nn::VarBuilder;
 
-use crate::config::{read_json, SchedulerConfig, TextEncoderConfig, UNetConfig, VaeConfig};
+use crate::config::{
+    read_json, PipelineIndex, SchedulerConfig, TextEncoderConfig, UNetConfig, VaeConfig,
+};
 use crate::error::{EngineError, Result};
 use crate::loader::{component_weights, refuse_pickle, runtime_bytes, var_builder, TensorNames};
 use crate::single_file::SingleFile;
@@ -43,6 +45,7 @@ impl ModelFiles {
     fn folder(dir: &Path, part: Part) -> (PathBuf, &'static str) {
         match part {
             Part::TextEncoder => (dir.join("text_encoder"), "model"),
+            Part::TextEncoder2 => (dir.join("text_encoder_2"), "model"),
             Part::Unet => (dir.join("unet"), "diffusion_pytorch_model"),
             Part::Vae => (dir.join("vae"), "diffusion_pytorch_model"),
         }
@@ -57,10 +60,39 @@ impl ModelFiles {
         }
     }
 
-    pub fn tokenizer(&self) -> Result<ClipTokenizer> {
+    /// Whether the model has `part` (SDXL's second text encoder, a folder's `text_encoder/`).
+    pub fn has(&self, part: Part) -> bool {
         match self {
-            Self::Folder(dir) => ClipTokenizer::from_dir(&dir.join("tokenizer")),
-            Self::Single(f) => f.tokenizer(),
+            Self::Folder(dir) => Self::folder(dir, part).0.is_dir(),
+            Self::Single(f) => f.has(part),
+        }
+    }
+
+    /// The tokenizer of text encoder `part` (`tokenizer/` or `tokenizer_2/` of a folder).
+    pub fn tokenizer(&self, part: Part) -> Result<ClipTokenizer> {
+        match self {
+            Self::Folder(dir) => ClipTokenizer::from_dir(&dir.join(match part {
+                Part::TextEncoder2 => "tokenizer_2",
+                _ => "tokenizer",
+            })),
+            Self::Single(f) => f.tokenizer(part),
+        }
+    }
+
+    /// SDXL: whether an empty negative prompt is all zeros: `model_index.json`'s
+    /// flag (diffusers' default true when absent, and for single files, whose
+    /// from_single_file takes SDXL base's `model_index.json`, which says true).
+    pub fn force_zeros_for_empty_prompt(&self) -> Result<bool> {
+        match self {
+            Self::Folder(dir) => {
+                let index_path = dir.join("model_index.json");
+                if !index_path.is_file() {
+                    return Ok(true);
+                }
+                let index: PipelineIndex = read_json(&index_path)?;
+                Ok(index.force_zeros_for_empty_prompt.unwrap_or(true))
+            }
+            Self::Single(_) => Ok(true),
         }
     }
 
@@ -71,10 +103,10 @@ impl ModelFiles {
         }
     }
 
-    pub fn text_encoder_config(&self) -> Result<TextEncoderConfig> {
+    pub fn text_encoder_config(&self, part: Part) -> Result<TextEncoderConfig> {
         match self {
-            Self::Folder(_) => read_json(&self.config_path(Part::TextEncoder)),
-            Self::Single(f) => Ok(f.text_encoder_config().clone()),
+            Self::Folder(_) => read_json(&self.config_path(part)),
+            Self::Single(f) => f.text_encoder_config(part),
         }
     }
 

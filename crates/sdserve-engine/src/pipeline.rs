@@ -1,6 +1,7 @@
-//! The text-to-image loop of diffusers' `StableDiffusionPipeline.__call__`:
-//! encode prompts, draw the initial noise, denoise with classifier-free
-//! guidance, decode with the VAE. Several compatible jobs share each UNet call;
+//! The text-to-image loop of diffusers' `StableDiffusionPipeline.__call__`
+//! (and `StableDiffusionXLPipeline.__call__`, which adds pooled text and size
+//! conditioning): encode prompts, draw the initial noise, denoise with
+//! classifier-free guidance, decode with the VAE. Several compatible jobs share each UNet call;
 //! each keeps its own seed, generator, sampler state and result, so a job's
 //! image does not depend on what it was batched with.
 
@@ -8,11 +9,13 @@ use std::time::Instant;
 
 use candle_core::{DType, Tensor};
 
+use crate::conditioning::Conditioning;
 use crate::error::{EngineError, Result};
 use crate::model::StableDiffusion;
 use crate::request::{GenerateRequest, GeneratedImage, Observer, Progress, Timings};
 use crate::rng::TorchRng;
 use crate::samplers::{self, Sampler};
+use crate::unet::AddedConditioning;
 use crate::vae_tiling;
 
 /// One job's images and the batch's stage timings, or why the job has none.
@@ -33,8 +36,10 @@ struct JobState<'a> {
     seed: u64,
     tile_vae: bool,
     /// Conditional and (with guidance) unconditional text embeddings, `batch_size` rows each.
-    cond: Tensor,
-    uncond: Option<Tensor>,
+    cond: Conditioning,
+    uncond: Option<Conditioning>,
+    /// SDXL's add_time_ids `(batch_size, 6)`: (height, width), crop (0, 0), (height, width).
+    time_ids: Tensor,
     latents: Tensor,
     sampler: Box<dyn Sampler>,
     rng: TorchRng,
@@ -69,15 +74,20 @@ pub fn generate_batch(
     } in requests
     {
         let n = request.batch_size;
-        let cond = repeat_rows(&encode_text(model, &request.prompt)?, n)?;
+        let cond = repeat_rows(&model.text.encode(&request.prompt, device)?, n)?;
         let uncond = if guidance {
             Some(repeat_rows(
-                &encode_text(model, &request.negative_prompt)?,
+                &model
+                    .text
+                    .encode_negative(&request.negative_prompt, device)?,
                 n,
             )?)
         } else {
             None
         };
+        let (h, w) = (request.height as f32, request.width as f32);
+        let time_ids =
+            Tensor::from_vec(vec![h, w, 0.0, 0.0, h, w], (1, 6), device)?.repeat((n, 1))?;
         let sampler = samplers::build(request.sampler, &model.scheduler, request.steps)?;
         let mut rng = TorchRng::new(*seed);
         let shape = (
@@ -98,6 +108,7 @@ pub fn generate_batch(
             tile_vae: *tile_vae,
             cond,
             uncond,
+            time_ids,
             latents,
             sampler,
             rng,
@@ -152,23 +163,35 @@ fn denoise_step(
 ) -> Result<()> {
     let active: Vec<usize> = (0..jobs.len()).filter(|i| !jobs[*i].cancelled).collect();
     let mut inputs = Vec::new();
-    let mut contexts = Vec::new();
+    let mut conds: Vec<(&Conditioning, &Tensor)> = Vec::new();
     for &i in &active {
         let job = &jobs[i];
         let scaled = job.sampler.scale_model_input(&job.latents, step)?;
         if let Some(uncond) = &job.uncond {
             inputs.push(scaled.clone());
-            contexts.push(uncond.clone());
+            conds.push((uncond, &job.time_ids));
         }
         inputs.push(scaled);
-        contexts.push(job.cond.clone());
+        conds.push((&job.cond, &job.time_ids));
     }
     let x = Tensor::cat(&inputs, 0)?;
+    let contexts: Vec<&Tensor> = conds.iter().map(|(c, _)| &c.context).collect();
     let context = Tensor::cat(&contexts, 0)?;
+    let pooled: Option<Vec<&Tensor>> = conds.iter().map(|(c, _)| c.pooled.as_ref()).collect();
+    let added = match pooled {
+        Some(pooled) if !pooled.is_empty() => Some(AddedConditioning {
+            text_embeds: Tensor::cat(&pooled, 0)?,
+            time_ids: Tensor::cat(&conds.iter().map(|(_, t)| *t).collect::<Vec<_>>(), 0)?,
+        }),
+        _ => None,
+    };
     let t = jobs[active[0]].sampler.timesteps()[step];
     // Latents and sampler arithmetic stay f32; the UNet runs in the model's dtype.
     let x = x.to_dtype(model.dtype)?;
-    let prediction = model.unet.forward(&x, t, &context)?.to_dtype(DType::F32)?;
+    let prediction = model
+        .unet
+        .forward(&x, t, &context, added.as_ref())?
+        .to_dtype(DType::F32)?;
 
     let mut row = 0;
     for &i in &active {
@@ -191,23 +214,12 @@ fn denoise_step(
     Ok(())
 }
 
-/// Tokenizes and encodes one prompt to `(1, seq, hidden)`.
-fn encode_text(model: &StableDiffusion, text: &str) -> Result<Tensor> {
-    let ids = model.tokenizer.encode(text);
-    let total = model.tokenizer.count_tokens(text);
-    if total + 2 > ids.len() {
-        tracing::warn!(
-            tokens = total,
-            limit = ids.len().saturating_sub(2),
-            "prompt is longer than CLIP's context and was truncated"
-        );
-    }
-    let ids = Tensor::from_vec(ids.clone(), (1, ids.len()), &model.device)?;
-    Ok(model.text_encoder.forward(&ids)?)
-}
-
-fn repeat_rows(t: &Tensor, n: usize) -> Result<Tensor> {
-    Ok(t.repeat((n, 1, 1))?)
+/// `n` copies of a prompt's conditioning (as `num_images_per_prompt`).
+fn repeat_rows(c: &Conditioning, n: usize) -> Result<Conditioning> {
+    Ok(Conditioning {
+        context: c.context.repeat((n, 1, 1))?,
+        pooled: c.pooled.as_ref().map(|p| p.repeat((n, 1))).transpose()?,
+    })
 }
 
 /// VAE decode (tiled as diffusers' `enable_tiling()` when the job asks) and
@@ -217,7 +229,15 @@ fn decode(
     model_name: &str,
     job: &JobState,
 ) -> Result<Vec<GeneratedImage>> {
-    let latents = ((&job.latents / model.vae_scaling_factor)? + model.vae_shift_factor)?;
+    let latents = match &model.vae_latents_stats {
+        // diffusers' SDXL pipeline: latents * std / scaling_factor + mean.
+        Some((mean, std)) => job
+            .latents
+            .broadcast_mul(std)?
+            .affine(1.0 / model.vae_scaling_factor, 0.0)?
+            .broadcast_add(mean)?,
+        None => ((&job.latents / model.vae_scaling_factor)? + model.vae_shift_factor)?,
+    };
     let (n, _, _, _) = latents.dims4()?;
     let infotext = crate::png::infotext(job.request, job.seed, model_name);
     let tiles = if job.tile_vae {

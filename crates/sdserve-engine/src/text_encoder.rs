@@ -1,6 +1,8 @@
 //! CLIP text transformer, as transformers' `CLIPTextModel` returns
 //! `last_hidden_state` (after the final layer norm) with a causal mask and no
 //! padding mask, which is what diffusers' Stable Diffusion pipelines feed the UNet.
+//! SDXL reads the penultimate layer's hidden states instead, and the pooled,
+//! projected output of a `CLIPTextModelWithProjection` ([`TextEncoder::encode`]).
 //!
 //! Written here rather than taken from candle-transformers because its CLIP
 //! config has private fields (stable_diffusion::clip) or only QuickGELU
@@ -60,6 +62,25 @@ pub struct TextEncoder {
     heads: usize,
     activation: Activation,
     max_positions: usize,
+    /// `text_projection` (no bias) of a `CLIPTextModelWithProjection`.
+    projection: Option<Linear>,
+    eos_token_id: i64,
+}
+
+/// Which hidden states [`TextEncoder::encode`] returns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HiddenLayer {
+    /// `last_hidden_state`: the last layer's output after the final layer norm.
+    Last,
+    /// `hidden_states[-2]`: the output of the next-to-last layer, not normed (SDXL).
+    Penultimate,
+}
+
+/// Hidden states `(batch, seq, hidden)` and, for a model with a projection,
+/// the projected pooled output `(batch, projection_dim)`.
+pub struct TextOutput {
+    pub hidden: Tensor,
+    pub pooled: Option<Tensor>,
 }
 
 impl TextEncoder {
@@ -70,6 +91,7 @@ impl TextEncoder {
         has_prefix: bool,
         cfg: &TextEncoderConfig,
     ) -> candle_core::Result<Self> {
+        let root = vb.clone();
         let vb = if has_prefix { vb.pp("text_model") } else { vb };
         let h = cfg.hidden_size;
         let eps = cfg.layer_norm_eps;
@@ -96,6 +118,19 @@ impl TextEncoder {
         let final_layer_norm = layer_norm(h, eps, vb.pp("final_layer_norm"))?;
         let activation = Activation::parse(&cfg.hidden_act)
             .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+        // transformers writes `text_projection` at the top level, beside `text_model`.
+        let projection = match cfg.projection_dim {
+            Some(dim) if root.contains_tensor("text_projection.weight") => Some(
+                candle_nn::linear_no_bias(h, dim, root.pp("text_projection"))?,
+            ),
+            _ => None,
+        };
+        if cfg.num_hidden_layers < 2 {
+            return Err(candle_core::Error::Msg(format!(
+                "num_hidden_layers {} is fewer than 2",
+                cfg.num_hidden_layers
+            )));
+        }
         if cfg.num_attention_heads == 0 || !h.is_multiple_of(cfg.num_attention_heads) {
             return Err(candle_core::Error::Msg(format!(
                 "hidden_size {h} is not divisible by num_attention_heads {}",
@@ -110,7 +145,26 @@ impl TextEncoder {
             heads: cfg.num_attention_heads,
             activation,
             max_positions: cfg.max_position_embeddings,
+            projection,
+            eos_token_id: cfg.eos_token_id,
         })
+    }
+
+    /// Whether the model has a `text_projection` (gives a pooled output).
+    pub fn has_projection(&self) -> bool {
+        self.projection.is_some()
+    }
+
+    /// Width of the pooled output (`projection_dim`), when there is a projection.
+    pub fn projection_dim(&self) -> Option<usize> {
+        self.projection
+            .as_ref()
+            .map(|p| p.weight().dim(0).unwrap_or(0))
+    }
+
+    /// Width of the hidden states.
+    pub fn hidden_size(&self) -> usize {
+        self.final_layer_norm.weight().dim(0).unwrap_or(0)
     }
 
     /// Longest token sequence the position embedding covers.
@@ -118,8 +172,9 @@ impl TextEncoder {
         self.max_positions
     }
 
-    /// `(batch, seq)` u32 token ids to `(batch, seq, hidden)` embeddings.
-    pub fn forward(&self, ids: &Tensor) -> candle_core::Result<Tensor> {
+    /// The hidden states `which` asks for and, with a projection, the pooled
+    /// output: the final-normed state at each row's eos token, projected.
+    pub fn encode(&self, ids: &Tensor, which: HiddenLayer) -> candle_core::Result<TextOutput> {
         let (batch, seq) = ids.dims2()?;
         let positions = Tensor::arange(0u32, seq as u32, ids.device())?;
         let mut xs = self
@@ -127,7 +182,15 @@ impl TextEncoder {
             .forward(ids)?
             .broadcast_add(&self.position_embedding.forward(&positions)?)?;
         let mask = causal_mask(seq, xs.dtype(), ids.device())?;
-        for layer in &self.layers {
+        let mut penultimate = None;
+        for (i, layer) in self.layers.iter().enumerate() {
+            if i + 1 == self.layers.len() && which == HiddenLayer::Penultimate {
+                penultimate = Some(xs.clone());
+                // The last layer only matters for the pooled output.
+                if self.projection.is_none() {
+                    break;
+                }
+            }
             let residual = xs.clone();
             let normed = layer.layer_norm1.forward(&xs)?;
             xs = (self.attention(layer, &normed, &mask, batch, seq)? + residual)?;
@@ -136,7 +199,51 @@ impl TextEncoder {
             let hidden = self.activation.forward(&layer.fc1.forward(&normed)?)?;
             xs = (layer.fc2.forward(&hidden)? + residual)?;
         }
-        self.final_layer_norm.forward(&xs)
+        let pooled = match &self.projection {
+            Some(projection) => {
+                let last = self.final_layer_norm.forward(&xs)?;
+                let rows = self
+                    .eos_positions(ids)?
+                    .into_iter()
+                    .enumerate()
+                    .map(|(row, pos)| last.get(row)?.get(pos)?.unsqueeze(0))
+                    .collect::<candle_core::Result<Vec<_>>>()?;
+                let pooled = Tensor::cat(&rows, 0)?;
+                let out = projection.forward(&pooled)?;
+                if penultimate.is_none() {
+                    return Ok(TextOutput {
+                        hidden: last,
+                        pooled: Some(out),
+                    });
+                }
+                Some(out)
+            }
+            None => None,
+        };
+        let hidden = match penultimate {
+            Some(h) => h,
+            None => self.final_layer_norm.forward(&xs)?,
+        };
+        Ok(TextOutput { hidden, pooled })
+    }
+
+    /// Where each row is pooled, as transformers' `CLIPTextTransformer`: the
+    /// first `eos_token_id`, or with the legacy id 2 the first highest id.
+    fn eos_positions(&self, ids: &Tensor) -> candle_core::Result<Vec<usize>> {
+        let rows = ids.to_vec2::<u32>()?;
+        Ok(rows
+            .iter()
+            .map(|row| {
+                if self.eos_token_id == 2 {
+                    let max = row.iter().copied().max().unwrap_or(0);
+                    row.iter().position(|&id| id == max).unwrap_or(0)
+                } else {
+                    row.iter()
+                        .position(|&id| i64::from(id) == self.eos_token_id)
+                        .unwrap_or(0)
+                }
+            })
+            .collect())
     }
 
     fn attention(

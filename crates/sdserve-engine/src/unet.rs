@@ -9,7 +9,7 @@
 //! changed (by 1/255 here and there) with the size of the batch it ran in.
 //! With one row the embedding, and so the image, no longer depends on the batch.
 
-use candle_core::{Module, Result, Tensor};
+use candle_core::{DType, Module, Result, Tensor};
 use candle_nn as nn;
 use candle_transformers::models::stable_diffusion::embeddings::{TimestepEmbedding, Timesteps};
 use candle_transformers::models::stable_diffusion::unet_2d::{
@@ -21,11 +21,60 @@ use crate::layers::{Conv2d, GroupNorm};
 use crate::transformer::SpatialTransformerConfig;
 use crate::unet_blocks::{BlockShape, DownBlock, MidBlock, UpBlock, UpChannels};
 
+/// SDXL's `text_time` added conditioning: each of the six time ids gets a
+/// sinusoidal embedding of `time_embed_dim`; with the pooled text they feed
+/// `add_embedding` (`input_dim` wide), whose output is added to the timestep's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TextTimeShape {
+    pub time_embed_dim: usize,
+    pub input_dim: usize,
+}
+
+/// Everything the UNet's shape takes from its config.
+#[derive(Debug, Clone)]
+pub struct UNetShape {
+    pub blocks: UNet2DConditionModelConfig,
+    /// Transformer depth of the mid block (the last `transformer_layers_per_block`).
+    pub mid_transformer_layers: usize,
+    pub text_time: Option<TextTimeShape>,
+}
+
+/// Per-image inputs of SDXL's added conditioning, one row per UNet batch entry.
+pub struct AddedConditioning {
+    /// `(batch, projection_dim)`: the pooled, projected prompt embedding.
+    pub text_embeds: Tensor,
+    /// `(batch, 6)`: original size, crop top-left, target size (each height, width).
+    pub time_ids: Tensor,
+}
+
+struct TextTimeEmbedding {
+    time_proj: Timesteps,
+    embedding: TimestepEmbedding,
+}
+
+impl TextTimeEmbedding {
+    /// One row at a time, so a row's embedding does not depend on the batch
+    /// it is computed in (see the module doc).
+    fn forward(&self, added: &AddedConditioning, dtype: DType) -> Result<Tensor> {
+        let rows = added.time_ids.dim(0)?;
+        let mut out = Vec::with_capacity(rows);
+        for row in 0..rows {
+            let ids = added.time_ids.get(row)?.to_dtype(DType::F32)?;
+            let time = self.time_proj.forward(&ids)?.flatten_all()?.unsqueeze(0)?;
+            let text = added.text_embeds.narrow(0, row, 1)?.to_dtype(dtype)?;
+            let input = Tensor::cat(&[&text, &time.to_dtype(dtype)?], 1)?;
+            out.push(self.embedding.forward(&input)?);
+        }
+        Tensor::cat(&out, 0)
+    }
+}
+
 /// The denoising UNet; weights are looked up under diffusers' key names.
 pub struct UNet {
     conv_in: Conv2d,
     time_proj: Timesteps,
     time_embedding: TimestepEmbedding,
+    text_time: Option<TextTimeEmbedding>,
     down: Vec<DownBlock>,
     mid: MidBlock,
     up: Vec<UpBlock>,
@@ -41,10 +90,10 @@ impl UNet {
         vb: nn::VarBuilder,
         in_channels: usize,
         out_channels: usize,
-        config: &UNet2DConditionModelConfig,
+        shape: &UNetShape,
         block: ScoreBlock,
     ) -> Result<Self> {
-        let c = config;
+        let c = &shape.blocks;
         let n = c.blocks.len();
         let channels = |i: usize| c.blocks[i].out_channels;
         let time_dim = channels(0) * 4;
@@ -61,7 +110,7 @@ impl UNet {
             use_linear_projection: c.use_linear_projection,
             block,
         };
-        let shape = |b: &BlockConfig, attention: Option<usize>| BlockShape {
+        let block_shape = |b: &BlockConfig, attention: Option<usize>| BlockShape {
             temb_channels: time_dim,
             norm_groups: c.norm_num_groups,
             norm_eps: c.norm_eps,
@@ -74,7 +123,7 @@ impl UNet {
             let input = if i == 0 { channels(0) } else { channels(i - 1) };
             down.push(DownBlock::new(
                 down_vb.pp(i.to_string()),
-                &shape(b, b.use_cross_attn),
+                &block_shape(b, b.use_cross_attn),
                 c.layers_per_block,
                 (input, b.out_channels),
                 (i + 1 < n).then_some(c.downsample_padding),
@@ -82,8 +131,8 @@ impl UNet {
         }
 
         let last = &c.blocks[n - 1];
-        // The mid block always attends, with the last block's heads and depth.
-        let mid_shape = shape(last, Some(last.use_cross_attn.unwrap_or(1)));
+        // The mid block always attends, with the last block's heads.
+        let mid_shape = block_shape(last, Some(shape.mid_transformer_layers));
         let mid = MidBlock::new(
             vb.pp("mid_block"),
             &mid_shape,
@@ -109,7 +158,7 @@ impl UNet {
             };
             up.push(UpBlock::new(
                 up_vb.pp(i.to_string()),
-                &shape(b, b.use_cross_attn),
+                &block_shape(b, b.use_cross_attn),
                 c.layers_per_block + 1,
                 ch,
                 i + 1 < n,
@@ -120,6 +169,23 @@ impl UNet {
             conv_in: Conv2d::new(vb.pp("conv_in"), (in_channels, channels(0)), 3, conv3)?,
             time_proj: Timesteps::new(channels(0), c.flip_sin_to_cos, c.freq_shift),
             time_embedding: TimestepEmbedding::new(vb.pp("time_embedding"), channels(0), time_dim)?,
+            text_time: shape
+                .text_time
+                .map(|tt| -> Result<_> {
+                    Ok(TextTimeEmbedding {
+                        time_proj: Timesteps::new(
+                            tt.time_embed_dim,
+                            c.flip_sin_to_cos,
+                            c.freq_shift,
+                        ),
+                        embedding: TimestepEmbedding::new(
+                            vb.pp("add_embedding"),
+                            tt.input_dim,
+                            time_dim,
+                        )?,
+                    })
+                })
+                .transpose()?,
             down,
             mid,
             up,
@@ -134,8 +200,15 @@ impl UNet {
         })
     }
 
-    /// Predicts noise (or v, or x0) for latents `xs` at `timestep`, conditioned on `context`.
-    pub fn forward(&self, xs: &Tensor, timestep: f64, context: &Tensor) -> Result<Tensor> {
+    /// Predicts noise (or v, or x0) for latents `xs` at `timestep`, conditioned
+    /// on `context` (and, for SDXL, on `added`, which it then requires).
+    pub fn forward(
+        &self,
+        xs: &Tensor,
+        timestep: f64,
+        context: &Tensor,
+        added: Option<&AddedConditioning>,
+    ) -> Result<Tensor> {
         let (_, _, height, width) = xs.dims4()?;
         let xs = if self.center_input_sample {
             ((xs * 2.0)? - 1.0)?
@@ -145,6 +218,12 @@ impl UNet {
         // One embedding row, broadcast by every resnet over the batch.
         let t = (Tensor::ones(1, xs.dtype(), xs.device())? * timestep)?;
         let emb = self.time_embedding.forward(&self.time_proj.forward(&t)?)?;
+        let emb = match (&self.text_time, added) {
+            (Some(tt), Some(added)) => emb.broadcast_add(&tt.forward(added, emb.dtype())?)?,
+            (None, None) => emb,
+            (Some(_), None) => candle_core::bail!("this UNet needs SDXL's added conditioning"),
+            (None, Some(_)) => candle_core::bail!("this UNet takes no added conditioning"),
+        };
 
         let mut xs = self.conv_in.forward(&xs)?;
         let mut skips = vec![xs.clone()];

@@ -1,5 +1,6 @@
 //! Image-for-image parity with diffusers: every reference case rendered by
-//! `fixtures/make_fixtures.py` must be reproduced within 3/255 per channel,
+//! `fixtures/make_fixtures.py` (and `make_sdxl_fixtures.py`, with
+//! `StableDiffusionXLPipeline`) must be reproduced within 3/255 per channel,
 //! including the renders made with diffusers' `vae.enable_tiling()`.
 
 use std::collections::HashMap;
@@ -36,10 +37,10 @@ fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures")
 }
 
-/// `cases.json` followed by `vae-tiling-cases.json`.
+/// `cases.json`, `vae-tiling-cases.json` and `sdxl-cases.json`.
 fn cases() -> Vec<Case> {
     let mut all = Vec::new();
-    for file in ["cases.json", "vae-tiling-cases.json"] {
+    for file in ["cases.json", "vae-tiling-cases.json", "sdxl-cases.json"] {
         let text = std::fs::read_to_string(fixtures().join("reference").join(file)).expect(file);
         let cases: Vec<Case> = serde_json::from_str(&text).expect("cases parse");
         all.extend(cases);
@@ -83,8 +84,9 @@ fn max_diff(a: &[u8], b: &[u8]) -> u8 {
         .unwrap_or(0)
 }
 
-/// Every reference case of `model` (a fixture folder's name), rendered from `path`.
-fn check_model_at(model: &str, path: PathBuf) {
+/// Renders every reference case of `model` (a fixture folder's name) from
+/// `path`; at least `expected` images must be compared.
+fn check_model_at(model: &str, path: PathBuf, expected: usize) {
     // Each case runs as `--vae-tiling on` or `off`, as diffusers rendered it.
     let tiled = engine_at(path.clone(), VaeTiling::On);
     let untiled = engine_at(path, VaeTiling::Off);
@@ -124,7 +126,7 @@ fn check_model_at(model: &str, path: PathBuf) {
         }
     }
     assert!(
-        checked >= 18,
+        checked >= expected,
         "{model}: only {checked} reference images checked"
     );
     assert!(
@@ -134,18 +136,46 @@ fn check_model_at(model: &str, path: PathBuf) {
     );
 }
 
-fn check_model(model: &str) {
-    check_model_at(model, fixtures().join("models").join(model));
+fn check_model(model: &str, expected: usize) {
+    check_model_at(model, fixtures().join("models").join(model), expected);
 }
 
 #[test]
 fn tiny_sd1_matches_diffusers_for_every_sampler() {
-    check_model("tiny-sd1");
+    check_model("tiny-sd1", 18);
 }
 
 #[test]
 fn tiny_sd2_matches_diffusers_for_every_sampler() {
-    check_model("tiny-sd2");
+    check_model("tiny-sd2", 18);
+}
+
+/// SDXL: two text encoders, pooled text and size conditioning, zero negative
+/// embeddings for an empty negative prompt, non-square latents that do not
+/// divide by the UNet's downsampling, three samplers, a batch of two.
+#[test]
+fn tiny_sdxl_matches_diffusers() {
+    check_model("tiny-sdxl", 4);
+}
+
+/// SDXL-Turbo style: 1 and 2 Euler Ancestral "trailing" steps without guidance,
+/// from fp16 variant weights.
+#[test]
+fn tiny_sdxl_turbo_style_matches_diffusers() {
+    check_model("tiny-sdxl-fast", 2);
+}
+
+/// Turbo's defaults come from the configs (the folder's name does not say turbo).
+#[test]
+fn turbo_defaults_come_from_the_configs() {
+    let fast = Engine::load(&ModelSource::Dir(fixtures().join("models/tiny-sdxl-fast"))).unwrap();
+    let info = fast.info();
+    assert_eq!((info.default_steps, info.default_cfg_scale), (1, 0.0));
+    assert_eq!((info.native_width, info.native_height), (512, 512));
+    let base = Engine::load(&ModelSource::Dir(fixtures().join("models/tiny-sdxl"))).unwrap();
+    let info = base.info();
+    assert_eq!((info.default_steps, info.default_cfg_scale), (20, 7.0));
+    assert_eq!((info.native_width, info.native_height), (1024, 1024));
 }
 
 /// The same weights as one LDM-layout `.safetensors` (+ its original-config
@@ -153,13 +183,13 @@ fn tiny_sd2_matches_diffusers_for_every_sampler() {
 #[test]
 fn tiny_sd1_single_file_matches_the_folders_references() {
     let file = fixtures().join("models/single/tiny-sd1.safetensors");
-    check_model_at("tiny-sd1", file);
+    check_model_at("tiny-sd1", file, 18);
 }
 
 #[test]
 fn tiny_sd2_single_file_matches_the_folders_references() {
     let file = fixtures().join("models/single/tiny-sd2.safetensors");
-    check_model_at("tiny-sd2", file);
+    check_model_at("tiny-sd2", file, 18);
 }
 
 #[test]
@@ -243,7 +273,7 @@ fn vae_tiling_off_gives_the_untiled_image_which_differs_from_the_tiled_one() {
 /// A job's images do not depend on the jobs it shares the UNet batch with.
 #[test]
 fn batched_jobs_equal_their_solo_images_exactly() {
-    for model in ["tiny-sd1", "tiny-sd2"] {
+    for model in ["tiny-sd1", "tiny-sd2", "tiny-sdxl"] {
         let engine = Engine::load(&ModelSource::Dir(fixtures().join("models").join(model)))
             .expect("model loads");
         for (sampler, cfg_scale) in [(SamplerId::EulerAncestral, 7.5), (SamplerId::DpmPp2m, 1.0)] {

@@ -249,6 +249,71 @@ fn hub_repo_id_loads_from_the_local_cache_without_network() {
     );
 }
 
+/// An SDXL-Turbo style repo from the hub cache: both text encoders come
+/// along, and with no --steps / --cfg-scale the model's Turbo defaults (1
+/// step, no guidance, from its configs) give diffusers' 1-step image.
+#[test]
+fn sdxl_turbo_style_repo_uses_its_defaults_and_matches_diffusers() {
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path().join("hf");
+    let model = fixtures().join("models/tiny-sdxl-fast");
+    lay_out_hub_cache(&model, &home, "sdserve-test", "tiny-sdxl-fast");
+    let out = dir.path().join("turbo.png");
+    let envs = [
+        ("HF_HOME", home.to_str().unwrap()),
+        ("HF_ENDPOINT", "http://127.0.0.1:9"),
+    ];
+    let args = [
+        "generate",
+        "--model",
+        "sdserve-test/tiny-sdxl-fast",
+        "--prompt",
+        "a cinematic shot of a raccoon in a suit",
+        "--seed",
+        "5",
+        "--width",
+        "64",
+        "--height",
+        "64",
+        "--output",
+        out.to_str().unwrap(),
+    ];
+    let result = sdserve(&args, &envs);
+    assert!(result.status.success(), "{}", stderr(&result));
+    assert_matches_reference(&out, "reference/tiny-sdxl-fast/euler_ancestral-one-0.png");
+    let params = png::read_parameters(&std::fs::read(&out).unwrap()).unwrap();
+    assert!(
+        params.contains("Steps: 1,") && params.contains("CFG scale: 0,"),
+        "{params}"
+    );
+
+    // A cached SDXL snapshot without its second text encoder is incomplete:
+    // offline, that is an error rather than a half-loaded model.
+    let partial = dir.path().join("partial");
+    lay_out_hub_cache(&model, &partial, "sdserve-test", "tiny-sdxl-fast");
+    let snapshots = partial.join("hub/models--sdserve-test--tiny-sdxl-fast/snapshots");
+    let snapshot = std::fs::read_dir(&snapshots)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    std::fs::remove_dir_all(snapshot.join("text_encoder_2")).unwrap();
+    let result = sdserve(
+        &args,
+        &[
+            ("HF_HOME", partial.to_str().unwrap()),
+            ("HF_HUB_OFFLINE", "1"),
+        ],
+    );
+    assert!(!result.status.success());
+    assert!(
+        stderr(&result).contains("HF_HUB_OFFLINE"),
+        "{}",
+        stderr(&result)
+    );
+}
+
 #[test]
 fn pickle_checkpoints_are_refused_with_the_reason() {
     let dir = tempfile::tempdir().unwrap();

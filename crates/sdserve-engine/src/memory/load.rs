@@ -41,10 +41,14 @@ pub fn plan_for_model(
     let mut weights = 0u64;
     for (part, dtype) in [
         (Part::TextEncoder, dtype),
+        (Part::TextEncoder2, dtype),
         (Part::Unet, dtype),
         // A folder's whole file is counted, though only the decoder's part is loaded.
         (Part::Vae, vae_dtype),
     ] {
+        if part == Part::TextEncoder2 && !files.has(part) {
+            continue;
+        }
         weights = weights.saturating_add(files.runtime_bytes(part, dtype)?);
     }
     let paths = HostPaths::default();

@@ -10,10 +10,12 @@
 
 use std::collections::HashMap;
 
-/// The three parts of a pipeline a single file holds.
+/// The parts of a pipeline a single file holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Part {
     TextEncoder,
+    /// SDXL's second text encoder (OpenCLIP bigG, with projection).
+    TextEncoder2,
     Unet,
     Vae,
 }

@@ -176,8 +176,13 @@ impl SingleFile {
         self.yaml.as_deref().unwrap_or(&self.path)
     }
 
-    /// CLIP's bundled tokenizer, padded as the family's diffusers tokenizer.
-    pub fn tokenizer(&self) -> Result<ClipTokenizer> {
+    /// Whether the file holds `part`.
+    pub fn has(&self, part: Part) -> bool {
+        part != Part::TextEncoder2
+    }
+
+    /// CLIP's bundled tokenizer for text encoder `part`, padded as the family's diffusers tokenizer.
+    pub fn tokenizer(&self, _part: Part) -> Result<ClipTokenizer> {
         vocab::bundled_tokenizer(match self.family {
             Family::Sd1 { .. } => vocab::Padding::EndOfText,
             Family::Sd2 => vocab::Padding::Bang,
@@ -192,8 +197,15 @@ impl SingleFile {
         &self.vae
     }
 
-    pub fn text_encoder_config(&self) -> &TextEncoderConfig {
-        &self.text_encoder
+    /// The config of text encoder `part`.
+    pub fn text_encoder_config(&self, part: Part) -> Result<TextEncoderConfig> {
+        match part {
+            Part::TextEncoder => Ok(self.text_encoder.clone()),
+            _ => Err(EngineError::invalid_model(
+                &self.path,
+                format!("no {part:?} in this checkpoint"),
+            )),
+        }
     }
 
     pub fn scheduler_config(&self) -> &SchedulerConfig {
@@ -270,9 +282,9 @@ fn refusal(path: &Path, r: Refusal) -> EngineError {
 mod tests {
     use super::*;
     use crate::attention::ScoreBlock;
+    use crate::conditioning::TextConditioner;
     use crate::model::StableDiffusion;
     use crate::test_util::max_diff;
-    use candle_core::Tensor;
 
     fn fixtures() -> PathBuf {
         Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures")
@@ -298,12 +310,15 @@ mod tests {
             let get = |name: &str| debug[&format!("{key}.{name}")].clone();
 
             let prompt = "a photograph of an astronaut riding a horse";
-            let ids = single.tokenizer.encode(prompt);
-            assert_eq!(ids, folder.tokenizer.encode(prompt), "{model}: tokenizer");
-            let ids = Tensor::from_vec(ids.clone(), (1, ids.len()), &Device::Cpu).unwrap();
-            let embeds = single.text_encoder.forward(&ids).unwrap();
+            let ids = |sd: &StableDiffusion| match &sd.text {
+                TextConditioner::Single(e) => e.tokenizer.encode(prompt),
+                TextConditioner::Dual { .. } => panic!("{model}: two text encoders"),
+            };
+            assert_eq!(ids(&single), ids(&folder), "{model}: tokenizer");
+            let embeds = single.text.encode(prompt, &Device::Cpu).unwrap().context;
+            let folder_embeds = folder.text.encode(prompt, &Device::Cpu).unwrap().context;
             assert_eq!(
-                max_diff(&embeds, &folder.text_encoder.forward(&ids).unwrap()),
+                max_diff(&embeds, &folder_embeds),
                 0.0,
                 "{model}: text encoder"
             );
@@ -314,9 +329,9 @@ mod tests {
 
             let t = get("unet_t").to_vec1::<f32>().unwrap()[0] as f64;
             let (x, ctx) = (get("unet_in"), get("unet_ctx"));
-            let noise = single.unet.forward(&x, t, &ctx).unwrap();
+            let noise = single.unet.forward(&x, t, &ctx, None).unwrap();
             assert_eq!(
-                max_diff(&noise, &folder.unet.forward(&x, t, &ctx).unwrap()),
+                max_diff(&noise, &folder.unet.forward(&x, t, &ctx, None).unwrap()),
                 0.0,
                 "{model}: unet"
             );

@@ -192,6 +192,13 @@ fn tiny_sd2_single_file_matches_the_folders_references() {
     check_model_at("tiny-sd2", file, 18);
 }
 
+/// SDXL as one SGM-layout `.safetensors` (conditioner.embedders.0/1) + its yaml.
+#[test]
+fn tiny_sdxl_single_file_matches_the_folders_references() {
+    let file = fixtures().join("models/single/tiny-sdxl.safetensors");
+    check_model_at("tiny-sdxl", file, 4);
+}
+
 #[test]
 fn cases_cover_samplers_seeds_negative_batch_and_non_square() {
     let cases = cases();

@@ -10,7 +10,7 @@
 //! diffusers' `from_single_file` builds for SD 1.x/2.x (the hub repos'
 //! `scheduler_config.json`: scaled-linear betas 0.00085..0.012 over 1000
 //! steps, `steps_offset` 1, no `set_alpha_to_one`, no clipping, no
-//! `timestep_spacing`), with the yaml's `linear_start`, `linear_end`,
+//! `timestep_spacing`; SDXL base's says `leading`), with the yaml's `linear_start`, `linear_end`,
 //! `timesteps` and `parameterization` in place of the defaults.
 //! Each config is built as JSON and read by the same serde structs as a
 //! folder's files, so an absent key means what it means to diffusers.
@@ -18,7 +18,10 @@
 use serde_json::{json, Map, Value};
 
 use super::detect::{Family, Refusal, Shapes};
-use super::keys::{HF_CLIP_PREFIX, OPEN_CLIP_PREFIX};
+use super::keys::{
+    Part, TextEncoderKeys, TextLayout, HF_CLIP_PREFIX, OPEN_CLIP_PREFIX, SDXL_CLIP_PREFIX,
+    SDXL_OPEN_CLIP_PREFIX,
+};
 use super::yaml::{FirstStageParams, ModelParams, UNetParams};
 use crate::config::{PerBlock, SchedulerConfig, TextEncoderConfig, UNetConfig, VaeConfig};
 
@@ -53,11 +56,35 @@ fn per_block(v: &PerBlock<usize>) -> Value {
     }
 }
 
-/// `UNetModel` params -> diffusers' `UNet2DConditionModel` config.
-pub fn unet_config(u: &UNetParams, image_size: usize) -> Result<UNetConfig, Refusal> {
-    if u.num_classes.is_some() {
+/// `UNetModel` params -> diffusers' `UNet2DConditionModel` config. SDXL's
+/// `num_classes: sequential` is its `text_time` added conditioning, with
+/// `time_embed_dim`-wide size embeddings; `overrides` (the yaml's
+/// `diffusers.unet`) are laid over the result.
+pub fn unet_config(
+    u: &UNetParams,
+    image_size: usize,
+    time_embed_dim: usize,
+    overrides: &Map<String, Value>,
+) -> Result<UNetConfig, Refusal> {
+    let sequential = u.num_classes.as_ref().and_then(|v| v.as_str()) == Some("sequential");
+    let adm = match (&u.num_classes, u.adm_in_channels) {
+        (None, _) => None,
+        (Some(_), Some(adm)) if sequential => Some(adm),
+        _ => {
+            return Err(unsupported(
+                "a class-conditioned UNet (num_classes other than SDXL's \"sequential\" with adm_in_channels) is not supported",
+            ))
+        }
+    };
+    let last_depth = match &u.transformer_depth {
+        PerBlock::One(d) => Some(*d),
+        PerBlock::Each(v) => v.last().copied(),
+    };
+    if u.transformer_depth_middle
+        .is_some_and(|d| Some(d) != last_depth)
+    {
         return Err(unsupported(
-            "a class- or vector-conditioned UNet (num_classes: SDXL, upscalers) is not supported",
+            "transformer_depth_middle differing from the last level's transformer_depth",
         ));
     }
     if u.disable_self_attentions.is_some() {
@@ -132,8 +159,11 @@ pub fn unet_config(u: &UNetParams, image_size: usize) -> Result<UNetConfig, Refu
         "cross_attention_dim": context,
         "use_linear_projection": u.use_linear_in_transformer,
         "transformer_layers_per_block": per_block(&u.transformer_depth),
+        "addition_embed_type": adm.map(|_| "text_time"),
+        "addition_time_embed_dim": adm.map(|_| time_embed_dim),
+        "projection_class_embeddings_input_dim": adm,
     });
-    read(config, &Map::new(), "unet_config")
+    read(config, overrides, "unet_config")
 }
 
 /// `AutoencoderKL` params -> diffusers' `AutoencoderKL` config; its
@@ -142,6 +172,7 @@ pub fn vae_config(
     v: &FirstStageParams,
     image_size: usize,
     scale_factor: f64,
+    overrides: &Map<String, Value>,
 ) -> Result<VaeConfig, Refusal> {
     let d = &v.ddconfig;
     if v.embed_dim != d.z_channels {
@@ -161,46 +192,42 @@ pub fn vae_config(
         "scaling_factor": scale_factor,
         "sample_size": image_size.saturating_mul(factor),
     });
-    read(config, &Map::new(), "first_stage_config")
+    read(config, overrides, "first_stage_config")
 }
 
-/// The text encoder's config from its tensors' shapes. `layer` is the yaml's
+/// One text encoder of a family: where its keys are, and how many of its
+/// last layers the family skips.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TextEncoderSpec {
+    pub keys: TextEncoderKeys,
+    pub skip: usize,
+}
+
+/// The text encoders of `family`. `layer` is the yaml's
 /// `cond_stage_config.params.layer` (`None`: no yaml, the family's usual one:
-/// `last` for SD 1.x, `penultimate` for SD 2.x); `penultimate` drops the last
-/// layer, as OpenCLIP's embedder skips it.
-pub fn text_encoder_config(
-    shapes: &Shapes,
-    family: Family,
-    layer: Option<&str>,
-    overrides: &Map<String, Value>,
-) -> Result<TextEncoderConfig, Refusal> {
-    let (token, position, layers, fc1, act, skip) = match family {
+/// `last` for SD 1.x, `penultimate` for SD 2.x, whose OpenCLIP embedder then
+/// skips the last layer). SDXL keeps all layers of both encoders: the
+/// pipeline reads their penultimate hidden states and the second's pooled output.
+pub fn text_encoders(family: Family, layer: Option<&str>) -> Result<Vec<TextEncoderSpec>, Refusal> {
+    let spec = |part, prefix, layout, skip| TextEncoderSpec {
+        keys: TextEncoderKeys {
+            part,
+            prefix,
+            layout,
+        },
+        skip,
+    };
+    Ok(match family {
         Family::Sd1 { text_model } => {
-            let p = match text_model {
-                true => format!("{HF_CLIP_PREFIX}text_model."),
-                false => HF_CLIP_PREFIX.to_string(),
-            };
-            let skip = match layer.unwrap_or("last") {
-                "last" => 0,
-                other => {
-                    return Err(unsupported(format!(
-                        "cond_stage_config layer {other:?} (clip skip) is not supported for SD 1.x"
-                    )))
-                }
-            };
-            let token = format!("{p}embeddings.token_embedding.weight");
-            let position = format!("{p}embeddings.position_embedding.weight");
-            (
-                token,
-                position,
-                format!("{p}encoder.layers."),
-                "mlp.fc1.weight",
-                "quick_gelu",
-                skip,
-            )
+            if let Some(other) = layer.filter(|l| *l != "last") {
+                return Err(unsupported(format!(
+                    "cond_stage_config layer {other:?} (clip skip) is not supported for SD 1.x"
+                )));
+            }
+            let layout = TextLayout::HfClip { text_model };
+            vec![spec(Part::TextEncoder, HF_CLIP_PREFIX, layout, 0)]
         }
         Family::Sd2 => {
-            let p = OPEN_CLIP_PREFIX;
             let skip = match layer.unwrap_or("penultimate") {
                 "last" => 0,
                 "penultimate" => 1,
@@ -210,15 +237,65 @@ pub fn text_encoder_config(
                     )))
                 }
             };
-            let token = format!("{p}token_embedding.weight");
-            let position = format!("{p}positional_embedding");
+            let layout = TextLayout::OpenClip { projection: false };
+            vec![spec(Part::TextEncoder, OPEN_CLIP_PREFIX, layout, skip)]
+        }
+        Family::Sdxl => vec![
+            spec(
+                Part::TextEncoder,
+                SDXL_CLIP_PREFIX,
+                TextLayout::HfClip { text_model: true },
+                0,
+            ),
+            spec(
+                Part::TextEncoder2,
+                SDXL_OPEN_CLIP_PREFIX,
+                TextLayout::OpenClip { projection: true },
+                0,
+            ),
+        ],
+    })
+}
+
+/// A text encoder's config from its tensors' shapes: transformers' CLIP is
+/// quick_gelu (OpenAI's ViT-L), OpenCLIP's gelu (ViT-H, ViT-bigG); heads are
+/// CLIP's 64 wide unless `overrides` (the yaml's `diffusers.text_encoder[_2]`)
+/// give `num_attention_heads`.
+pub fn text_encoder_config(
+    shapes: &Shapes,
+    spec: &TextEncoderSpec,
+    overrides: &Map<String, Value>,
+) -> Result<TextEncoderConfig, Refusal> {
+    let prefix = spec.keys.prefix;
+    let (token, position, layers, fc1, act, projection) = match spec.keys.layout {
+        TextLayout::HfClip { text_model } => {
+            let p = match text_model {
+                true => format!("{prefix}text_model."),
+                false => prefix.to_string(),
+            };
+            let token = format!("{p}embeddings.token_embedding.weight");
+            let position = format!("{p}embeddings.position_embedding.weight");
             (
                 token,
                 position,
-                format!("{p}transformer.resblocks."),
+                format!("{p}encoder.layers."),
+                "mlp.fc1.weight",
+                "quick_gelu",
+                None,
+            )
+        }
+        TextLayout::OpenClip { projection } => {
+            let token = format!("{prefix}token_embedding.weight");
+            let position = format!("{prefix}positional_embedding");
+            let projection = projection.then(|| format!("{prefix}text_projection"));
+            let layers = format!("{prefix}transformer.resblocks.");
+            (
+                token,
+                position,
+                layers,
                 "mlp.c_fc.weight",
                 "gelu",
-                skip,
+                projection,
             )
         }
     };
@@ -234,7 +311,7 @@ pub fn text_encoder_config(
     let count = (0..)
         .take_while(|i| shapes.contains_key(&format!("{layers}{i}.{fc1}")))
         .count();
-    if count <= skip {
+    if count <= spec.skip {
         return Err(invalid(format!(
             "{layers}0.{fc1} is missing (no text encoder layers)"
         )));
@@ -245,15 +322,23 @@ pub fn text_encoder_config(
         "vocab_size": vocab,
         "hidden_size": hidden,
         "intermediate_size": intermediate,
-        "num_hidden_layers": count - skip,
+        "num_hidden_layers": count - spec.skip,
         "max_position_embeddings": positions,
         "hidden_act": act,
         "layer_norm_eps": 1e-5,
     });
+    if let Some(key) = projection {
+        // OpenCLIP's text_projection is (width, embed_dim).
+        config["projection_dim"] = json!(shape(&key, 2)?[1]);
+    }
     if !overrides.contains_key("num_attention_heads") {
         if hidden < CLIP_HEAD_WIDTH || !hidden.is_multiple_of(CLIP_HEAD_WIDTH) {
+            let block = match spec.keys.part {
+                Part::TextEncoder2 => "text_encoder_2",
+                _ => "text_encoder",
+            };
             return Err(invalid(format!(
-                "the text encoder's head count cannot be derived: hidden size {hidden} is not a multiple of CLIP's {CLIP_HEAD_WIDTH}-wide heads; give diffusers.text_encoder.num_attention_heads in the original config (<name>.yaml)"
+                "the head count of {prefix}* cannot be derived: hidden size {hidden} is not a multiple of CLIP's {CLIP_HEAD_WIDTH}-wide heads; give diffusers.{block}.num_attention_heads in the original config (<name>.yaml)"
             )));
         }
         config["num_attention_heads"] = json!(hidden / CLIP_HEAD_WIDTH);
@@ -264,6 +349,7 @@ pub fn text_encoder_config(
 /// The noise schedule: diffusers' SD defaults with the yaml's values in place.
 pub fn scheduler_config(
     p: &ModelParams,
+    family: Family,
     overrides: &Map<String, Value>,
 ) -> Result<SchedulerConfig, Refusal> {
     let prediction = match p.parameterization.as_deref().unwrap_or("eps") {
@@ -281,7 +367,7 @@ pub fn scheduler_config(
         "linear" => {}
         other => return Err(unsupported(format!("model.params.beta_schedule {other:?}"))),
     }
-    let config = json!({
+    let mut config = json!({
         "num_train_timesteps": p.timesteps.unwrap_or(1000),
         "beta_start": p.linear_start.unwrap_or(0.00085),
         "beta_end": p.linear_end.unwrap_or(0.012),
@@ -291,6 +377,10 @@ pub fn scheduler_config(
         "set_alpha_to_one": false,
         "clip_sample": false,
     });
+    if family == Family::Sdxl {
+        // stable-diffusion-xl-base-1.0's EulerDiscreteScheduler config.
+        config["timestep_spacing"] = json!("leading");
+    }
     read(config, overrides, "scheduler")
 }
 
@@ -306,7 +396,7 @@ mod tests {
         let sd1 = Family::Sd1 { text_model: true };
         let shapes = standard_shapes(sd1);
         let s = standard(&shapes, sd1).unwrap();
-        let unet = unet_config(&s.unet, s.image_size).unwrap();
+        let unet = unet_config(&s.unet, s.image_size, 256, &Map::new()).unwrap();
         assert_eq!(unet.block_out_channels, [320, 640, 1280, 1280]);
         assert_eq!(
             unet.down_block_types,
@@ -328,7 +418,7 @@ mod tests {
         );
         assert_eq!(unet.attention_head_dim, Some(PerBlock::Each(vec![8; 4])));
         assert_eq!(unet.sample_size, Some(PerBlock::One(64)));
-        let vae = vae_config(&s.vae, s.image_size, 0.18215).unwrap();
+        let vae = vae_config(&s.vae, s.image_size, 0.18215, &Map::new()).unwrap();
         assert_eq!(
             (
                 vae.block_out_channels.as_slice(),
@@ -337,7 +427,8 @@ mod tests {
             ),
             (&[128, 256, 512, 512][..], 2, 512)
         );
-        let te = text_encoder_config(&shapes, sd1, None, &Map::new()).unwrap();
+        let te = text_encoder_config(&shapes, &text_encoders(sd1, None).unwrap()[0], &Map::new())
+            .unwrap();
         assert_eq!(
             (
                 te.hidden_size,
@@ -351,14 +442,19 @@ mod tests {
 
         let shapes = standard_shapes(Family::Sd2);
         let s = standard(&shapes, Family::Sd2).unwrap();
-        let unet = unet_config(&s.unet, s.image_size).unwrap();
+        let unet = unet_config(&s.unet, s.image_size, 256, &Map::new()).unwrap();
         assert_eq!(
             unet.attention_head_dim,
             Some(PerBlock::Each(vec![5, 10, 20, 20]))
         );
         assert!(unet.use_linear_projection);
         assert_eq!(unet.sample_size, Some(PerBlock::One(96)));
-        let te = text_encoder_config(&shapes, Family::Sd2, None, &Map::new()).unwrap();
+        let te = text_encoder_config(
+            &shapes,
+            &text_encoders(Family::Sd2, None).unwrap()[0],
+            &Map::new(),
+        )
+        .unwrap();
         // 24 OpenCLIP layers, the last skipped (penultimate), as diffusers' SD 2 text_encoder config.
         assert_eq!(
             (
@@ -374,13 +470,89 @@ mod tests {
             parameterization: Some(s.parameterization.into()),
             ..Default::default()
         };
-        let sched = scheduler_config(&params, &Map::new()).unwrap();
+        let sched = scheduler_config(&params, Family::Sd2, &Map::new()).unwrap();
         assert_eq!(sched.prediction_type.as_deref(), Some("v_prediction"));
         assert_eq!(
             (sched.beta_start, sched.beta_end, sched.steps_offset),
             (Some(0.00085), Some(0.012), Some(1))
         );
         assert_eq!(sched.timestep_spacing, None);
+    }
+
+    /// SDXL base's shapes give stable-diffusion-xl-base-1.0's configs.
+    #[test]
+    fn standard_sdxl_configs_equal_the_hub_configs() {
+        let shapes = standard_shapes(Family::Sdxl);
+        let s = standard(&shapes, Family::Sdxl).unwrap();
+        let unet = unet_config(&s.unet, s.image_size, 256, &Map::new()).unwrap();
+        assert_eq!(unet.block_out_channels, [320, 640, 1280]);
+        assert_eq!(
+            unet.down_block_types,
+            [
+                "DownBlock2D",
+                "CrossAttnDownBlock2D",
+                "CrossAttnDownBlock2D"
+            ]
+        );
+        assert_eq!(
+            unet.up_block_types,
+            ["CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"]
+        );
+        assert_eq!(
+            unet.attention_head_dim,
+            Some(PerBlock::Each(vec![5, 10, 20]))
+        );
+        assert_eq!(
+            unet.transformer_layers_per_block,
+            PerBlock::Each(vec![1, 2, 10])
+        );
+        assert_eq!(unet.addition_embed_type.as_deref(), Some("text_time"));
+        assert_eq!(
+            (
+                unet.addition_time_embed_dim,
+                unet.projection_class_embeddings_input_dim
+            ),
+            (Some(256), Some(2816))
+        );
+        assert_eq!(unet.sample_size, Some(PerBlock::One(128)));
+        let specs = text_encoders(Family::Sdxl, None).unwrap();
+        let te = text_encoder_config(&shapes, &specs[0], &Map::new()).unwrap();
+        assert_eq!(
+            (
+                te.hidden_size,
+                te.num_hidden_layers,
+                te.num_attention_heads,
+                te.projection_dim
+            ),
+            (768, 12, 12, None)
+        );
+        let te2 = text_encoder_config(&shapes, &specs[1], &Map::new()).unwrap();
+        assert_eq!(
+            (
+                te2.hidden_size,
+                te2.num_hidden_layers,
+                te2.num_attention_heads,
+                te2.projection_dim
+            ),
+            (1280, 32, 20, Some(1280))
+        );
+        assert_eq!(
+            (te2.hidden_act.as_str(), te2.intermediate_size),
+            ("gelu", 5120)
+        );
+        let sched = scheduler_config(&ModelParams::default(), Family::Sdxl, &Map::new()).unwrap();
+        assert_eq!(
+            (
+                sched.timestep_spacing.as_deref(),
+                sched.prediction_type.as_deref()
+            ),
+            (Some("leading"), Some("epsilon"))
+        );
+        let mut bad = s.unet.clone();
+        bad.num_classes = Some(serde_norway::Value::Number(1000.into()));
+        assert!(
+            matches!(unet_config(&bad, 128, 256, &Map::new()), Err(Refusal::Unsupported(m)) if m.contains("class-conditioned"))
+        );
     }
 
     #[test]
@@ -392,7 +564,7 @@ mod tests {
             timesteps: Some(500),
             ..Default::default()
         };
-        let sched = scheduler_config(&params, &overrides).unwrap();
+        let sched = scheduler_config(&params, Family::Sd2, &overrides).unwrap();
         assert_eq!(
             (sched.timestep_spacing.as_deref(), sched.num_train_timesteps),
             (Some("trailing"), Some(500))
@@ -402,11 +574,11 @@ mod tests {
             ..Default::default()
         };
         assert!(
-            matches!(scheduler_config(&bad, &Map::new()), Err(Refusal::Invalid(m)) if m.contains("velocity"))
+            matches!(scheduler_config(&bad, Family::Sd2, &Map::new()), Err(Refusal::Invalid(m)) if m.contains("velocity"))
         );
         overrides.insert("steps_offset".into(), json!("one"));
         assert!(
-            matches!(scheduler_config(&params, &overrides), Err(Refusal::Invalid(m)) if m.contains("scheduler"))
+            matches!(scheduler_config(&params, Family::Sd2, &overrides), Err(Refusal::Invalid(m)) if m.contains("scheduler"))
         );
     }
 }

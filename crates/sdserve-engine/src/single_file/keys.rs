@@ -5,8 +5,10 @@
 //! `convert_ldm_clip_checkpoint`, `convert_open_clip_checkpoint`).
 //!
 //! Pure functions on names and shapes, so they are tested without files. A
-//! fused OpenCLIP `in_proj` becomes three row ranges (q, k, v); 1x1-conv
-//! attention weights of the VAE are reshaped when loaded (`weights.rs`).
+//! fused OpenCLIP `in_proj` becomes three row ranges (q, k, v), SDXL's
+//! OpenCLIP `text_projection` is transposed and its UNet's `label_emb` is
+//! diffusers' `add_embedding`; 1x1-conv attention weights of the VAE are
+//! reshaped when loaded (`weights.rs`).
 
 use std::collections::HashMap;
 
@@ -31,40 +33,57 @@ pub enum Source {
         start: usize,
         len: usize,
     },
+    /// The transpose of 2-D `key`: OpenCLIP's `(width, embed)` text_projection.
+    Transposed(String),
 }
 
 impl Source {
     /// The file's key.
     pub fn key(&self) -> &str {
         match self {
-            Source::Whole(key) | Source::Rows { key, .. } => key,
+            Source::Whole(key) | Source::Rows { key, .. } | Source::Transposed(key) => key,
         }
     }
 }
 
-/// Which text encoder layout the file uses.
+/// Which layout a text encoder's keys use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TextLayout {
-    /// transformers' CLIPTextModel under `cond_stage_model.transformer.` (SD 1.x);
-    /// `text_model` tells whether its keys keep the `text_model.` level.
+    /// transformers' CLIPTextModel (SD 1.x, SDXL's first encoder); `text_model`
+    /// tells whether its keys keep the `text_model.` level.
     HfClip { text_model: bool },
-    /// OpenCLIP's text transformer under `cond_stage_model.model.` (SD 2.x).
-    OpenClip,
+    /// OpenCLIP's text transformer (SD 2.x, SDXL's second encoder); `projection`
+    /// keeps its text_projection (SDXL's pooled output; SD 2.x does not use it).
+    OpenClip { projection: bool },
+}
+
+/// One text encoder of the file: which part, under which prefix, in which layout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TextEncoderKeys {
+    pub part: Part,
+    pub prefix: &'static str,
+    pub layout: TextLayout,
 }
 
 pub const UNET_PREFIX: &str = "model.diffusion_model.";
 pub const VAE_PREFIX: &str = "first_stage_model.";
+/// SD 1.x's text encoder (transformers' CLIP ViT-L).
 pub const HF_CLIP_PREFIX: &str = "cond_stage_model.transformer.";
+/// SD 2.x's text encoder (OpenCLIP ViT-H).
 pub const OPEN_CLIP_PREFIX: &str = "cond_stage_model.model.";
+/// SDXL's first text encoder (transformers' CLIP ViT-L).
+pub const SDXL_CLIP_PREFIX: &str = "conditioner.embedders.0.transformer.";
+/// SDXL's second text encoder (OpenCLIP ViT-bigG).
+pub const SDXL_OPEN_CLIP_PREFIX: &str = "conditioner.embedders.1.model.";
 
 /// What the loader needs to know of the architecture to place the keys.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Layout {
     /// UNet resnets per level (`num_res_blocks`).
     pub unet_layers_per_block: usize,
     /// VAE levels (`len(ch_mult)`): the decoder's `up.i` is `up_blocks.(n-1-i)`.
     pub vae_levels: usize,
-    pub text: TextLayout,
+    pub text: Vec<TextEncoderKeys>,
 }
 
 /// diffusers name -> source, per part.
@@ -97,11 +116,15 @@ fn map_key(key: &str, shape: &[usize], layout: &Layout) -> Vec<(Part, String, So
     if let Some(rest) = key.strip_prefix(VAE_PREFIX) {
         return whole(Part::Vae, vae_name(rest, layout.vae_levels));
     }
-    match layout.text {
+    let Some((encoder, rest)) = layout
+        .text
+        .iter()
+        .find_map(|e| key.strip_prefix(e.prefix).map(|rest| (e, rest)))
+    else {
+        return Vec::new();
+    };
+    match encoder.layout {
         TextLayout::HfClip { text_model } => {
-            let Some(rest) = key.strip_prefix(HF_CLIP_PREFIX) else {
-                return Vec::new();
-            };
             let rest = if text_model {
                 rest.strip_prefix("text_model.")
             } else {
@@ -110,13 +133,10 @@ fn map_key(key: &str, shape: &[usize], layout: &Layout) -> Vec<(Part, String, So
             let name = rest
                 .filter(|r| !r.ends_with("position_ids"))
                 .map(|r| format!("{}{r}", if text_model { "text_model." } else { "" }));
-            whole(Part::TextEncoder, name)
+            whole(encoder.part, name)
         }
-        TextLayout::OpenClip => {
-            let Some(rest) = key.strip_prefix(OPEN_CLIP_PREFIX) else {
-                return Vec::new();
-            };
-            open_clip_names(key, rest, shape)
+        TextLayout::OpenClip { projection } => {
+            open_clip_names(key, rest, shape, encoder.part, projection)
         }
     }
 }
@@ -126,6 +146,18 @@ pub fn unet_name(rest: &str, layers_per_block: usize) -> Option<String> {
     let per = layers_per_block + 1;
     let (head, tail) = rest.split_once('.')?;
     match head {
+        // SDXL's vector conditioning (pooled text + size embeddings).
+        "label_emb" => {
+            let linear = match tail.split_once('.')? {
+                ("0", t) => match t.split_once('.')? {
+                    ("0", p) => format!("linear_1.{p}"),
+                    ("2", p) => format!("linear_2.{p}"),
+                    _ => return None,
+                },
+                _ => return None,
+            };
+            Some(format!("add_embedding.{linear}"))
+        }
         "time_embed" => {
             let (i, t) = tail.split_once('.')?;
             let linear = match i {
@@ -264,9 +296,19 @@ pub fn vae_name(rest: &str, levels: usize) -> Option<String> {
 }
 
 /// OpenCLIP's text transformer -> transformers' `CLIPTextModel` (with `text_model.`).
-fn open_clip_names(key: &str, rest: &str, shape: &[usize]) -> Vec<(Part, String, Source)> {
-    let one = |name: String| vec![(Part::TextEncoder, name, Source::Whole(key.to_string()))];
+fn open_clip_names(
+    key: &str,
+    rest: &str,
+    shape: &[usize],
+    part: Part,
+    projection: bool,
+) -> Vec<(Part, String, Source)> {
+    let one = |name: String| vec![(part, name, Source::Whole(key.to_string()))];
     let name = match rest {
+        "text_projection" if projection => {
+            let source = Source::Transposed(key.to_string());
+            return vec![(part, "text_projection.weight".into(), source)];
+        }
         "token_embedding.weight" => {
             return one("text_model.embeddings.token_embedding.weight".into())
         }
@@ -297,11 +339,7 @@ fn open_clip_names(key: &str, rest: &str, shape: &[usize]) -> Vec<(Part, String,
                     start: n * rows,
                     len: rows,
                 };
-                (
-                    Part::TextEncoder,
-                    format!("{layer}.self_attn.{x}_proj.{param}"),
-                    source,
-                )
+                (part, format!("{layer}.self_attn.{x}_proj.{param}"), source)
             })
             .collect();
     }
@@ -390,8 +428,12 @@ mod tests {
         for (ldm, diffusers) in cases {
             assert_eq!(unet_name(ldm, 2).as_deref(), Some(diffusers), "{ldm}");
         }
+        assert_eq!(
+            unet_name("label_emb.0.2.bias", 2).as_deref(),
+            Some("add_embedding.linear_2.bias")
+        );
         for unknown in [
-            "label_emb.0.0.weight",
+            "label_emb.0.1.weight",
             "input_blocks.x.0.weight",
             "time_embed.1.weight",
         ] {
@@ -445,7 +487,11 @@ mod tests {
         let layout = Layout {
             unet_layers_per_block: 2,
             vae_levels: 4,
-            text: TextLayout::OpenClip,
+            text: vec![TextEncoderKeys {
+                part: Part::TextEncoder,
+                prefix: OPEN_CLIP_PREFIX,
+                layout: TextLayout::OpenClip { projection: false },
+            }],
         };
         let key = "cond_stage_model.model.transformer.resblocks.3.attn.in_proj_weight";
         let map = map_keys([(key, &[3072usize, 1024][..])], &layout);
@@ -472,6 +518,20 @@ mod tests {
             &layout,
         );
         assert!(skipped.is_empty());
+
+        // SDXL's second encoder keeps its projection, transposed to a Linear weight.
+        let layout = Layout {
+            text: vec![TextEncoderKeys {
+                part: Part::TextEncoder2,
+                prefix: SDXL_OPEN_CLIP_PREFIX,
+                layout: TextLayout::OpenClip { projection: true },
+            }],
+            ..layout
+        };
+        let key = "conditioner.embedders.1.model.text_projection";
+        let map = map_keys([(key, &[1280usize, 1280][..])], &layout);
+        let source = &map[&Part::TextEncoder2]["text_projection.weight"];
+        assert_eq!(source, &Source::Transposed(key.into()));
     }
 
     #[test]
@@ -496,7 +556,11 @@ mod tests {
             let layout = Layout {
                 unet_layers_per_block: 2,
                 vae_levels: 4,
-                text: TextLayout::HfClip { text_model },
+                text: vec![TextEncoderKeys {
+                    part: Part::TextEncoder,
+                    prefix: HF_CLIP_PREFIX,
+                    layout: TextLayout::HfClip { text_model },
+                }],
             };
             let map = map_keys([(key, &[4usize][..])], &layout);
             let got = map

@@ -7,8 +7,8 @@
 //! for the standard architectures (`detect.rs`); `configs.rs` turns it into
 //! the diffusers configs our modules are built from, `keys.rs` maps the LDM
 //! names to diffusers names and `weights.rs` serves them to the modules. The
-//! tokenizer is CLIP's BPE bundled in the binary (`vocab.rs`). SDXL files
-//! (`conditioner.embedders.*`) are refused for now.
+//! tokenizer is CLIP's BPE bundled in the binary (`vocab.rs`). SDXL base files
+//! (`conditioner.embedders.0/1.*`, an SGM yaml) load too; the refiner is refused.
 
 mod configs;
 mod detect;
@@ -29,11 +29,15 @@ use crate::loader::{tensor_shapes, TensorNames};
 use crate::tokenizer::ClipTokenizer;
 use detect::{Family, Refusal, Shapes};
 pub use keys::Part;
-use keys::{KeyMap, Layout, Source, TextLayout};
+use keys::{KeyMap, Layout, Source};
 use yaml::{Component, ModelParams, OriginalConfig};
 
 /// The latent scaling of the SD 1.x/2.x VAE, when the yaml gives no `scale_factor`.
 const DEFAULT_SCALE_FACTOR: f64 = 0.18215;
+/// SDXL's VAE scaling (`sd_xl_base.yaml`'s `scale_factor`).
+const SDXL_SCALE_FACTOR: f64 = 0.13025;
+/// Width of SDXL's size embeddings (`ConcatTimestepEmbedderND`'s `outdim`), when no yaml gives it.
+const SDXL_TIME_EMBED_DIM: usize = 256;
 
 /// A checked single-file checkpoint: its components' configs and key maps.
 pub struct SingleFile {
@@ -43,7 +47,8 @@ pub struct SingleFile {
     family: Family,
     unet: UNetConfig,
     vae: VaeConfig,
-    text_encoder: TextEncoderConfig,
+    /// Per text encoder part (SDXL has two).
+    text_encoders: HashMap<Part, TextEncoderConfig>,
     scheduler: SchedulerConfig,
     keys: KeyMap,
     /// Shape and dtype of each tensor, for the memory plan.
@@ -82,12 +87,12 @@ impl SingleFile {
         };
         let at = yaml.as_deref().unwrap_or(path);
         let p = &config.model.params;
-        if p.conditioner_config.is_some() {
+        if p.conditioner_config.is_some() && family != Family::Sdxl {
             return Err(refusal(
                 at,
-                Refusal::Unsupported(
-                    "SGM conditioner_config (SDXL-style conditioning) is not supported yet".into(),
-                ),
+                Refusal::Invalid(format!(
+                    "an SGM conditioner_config (SDXL) for a {family:?} checkpoint"
+                )),
             ));
         }
         let missing =
@@ -106,12 +111,14 @@ impl SingleFile {
             .image_size
             .unwrap_or(match (family, p.parameterization.as_deref()) {
                 (Family::Sd2, Some("v")) => 96,
+                (Family::Sdxl, _) => 128,
                 _ => 64,
             });
         let cond = p.cond_stage_config.as_ref();
         let target = cond.and_then(|c| c.target.as_deref()).unwrap_or_default();
         let open_clip = target.ends_with("FrozenOpenCLIPEmbedder");
         if (open_clip || target.ends_with("FrozenCLIPEmbedder"))
+            && family != Family::Sdxl
             && open_clip != (family == Family::Sd2)
         {
             return Err(EngineError::invalid_model(
@@ -121,14 +128,33 @@ impl SingleFile {
         }
         let layer = cond.map(|c| c.params.layer.as_deref().unwrap_or("last"));
         let overrides = &config.diffusers;
-        let unet = configs::unet_config(unet_params, image_size).map_err(|r| refusal(at, r))?;
-        let scale = p.scale_factor.unwrap_or(DEFAULT_SCALE_FACTOR);
-        let vae = configs::vae_config(vae_params, image_size, scale).map_err(|r| refusal(at, r))?;
-        let text_encoder =
-            configs::text_encoder_config(&shapes, family, layer, &overrides.text_encoder)
+        let time_embed_dim = p
+            .conditioner_config
+            .as_ref()
+            .and_then(|c| c.time_embed_dim())
+            .unwrap_or(SDXL_TIME_EMBED_DIM);
+        let unet = configs::unet_config(unet_params, image_size, time_embed_dim, &overrides.unet)
+            .map_err(|r| refusal(at, r))?;
+        let scale = p.scale_factor.unwrap_or(match family {
+            Family::Sdxl => SDXL_SCALE_FACTOR,
+            _ => DEFAULT_SCALE_FACTOR,
+        });
+        let vae = configs::vae_config(vae_params, image_size, scale, &overrides.vae)
+            .map_err(|r| refusal(at, r))?;
+        let specs = configs::text_encoders(family, layer).map_err(|r| refusal(at, r))?;
+        let mut text_encoders = HashMap::new();
+        for spec in &specs {
+            let part = spec.keys.part;
+            let overrides = match part {
+                Part::TextEncoder2 => &overrides.text_encoder_2,
+                _ => &overrides.text_encoder,
+            };
+            let config = configs::text_encoder_config(&shapes, spec, overrides)
                 .map_err(|r| refusal(at, r))?;
-        let scheduler =
-            configs::scheduler_config(p, &overrides.scheduler).map_err(|r| refusal(at, r))?;
+            text_encoders.insert(part, config);
+        }
+        let scheduler = configs::scheduler_config(p, family, &overrides.scheduler)
+            .map_err(|r| refusal(at, r))?;
         let layers_per_block = match &unet_params.num_res_blocks {
             PerBlock::One(n) => *n,
             PerBlock::Each(v) => match v.first() {
@@ -144,10 +170,7 @@ impl SingleFile {
         let layout = Layout {
             unet_layers_per_block: layers_per_block,
             vae_levels: vae.block_out_channels.len(),
-            text: match family {
-                Family::Sd1 { text_model } => TextLayout::HfClip { text_model },
-                Family::Sd2 => TextLayout::OpenClip,
-            },
+            text: specs.iter().map(|s| s.keys).collect(),
         };
         let keys = keys::map_keys(
             shapes.iter().map(|(k, s)| (k.as_str(), s.as_slice())),
@@ -159,7 +182,7 @@ impl SingleFile {
             family,
             unet,
             vae,
-            text_encoder,
+            text_encoders,
             scheduler,
             keys,
             tensors,
@@ -178,14 +201,18 @@ impl SingleFile {
 
     /// Whether the file holds `part`.
     pub fn has(&self, part: Part) -> bool {
-        part != Part::TextEncoder2
+        match part {
+            Part::TextEncoder | Part::TextEncoder2 => self.text_encoders.contains_key(&part),
+            Part::Unet | Part::Vae => true,
+        }
     }
 
-    /// CLIP's bundled tokenizer for text encoder `part`, padded as the family's diffusers tokenizer.
-    pub fn tokenizer(&self, _part: Part) -> Result<ClipTokenizer> {
-        vocab::bundled_tokenizer(match self.family {
-            Family::Sd1 { .. } => vocab::Padding::EndOfText,
-            Family::Sd2 => vocab::Padding::Bang,
+    /// CLIP's bundled tokenizer for text encoder `part`, padded as the family's
+    /// diffusers tokenizer (SD 2.x's and SDXL's `tokenizer_2` pad with `!`).
+    pub fn tokenizer(&self, part: Part) -> Result<ClipTokenizer> {
+        vocab::bundled_tokenizer(match (self.family, part) {
+            (Family::Sd2, _) | (Family::Sdxl, Part::TextEncoder2) => vocab::Padding::Bang,
+            _ => vocab::Padding::EndOfText,
         })
     }
 
@@ -199,9 +226,9 @@ impl SingleFile {
 
     /// The config of text encoder `part`.
     pub fn text_encoder_config(&self, part: Part) -> Result<TextEncoderConfig> {
-        match part {
-            Part::TextEncoder => Ok(self.text_encoder.clone()),
-            _ => Err(EngineError::invalid_model(
+        match self.text_encoders.get(&part) {
+            Some(config) => Ok(config.clone()),
+            None => Err(EngineError::invalid_model(
                 &self.path,
                 format!("no {part:?} in this checkpoint"),
             )),
@@ -236,7 +263,9 @@ impl SingleFile {
                 continue;
             };
             let elems: u64 = match source {
-                Source::Whole(_) => shape.iter().map(|d| *d as u64).product(),
+                Source::Whole(_) | Source::Transposed(_) => {
+                    shape.iter().map(|d| *d as u64).product()
+                }
                 Source::Rows { len, .. } => {
                     let row: u64 = shape.iter().skip(1).map(|d| *d as u64).product();
                     row.saturating_mul(*len as u64)
@@ -377,6 +406,83 @@ mod tests {
                 "{model}: scheduler"
             );
         }
+    }
+
+    /// SDXL: both text encoders (hidden states and pooled output, zeros for an
+    /// empty negative), the UNet with added conditioning and the VAE equal the folder's.
+    #[test]
+    fn sdxl_components_equal_the_folders() {
+        use crate::unet::AddedConditioning;
+        let debug = candle_core::safetensors::load(
+            fixtures().join("reference/sdxl-debug.safetensors"),
+            &Device::Cpu,
+        )
+        .unwrap();
+        let load = |path: PathBuf| {
+            StableDiffusion::load_with(&path, &Device::Cpu, ScoreBlock::DEFAULT, DType::F32)
+                .unwrap()
+        };
+        let folder = load(fixtures().join("models/tiny-sdxl"));
+        let single = load(fixtures().join("models/single/tiny-sdxl.safetensors"));
+        let get = |name: &str| debug[&format!("tiny_sdxl.{name}")].clone();
+        let dev = &Device::Cpu;
+        for (text, negative) in [
+            ("a photograph of an astronaut riding a horse", false),
+            ("blurry", true),
+            ("", true),
+        ] {
+            let encode = |sd: &StableDiffusion| match negative {
+                true => sd.text.encode_negative(text, dev).unwrap(),
+                false => sd.text.encode(text, dev).unwrap(),
+            };
+            let (a, b) = (encode(&single), encode(&folder));
+            assert_eq!(max_diff(&a.context, &b.context), 0.0, "{text:?}: context");
+            let (pa, pb) = (a.pooled.unwrap(), b.pooled.unwrap());
+            assert_eq!(max_diff(&pa, &pb), 0.0, "{text:?}: pooled");
+        }
+        let prompt = single
+            .text
+            .encode("a photograph of an astronaut riding a horse", dev)
+            .unwrap();
+        assert!(max_diff(&prompt.context, &get("prompt_embeds")) < 1e-4);
+        assert!(max_diff(&prompt.pooled.unwrap(), &get("pooled_prompt_embeds")) < 1e-4);
+
+        let t = get("unet_t").to_vec1::<f32>().unwrap()[0] as f64;
+        let added = AddedConditioning {
+            text_embeds: get("unet_text_embeds"),
+            time_ids: get("unet_time_ids"),
+        };
+        let (x, ctx) = (get("unet_in"), get("unet_ctx"));
+        let out = single.unet.forward(&x, t, &ctx, Some(&added)).unwrap();
+        let reference = folder.unet.forward(&x, t, &ctx, Some(&added)).unwrap();
+        assert_eq!(max_diff(&out, &reference), 0.0, "unet");
+        assert!(max_diff(&out, &get("unet_out")) < 1e-4, "unet vs diffusers");
+        let z = (get("unet_in").narrow(0, 0, 1).unwrap() * 0.5).unwrap();
+        assert_eq!(
+            max_diff(
+                &single.vae.decode(&z).unwrap(),
+                &folder.vae.decode(&z).unwrap()
+            ),
+            0.0,
+            "vae"
+        );
+        assert_eq!(
+            (
+                single.sample_size,
+                single.vae_sample_size,
+                single.vae_scaling_factor
+            ),
+            (
+                folder.sample_size,
+                folder.vae_sample_size,
+                folder.vae_scaling_factor
+            )
+        );
+        let (s, f) = (&single.scheduler, &folder.scheduler);
+        assert_eq!(
+            (&s.timestep_spacing, s.steps_offset, &s.prediction_type),
+            (&f.timestep_spacing, f.steps_offset, &f.prediction_type)
+        );
     }
 
     /// Copies `names` of `fixtures/models/single/` into a fresh folder.

@@ -49,6 +49,7 @@ impl RenamedWeights {
         let tensor = self.file.load(source.key(), dtype, device)?;
         match source {
             Source::Whole(_) => Ok(tensor),
+            Source::Transposed(_) => tensor.t()?.contiguous(),
             Source::Rows { key, start, len } => {
                 let rows = tensor.dims().first().copied().unwrap_or(0);
                 if *len == 0 || rows != 3 * len {

@@ -53,8 +53,8 @@ pub struct ModelParams {
     pub unet_config: Option<Component<UNetParams>>,
     pub first_stage_config: Option<Component<FirstStageParams>>,
     pub cond_stage_config: Option<CondStage>,
-    /// SGM's text conditioners (SDXL): recognised only to refuse them clearly.
-    pub conditioner_config: Option<serde_norway::Value>,
+    /// SGM's conditioners (SDXL): the size embedder's `outdim` is read from it.
+    pub conditioner_config: Option<Conditioner>,
 }
 
 /// `{target, params}` of one component (its target is implied by the key).
@@ -95,6 +95,10 @@ pub struct UNetParams {
     pub context_dim: Option<PerBlock<usize>>,
     /// Class or vector conditioning (SDXL's `sequential`, upscalers).
     pub num_classes: Option<serde_norway::Value>,
+    /// Width of SDXL's vector conditioning (pooled text + size embeddings).
+    pub adm_in_channels: Option<usize>,
+    /// Depth of the mid block's transformer (SGM; default: the last level's).
+    pub transformer_depth_middle: Option<usize>,
     pub disable_self_attentions: Option<serde_norway::Value>,
 }
 
@@ -103,6 +107,43 @@ fn minus_one() -> i64 {
 }
 fn one_per_block() -> PerBlock<usize> {
     PerBlock::One(1)
+}
+
+/// SGM's `conditioner_config` (sgm.modules.GeneralConditioner).
+#[derive(Debug, Clone, Deserialize)]
+pub struct Conditioner {
+    pub params: ConditionerParams,
+}
+
+/// `conditioner_config.params`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct ConditionerParams {
+    #[serde(default)]
+    pub emb_models: Vec<Embedder>,
+}
+
+/// One of SGM's embedders: a text encoder or a size embedder.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Embedder {
+    pub target: Option<String>,
+    #[serde(default)]
+    pub params: Map<String, Value>,
+}
+
+impl Conditioner {
+    /// `outdim` of the `ConcatTimestepEmbedderND` size embedders (SDXL: 256).
+    pub fn time_embed_dim(&self) -> Option<usize> {
+        self.params
+            .emb_models
+            .iter()
+            .filter(|e| {
+                e.target
+                    .as_deref()
+                    .is_some_and(|t| t.ends_with("ConcatTimestepEmbedderND"))
+            })
+            .find_map(|e| e.params.get("outdim").and_then(Value::as_u64))
+            .map(|d| d as usize)
+    }
 }
 
 /// `first_stage_config.params` (ldm.models.autoencoder.AutoencoderKL).
@@ -143,6 +184,12 @@ pub struct Overrides {
     pub scheduler: Map<String, Value>,
     #[serde(default)]
     pub text_encoder: Map<String, Value>,
+    #[serde(default)]
+    pub text_encoder_2: Map<String, Value>,
+    #[serde(default)]
+    pub unet: Map<String, Value>,
+    #[serde(default)]
+    pub vae: Map<String, Value>,
 }
 
 impl OriginalConfig {

@@ -93,7 +93,7 @@ pub fn unet_config(
     let channels: Vec<usize> = u
         .channel_mult
         .iter()
-        .map(|m| u.model_channels * m)
+        .map(|m| u.model_channels.saturating_mul(*m))
         .collect();
     let levels = channels.len();
     let mut resolution = 1;
@@ -186,7 +186,7 @@ pub fn vae_config(
     let config = json!({
         "in_channels": d.in_channels,
         "out_channels": d.out_ch,
-        "block_out_channels": d.ch_mult.iter().map(|m| d.ch * m).collect::<Vec<_>>(),
+        "block_out_channels": d.ch_mult.iter().map(|m| d.ch.saturating_mul(*m)).collect::<Vec<_>>(),
         "layers_per_block": d.num_res_blocks,
         "latent_channels": d.z_channels,
         "scaling_factor": scale_factor,

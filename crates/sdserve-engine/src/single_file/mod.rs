@@ -172,10 +172,17 @@ impl SingleFile {
             vae_levels: vae.block_out_channels.len(),
             text: specs.iter().map(|s| s.keys).collect(),
         };
-        let keys = keys::map_keys(
+        let mut keys = keys::map_keys(
             shapes.iter().map(|(k, s)| (k.as_str(), s.as_slice())),
             &layout,
         );
+        // Layers a family skips (SD 2.x's last) are neither loaded nor counted.
+        for (part, config) in &text_encoders {
+            let layers = config.num_hidden_layers;
+            if let Some(map) = keys.get_mut(part) {
+                map.retain(|name, _| layer_index(name).is_none_or(|i| i < layers));
+            }
+        }
         Ok(Self {
             path: path.to_path_buf(),
             yaml,
@@ -281,6 +288,12 @@ impl SingleFile {
         }
         total
     }
+}
+
+/// `i` of a `text_model.encoder.layers.i.` name.
+fn layer_index(name: &str) -> Option<usize> {
+    let rest = name.strip_prefix("text_model.encoder.layers.")?;
+    rest.split_once('.')?.0.parse().ok()
 }
 
 /// The yaml a standard architecture stands for.
@@ -483,6 +496,28 @@ mod tests {
             (&s.timestep_spacing, s.steps_offset, &s.prediction_type),
             (&f.timestep_spacing, f.steps_offset, &f.prediction_type)
         );
+    }
+
+    /// The memory plan counts the same weight bytes for a single file as for
+    /// its folder (SD 2.x's skipped layer and unused projection left out).
+    #[test]
+    fn weight_bytes_equal_the_folders() {
+        use crate::model_files::ModelFiles;
+        for model in ["tiny-sd1", "tiny-sd2", "tiny-sdxl"] {
+            let folder = ModelFiles::open(&fixtures().join("models").join(model)).unwrap();
+            let path = fixtures().join(format!("models/single/{model}.safetensors"));
+            let single = ModelFiles::open(&path).unwrap();
+            for part in [Part::TextEncoder, Part::TextEncoder2, Part::Unet, Part::Vae] {
+                assert_eq!(single.has(part), folder.has(part), "{model} {part:?}");
+                if !folder.has(part) {
+                    continue;
+                }
+                let a = single.runtime_bytes(part, DType::F32).unwrap();
+                let b = folder.runtime_bytes(part, DType::F32).unwrap();
+                // A folder's text encoder may hold its int64 position_ids (77 x 8 bytes).
+                assert!(a.abs_diff(b) <= 77 * 8, "{model} {part:?}: {a} vs {b}");
+            }
+        }
     }
 
     /// Copies `names` of `fixtures/models/single/` into a fresh folder.

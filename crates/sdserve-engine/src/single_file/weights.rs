@@ -81,7 +81,7 @@ impl SimpleBackend for RenamedWeights {
         let squeezed: Vec<usize> = {
             let dims = tensor.dims();
             let keep = dims.len() - dims.iter().rev().take_while(|d| **d == 1).count();
-            dims[..keep.max(shape.rank())].to_vec()
+            dims[..keep.max(shape.rank()).min(dims.len())].to_vec()
         };
         if squeezed == shape.dims() {
             return tensor.reshape(shape);
@@ -105,5 +105,54 @@ impl SimpleBackend for RenamedWeights {
 
     fn contains_tensor(&self, name: &str) -> bool {
         self.map.contains_key(name)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Tensor;
+
+    /// A file of one tensor `a` of `shape`, served as `x.weight` from `source`.
+    fn builder(dir: &Path, shape: &[usize], source: Source) -> VarBuilder<'static> {
+        let path = dir.join("w.safetensors");
+        let n: usize = shape.iter().product();
+        let data: Vec<f32> = (0..n).map(|i| i as f32).collect();
+        let t = Tensor::from_vec(data, shape, &Device::Cpu).unwrap();
+        candle_core::safetensors::save(&HashMap::from([("a".to_string(), t)]), &path).unwrap();
+        let map = HashMap::from([("x.weight".to_string(), source)]);
+        var_builder(&path, map, DType::F32, &Device::Cpu).unwrap()
+    }
+
+    #[test]
+    fn conv_weights_reshape_and_bad_shapes_are_errors_naming_both_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let whole = || Source::Whole("a".into());
+        let vb = builder(dir.path(), &[2, 3, 1, 1], whole());
+        assert_eq!(vb.get((2, 3), "x.weight").unwrap().dims(), &[2, 3]);
+        // A rank the file's tensor cannot have: an error, not a panic.
+        let vb = builder(dir.path(), &[2, 3], whole());
+        let err = vb.get((2, 3, 1, 1), "x.weight").unwrap_err().to_string();
+        assert!(
+            err.contains("x.weight") && err.contains("the file's a"),
+            "{err}"
+        );
+        let vb = builder(
+            dir.path(),
+            &[4, 3],
+            Source::Rows {
+                key: "a".into(),
+                start: 0,
+                len: 2,
+            },
+        );
+        let err = vb.get((2, 3), "x.weight").unwrap_err().to_string();
+        assert!(err.contains("three stacked"), "{err}");
+        let vb = builder(dir.path(), &[2, 3], Source::Transposed("a".into()));
+        let t = vb.get((3, 2), "x.weight").unwrap();
+        assert_eq!(
+            t.to_vec2::<f32>().unwrap(),
+            [[0.0, 3.0], [1.0, 4.0], [2.0, 5.0]]
+        );
     }
 }

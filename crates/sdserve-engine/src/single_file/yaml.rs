@@ -20,6 +20,9 @@ use serde_json::{Map, Value};
 use crate::config::PerBlock;
 use crate::error::{EngineError, Result};
 
+/// Largest original config read (Stability's are about 3 KB).
+const MAX_YAML_BYTES: u64 = 1 << 20;
+
 /// A parsed `<name>.yaml`.
 #[derive(Debug, Clone, Deserialize)]
 pub struct OriginalConfig {
@@ -195,9 +198,17 @@ pub struct Overrides {
 impl OriginalConfig {
     /// Reads and parses `path`, naming it (and serde's location) in errors.
     pub fn read(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| EngineError::invalid_model(path, format!("cannot read: {e}")))?;
-        Self::parse(&text).map_err(|m| EngineError::invalid_model(path, m))
+        let bad = |m: String| EngineError::invalid_model(path, m);
+        let size = std::fs::metadata(path)
+            .map_err(|e| bad(format!("cannot read: {e}")))?
+            .len();
+        if size > MAX_YAML_BYTES {
+            return Err(bad(format!(
+                "{size} bytes is too large for an original config (at most {MAX_YAML_BYTES})"
+            )));
+        }
+        let text = std::fs::read_to_string(path).map_err(|e| bad(format!("cannot read: {e}")))?;
+        Self::parse(&text).map_err(bad)
     }
 
     /// Parses the text of an original config.

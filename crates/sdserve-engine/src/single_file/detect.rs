@@ -282,6 +282,7 @@ pub fn standard(shapes: &Shapes, family: Family) -> Result<Standard, Refusal> {
             image_size: 64,
             parameterization: "eps",
         },
+        // (SDXL returned above.)
         Family::Sd2 | Family::Sdxl => Standard {
             name: "SD 2.x 768-v (v2-inference-v.yaml)",
             unet,

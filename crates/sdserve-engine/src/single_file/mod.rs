@@ -520,6 +520,117 @@ mod tests {
         }
     }
 
+    /// Real architectures (SD 1.5, SD 2.1 768-v, SDXL base): a sparse file with
+    /// the tensor names and shapes of a real single file
+    /// (`reference/single-file-standard-keys.json.gz`, from
+    /// make_single_file_fixtures.py) is detected without a yaml, and its key
+    /// map gives each part exactly the diffusers names and shapes it loads.
+    #[test]
+    fn standard_files_map_to_every_diffusers_weight() {
+        use std::io::{Read, Write};
+        type Entries = Vec<(String, Vec<usize>)>;
+        let gz =
+            std::fs::read(fixtures().join("reference/single-file-standard-keys.json.gz")).unwrap();
+        let mut text = String::new();
+        flate2::read::GzDecoder::new(&gz[..])
+            .read_to_string(&mut text)
+            .unwrap();
+        let all: HashMap<String, serde_json::Value> = serde_json::from_str(&text).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        for (model, family, layers) in [
+            (
+                "sd15",
+                Family::Sd1 { text_model: true },
+                vec![(Part::TextEncoder, 12)],
+            ),
+            ("sd21", Family::Sd2, vec![(Part::TextEncoder, 23)]),
+            (
+                "sdxl",
+                Family::Sdxl,
+                vec![(Part::TextEncoder, 12), (Part::TextEncoder2, 32)],
+            ),
+        ] {
+            let ldm: Entries = serde_json::from_value(all[model]["ldm"].clone()).unwrap();
+            // A header-only (sparse) f16 file: shapes are real, data is never read.
+            let mut header = serde_json::Map::new();
+            let mut offset = 0usize;
+            for (name, shape) in &ldm {
+                let bytes = 2 * shape.iter().product::<usize>();
+                let entry = serde_json::json!({"dtype": "F16", "shape": shape, "data_offsets": [offset, offset + bytes]});
+                header.insert(name.clone(), entry);
+                offset += bytes;
+            }
+            let header = serde_json::to_vec(&header).unwrap();
+            let path = dir.path().join(format!("{model}.safetensors"));
+            let mut f = std::fs::File::create(&path).unwrap();
+            f.write_all(&(header.len() as u64).to_le_bytes()).unwrap();
+            f.write_all(&header).unwrap();
+            f.set_len((8 + header.len() + offset) as u64).unwrap();
+
+            let file = SingleFile::open(&path).unwrap();
+            assert_eq!(file.family, family, "{model}");
+            let ldm: HashMap<String, Vec<usize>> = ldm.into_iter().collect();
+            let parts = [
+                ("unet", Part::Unet),
+                ("vae", Part::Vae),
+                ("text_encoder", Part::TextEncoder),
+                ("text_encoder_2", Part::TextEncoder2),
+            ];
+            for (key, part) in parts {
+                let Some(expected) = all[model]["diffusers"].get(key) else {
+                    assert!(!file.has(part), "{model}: {key}");
+                    continue;
+                };
+                let expected: Entries = serde_json::from_value(expected.clone()).unwrap();
+                let map = file.part(part);
+                let mut got: Vec<&String> = map.keys().collect();
+                got.sort();
+                let names: Vec<&String> = expected.iter().map(|(n, _)| n).collect();
+                assert_eq!(got, names, "{model}: {key} names");
+                for (name, shape) in &expected {
+                    let source = &map[name];
+                    let file_shape = &ldm[source.key()];
+                    let served = match source {
+                        // LDM's 1x1-conv form of a linear weight has trailing 1s.
+                        Source::Whole(_)
+                            if file_shape[shape.len().min(file_shape.len())..]
+                                .iter()
+                                .all(|d| *d == 1) =>
+                        {
+                            file_shape[..shape.len().min(file_shape.len())].to_vec()
+                        }
+                        Source::Whole(_) => file_shape.clone(),
+                        Source::Rows { len, .. } => [&[*len][..], &file_shape[1..]].concat(),
+                        Source::Transposed(_) => file_shape.iter().rev().copied().collect(),
+                    };
+                    assert_eq!(&served, shape, "{model}: {name} from {}", source.key());
+                }
+            }
+            for (part, n) in layers {
+                assert_eq!(
+                    file.text_encoder_config(part).unwrap().num_hidden_layers,
+                    n,
+                    "{model} {part:?}"
+                );
+            }
+            let unet = file.unet_config();
+            match model {
+                "sdxl" => {
+                    assert_eq!(unet.addition_embed_type.as_deref(), Some("text_time"));
+                    assert_eq!(file.vae_config().scaling_factor, 0.13025);
+                }
+                "sd21" => assert_eq!(
+                    file.scheduler_config().prediction_type.as_deref(),
+                    Some("v_prediction")
+                ),
+                _ => assert_eq!(
+                    file.scheduler_config().prediction_type.as_deref(),
+                    Some("epsilon")
+                ),
+            }
+        }
+    }
+
     /// Copies `names` of `fixtures/models/single/` into a fresh folder.
     fn copy(names: &[&str]) -> tempfile::TempDir {
         let dir = tempfile::tempdir().unwrap();

@@ -6,13 +6,11 @@
 //!   encoder's pooled, projected output; an empty negative prompt is all zeros
 //!   when the pipeline's `force_zeros_for_empty_prompt` says so.
 
-use std::path::Path;
-
 use candle_core::{DType, Device, Tensor};
 
-use crate::config::{read_json, TextEncoderConfig};
+use crate::config::TextEncoderConfig;
 use crate::error::{describe_candle, EngineError, Result};
-use crate::loader::{component_weights, var_builder};
+use crate::model_files::{ModelFiles, Part};
 use crate::text_encoder::{HiddenLayer, TextEncoder};
 use crate::tokenizer::ClipTokenizer;
 
@@ -23,25 +21,17 @@ pub struct PromptEncoder {
 }
 
 impl PromptEncoder {
-    /// Loads `<dir>/<tokenizer>` and `<dir>/<encoder>` (config + safetensors).
-    pub fn load(
-        dir: &Path,
-        tokenizer: &str,
-        encoder: &str,
-        dtype: DType,
-        device: &Device,
-    ) -> Result<Self> {
-        let tokenizer = ClipTokenizer::from_dir(&dir.join(tokenizer))?;
-        let te_dir = dir.join(encoder);
-        let cfg: TextEncoderConfig = read_json(&te_dir.join("config.json"))?;
-        let files = component_weights(&te_dir, &["model"])?;
-        let (vb, names) = var_builder(&files, dtype, device)?;
+    /// Loads a text encoder `part` (`TextEncoder` or `TextEncoder2`) and its tokenizer.
+    pub fn load(files: &ModelFiles, part: Part, dtype: DType, device: &Device) -> Result<Self> {
+        let tokenizer = files.tokenizer(part)?;
+        let cfg: TextEncoderConfig = files.text_encoder_config(part)?;
+        let (vb, names, file) = files.weights(part, dtype, device)?;
         let has_prefix = names.iter().any(|n| n.starts_with("text_model."));
         let encoder = TextEncoder::new(vb, has_prefix, &cfg)
-            .map_err(|e| EngineError::invalid_model(&files[0], describe_candle(&e)))?;
+            .map_err(|e| EngineError::invalid_model(&file, describe_candle(&e)))?;
         if tokenizer.max_length() > encoder.max_positions() {
             return Err(EngineError::invalid_model(
-                te_dir.join("config.json"),
+                files.config_path(part),
                 format!(
                     "max_position_embeddings {} is shorter than the tokenizer's model_max_length {}",
                     encoder.max_positions(),

@@ -13,20 +13,24 @@ use crate::pipeline;
 use crate::png::ModelLabel;
 use crate::request::{GenerateRequest, GeneratedImage, Observer, Timings};
 
-/// Where a model comes from: a local diffusers folder or a Hugging Face repo id.
+/// Where a model comes from: a local diffusers folder or single file, or a Hugging Face repo id.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ModelSource {
-    /// A diffusers-format folder on disk.
+    /// A diffusers-format folder on disk, or a single-file `.safetensors` checkpoint.
     Dir(PathBuf),
     /// `org/name` on the Hugging Face hub, fetched into the standard HF cache.
     Hub { repo: String },
 }
 
 impl ModelSource {
-    /// An existing path is a folder; otherwise `org/name` is a hub repo id.
+    /// An existing path (or one naming a weight file) is local; otherwise `org/name` is a hub repo id.
     pub fn parse(spec: &str) -> Self {
         let path = PathBuf::from(spec);
+        let weight_file = [".safetensors", ".ckpt", ".pt", ".pth", ".bin"]
+            .iter()
+            .any(|ext| spec.to_ascii_lowercase().ends_with(ext));
         if path.exists()
+            || weight_file
             || spec.starts_with('.')
             || spec.starts_with('/')
             || spec.matches('/').count() != 1
@@ -105,6 +109,11 @@ impl Engine {
             model.vae_tile_geometry()?;
         }
         let name = match source {
+            // A single file is named without its extension, as A1111 lists checkpoints.
+            ModelSource::Dir(dir) if dir.is_file() => dir
+                .file_stem()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_else(|| "model".into()),
             ModelSource::Dir(dir) => dir
                 .canonicalize()
                 .unwrap_or_else(|_| dir.clone())
@@ -320,7 +329,15 @@ mod tests {
                 repo: "stabilityai/sd-turbo".into()
             }
         );
-        for folder in ["./models/sd15", "/srv/models/sd15", "sd15", "a/b/c", "."] {
+        for folder in [
+            "./models/sd15",
+            "/srv/models/sd15",
+            "sd15",
+            "a/b/c",
+            ".",
+            "models/v1-5.safetensors",
+            "x/y.ckpt",
+        ] {
             assert!(
                 matches!(ModelSource::parse(folder), ModelSource::Dir(_)),
                 "{folder}"

@@ -236,6 +236,9 @@ fn parse_entries(
             "F32" => DType::F32,
             "F64" => DType::F64,
             "I64" if name.ends_with("position_ids") => DType::I64,
+            // LDM's EMA step counter, kept in many single-file checkpoints; never loaded.
+            "I32" if name.ends_with("num_updates") => DType::I32,
+            "I64" if name.ends_with("num_updates") => DType::I64,
             _ => DType::U8,
         };
         if dtype == DType::U8 {
@@ -297,17 +300,28 @@ pub fn var_builder(
     ))
 }
 
+/// Name, shape and dtype of each tensor of a checked safetensors file (the
+/// single-file loader maps names and derives configs from these).
+pub(crate) fn tensor_shapes(path: &Path) -> Result<Vec<(String, Vec<usize>, DType)>> {
+    let header = read_header(path)?;
+    Ok(header
+        .into_iter()
+        .map(|(name, e)| (name, e.shape, e.dtype))
+        .collect())
+}
+
 /// Memory-mapped safetensors files. Each tensor's pages are released as soon
 /// as it has been converted, so loading never holds a whole mapped file and
 /// its converted copy at once: peak memory stays near the model's own size.
-struct MappedWeights {
+pub(crate) struct MappedWeights {
     maps: Vec<Mmap>,
     /// Tensor name -> (index into `maps`, where its bytes are).
     index: HashMap<String, (usize, TensorEntry)>,
 }
 
 impl MappedWeights {
-    fn open(files: &[PathBuf]) -> Result<Self> {
+    /// Validates and maps `files` (their tensor names must not collide).
+    pub(crate) fn open(files: &[PathBuf]) -> Result<Self> {
         let mut maps = Vec::with_capacity(files.len());
         let mut index = HashMap::new();
         for (i, path) in files.iter().enumerate() {
@@ -324,7 +338,13 @@ impl MappedWeights {
         Ok(Self { maps, index })
     }
 
-    fn load(&self, name: &str, dtype: DType, device: &Device) -> candle_core::Result<Tensor> {
+    /// Tensor `name` converted to `dtype` on `device`; its pages are released after.
+    pub(crate) fn load(
+        &self,
+        name: &str,
+        dtype: DType,
+        device: &Device,
+    ) -> candle_core::Result<Tensor> {
         let (file, entry) =
             self.index
                 .get(name)

@@ -12,9 +12,9 @@ use candle_transformers::models::stable_diffusion::unet_2d::{
 
 use crate::attention::ScoreBlock;
 use crate::conditioning::{PromptEncoder, TextConditioner};
-use crate::config::{read_json, PerBlock, PipelineIndex, SchedulerConfig, UNetConfig, VaeConfig};
+use crate::config::{PerBlock, SchedulerConfig, UNetConfig, VaeConfig};
 use crate::error::{EngineError, Result};
-use crate::loader::{component_weights, var_builder};
+use crate::model_files::{ModelFiles, Part};
 use crate::unet::{TextTimeShape, UNet, UNetShape};
 use crate::vae::{VaeDecoder, VaeShape};
 use crate::vae_tiling::TileGeometry;
@@ -73,56 +73,42 @@ impl StableDiffusion {
         TileGeometry::new(self.vae_sample_size, self.vae_blocks)
     }
 
-    /// Refuses a path that is not a diffusers folder (a pickle says why it is unsafe).
+    /// Refuses a path that is neither a diffusers folder nor a single file (a pickle says why it is unsafe).
     pub fn check_folder(dir: &Path) -> Result<()> {
-        if dir.is_dir() {
-            return Ok(());
-        }
-        crate::loader::refuse_pickle(dir)?;
-        Err(EngineError::invalid_model(
-            dir,
-            "not a diffusers model folder (expected model_index.json, unet/, vae/, text_encoder/, tokenizer/, scheduler/); single-file checkpoints are not supported yet",
-        ))
+        ModelFiles::open(dir).map(|_| ())
     }
 
-    /// Loads every component of the diffusers folder `dir`, with weights in `dtype` and attention scores computed in blocks
+    /// Loads every component of the diffusers folder or single-file checkpoint `dir`
+    /// (`model_files.rs`), with weights in `dtype` and attention scores computed in blocks
     /// of at most `block` bytes. Weights are converted tensor by tensor from
     /// the mapped files, so half-precision files loaded as half are never
     /// widened in memory.
     pub fn load_with(dir: &Path, device: &Device, block: ScoreBlock, dtype: DType) -> Result<Self> {
-        Self::check_folder(dir)?;
-        let scheduler: SchedulerConfig = read_json(&dir.join("scheduler/scheduler_config.json"))?;
-        let family = if dir.join("text_encoder_2").is_dir() {
+        let files = ModelFiles::open(dir)?;
+        let scheduler: SchedulerConfig = files.scheduler()?;
+        let family = if files.has(Part::TextEncoder2) {
             Family::Sdxl
         } else {
             Family::Sd
         };
-        if family == Family::Sdxl && !dir.join("text_encoder").is_dir() {
+        if family == Family::Sdxl && !files.has(Part::TextEncoder) {
             return Err(EngineError::Unsupported(format!(
                 "{}: a text_encoder_2 without text_encoder (the SDXL refiner) is not supported",
                 dir.display()
             )));
         }
-        let first = PromptEncoder::load(dir, "tokenizer", "text_encoder", dtype, device)?;
+        let first = PromptEncoder::load(&files, Part::TextEncoder, dtype, device)?;
         let text = match family {
             Family::Sd => TextConditioner::Single(Box::new(first)),
             Family::Sdxl => {
-                let second =
-                    PromptEncoder::load(dir, "tokenizer_2", "text_encoder_2", dtype, device)?;
+                let second = PromptEncoder::load(&files, Part::TextEncoder2, dtype, device)?;
                 if !second.encoder.has_projection() {
                     return Err(EngineError::invalid_model(
-                        dir.join("text_encoder_2"),
+                        files.config_path(Part::TextEncoder2),
                         "no text_projection (SDXL's second text encoder is a CLIPTextModelWithProjection)",
                     ));
                 }
-                let index_path = dir.join("model_index.json");
-                let force_zeros = if index_path.is_file() {
-                    read_json::<PipelineIndex>(&index_path)?
-                        .force_zeros_for_empty_prompt
-                        .unwrap_or(true)
-                } else {
-                    true
-                };
+                let force_zeros = files.force_zeros_for_empty_prompt()?;
                 TextConditioner::Dual {
                     first: Box::new(first),
                     second: Box::new(second),
@@ -131,12 +117,10 @@ impl StableDiffusion {
             }
         };
 
-        let unet_dir = dir.join("unet");
-        let unet_cfg: UNetConfig = read_json(&unet_dir.join("config.json"))?;
-        let unet_shape = unet_config(&unet_cfg, &unet_dir.join("config.json"))?;
-        check_conditioning(&text, &unet_shape, &unet_dir.join("config.json"))?;
-        let unet_files = component_weights(&unet_dir, &["diffusion_pytorch_model"])?;
-        let (vb, _) = var_builder(&unet_files, dtype, device)?;
+        let unet_cfg: UNetConfig = files.unet_config()?;
+        let unet_shape = unet_config(&unet_cfg, &files.config_path(Part::Unet))?;
+        check_conditioning(&text, &unet_shape, &files.config_path(Part::Unet))?;
+        let (vb, _, unet_file) = files.weights(Part::Unet, dtype, device)?;
         let unet = UNet::new(
             vb,
             unet_cfg.in_channels,
@@ -144,25 +128,21 @@ impl StableDiffusion {
             &unet_shape,
             block,
         )
-        .map_err(|e| {
-            EngineError::invalid_model(&unet_files[0], crate::error::describe_candle(&e))
-        })?;
+        .map_err(|e| EngineError::invalid_model(&unet_file, crate::error::describe_candle(&e)))?;
 
-        let vae_dir = dir.join("vae");
-        let vae_cfg: VaeConfig = read_json(&vae_dir.join("config.json"))?;
-        check_vae(&vae_cfg, &vae_dir.join("config.json"))?;
+        let vae_cfg: VaeConfig = files.vae_config()?;
+        check_vae(&vae_cfg, &files.config_path(Part::Vae))?;
         if vae_cfg.latent_channels != unet_cfg.in_channels {
             return Err(EngineError::invalid_model(
-                vae_dir.join("config.json"),
+                files.config_path(Part::Vae),
                 format!(
                     "latent_channels {} does not match the UNet's in_channels {}",
                     vae_cfg.latent_channels, unet_cfg.in_channels
                 ),
             ));
         }
-        let vae_files = component_weights(&vae_dir, &["diffusion_pytorch_model"])?;
         let vae_dtype = vae_dtype(dtype, &vae_cfg);
-        let (vb, _) = var_builder(&vae_files, vae_dtype, device)?;
+        let (vb, _, vae_file) = files.weights(Part::Vae, vae_dtype, device)?;
         let vae_shape = VaeShape {
             latent_channels: vae_cfg.latent_channels,
             out_channels: vae_cfg.out_channels,
@@ -172,7 +152,7 @@ impl StableDiffusion {
             use_post_quant_conv: vae_cfg.use_post_quant_conv,
         };
         let vae = VaeDecoder::new(vb, &vae_shape, block).map_err(|e| {
-            EngineError::invalid_model(&vae_files[0], crate::error::describe_candle(&e))
+            EngineError::invalid_model(&vae_file, crate::error::describe_candle(&e))
         })?;
 
         let vae_scale_factor = 1usize << (vae_cfg.block_out_channels.len().saturating_sub(1));
@@ -181,7 +161,7 @@ impl StableDiffusion {
             Some(PerBlock::Each(v)) if v.len() == 2 => (v[0], v[1]),
             _ => (64, 64),
         };
-        let vae_latents_stats = latents_stats(&vae_cfg, &vae_dir.join("config.json"), device)?;
+        let vae_latents_stats = latents_stats(&vae_cfg, &files.config_path(Part::Vae), device)?;
         Ok(Self {
             family,
             text,

@@ -119,6 +119,39 @@ impl ClipTokenizer {
             None => read_optional_json(&map_path)?.unwrap_or(Value::Null),
         };
 
+        Self::assemble(BpeFiles::load(dir)?, &config, &config_path, &map, &map_path)
+    }
+
+    /// A tokenizer from an in-memory vocabulary and merges (the one bundled for
+    /// single-file checkpoints), with `tokenizer_config.json` and
+    /// `special_tokens_map.json` contents given as values; `origin` names it in errors.
+    pub(crate) fn from_parts(
+        vocab: HashMap<String, u32>,
+        merges: Vec<(String, String)>,
+        config: &Value,
+        special_tokens_map: &Value,
+        origin: &Path,
+    ) -> Result<Self> {
+        let files = BpeFiles {
+            vocab_path: origin.to_path_buf(),
+            merges_path: origin.to_path_buf(),
+            vocab,
+            merges,
+            listed: Vec::new(),
+            unk: None,
+        };
+        Self::assemble(files, config, origin, special_tokens_map, origin)
+    }
+
+    /// The special tokens and limits of `config` and `map` over the BPE files' vocabulary.
+    fn assemble(
+        files: BpeFiles,
+        config: &Value,
+        config_path: &Path,
+        map: &Value,
+        map_path: &Path,
+    ) -> Result<Self> {
+        let decoder = config.get("added_tokens_decoder");
         let BpeFiles {
             vocab_path,
             merges_path,
@@ -126,9 +159,9 @@ impl ClipTokenizer {
             merges,
             mut listed,
             unk,
-        } = BpeFiles::load(dir)?;
+        } = files;
         if let Some(decoder) = decoder {
-            let entries: HashMap<u32, AddedToken> = parse_json_value(decoder, &config_path)?;
+            let entries: HashMap<u32, AddedToken> = parse_json_value(decoder, config_path)?;
             listed = entries
                 .into_iter()
                 .map(|(id, t)| AddedToken { id, ..t })
@@ -143,8 +176,8 @@ impl ClipTokenizer {
         let mut named_contents: [String; 4] = Default::default();
         for (i, (key, default)) in DEFAULTS.iter().enumerate() {
             let named = match (map.get(key), config.get(key)) {
-                (Some(v), _) if !v.is_null() => parse_json_value(v, &map_path)?,
-                (_, Some(v)) if !v.is_null() => parse_json_value(v, &config_path)?,
+                (Some(v), _) if !v.is_null() => parse_json_value(v, map_path)?,
+                (_, Some(v)) if !v.is_null() => parse_json_value(v, config_path)?,
                 _ => NamedToken::Plain(default.to_string()),
             };
             let (content, normalized) = match named {
@@ -178,7 +211,7 @@ impl ClipTokenizer {
         }
         let [_, _, unk_named, _] = named_contents;
         let unk_id = vocab.get(&unk.unwrap_or(unk_named)).copied();
-        let max_length = parse_max_length(&config, &config_path)?;
+        let max_length = parse_max_length(config, config_path)?;
         let [bos, eos, _, pad] = named_ids;
         Self::build(vocab, &merges, added, [bos, eos, pad], unk_id, max_length)
             .map_err(|message| bad(&merges_path, message))

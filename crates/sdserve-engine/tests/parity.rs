@@ -49,15 +49,16 @@ fn cases() -> Vec<Case> {
 }
 
 fn engine(model: &str, vae_tiling: VaeTiling) -> Engine {
+    engine_at(fixtures().join("models").join(model), vae_tiling)
+}
+
+/// The engine for a folder or single file at `path`.
+fn engine_at(path: PathBuf, vae_tiling: VaeTiling) -> Engine {
     let options = EngineOptions {
         vae_tiling,
         ..EngineOptions::default()
     };
-    Engine::load_with(
-        &ModelSource::Dir(fixtures().join("models").join(model)),
-        options,
-    )
-    .expect("model loads")
+    Engine::load_with(&ModelSource::Dir(path), options).expect("model loads")
 }
 
 fn request(case: &Case) -> GenerateRequest {
@@ -83,11 +84,12 @@ fn max_diff(a: &[u8], b: &[u8]) -> u8 {
         .unwrap_or(0)
 }
 
-/// Renders every reference case of `model`; at least `expected` images must be compared.
-fn check_model(model: &str, expected: usize) {
+/// Renders every reference case of `model` (a fixture folder's name) from
+/// `path`; at least `expected` images must be compared.
+fn check_model_at(model: &str, path: PathBuf, expected: usize) {
     // Each case runs as `--vae-tiling on` or `off`, as diffusers rendered it.
-    let tiled = engine(model, VaeTiling::On);
-    let untiled = engine(model, VaeTiling::Off);
+    let tiled = engine_at(path.clone(), VaeTiling::On);
+    let untiled = engine_at(path, VaeTiling::Off);
     let mut failures = Vec::new();
     let mut checked = 0;
     for case in cases().into_iter().filter(|c| c.model == model) {
@@ -134,6 +136,10 @@ fn check_model(model: &str, expected: usize) {
     );
 }
 
+fn check_model(model: &str, expected: usize) {
+    check_model_at(model, fixtures().join("models").join(model), expected);
+}
+
 #[test]
 fn tiny_sd1_matches_diffusers_for_every_sampler() {
     check_model("tiny-sd1", 18);
@@ -170,6 +176,27 @@ fn turbo_defaults_come_from_the_configs() {
     let info = base.info();
     assert_eq!((info.default_steps, info.default_cfg_scale), (20, 7.0));
     assert_eq!((info.native_width, info.native_height), (1024, 1024));
+}
+
+/// The same weights as one LDM-layout `.safetensors` (+ its original-config
+/// yaml) render the folder's diffusers references: fixtures/make_single_file_fixtures.py.
+#[test]
+fn tiny_sd1_single_file_matches_the_folders_references() {
+    let file = fixtures().join("models/single/tiny-sd1.safetensors");
+    check_model_at("tiny-sd1", file, 18);
+}
+
+#[test]
+fn tiny_sd2_single_file_matches_the_folders_references() {
+    let file = fixtures().join("models/single/tiny-sd2.safetensors");
+    check_model_at("tiny-sd2", file, 18);
+}
+
+/// SDXL as one SGM-layout `.safetensors` (conditioner.embedders.0/1) + its yaml.
+#[test]
+fn tiny_sdxl_single_file_matches_the_folders_references() {
+    let file = fixtures().join("models/single/tiny-sdxl.safetensors");
+    check_model_at("tiny-sdxl", file, 4);
 }
 
 #[test]

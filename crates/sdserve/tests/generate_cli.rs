@@ -105,6 +105,23 @@ fn generate_writes_the_diffusers_image_with_a1111_parameters() {
     }
 }
 
+/// `--model file.safetensors`: the single-file (LDM layout) twin of tiny-sd2 (v-prediction,
+/// OpenCLIP text encoder) renders the folder's diffusers image and is named by its stem.
+#[test]
+fn single_file_checkpoint_renders_the_folders_image() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("single.png");
+    let model = fixtures().join("models/single/tiny-sd2.safetensors");
+    let result = sdserve(
+        &case_a_args(model.to_str().unwrap(), out.to_str().unwrap()),
+        &[],
+    );
+    assert!(result.status.success(), "{}", stderr(&result));
+    assert_matches_reference(&out, "reference/tiny-sd2/euler_ancestral-a-0.png");
+    let params = png::read_parameters(&std::fs::read(&out).unwrap()).expect("parameters chunk");
+    assert!(params.ends_with("Model: tiny-sd2"), "{params}");
+}
+
 #[test]
 fn batch_writes_numbered_files_and_random_seed_is_reported() {
     let dir = tempfile::tempdir().unwrap();

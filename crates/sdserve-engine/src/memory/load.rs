@@ -9,9 +9,9 @@ use candle_core::{DType, Device};
 use super::budget::{self, Budget, Candidate, HostPaths};
 use super::cost::ModelShape;
 use super::plan::MemoryPlan;
-use crate::config::{read_json, UNetConfig, VaeConfig};
+use crate::config::{UNetConfig, VaeConfig};
 use crate::error::{EngineError, Result};
-use crate::loader::{component_weights, runtime_bytes};
+use crate::model_files::{ModelFiles, Part};
 use crate::options::EngineOptions;
 
 /// `vae_tiling.rs` can cut any image the VAE config allows into tiles.
@@ -26,7 +26,7 @@ const LOAD_OVERHEAD: u64 = 16 << 20;
 /// Used when the process's resident size cannot be read (not Linux).
 const FALLBACK_BASELINE: u64 = 64 << 20;
 
-/// Computes the plan for the diffusers folder `dir` on `device`, refusing a
+/// Computes the plan for the diffusers folder or single file `dir` on `device`, refusing a
 /// budget below what the weights and the process need.
 pub fn plan_for_model(
     dir: &Path,
@@ -34,22 +34,22 @@ pub fn plan_for_model(
     device: &Device,
     dtype: DType,
 ) -> Result<MemoryPlan> {
-    let unet: UNetConfig = read_json(&dir.join("unet/config.json"))?;
-    let vae: VaeConfig = read_json(&dir.join("vae/config.json"))?;
+    let files = ModelFiles::open(dir)?;
+    let unet: UNetConfig = files.unet_config()?;
+    let vae: VaeConfig = files.vae_config()?;
     let vae_dtype = crate::model::vae_dtype(dtype, &vae);
     let mut weights = 0u64;
-    for (component, stem, dtype) in [
-        ("text_encoder", "model", dtype),
-        ("text_encoder_2", "model", dtype),
-        ("unet", "diffusion_pytorch_model", dtype),
-        // The whole file is counted, though only the decoder's part is loaded.
-        ("vae", "diffusion_pytorch_model", vae_dtype),
+    for (part, dtype) in [
+        (Part::TextEncoder, dtype),
+        (Part::TextEncoder2, dtype),
+        (Part::Unet, dtype),
+        // A folder's whole file is counted, though only the decoder's part is loaded.
+        (Part::Vae, vae_dtype),
     ] {
-        if component == "text_encoder_2" && !dir.join(component).is_dir() {
+        if part == Part::TextEncoder2 && !files.has(part) {
             continue;
         }
-        let files = component_weights(&dir.join(component), &[stem])?;
-        weights = weights.saturating_add(runtime_bytes(&files, dtype)?);
+        weights = weights.saturating_add(files.runtime_bytes(part, dtype)?);
     }
     let paths = HostPaths::default();
     let baseline = budget::current_rss(&paths)

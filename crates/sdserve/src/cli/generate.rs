@@ -16,7 +16,8 @@ use sdserve_server::models::ModelEntry;
 /// Flags of `sdserve generate` (scripted against by other tools: keep stable).
 #[derive(clap::Args, Debug)]
 pub struct GenerateArgs {
-    /// Diffusers model folder, or a Hugging Face repo id (`org/name`).
+    /// Diffusers model folder, single-file `.safetensors` checkpoint (SD 1.x/2.x, LDM layout), or a
+    /// Hugging Face repo id (`org/name`).
     #[arg(long)]
     pub model: String,
     #[arg(long)]

@@ -27,8 +27,9 @@ pub const DEFAULT_MODEL: &str = "stabilityai/sd-turbo";
 /// Flags of `sdserve serve`.
 #[derive(clap::Args, Debug)]
 pub struct ServeArgs {
-    /// The default model: a name in --models-dir, a diffusers model folder, or a
-    /// Hugging Face repo id (`org/name`, downloaded once into the HF cache).
+    /// The default model: a name in --models-dir, a diffusers model folder, a
+    /// single-file `.safetensors` checkpoint (SD 1.x/2.x, SDXL; LDM/SGM layout)
+    /// or a Hugging Face repo id (`org/name`, downloaded once into the HF cache).
     /// Default: the first model of --models-dir, else stabilityai/sd-turbo.
     #[arg(long)]
     pub model: Option<String>,

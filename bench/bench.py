@@ -1,13 +1,16 @@
 #!/usr/bin/env python3
-"""End-to-end CPU benchmark: diffusers vs `sdserve generate` on an SD 1.5 shaped model.
+"""End-to-end CPU benchmark: diffusers vs `sdserve generate` on an SD 1.5 or SDXL shaped model.
 
     python bench/bench.py                       # build the model if needed, then benchmark
     python bench/bench.py --sizes 256x256 --steps 1 --runs 1 --skip-sdserve   # quick trial
     python bench/bench.py build                 # only build the random-weight model
+    python bench/bench.py --family sdxl --sizes 1024x1024 --steps 1 --runs 1
 
-The model has the real SD 1.5 shapes (UNet 860M, CLIP ViT-L/14 text encoder
-123M, SD VAE 84M parameters) but random weights, saved as fp32 safetensors in
-diffusers layout under the cache dir.  Every timed run is a fresh process
+The SD 1.5 model has the real SD 1.5 shapes (UNet 860M, CLIP ViT-L/14 text
+encoder 123M, SD VAE 84M parameters) but random weights, saved as fp32
+safetensors in diffusers layout under the cache dir. The SDXL model has SDXL
+base's shapes (UNet 2.6B, CLIP ViT-L + OpenCLIP bigG text encoders 817M, VAE
+84M) with random weights saved in fp16 (disk); both tools run it in fp32.  Every timed run is a fresh process
 (python for diffusers, the sdserve binary for sdserve) so the time includes
 start-up and model loading, and the peak RSS is that process's own
 (`ru_maxrss` from `os.wait4`).  This parent process never imports torch, so it
@@ -32,8 +35,10 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
-DEFAULT_CACHE = HERE / ".cache" / "sd15-random"
+CACHES = {"sd15": HERE / ".cache" / "sd15-random", "sdxl": HERE / ".cache" / "sdxl-random"}
 FIXTURE_TOKENIZER = REPO / "fixtures" / "models" / "tiny-sd1" / "tokenizer"
+# Pads with "!" as SDXL's second tokenizer does.
+FIXTURE_TOKENIZER_2 = REPO / "fixtures" / "models" / "tiny-sdxl" / "tokenizer_2"
 DEFAULT_PROMPT = "a photograph of an astronaut riding a horse"
 CFG_SCALE = 7.0
 SAMPLER = "Euler a"
@@ -91,6 +96,55 @@ SD_VAE = dict(
     scaling_factor=0.18215,
 )
 
+# --- SDXL base component configs (shapes only) --------------------------------
+
+SDXL_UNET = dict(
+    act_fn="silu",
+    addition_embed_type="text_time",
+    addition_time_embed_dim=256,
+    attention_head_dim=[5, 10, 20],
+    block_out_channels=[320, 640, 1280],
+    cross_attention_dim=2048,
+    down_block_types=["DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"],
+    in_channels=4,
+    layers_per_block=2,
+    norm_num_groups=32,
+    out_channels=4,
+    projection_class_embeddings_input_dim=2816,
+    sample_size=128,
+    transformer_layers_per_block=[1, 2, 10],
+    up_block_types=["CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"],
+    use_linear_projection=True,
+)
+
+OPENCLIP_BIGG_TEXT = dict(
+    vocab_size=49408,
+    hidden_size=1280,
+    intermediate_size=5120,
+    num_hidden_layers=32,
+    num_attention_heads=20,
+    max_position_embeddings=77,
+    hidden_act="gelu",
+    layer_norm_eps=1e-5,
+    projection_dim=1280,
+    pad_token_id=1,
+    bos_token_id=0,
+    eos_token_id=2,
+)
+
+SDXL_VAE = dict(SD_VAE, sample_size=1024, scaling_factor=0.13025, force_upcast=True)
+
+SDXL_SCHEDULER = {
+    "_class_name": "EulerDiscreteScheduler",
+    "beta_end": 0.012,
+    "beta_schedule": "scaled_linear",
+    "beta_start": 0.00085,
+    "num_train_timesteps": 1000,
+    "prediction_type": "epsilon",
+    "steps_offset": 1,
+    "timestep_spacing": "leading",
+}
+
 SD15_SCHEDULER = {
     "_class_name": "PNDMScheduler",
     "_diffusers_version": "0.6.0",
@@ -118,14 +172,16 @@ def write_json(path: Path, obj) -> None:
 # --- build ------------------------------------------------------------------
 
 
-def build(cache: Path, seed: int = 0) -> None:
-    """Create the random-weight SD 1.5 shaped model (runs in its own process)."""
+def build(cache: Path, family: str, seed: int = 0) -> None:
+    """Create the random-weight model (runs in its own process)."""
     import torch
     from diffusers import AutoencoderKL, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
-    if not FIXTURE_TOKENIZER.is_dir():
-        sys.exit(f"missing {FIXTURE_TOKENIZER}: run fixtures/make_fixtures.py first")
+    sdxl = family == "sdxl"
+    for tok in [FIXTURE_TOKENIZER] + ([FIXTURE_TOKENIZER_2] if sdxl else []):
+        if not tok.is_dir():
+            sys.exit(f"missing {tok}: run the fixture scripts first")
     tmp = cache.with_name(cache.name + ".partial")
     if tmp.exists():
         shutil.rmtree(tmp)
@@ -133,55 +189,63 @@ def build(cache: Path, seed: int = 0) -> None:
     counts = {}
     t0 = time.perf_counter()
 
+    def save(name: str, module) -> None:
+        counts[name] = sum(p.numel() for p in module.parameters())
+        # SDXL's 3.5B parameters are stored in fp16 (7 GB instead of 14); both tools widen them to fp32.
+        (module.half() if sdxl else module).save_pretrained(tmp / name)
+        log(f"{name}: {counts[name] / 1e6:.1f}M params")
+
     torch.manual_seed(seed)
-    te = CLIPTextModel(CLIPTextConfig(**CLIP_VIT_L14_TEXT)).eval()
-    counts["text_encoder"] = sum(p.numel() for p in te.parameters())
-    te.save_pretrained(tmp / "text_encoder")
-    del te
-    log(f"text encoder: {counts['text_encoder'] / 1e6:.1f}M params")
-
+    save("text_encoder", CLIPTextModel(CLIPTextConfig(**CLIP_VIT_L14_TEXT)).eval())
+    if sdxl:
+        torch.manual_seed(seed + 3)
+        save("text_encoder_2", CLIPTextModelWithProjection(CLIPTextConfig(**OPENCLIP_BIGG_TEXT)).eval())
     torch.manual_seed(seed + 1)
-    unet = UNet2DConditionModel(**SD15_UNET).eval()
-    counts["unet"] = sum(p.numel() for p in unet.parameters())
-    unet.save_pretrained(tmp / "unet")
-    del unet
-    log(f"unet: {counts['unet'] / 1e6:.1f}M params")
-
+    save("unet", UNet2DConditionModel(**(SDXL_UNET if sdxl else SD15_UNET)).eval())
     torch.manual_seed(seed + 2)
-    vae = AutoencoderKL(**SD_VAE).eval()
-    counts["vae"] = sum(p.numel() for p in vae.parameters())
-    vae.save_pretrained(tmp / "vae")
-    del vae
-    log(f"vae: {counts['vae'] / 1e6:.1f}M params")
+    save("vae", AutoencoderKL(**(SDXL_VAE if sdxl else SD_VAE)).eval())
 
     shutil.copytree(FIXTURE_TOKENIZER, tmp / "tokenizer")
-    write_json(tmp / "scheduler" / "scheduler_config.json", SD15_SCHEDULER)
+    scheduler = SDXL_SCHEDULER if sdxl else SD15_SCHEDULER
+    write_json(tmp / "scheduler" / "scheduler_config.json", scheduler)
+    index = {
+        "_class_name": "StableDiffusionPipeline",
+        "_diffusers_version": "0.6.0",
+        "feature_extractor": [None, None],
+        "requires_safety_checker": False,
+        "safety_checker": [None, None],
+        "scheduler": ["diffusers", scheduler["_class_name"]],
+        "text_encoder": ["transformers", "CLIPTextModel"],
+        "tokenizer": ["transformers", "CLIPTokenizer"],
+        "unet": ["diffusers", "UNet2DConditionModel"],
+        "vae": ["diffusers", "AutoencoderKL"],
+    }
+    if sdxl:
+        shutil.copytree(FIXTURE_TOKENIZER_2, tmp / "tokenizer_2")
+        for key in ("feature_extractor", "requires_safety_checker", "safety_checker"):
+            del index[key]
+        index.update(
+            _class_name="StableDiffusionXLPipeline",
+            force_zeros_for_empty_prompt=True,
+            text_encoder_2=["transformers", "CLIPTextModelWithProjection"],
+            tokenizer_2=["transformers", "CLIPTokenizer"],
+        )
+    write_json(tmp / "model_index.json", index)
     write_json(
-        tmp / "model_index.json",
-        {
-            "_class_name": "StableDiffusionPipeline",
-            "_diffusers_version": "0.6.0",
-            "feature_extractor": [None, None],
-            "requires_safety_checker": False,
-            "safety_checker": [None, None],
-            "scheduler": ["diffusers", "PNDMScheduler"],
-            "text_encoder": ["transformers", "CLIPTextModel"],
-            "tokenizer": ["transformers", "CLIPTokenizer"],
-            "unet": ["diffusers", "UNet2DConditionModel"],
-            "vae": ["diffusers", "AutoencoderKL"],
-        },
+        tmp / BUILD_MARKER,
+        {"family": family, "param_counts": counts, "seed": seed, "build_s": time.perf_counter() - t0},
     )
-    write_json(tmp / BUILD_MARKER, {"param_counts": counts, "seed": seed, "build_s": time.perf_counter() - t0})
     if cache.exists():
         shutil.rmtree(cache)
     tmp.rename(cache)
     log(f"built {cache} in {time.perf_counter() - t0:.0f}s")
 
 
-def ensure_model(cache: Path, rebuild: bool) -> dict:
+def ensure_model(cache: Path, family: str, rebuild: bool) -> dict:
     if rebuild or not (cache / BUILD_MARKER).exists():
-        log(f"building SD 1.5 shaped random model in {cache} (a few GB)...")
-        subprocess.run([sys.executable, __file__, "build", "--cache", str(cache)], check=True)
+        log(f"building {family} shaped random model in {cache} (a few GB)...")
+        cmd = [sys.executable, __file__, "--family", family, "--cache", str(cache), "build"]
+        subprocess.run(cmd, check=True)
     return json.loads((cache / BUILD_MARKER).read_text())
 
 
@@ -191,12 +255,11 @@ def ensure_model(cache: Path, rebuild: bool) -> dict:
 def diffusers_child(args) -> None:
     t0 = time.perf_counter()
     import torch
-    from diffusers import EulerAncestralDiscreteScheduler, StableDiffusionPipeline
+    from diffusers import DiffusionPipeline, EulerAncestralDiscreteScheduler
 
     t_import = time.perf_counter()
-    pipe = StableDiffusionPipeline.from_pretrained(
-        args.model, dtype=torch.float32, safety_checker=None, feature_extractor=None, requires_safety_checker=False
-    )
+    # The class comes from model_index.json (StableDiffusionPipeline or StableDiffusionXLPipeline).
+    pipe = DiffusionPipeline.from_pretrained(args.model, dtype=torch.float32)
     pipe.scheduler = EulerAncestralDiscreteScheduler.from_config(pipe.scheduler.config)
     pipe.set_progress_bar_config(disable=True)
     t_load = time.perf_counter()
@@ -258,7 +321,7 @@ def diffusers_cmd(model: Path, prompt: str, steps: int, w: int, h: int, output: 
 
 def sdserve_cmd(binary: Path, model: Path, prompt: str, steps: int, w: int, h: int, output: Path) -> list[str]:
     return [
-        str(binary), "generate",
+        str(binary), "generate", "--dtype", "f32",
         "--model", str(model), "--prompt", prompt, "--steps", str(steps),
         "--cfg-scale", str(CFG_SCALE), "--sampler", SAMPLER,
         "--width", str(w), "--height", str(h), "--seed", str(SEED), "--output", str(output),
@@ -321,7 +384,7 @@ def machine_info() -> list[str]:
 
 def bench(args) -> None:
     cache = Path(args.cache).resolve()
-    build_info = ensure_model(cache, args.rebuild)
+    build_info = ensure_model(cache, args.family, args.rebuild)
     binary = Path(args.sdserve)
     if not binary.is_absolute():
         binary = (REPO / binary).resolve()
@@ -374,7 +437,9 @@ def bench(args) -> None:
 
     # --- report (markdown on stdout) ---
     p = build_info["param_counts"]
-    print("## sdserve vs diffusers, CPU, SD 1.5 shaped random weights (fp32)\n")
+    shape = "SDXL base" if args.family == "sdxl" else "SD 1.5"
+    stored = "fp16 safetensors run in fp32" if args.family == "sdxl" else "fp32 safetensors"
+    print(f"## sdserve vs diffusers, CPU, {shape} shaped random weights (fp32)\n")
     print(f"- Date: {time.strftime('%Y-%m-%d %H:%M %Z')}")
     for line in machine_info():
         print(f"- {line}")
@@ -385,9 +450,10 @@ def bench(args) -> None:
         )
     if sdserve_version:
         print(f"- {sdserve_version} ({binary})")
+    text = p["text_encoder"] + p.get("text_encoder_2", 0)
     print(
-        f"- Model: UNet {p['unet'] / 1e6:.0f}M + text encoder {p['text_encoder'] / 1e6:.0f}M + "
-        f"VAE {p['vae'] / 1e6:.0f}M params, fp32 safetensors, `{cache}`"
+        f"- Model: UNet {p['unet'] / 1e6:.0f}M + text encoder(s) {text / 1e6:.0f}M + "
+        f"VAE {p['vae'] / 1e6:.0f}M params, {stored}, `{cache}`"
     )
     print(
         f"- Job: \"{args.prompt}\", {args.steps} steps, CFG {CFG_SCALE:g}, {SAMPLER}, seed {SEED}, batch 1; "
@@ -421,11 +487,11 @@ def bench(args) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--cache", default=str(DEFAULT_CACHE), help="model folder (default: %(default)s)")
+    ap.add_argument("--family", choices=sorted(CACHES), default="sd15", help="model shapes (default: %(default)s)")
+    ap.add_argument("--cache", help="model folder (default: bench/.cache/<family>-random)")
     sub = ap.add_subparsers(dest="cmd")
 
-    b = sub.add_parser("build", help="only build the random-weight SD 1.5 shaped model")
-    b.add_argument("--cache", default=argparse.SUPPRESS)
+    sub.add_parser("build", help="only build the random-weight model")
 
     d = sub.add_parser("_diffusers", help=argparse.SUPPRESS)
     d.add_argument("--model", required=True)
@@ -444,9 +510,11 @@ def main() -> None:
     ap.add_argument("--skip-diffusers", action="store_true")
     ap.add_argument("--skip-sdserve", action="store_true")
     args = ap.parse_args()
+    if args.cache is None:
+        args.cache = str(CACHES[args.family])
 
     if args.cmd == "build":
-        build(Path(args.cache).resolve())
+        build(Path(args.cache).resolve(), args.family)
     elif args.cmd == "_diffusers":
         diffusers_child(args)
     else:

@@ -53,7 +53,9 @@ def main() -> int:
         time.sleep(0.1)
     titles = {}
     for m in models:
-        assert m["title"] == f'{m["model_name"]} [{m["sha256"][:10]}]', m
+        # A1111: the title is the file's name below the folder (a single file keeps its
+        # extension, model_name drops it) and the short hash.
+        assert m["title"].startswith(m["model_name"]) and m["title"].endswith(f' [{m["sha256"][:10]}]'), m
         assert m["hash"] == m["sha256"][:10], m
         titles[m["model_name"]] = m["title"]
     assert sorted(titles) == sorted(refs), (titles, refs)

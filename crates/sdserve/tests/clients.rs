@@ -88,45 +88,39 @@ fn webuiapi_client_gets_the_cli_image() {
     run_script("test_webuiapi.py", &args, dir.path());
 }
 
-/// A models folder of three: tiny-sd1 and tiny-sd2 (linked), and `third`, a
-/// copy of tiny-sd1 whose scheduler's `beta_end` differs (other images from
-/// the same UNet weights, so the same hash: a hash names the UNet).
-fn three_models(dir: &Path) -> std::path::PathBuf {
+/// A models folder of three families and two formats: tiny-sd1 and tiny-sdxl
+/// as diffusers folders, and tiny-sd2 as a single-file LDM checkpoint with its
+/// original-config yaml beside it (all linked). Returns the folder and each
+/// model's (name, path).
+fn three_models(dir: &Path) -> (std::path::PathBuf, Vec<(&'static str, std::path::PathBuf)>) {
     let models = dir.join("models");
     let fixtures = tiny_sd1().join("..");
-    std::fs::create_dir_all(models.join("third/scheduler")).unwrap();
-    for name in ["tiny-sd1", "tiny-sd2"] {
-        std::os::unix::fs::symlink(fixtures.join(name), models.join(name)).unwrap();
-    }
-    for part in [
-        "model_index.json",
-        "text_encoder",
-        "tokenizer",
-        "unet",
-        "vae",
+    std::fs::create_dir_all(&models).unwrap();
+    for (from, to) in [
+        ("tiny-sd1", "tiny-sd1"),
+        ("tiny-sdxl", "tiny-sdxl"),
+        ("single/tiny-sd2.safetensors", "tiny-sd2.safetensors"),
+        ("single/tiny-sd2.yaml", "tiny-sd2.yaml"),
     ] {
-        std::os::unix::fs::symlink(tiny_sd1().join(part), models.join("third").join(part)).unwrap();
+        std::os::unix::fs::symlink(fixtures.join(from), models.join(to)).unwrap();
     }
-    let config = tiny_sd1().join("scheduler/scheduler_config.json");
-    let config = std::fs::read_to_string(config).unwrap();
-    assert!(config.contains("\"beta_end\": 0.012"), "{config}");
-    std::fs::write(
-        models.join("third/scheduler/scheduler_config.json"),
-        config.replace("\"beta_end\": 0.012", "\"beta_end\": 0.02"),
-    )
-    .unwrap();
-    models
+    let each = vec![
+        ("tiny-sd1", models.join("tiny-sd1")),
+        ("tiny-sd2", models.join("tiny-sd2.safetensors")),
+        ("tiny-sdxl", models.join("tiny-sdxl")),
+    ];
+    (models, each)
 }
 
 #[test]
 fn webuiapi_switches_between_three_models_and_gets_each_ones_cli_image() {
     let dir = tempfile::tempdir().unwrap();
-    let models = three_models(dir.path());
+    let (models, each) = three_models(dir.path());
     let settings = Settings::default();
     let mut cases = Vec::new();
     let mut pngs = Vec::new();
-    for name in ["tiny-sd1", "tiny-sd2", "third"] {
-        let png = cli_png_of(&models.join(name), &settings, dir.path());
+    for (name, path) in &each {
+        let png = cli_png_of(path, &settings, dir.path());
         let path = dir.path().join(format!("reference-{name}.png"));
         std::fs::write(&path, &png).unwrap();
         cases.extend(["--case".to_string(), format!("{name}={}", path.display())]);

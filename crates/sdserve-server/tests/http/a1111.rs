@@ -18,7 +18,8 @@ async fn txt2img_field_by_field() {
                 "prompt": "a cat", "negative_prompt": "dog", "seed": 42, "sampler_name": "Euler a",
                 "scheduler": "Automatic", "steps": 3, "cfg_scale": 5.5, "width": 32, "height": 48,
                 "batch_size": 1, "n_iter": 1, "send_images": true, "save_images": false,
-                "enable_hr": false, "alwayson_scripts": {}, "override_settings": {"x": 1}
+                "enable_hr": false, "alwayson_scripts": {}, "restore_faces": false, "eta": 1.0,
+                "override_settings": {"CLIP_stop_at_last_layers": 1, "sd_vae": "Automatic"}
             }),
         )
         .await;
@@ -155,6 +156,43 @@ async fn errors_in_a1111_shape() {
     )
     .await;
     assert_eq!(body["detail"][0]["loc"], json!(["body", "sampler_name"]));
+    // A1111 features sdserve lacks are refused by name once they would change the image.
+    let body = assert_error(
+        s.post(
+            "/sdapi/v1/txt2img",
+            json!({"enable_hr": true, "hr_scale": 2}),
+        )
+        .await,
+        422,
+        "not supported",
+    )
+    .await;
+    assert_eq!(body["detail"][0]["loc"], json!(["body", "enable_hr"]));
+    let body = assert_error(
+        s.post(
+            "/sdapi/v1/txt2img",
+            json!({"override_settings": {"CLIP_stop_at_last_layers": 2}}),
+        )
+        .await,
+        422,
+        "CLIP_stop_at_last_layers",
+    )
+    .await;
+    assert_eq!(
+        body["detail"][0]["loc"],
+        json!(["body", "override_settings"])
+    );
+    let body = assert_error(
+        s.post(
+            "/sdapi/v1/txt2img",
+            json!({"sampler_name": "DDIM", "eta": 1.0}),
+        )
+        .await,
+        422,
+        "eta",
+    )
+    .await;
+    assert_eq!(body["detail"][0]["loc"], json!(["body", "eta"]));
     let body = assert_error(
         s.post("/sdapi/v1/txt2img", json!({"scheduler": "exponential"}))
             .await,

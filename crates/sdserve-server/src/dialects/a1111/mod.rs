@@ -8,6 +8,7 @@ mod listings;
 mod png_info;
 mod status;
 mod txt2img;
+mod unsupported;
 mod wire;
 
 use std::sync::Arc;

@@ -28,8 +28,10 @@ pub const A1111_FIELDS: FieldNames = FieldNames {
 /// A1111's default sampler for API requests that name none.
 pub const A1111_DEFAULT_SAMPLER: &str = "Euler";
 
-/// `POST /sdapi/v1/txt2img` body. Unknown fields (hires fix, scripts, ...) are
-/// accepted and ignored; omitted steps, CFG and size take the model's defaults.
+/// `POST /sdapi/v1/txt2img` body. A1111 fields sdserve does not implement
+/// (hires fix, face restoration, scripts, ...) are accepted only while they
+/// hold their "off" value (`unsupported.rs`), else refused by name; omitted
+/// steps, CFG and size take the model's defaults.
 #[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(default)]
 pub struct Txt2ImgRequest {
@@ -83,16 +85,25 @@ pub struct Txt2ImgRequest {
     /// With `false`, the overridden `sd_model_checkpoint` stays the default
     /// afterwards (as in A1111); default `true`: it applies to this request only.
     pub override_settings_restore_afterwards: Option<bool>,
+    /// Every other field, checked by `unsupported::check`.
+    #[serde(flatten)]
+    #[schema(ignore)]
+    pub extra: serde_json::Map<String, serde_json::Value>,
 }
 
 /// `override_settings` of a txt2img request. Other A1111 settings are
-/// accepted and ignored, as unknown request fields are.
+/// accepted only at their default value (`CLIP_stop_at_last_layers` 1,
+/// `eta_noise_seed_delta` 0, `sd_vae` "Automatic"), else refused by name.
 #[derive(Debug, Default, Serialize, Deserialize, ToSchema)]
 #[serde(default)]
 pub struct OverrideSettings {
     /// The model for this request: a title, name, `model_name` or hash from
     /// `GET /sdapi/v1/sd-models` (404 if none matches).
     pub sd_model_checkpoint: Option<String>,
+    /// Every other setting, checked by `unsupported::check`.
+    #[serde(flatten)]
+    #[schema(ignore)]
+    pub other: serde_json::Map<String, serde_json::Value>,
 }
 
 /// `POST /sdapi/v1/txt2img` answer.
@@ -242,12 +253,19 @@ impl Txt2ImgRequest {
             .as_deref()
             .or(self.sampler_index.as_deref())
             .unwrap_or(A1111_DEFAULT_SAMPLER);
+        let sampler = resolve_sampler(sampler, self.scheduler.as_deref())?;
+        let no_settings = serde_json::Map::new();
+        let settings = self
+            .override_settings
+            .as_ref()
+            .map_or(&no_settings, |o| &o.other);
+        super::unsupported::check(&self.extra, settings, &sampler)?;
         Ok(JobSpec {
             negative_prompt: self.negative_prompt.clone().unwrap_or_default(),
             seed,
             steps: self.steps,
             cfg_scale: self.cfg_scale,
-            sampler: Some(resolve_sampler(sampler, self.scheduler.as_deref())?),
+            sampler: Some(sampler),
             width: self.width,
             height: self.height,
             batch_size: Some(self.images(limits)?),

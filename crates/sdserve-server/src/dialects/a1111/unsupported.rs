@@ -1,0 +1,240 @@
+//! A1111 txt2img fields sdserve does not implement. A client may send them
+//! (webuiapi sends most of them on every call), so each is accepted while it
+//! holds A1111's "off" value, and refused by name (422) as soon as it would
+//! change the image: never silently ignored. Fields that do not touch the
+//! image (saving flags, hires-fix settings while `enable_hr` is off) pass.
+
+use serde_json::{Map, Value};
+
+use crate::validation::ValidationError;
+
+/// The values of a field under which it does nothing.
+#[derive(Debug, Clone, Copy)]
+enum Off {
+    /// `false` (or null).
+    False,
+    /// `0` (or null).
+    Zero,
+    /// `1` (or null).
+    One,
+    /// `0`, a negative number or null (A1111's "no resize").
+    NotPositive,
+    /// An empty list or object (or null).
+    Empty,
+    /// null, `""` or `"None"`.
+    Unset,
+    /// As `Unset`, or `"Automatic"` (the checkpoint's own VAE, which is what runs).
+    OwnVae,
+    /// Anything: the field does not change the image here.
+    Any,
+}
+
+impl Off {
+    fn holds(self, v: &Value) -> bool {
+        if v.is_null() {
+            return true;
+        }
+        match self {
+            Off::False => v == &Value::Bool(false),
+            Off::Zero => v.as_f64() == Some(0.0),
+            Off::One => v.as_f64() == Some(1.0),
+            Off::NotPositive => v.as_f64().is_some_and(|x| x <= 0.0),
+            Off::Empty => match v {
+                Value::Array(a) => a.is_empty(),
+                Value::Object(o) => o.is_empty(),
+                _ => false,
+            },
+            Off::Unset => matches!(v.as_str(), Some("" | "None")),
+            Off::OwnVae => matches!(v.as_str(), Some("" | "None" | "Automatic")),
+            Off::Any => true,
+        }
+    }
+
+    fn describe(self) -> &'static str {
+        match self {
+            Off::False => "false",
+            Off::Zero => "0",
+            Off::One => "1",
+            Off::NotPositive => "0 or -1",
+            Off::Empty => "empty",
+            Off::Unset => "null or \"None\"",
+            Off::OwnVae => "\"Automatic\" or \"None\"",
+            Off::Any => "anything",
+        }
+    }
+}
+
+/// A1111's txt2img fields that sdserve has no implementation of, and the value
+/// each must keep. The hires-fix settings only matter with `enable_hr`.
+const TXT2IMG: &[(&str, Off)] = &[
+    ("styles", Off::Empty),
+    ("subseed", Off::Any),
+    ("subseed_strength", Off::Zero),
+    ("seed_resize_from_h", Off::NotPositive),
+    ("seed_resize_from_w", Off::NotPositive),
+    ("restore_faces", Off::False),
+    ("tiling", Off::False),
+    ("do_not_save_samples", Off::Any),
+    ("do_not_save_grid", Off::Any),
+    ("denoising_strength", Off::Any),
+    ("s_min_uncond", Off::Zero),
+    ("s_churn", Off::Zero),
+    // A1111 reads 0 as "no limit".
+    ("s_tmax", Off::Zero),
+    ("s_tmin", Off::Zero),
+    ("s_noise", Off::One),
+    ("refiner_checkpoint", Off::Unset),
+    ("refiner_switch_at", Off::Any),
+    ("disable_extra_networks", Off::Any),
+    ("firstpass_image", Off::Unset),
+    ("comments", Off::Any),
+    ("enable_hr", Off::False),
+    ("firstphase_width", Off::Any),
+    ("firstphase_height", Off::Any),
+    ("hr_scale", Off::Any),
+    ("hr_upscaler", Off::Any),
+    ("hr_second_pass_steps", Off::Any),
+    ("hr_resize_x", Off::Any),
+    ("hr_resize_y", Off::Any),
+    ("hr_checkpoint_name", Off::Any),
+    ("hr_sampler_name", Off::Any),
+    ("hr_scheduler", Off::Any),
+    ("hr_prompt", Off::Any),
+    ("hr_negative_prompt", Off::Any),
+    ("hr_additional_modules", Off::Any),
+    ("force_task_id", Off::Any),
+    ("script_name", Off::Unset),
+    ("script_args", Off::Any),
+    ("alwayson_scripts", Off::Empty),
+    ("infotext", Off::Unset),
+];
+
+/// A1111 settings `override_settings` may carry besides `sd_model_checkpoint`.
+const SETTINGS: &[(&str, Off)] = &[
+    ("CLIP_stop_at_last_layers", Off::One),
+    ("eta_noise_seed_delta", Off::Zero),
+    ("sd_vae", Off::OwnVae),
+];
+
+/// Refuses an unimplemented txt2img field, or `override_settings` key, that
+/// is set to something other than its "off" value. `eta` is checked against
+/// the sampler (`sampler` is the engine's sampler name): A1111 uses it only for
+/// DDIM (default 0) and the ancestral samplers (default 1).
+pub fn check(
+    extra: &Map<String, Value>,
+    settings: &Map<String, Value>,
+    sampler: &str,
+) -> Result<(), ValidationError> {
+    for (name, off) in TXT2IMG {
+        if let Some(v) = extra.get(*name) {
+            if !off.holds(v) {
+                return Err(ValidationError::Invalid {
+                    field: name,
+                    message: format!(
+                        "is not supported by sdserve (it must be {} or absent), got {v}",
+                        off.describe()
+                    ),
+                });
+            }
+        }
+    }
+    if let Some(eta) = extra.get("eta").filter(|v| !v.is_null()) {
+        let default = match sampler {
+            "ddim" => Some(0.0),
+            "euler_ancestral" => Some(1.0),
+            _ => None,
+        };
+        if let Some(default) = default {
+            if eta.as_f64() != Some(default) {
+                return Err(ValidationError::Invalid {
+                    field: "eta",
+                    message: format!(
+                        "only the sampler's own eta ({default}) is supported, got {eta}"
+                    ),
+                });
+            }
+        }
+    }
+    for (key, v) in settings {
+        let known = SETTINGS.iter().find(|(name, _)| name == key);
+        let accepted = known.is_some_and(|(_, off)| off.holds(v));
+        if !accepted {
+            let what = match known {
+                Some((_, off)) => format!("must be {} (or absent)", off.describe()),
+                None => "is not supported by sdserve".to_string(),
+            };
+            return Err(ValidationError::Invalid {
+                field: "override_settings",
+                message: format!(
+                    "{key} {what}, got {v}; supported: sd_model_checkpoint, CLIP_stop_at_last_layers = 1, eta_noise_seed_delta = 0, sd_vae = \"Automatic\""
+                ),
+            });
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn map(v: Value) -> Map<String, Value> {
+        v.as_object().cloned().unwrap_or_default()
+    }
+
+    #[test]
+    fn off_values_pass_and_anything_else_is_refused_by_name() {
+        // What webuiapi sends on every call.
+        let webuiapi = map(json!({
+            "enable_hr": false, "denoising_strength": 0.7, "firstphase_width": 0,
+            "hr_scale": 2, "hr_upscaler": "Latent", "styles": [], "subseed": -1,
+            "subseed_strength": 0.0, "seed_resize_from_h": 0, "seed_resize_from_w": 0,
+            "restore_faces": false, "tiling": false, "eta": 1.0, "s_churn": 0, "s_tmax": 0,
+            "s_tmin": 0, "s_noise": 1, "script_args": null, "script_name": null,
+            "alwayson_scripts": {}
+        }));
+        assert!(check(&webuiapi, &Map::new(), "euler_ancestral").is_ok());
+        assert!(check(&webuiapi, &Map::new(), "euler").is_ok());
+        let refused = |extra: Value, settings: Value, sampler: &str| match check(
+            &map(extra),
+            &map(settings),
+            sampler,
+        ) {
+            Err(ValidationError::Invalid { field, message }) => format!("{field}: {message}"),
+            other => panic!("expected a refusal, got {other:?}"),
+        };
+        assert!(refused(json!({"enable_hr": true}), json!({}), "euler").starts_with("enable_hr: "));
+        assert!(refused(json!({"styles": ["x"]}), json!({}), "euler").starts_with("styles: "));
+        assert!(
+            refused(json!({"seed_resize_from_w": 512}), json!({}), "euler")
+                .starts_with("seed_resize_from_w: ")
+        );
+        assert!(refused(
+            json!({"alwayson_scripts": {"controlnet": {}}}),
+            json!({}),
+            "euler"
+        )
+        .starts_with("alwayson_scripts: "));
+        // DDIM with webuiapi's default eta 1.0 would be A1111's stochastic DDIM.
+        assert!(refused(json!({"eta": 1.0}), json!({}), "ddim").starts_with("eta: "));
+        assert!(check(&map(json!({"eta": 0})), &Map::new(), "ddim").is_ok());
+        let m = refused(json!({}), json!({"CLIP_stop_at_last_layers": 2}), "euler");
+        assert!(
+            m.contains("CLIP_stop_at_last_layers") && m.starts_with("override_settings: "),
+            "{m}"
+        );
+        let m = refused(
+            json!({}),
+            json!({"sd_vae": "vae-ft-mse.safetensors"}),
+            "euler",
+        );
+        assert!(m.contains("sd_vae"), "{m}");
+        let m = refused(json!({}), json!({"samples_format": "jpg"}), "euler");
+        assert!(m.contains("samples_format is not supported"), "{m}");
+        let fine = map(
+            json!({"CLIP_stop_at_last_layers": 1, "sd_vae": "Automatic", "eta_noise_seed_delta": 0}),
+        );
+        assert!(check(&Map::new(), &fine, "euler").is_ok());
+    }
+}

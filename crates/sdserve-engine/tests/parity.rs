@@ -3,49 +3,22 @@
 //! `StableDiffusionXLPipeline`) must be reproduced within 3/255 per channel,
 //! including the renders made with diffusers' `vae.enable_tiling()`.
 
-use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+mod common;
 
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+use common::{fixtures, read_cases, request, Case};
 use sdserve_engine::{
     png, Engine, EngineOptions, GenerateRequest, ModelSource, NoopObserver, SamplerId, VaeTiling,
 };
-use serde::Deserialize;
 
 /// Largest per-channel difference allowed against diffusers' 8-bit output.
 const TOLERANCE: u8 = 3;
 
-#[derive(Deserialize)]
-struct Case {
-    model: String,
-    name: String,
-    prompt: String,
-    negative_prompt: String,
-    seed: u64,
-    steps: usize,
-    cfg_scale: f64,
-    sampler: String,
-    width: usize,
-    height: usize,
-    batch_size: usize,
-    images: Vec<String>,
-    /// Rendered with `vae.enable_tiling()` (absent in `cases.json`: off).
-    #[serde(default)]
-    vae_tiling: bool,
-}
-
-fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures")
-}
-
 /// `cases.json`, `vae-tiling-cases.json` and `sdxl-cases.json`.
 fn cases() -> Vec<Case> {
-    let mut all = Vec::new();
-    for file in ["cases.json", "vae-tiling-cases.json", "sdxl-cases.json"] {
-        let text = std::fs::read_to_string(fixtures().join("reference").join(file)).expect(file);
-        let cases: Vec<Case> = serde_json::from_str(&text).expect("cases parse");
-        all.extend(cases);
-    }
-    all
+    read_cases(&["cases.json", "vae-tiling-cases.json", "sdxl-cases.json"])
 }
 
 fn engine(model: &str, vae_tiling: VaeTiling) -> Engine {
@@ -59,20 +32,6 @@ fn engine_at(path: PathBuf, vae_tiling: VaeTiling) -> Engine {
         ..EngineOptions::default()
     };
     Engine::load_with(&ModelSource::Dir(path), options).expect("model loads")
-}
-
-fn request(case: &Case) -> GenerateRequest {
-    GenerateRequest {
-        prompt: case.prompt.clone(),
-        negative_prompt: case.negative_prompt.clone(),
-        seed: Some(case.seed),
-        steps: case.steps,
-        cfg_scale: case.cfg_scale,
-        sampler: case.sampler.parse::<SamplerId>().expect("known sampler"),
-        width: case.width,
-        height: case.height,
-        batch_size: case.batch_size,
-    }
 }
 
 /// Largest channel difference between two RGB buffers.

@@ -2,31 +2,10 @@
 //! not be bit-exact (10 and 7 mantissa bits), so each is held to a measured
 //! bound on every reference case rendered by `fixtures/make_fixtures.py`.
 
-use std::path::{Path, PathBuf};
+mod common;
 
-use sdserve_engine::{
-    png, Engine, EngineOptions, GenerateRequest, ModelSource, NoopObserver, Precision, SamplerId,
-};
-use serde::Deserialize;
-
-#[derive(Deserialize)]
-struct Case {
-    model: String,
-    prompt: String,
-    negative_prompt: String,
-    seed: u64,
-    steps: usize,
-    cfg_scale: f64,
-    sampler: String,
-    width: usize,
-    height: usize,
-    batch_size: usize,
-    images: Vec<String>,
-}
-
-fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures")
-}
+use common::{fixtures, read_cases, request};
+use sdserve_engine::{png, Engine, EngineOptions, ModelSource, NoopObserver, Precision};
 
 /// Largest and mean per-channel difference over every reference image of `model`.
 fn deviation(model: &str, dtype: Precision) -> (u8, f64) {
@@ -36,21 +15,10 @@ fn deviation(model: &str, dtype: Precision) -> (u8, f64) {
         ..Default::default()
     };
     let engine = Engine::load_with(&source, options).expect("model loads");
-    let text = std::fs::read_to_string(fixtures().join("reference/cases.json")).unwrap();
-    let cases: Vec<Case> = serde_json::from_str(&text).unwrap();
+    let cases = read_cases(&["cases.json"]);
     let (mut max, mut sum, mut count) = (0u8, 0f64, 0usize);
     for case in cases.iter().filter(|c| c.model == model) {
-        let request = GenerateRequest {
-            prompt: case.prompt.clone(),
-            negative_prompt: case.negative_prompt.clone(),
-            seed: Some(case.seed),
-            steps: case.steps,
-            cfg_scale: case.cfg_scale,
-            sampler: case.sampler.parse::<SamplerId>().unwrap(),
-            width: case.width,
-            height: case.height,
-            batch_size: case.batch_size,
-        };
+        let request = request(case);
         let output = engine.generate(&request, &mut NoopObserver).unwrap();
         for (image, reference) in output.images.iter().zip(&case.images) {
             let bytes = std::fs::read(fixtures().join(reference)).unwrap();

@@ -1,0 +1,60 @@
+//! What the parity and precision tests share: the reference cases rendered by
+//! the fixture scripts (`fixtures/reference/*cases.json`) and the request each
+//! one stands for.
+
+use std::path::{Path, PathBuf};
+
+use sdserve_engine::{GenerateRequest, SamplerId};
+use serde::Deserialize;
+
+/// One diffusers render: its settings and the PNGs it wrote. (Each test
+/// binary compiles this module and reads its own subset of the fields.)
+#[allow(dead_code)]
+#[derive(Deserialize)]
+pub struct Case {
+    pub model: String,
+    pub name: String,
+    pub prompt: String,
+    pub negative_prompt: String,
+    pub seed: u64,
+    pub steps: usize,
+    pub cfg_scale: f64,
+    pub sampler: String,
+    pub width: usize,
+    pub height: usize,
+    pub batch_size: usize,
+    pub images: Vec<String>,
+    /// Rendered with `vae.enable_tiling()` (absent in `cases.json`: off).
+    #[serde(default)]
+    pub vae_tiling: bool,
+}
+
+pub fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures")
+}
+
+/// The cases of the given files under `fixtures/reference/`, in order.
+pub fn read_cases(files: &[&str]) -> Vec<Case> {
+    let mut all = Vec::new();
+    for file in files {
+        let text = std::fs::read_to_string(fixtures().join("reference").join(file)).expect(file);
+        let cases: Vec<Case> = serde_json::from_str(&text).expect("cases parse");
+        all.extend(cases);
+    }
+    all
+}
+
+/// The request diffusers rendered `case` from.
+pub fn request(case: &Case) -> GenerateRequest {
+    GenerateRequest {
+        prompt: case.prompt.clone(),
+        negative_prompt: case.negative_prompt.clone(),
+        seed: Some(case.seed),
+        steps: case.steps,
+        cfg_scale: case.cfg_scale,
+        sampler: case.sampler.parse::<SamplerId>().expect("known sampler"),
+        width: case.width,
+        height: case.height,
+        batch_size: case.batch_size,
+    }
+}

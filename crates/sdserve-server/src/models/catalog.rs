@@ -205,8 +205,14 @@ impl Listed {
 
     /// Whether `id` names this model, by any of A1111's ids.
     pub fn is_named(&self, id: &str) -> bool {
+        self.is_named_exactly(id) || id == self.entry.stem()
+    }
+
+    /// Whether `id` is this model's name, title, `model_name`, source or hash
+    /// (every id but the bare file stem, which two models may share).
+    fn is_named_exactly(&self, id: &str) -> bool {
         let e = &self.entry;
-        if id == e.name || id == e.model_name || id == e.stem() || id == e.source {
+        if id == e.name || id == e.model_name || id == e.source {
             return true;
         }
         match (self.short_hash(), &self.sha256) {
@@ -304,8 +310,15 @@ impl Catalog {
     }
 
     /// The model `id` names (A1111's ids: title, name, model_name, stem, hashes).
+    ///
+    /// A model's own name, title, `model_name` or hash wins over another's file
+    /// stem: with `tiny` (a folder) and `old/tiny.safetensors` both listed,
+    /// "tiny" is the folder.
     pub fn find(&self, id: &str) -> Option<Listed> {
-        self.list().into_iter().find(|l| l.is_named(id))
+        let list = self.list();
+        let exact = list.iter().position(|l| l.is_named_exactly(id));
+        let at = exact.or_else(|| list.iter().position(|l| l.is_named(id)))?;
+        list.into_iter().nth(at)
     }
 
     /// The model named exactly `name` (the canonical name jobs carry).
@@ -329,6 +342,30 @@ mod tests {
     fn touch(path: &Path, bytes: &[u8]) {
         std::fs::create_dir_all(path.parent().unwrap()).unwrap();
         std::fs::write(path, bytes).unwrap();
+    }
+
+    /// A folder's own name beats a checkpoint's stem that sorts first.
+    #[test]
+    fn exact_names_win_over_another_models_file_stem() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        touch(&d.join("old/tiny.safetensors"), b"checkpoint");
+        touch(&d.join("tiny/model_index.json"), b"{}");
+        touch(
+            &d.join("tiny/unet/diffusion_pytorch_model.safetensors"),
+            b"u",
+        );
+        let catalog =
+            Catalog::open(Some(d.to_path_buf()), Vec::new(), HashStore::in_memory()).unwrap();
+        assert_eq!(catalog.find("tiny").unwrap().entry.name, "tiny");
+        assert_eq!(
+            catalog.find("old_tiny").unwrap().entry.name,
+            "old/tiny.safetensors"
+        );
+        assert_eq!(
+            catalog.find("old/tiny.safetensors").unwrap().entry.name,
+            "old/tiny.safetensors"
+        );
     }
 
     #[test]

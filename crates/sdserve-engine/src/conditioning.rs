@@ -126,13 +126,19 @@ impl TextConditioner {
     pub fn encode_negative(&self, text: &str, device: &Device) -> Result<Conditioning> {
         match self {
             Self::Dual {
+                first,
+                second,
                 force_zeros_for_empty_prompt: true,
-                ..
             } if text.is_empty() => {
-                let shape = self.encode(text, device)?;
+                // The shapes an encoding would have; nothing is encoded.
+                let dtype = first.encoder.dtype();
+                let seq = first.tokenizer.max_length();
+                let pooled = second.encoder.projection_dim().ok_or_else(|| {
+                    EngineError::Unsupported("text_encoder_2 has no text_projection".into())
+                })?;
                 Ok(Conditioning {
-                    context: shape.context.zeros_like()?,
-                    pooled: shape.pooled.map(|p| p.zeros_like()).transpose()?,
+                    context: Tensor::zeros((1, seq, self.context_dim()), dtype, device)?,
+                    pooled: Some(Tensor::zeros((1, pooled), dtype, device)?),
                 })
             }
             _ => self.encode(text, device),

@@ -162,6 +162,11 @@ impl TextEncoder {
             .map(|p| p.weight().dim(0).unwrap_or(0))
     }
 
+    /// dtype of the weights and so of the outputs.
+    pub fn dtype(&self) -> DType {
+        self.final_layer_norm.weight().dtype()
+    }
+
     /// Width of the hidden states.
     pub fn hidden_size(&self) -> usize {
         self.final_layer_norm.weight().dim(0).unwrap_or(0)

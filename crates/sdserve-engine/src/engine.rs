@@ -210,6 +210,7 @@ impl Engine {
                 req.cfg_scale
             ));
         }
+        crate::img2img::validate(&self.model, req)?;
         self.plan.check(
             req.width,
             req.height,

@@ -11,6 +11,8 @@ mod engine;
 pub mod error;
 pub mod hub;
 pub mod image_input;
+pub mod image_ops;
+mod img2img;
 mod layers;
 pub mod loader;
 pub mod memory;
@@ -29,6 +31,7 @@ mod transformer;
 mod unet;
 mod unet_blocks;
 mod vae;
+mod vae_encoder;
 mod vae_tiling;
 
 pub use engine::{batch_compatible, random_seed, Engine, GenerationOutput, ModelInfo, ModelSource};

@@ -17,6 +17,7 @@ use crate::error::{EngineError, Result};
 use crate::model_files::{ModelFiles, Part};
 use crate::unet::{TextTimeShape, UNet, UNetShape};
 use crate::vae::{VaeDecoder, VaeShape};
+use crate::vae_encoder::VaeEncoder;
 use crate::vae_tiling::TileGeometry;
 
 /// Model families, told apart by their components.
@@ -34,6 +35,11 @@ pub struct StableDiffusion {
     pub text: TextConditioner,
     pub unet: UNet,
     pub vae: VaeDecoder,
+    /// The VAE encoder, for image-to-image (absent from decoder-only files).
+    pub vae_encoder: Option<VaeEncoder>,
+    /// The UNet takes `2 * latent_channels + 1` inputs: latents, mask and the
+    /// masked image's latents (an inpainting model).
+    pub inpainting: bool,
     /// dtype of the text encoder and UNet weights and activations.
     pub dtype: DType,
     /// dtype the VAE decodes in (f32 when `force_upcast` and `dtype` is f16, as diffusers).
@@ -132,12 +138,18 @@ impl StableDiffusion {
 
         let vae_cfg: VaeConfig = files.vae_config()?;
         check_vae(&vae_cfg, &files.config_path(Part::Vae))?;
-        if vae_cfg.latent_channels != unet_cfg.in_channels {
+        // An inpainting UNet also takes the mask and the masked image's latents.
+        let latent = vae_cfg.latent_channels;
+        let inpainting = unet_cfg.in_channels == 2 * latent + 1;
+        if (unet_cfg.in_channels != latent && !inpainting) || unet_cfg.out_channels != latent {
             return Err(EngineError::invalid_model(
                 files.config_path(Part::Vae),
                 format!(
-                    "latent_channels {} does not match the UNet's in_channels {}",
-                    vae_cfg.latent_channels, unet_cfg.in_channels
+                    "latent_channels {latent} does not match the UNet's in_channels {} / out_channels {} \
+                     (expected {latent}, or {} for an inpainting UNet, and {latent} out)",
+                    unet_cfg.in_channels,
+                    unet_cfg.out_channels,
+                    2 * latent + 1
                 ),
             ));
         }
@@ -151,9 +163,23 @@ impl StableDiffusion {
             norm_num_groups: vae_cfg.norm_num_groups,
             use_post_quant_conv: vae_cfg.use_post_quant_conv,
         };
-        let vae = VaeDecoder::new(vb, &vae_shape, block).map_err(|e| {
+        let bad_vae = |e: candle_core::Error| {
             EngineError::invalid_model(&vae_file, crate::error::describe_candle(&e))
-        })?;
+        };
+        // Files holding only a decoder (rare) still serve text-to-image.
+        let vae_encoder = if vb.contains_tensor("encoder.conv_in.weight") {
+            let encoder = VaeEncoder::new(
+                vb.clone(),
+                &vae_shape,
+                vae_cfg.in_channels,
+                vae_cfg.use_quant_conv,
+                block,
+            );
+            Some(encoder.map_err(bad_vae)?)
+        } else {
+            None
+        };
+        let vae = VaeDecoder::new(vb, &vae_shape, block).map_err(bad_vae)?;
 
         let vae_scale_factor = 1usize << (vae_cfg.block_out_channels.len().saturating_sub(1));
         let sample_size = match &unet_cfg.sample_size {
@@ -167,6 +193,8 @@ impl StableDiffusion {
             text,
             unet,
             vae,
+            vae_encoder,
+            inpainting,
             dtype,
             vae_dtype,
             scheduler,

@@ -11,6 +11,7 @@ use candle_core::{DType, Tensor};
 
 use crate::conditioning::Conditioning;
 use crate::error::{EngineError, Result};
+use crate::img2img::{self, Inpaint};
 use crate::model::StableDiffusion;
 use crate::request::{GenerateRequest, GeneratedImage, Observer, Progress, Timings};
 use crate::rng::TorchRng;
@@ -31,8 +32,11 @@ pub struct Job {
 }
 
 /// One job's state during a batched generation.
-struct JobState<'a> {
-    request: &'a GenerateRequest,
+struct JobState {
+    /// The request this job (or, with per-image seeds, this image) runs.
+    request: GenerateRequest,
+    /// Index of the [`Job`] it belongs to (observer and results are per job).
+    parent: usize,
     seed: u64,
     tile_vae: bool,
     /// Conditional and (with guidance) unconditional text embeddings, `batch_size` rows each.
@@ -41,6 +45,9 @@ struct JobState<'a> {
     /// SDXL's add_time_ids `(batch_size, 6)`: (height, width), crop (0, 0), (height, width).
     time_ids: Tensor,
     latents: Tensor,
+    /// First schedule index this job runs (image-to-image starts late).
+    start_step: usize,
+    inpaint: Option<Inpaint>,
     sampler: Box<dyn Sampler>,
     rng: TorchRng,
     cancelled: bool,
@@ -67,62 +74,53 @@ pub fn generate_batch(
 
     let started = Instant::now();
     let mut jobs = Vec::with_capacity(requests.len());
-    for Job {
-        request,
-        seed,
-        tile_vae,
-    } in requests
-    {
-        let n = request.batch_size;
-        let cond = repeat_rows(&model.text.encode(&request.prompt, device)?, n)?;
+    for (parent, job) in requests.iter().enumerate() {
+        let request = &job.request;
+        let cond = model.text.encode(&request.prompt, device)?;
         let uncond = if guidance {
-            Some(repeat_rows(
-                &model
+            Some(
+                model
                     .text
                     .encode_negative(&request.negative_prompt, device)?,
-                n,
-            )?)
+            )
         } else {
             None
         };
-        let (h, w) = (request.height as f32, request.width as f32);
-        let time_ids =
-            Tensor::from_vec(vec![h, w, 0.0, 0.0, h, w], (1, 6), device)?.repeat((n, 1))?;
-        let sampler = samplers::build(request.sampler, &model.scheduler, request.steps)?;
-        let mut rng = TorchRng::new(*seed);
-        let shape = (
-            n,
-            model.latent_channels,
-            request.height / model.vae_scale_factor,
-            request.width / model.vae_scale_factor,
-        );
-        let noise = Tensor::from_vec(
-            rng.randn(shape.0 * shape.1 * shape.2 * shape.3),
-            shape,
-            device,
-        )?;
-        let latents = (noise * sampler.init_noise_sigma())?;
-        jobs.push(JobState {
-            request,
-            seed: *seed,
-            tile_vae: *tile_vae,
-            cond,
-            uncond,
-            time_ids,
-            latents,
-            sampler,
-            rng,
-            cancelled: false,
-        });
+        for (request, seed) in parts(job) {
+            let n = request.batch_size;
+            let (h, w) = (request.height as f32, request.width as f32);
+            let time_ids =
+                Tensor::from_vec(vec![h, w, 0.0, 0.0, h, w], (1, 6), device)?.repeat((n, 1))?;
+            let sampler = samplers::build(request.sampler, &model.scheduler, request.steps)?;
+            let mut rng = TorchRng::new(seed);
+            let start = img2img::prepare(model, sampler.as_ref(), &request, &mut rng)?;
+            jobs.push(JobState {
+                parent,
+                seed,
+                tile_vae: job.tile_vae,
+                cond: repeat_rows(&cond, n)?,
+                uncond: uncond.as_ref().map(|u| repeat_rows(u, n)).transpose()?,
+                time_ids,
+                latents: start.latents,
+                start_step: start.start_step,
+                inpaint: start.inpaint,
+                sampler,
+                rng,
+                cancelled: false,
+                request,
+            });
+        }
     }
     timings.text_encoding = started.elapsed().as_secs_f64();
     observer.progress(Progress::Encoded);
 
     let started = Instant::now();
     let steps = first.steps;
-    for step in 0..steps {
-        for (i, job) in jobs.iter_mut().enumerate() {
-            if !job.cancelled && observer.is_cancelled(i) {
+    // Jobs starting late (image-to-image) join the batch at their start step.
+    let first_step = jobs.iter().map(|j| j.start_step).min().unwrap_or(0);
+    for step in first_step..steps {
+        for job in jobs.iter_mut() {
+            if !job.cancelled && observer.is_cancelled(job.parent) {
                 job.cancelled = true;
             }
         }
@@ -131,20 +129,21 @@ pub fn generate_batch(
         }
         denoise_step(model, &mut jobs, step, guidance)?;
         observer.progress(Progress::Step {
-            step: step + 1,
-            total: steps,
+            step: step + 1 - first_step,
+            total: steps - first_step,
         });
     }
     timings.denoising = started.elapsed().as_secs_f64();
 
     let started = Instant::now();
-    let mut decoded = Vec::with_capacity(jobs.len());
-    for (i, job) in jobs.iter().enumerate() {
-        if job.cancelled || observer.is_cancelled(i) {
-            decoded.push(None);
-            continue;
+    let mut decoded: Vec<Option<Vec<GeneratedImage>>> = vec![Some(Vec::new()); requests.len()];
+    for job in &jobs {
+        if job.cancelled || observer.is_cancelled(job.parent) {
+            decoded[job.parent] = None;
         }
-        decoded.push(Some(decode(model, label, job)?));
+        if let Some(images) = &mut decoded[job.parent] {
+            images.extend(decode(model, label, job)?);
+        }
     }
     timings.decoding = started.elapsed().as_secs_f64();
     observer.progress(Progress::Decoded);
@@ -154,6 +153,25 @@ pub fn generate_batch(
         .collect())
 }
 
+/// The engine jobs a request runs as: itself, or with `seed_per_image` one
+/// job per image seeded `seed + i` (A1111's batches), so that each image is
+/// the one its seed gives alone.
+fn parts(job: &Job) -> Vec<(GenerateRequest, u64)> {
+    let request = &job.request;
+    if !request.seed_per_image || request.batch_size == 1 {
+        return vec![(request.clone(), job.seed)];
+    }
+    (0..request.batch_size as u64)
+        .map(|i| {
+            let single = GenerateRequest {
+                batch_size: 1,
+                ..request.clone()
+            };
+            (single, job.seed.wrapping_add(i))
+        })
+        .collect()
+}
+
 /// One UNet call for every active job, then each job's sampler update.
 fn denoise_step(
     model: &StableDiffusion,
@@ -161,12 +179,21 @@ fn denoise_step(
     step: usize,
     guidance: bool,
 ) -> Result<()> {
-    let active: Vec<usize> = (0..jobs.len()).filter(|i| !jobs[*i].cancelled).collect();
+    let active: Vec<usize> = (0..jobs.len())
+        .filter(|i| !jobs[*i].cancelled && jobs[*i].start_step <= step)
+        .collect();
+    if active.is_empty() {
+        return Ok(());
+    }
     let mut inputs = Vec::new();
     let mut conds: Vec<(&Conditioning, &Tensor)> = Vec::new();
     for &i in &active {
         let job = &jobs[i];
         let scaled = job.sampler.scale_model_input(&job.latents, step)?;
+        let scaled = match &job.inpaint {
+            Some(inpaint) => inpaint.unet_input(&scaled)?,
+            None => scaled,
+        };
         if let Some(uncond) = &job.uncond {
             inputs.push(scaled.clone());
             conds.push((uncond, &job.time_ids));
@@ -210,6 +237,9 @@ fn denoise_step(
         job.latents = job
             .sampler
             .step(&noise_pred, step, &job.latents, &mut job.rng)?;
+        if let Some(inpaint) = &job.inpaint {
+            job.latents = inpaint.blend(job.sampler.as_ref(), &job.latents, step)?;
+        }
     }
     Ok(())
 }
@@ -220,6 +250,21 @@ fn repeat_rows(c: &Conditioning, n: usize) -> Result<Conditioning> {
         context: c.context.repeat((n, 1, 1))?,
         pooled: c.pooled.as_ref().map(|p| p.repeat((n, 1))).transpose()?,
     })
+}
+
+/// Infotext settings beyond txt2img's: the strength an image-to-image job
+/// ran with, and where an image sits in a one-generator batch (its seed alone
+/// does not reproduce it).
+fn extra_settings(request: &GenerateRequest, position: usize) -> Vec<(&'static str, String)> {
+    let mut extra = Vec::new();
+    if let Some(init) = &request.init {
+        extra.push(("Denoising strength", init.strength.to_string()));
+    }
+    if request.batch_size > 1 {
+        extra.push(("Batch size", request.batch_size.to_string()));
+        extra.push(("Batch pos", position.to_string()));
+    }
+    extra
 }
 
 /// VAE decode (tiled as diffusers' `enable_tiling()` when the job asks) and
@@ -239,7 +284,7 @@ fn decode(
         None => ((&job.latents / model.vae_scaling_factor)? + model.vae_shift_factor)?,
     };
     let (n, _, _, _) = latents.dims4()?;
-    let infotext = crate::png::infotext(job.request, job.seed, label);
+    let infotext = crate::png::infotext(&job.request, job.seed, label);
     let tiles = if job.tile_vae {
         Some(model.vae_tile_geometry()?)
     } else {
@@ -261,16 +306,17 @@ fn decode(
             .to_dtype(DType::F32)?
             .flatten_all()?
             .to_vec1()?;
-        let rgb = hwc
+        let mut rgb: Vec<u8> = hwc
             .iter()
             .map(|v| (v * 255.0).round_ties_even() as u8)
             .collect();
+        img2img::apply_overlay(&job.request, &mut rgb);
         images.push(GeneratedImage {
             width: w,
             height: h,
             rgb,
             seed: job.seed,
-            infotext: infotext.clone(),
+            infotext: crate::png::with_settings(&infotext, &extra_settings(&job.request, i)),
         });
     }
     Ok(images)

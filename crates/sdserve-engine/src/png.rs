@@ -63,6 +63,22 @@ pub fn infotext(request: &GenerateRequest, seed: u64, model: &ModelLabel) -> Str
     text
 }
 
+/// `infotext` with `settings` added to its settings line, before `Version`
+/// (where A1111 puts them).
+pub fn with_settings(infotext: &str, settings: &[(&str, String)]) -> String {
+    if settings.is_empty() {
+        return infotext.to_string();
+    }
+    let added: String = settings
+        .iter()
+        .map(|(key, value)| format!(", {key}: {value}"))
+        .collect();
+    match infotext.rfind(", Version: ") {
+        Some(at) => format!("{}{added}{}", &infotext[..at], &infotext[at..]),
+        None => format!("{infotext}{added}"),
+    }
+}
+
 /// Encodes `image` as an 8-bit RGB PNG carrying its infotext
 /// (tEXt when Latin-1 can hold it, iTXt otherwise, as PIL does).
 pub fn encode_png(image: &GeneratedImage) -> Result<Vec<u8>> {
@@ -121,6 +137,8 @@ mod tests {
             width: 512,
             height: 512,
             batch_size: 1,
+            seed_per_image: false,
+            init: None,
         }
     }
 

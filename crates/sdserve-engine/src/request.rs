@@ -1,6 +1,10 @@
 //! Plain-data types that cross the engine boundary: what to generate, what came
 //! out, and how progress and cancellation flow back to the caller.
 
+use std::sync::Arc;
+
+use crate::image_input::DecodedImage;
+use crate::image_ops::GrayImage;
 use crate::samplers::SamplerId;
 
 /// One text-to-image job. Several compatible jobs can run as one UNet batch
@@ -19,6 +23,40 @@ pub struct GenerateRequest {
     pub height: usize,
     /// Images drawn from one seed with one `randn` call, as diffusers does.
     pub batch_size: usize,
+    /// Start from an image (image-to-image, inpainting) instead of pure noise.
+    pub init: Option<ImageToImage>,
+    /// Image `i` of the batch gets seed `seed + i` and its own generator
+    /// (A1111's batches: each image's infotext reproduces it alone); false
+    /// draws the whole batch from one generator, as diffusers does.
+    pub seed_per_image: bool,
+}
+
+/// The image a job starts from, as diffusers' `StableDiffusionImg2ImgPipeline`
+/// (no mask) or `StableDiffusionInpaintPipeline` (with a mask) takes it.
+#[derive(Clone, PartialEq)]
+pub struct ImageToImage {
+    /// Any size: resized to the request's size with Lanczos, as diffusers' image processor.
+    pub image: Arc<DecodedImage>,
+    /// White repaints, black keeps; any size (resized like the image), binarised at 50%.
+    pub mask: Option<Arc<GrayImage>>,
+    /// Fraction of the schedule that runs, in (0, 1]: diffusers' `strength`.
+    pub strength: f64,
+    /// A1111's overlay (`None` for diffusers' output): after decoding, the
+    /// image (at the output size) is put back over the result with alpha
+    /// `255 - overlay`, so pixels outside the mask stay the original's. Must
+    /// be the output's size.
+    pub overlay: Option<Arc<GrayImage>>,
+}
+
+impl std::fmt::Debug for ImageToImage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ImageToImage")
+            .field("image", &(self.image.width, self.image.height))
+            .field("mask", &self.mask.as_ref().map(|m| (m.width, m.height)))
+            .field("strength", &self.strength)
+            .field("overlay", &self.overlay.is_some())
+            .finish()
+    }
 }
 
 /// One decoded image, 8-bit RGB, row-major.
@@ -27,7 +65,9 @@ pub struct GeneratedImage {
     pub width: usize,
     pub height: usize,
     pub rgb: Vec<u8>,
-    /// The job's seed (all images of a job share it: they come from one noise draw).
+    /// The seed that reproduces the image: the job's (shared by a one-generator
+    /// batch, whose infotext then gives the batch position), or `seed + i`
+    /// with per-image seeds.
     pub seed: u64,
     /// AUTOMATIC1111-style infotext, written to the PNG `parameters` chunk.
     pub infotext: String,

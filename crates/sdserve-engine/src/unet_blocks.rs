@@ -50,13 +50,13 @@ impl BlockShape {
 }
 
 /// A stride-2 3x3 convolution (`downsamplers.0.conv`); padding 0 pads right and bottom by one.
-struct Downsample {
+pub(crate) struct Downsample {
     conv: Conv2d,
     padding: usize,
 }
 
 impl Downsample {
-    fn new(vb: nn::VarBuilder, channels: usize, padding: usize) -> Result<Self> {
+    pub(crate) fn new(vb: nn::VarBuilder, channels: usize, padding: usize) -> Result<Self> {
         let cfg = nn::Conv2dConfig {
             stride: 2,
             padding,
@@ -68,7 +68,7 @@ impl Downsample {
         })
     }
 
-    fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+    pub(crate) fn forward(&self, xs: &Tensor) -> Result<Tensor> {
         if self.padding == 0 {
             let padded = xs.pad_with_zeros(3, 0, 1)?.pad_with_zeros(2, 0, 1)?;
             self.conv.forward(&padded)

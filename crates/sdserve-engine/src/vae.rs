@@ -2,7 +2,7 @@
 //! `decoder.*`), our own so that its mid-block attention runs in bounded blocks
 //! ([`crate::attention`]): at 1024x1024 the latent has 16,384 cells and the
 //! naive single-head score matrix alone takes 1 GiB. Only the decoder's weights
-//! are loaded; the encoder arrives with image-to-image.
+//! are built here; the encoder (image-to-image) is in [`crate::vae_encoder`].
 
 use candle_core::{Module, Result, Tensor};
 use candle_nn as nn;
@@ -24,7 +24,7 @@ pub struct VaeShape {
 
 /// The mid-block's single-head self-attention over all latent cells
 /// (`to_q`/`to_k`/`to_v`/`to_out.0`, or the older `query`/`key`/`value`/`proj_attn`).
-struct SelfAttention {
+pub(crate) struct SelfAttention {
     group_norm: GroupNorm,
     to_q: nn::Linear,
     to_k: nn::Linear,
@@ -34,7 +34,12 @@ struct SelfAttention {
 }
 
 impl SelfAttention {
-    fn new(vb: nn::VarBuilder, channels: usize, groups: usize, block: ScoreBlock) -> Result<Self> {
+    pub(crate) fn new(
+        vb: nn::VarBuilder,
+        channels: usize,
+        groups: usize,
+        block: ScoreBlock,
+    ) -> Result<Self> {
         let names = if vb.contains_tensor("to_q.weight") {
             ["to_q", "to_k", "to_v", "to_out.0"]
         } else {

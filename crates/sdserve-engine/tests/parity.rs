@@ -256,6 +256,8 @@ fn batched_jobs_equal_their_solo_images_exactly() {
                     width: 64,
                     height: 48,
                     batch_size: 1 + i % 2,
+                    seed_per_image: false,
+                    init: None,
                 })
                 .collect();
             let batched = engine

@@ -23,6 +23,8 @@ fn job(prompt: &str, seed: u64) -> GenerateRequest {
         width: 64,
         height: 64,
         batch_size: 1,
+        seed_per_image: false,
+        init: None,
     }
 }
 

@@ -4,8 +4,10 @@
 pub use sdserve_engine::image_input::{
     self, DecodedImage, ImageInputError, ImageLimits, ImageText, TextChunk,
 };
+pub use sdserve_engine::image_ops::{self, GrayImage};
 pub use sdserve_engine::memory::{human_bytes, Budget};
 pub use sdserve_engine::png;
+pub use sdserve_engine::request::ImageToImage;
 pub use sdserve_engine::{
     batch_compatible, random_seed, uses_guidance, Engine, EngineError, GenerateRequest,
     GeneratedImage, GenerationOutput, MemoryPlan, ModelInfo, ModelSource, NoopObserver, Observer,

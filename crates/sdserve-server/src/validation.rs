@@ -8,7 +8,10 @@
 use crate::backend::Backend;
 use crate::config::Limits;
 use crate::dialects::Dialect;
-use crate::engine_api::{uses_guidance, EngineError, GenerateRequest, OverBudget, SamplerId};
+use crate::engine_api::{
+    uses_guidance, DecodedImage, EngineError, GenerateRequest, GrayImage, ImageToImage, OverBudget,
+    SamplerId,
+};
 use crate::jobs::ClientId;
 
 /// Largest accepted CFG scale: the top of AUTOMATIC1111's CFG slider.
@@ -80,8 +83,30 @@ pub struct JobSpec {
     /// The model to run on (any of A1111's ids; see `GET /sdapi/v1/sd-models`);
     /// `None` for the default model.
     pub model: Option<String>,
+    /// Image-to-image or inpainting: the decoded image, mask and strength.
+    pub init: Option<InitSpec>,
+    /// A1111's batches: image `i` seeded `seed + i` (see the engine's `seed_per_image`).
+    pub seed_per_image: bool,
     /// How the dialect names these fields.
     pub names: FieldNames,
+}
+
+/// What a dialect received for image-to-image, already decoded by the bounded
+/// decoder (`dialects::images`); `strength: None` takes `default_strength`.
+#[derive(Debug, Clone)]
+pub struct InitSpec {
+    /// The init image (and, with `mask`, inpainting).
+    pub image: std::sync::Arc<DecodedImage>,
+    /// White repaints, black keeps.
+    pub mask: Option<std::sync::Arc<GrayImage>>,
+    /// Fraction of the schedule to run.
+    pub strength: Option<f64>,
+    /// The dialect's default when `strength` is omitted.
+    pub default_strength: f64,
+    /// How the dialect names the strength field.
+    pub strength_field: &'static str,
+    /// A1111's overlay mask at the output size (see the engine's `ImageToImage::overlay`).
+    pub overlay: Option<std::sync::Arc<GrayImage>>,
 }
 
 impl JobSpec {
@@ -98,6 +123,8 @@ impl JobSpec {
             height: None,
             batch_size: None,
             model: None,
+            init: None,
+            seed_per_image: false,
             names,
         }
     }
@@ -349,6 +376,28 @@ pub fn largest_allowed_square(limits: &Limits, multiple: usize) -> usize {
     side / m * m
 }
 
+/// Strength in (0, 1]; the images were decoded within the image limits.
+fn check_init(init: InitSpec) -> Result<ImageToImage, ValidationError> {
+    let strength = init.strength.unwrap_or(init.default_strength);
+    if !strength.is_finite() {
+        return Err(ValidationError::NotFinite {
+            field: init.strength_field,
+        });
+    }
+    if !(strength > 0.0 && strength <= 1.0) {
+        return Err(ValidationError::Invalid {
+            field: init.strength_field,
+            message: format!("must be greater than 0 and at most 1, got {strength}"),
+        });
+    }
+    Ok(ImageToImage {
+        image: init.image,
+        mask: init.mask,
+        strength,
+        overlay: init.overlay,
+    })
+}
+
 /// Turns a spec into an engine request, or says which rule it breaks.
 pub fn validate(
     spec: JobSpec,
@@ -364,15 +413,24 @@ pub fn validate(
         limits.max_prompt_chars,
     )?;
     let multiple = info.vae_scale_factor.max(1);
+    // Image-to-image defaults to the init image's size (rounded down to the
+    // VAE's multiple, as diffusers), text-to-image to the model's native size.
+    let (default_width, default_height) = match &spec.init {
+        Some(init) => (
+            init.image.width / multiple * multiple,
+            init.image.height / multiple * multiple,
+        ),
+        None => (info.native_width, info.native_height),
+    };
     let width = check_size(
         n.width,
-        spec.width.unwrap_or(info.native_width as i64),
+        spec.width.unwrap_or(default_width as i64),
         limits.max_width,
         multiple,
     )?;
     let height = check_size(
         n.height,
-        spec.height.unwrap_or(info.native_height as i64),
+        spec.height.unwrap_or(default_height as i64),
         limits.max_height,
         multiple,
     )?;
@@ -408,6 +466,7 @@ pub fn validate(
         None => DEFAULT_SAMPLER,
         Some(name) => parse_sampler(n.sampler, name)?,
     };
+    let init = spec.init.map(check_init).transpose()?;
     let request = GenerateRequest {
         prompt: spec.prompt,
         negative_prompt: spec.negative_prompt,
@@ -418,6 +477,8 @@ pub fn validate(
         width,
         height,
         batch_size,
+        init,
+        seed_per_image: spec.seed_per_image,
     };
     // The memory plan after the configured limits: it only ever lowers them,
     // and the largest size it suggests is one the limits also allow.

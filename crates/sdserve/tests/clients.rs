@@ -202,3 +202,106 @@ fn schemathesis_finds_no_server_errors_or_schema_violations() {
         server.log_text()
     );
 }
+
+/// `sdserve generate` with extra flags (image-to-image); the PNG it wrote.
+fn cli_png_with(settings: &Settings, extra: &[&std::ffi::OsStr], output: &Path) -> Vec<u8> {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_sdserve"))
+        .arg("generate")
+        .arg("--model")
+        .arg(tiny_sd1())
+        .args(["--prompt", settings.prompt])
+        .args(["--seed", &settings.seed.to_string()])
+        .args(["--steps", &settings.steps.to_string()])
+        .args(["--cfg-scale", &settings.cfg_scale.to_string()])
+        .args(["--sampler", settings.sampler])
+        .args(extra)
+        .arg("--output")
+        .arg(output)
+        .output()
+        .expect("sdserve generate runs");
+    assert!(
+        out.status.success(),
+        "generate failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    std::fs::read(output).expect("generate wrote its PNG")
+}
+
+/// webuiapi's img2img (with and without a mask), an A1111 batch's seeds and
+/// the openai package's images.edit, each against the CLI's image.
+#[test]
+fn img2img_clients_get_the_cli_images() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[]);
+    let inputs = repo_root().join("fixtures/reference/img2img/inputs");
+    let (init, mask) = (inputs.join("init-64x64.png"), inputs.join("mask-64x64.png"));
+    let settings = Settings {
+        negative_prompt: "",
+        seed: 321,
+        steps: 5,
+        sampler: "Euler",
+        ..Settings::default()
+    };
+    let strength = "0.6";
+    let img2img = dir.path().join("ref-img2img.png");
+    cli_png_with(
+        &settings,
+        &[
+            "--init-image".as_ref(),
+            init.as_os_str(),
+            "--strength".as_ref(),
+            strength.as_ref(),
+        ],
+        &img2img,
+    );
+    let inpaint = dir.path().join("ref-inpaint.png");
+    cli_png_with(
+        &settings,
+        &[
+            "--init-image".as_ref(),
+            init.as_os_str(),
+            "--mask".as_ref(),
+            mask.as_os_str(),
+            "--strength".as_ref(),
+            "1".as_ref(),
+        ],
+        &inpaint,
+    );
+    let batch1 = dir.path().join("ref-batch1.png");
+    let next_seed = Settings {
+        seed: settings.seed + 1,
+        ..settings.clone()
+    };
+    std::fs::write(&batch1, cli_png(&next_seed, dir.path())).unwrap();
+    let path = |p: &Path| p.display().to_string();
+    let args = vec![
+        "--port".to_string(),
+        server.port.to_string(),
+        "--init".into(),
+        path(&init),
+        "--mask".into(),
+        path(&mask),
+        "--ref-img2img".into(),
+        path(&img2img),
+        "--ref-inpaint".into(),
+        path(&inpaint),
+        "--ref-batch1".into(),
+        path(&batch1),
+        // The edit's transparent pixels are the mask's white ones: the same image.
+        "--ref-edit".into(),
+        path(&inpaint),
+        "--seed".into(),
+        settings.seed.to_string(),
+        "--steps".into(),
+        settings.steps.to_string(),
+        "--strength".into(),
+        strength.into(),
+        "--cfg-scale".into(),
+        settings.cfg_scale.to_string(),
+        "--prompt".into(),
+        settings.prompt.into(),
+        "--sampler".into(),
+        settings.sampler.into(),
+    ];
+    run_script("test_img2img.py", &args, dir.path());
+}

@@ -60,7 +60,27 @@ pub fn decode_rgb(bytes: &[u8], limits: &ImageLimits) -> Result<DecodedImage, Im
     }
 }
 
+/// Like [`decode_rgb`], also returning the alpha channel (one byte a pixel)
+/// when the image has one (PNG with alpha or a transparent palette): OpenAI's
+/// image edits take the transparent area as the mask.
+pub fn decode_rgb_alpha(
+    bytes: &[u8],
+    limits: &ImageLimits,
+) -> Result<(DecodedImage, Option<Vec<u8>>), ImageInputError> {
+    match detect_format(bytes)? {
+        ImageFormat::Png => decode_png_alpha(bytes, limits),
+        ImageFormat::Jpeg => Ok((decode_jpeg(bytes, limits)?, None)),
+    }
+}
+
 fn decode_png(bytes: &[u8], limits: &ImageLimits) -> Result<DecodedImage, ImageInputError> {
+    decode_png_alpha(bytes, limits).map(|(image, _)| image)
+}
+
+fn decode_png_alpha(
+    bytes: &[u8],
+    limits: &ImageLimits,
+) -> Result<(DecodedImage, Option<Vec<u8>>), ImageInputError> {
     let walked = walk(bytes, limits)?;
     let header = walked.header;
     let compressed: u64 = walked
@@ -106,7 +126,12 @@ fn decode_png(bytes: &[u8], limits: &ImageLimits) -> Result<DecodedImage, ImageI
     let frame = reader.next_frame(&mut buf).map_err(png_error)?;
     let (width, height) = (frame.width as usize, frame.height as usize);
     buf.truncate(frame.buffer_size());
-    let rgb = match frame.color_type.samples() {
+    let samples = frame.color_type.samples();
+    let alpha = match samples {
+        2 | 4 => Some(buf.chunks_exact(samples).map(|p| p[samples - 1]).collect()),
+        _ => None,
+    };
+    let rgb = match samples {
         3 => buf,
         4 => buf
             .chunks_exact(4)
@@ -128,7 +153,7 @@ fn decode_png(bytes: &[u8], limits: &ImageLimits) -> Result<DecodedImage, ImageI
             "PNG frame size does not match its header",
         ));
     }
-    Ok(DecodedImage { width, height, rgb })
+    Ok((DecodedImage { width, height, rgb }, alpha))
 }
 
 fn decode_jpeg(bytes: &[u8], limits: &ImageLimits) -> Result<DecodedImage, ImageInputError> {
@@ -235,6 +260,21 @@ mod tests {
         let rgba = encode(1, 2, Rgba, Eight, None, &[1, 2, 3, 4, 5, 6, 7, 8]);
         let d = decode(&rgba);
         assert_eq!((d.width, d.height, d.rgb), (1, 2, vec![1, 2, 3, 5, 6, 7]));
+    }
+
+    #[test]
+    fn alpha_comes_back_for_rgba_gray_alpha_and_transparent_palettes_only() {
+        use png::{BitDepth::*, ColorType::*};
+        let alpha = |bytes: &[u8]| decode_rgb_alpha(bytes, &limits()).unwrap().1;
+        let rgba = encode(1, 2, Rgba, Eight, None, &[1, 2, 3, 4, 5, 6, 7, 8]);
+        assert_eq!(alpha(&rgba), Some(vec![4, 8]));
+        let ga = encode(2, 1, GrayscaleAlpha, Eight, None, &[9, 0, 9, 255]);
+        assert_eq!(alpha(&ga), Some(vec![0, 255]));
+        // A palette whose tRNS makes entry 0 transparent: EXPAND gives RGBA.
+        let plte = [10, 20, 30, 40, 50, 60];
+        let pal = encode(2, 1, Indexed, Eight, Some((&plte, Some(&[0]))), &[0, 1]);
+        assert_eq!(alpha(&pal), Some(vec![0, 255]));
+        assert_eq!(alpha(&encode(1, 1, Rgb, Eight, None, &[1, 2, 3])), None);
     }
 
     #[test]

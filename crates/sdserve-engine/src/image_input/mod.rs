@@ -15,6 +15,6 @@ mod decode;
 mod limits;
 mod png_chunks;
 
-pub use decode::{decode_rgb, detect_format, DecodedImage, ImageFormat};
+pub use decode::{decode_rgb, decode_rgb_alpha, detect_format, DecodedImage, ImageFormat};
 pub use limits::{ImageInputError, ImageLimits};
 pub use png_chunks::{read_text, ImageText, TextChunk, PARAMETERS_KEY};

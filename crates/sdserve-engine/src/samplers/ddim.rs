@@ -52,6 +52,11 @@ impl Sampler for Ddim {
         &self.timesteps
     }
 
+    fn add_noise(&self, original: &Tensor, noise: &Tensor, step: usize) -> Result<Tensor> {
+        let alpha = self.alpha_at(self.timesteps[step] as i64);
+        Ok(((original * alpha.sqrt() as f64)? + (noise * (1.0 - alpha).sqrt() as f64)?)?)
+    }
+
     fn step(
         &mut self,
         model_output: &Tensor,

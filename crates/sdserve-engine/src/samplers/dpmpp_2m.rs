@@ -82,6 +82,11 @@ impl Sampler for DpmPp2m {
         &self.timesteps
     }
 
+    fn add_noise(&self, original: &Tensor, noise: &Tensor, step: usize) -> Result<Tensor> {
+        let (alpha, sigma, _) = vp(self.sigmas[step]);
+        Ok(((original * alpha as f64)? + (noise * sigma as f64)?)?)
+    }
+
     fn step(
         &mut self,
         model_output: &Tensor,

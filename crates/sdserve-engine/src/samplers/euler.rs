@@ -75,6 +75,10 @@ impl Sampler for Euler {
         Ok((sample / (sigma * sigma + 1.0).sqrt() as f64)?)
     }
 
+    fn add_noise(&self, original: &Tensor, noise: &Tensor, step: usize) -> Result<Tensor> {
+        Ok((original + (noise * self.sigmas[step] as f64)?)?)
+    }
+
     fn step(
         &mut self,
         model_output: &Tensor,

@@ -34,6 +34,10 @@ pub trait Sampler: Send {
     fn scale_model_input(&self, sample: &Tensor, _step: usize) -> Result<Tensor> {
         Ok(sample.clone())
     }
+    /// `scheduler.add_noise(original, noise, t)` at the noise level of step
+    /// `step` (diffusers indexes it by `begin_index` or `step_index`, which is
+    /// `step` here): where image-to-image starts, and inpainting's blend.
+    fn add_noise(&self, original: &Tensor, noise: &Tensor, step: usize) -> Result<Tensor>;
     /// `scheduler.step(model_output, t, sample, generator)` for step `step`.
     fn step(
         &mut self,

@@ -4,6 +4,11 @@
 
 use std::path::{Path, PathBuf};
 
+use std::sync::Arc;
+
+use sdserve_engine::image_input::{decode_rgb, DecodedImage, ImageLimits};
+use sdserve_engine::image_ops::GrayImage;
+use sdserve_engine::request::ImageToImage;
 use sdserve_engine::{GenerateRequest, SamplerId};
 use serde::Deserialize;
 
@@ -27,6 +32,14 @@ pub struct Case {
     /// Rendered with `vae.enable_tiling()` (absent in `cases.json`: off).
     #[serde(default)]
     pub vae_tiling: bool,
+    /// Image-to-image and inpainting cases (`img2img-cases.json`): the init
+    /// image and mask (paths under fixtures/) and diffusers' `strength`.
+    #[serde(default)]
+    pub init_image: Option<String>,
+    #[serde(default)]
+    pub mask: Option<String>,
+    #[serde(default)]
+    pub strength: Option<f64>,
 }
 
 pub fn fixtures() -> PathBuf {
@@ -56,5 +69,21 @@ pub fn request(case: &Case) -> GenerateRequest {
         width: case.width,
         height: case.height,
         batch_size: case.batch_size,
+        seed_per_image: false,
+        init: case.init_image.as_ref().map(|path| ImageToImage {
+            image: Arc::new(read_rgb(path)),
+            mask: case
+                .mask
+                .as_ref()
+                .map(|m| Arc::new(GrayImage::from_rgb(&read_rgb(m)))),
+            strength: case.strength.expect("an init image comes with a strength"),
+            overlay: None,
+        }),
     }
+}
+
+/// A PNG under fixtures/, decoded to RGB (gray masks expand to three equal channels).
+pub fn read_rgb(path: &str) -> DecodedImage {
+    let bytes = std::fs::read(fixtures().join(path)).expect(path);
+    decode_rgb(&bytes, &ImageLimits::default()).expect(path)
 }

@@ -87,6 +87,16 @@ impl FakeBackend {
         }
         key = mix(key ^ request.steps as u64 ^ ((request.cfg_scale.to_bits()) << 1));
         key = mix(key ^ request.sampler.id().len() as u64 ^ ((index as u64) << 32));
+        // Image-to-image inputs change the picture, so tests see they arrived.
+        if let Some(init) = &request.init {
+            key = mix(key ^ init.strength.to_bits());
+            let mask = init.mask.as_ref().map_or(&[][..], |m| &m.luma[..]);
+            let overlay = init.overlay.as_ref().map_or(&[][..], |m| &m.luma[..]);
+            for byte in init.image.rgb.iter().chain(mask).chain(overlay) {
+                key = mix(key ^ u64::from(*byte));
+            }
+            key = mix(key ^ (init.image.width as u64) ^ ((mask.len() as u64) << 40));
+        }
         let mut rgb = Vec::with_capacity(request.width * request.height * 3);
         for y in 0..request.height {
             for x in 0..request.width {
@@ -203,7 +213,14 @@ impl Backend for FakeBackend {
                 let seed = job.seed.unwrap_or_else(random_seed);
                 Ok(GenerationOutput {
                     images: (0..job.batch_size)
-                        .map(|i| self.image(job, seed, i))
+                        .map(|i| {
+                            // Per-image seeds: image i is seed + i's first image.
+                            if job.seed_per_image {
+                                self.image(job, seed.wrapping_add(i as u64), 0)
+                            } else {
+                                self.image(job, seed, i)
+                            }
+                        })
                         .collect(),
                     timings: Timings {
                         text_encoding: 0.0,
@@ -233,6 +250,8 @@ mod tests {
             width: 16,
             height: 8,
             batch_size: 2,
+            init: None,
+            seed_per_image: false,
         }
     }
 

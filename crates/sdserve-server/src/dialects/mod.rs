@@ -3,8 +3,10 @@
 //! and writes results and errors in its own shape. None of them picks a status.
 
 pub mod a1111;
+pub mod images;
 pub mod native;
 pub mod openai;
+pub mod openai_edits;
 pub mod simple;
 
 use axum::response::{IntoResponse, Response};

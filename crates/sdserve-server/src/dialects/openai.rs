@@ -126,7 +126,7 @@ pub enum OpenAiErrors {
 }
 
 /// How the OpenAI dialect names the shared fields.
-const OPENAI_FIELDS: FieldNames = FieldNames {
+pub(crate) const OPENAI_FIELDS: FieldNames = FieldNames {
     prompt: "prompt",
     negative_prompt: "negative_prompt",
     steps: "steps",
@@ -188,7 +188,7 @@ fn size_side(text: &str) -> Option<i64> {
 
 /// `auto`, or `WIDTHxHEIGHT` spelled as [`size_pattern`] spells it; the gate
 /// then checks each side against the limits.
-fn parse_size(size: &str) -> Result<Option<(i64, i64)>, ApiError> {
+pub(crate) fn parse_size(size: &str) -> Result<Option<(i64, i64)>, ApiError> {
     if size == "auto" {
         return Ok(None);
     }
@@ -304,6 +304,7 @@ pub struct ModelsResponse {
 pub fn routes() -> Router<Arc<AppState>> {
     Router::new()
         .route("/v1/images/generations", post(generations))
+        .route("/v1/images/edits", post(super::openai_edits::edits))
         .route("/v1/images/files/{id}", get(image_file))
         .route("/v1/models", get(models))
 }
@@ -340,7 +341,7 @@ pub async fn generations(
 }
 
 /// The images of a finished OpenAI job, as the response carries them.
-async fn respond(
+pub(crate) async fn respond(
     state: &AppState,
     handle: &JobHandle,
     as_url: bool,

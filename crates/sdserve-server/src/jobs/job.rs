@@ -72,6 +72,15 @@ pub struct JobParams {
     /// before models could be switched, which run on the default model.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub model: Option<String>,
+    /// Image-to-image: the strength it ran with (absent for text-to-image).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub strength: Option<f64>,
+    /// Inpainting: the init image came with a mask.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub inpainting: bool,
+    /// Image `i` of the batch was seeded `seed + i` (A1111's batches).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub seed_per_image: bool,
 }
 
 impl From<&GenerateRequest> for JobParams {
@@ -87,6 +96,9 @@ impl From<&GenerateRequest> for JobParams {
             height: r.height,
             batch_size: r.batch_size,
             model: None,
+            strength: r.init.as_ref().map(|i| i.strength),
+            inpainting: r.init.as_ref().is_some_and(|i| i.mask.is_some()),
+            seed_per_image: r.seed_per_image,
         }
     }
 }
@@ -99,11 +111,18 @@ impl JobParams {
 
     /// The engine request these settings stand for: the inverse of
     /// `From<&GenerateRequest>`, used to re-run a recorded job after a restart.
-    /// Fails only on a sampler id this build does not know.
+    /// Fails on a sampler id this build does not know, and for image-to-image
+    /// jobs, whose init images live only in memory.
     pub fn to_request(&self) -> Result<GenerateRequest, String> {
         let sampler = self
             .sampler_id()
             .ok_or_else(|| format!("unknown sampler {:?}", self.sampler))?;
+        if self.strength.is_some() {
+            return Err(
+                "an image-to-image job's init image is not kept across restarts; submit it again"
+                    .into(),
+            );
+        }
         Ok(GenerateRequest {
             prompt: self.prompt.clone(),
             negative_prompt: self.negative_prompt.clone(),
@@ -114,6 +133,8 @@ impl JobParams {
             width: self.width,
             height: self.height,
             batch_size: self.batch_size,
+            init: None,
+            seed_per_image: self.seed_per_image,
         })
     }
 }
@@ -270,10 +291,16 @@ mod tests {
             width: 64,
             height: 128,
             batch_size: 3,
+            init: None,
+            seed_per_image: false,
         };
-        for sampler in SamplerId::ALL {
+        for (sampler, seed_per_image) in SamplerId::ALL
+            .into_iter()
+            .zip([true, false].into_iter().cycle())
+        {
             let request = GenerateRequest {
                 sampler,
+                seed_per_image,
                 ..base.clone()
             };
             let params = JobParams::from(&request);
@@ -285,5 +312,44 @@ mod tests {
         assert_eq!(params.to_request().unwrap().seed, None);
         params.sampler = "no such".into();
         assert!(params.to_request().unwrap_err().contains("no such"));
+    }
+
+    #[test]
+    fn image_to_image_params_record_strength_and_mask_but_do_not_rerun() {
+        use crate::engine_api::{DecodedImage, GrayImage, ImageToImage};
+        use std::sync::Arc;
+        let image = Arc::new(DecodedImage {
+            width: 8,
+            height: 8,
+            rgb: vec![0; 192],
+        });
+        let mask = Arc::new(GrayImage {
+            width: 8,
+            height: 8,
+            luma: vec![255; 64],
+        });
+        let request = GenerateRequest {
+            prompt: "a cat".into(),
+            negative_prompt: String::new(),
+            seed: Some(1),
+            steps: 4,
+            cfg_scale: 7.0,
+            sampler: SamplerId::Euler,
+            width: 8,
+            height: 8,
+            batch_size: 1,
+            init: Some(ImageToImage {
+                image,
+                mask: Some(mask),
+                strength: 0.6,
+                overlay: None,
+            }),
+            seed_per_image: false,
+        };
+        let params = JobParams::from(&request);
+        assert_eq!((params.strength, params.inpainting), (Some(0.6), true));
+        let json = serde_json::to_value(&params).unwrap();
+        assert_eq!(json["strength"], 0.6);
+        assert!(params.to_request().unwrap_err().contains("init image"));
     }
 }

@@ -77,6 +77,9 @@ mod tests {
                 height: 64,
                 batch_size: 1,
                 model: None,
+                strength: None,
+                inpainting: false,
+                seed_per_image: false,
             },
             0,
         );

@@ -202,6 +202,9 @@ mod tests {
                 height: 8,
                 batch_size: 1,
                 model: None,
+                strength: None,
+                inpainting: false,
+                seed_per_image: false,
             },
             0,
         );

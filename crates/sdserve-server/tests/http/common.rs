@@ -204,6 +204,8 @@ pub fn request(prompt: &str, seed: u64) -> GenerateRequest {
         width: 64,
         height: 64,
         batch_size: 1,
+        init: None,
+        seed_per_image: false,
     }
 }
 

@@ -7,6 +7,7 @@ mod cancel;
 mod common;
 mod connections;
 mod durability;
+mod img2img;
 mod limits;
 mod memory;
 mod models;

@@ -6,7 +6,12 @@ use std::time::Instant;
 
 use anyhow::Context;
 use indicatif::{ProgressBar, ProgressStyle};
+use std::sync::Arc;
+
+use sdserve_engine::image_input::{decode_rgb, DecodedImage, ImageLimits};
+use sdserve_engine::image_ops::GrayImage;
 use sdserve_engine::memory::human_bytes;
+use sdserve_engine::request::ImageToImage;
 use sdserve_engine::{
     png, DeviceChoice, Engine, EngineOptions, GenerateRequest, ModelSource, Observer, Precision,
     Progress, SamplerId, VaeTiling,
@@ -44,6 +49,18 @@ pub struct GenerateArgs {
     pub height: Option<usize>,
     #[arg(long, default_value_t = 1)]
     pub batch_size: usize,
+    /// Image-to-image: start from this PNG or JPEG (resized to the output size
+    /// with Lanczos; the output size defaults to the image's, rounded down to
+    /// the VAE's multiple, as diffusers).
+    #[arg(long, value_name = "FILE")]
+    pub init_image: Option<PathBuf>,
+    /// Inpainting mask (PNG or JPEG, white repaints, black keeps); needs --init-image.
+    #[arg(long, value_name = "FILE", requires = "init_image")]
+    pub mask: Option<PathBuf>,
+    /// Fraction of the steps that run from the init image, in (0, 1]
+    /// [default: 0.8 for image-to-image, 1 with a mask, as diffusers' pipelines].
+    #[arg(long, requires = "init_image")]
+    pub strength: Option<f64>,
     /// Output PNG; with a batch, FILE-0.png, FILE-1.png...
     #[arg(long, default_value = "output.png")]
     pub output: PathBuf,
@@ -64,6 +81,13 @@ pub struct GenerateArgs {
     /// which also selects a MIG instance: MIG-<uuid>).
     #[arg(long, value_name = "auto|cpu|cuda|cuda:N", default_value = "auto")]
     pub device: DeviceChoice,
+}
+
+/// An init image or mask through the server's bounded decoder (PNG or JPEG).
+fn read_image(path: &Path) -> anyhow::Result<DecodedImage> {
+    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    decode_rgb(&bytes, &ImageLimits::default())
+        .with_context(|| format!("decoding {}", path.display()))
 }
 
 /// Shows denoising progress on stderr.
@@ -107,6 +131,36 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
         }
         Some(s) => Some(s as u64),
     };
+    let init = args
+        .init_image
+        .as_deref()
+        .map(|path| {
+            let image = read_image(path)?;
+            let mask = args
+                .mask
+                .as_deref()
+                .map(|m| read_image(m).map(|rgb| Arc::new(GrayImage::from_rgb(&rgb))))
+                .transpose()?;
+            let strength = args
+                .strength
+                .unwrap_or(if mask.is_some() { 1.0 } else { 0.8 });
+            anyhow::Ok(ImageToImage {
+                image: Arc::new(image),
+                mask,
+                strength,
+                overlay: None,
+            })
+        })
+        .transpose()?;
+    // diffusers' img2img output takes the init image's size, rounded down to the VAE's multiple.
+    let factor = info.vae_scale_factor;
+    let (default_width, default_height) = match &init {
+        Some(init) => (
+            init.image.width / factor * factor,
+            init.image.height / factor * factor,
+        ),
+        None => (info.native_width, info.native_height),
+    };
     let request = GenerateRequest {
         prompt: args.prompt,
         negative_prompt: args.negative_prompt,
@@ -114,9 +168,11 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
         steps: args.steps.unwrap_or(info.default_steps),
         cfg_scale: args.cfg_scale.unwrap_or(info.default_cfg_scale),
         sampler,
-        width: args.width.unwrap_or(info.native_width),
-        height: args.height.unwrap_or(info.native_height),
+        width: args.width.unwrap_or(default_width),
+        height: args.height.unwrap_or(default_height),
         batch_size: args.batch_size,
+        init,
+        seed_per_image: false,
     };
     engine.validate(&request)?;
     let plan = engine.memory_plan();

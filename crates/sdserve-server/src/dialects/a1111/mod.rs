@@ -4,6 +4,7 @@
 //! `{"detail": [{"loc", "msg", "type"}]}` for bad input, `{"detail": "..."}` for
 //! HTTP errors, `{"error", "detail", "body", "errors"}` for server faults.
 
+mod img2img;
 mod listings;
 mod png_info;
 mod status;
@@ -21,6 +22,7 @@ use utoipa::{IntoResponses, ToSchema};
 use crate::error::{to_json, ApiError, ErrorShape};
 use crate::state::AppState;
 
+pub use img2img::*;
 pub use listings::*;
 pub use png_info::*;
 pub use status::*;
@@ -141,6 +143,7 @@ pub enum A1111Errors {
 pub fn routes() -> Router<Arc<AppState>> {
     Router::new()
         .route("/sdapi/v1/txt2img", post(txt2img))
+        .route("/sdapi/v1/img2img", post(img2img))
         .route("/sdapi/v1/progress", get(progress))
         .route("/sdapi/v1/interrupt", post(interrupt))
         .route("/sdapi/v1/skip", post(skip))

@@ -46,20 +46,6 @@ fn invalid_image(message: String) -> ApiError {
     .into()
 }
 
-/// The base64 text of `image`: trimmed of ASCII whitespace, out of its data URL.
-fn base64_part(image: &str) -> Result<&str, ApiError> {
-    let text = image.trim_matches(|c: char| c.is_ascii_whitespace());
-    match text.strip_prefix("data:") {
-        None => Ok(text),
-        Some(rest) => match rest.split_once(',') {
-            Some((media, data)) if media.ends_with(";base64") => Ok(data),
-            _ => Err(invalid_image(
-                "a data URL must read data:<type>;base64,<data>".into(),
-            )),
-        },
-    }
-}
-
 /// `POST /sdapi/v1/png-info` answer.
 #[derive(Serialize, ToSchema)]
 pub struct PngInfoResponse {
@@ -148,7 +134,7 @@ pub async fn png_info(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<PngInfoResponse>, Rejection<A1111>> {
     let request: PngInfoRequest = parse_json(body, state.config.limits.max_body_bytes)?;
-    let b64 = base64_part(&request.image)?;
+    let b64 = crate::dialects::images::base64_part("image", &request.image)?;
     let mut info = String::new();
     let mut items = serde_json::Map::new();
     if !b64.is_empty() {
@@ -213,7 +199,7 @@ mod tests {
     fn image_pattern_is_what_the_parser_takes() {
         let pattern = regex::Regex::new(IMAGE_PATTERN).unwrap();
         let accepted = |image: &str| {
-            base64_part(image).is_ok_and(|b64| {
+            crate::dialects::images::base64_part("image", image).is_ok_and(|b64| {
                 b64.is_empty()
                     || base64::engine::general_purpose::STANDARD
                         .decode(b64)

@@ -233,6 +233,16 @@ impl Txt2ImgRequest {
 
     /// The job this request asks for.
     pub fn to_spec(&self, limits: &Limits) -> Result<JobSpec, ValidationError> {
+        self.to_spec_with_extra(limits, &self.extra)
+    }
+
+    /// [`Self::to_spec`] with `extra` (the fields txt2img does not know) in
+    /// place of the request's own: img2img takes its fields out first.
+    pub fn to_spec_with_extra(
+        &self,
+        limits: &Limits,
+        extra: &serde_json::Map<String, serde_json::Value>,
+    ) -> Result<JobSpec, ValidationError> {
         let seed = match self.seed.unwrap_or(-1) {
             -1 => None,
             s if s >= 0 => Some(s as u64),
@@ -259,7 +269,7 @@ impl Txt2ImgRequest {
             .override_settings
             .as_ref()
             .map_or(&no_settings, |o| &o.other);
-        super::unsupported::check(&self.extra, settings, &sampler)?;
+        super::unsupported::check(extra, settings, &sampler)?;
         Ok(JobSpec {
             negative_prompt: self.negative_prompt.clone().unwrap_or_default(),
             seed,
@@ -270,6 +280,8 @@ impl Txt2ImgRequest {
             height: self.height,
             batch_size: Some(self.images(limits)?),
             model: self.override_model().map(str::to_string),
+            // A1111's batches: image i is seed + i, reproducible alone.
+            seed_per_image: true,
             ..JobSpec::new(self.prompt.clone().unwrap_or_default(), A1111_FIELDS)
         })
     }

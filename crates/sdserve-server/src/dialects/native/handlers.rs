@@ -16,12 +16,14 @@ use tokio::sync::watch;
 
 use super::wire::{CreateJob, JobAccepted, JobEvent, JobView, ModelList, ModelView, SamplerView};
 use super::{Native, NativeErrors};
+use crate::dialects::images;
 use crate::dialects::Dialect;
-use crate::engine_api::SamplerId;
+use crate::engine_api::{GrayImage, SamplerId};
 use crate::error::{ApiError, Rejection};
 use crate::extract::{parse_id, parse_json, Caller};
 use crate::jobs::{ImageId, JobId, JobSnapshot, JobStatus};
 use crate::state::AppState;
+use crate::validation::{InitSpec, ValidationError};
 
 type Result<T> = std::result::Result<T, Rejection<Native>>;
 
@@ -36,8 +38,12 @@ pub async fn create_job(
     caller: Caller,
     body: std::result::Result<Bytes, BytesRejection>,
 ) -> Result<Response> {
-    let spec =
-        parse_json::<CreateJob>(body, state.config.limits.max_body_bytes).map(CreateJob::into_spec);
+    let spec = match parse_json::<CreateJob>(body, state.config.limits.max_body_bytes) {
+        Ok(job) => init_spec(&state, &caller, &job)
+            .await
+            .map(|init| job.into_spec(init)),
+        Err(e) => Err(e),
+    };
     let handle = state.submit(Dialect::Native, &caller, spec).await?;
     let snap = handle.snapshot();
     let location = format!("/api/v1/jobs/{}", snap.id);
@@ -54,6 +60,64 @@ pub async fn create_job(
         response.headers_mut().insert(header::LOCATION, value);
     }
     Ok(response)
+}
+
+/// The request's `init_image` and `mask`, each base64 or the id of an image
+/// the caller may see, decoded by the bounded decoder.
+async fn init_spec<'a>(
+    state: &'a AppState,
+    caller: &'a Caller,
+    job: &'a CreateJob,
+) -> std::result::Result<Option<InitSpec>, ApiError> {
+    let Some(image) = &job.init_image else {
+        if job.mask.is_some() || job.strength.is_some() {
+            let field = if job.mask.is_some() {
+                "mask"
+            } else {
+                "strength"
+            };
+            return Err(ValidationError::Invalid {
+                field,
+                message: "needs `init_image`".into(),
+            }
+            .into());
+        }
+        return Ok(None);
+    };
+    let bytes = |field: &'static str, text: &'a str| image_bytes(state, caller, field, text);
+    let image = Arc::new(images::decode(
+        "init_image",
+        &bytes("init_image", image).await?,
+    )?);
+    let mask = match &job.mask {
+        Some(mask) => {
+            let rgb = images::decode("mask", &bytes("mask", mask).await?)?;
+            Some(Arc::new(GrayImage::from_rgb(&rgb)))
+        }
+        None => None,
+    };
+    Ok(Some(InitSpec {
+        image,
+        default_strength: if mask.is_some() { 1.0 } else { 0.8 },
+        mask,
+        strength: job.strength,
+        strength_field: "strength",
+        overlay: None,
+    }))
+}
+
+/// An image field's bytes: a canonical UUID is the id of an image the caller
+/// may see (base64 never has hyphens), anything else base64.
+async fn image_bytes(
+    state: &AppState,
+    caller: &Caller,
+    field: &'static str,
+    text: &str,
+) -> std::result::Result<Vec<u8>, ApiError> {
+    match text.parse::<ImageId>() {
+        Ok(id) => state.image_for(id, caller).await,
+        Err(_) => images::base64_bytes(field, text),
+    }
 }
 
 /// A job's state, progress, error and images (also after a restart).

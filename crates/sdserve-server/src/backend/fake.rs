@@ -8,7 +8,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use crate::engine_api::{
-    random_seed, EngineError, GenerateRequest, GeneratedImage, GenerationOutput, MemoryPlan,
+    png, random_seed, EngineError, GenerateRequest, GeneratedImage, GenerationOutput, MemoryPlan,
     ModelInfo, Observer, Progress, Timings,
 };
 
@@ -94,17 +94,19 @@ impl FakeBackend {
                 rgb.extend_from_slice(&v.to_le_bytes()[..3]);
             }
         }
+        let (sampler, schedule) = png::a1111_sampler(request.sampler);
         GeneratedImage {
             width: request.width,
             height: request.height,
             rgb,
             seed,
             infotext: format!(
-                "{}\nNegative prompt: {}\nSteps: {}, Sampler: {}, CFG scale: {}, Seed: {}, Size: {}x{}, Model: {}",
+                "{}\nNegative prompt: {}\nSteps: {}, Sampler: {}, Schedule type: {}, CFG scale: {}, Seed: {}, Size: {}x{}, Model: {}",
                 request.prompt,
                 request.negative_prompt,
                 request.steps,
-                request.sampler.label(),
+                sampler,
+                schedule,
                 request.cfg_scale,
                 seed,
                 request.width,

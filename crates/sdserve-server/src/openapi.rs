@@ -197,6 +197,20 @@ pub fn document(limits: &Limits, model: Option<&ModelInfo>, auth: bool) -> Value
         );
     }
     require_defaults_beyond_limits(&mut doc, limits);
+    // override_settings: only the settings the gate accepts, at the values it accepts.
+    if let Some(schema) = doc
+        .pointer_mut("/components/schemas/OverrideSettings")
+        .and_then(Value::as_object_mut)
+    {
+        if let Some(props) = schema
+            .entry("properties")
+            .or_insert_with(|| json!({}))
+            .as_object_mut()
+        {
+            props.extend(a1111::settings_schema());
+        }
+        schema.insert("additionalProperties".into(), json!(false));
+    }
     bound_unsigned_integers(&mut doc);
     add_links(&mut doc);
     if auth {
@@ -466,6 +480,13 @@ mod tests {
             schemas["GenerationRequest"]["required"],
             json!(["prompt", "steps"])
         );
+        let settings = &schemas["OverrideSettings"];
+        assert_eq!(settings["additionalProperties"], false);
+        assert_eq!(
+            settings["properties"]["CLIP_stop_at_last_layers"]["enum"],
+            json!([1, null])
+        );
+        assert!(settings["properties"]["sd_model_checkpoint"].is_object());
         // Only JPEG takes a compression below 100.
         let rule = &schemas["ImageGenerationRequest"]["allOf"][0];
         assert_eq!(rule["if"]["properties"]["output_format"]["const"], "jpeg");

@@ -22,6 +22,7 @@ use crate::extract::{parse_json, Caller};
 use crate::jobs::job::unix_now;
 use crate::jobs::{JobSnapshot, JobStatus};
 use crate::state::AppState;
+use crate::validation::ValidationError;
 
 /// A1111's `textinfo` for a task that is not running (and not queued).
 const WAITING: &str = "Waiting...";
@@ -33,6 +34,7 @@ pub struct InternalProgressRequest {
     /// The task's name: the `force_task_id` its txt2img request carried.
     pub id_task: Option<String>,
     /// The id of the last live preview the client received (default -1: none).
+    #[schema(minimum = -1, maximum = 2147483647)]
     #[serde(deserialize_with = "crate::extract::whole_number::option_i64")]
     pub id_live_preview: Option<i64>,
     /// Whether to include a live preview (default true; none are made yet).
@@ -108,6 +110,18 @@ pub async fn internal_progress(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<InternalProgressResponse>, Rejection<A1111>> {
     let request: InternalProgressRequest = parse_json(body, state.config.limits.max_body_bytes)?;
+    if let Some(id) = request.id_live_preview {
+        if !(-1..=i64::from(i32::MAX)).contains(&id) {
+            return Err(ValidationError::Invalid {
+                field: "id_live_preview",
+                message: format!(
+                    "must be -1 (none) or a preview id up to {}, got {id}",
+                    i32::MAX
+                ),
+            }
+            .into());
+        }
+    }
     let named = match &request.id_task {
         Some(name) => named_job(&state, &caller, name).await,
         None => Named::Unknown,

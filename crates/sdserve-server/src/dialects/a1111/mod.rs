@@ -30,6 +30,7 @@ pub use listings::*;
 pub use png_info::*;
 pub use status::*;
 pub use txt2img::*;
+pub use unsupported::settings_schema;
 pub use wire::*;
 
 /// Error shape of the A1111 dialect.

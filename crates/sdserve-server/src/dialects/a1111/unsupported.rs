@@ -115,6 +115,25 @@ const SETTINGS: &[(&str, Off)] = &[
     ("sd_vae", Off::OwnVae),
 ];
 
+/// What `override_settings` accepts besides `sd_model_checkpoint`, as JSON
+/// Schema properties: each setting of [`SETTINGS`] with the values that pass
+/// (null among them). Any other key is refused, so the OpenAPI document closes
+/// the object with these.
+pub fn settings_schema() -> Map<String, Value> {
+    SETTINGS
+        .iter()
+        .map(|(name, off)| {
+            let values = match off {
+                Off::One => serde_json::json!([1, null]),
+                Off::Zero => serde_json::json!([0, null]),
+                Off::OwnVae => serde_json::json!(["", "None", "Automatic", null]),
+                _ => serde_json::json!([null]),
+            };
+            ((*name).to_string(), serde_json::json!({ "enum": values }))
+        })
+        .collect()
+}
+
 /// Refuses an unimplemented txt2img field, or `override_settings` key, that
 /// is set to something other than its "off" value. `eta` is checked against
 /// the sampler (`sampler` is the engine's sampler name): A1111 uses it only for

@@ -66,18 +66,38 @@ def main() -> int:
         assert resp.headers["Content-Type"] == "image/png"
         assert resp.read().startswith(b"\x89PNG")
 
+    # OpenAI's model names run on the default model; output_format re-encodes.
+    for name in ["dall-e-2", "dall-e-3", "gpt-image-1"]:
+        same = client.images.generate(
+            model=name, prompt=args.prompt, n=1, size=f"{args.size}x{args.size}", response_format="b64_json",
+            extra_body={"negative_prompt": args.negative_prompt, "seed": args.seed, "steps": args.steps,
+                        "cfg_scale": args.cfg_scale, "sampler": args.sampler},
+        )
+        assert base64.b64decode(same.data[0].b64_json) == base64.b64decode(result.data[0].b64_json), name
+    for fmt, magic in [("jpeg", b"\xff\xd8\xff"), ("webp", b"RIFF")]:
+        encoded = client.images.generate(
+            model=model, prompt=args.prompt, n=1, size=f"{args.size}x{args.size}", response_format="b64_json",
+            output_format=fmt, output_compression=80 if fmt == "jpeg" else 100, extra_body={"steps": 1},
+        )
+        data = base64.b64decode(encoded.data[0].b64_json)
+        assert data.startswith(magic), (fmt, data[:12])
+        assert Image.open(io.BytesIO(data)).size == (args.size, args.size)
+
     # Errors arrive as the SDK's typed exceptions with OpenAI's error shape;
-    # an unknown model is a 404 (`model_not_found`), as OpenAI answers.
+    # an unknown model is a 404 (`model_not_found`), as OpenAI answers, and
+    # what sdserve cannot honour is a 400 naming the field.
     for bad, param, error in [
         ({"size": "banana"}, "size", openai.UnprocessableEntityError),
-        ({"model": "dall-e-3"}, "model", openai.NotFoundError),
+        ({"model": "dall-e-4"}, "model", openai.NotFoundError),
+        ({"background": "transparent"}, "background", openai.BadRequestError),
+        ({"extra_body": {"stream": True}}, "stream", openai.BadRequestError),
     ]:
         kwargs = {"model": model, "prompt": "x", "size": f"{args.size}x{args.size}"}
         kwargs.update(bad)
         try:
             client.images.generate(**kwargs)
         except error as e:
-            assert e.status_code in (404, 422), e.status_code
+            assert e.status_code in (400, 404, 422), e.status_code
             assert e.body["param"] == param, e.body
             assert e.body["type"] == "invalid_request_error", e.body
         else:

@@ -9,6 +9,7 @@ Exits non-zero on the first failed check. Driven by crates/sdserve/tests/clients
 import argparse
 import sys
 
+import requests
 import webuiapi
 from PIL import Image
 
@@ -72,7 +73,40 @@ def main() -> int:
     api.skip()
     info = api.png_info(result.image)
     assert "info" in info.info or isinstance(info.info, str)
-    assert isinstance(api.get_options(), dict)
+    options = api.get_options()
+    assert isinstance(options, dict)
+    for key, value in [("sd_vae", "Automatic"), ("CLIP_stop_at_last_layers", 1), ("samples_format", "png")]:
+        assert options[key] == value, (key, options)
+
+    # Discovery helpers answer A1111's types (empty lists where sdserve has none).
+    for helper in [api.get_loras, api.get_sd_vae, api.get_hypernetworks, api.get_face_restorers,
+                   api.get_realesrgan_models, api.get_prompt_styles]:
+        assert helper() == [], helper.__name__
+    assert api.get_embeddings() == {"loaded": {}, "skipped": {}}
+    assert [u["name"] for u in api.get_upscalers()] == ["None", "Lanczos", "Nearest"]
+    assert all(set(u) == {"name", "model_name", "model_path", "model_url", "scale"} for u in api.get_upscalers())
+    assert [m["name"] for m in api.get_latent_upscale_modes()] == ["Latent", "Latent (nearest)"]
+    assert api.get_cmd_flags()["api"] is True
+    assert "karras" in api.util_get_scheduler_names()
+    assert api.refresh_checkpoints() is None
+
+    # A1111 1.9+ infotext: the schedule is its own key, and png-info reads it back.
+    karras = api.txt2img(prompt=args.prompt, seed=1, steps=2, sampler_name="DPM++ 2M", scheduler="Karras",
+                         width=args.size, height=args.size)
+    assert "Sampler: DPM++ 2M, Schedule type: Karras," in karras.info["infotexts"][0], karras.info
+    parsed = api.png_info(karras.image).parameters
+    assert (parsed["Sampler"], parsed["Schedule type"]) == ("DPM++ 2M", "Karras"), parsed
+
+    # Multi-client tracking (A1111 1.8+): the client names its task and asks about it.
+    base = f"http://{args.host}:{args.port}"
+    done = requests.post(f"{base}/sdapi/v1/txt2img", json={
+        "prompt": args.prompt, "steps": 1, "width": args.size, "height": args.size, "force_task_id": "task(webuiapi)",
+    }, timeout=600)
+    assert done.status_code == 200, done.text
+    state = requests.post(f"{base}/internal/progress", json={"id_task": "task(webuiapi)", "id_live_preview": -1},
+                          timeout=60).json()
+    assert state["completed"] is True and state["active"] is False, state
+    assert requests.get(f"{base}/internal/pending-tasks", timeout=60).json() == {"size": 0, "tasks": []}
     print("webuiapi: all checks passed")
     return 0
 

@@ -51,6 +51,8 @@ struct JobState {
     sampler: Box<dyn Sampler>,
     rng: TorchRng,
     cancelled: bool,
+    /// Stopped denoising early on request; still decoded.
+    finished: bool,
 }
 
 /// True when guidance runs the unconditional pass (`guidance_scale > 1`).
@@ -107,6 +109,7 @@ pub fn generate_batch(
                 sampler,
                 rng,
                 cancelled: false,
+                finished: false,
                 request,
             });
         }
@@ -123,8 +126,11 @@ pub fn generate_batch(
             if !job.cancelled && observer.is_cancelled(job.parent) {
                 job.cancelled = true;
             }
+            if !job.cancelled && !job.finished && observer.finish_early(job.parent) {
+                job.finished = true;
+            }
         }
-        if jobs.iter().all(|j| j.cancelled) {
+        if jobs.iter().all(|j| j.cancelled || j.finished) {
             break;
         }
         denoise_step(model, &mut jobs, step, guidance)?;
@@ -180,7 +186,7 @@ fn denoise_step(
     guidance: bool,
 ) -> Result<()> {
     let active: Vec<usize> = (0..jobs.len())
-        .filter(|i| !jobs[*i].cancelled && jobs[*i].start_step <= step)
+        .filter(|i| !jobs[*i].cancelled && !jobs[*i].finished && jobs[*i].start_step <= step)
         .collect();
     if active.is_empty() {
         return Ok(());

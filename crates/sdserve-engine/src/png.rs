@@ -5,6 +5,7 @@
 use crate::error::{EngineError, Result};
 use crate::image_input::{self, ImageLimits};
 use crate::request::{GenerateRequest, GeneratedImage};
+use crate::samplers::SamplerId;
 
 pub use crate::image_input::PARAMETERS_KEY;
 
@@ -32,8 +33,20 @@ impl ModelLabel {
 /// The version an infotext names (`Version: sdserve 0.1.0`).
 pub const VERSION: &str = concat!("sdserve ", env!("CARGO_PKG_VERSION"));
 
+/// A sampler as A1111 1.9+ names it in an infotext: the sampler's own name and
+/// its `Schedule type` (`DPM++ 2M` + `Karras` rather than the older
+/// `DPM++ 2M Karras`; `Automatic` when the sampler keeps its own schedule), so
+/// that A1111's PNG Info and "send to txt2img" pick both back up.
+pub fn a1111_sampler(sampler: SamplerId) -> (&'static str, &'static str) {
+    match sampler {
+        SamplerId::DpmPp2mKarras => (SamplerId::DpmPp2m.label(), "Karras"),
+        other => (other.label(), "Automatic"),
+    }
+}
+
 /// A1111's infotext: prompt, optional negative prompt, then the settings line
-/// ending with `Model hash`, `Model` and `Version` as A1111 writes them. The
+/// (`Sampler` and `Schedule type` split as A1111 1.9+ writes them, see
+/// [`a1111_sampler`]) ending with `Model hash`, `Model` and `Version`. The
 /// name loses its `,` and `:` (as A1111 did before it quoted values): every
 /// infotext parser splits the settings line on them.
 pub fn infotext(request: &GenerateRequest, seed: u64, model: &ModelLabel) -> String {
@@ -42,10 +55,10 @@ pub fn infotext(request: &GenerateRequest, seed: u64, model: &ModelLabel) -> Str
         text.push_str("\nNegative prompt: ");
         text.push_str(&request.negative_prompt);
     }
+    let (sampler, schedule) = a1111_sampler(request.sampler);
     text.push_str(&format!(
-        "\nSteps: {}, Sampler: {}, CFG scale: {}, Seed: {}, Size: {}x{}",
+        "\nSteps: {}, Sampler: {sampler}, Schedule type: {schedule}, CFG scale: {}, Seed: {}, Size: {}x{}",
         request.steps,
-        request.sampler.label(),
         request.cfg_scale,
         seed,
         request.width,
@@ -124,7 +137,6 @@ pub fn decode_rgb(png_bytes: &[u8]) -> Result<(usize, usize, Vec<u8>)> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::samplers::SamplerId;
 
     fn request(prompt: &str, negative: &str) -> GenerateRequest {
         GenerateRequest {
@@ -151,14 +163,27 @@ mod tests {
         let text = infotext(&request("a cat", "blurry"), 42, &label);
         assert_eq!(
             text,
-            format!("a cat\nNegative prompt: blurry\nSteps: 20, Sampler: Euler a, CFG scale: 7, Seed: 42, Size: 512x512, Model hash: 0123456789, Model: tiny, Version: {VERSION}")
+            format!("a cat\nNegative prompt: blurry\nSteps: 20, Sampler: Euler a, Schedule type: Automatic, CFG scale: 7, Seed: 42, Size: 512x512, Model hash: 0123456789, Model: tiny, Version: {VERSION}")
         );
         let mut r = request("a cat", "");
         r.cfg_scale = 7.5;
         assert_eq!(
             infotext(&r, 1, &ModelLabel::named("m")),
-            format!("a cat\nSteps: 20, Sampler: Euler a, CFG scale: 7.5, Seed: 1, Size: 512x512, Model: m, Version: {VERSION}")
+            format!("a cat\nSteps: 20, Sampler: Euler a, Schedule type: Automatic, CFG scale: 7.5, Seed: 1, Size: 512x512, Model: m, Version: {VERSION}")
         );
+        // A1111 1.9+ splits a scheduled sampler's name: `DPM++ 2M Karras` is
+        // written as `Sampler: DPM++ 2M, Schedule type: Karras`.
+        r.sampler = SamplerId::DpmPp2mKarras;
+        let text = infotext(&r, 1, &ModelLabel::named("m"));
+        assert!(
+            text.contains("\nSteps: 20, Sampler: DPM++ 2M, Schedule type: Karras, CFG scale: 7.5,"),
+            "{text}"
+        );
+        for sampler in SamplerId::ALL {
+            let (name, schedule) = a1111_sampler(sampler);
+            assert!(!name.ends_with("Karras"), "{name}");
+            assert_eq!(schedule == "Karras", sampler == SamplerId::DpmPp2mKarras);
+        }
     }
 
     #[test]

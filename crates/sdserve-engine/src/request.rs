@@ -94,6 +94,11 @@ pub trait Observer {
     fn is_cancelled(&mut self, _index: usize) -> bool {
         false
     }
+    /// Asked between steps: should job `index` stop denoising now and decode
+    /// what it has (A1111's interrupt: the client still gets images)?
+    fn finish_early(&mut self, _index: usize) -> bool {
+        false
+    }
 }
 
 /// An observer that ignores progress and never cancels.

@@ -113,3 +113,49 @@ fn a_cancelled_job_stops_between_steps_and_the_rest_of_the_batch_finishes() {
         recorder.events
     );
 }
+
+/// Finishes job `index` early once `after` steps are done (A1111's interrupt).
+struct Interrupter {
+    index: usize,
+    after: usize,
+    steps_done: usize,
+}
+
+impl Observer for Interrupter {
+    fn progress(&mut self, progress: Progress) {
+        if let Progress::Step { step, .. } = progress {
+            self.steps_done = step;
+        }
+    }
+    fn finish_early(&mut self, index: usize) -> bool {
+        index == self.index && self.steps_done >= self.after
+    }
+}
+
+/// A job finished early still decodes (its half-denoised latents), while the
+/// rest of its batch runs to the end unchanged.
+#[test]
+fn a_job_finished_early_is_decoded_and_the_rest_of_the_batch_is_unchanged() {
+    let engine = engine();
+    let jobs = [job("a cat", 1), job("a dog", 2)];
+    let full = engine.generate_batch(&jobs, &mut NoopObserver).unwrap();
+    let mut interrupter = Interrupter {
+        index: 0,
+        after: 2,
+        steps_done: 0,
+    };
+    let early = engine.generate_batch(&jobs, &mut interrupter).unwrap();
+    let image = |r: &Result<sdserve_engine::GenerationOutput, EngineError>| {
+        r.as_ref().expect("has images").images[0].rgb.clone()
+    };
+    assert_ne!(
+        image(&early[0]),
+        image(&full[0]),
+        "stopped after 2 of 4 steps"
+    );
+    assert_eq!(
+        image(&early[1]),
+        image(&full[1]),
+        "its batch mate ran to the end"
+    );
+}

@@ -111,6 +111,7 @@ impl App {
                 metrics,
                 started_unix: crate::jobs::job::unix_now() as u64,
                 signer,
+                task_names: Default::default(),
                 models: OnceLock::new(),
             }),
         })

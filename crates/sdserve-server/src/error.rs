@@ -55,6 +55,16 @@ pub enum ApiError {
     /// The body could not be read (client aborted, bad encoding).
     #[error("could not read the request body: {0}")]
     BadBody(String),
+    /// A value the dialect defines but sdserve cannot honour (OpenAI's
+    /// `background: "transparent"`, `stream: true`): refused by name rather
+    /// than ignored, with OpenAI's status for an unsupported value.
+    #[error("`{field}`: {message}")]
+    UnsupportedValue {
+        /// The field, as the dialect spells it.
+        field: &'static str,
+        /// What is not supported, and what is.
+        message: String,
+    },
     /// A path id that is not a UUID.
     #[error(transparent)]
     InvalidId(#[from] crate::jobs::InvalidId),
@@ -138,9 +148,10 @@ impl ApiError {
     pub fn status(&self) -> StatusCode {
         match self {
             Self::Validation(ValidationError::OverBudget { .. }) => StatusCode::PAYLOAD_TOO_LARGE,
-            Self::MalformedJson(_) | Self::BadBody(_) | Self::InvalidId(_) => {
-                StatusCode::BAD_REQUEST
-            }
+            Self::MalformedJson(_)
+            | Self::BadBody(_)
+            | Self::InvalidId(_)
+            | Self::UnsupportedValue { .. } => StatusCode::BAD_REQUEST,
             Self::InvalidField { .. } | Self::Validation(_) => StatusCode::UNPROCESSABLE_ENTITY,
             Self::BodyTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
             Self::BodyTooLarge { .. }
@@ -179,6 +190,7 @@ impl ApiError {
             } => "image_too_large",
             Self::InvalidImage { .. } => "invalid_image",
             Self::BadBody(_) => "bad_body",
+            Self::UnsupportedValue { .. } => "unsupported_value",
             Self::BodyTimeout { .. } => "body_timeout",
             Self::InvalidId(_) => "invalid_id",
             Self::JobNotFound(_) | Self::ImageNotFound(_) | Self::NoRoute(_) => "not_found",
@@ -206,6 +218,7 @@ impl ApiError {
             Self::InvalidImage { field, .. } => Some(field),
             Self::Validation(v) => v.field(),
             Self::UnknownModel { field, .. } => Some(field),
+            Self::UnsupportedValue { field, .. } => Some(field),
             _ => None,
         }
     }
@@ -361,6 +374,10 @@ mod tests {
             },
             ApiError::Unauthorized {
                 challenge: "Bearer",
+            },
+            ApiError::UnsupportedValue {
+                field: "stream",
+                message: "streaming is not supported".into(),
             },
         ] {
             assert!(e.status().is_client_error(), "{e}");

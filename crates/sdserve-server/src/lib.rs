@@ -28,6 +28,7 @@ pub mod dialects;
 pub mod engine_api;
 pub mod error;
 pub mod extract;
+pub mod image_output;
 pub mod jobs;
 pub mod metrics;
 pub mod models;

@@ -27,6 +27,11 @@ use crate::validation::sampler_names;
         a1111::txt2img, a1111::progress, a1111::interrupt, a1111::skip, a1111::sd_models,
         a1111::samplers, a1111::schedulers, a1111::get_options, a1111::set_options,
         a1111::png_info, a1111::memory, a1111::scripts, a1111::refresh_checkpoints,
+        a1111::loras, a1111::embeddings, a1111::sd_vae, a1111::upscalers,
+        a1111::latent_upscale_modes, a1111::hypernetworks, a1111::face_restorers,
+        a1111::realesrgan_models, a1111::prompt_styles, a1111::cmd_flags, a1111::refresh_vae,
+        a1111::refresh_loras, a1111::refresh_embeddings, a1111::internal_progress,
+        a1111::pending_tasks,
         openai::generations, openai::models, openai::image_file,
         simple::generate, simple::download,
         ops::livez, ops::readyz, ops::metrics, ops::openapi_json, ops::docs,
@@ -128,12 +133,29 @@ pub fn document(limits: &Limits, model: Option<&ModelInfo>, auth: bool) -> Value
             vec![json!("b64_json"), json!("url"), Value::Null],
         ),
     ];
-    if let Some(model) = model {
-        enums.push((
+    enums.extend([
+        (
             "ImageGenerationRequest",
-            "model",
-            vec![json!(model.name), Value::Null],
-        ));
+            "output_format",
+            vec![json!("png"), json!("jpeg"), json!("webp"), Value::Null],
+        ),
+        // `transparent` is a value OpenAI defines that sdserve refuses (400).
+        (
+            "ImageGenerationRequest",
+            "background",
+            vec![json!("auto"), json!("opaque"), Value::Null],
+        ),
+        (
+            "ImageGenerationRequest",
+            "stream",
+            vec![json!(false), Value::Null],
+        ),
+    ]);
+    if let Some(model) = model {
+        let mut names = vec![json!(model.name)];
+        names.extend(openai::OPENAI_MODEL_NAMES.iter().map(|n| json!(n)));
+        names.push(Value::Null);
+        enums.push(("ImageGenerationRequest", "model", names));
         enums.push((
             "OptionsRequest",
             "sd_model_checkpoint",
@@ -156,6 +178,38 @@ pub fn document(limits: &Limits, model: Option<&ModelInfo>, auth: bool) -> Value
     {
         let rules = a1111::txt2img_schema_rules(limits.max_batch);
         schema.insert("allOf".into(), Value::Array(rules));
+    }
+    if let Some(schema) = doc
+        .pointer_mut("/components/schemas/ImageGenerationRequest")
+        .and_then(Value::as_object_mut)
+    {
+        // Only JPEG takes a compression level below 100.
+        schema.insert(
+            "allOf".into(),
+            json!([{
+                "if": {
+                    "properties": { "output_format": { "const": "jpeg" } },
+                    "required": ["output_format"],
+                },
+                "then": {},
+                "else": { "properties": { "output_compression": { "enum": [100, null] } } },
+            }]),
+        );
+    }
+    require_defaults_beyond_limits(&mut doc, limits);
+    // override_settings: only the settings the gate accepts, at the values it accepts.
+    if let Some(schema) = doc
+        .pointer_mut("/components/schemas/OverrideSettings")
+        .and_then(Value::as_object_mut)
+    {
+        if let Some(props) = schema
+            .entry("properties")
+            .or_insert_with(|| json!({}))
+            .as_object_mut()
+        {
+            props.extend(a1111::settings_schema());
+        }
+        schema.insert("additionalProperties".into(), json!(false));
     }
     bound_unsigned_integers(&mut doc);
     add_links(&mut doc);
@@ -234,6 +288,57 @@ fn add_links(doc: &mut Value) {
                     (*target).to_string(),
                     json!({ "operationId": target, "parameters": { "id": id } }),
                 );
+            }
+        }
+    }
+}
+
+/// A dialect's fixed default (A1111's 512×512 and 50 steps, the simple API's
+/// 50 steps) that this server's limits do not allow: the field must then be
+/// sent, and the schema says so, since omitting it is refused by the gate.
+fn require_defaults_beyond_limits(doc: &mut Value, limits: &Limits) {
+    let size = a1111::A1111_DEFAULT_SIZE as usize;
+    let a1111_steps = a1111::A1111_DEFAULT_STEPS as usize;
+    let simple_steps = simple::SIMPLE_DEFAULT_STEPS as usize;
+    let needed = [
+        ("Txt2ImgRequest", "width", size > limits.max_width),
+        ("Txt2ImgRequest", "height", size > limits.max_height),
+        ("Txt2ImgRequest", "steps", a1111_steps > limits.max_steps),
+        (
+            "GenerationRequest",
+            "steps",
+            simple_steps > limits.max_steps,
+        ),
+    ];
+    for (schema, field, required) in needed {
+        if !required {
+            continue;
+        }
+        let Some(schema) = doc
+            .pointer_mut(&format!("/components/schemas/{schema}"))
+            .and_then(Value::as_object_mut)
+        else {
+            continue;
+        };
+        if let Some(list) = schema
+            .entry("required")
+            .or_insert_with(|| json!([]))
+            .as_array_mut()
+        {
+            if !list.iter().any(|f| f == field) {
+                list.push(json!(field));
+            }
+        }
+        if let Some(prop) = schema
+            .get_mut("properties")
+            .and_then(|p| p.get_mut(field))
+            .and_then(Value::as_object_mut)
+        {
+            // The default is beyond this server's limit: no longer a default,
+            // and null (which means "the default") is refused too.
+            prop.remove("default");
+            if let Some(types) = prop.get_mut("type").and_then(Value::as_array_mut) {
+                types.retain(|t| t != "null");
             }
         }
     }
@@ -347,6 +452,51 @@ mod tests {
     }
 
     #[test]
+    fn fixed_defaults_beyond_the_limits_make_fields_required() {
+        // served(): max width 64 and height 48 are below A1111's 512; steps are not.
+        let doc = served();
+        let schemas = &doc["components"]["schemas"];
+        let txt2img = &schemas["Txt2ImgRequest"];
+        assert_eq!(txt2img["required"], json!(["width", "height"]));
+        for field in ["width", "height"] {
+            let prop = &txt2img["properties"][field];
+            assert!(prop.get("default").is_none(), "{field}");
+            assert!(
+                !prop["type"].to_string().contains("null"),
+                "{field}: {prop}"
+            );
+        }
+        assert_eq!(txt2img["properties"]["steps"]["default"], 50);
+        assert!(schemas["GenerationRequest"].get("required") == Some(&json!(["prompt"])));
+        // With --max-steps below 50 both dialects' steps must be sent.
+        let low = Limits {
+            max_steps: 20,
+            ..Limits::default()
+        };
+        let doc = document(&low, None, false);
+        let schemas = &doc["components"]["schemas"];
+        assert_eq!(schemas["Txt2ImgRequest"]["required"], json!(["steps"]));
+        assert_eq!(
+            schemas["GenerationRequest"]["required"],
+            json!(["prompt", "steps"])
+        );
+        let settings = &schemas["OverrideSettings"];
+        assert_eq!(settings["additionalProperties"], false);
+        assert_eq!(
+            settings["properties"]["CLIP_stop_at_last_layers"]["enum"],
+            json!([1, null])
+        );
+        assert!(settings["properties"]["sd_model_checkpoint"].is_object());
+        // Only JPEG takes a compression below 100.
+        let rule = &schemas["ImageGenerationRequest"]["allOf"][0];
+        assert_eq!(rule["if"]["properties"]["output_format"]["const"], "jpeg");
+        assert_eq!(
+            rule["else"]["properties"]["output_compression"]["enum"],
+            json!([100, null])
+        );
+    }
+
+    #[test]
     fn u64_fields_span_u64_exactly() {
         let doc = served();
         let schemas = &doc["components"]["schemas"];
@@ -409,8 +559,15 @@ mod tests {
         );
         assert_eq!(
             schemas["ImageGenerationRequest"]["properties"]["model"]["enum"],
-            json!(["tiny", null])
+            json!(["tiny", "dall-e-2", "dall-e-3", "gpt-image-1", null])
         );
+        let props = &schemas["ImageGenerationRequest"]["properties"];
+        assert_eq!(
+            props["output_format"]["enum"],
+            json!(["png", "jpeg", "webp", null])
+        );
+        assert_eq!(props["background"]["enum"], json!(["auto", "opaque", null]));
+        assert_eq!(props["stream"]["enum"], json!([false, null]));
         assert_eq!(
             schemas["ImageGenerationRequest"]["properties"]["size"]["pattern"],
             "^(auto|(8|16|24|32|40|48|56|64)x(8|16|24|32|40|48))$"

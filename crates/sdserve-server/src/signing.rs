@@ -90,25 +90,47 @@ impl UrlSigner {
         }
     }
 
-    fn mac(&self, id: ImageId, expires: u64) -> Hmac<Sha256> {
+    /// The MAC over a link's id, expiry and, when the link asks for another
+    /// encoding than the stored PNG, that encoding's token (so a link cannot
+    /// be re-pointed at another format either). Tokens are `[a-z0-9-]`, so
+    /// the `:`-joined message is unambiguous.
+    fn mac(&self, id: ImageId, expires: u64, format: Option<&str>) -> Hmac<Sha256> {
         let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&self.key)
             .unwrap_or_else(|_| unreachable!("HMAC takes keys of any length"));
-        mac.update(format!("{id}:{expires}").as_bytes());
+        match format {
+            None => mac.update(format!("{id}:{expires}").as_bytes()),
+            Some(format) => mac.update(format!("{id}:{expires}:{format}").as_bytes()),
+        }
         mac
     }
 
     /// The hex signature of a link to `id` valid until `expires` (Unix seconds).
     pub fn sign(&self, id: ImageId, expires: u64) -> String {
-        hex::encode(self.mac(id, expires).finalize().into_bytes())
+        self.sign_as(id, expires, None)
+    }
+
+    /// [`UrlSigner::sign`] for a link that serves the image as `format` (an
+    /// `OutputEncoding` token; `None` for the stored PNG).
+    pub fn sign_as(&self, id: ImageId, expires: u64, format: Option<&str>) -> String {
+        hex::encode(self.mac(id, expires, format).finalize().into_bytes())
     }
 
     /// The path and query of a link to `id` that works until `now + ttl`.
     pub fn link(&self, id: ImageId, now: u64, ttl: u64) -> String {
+        self.link_as(id, now, ttl, None)
+    }
+
+    /// [`UrlSigner::link`] serving the image as `format` (its `format` query
+    /// parameter is covered by the signature).
+    pub fn link_as(&self, id: ImageId, now: u64, ttl: u64, format: Option<&str>) -> String {
         let expires = now.saturating_add(ttl);
-        format!(
-            "/v1/images/files/{id}?expires={expires}&signature={}",
-            self.sign(id, expires)
-        )
+        let signature = self.sign_as(id, expires, format);
+        match format {
+            None => format!("/v1/images/files/{id}?expires={expires}&signature={signature}"),
+            Some(format) => format!(
+                "/v1/images/files/{id}?expires={expires}&format={format}&signature={signature}"
+            ),
+        }
     }
 
     /// Checks a link (constant-time comparison of the signature).
@@ -119,8 +141,20 @@ impl UrlSigner {
         signature: &str,
         now: u64,
     ) -> Result<(), LinkError> {
+        self.verify_as(id, expires, None, signature, now)
+    }
+
+    /// [`UrlSigner::verify`] for a link with a `format`.
+    pub fn verify_as(
+        &self,
+        id: ImageId,
+        expires: u64,
+        format: Option<&str>,
+        signature: &str,
+        now: u64,
+    ) -> Result<(), LinkError> {
         let given = hex::decode(signature).map_err(|_| LinkError::BadSignature)?;
-        self.mac(id, expires)
+        self.mac(id, expires, format)
             .verify_slice(&given)
             .map_err(|_| LinkError::BadSignature)?;
         if now > expires {
@@ -161,6 +195,31 @@ mod tests {
         );
         let link = signer.link(id, 100, 50);
         assert!(link.starts_with(&format!("/v1/images/files/{id}?expires=150&signature=")));
+        // A format is signed too: the same link cannot be re-pointed at another.
+        let jpeg = signer.sign_as(id, 1000, Some("jpeg-80"));
+        assert_ne!(jpeg, sig);
+        assert_eq!(
+            signer.verify_as(id, 1000, Some("jpeg-80"), &jpeg, 999),
+            Ok(())
+        );
+        for (format, signature) in [
+            (Some("jpeg-90"), &jpeg),
+            (None, &jpeg),
+            (Some("webp"), &sig),
+        ] {
+            assert_eq!(
+                signer.verify_as(id, 1000, format, signature, 999),
+                Err(LinkError::BadSignature),
+                "{format:?}"
+            );
+        }
+        let link = signer.link_as(id, 100, 50, Some("webp"));
+        assert!(
+            link.starts_with(&format!(
+                "/v1/images/files/{id}?expires=150&format=webp&signature="
+            )),
+            "{link}"
+        );
     }
 
     #[test]

@@ -10,7 +10,7 @@ use crate::engine_api::ModelInfo;
 use crate::error::ApiError;
 use crate::extract::Caller;
 use crate::jobs::{
-    Deleted, FailureKind, ImageId, JobHandle, JobId, JobSnapshot, JobStatus, Jobs, Keep,
+    Deleted, FailureKind, ImageId, JobHandle, JobId, JobSnapshot, JobStatus, Jobs, Keep, TaskNames,
 };
 use crate::metrics::Metrics;
 use crate::models::{Listed, Models};
@@ -29,6 +29,8 @@ pub struct AppState {
     pub started_unix: u64,
     /// Signs the image links of OpenAI's `response_format: url`.
     pub signer: UrlSigner,
+    /// The names callers gave their jobs (A1111's `force_task_id`).
+    pub task_names: TaskNames,
     pub(crate) models: OnceLock<Arc<Models>>,
 }
 

@@ -93,7 +93,7 @@ fn generate_writes_the_diffusers_image_with_a1111_parameters() {
         params,
         concat!(
             "a photograph of an astronaut riding a horse\nNegative prompt: blurry, low quality\n\
-             Steps: 5, Sampler: Euler a, CFG scale: 7.5, Seed: 42, Size: 64x64, \
+             Steps: 5, Sampler: Euler a, Schedule type: Automatic, CFG scale: 7.5, Seed: 42, Size: 64x64, \
              Model hash: 8e8c3ec5ef, Model: tiny-sd1, Version: sdserve ",
             env!("CARGO_PKG_VERSION")
         )

@@ -8,7 +8,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use crate::engine_api::{
-    random_seed, EngineError, GenerateRequest, GeneratedImage, GenerationOutput, MemoryPlan,
+    png, random_seed, EngineError, GenerateRequest, GeneratedImage, GenerationOutput, MemoryPlan,
     ModelInfo, Observer, Progress, Timings,
 };
 
@@ -104,17 +104,19 @@ impl FakeBackend {
                 rgb.extend_from_slice(&v.to_le_bytes()[..3]);
             }
         }
+        let (sampler, schedule) = png::a1111_sampler(request.sampler);
         GeneratedImage {
             width: request.width,
             height: request.height,
             rgb,
             seed,
             infotext: format!(
-                "{}\nNegative prompt: {}\nSteps: {}, Sampler: {}, CFG scale: {}, Seed: {}, Size: {}x{}, Model: {}",
+                "{}\nNegative prompt: {}\nSteps: {}, Sampler: {}, Schedule type: {}, CFG scale: {}, Seed: {}, Size: {}x{}, Model: {}",
                 request.prompt,
                 request.negative_prompt,
                 request.steps,
-                request.sampler.label(),
+                sampler,
+                schedule,
                 request.cfg_scale,
                 seed,
                 request.width,
@@ -188,11 +190,13 @@ impl Backend for FakeBackend {
         observer.progress(Progress::Encoded);
         let total = jobs.first().map_or(0, |j| j.steps);
         let mut cancelled = vec![false; jobs.len()];
+        let mut finished = vec![false; jobs.len()];
         for step in 1..=total {
-            for (i, c) in cancelled.iter_mut().enumerate() {
+            for (i, (c, f)) in cancelled.iter_mut().zip(&mut finished).enumerate() {
                 *c = *c || observer.is_cancelled(i);
+                *f = *f || observer.finish_early(i);
             }
-            if cancelled.iter().all(|c| *c) {
+            if cancelled.iter().zip(&finished).all(|(c, f)| *c || *f) {
                 break;
             }
             std::thread::sleep(self.step_delay);

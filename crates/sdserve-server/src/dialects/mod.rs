@@ -42,7 +42,7 @@ impl Dialect {
 
     /// The dialect whose error shape suits a path (for auth failures and unknown routes).
     pub fn for_path(path: &str) -> Self {
-        if path.starts_with("/sdapi/") {
+        if path.starts_with("/sdapi/") || path.starts_with("/internal/") {
             Self::A1111
         } else if path.starts_with("/v1/") {
             Self::OpenAi

@@ -1,9 +1,13 @@
 //! The OpenAI images dialect: `POST /v1/images/generations` and `GET /v1/models`,
 //! so the OpenAI SDKs work with `base_url` pointed here. Extension fields
 //! (`negative_prompt`, `seed`, `steps`, `cfg_scale`, `sampler`) pass through the
-//! SDKs' `extra_body`. Unknown fields are ignored. Errors are
-//! `{"error": {"message", "type", "param", "code"}}`. Synchronous: a client that
-//! disconnects cancels its job.
+//! SDKs' `extra_body`. OpenAI's own model names (`dall-e-2`, `dall-e-3`,
+//! `gpt-image-1`) name the default model, since clients such as Open WebUI send
+//! them unasked; `output_format` + `output_compression` re-encode the stored PNG
+//! (`image_output.rs`); what cannot be honoured (`background: "transparent"`,
+//! `stream: true`) is a 400 naming the field. Unknown fields are ignored.
+//! Errors are `{"error": {"message", "type", "param", "code"}}`. Synchronous: a
+//! client that disconnects cancels its job.
 
 use std::sync::Arc;
 
@@ -22,6 +26,7 @@ use utoipa::{IntoResponses, ToSchema};
 use super::Dialect;
 use crate::error::{to_json, ApiError, ErrorShape, Rejection};
 use crate::extract::{parse_id, parse_json, Caller};
+use crate::image_output::{OutputEncoding, OutputFormat};
 use crate::jobs::job::unix_now;
 use crate::jobs::{ImageId, JobHandle, Keep};
 use crate::signing::SIGNED_LINK_TTL_SECS;
@@ -84,7 +89,8 @@ impl ErrorShape for OpenAi {
 #[derive(IntoResponses)]
 #[allow(dead_code)]
 pub enum OpenAiErrors {
-    /// Malformed JSON.
+    /// Malformed JSON, or a value sdserve cannot honour (`background:
+    /// "transparent"`, `stream: true`, a compression level for a lossless format).
     #[response(status = 400)]
     BadRequest(OpenAiError),
     /// Invalid API key.
@@ -145,7 +151,8 @@ pub struct ImageGenerationRequest {
     #[schema(max_length = 8192)]
     pub prompt: String,
     /// Model id (see `GET /v1/models`; A1111's titles and hashes work too);
-    /// default: the server's default model. An unknown one is a 404.
+    /// default: the server's default model, which OpenAI's names `dall-e-2`,
+    /// `dall-e-3` and `gpt-image-1` also name. An unknown one is a 404.
     pub model: Option<String>,
     /// Number of images.
     #[schema(minimum = 1, maximum = 8)]
@@ -159,6 +166,17 @@ pub struct ImageGenerationRequest {
     pub response_format: Option<String>,
     /// End-user id (logged, not used).
     pub user: Option<String>,
+    /// `png` (default), `jpeg` or `webp` (lossless), for `b64_json` and `url` alike.
+    pub output_format: Option<String>,
+    /// Compression, 0 to 100 (default 100): the JPEG quality (0 is taken as 1).
+    /// PNG and WebP are lossless here, so they take only 100.
+    #[schema(minimum = 0, maximum = 100)]
+    #[serde(default, deserialize_with = "crate::extract::whole_number::option_i64")]
+    pub output_compression: Option<i64>,
+    /// `auto` or `opaque` (what is generated); `transparent` is a 400.
+    pub background: Option<String>,
+    /// `false`; `true` (partial images as server-sent events) is a 400.
+    pub stream: Option<bool>,
     /// Extension: negative prompt.
     #[schema(max_length = 8192)]
     pub negative_prompt: Option<String>,
@@ -224,7 +242,78 @@ pub fn size_pattern(max_width: usize, max_height: usize, multiple: usize) -> Str
     format!("^(auto|({widths})x({heights}))$")
 }
 
+/// OpenAI's own model names, which name the server's default model: clients
+/// send them without asking the user (Open WebUI's default is `dall-e-2`).
+pub const OPENAI_MODEL_NAMES: [&str; 3] = ["dall-e-2", "dall-e-3", "gpt-image-1"];
+
+fn unsupported(field: &'static str, message: String) -> ApiError {
+    ApiError::UnsupportedValue { field, message }
+}
+
+/// The encoding `output_format` and `output_compression` ask for.
+pub fn output_encoding(
+    format: Option<&str>,
+    compression: Option<i64>,
+) -> Result<OutputEncoding, ApiError> {
+    let format = match format {
+        None => OutputFormat::Png,
+        Some(name) => OutputFormat::parse(name).ok_or_else(|| {
+            invalid(
+                "output_format",
+                format!("must be png, jpeg or webp, got {name:?}"),
+            )
+        })?,
+    };
+    let compression = compression.unwrap_or(100);
+    if !(0..=100).contains(&compression) {
+        return Err(invalid(
+            "output_compression",
+            format!("must be between 0 and 100, got {compression}"),
+        ));
+    }
+    if format != OutputFormat::Jpeg && compression != 100 {
+        return Err(unsupported(
+            "output_compression",
+            format!(
+                "{} is lossless here and takes only 100, got {compression}; use output_format jpeg to compress",
+                format.name()
+            ),
+        ));
+    }
+    Ok(OutputEncoding {
+        format,
+        quality: compression.clamp(1, 100) as u8,
+    })
+}
+
 impl ImageGenerationRequest {
+    /// What this request asks of the response (format, and refusals of what
+    /// cannot be honoured).
+    fn encoding(&self) -> Result<OutputEncoding, ApiError> {
+        match self.background.as_deref() {
+            None | Some("auto") | Some("opaque") => {}
+            Some("transparent") => {
+                return Err(unsupported(
+                    "background",
+                    "transparent backgrounds are not supported; use auto or opaque".into(),
+                ))
+            }
+            Some(other) => {
+                return Err(invalid(
+                    "background",
+                    format!("must be auto, opaque or transparent, got {other:?}"),
+                ))
+            }
+        }
+        if self.stream == Some(true) {
+            return Err(unsupported(
+                "stream",
+                "streaming partial images is not supported; send stream: false".into(),
+            ));
+        }
+        output_encoding(self.output_format.as_deref(), self.output_compression)
+    }
+
     fn to_spec(&self) -> Result<JobSpec, ApiError> {
         match self.response_format.as_deref() {
             None | Some("b64_json") | Some("url") => {}
@@ -248,7 +337,10 @@ impl ImageGenerationRequest {
             width: size.map(|s| s.0),
             height: size.map(|s| s.1),
             batch_size: self.n,
-            model: self.model.clone(),
+            model: self
+                .model
+                .clone()
+                .filter(|m| !OPENAI_MODEL_NAMES.contains(&m.as_str())),
             ..JobSpec::new(self.prompt.clone(), OPENAI_FIELDS)
         })
     }
@@ -257,10 +349,10 @@ impl ImageGenerationRequest {
 /// One generated image: `b64_json` or `url`.
 #[derive(Serialize, ToSchema)]
 pub struct ImageData {
-    /// Base64 PNG (with `response_format: b64_json`).
+    /// Base64 image in `output_format` (with `response_format: b64_json`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub b64_json: Option<String>,
-    /// Absolute URL of the PNG (with `response_format: url`).
+    /// Absolute URL of the image in `output_format` (with `response_format: url`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub url: Option<String>,
     /// The prompt used (unchanged).
@@ -321,7 +413,14 @@ pub async fn generations(
 ) -> Result<Json<ImagesResponse>, Rejection<OpenAi>> {
     let request = parse_json::<ImageGenerationRequest>(body, state.config.limits.max_body_bytes);
     let as_url = matches!(&request, Ok(r) if r.response_format.as_deref() == Some("url"));
-    let spec = request.and_then(|r| r.to_spec());
+    // What cannot be honoured is refused before the job is queued.
+    let (encoding, spec) = match request {
+        Ok(r) => match r.encoding() {
+            Ok(encoding) => (encoding, r.to_spec()),
+            Err(e) => (OutputEncoding::PNG, Err(e)),
+        },
+        Err(e) => (OutputEncoding::PNG, Err(e)),
+    };
     // b64_json carries the images in the response, and nothing names their
     // files afterwards: they are removed once it is built. `url` keeps them.
     let keep = if as_url {
@@ -333,11 +432,30 @@ pub async fn generations(
         .submit_with(Dialect::OpenAi, &caller, spec, keep)
         .await?
         .cancel_on_drop();
-    let response = respond(&state, &handle, as_url, &headers).await;
+    let response = respond(&state, &handle, as_url, encoding, &headers).await;
     if keep == Keep::ResponseOnly {
         state.discard(handle.snapshot()).await;
     }
     response.map(Json)
+}
+
+/// The stored PNGs of a job re-encoded as `encoding` (off the async runtime:
+/// JPEG and WebP encoding is CPU work).
+pub async fn encode_all(
+    pngs: Vec<Vec<u8>>,
+    encoding: OutputEncoding,
+) -> Result<Vec<Vec<u8>>, ApiError> {
+    if encoding == OutputEncoding::PNG {
+        return Ok(pngs);
+    }
+    tokio::task::spawn_blocking(move || {
+        pngs.iter()
+            .map(|png| encoding.encode(png))
+            .collect::<Result<Vec<_>, _>>()
+    })
+    .await
+    .map_err(|e| ApiError::Internal(format!("encoding task failed: {e}")))?
+    .map_err(|e| ApiError::Internal(format!("could not encode the image: {e}")))
 }
 
 /// The images of a finished OpenAI job, as the response carries them.
@@ -345,6 +463,7 @@ pub(crate) async fn respond(
     state: &AppState,
     handle: &JobHandle,
     as_url: bool,
+    encoding: OutputEncoding,
     headers: &HeaderMap,
 ) -> Result<ImagesResponse, Rejection<OpenAi>> {
     let snapshot = state.wait_success(handle).await?;
@@ -353,18 +472,21 @@ pub(crate) async fn respond(
         .and_then(|h| h.to_str().ok())
         .map(str::to_string);
     let mut data = Vec::with_capacity(snapshot.images.len());
-    let pngs = if as_url {
+    let files = if as_url {
         Vec::new()
     } else {
-        state.job_pngs(&snapshot).await?
+        encode_all(state.job_pngs(&snapshot).await?, encoding).await?
     };
     let now = unix_now() as u64;
+    let token = (encoding != OutputEncoding::PNG).then(|| encoding.token());
     for (i, image) in snapshot.images.iter().enumerate() {
-        let path = state.signer.link(image.id, now, SIGNED_LINK_TTL_SECS);
+        let path = state
+            .signer
+            .link_as(image.id, now, SIGNED_LINK_TTL_SECS, token.as_deref());
         data.push(ImageData {
-            b64_json: pngs
+            b64_json: files
                 .get(i)
-                .map(|png| base64::engine::general_purpose::STANDARD.encode(png)),
+                .map(|file| base64::engine::general_purpose::STANDARD.encode(file)),
             url: as_url.then(|| match &host {
                 Some(host) => format!("http://{host}{path}"),
                 None => path.clone(),
@@ -408,6 +530,8 @@ pub async fn models(
 pub struct SignedLink {
     /// Unix time after which the link no longer works.
     pub expires: u64,
+    /// The encoding the link serves (`jpeg-80`, `webp`); absent for the stored PNG.
+    pub format: Option<String>,
     /// Hex HMAC-SHA256 over the image id and `expires`.
     pub signature: String,
 }
@@ -416,7 +540,8 @@ pub struct SignedLink {
 /// credentials, works until `expires`.
 #[utoipa::path(get, path = "/v1/images/files/{id}", tag = "openai", security(()),
     params(("id" = uuid::Uuid, Path, description = "Image id"), SignedLink),
-    responses((status = 200, description = "PNG image", content_type = "image/png", body = Vec<u8>),
+    responses((status = 200, description = "The image, in the format the link was made for",
+        content((Vec<u8> = "image/png"), (Vec<u8> = "image/jpeg"), (Vec<u8> = "image/webp"))),
         OpenAiErrors))]
 pub async fn image_file(
     State(state): State<Arc<AppState>>,
@@ -427,10 +552,30 @@ pub async fn image_file(
     let Query(link) = query.map_err(|e| ApiError::InvalidLink(e.body_text()))?;
     state
         .signer
-        .verify(id, link.expires, &link.signature, unix_now() as u64)
+        .verify_as(
+            id,
+            link.expires,
+            link.format.as_deref(),
+            &link.signature,
+            unix_now() as u64,
+        )
         .map_err(|e| ApiError::InvalidLink(e.to_string()))?;
+    let encoding = match link.format.as_deref() {
+        None => OutputEncoding::PNG,
+        // Signed by us, so only a token we wrote gets here.
+        Some(token) => OutputEncoding::from_token(token)
+            .ok_or_else(|| ApiError::InvalidLink(format!("unknown format {token:?}")))?,
+    };
     let png = state.image_png(id).await?;
-    Ok(([(header::CONTENT_TYPE, "image/png")], png).into_response())
+    let file = encode_all(vec![png], encoding)
+        .await?
+        .pop()
+        .unwrap_or_default();
+    Ok((
+        [(header::CONTENT_TYPE, encoding.format.content_type())],
+        file,
+    )
+        .into_response())
 }
 
 #[cfg(test)]

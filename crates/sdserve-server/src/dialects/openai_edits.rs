@@ -14,10 +14,14 @@ use axum::http::{header, HeaderMap};
 use axum::Json;
 use utoipa::ToSchema;
 
-use super::openai::{parse_size, respond, ImagesResponse, OpenAi, OpenAiErrors, OPENAI_FIELDS};
+use super::openai::{
+    output_encoding, parse_size, respond, ImagesResponse, OpenAi, OpenAiErrors, OPENAI_FIELDS,
+    OPENAI_MODEL_NAMES,
+};
 use super::{images, Dialect};
 use crate::error::{ApiError, Rejection};
 use crate::extract::Caller;
+use crate::image_output::OutputEncoding;
 use crate::jobs::Keep;
 use crate::state::AppState;
 use crate::validation::{InitSpec, JobSpec, ValidationError};
@@ -46,6 +50,10 @@ pub struct ImageEditForm {
     size: Option<String>,
     /// `b64_json` (default) or `url`.
     response_format: Option<String>,
+    /// `png` (default), `jpeg` or `webp`.
+    output_format: Option<String>,
+    /// JPEG quality 0-100 (100 for the lossless formats).
+    output_compression: Option<i64>,
     /// Extension: fraction of the steps run from the image, (0, 1] (default 1
     /// with transparency, 0.8 without).
     strength: Option<f64>,
@@ -75,6 +83,8 @@ struct EditForm {
     cfg_scale: Option<f64>,
     sampler: Option<String>,
     strength: Option<f64>,
+    output_format: Option<String>,
+    output_compression: Option<i64>,
 }
 
 /// Reads every part of the (already size-limited) body. Text fields the
@@ -142,26 +152,31 @@ async fn read_form(headers: &HeaderMap, body: Bytes) -> Result<EditForm, ApiErro
             "strength" => form.strength = Some(number("strength")?),
             "background" => match text()?.as_str() {
                 "auto" | "opaque" => {}
+                "transparent" => {
+                    return Err(ApiError::UnsupportedValue {
+                        field: "background",
+                        message: "transparent backgrounds are not supported; use auto or opaque"
+                            .into(),
+                    })
+                }
                 other => {
                     return Err(invalid(
                         "background",
-                        format!("{other:?} is not supported: images are opaque RGB"),
+                        format!("must be auto, opaque or transparent, got {other:?}"),
                     ))
                 }
             },
             "stream" => {
                 if text()? != "false" {
-                    return Err(invalid(
-                        "stream",
-                        "streaming partial images is not supported",
-                    ));
+                    return Err(ApiError::UnsupportedValue {
+                        field: "stream",
+                        message: "streaming partial images is not supported; send stream: false"
+                            .into(),
+                    });
                 }
             }
-            "output_format" => {
-                if text()? != "png" {
-                    return Err(invalid("output_format", "edits return png only"));
-                }
-            }
+            "output_format" => form.output_format = Some(text()?),
+            "output_compression" => form.output_compression = Some(whole("output_compression")?),
             "quality" => match text()?.as_str() {
                 "auto" | "standard" => {}
                 other => {
@@ -184,6 +199,10 @@ async fn read_form(headers: &HeaderMap, body: Bytes) -> Result<EditForm, ApiErro
 }
 
 impl EditForm {
+    fn encoding(&self) -> Result<OutputEncoding, ApiError> {
+        output_encoding(self.output_format.as_deref(), self.output_compression)
+    }
+
     fn to_spec(&self) -> Result<JobSpec, ApiError> {
         match self.response_format.as_deref() {
             None | Some("b64_json") | Some("url") => {}
@@ -246,7 +265,11 @@ impl EditForm {
             width: size.map(|s| s.0),
             height: size.map(|s| s.1),
             batch_size: self.n,
-            model: self.model.clone(),
+            // OpenAI's own model names mean the default model.
+            model: self
+                .model
+                .clone()
+                .filter(|m| !OPENAI_MODEL_NAMES.contains(&m.as_str())),
             init: Some(InitSpec {
                 image: Arc::new(image),
                 mask,
@@ -279,7 +302,13 @@ pub async fn edits(
     })?;
     let form = read_form(&headers, body).await;
     let as_url = matches!(&form, Ok(f) if f.response_format.as_deref() == Some("url"));
-    let spec = form.and_then(|f| f.to_spec());
+    let (encoding, spec) = match form {
+        Ok(f) => match f.encoding() {
+            Ok(encoding) => (encoding, f.to_spec()),
+            Err(e) => (OutputEncoding::PNG, Err(e)),
+        },
+        Err(e) => (OutputEncoding::PNG, Err(e)),
+    };
     let keep = if as_url {
         Keep::Stored
     } else {
@@ -289,7 +318,7 @@ pub async fn edits(
         .submit_with(Dialect::OpenAi, &caller, spec, keep)
         .await?
         .cancel_on_drop();
-    let response = respond(&state, &handle, as_url, &headers).await;
+    let response = respond(&state, &handle, as_url, encoding, &headers).await;
     if keep == Keep::ResponseOnly {
         state.discard(handle.snapshot()).await;
     }

@@ -2,7 +2,8 @@
 //! `POST /generate {prompt, scale, steps, seed}` waits for the image and answers
 //! `{download_id, time}`; `GET /download/{download_id}` returns the PNG, 404 for
 //! an unknown id. Errors are FastAPI's `{"detail": ...}`. Omitted `scale` and
-//! `steps` take the model's defaults; the size is the model's native size.
+//! `steps` take the write-up's defaults (7.5 and 50), whatever the model's;
+//! the size is the model's native size (the write-up's is fixed by its server).
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -89,17 +90,22 @@ const SIMPLE_FIELDS: FieldNames = FieldNames {
     ..FieldNames::NATIVE
 };
 
+/// The write-up's default `scale` (its `GenerationRequest`).
+pub const SIMPLE_DEFAULT_SCALE: f64 = 7.5;
+/// The write-up's default `steps`.
+pub const SIMPLE_DEFAULT_STEPS: i64 = 50;
+
 /// `POST /generate` body.
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct GenerationRequest {
     /// Input prompt.
     #[schema(max_length = 8192)]
     pub prompt: String,
-    /// Guidance scale, 0 to 30 (default: the model's).
-    #[schema(minimum = 0, maximum = 30)]
+    /// Guidance scale, 0 to 30 (default 7.5, as in the write-up).
+    #[schema(minimum = 0, maximum = 30, default = 7.5)]
     pub scale: Option<f64>,
-    /// Sampling steps (default: the model's).
-    #[schema(minimum = 1, maximum = 150)]
+    /// Sampling steps (default 50, as in the write-up).
+    #[schema(minimum = 1, maximum = 150, default = 50)]
     #[serde(default, deserialize_with = "crate::extract::whole_number::option_i64")]
     pub steps: Option<i64>,
     /// Seed for reproducible results (random if omitted).
@@ -136,8 +142,8 @@ pub async fn generate(
     let spec = parse_json::<GenerationRequest>(body, state.config.limits.max_body_bytes).map(|r| {
         JobSpec {
             seed: r.seed,
-            steps: r.steps,
-            cfg_scale: r.scale,
+            steps: Some(r.steps.unwrap_or(SIMPLE_DEFAULT_STEPS)),
+            cfg_scale: Some(r.scale.unwrap_or(SIMPLE_DEFAULT_SCALE)),
             ..JobSpec::new(r.prompt, SIMPLE_FIELDS)
         }
     });

@@ -76,6 +76,8 @@ pub struct JobEntry {
     /// Whether its result outlives the response.
     pub keep: Keep,
     pub(super) cancel: AtomicBool,
+    /// Set by A1111's interrupt: stop denoising, keep the images made so far.
+    pub(super) finish_early: AtomicBool,
     /// Set by `DELETE`: the job reads as unknown and is removed once it ends.
     pub(super) deleted: AtomicBool,
     pub(super) state: watch::Sender<JobSnapshot>,
@@ -240,6 +242,7 @@ impl Jobs {
             seq,
             keep,
             cancel: AtomicBool::new(false),
+            finish_early: AtomicBool::new(false),
             deleted: AtomicBool::new(false),
             state,
         });
@@ -329,6 +332,17 @@ impl Jobs {
         };
         ids.into_iter()
             .filter(|id| self.cancel(*id).is_ok())
+            .count()
+    }
+
+    /// Asks every running job `pred` selects to stop denoising and decode
+    /// what it has (A1111's interrupt); returns how many.
+    pub fn finish_early_where(&self, pred: impl Fn(&JobEntry) -> bool) -> usize {
+        let st = self.shared.lock();
+        st.jobs
+            .values()
+            .filter(|e| e.status() == JobStatus::Running && !e.cancel_requested() && pred(e))
+            .map(|e| e.finish_early.store(true, Ordering::Relaxed))
             .count()
     }
 

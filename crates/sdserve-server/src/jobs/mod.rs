@@ -2,7 +2,8 @@
 //! the worker thread that runs the engine, and the on-disk records and results:
 //! durable before a job is acknowledged (`manager.rs`), recovered after a crash
 //! (`recovery.rs`), removed when old (`retention.rs`), refused up front when the
-//! disk is nearly full (`space.rs`).
+//! disk is nearly full (`space.rs`); names clients give their jobs
+//! (`task_names.rs`, A1111's `force_task_id`).
 
 pub mod deletion;
 pub mod handle;
@@ -15,6 +16,7 @@ pub mod recovery;
 pub mod retention;
 pub mod space;
 pub mod store;
+pub mod task_names;
 pub mod worker;
 
 pub use deletion::Deleted;
@@ -28,3 +30,4 @@ pub use queue::ClientId;
 pub use record::{JobRecord, Keep};
 pub use recovery::{Recovered, INTERRUPTED};
 pub use store::Store;
+pub use task_names::{TaskNames, MAX_TASK_NAME_CHARS};

@@ -114,6 +114,7 @@ impl Jobs {
                 seq: record.seq,
                 keep: record.keep,
                 cancel: AtomicBool::new(false),
+                finish_early: AtomicBool::new(false),
                 deleted: AtomicBool::new(false),
                 state,
             });

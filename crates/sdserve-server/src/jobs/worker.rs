@@ -79,6 +79,12 @@ impl Observer for BatchObserver<'_> {
             .get(index)
             .is_some_and(|e| e.cancel.load(Ordering::Relaxed))
     }
+
+    fn finish_early(&mut self, index: usize) -> bool {
+        self.batch
+            .get(index)
+            .is_some_and(|e| e.finish_early.load(Ordering::Relaxed))
+    }
 }
 
 fn run_batch(jobs: &Jobs, backend: &dyn Backend, batch: &[Arc<JobEntry>]) {

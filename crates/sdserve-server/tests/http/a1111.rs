@@ -95,10 +95,41 @@ async fn defaults_random_seed_batches_and_send_images() {
     let info: Value = serde_json::from_str(body["info"].as_str().unwrap()).unwrap();
     let seed = info["seed"].as_u64().unwrap();
     assert_eq!(info["all_seeds"], json!([seed]));
-    assert_eq!(info["steps"], 4, "model default steps");
+    // A1111's API defaults (StableDiffusionProcessing's), not the model's
+    // (the fake model's are 4 steps, CFG 7, 64x64).
+    assert_eq!(info["steps"], 50, "A1111's default steps");
+    assert_eq!(info["cfg_scale"], 7.0);
+    assert_eq!(
+        (info["width"].as_u64(), info["height"].as_u64()),
+        (Some(512), Some(512))
+    );
     assert_eq!(info["sampler_name"], "Euler", "A1111's API default sampler");
+    assert_eq!(info["negative_prompt"], "");
+    assert_eq!(info["batch_size"], 1);
+    let p = &body["parameters"];
+    assert_eq!(
+        (
+            &p["steps"],
+            &p["cfg_scale"],
+            &p["width"],
+            &p["height"],
+            &p["n_iter"],
+            &p["seed"]
+        ),
+        (
+            &json!(50),
+            &json!(7.0),
+            &json!(512),
+            &json!(512),
+            &json!(1),
+            &json!(-1)
+        )
+    );
     let mut want = request("x", seed);
     want.sampler = "euler".parse().unwrap();
+    want.steps = 50;
+    want.width = 512;
+    want.height = 512;
     assert_eq!(
         b64(body["images"][0].as_str().unwrap()),
         expected_pngs(&want)[0]
@@ -107,7 +138,7 @@ async fn defaults_random_seed_batches_and_send_images() {
     let body: Value = s
         .post(
             "/sdapi/v1/txt2img",
-            json!({"prompt": "y", "seed": -1, "batch_size": 2, "n_iter": 2}),
+            json!({"prompt": "y", "seed": -1, "batch_size": 2, "n_iter": 2, "steps": 2, "width": 64, "height": 64}),
         )
         .await
         .json()
@@ -449,12 +480,15 @@ async fn progress_and_interrupt() {
         .await
         .unwrap();
     assert_eq!(resp.status(), 200);
+    // As A1111: the interrupted request still answers 200, with the image
+    // decoded from where it stopped.
     let interrupted = pending.await.unwrap();
-    let body = assert_error(interrupted, 409, "cancelled").await;
-    assert!(body["detail"].is_string());
+    assert_eq!(interrupted.status(), 200);
+    let body: Value = interrupted.json().await.unwrap();
+    assert_eq!(body["images"].as_array().unwrap().len(), 1);
     assert_eq!(
         s.metric("sd_request_failures_total{reason=\"cancelled\"}")
             .await,
-        1.0
+        0.0
     );
 }

@@ -458,7 +458,7 @@ async fn openai_edits_inpaint_the_transparent_pixels() {
                 ("prompt", None, b"x"),
                 ("background", None, b"transparent"),
             ],
-            422,
+            400,
             "background",
         ),
         (

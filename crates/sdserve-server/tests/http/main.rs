@@ -2,6 +2,7 @@
 //! one module per concern (one test binary keeps link time down).
 
 mod a1111;
+mod a1111_discovery;
 mod auth;
 mod cancel;
 mod common;

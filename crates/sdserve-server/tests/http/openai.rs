@@ -81,7 +81,7 @@ async fn errors_in_openai_shape() {
     let err = assert_error(
         s.post(
             "/v1/images/generations",
-            json!({"prompt": "x", "model": "dall-e-3"}),
+            json!({"prompt": "x", "model": "dall-e-4"}),
         )
         .await,
         404,
@@ -91,7 +91,7 @@ async fn errors_in_openai_shape() {
     assert_eq!(
         err,
         json!({"error": {"code": "model_not_found", "param": "model", "type": "invalid_request_error",
-            "message": "`model`: no model \"dall-e-3\"; available: fake-sd"}})
+            "message": "`model`: no model \"dall-e-4\"; available: fake-sd"}})
     );
     for (body, param) in [
         (json!({"prompt": "x", "size": "big"}), "size"),
@@ -106,6 +106,15 @@ async fn errors_in_openai_shape() {
         (json!({"prompt": "x", "cfg_scale": 1e308}), "cfg_scale"),
         (json!({"prompt": 5}), "prompt"),
         (json!({}), "prompt"),
+        (
+            json!({"prompt": "x", "output_format": "gif"}),
+            "output_format",
+        ),
+        (
+            json!({"prompt": "x", "output_format": "jpeg", "output_compression": 101}),
+            "output_compression",
+        ),
+        (json!({"prompt": "x", "background": "green"}), "background"),
     ] {
         let resp = s.post("/v1/images/generations", body.clone()).await;
         let err = assert_error(resp, 422, "").await;
@@ -133,4 +142,157 @@ async fn models_list() {
     assert_eq!(body["data"][0]["object"], "model");
     assert_eq!(body["data"][0]["owned_by"], "sdserve");
     assert!(body["data"][0]["created"].as_u64().is_some());
+}
+
+/// `b64_json` of each item, decoded.
+fn files(body: &Value) -> Vec<Vec<u8>> {
+    body["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| b64(d["b64_json"].as_str().unwrap()))
+        .collect()
+}
+
+#[tokio::test]
+async fn output_format_and_compression() {
+    let s = TestServer::start().await;
+    let generate = |extra: Value| {
+        let mut body = json!({"prompt": "x", "seed": 3, "n": 1, "size": "64x64"});
+        body.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        s.post("/v1/images/generations", body)
+    };
+    let png = expected_pngs(&request("x", 3))[0].clone();
+    for extra in [
+        json!({}),
+        json!({"output_format": "png", "output_compression": 100}),
+    ] {
+        let body: Value = generate(extra).await.json().await.unwrap();
+        assert_eq!(
+            files(&body)[0],
+            png,
+            "PNG is the stored file, infotext and all"
+        );
+    }
+    let jpeg = |quality: i64| {
+        let req = generate(json!({"output_format": "jpeg", "output_compression": quality}));
+        async move { files(&req.await.json::<Value>().await.unwrap()).remove(0) }
+    };
+    let (high, low) = (jpeg(100).await, jpeg(10).await);
+    for file in [&high, &low] {
+        assert!(file.starts_with(&[0xff, 0xd8, 0xff]), "{:?}", &file[..4]);
+    }
+    assert!(
+        low.len() < high.len(),
+        "compression 10 ({}) vs 100 ({})",
+        low.len(),
+        high.len()
+    );
+    assert!(
+        jpeg(0).await.starts_with(&[0xff, 0xd8, 0xff]),
+        "0 is quality 1"
+    );
+    let body: Value = generate(json!({"output_format": "webp"}))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let webp = &files(&body)[0];
+    assert_eq!((&webp[..4], &webp[8..12]), (&b"RIFF"[..], &b"WEBP"[..]));
+
+    // `url` serves the same encoding, with its media type; the format is signed.
+    let body: Value = generate(json!({"response_format": "url", "output_format": "jpeg",
+        "output_compression": 60}))
+    .await
+    .json()
+    .await
+    .unwrap();
+    let url = body["data"][0]["url"].as_str().unwrap();
+    assert!(url.contains("format=jpeg-60"), "{url}");
+    let resp = s.client.get(url).send().await.unwrap();
+    assert_eq!(resp.headers()["content-type"], "image/jpeg");
+    assert!(resp.bytes().await.unwrap().starts_with(&[0xff, 0xd8, 0xff]));
+    let tampered = url.replace("format=jpeg-60", "format=webp");
+    assert_error(
+        s.client.get(&tampered).send().await.unwrap(),
+        403,
+        "signature",
+    )
+    .await;
+    let body: Value = generate(json!({"response_format": "url", "output_format": "webp"}))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let resp = s
+        .client
+        .get(body["data"][0]["url"].as_str().unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.headers()["content-type"], "image/webp");
+    assert!(resp.bytes().await.unwrap().starts_with(b"RIFF"));
+}
+
+#[tokio::test]
+async fn openai_model_names_and_what_cannot_be_honoured() {
+    let s = TestServer::start().await;
+    // OpenAI's model names run on the default model (Open WebUI sends dall-e-2).
+    let png = expected_pngs(&request("x", 3))[0].clone();
+    for model in ["dall-e-2", "dall-e-3", "gpt-image-1"] {
+        let resp = s
+            .post(
+                "/v1/images/generations",
+                json!({"prompt": "x", "seed": 3, "model": model, "background": "auto",
+                    "stream": false}),
+            )
+            .await;
+        assert_eq!(resp.status(), 200, "{model}");
+        assert_eq!(files(&resp.json().await.unwrap())[0], png, "{model}");
+    }
+    let resp = s
+        .post(
+            "/v1/images/generations",
+            json!({"prompt": "x", "background": "opaque"}),
+        )
+        .await;
+    assert_eq!(resp.status(), 200);
+    // What cannot be honoured is a 400 naming the field, in OpenAI's shape.
+    for (body, param) in [
+        (
+            json!({"prompt": "x", "background": "transparent"}),
+            "background",
+        ),
+        (json!({"prompt": "x", "stream": true}), "stream"),
+        (
+            json!({"prompt": "x", "output_compression": 50}),
+            "output_compression",
+        ),
+        (
+            json!({"prompt": "x", "output_format": "webp", "output_compression": 80}),
+            "output_compression",
+        ),
+    ] {
+        let err = assert_error(
+            s.post("/v1/images/generations", body.clone()).await,
+            400,
+            param,
+        )
+        .await;
+        assert_eq!(
+            (
+                &err["error"]["type"],
+                &err["error"]["param"],
+                &err["error"]["code"]
+            ),
+            (
+                &json!("invalid_request_error"),
+                &json!(param),
+                &json!("unsupported_value")
+            ),
+            "{body}: {err}"
+        );
+    }
 }

@@ -38,10 +38,11 @@ async fn downloads_and_status_survive_a_restart() {
     let second = TestServer::on_dir(dir, |_| {}, FakeBackend::new()).await;
     let png = second.get(&format!("/download/{download_id}")).await;
     assert_eq!(png.status(), 200);
-    assert_eq!(
-        png.bytes().await.unwrap().to_vec(),
-        expected_pngs(&request("kept", 8))[0]
-    );
+    // /generate's own defaults: scale 7.5, steps 50.
+    let mut kept = request("kept", 8);
+    kept.cfg_scale = 7.5;
+    kept.steps = 50;
+    assert_eq!(png.bytes().await.unwrap().to_vec(), expected_pngs(&kept)[0]);
     let after: Value = second
         .get(&format!("/api/v1/jobs/{job_id}"))
         .await

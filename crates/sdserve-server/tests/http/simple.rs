@@ -42,10 +42,11 @@ async fn defaults_and_errors() {
             body["download_id"].as_str().unwrap()
         ))
         .await;
-    assert_eq!(
-        png.bytes().await.unwrap().to_vec(),
-        expected_pngs(&request("x", 4))[0]
-    );
+    // The write-up's defaults (scale 7.5, steps 50), not the model's (7, 4).
+    let mut want = request("x", 4);
+    want.cfg_scale = 7.5;
+    want.steps = 50;
+    assert_eq!(png.bytes().await.unwrap().to_vec(), expected_pngs(&want)[0]);
 
     let unknown = uuid::Uuid::new_v4();
     let err = assert_error(

@@ -384,6 +384,10 @@ pub async fn img2img(
         .submit_with(Dialect::A1111, &caller, spec, keep)
         .await?
         .cancel_on_drop();
+    if let Some(name) = &request.base.force_task_id {
+        // The client follows this name on /internal/progress while we wait.
+        state.task_names.insert(&caller.client, name, handle.id());
+    }
     let response = respond(&state, &handle, &request).await;
     if keep == Keep::ResponseOnly {
         state.discard(handle.snapshot()).await;

@@ -136,7 +136,11 @@ pub async fn schedulers() -> Json<Vec<SchedulerItem>> {
     ])
 }
 
-/// Current settings: `sd_model_checkpoint` is the default model's title.
+/// Current settings, under A1111's keys, for the ones clients read:
+/// `sd_model_checkpoint` is the default model's title and `sd_checkpoint_hash`
+/// its sha256; the rest are the values sdserve runs with (which are A1111's
+/// defaults: clip skip 1, the checkpoint's own VAE, PNG, each sampler's own
+/// eta, no noise-seed delta, no live previews).
 #[utoipa::path(get, path = "/sdapi/v1/options", tag = "a1111",
     responses((status = 200, description = "Options", body = Object), A1111Errors))]
 pub async fn get_options(
@@ -147,8 +151,23 @@ pub async fn get_options(
     Ok(Json(serde_json::json!({
         "sd_model_checkpoint": default.as_ref().map(Listed::title),
         "sd_checkpoint_hash": default.and_then(|m| m.sha256),
-        "samples_format": "png",
         "sd_vae": "Automatic",
+        "sd_lora": "None",
+        "CLIP_stop_at_last_layers": 1,
+        "eta_noise_seed_delta": 0,
+        "eta_ddim": 0.0,
+        "eta_ancestral": 1.0,
+        "s_churn": 0.0,
+        "s_min_uncond": 0.0,
+        "s_tmin": 0.0,
+        "s_tmax": 0.0,
+        "s_noise": 1.0,
+        "samples_format": "png",
+        "enable_pnginfo": true,
+        "add_model_hash_to_info": true,
+        "add_model_name_to_info": true,
+        "live_previews_enable": false,
+        "show_progress_every_n_steps": -1,
     })))
 }
 

@@ -1,10 +1,13 @@
-//! The AUTOMATIC1111 dialect under `/sdapi/v1`: A1111's field names, defaults and
+//! The AUTOMATIC1111 dialect under `/sdapi/v1` (and A1111's `/internal/`
+//! task-tracking routes): A1111's field names, defaults and
 //! response shapes, so scripts and clients written for its API (e.g. the
 //! `webuiapi` package) work unchanged. Errors follow A1111 (FastAPI):
 //! `{"detail": [{"loc", "msg", "type"}]}` for bad input, `{"detail": "..."}` for
 //! HTTP errors, `{"error", "detail", "body", "errors"}` for server faults.
 
+mod discovery;
 mod img2img;
+mod internal;
 mod listings;
 mod png_info;
 mod status;
@@ -22,11 +25,14 @@ use utoipa::{IntoResponses, ToSchema};
 use crate::error::{to_json, ApiError, ErrorShape};
 use crate::state::AppState;
 
+pub use discovery::*;
 pub use img2img::*;
+pub use internal::*;
 pub use listings::*;
 pub use png_info::*;
 pub use status::*;
 pub use txt2img::*;
+pub use unsupported::settings_schema;
 pub use wire::*;
 
 /// Error shape of the A1111 dialect.
@@ -155,4 +161,21 @@ pub fn routes() -> Router<Arc<AppState>> {
         .route("/sdapi/v1/png-info", post(png_info))
         .route("/sdapi/v1/memory", get(memory))
         .route("/sdapi/v1/scripts", get(scripts))
+        .route("/sdapi/v1/loras", get(loras))
+        .route("/sdapi/v1/embeddings", get(embeddings))
+        .route("/sdapi/v1/sd-vae", get(sd_vae))
+        .route("/sdapi/v1/upscalers", get(upscalers))
+        .route("/sdapi/v1/latent-upscale-modes", get(latent_upscale_modes))
+        .route("/sdapi/v1/hypernetworks", get(hypernetworks))
+        .route("/sdapi/v1/face-restorers", get(face_restorers))
+        .route("/sdapi/v1/realesrgan-models", get(realesrgan_models))
+        .route("/sdapi/v1/prompt-styles", get(prompt_styles))
+        .route("/sdapi/v1/cmd-flags", get(cmd_flags))
+        .route("/sdapi/v1/refresh-vae", post(refresh_vae))
+        .route("/sdapi/v1/refresh-loras", post(refresh_loras))
+        .route("/sdapi/v1/refresh-embeddings", post(refresh_embeddings))
+        .route("/internal/progress", post(internal_progress))
+        .route("/internal/pending-tasks", get(pending_tasks))
+        // The spelling issue 10 used; A1111 itself serves `pending-tasks`.
+        .route("/internal/pendingTasks", get(pending_tasks))
 }

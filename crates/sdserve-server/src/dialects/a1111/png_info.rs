@@ -90,7 +90,38 @@ fn typed(value: &str) -> serde_json::Value {
     }
 }
 
-/// Parses an A1111 infotext into its keys.
+/// The schedules older A1111 versions folded into a sampler's name
+/// (`DPM++ 2M Karras`, `DPM++ 2M SDE Exponential`); 1.9+ writes them as
+/// `Schedule type` instead.
+const FOLDED_SCHEDULES: [&str; 2] = ["Karras", "Exponential"];
+
+/// Brings `Sampler` and `Schedule type` to A1111 1.9+'s form, as its own
+/// parser does: an old `Sampler: DPM++ 2M Karras` becomes `Sampler: DPM++ 2M`
+/// + `Schedule type: Karras`; a sampler with no schedule named is `Automatic`.
+fn split_schedule(map: &mut serde_json::Map<String, serde_json::Value>) {
+    if map.contains_key("Schedule type") {
+        return;
+    }
+    let Some(sampler) = map
+        .get("Sampler")
+        .and_then(|v| v.as_str())
+        .map(str::to_string)
+    else {
+        return;
+    };
+    let folded = FOLDED_SCHEDULES.iter().find_map(|schedule| {
+        sampler
+            .strip_suffix(schedule)
+            .and_then(|name| name.strip_suffix(' '))
+            .filter(|name| !name.is_empty())
+            .map(|name| (name.to_string(), *schedule))
+    });
+    let (name, schedule) = folded.unwrap_or((sampler, "Automatic"));
+    map.insert("Sampler".into(), name.into());
+    map.insert("Schedule type".into(), schedule.into());
+}
+
+/// Parses an A1111 infotext into its keys (old and 1.9+ sampler forms alike).
 pub fn parse_infotext(text: &str) -> serde_json::Map<String, serde_json::Value> {
     let mut lines: Vec<&str> = text.lines().collect();
     let mut map = serde_json::Map::new();
@@ -107,6 +138,7 @@ pub fn parse_infotext(text: &str) -> serde_json::Map<String, serde_json::Value> 
             }
             map.insert(k, typed(&v));
         }
+        split_schedule(&mut map);
     }
     let mut prompt = Vec::new();
     let mut negative = Vec::new();
@@ -191,8 +223,33 @@ mod tests {
         assert_eq!(p["Size-1"], 64);
         assert_eq!(p["Size-2"], 32);
         assert_eq!(p["Model"], "tiny, sd");
+        assert_eq!(p["Schedule type"], "Automatic");
         let only_prompt = parse_infotext("just words");
         assert_eq!(only_prompt["Prompt"], "just words");
+    }
+
+    #[test]
+    fn reads_old_and_new_sampler_forms_alike() {
+        let new = parse_infotext(
+            "a\nSteps: 4, Sampler: DPM++ 2M, Schedule type: Karras, CFG scale: 7, Seed: 1, Size: 8x8",
+        );
+        let old = parse_infotext(
+            "a\nSteps: 4, Sampler: DPM++ 2M Karras, CFG scale: 7, Seed: 1, Size: 8x8",
+        );
+        assert_eq!(new, old);
+        assert_eq!(new["Sampler"], "DPM++ 2M");
+        assert_eq!(new["Schedule type"], "Karras");
+        let sde = parse_infotext("a\nSteps: 4, Sampler: DPM++ 2M SDE Exponential, Seed: 1");
+        assert_eq!(
+            (&sde["Sampler"], &sde["Schedule type"]),
+            (&"DPM++ 2M SDE".into(), &"Exponential".into())
+        );
+        // A name that is only a schedule is not split.
+        let odd = parse_infotext("a\nSteps: 4, Sampler: Karras, Seed: 1");
+        assert_eq!(
+            (&odd["Sampler"], &odd["Schedule type"]),
+            (&"Karras".into(), &"Automatic".into())
+        );
     }
 
     #[test]

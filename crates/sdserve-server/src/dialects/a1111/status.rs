@@ -19,16 +19,22 @@ use crate::extract::{parse_query, Caller};
 use crate::jobs::{job::unix_now, JobEntry, JobStatus};
 use crate::state::AppState;
 
-/// The `state` object of `/progress`.
+/// The `state` object of `/progress`: A1111's `State.dict()` keys, for the
+/// batch on the worker (A1111 runs one request at a time; sdserve's worker
+/// runs one batch, whose requests share their steps).
 #[derive(Serialize, ToSchema)]
 pub struct ProgressState {
     /// Always false (skips end the job).
     pub skipped: bool,
     /// Always false.
     pub interrupted: bool,
+    /// Always false (A1111's "stop generating" of its UI).
+    pub stopping_generation: bool,
     /// Current job description ("" when idle).
     pub job: String,
-    /// Jobs queued or running.
+    /// 1 while a batch runs, 0 when idle, as A1111's count of the running
+    /// request's jobs (a batch runs all its images at once); clients such as
+    /// webuiapi's `util_wait_for_ready` wait for 0.
     pub job_count: usize,
     /// `YYYYMMDDhhmmss` of now.
     pub job_timestamp: String,
@@ -49,9 +55,9 @@ pub struct ProgressResponse {
     pub eta_relative: f64,
     /// Details.
     pub state: ProgressState,
-    /// Always null: previews are not produced.
+    /// Always null: previews are not produced yet.
     pub current_image: Option<String>,
-    /// Always null.
+    /// `Step 3/20` while a batch runs, null when idle.
     pub textinfo: Option<String>,
 }
 
@@ -92,29 +98,38 @@ pub async fn progress(
         }
         _ => (0.0, 0.0, 0, 0, String::new()),
     };
+    let running = steps > 0;
     Ok(Json(ProgressResponse {
         progress,
         eta_relative: eta,
         state: ProgressState {
             skipped: false,
             interrupted: false,
+            stopping_generation: false,
             job,
-            job_count: jobs.queued() + jobs.running(),
+            job_count: usize::from(running),
             job_timestamp: job_timestamp(unix_now()),
             job_no: 0,
             sampling_step: step,
             sampling_steps: steps,
         },
         current_image: None,
-        textinfo: None,
+        textinfo: running.then(|| step_text(step, steps)),
     }))
+}
+
+/// The progress line both `/sdapi/v1/progress` and `/internal/progress` show.
+pub fn step_text(step: usize, total: usize) -> String {
+    format!("Step {step}/{total}")
 }
 
 fn mine(caller: &Caller, entry: &JobEntry) -> bool {
     entry.origin == Dialect::A1111 && entry.client == caller.client
 }
 
-/// Cancel the caller's A1111 jobs, running and queued.
+/// Interrupt the caller's A1111 jobs: running ones stop denoising and return
+/// the images decoded from where they stopped (200, as A1111); queued ones are
+/// cancelled.
 #[utoipa::path(post, path = "/sdapi/v1/interrupt", tag = "a1111",
     responses((status = 200, description = "Interrupted", body = Object), A1111Errors))]
 pub async fn interrupt(
@@ -122,11 +137,13 @@ pub async fn interrupt(
     caller: Caller,
 ) -> Json<serde_json::Value> {
     let who = caller.clone();
+    let finished = state.jobs.finish_early_where(|e| mine(&who, e));
+    let who = caller.clone();
     let n = state
         .jobs
-        .cancel_where_off_runtime(move |e| mine(&who, e))
+        .cancel_where_off_runtime(move |e| mine(&who, e) && e.status() == JobStatus::Queued)
         .await;
-    tracing::info!(cancelled = n, client = ?caller.client, "a1111 interrupt");
+    tracing::info!(finished, cancelled = n, client = ?caller.client, "a1111 interrupt");
     Json(serde_json::json!({}))
 }
 

@@ -45,6 +45,10 @@ pub async fn txt2img(
         .submit_with(Dialect::A1111, &caller, spec, keep)
         .await?
         .cancel_on_drop();
+    if let Some(name) = &request.force_task_id {
+        // The client follows this name on /internal/progress while we wait.
+        state.task_names.insert(&caller.client, name, handle.id());
+    }
     if request.override_settings_restore_afterwards == Some(false) {
         // A1111 keeps an override it is told not to restore: it becomes the default.
         if let (Some(asked), Ok(models)) = (request.override_model(), state.models()) {

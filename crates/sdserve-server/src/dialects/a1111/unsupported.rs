@@ -102,7 +102,6 @@ const TXT2IMG: &[(&str, Off)] = &[
     ("hr_prompt", Off::Any),
     ("hr_negative_prompt", Off::Any),
     ("hr_additional_modules", Off::Any),
-    ("force_task_id", Off::Any),
     ("script_name", Off::Unset),
     ("script_args", Off::Any),
     ("alwayson_scripts", Off::Empty),
@@ -115,6 +114,25 @@ const SETTINGS: &[(&str, Off)] = &[
     ("eta_noise_seed_delta", Off::Zero),
     ("sd_vae", Off::OwnVae),
 ];
+
+/// What `override_settings` accepts besides `sd_model_checkpoint`, as JSON
+/// Schema properties: each setting of [`SETTINGS`] with the values that pass
+/// (null among them). Any other key is refused, so the OpenAPI document closes
+/// the object with these.
+pub fn settings_schema() -> Map<String, Value> {
+    SETTINGS
+        .iter()
+        .map(|(name, off)| {
+            let values = match off {
+                Off::One => serde_json::json!([1, null]),
+                Off::Zero => serde_json::json!([0, null]),
+                Off::OwnVae => serde_json::json!(["", "None", "Automatic", null]),
+                _ => serde_json::json!([null]),
+            };
+            ((*name).to_string(), serde_json::json!({ "enum": values }))
+        })
+        .collect()
+}
 
 /// Refuses an unimplemented txt2img field, or `override_settings` key, that
 /// is set to something other than its "off" value. `eta` is checked against
@@ -236,5 +254,83 @@ mod tests {
             json!({"CLIP_stop_at_last_layers": 1, "sd_vae": "Automatic", "eta_noise_seed_delta": 0}),
         );
         assert!(check(&Map::new(), &fine, "euler").is_ok());
+    }
+
+    /// Every A1111 txt2img field sdserve does not implement: a value that
+    /// would change the image is refused naming that field; A1111's default
+    /// (and null, which A1111 reads as the default) passes.
+    #[test]
+    fn each_unimplemented_field_is_refused_by_name_and_passes_at_its_default() {
+        let cases = [
+            ("styles", json!(["cinematic"]), json!([])),
+            ("subseed_strength", json!(0.5), json!(0)),
+            ("seed_resize_from_h", json!(512), json!(-1)),
+            ("seed_resize_from_w", json!(768), json!(0)),
+            ("restore_faces", json!(true), json!(false)),
+            ("tiling", json!(true), json!(false)),
+            ("s_min_uncond", json!(0.2), json!(0)),
+            ("s_churn", json!(1.0), json!(0.0)),
+            ("s_tmax", json!(10), json!(0)),
+            ("s_tmin", json!(0.1), json!(0)),
+            ("s_noise", json!(0.9), json!(1.0)),
+            ("refiner_checkpoint", json!("sdxl-refiner"), json!("")),
+            ("firstpass_image", json!("iVBORw0KGgo="), json!(null)),
+            ("enable_hr", json!(true), json!(false)),
+            ("script_name", json!("x/y/z plot"), json!("")),
+            (
+                "alwayson_scripts",
+                json!({"ADetailer": {"args": []}}),
+                json!({}),
+            ),
+            ("infotext", json!("a cat\nSteps: 20"), json!(null)),
+        ];
+        for (field, on, off) in cases {
+            let refused = check(&map(json!({ field: on })), &Map::new(), "euler");
+            match refused {
+                Err(ValidationError::Invalid {
+                    field: named,
+                    message,
+                }) => {
+                    assert_eq!(named, field);
+                    assert!(message.contains("not supported"), "{field}: {message}");
+                }
+                other => panic!("{field} = {on}: expected a refusal, got {other:?}"),
+            }
+            for default in [off, Value::Null] {
+                assert!(
+                    check(&map(json!({ field: default })), &Map::new(), "euler").is_ok(),
+                    "{field} = {default}"
+                );
+            }
+        }
+        // `eta` is the sampler's own: 0 for DDIM, 1 for Euler a; others ignore it in A1111.
+        for (sampler, on, off) in [("ddim", 0.5, 0.0), ("euler_ancestral", 0.5, 1.0)] {
+            assert!(check(&map(json!({"eta": on})), &Map::new(), sampler).is_err());
+            assert!(check(&map(json!({"eta": off})), &Map::new(), sampler).is_ok());
+        }
+        assert!(check(&map(json!({"eta": 0.5})), &Map::new(), "dpmpp_2m").is_ok());
+        // Fields that change nothing without another one pass at any value.
+        let inert = map(json!({
+            "subseed": 1234, "denoising_strength": 0.3, "hr_scale": 4, "hr_upscaler": "Lanczos",
+            "script_args": [1, 2], "refiner_switch_at": 0.8, "comments": {"a": 1},
+            "do_not_save_samples": true, "do_not_save_grid": true, "disable_extra_networks": true
+        }));
+        assert!(check(&inert, &Map::new(), "euler").is_ok());
+        // override_settings: anything but the known settings at their defaults.
+        for (key, value) in [
+            ("CLIP_stop_at_last_layers", json!(2)),
+            ("eta_noise_seed_delta", json!(31337)),
+            ("sd_vae", json!("kl-f8-anime.safetensors")),
+            ("samples_format", json!("jpg")),
+            ("sd_lora", json!("add_detail")),
+        ] {
+            match check(&Map::new(), &map(json!({ key: value })), "euler") {
+                Err(ValidationError::Invalid { field, message }) => {
+                    assert_eq!(field, "override_settings");
+                    assert!(message.contains(key), "{message}");
+                }
+                other => panic!("{key}: expected a refusal, got {other:?}"),
+            }
+        }
     }
 }

@@ -7,8 +7,8 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use crate::config::Limits;
-use crate::engine_api::SamplerId;
-use crate::jobs::JobSnapshot;
+use crate::engine_api::{png, SamplerId};
+use crate::jobs::{JobSnapshot, MAX_TASK_NAME_CHARS};
 use crate::models::Listed;
 use crate::validation::{parse_sampler, sampler_names, FieldNames, JobSpec, ValidationError};
 
@@ -28,10 +28,21 @@ pub const A1111_FIELDS: FieldNames = FieldNames {
 /// A1111's default sampler for API requests that name none.
 pub const A1111_DEFAULT_SAMPLER: &str = "Euler";
 
+/// A1111's API defaults for omitted fields (`StableDiffusionProcessing`'s
+/// dataclass defaults, which its API models copy): a request that names no
+/// steps, CFG scale or size gets what A1111 would give it, whatever the model's
+/// own defaults are, so the same request gives the same image on both servers.
+pub const A1111_DEFAULT_STEPS: i64 = 50;
+/// A1111's default `cfg_scale`.
+pub const A1111_DEFAULT_CFG_SCALE: f64 = 7.0;
+/// A1111's default `width` and `height`.
+pub const A1111_DEFAULT_SIZE: i64 = 512;
+
 /// `POST /sdapi/v1/txt2img` body. A1111 fields sdserve does not implement
 /// (hires fix, face restoration, scripts, ...) are accepted only while they
 /// hold their "off" value (`unsupported.rs`), else refused by name; omitted
-/// steps, CFG and size take the model's defaults.
+/// fields take A1111's API defaults (steps 50, CFG 7, 512×512, `Euler`, a
+/// random seed), not the model's.
 #[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(default)]
 pub struct Txt2ImgRequest {
@@ -52,19 +63,19 @@ pub struct Txt2ImgRequest {
     /// `automatic` (default) or `karras` (with `DPM++ 2M` only), or their labels
     /// `Automatic`, `Karras`; see `GET /sdapi/v1/schedulers`.
     pub scheduler: Option<String>,
-    /// Denoising steps.
-    #[schema(minimum = 1, maximum = 150)]
+    /// Denoising steps (default 50, as in A1111).
+    #[schema(minimum = 1, maximum = 150, default = 50)]
     #[serde(default, deserialize_with = "crate::extract::whole_number::option_i64")]
     pub steps: Option<i64>,
-    /// Guidance scale, 0 to 30.
-    #[schema(minimum = 0, maximum = 30)]
+    /// Guidance scale, 0 to 30 (default 7, as in A1111).
+    #[schema(minimum = 0, maximum = 30, default = 7.0)]
     pub cfg_scale: Option<f64>,
-    /// Width in pixels.
-    #[schema(minimum = 8, maximum = 2048, multiple_of = 8)]
+    /// Width in pixels (default 512, as in A1111).
+    #[schema(minimum = 8, maximum = 2048, multiple_of = 8, default = 512)]
     #[serde(default, deserialize_with = "crate::extract::whole_number::option_i64")]
     pub width: Option<i64>,
-    /// Height in pixels.
-    #[schema(minimum = 8, maximum = 2048, multiple_of = 8)]
+    /// Height in pixels (default 512, as in A1111).
+    #[schema(minimum = 8, maximum = 2048, multiple_of = 8, default = 512)]
     #[serde(default, deserialize_with = "crate::extract::whole_number::option_i64")]
     pub height: Option<i64>,
     /// Images per iteration.
@@ -80,6 +91,11 @@ pub struct Txt2ImgRequest {
     /// Keep the images in the output dir after the response (default false, as
     /// in A1111: they are removed once the response is built).
     pub save_images: Option<bool>,
+    /// A name the client picks for this request (A1111 1.8+, e.g.
+    /// `task(abc123)`), to follow it with `POST /internal/progress` and
+    /// `GET /internal/pending-tasks` while this call waits.
+    #[schema(max_length = 256)]
+    pub force_task_id: Option<String>,
     /// Settings for this request: `sd_model_checkpoint` picks its model.
     pub override_settings: Option<OverrideSettings>,
     /// With `false`, the overridden `sd_model_checkpoint` stays the default
@@ -270,14 +286,24 @@ impl Txt2ImgRequest {
             .as_ref()
             .map_or(&no_settings, |o| &o.other);
         super::unsupported::check(extra, settings, &sampler)?;
+        if let Some(name) = &self.force_task_id {
+            let chars = name.chars().count();
+            if chars > MAX_TASK_NAME_CHARS {
+                return Err(ValidationError::TooLong {
+                    field: "force_task_id",
+                    max: MAX_TASK_NAME_CHARS,
+                    got: chars,
+                });
+            }
+        }
         Ok(JobSpec {
             negative_prompt: self.negative_prompt.clone().unwrap_or_default(),
             seed,
-            steps: self.steps,
-            cfg_scale: self.cfg_scale,
+            steps: Some(self.steps.unwrap_or(A1111_DEFAULT_STEPS)),
+            cfg_scale: Some(self.cfg_scale.unwrap_or(A1111_DEFAULT_CFG_SCALE)),
             sampler: Some(sampler),
-            width: self.width,
-            height: self.height,
+            width: Some(self.width.unwrap_or(A1111_DEFAULT_SIZE)),
+            height: Some(self.height.unwrap_or(A1111_DEFAULT_SIZE)),
             batch_size: Some(self.images(limits)?),
             model: self.override_model().map(str::to_string),
             // A1111's batches: image i is seed + i, reproducible alone.
@@ -356,7 +382,8 @@ pub fn info(req: &Txt2ImgRequest, snap: &JobSnapshot, model: Option<&Listed>) ->
         "subseed_strength": 0,
         "width": p.width,
         "height": p.height,
-        "sampler_name": p.sampler_id().map_or(p.sampler.clone(), |s| s.label().to_string()),
+        // As A1111 1.9+: the sampler without its schedule (see the infotext).
+        "sampler_name": p.sampler_id().map_or(p.sampler.clone(), |s| png::a1111_sampler(s).0.to_string()),
         "cfg_scale": p.cfg_scale,
         "steps": p.steps,
         "batch_size": req.batch_size.unwrap_or(1),
@@ -473,6 +500,18 @@ mod tests {
         .unwrap();
         assert_eq!(spec.seed, None);
         assert_eq!(spec.sampler.as_deref(), Some("euler"));
+        // A1111's API defaults, not the model's.
+        assert_eq!(
+            (
+                spec.steps,
+                spec.cfg_scale,
+                spec.width,
+                spec.height,
+                spec.batch_size
+            ),
+            (Some(50), Some(7.0), Some(512), Some(512), Some(1))
+        );
+        assert_eq!(spec.negative_prompt, "");
         let spec = Txt2ImgRequest {
             seed: Some(42),
             batch_size: Some(2),

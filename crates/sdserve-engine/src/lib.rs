@@ -21,6 +21,7 @@ mod model_files;
 pub mod options;
 mod pipeline;
 pub mod png;
+pub mod preview;
 pub mod request;
 pub mod rng;
 pub mod samplers;

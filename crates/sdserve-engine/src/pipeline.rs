@@ -134,6 +134,16 @@ pub fn generate_batch(
             break;
         }
         denoise_step(model, &mut jobs, step, guidance)?;
+        if observer.wants_preview() {
+            let running = jobs.iter().find(|j| !j.cancelled && !j.finished);
+            if let Some(job) = running {
+                // The latents are now at step + 1's noise level (sigma 0 after the last).
+                let scaled = job.sampler.scale_model_input(&job.latents, step + 1)?;
+                if let Some(preview) = crate::preview::cheap_preview(&scaled, model.family)? {
+                    observer.preview(preview);
+                }
+            }
+        }
         observer.progress(Progress::Step {
             step: step + 1 - first_step,
             total: steps - first_step,

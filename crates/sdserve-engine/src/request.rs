@@ -99,6 +99,13 @@ pub trait Observer {
     fn finish_early(&mut self, _index: usize) -> bool {
         false
     }
+    /// Asked after each step: should the engine make a live preview?
+    fn wants_preview(&mut self) -> bool {
+        false
+    }
+    /// The batch's first running image after a step, by a cheap latent-to-RGB
+    /// projection at latent resolution (only when [`Observer::wants_preview`]).
+    fn preview(&mut self, _preview: crate::preview::Preview) {}
 }
 
 /// An observer that ignores progress and never cancels.

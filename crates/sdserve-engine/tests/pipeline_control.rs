@@ -159,3 +159,28 @@ fn a_job_finished_early_is_decoded_and_the_rest_of_the_batch_is_unchanged() {
         "its batch mate ran to the end"
     );
 }
+
+/// Collects the live previews.
+struct Previews(Vec<sdserve_engine::preview::Preview>);
+
+impl Observer for Previews {
+    fn wants_preview(&mut self) -> bool {
+        true
+    }
+    fn preview(&mut self, preview: sdserve_engine::preview::Preview) {
+        self.0.push(preview);
+    }
+}
+
+/// One preview per step at latent resolution, and none unless asked for.
+#[test]
+fn previews_come_once_per_step_at_latent_size_when_asked() {
+    let engine = engine();
+    let mut previews = Previews(Vec::new());
+    engine.generate(&job("a cat", 1), &mut previews).unwrap();
+    assert_eq!(previews.0.len(), 4);
+    for p in &previews.0 {
+        assert_eq!((p.width, p.height, p.rgb.len()), (8, 8, 8 * 8 * 3));
+    }
+    assert_ne!(previews.0[0].rgb, previews.0[3].rgb, "the image forms");
+}

@@ -7,6 +7,7 @@ pub use sdserve_engine::image_input::{
 pub use sdserve_engine::image_ops::{self, GrayImage};
 pub use sdserve_engine::memory::{human_bytes, Budget};
 pub use sdserve_engine::png;
+pub use sdserve_engine::preview::Preview;
 pub use sdserve_engine::request::ImageToImage;
 pub use sdserve_engine::{
     batch_compatible, random_seed, uses_guidance, Engine, EngineError, GenerateRequest,

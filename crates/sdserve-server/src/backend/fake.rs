@@ -201,6 +201,14 @@ impl Backend for FakeBackend {
             }
             std::thread::sleep(self.step_delay);
             observer.progress(Progress::Step { step, total });
+            if observer.wants_preview() {
+                // A 2x2 preview whose grey level is the step.
+                observer.preview(crate::engine_api::Preview {
+                    width: 2,
+                    height: 2,
+                    rgb: vec![step as u8; 12],
+                });
+            }
         }
         let denoising = started.elapsed().as_secs_f64();
         observer.progress(Progress::Decoded);

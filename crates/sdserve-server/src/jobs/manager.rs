@@ -130,6 +130,9 @@ pub(super) struct State {
     finished: VecDeque<(Instant, JobId)>,
     running: Vec<Arc<JobEntry>>,
     current: Option<CurrentBatch>,
+    /// The running batch's latest live preview (PNG) and its id (counts up).
+    preview: Option<(i64, Arc<Vec<u8>>)>,
+    previews_made: i64,
     stop: bool,
     /// Moving average of batch wall time, for Retry-After.
     batch_seconds: Option<f64>,
@@ -366,6 +369,17 @@ impl Jobs {
         self.shared.lock().current
     }
 
+    /// The running batch's latest live preview: its id and PNG bytes.
+    pub fn current_preview(&self) -> Option<(i64, Arc<Vec<u8>>)> {
+        self.shared.lock().preview.clone()
+    }
+
+    pub(super) fn set_preview(&self, png: Vec<u8>) {
+        let mut st = self.shared.lock();
+        st.previews_made += 1;
+        st.preview = Some((st.previews_made, Arc::new(png)));
+    }
+
     /// Refuses new jobs from now on; queued and running ones go on.
     pub fn begin_drain(&self) {
         self.shared.draining.store(true, Ordering::SeqCst);
@@ -483,6 +497,7 @@ impl Jobs {
         let mut st = self.shared.lock();
         st.running.clear();
         st.current = None;
+        st.preview = None;
         st.batch_seconds = Some(match st.batch_seconds {
             Some(avg) => 0.8 * avg + 0.2 * seconds,
             None => seconds,

@@ -15,7 +15,9 @@ use super::id::ImageId;
 use super::job::{FailureKind, ImageRecord, JobFailure, JobStatus, JobTimings, StepProgress};
 use super::manager::{JobEntry, Jobs};
 use crate::backend::Backend;
-use crate::engine_api::{png, EngineError, GenerationOutput, Observer, Progress};
+use crate::engine_api::{
+    png, EngineError, GeneratedImage, GenerationOutput, Observer, Preview, Progress,
+};
 use crate::models::Models;
 
 /// Starts the worker thread; it runs until [`Jobs::stop_worker`] and an empty queue.
@@ -78,6 +80,23 @@ impl Observer for BatchObserver<'_> {
         self.batch
             .get(index)
             .is_some_and(|e| e.cancel.load(Ordering::Relaxed))
+    }
+
+    fn wants_preview(&mut self) -> bool {
+        true
+    }
+
+    fn preview(&mut self, preview: Preview) {
+        let image = GeneratedImage {
+            width: preview.width,
+            height: preview.height,
+            rgb: preview.rgb,
+            seed: 0,
+            infotext: String::new(),
+        };
+        if let Ok(png) = png::encode_png(&image) {
+            self.jobs.set_preview(png);
+        }
     }
 
     fn finish_early(&mut self, index: usize) -> bool {

@@ -472,6 +472,17 @@ async fn progress_and_interrupt() {
     let fraction = running["progress"].as_f64().unwrap();
     assert!(fraction > 0.0 && fraction < 1.0, "{running}");
     assert!(running["eta_relative"].as_f64().unwrap() > 0.0);
+    // The live preview: a PNG of the running batch (the fake's is 2x2).
+    let preview = b64(running["current_image"].as_str().expect("a preview"));
+    let (w, h, _) = sdserve_engine::png::decode_rgb(&preview).unwrap();
+    assert_eq!((w, h), (2, 2));
+    let skipped: Value = s
+        .get("/sdapi/v1/progress?skip_current_image=true")
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(skipped["current_image"], Value::Null);
 
     let resp = s
         .client

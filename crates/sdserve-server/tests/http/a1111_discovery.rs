@@ -201,8 +201,24 @@ async fn force_task_id_is_tracked_on_internal_progress() {
         active["textinfo"].as_str().unwrap().ends_with("/30"),
         "{active}"
     );
-    assert_eq!(active["live_preview"], Value::Null);
-    assert_eq!(active["id_live_preview"], -1);
+    // Asked with live_preview true and id -1: the running batch's latest
+    // preview as a data URL, with its (positive) id.
+    let preview = active["live_preview"].as_str().expect("a live preview");
+    assert!(preview.starts_with("data:image/png;base64,"), "{preview}");
+    let preview_id = active["id_live_preview"].as_i64().unwrap();
+    assert!(preview_id > 0, "{active}");
+    // Asked again with that id and no newer preview yet, or without asking: none.
+    let again = s
+        .post(
+            "/internal/progress",
+            json!({"id_task": "task(first)", "id_live_preview": i64::from(i32::MAX), "live_preview": true}),
+        )
+        .await
+        .json::<Value>()
+        .await
+        .unwrap();
+    assert_eq!(again["live_preview"], Value::Null, "{again}");
+    assert_eq!(again["id_live_preview"], i64::from(i32::MAX));
     // The global progress says the same in A1111's State keys.
     let global = get_json(&s, "/sdapi/v1/progress").await;
     assert_eq!(global["state"]["job_count"], 1);

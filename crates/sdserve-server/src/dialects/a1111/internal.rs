@@ -12,6 +12,7 @@ use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::State;
 use axum::Json;
+use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
@@ -155,15 +156,26 @@ pub async fn internal_progress(
                 0.0
             };
             let elapsed = job.started_at.map_or(0.0, |t| (unix_now() - t).max(0.0));
+            // A newer preview than the client's id, when it asks for one.
+            let client_preview = request.id_live_preview.unwrap_or(-1);
+            let preview = state
+                .jobs
+                .current_preview()
+                .filter(|(id, _)| request.live_preview == Some(true) && *id > client_preview);
             InternalProgressResponse {
                 active: true,
                 queued: false,
                 completed: false,
                 progress: Some(fraction),
                 eta: (fraction > 0.0).then(|| elapsed / fraction - elapsed),
-                live_preview: None,
-                // No new preview: the client's id stands, as A1111 answers then.
-                id_live_preview: Some(request.id_live_preview.unwrap_or(-1)),
+                live_preview: preview.as_ref().map(|(_, png)| {
+                    format!(
+                        "data:image/png;base64,{}",
+                        base64::engine::general_purpose::STANDARD.encode(png.as_slice())
+                    )
+                }),
+                // Without a new preview the client's id stands, as A1111 answers then.
+                id_live_preview: Some(preview.map_or(client_preview, |(id, _)| id)),
                 textinfo: Some(step_text(step, total)),
             }
         }

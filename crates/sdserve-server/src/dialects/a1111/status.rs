@@ -8,6 +8,7 @@ use std::sync::Arc;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
 use axum::Json;
+use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
@@ -65,7 +66,7 @@ pub struct ProgressResponse {
 #[derive(Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct ProgressQuery {
-    /// Ignored (no previews are made), but must be `true` or `false` if given.
+    /// `true` leaves `current_image` out (it is a small PNG preview otherwise).
     pub skip_current_image: Option<bool>,
 }
 
@@ -76,8 +77,15 @@ pub async fn progress(
     State(state): State<Arc<AppState>>,
     query: Result<Query<ProgressQuery>, QueryRejection>,
 ) -> Result<Json<ProgressResponse>, Rejection<A1111>> {
-    parse_query(query)?;
+    let query = parse_query(query)?;
     let jobs = &state.jobs;
+    // A1111's "Approx cheap" preview of the running batch, at latent size.
+    let current_image = match query.skip_current_image {
+        Some(true) => None,
+        _ => jobs
+            .current_preview()
+            .map(|(_, png)| base64::engine::general_purpose::STANDARD.encode(png.as_slice())),
+    };
     let current = jobs.current();
     let (progress, eta, step, steps, job) = match current {
         Some(c) if c.total > 0 => {
@@ -113,7 +121,7 @@ pub async fn progress(
             sampling_step: step,
             sampling_steps: steps,
         },
-        current_image: None,
+        current_image: current_image.filter(|_| running),
         textinfo: running.then(|| step_text(step, steps)),
     }))
 }

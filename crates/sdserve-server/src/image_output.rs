@@ -11,6 +11,8 @@
 //! files carry no infotext; the PNG keeps it.
 
 use crate::engine_api::png;
+use crate::error::ApiError;
+use crate::validation::ValidationError;
 
 /// A format a response may carry an image in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -133,6 +135,44 @@ impl OutputEncoding {
         }
         Ok(out)
     }
+}
+
+/// The encoding OpenAI's `output_format` and `output_compression` ask for
+/// (generations and edits); a lossy level for a lossless format is a 400.
+pub fn output_encoding(
+    format: Option<&str>,
+    compression: Option<i64>,
+) -> Result<OutputEncoding, ApiError> {
+    let format = match format {
+        None => OutputFormat::Png,
+        Some(name) => OutputFormat::parse(name).ok_or_else(|| {
+            ApiError::from(ValidationError::Invalid {
+                field: "output_format",
+                message: format!("must be png, jpeg or webp, got {name:?}"),
+            })
+        })?,
+    };
+    let compression = compression.unwrap_or(100);
+    if !(0..=100).contains(&compression) {
+        return Err(ValidationError::Invalid {
+            field: "output_compression",
+            message: format!("must be between 0 and 100, got {compression}"),
+        }
+        .into());
+    }
+    if format != OutputFormat::Jpeg && compression != 100 {
+        return Err(ApiError::UnsupportedValue {
+            field: "output_compression",
+            message: format!(
+                "{} is lossless here and takes only 100, got {compression}; use output_format jpeg to compress",
+                format.name()
+            ),
+        });
+    }
+    Ok(OutputEncoding {
+        format,
+        quality: compression.clamp(1, 100) as u8,
+    })
 }
 
 #[cfg(test)]

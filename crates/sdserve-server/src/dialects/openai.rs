@@ -26,7 +26,8 @@ use utoipa::{IntoResponses, ToSchema};
 use super::Dialect;
 use crate::error::{to_json, ApiError, ErrorShape, Rejection};
 use crate::extract::{parse_id, parse_json, Caller};
-use crate::image_output::{OutputEncoding, OutputFormat};
+pub use crate::image_output::output_encoding;
+use crate::image_output::OutputEncoding;
 use crate::jobs::job::unix_now;
 use crate::jobs::{ImageId, JobHandle, Keep};
 use crate::signing::SIGNED_LINK_TTL_SECS;
@@ -248,42 +249,6 @@ pub const OPENAI_MODEL_NAMES: [&str; 3] = ["dall-e-2", "dall-e-3", "gpt-image-1"
 
 fn unsupported(field: &'static str, message: String) -> ApiError {
     ApiError::UnsupportedValue { field, message }
-}
-
-/// The encoding `output_format` and `output_compression` ask for.
-pub fn output_encoding(
-    format: Option<&str>,
-    compression: Option<i64>,
-) -> Result<OutputEncoding, ApiError> {
-    let format = match format {
-        None => OutputFormat::Png,
-        Some(name) => OutputFormat::parse(name).ok_or_else(|| {
-            invalid(
-                "output_format",
-                format!("must be png, jpeg or webp, got {name:?}"),
-            )
-        })?,
-    };
-    let compression = compression.unwrap_or(100);
-    if !(0..=100).contains(&compression) {
-        return Err(invalid(
-            "output_compression",
-            format!("must be between 0 and 100, got {compression}"),
-        ));
-    }
-    if format != OutputFormat::Jpeg && compression != 100 {
-        return Err(unsupported(
-            "output_compression",
-            format!(
-                "{} is lossless here and takes only 100, got {compression}; use output_format jpeg to compress",
-                format.name()
-            ),
-        ));
-    }
-    Ok(OutputEncoding {
-        format,
-        quality: compression.clamp(1, 100) as u8,
-    })
 }
 
 impl ImageGenerationRequest {

@@ -25,6 +25,7 @@ import sys
 
 # Checks that cannot pass yet, each with the reason in the docstring above.
 PENDING: list[str] = []
+IMAGE_INPUT_PATHS = ["/sdapi/v1/img2img", "/v1/images/edits"]
 
 
 def main() -> int:
@@ -49,6 +50,12 @@ def main() -> int:
     ]
     if PENDING:
         cmd += ["--exclude-checks", ",".join(PENDING)]
+    # The image-to-image routes take images (base64 or multipart files): no
+    # schema makes a fuzzer's strings decodable images, so its positive data
+    # would be refused (422) by design. They have their own HTTP and client
+    # tests (crates/sdserve-server/tests/http/img2img.rs, test_img2img.py).
+    for path in IMAGE_INPUT_PATHS:
+        cmd += ["--exclude-path", path]
     print("running:", " ".join(cmd), flush=True)
     return subprocess.call(cmd)
 

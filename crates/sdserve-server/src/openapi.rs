@@ -8,7 +8,7 @@ use serde_json::{json, Value};
 use utoipa::OpenApi;
 
 use crate::config::Limits;
-use crate::dialects::{a1111, native, openai, simple};
+use crate::dialects::{a1111, native, openai, openai_edits, simple};
 use crate::engine_api::ModelInfo;
 use crate::ops;
 use crate::validation::sampler_names;
@@ -24,7 +24,7 @@ use crate::validation::sampler_names;
     paths(
         native::create_job, native::get_job, native::cancel_job, native::delete_job, native::job_events,
         native::get_image, native::list_models, native::list_samplers,
-        a1111::txt2img, a1111::progress, a1111::interrupt, a1111::skip, a1111::sd_models,
+        a1111::txt2img, a1111::img2img, a1111::progress, a1111::interrupt, a1111::skip, a1111::sd_models,
         a1111::samplers, a1111::schedulers, a1111::get_options, a1111::set_options,
         a1111::png_info, a1111::memory, a1111::scripts, a1111::refresh_checkpoints,
         a1111::loras, a1111::embeddings, a1111::sd_vae, a1111::upscalers,
@@ -32,7 +32,7 @@ use crate::validation::sampler_names;
         a1111::realesrgan_models, a1111::prompt_styles, a1111::cmd_flags, a1111::refresh_vae,
         a1111::refresh_loras, a1111::refresh_embeddings, a1111::internal_progress,
         a1111::pending_tasks,
-        openai::generations, openai::models, openai::image_file,
+        openai::generations, openai_edits::edits, openai::models, openai::image_file,
         simple::generate, simple::download,
         ops::livez, ops::readyz, ops::metrics, ops::openapi_json, ops::docs,
     ),

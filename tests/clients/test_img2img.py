@@ -93,7 +93,7 @@ def main() -> int:
     ref = Image.open(args.ref_inpaint)
     want = overlay(ref, init, mask)
     assert rgb_bytes(masked.image) == want, "inpainting differs from the CLI's image with A1111's overlay"
-    assert masked.info["is_using_inpainting_conditioning"] is True or masked.info["is_using_inpainting_conditioning"] is False
+    assert masked.info["is_using_inpainting_conditioning"] is True, masked.info
 
     # A1111's batches: image i is seed + i, reproducible alone.
     batch = api.txt2img(

@@ -207,19 +207,32 @@ pub fn prepare(
     })
 }
 
-/// A1111's overlay: the init image (resized as the pipeline resized it) put
-/// back over a decoded image outside the overlay mask.
-pub fn apply_overlay(request: &GenerateRequest, rgb: &mut [u8]) {
-    let Some(init) = &request.init else { return };
-    let Some(overlay) = &init.overlay else { return };
-    let original = resize(
-        &init.image.rgb,
-        (init.image.width, init.image.height),
-        3,
-        (request.width, request.height),
-        Filter::Lanczos,
-    );
-    crate::image_ops::overlay(rgb, &original, &overlay.luma);
+/// A1111's overlay for a job: its init image resized as the pipeline
+/// resized it, and the overlay mask; `None` without an overlay. Made once per
+/// job and applied to each of its decoded images with [`Overlay::apply`].
+pub struct Overlay<'a> {
+    original: Vec<u8>,
+    mask: &'a GrayImage,
+}
+
+impl<'a> Overlay<'a> {
+    pub fn for_request(request: &'a GenerateRequest) -> Option<Self> {
+        let init = request.init.as_ref()?;
+        let mask = init.overlay.as_deref()?;
+        let original = resize(
+            &init.image.rgb,
+            (init.image.width, init.image.height),
+            3,
+            (request.width, request.height),
+            Filter::Lanczos,
+        );
+        Some(Self { original, mask })
+    }
+
+    /// Puts the original back over `rgb` outside the mask.
+    pub fn apply(&self, rgb: &mut [u8]) {
+        crate::image_ops::overlay(rgb, &self.original, &self.mask.luma);
+    }
 }
 
 /// The init image at the request's size (Lanczos), in [-1, 1], `(1, 3, h, w)` f32.

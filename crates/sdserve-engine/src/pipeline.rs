@@ -306,6 +306,7 @@ fn decode(
     } else {
         None
     };
+    let overlay = img2img::Overlay::for_request(&job.request);
     let mut images = Vec::with_capacity(n);
     for i in 0..n {
         let latent = latents.narrow(0, i, 1)?.to_dtype(model.vae_dtype)?;
@@ -326,7 +327,9 @@ fn decode(
             .iter()
             .map(|v| (v * 255.0).round_ties_even() as u8)
             .collect();
-        img2img::apply_overlay(&job.request, &mut rgb);
+        if let Some(overlay) = &overlay {
+            overlay.apply(&mut rgb);
+        }
         images.push(GeneratedImage {
             width: w,
             height: h,

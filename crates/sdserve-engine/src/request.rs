@@ -48,6 +48,17 @@ pub struct ImageToImage {
     pub overlay: Option<Arc<GrayImage>>,
 }
 
+impl ImageToImage {
+    /// diffusers' default `strength`: 1 for inpainting, 0.8 for image to image.
+    pub fn default_strength(masked: bool) -> f64 {
+        if masked {
+            1.0
+        } else {
+            0.8
+        }
+    }
+}
+
 impl std::fmt::Debug for ImageToImage {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ImageToImage")

@@ -79,6 +79,24 @@ impl Module for SelfAttention {
     }
 }
 
+/// A VAE resnet: no time embedding, eps 1e-6 (encoder and decoder alike).
+pub(crate) fn vae_resnet(
+    vb: nn::VarBuilder,
+    in_channels: usize,
+    out_channels: usize,
+    groups: usize,
+) -> Result<ResnetBlock> {
+    let shape = ResnetShape {
+        in_channels,
+        out_channels,
+        temb_channels: None,
+        groups,
+        eps: 1e-6,
+        output_scale_factor: 1.0,
+    };
+    ResnetBlock::new(vb, shape)
+}
+
 /// One `UpDecoderBlock2D`: resnets (no time embedding), then an optional upsampler.
 struct UpDecoderBlock {
     resnets: Vec<ResnetBlock>,
@@ -118,17 +136,8 @@ impl VaeDecoder {
             padding: 1,
             ..Default::default()
         };
-        let resnet = |vb: nn::VarBuilder, in_channels: usize, out_channels: usize| {
-            let shape = ResnetShape {
-                in_channels,
-                out_channels,
-                temb_channels: None,
-                groups,
-                eps: 1e-6,
-                output_scale_factor: 1.0,
-            };
-            ResnetBlock::new(vb, shape)
-        };
+        let resnet =
+            |vb, in_channels, out_channels| vae_resnet(vb, in_channels, out_channels, groups);
         let reversed: Vec<usize> = s.block_out_channels.iter().rev().copied().collect();
         let (Some(&deepest), Some(&first)) = (reversed.first(), s.block_out_channels.first())
         else {

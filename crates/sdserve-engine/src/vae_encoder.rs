@@ -6,10 +6,10 @@ use candle_core::{Module, Result, Tensor};
 use candle_nn as nn;
 
 use crate::attention::ScoreBlock;
-use crate::layers::{Conv2d, GroupNorm, ResnetBlock, ResnetShape};
+use crate::layers::{Conv2d, GroupNorm, ResnetBlock};
 use crate::rng::TorchRng;
 use crate::unet_blocks::Downsample;
-use crate::vae::{SelfAttention, VaeShape};
+use crate::vae::{vae_resnet, SelfAttention, VaeShape};
 
 /// One `DownEncoderBlock2D`: resnets, then a stride-2 convolution except in the last block.
 struct DownEncoderBlock {
@@ -63,17 +63,8 @@ impl VaeEncoder {
             padding: 1,
             ..Default::default()
         };
-        let resnet = |vb: nn::VarBuilder, in_channels: usize, out_channels: usize| {
-            let shape = ResnetShape {
-                in_channels,
-                out_channels,
-                temb_channels: None,
-                groups,
-                eps: 1e-6,
-                output_scale_factor: 1.0,
-            };
-            ResnetBlock::new(vb, shape)
-        };
+        let resnet =
+            |vb, in_channels, out_channels| vae_resnet(vb, in_channels, out_channels, groups);
         let (Some(&first), Some(&deepest)) =
             (s.block_out_channels.first(), s.block_out_channels.last())
         else {

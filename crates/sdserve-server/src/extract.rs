@@ -17,17 +17,22 @@ use serde::de::DeserializeOwned;
 use crate::error::ApiError;
 use crate::jobs::{ClientId, InvalidId};
 
+/// The buffered body, or why there is none: over `limit` (413) or unreadable.
+pub fn read_body(body: Result<Bytes, BytesRejection>, limit: usize) -> Result<Bytes, ApiError> {
+    body.map_err(|rejection| match rejection {
+        BytesRejection::FailedToBufferBody(e) if e.status() == 413 => {
+            ApiError::BodyTooLarge { limit }
+        }
+        other => ApiError::BadBody(other.body_text()),
+    })
+}
+
 /// Parses a JSON body; a type or missing-field error names the field's path.
 pub fn parse_json<T: DeserializeOwned>(
     body: Result<Bytes, BytesRejection>,
     limit: usize,
 ) -> Result<T, ApiError> {
-    let bytes = body.map_err(|rejection| match rejection {
-        BytesRejection::FailedToBufferBody(e) if e.status() == 413 => {
-            ApiError::BodyTooLarge { limit }
-        }
-        other => ApiError::BadBody(other.body_text()),
-    })?;
+    let bytes = read_body(body, limit)?;
     // serde would read a struct from a JSON array too; every body here is an object.
     if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
         return Err(

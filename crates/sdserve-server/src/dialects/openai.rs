@@ -386,6 +386,19 @@ pub async fn generations(
         },
         Err(e) => (OutputEncoding::PNG, Err(e)),
     };
+    run(&state, &caller, &headers, spec, as_url, encoding).await
+}
+
+/// Queues an OpenAI job, waits for it and answers with its images (shared
+/// by generations and edits).
+pub(crate) async fn run(
+    state: &AppState,
+    caller: &Caller,
+    headers: &HeaderMap,
+    spec: Result<JobSpec, ApiError>,
+    as_url: bool,
+    encoding: OutputEncoding,
+) -> Result<Json<ImagesResponse>, Rejection<OpenAi>> {
     // b64_json carries the images in the response, and nothing names their
     // files afterwards: they are removed once it is built. `url` keeps them.
     let keep = if as_url {
@@ -394,10 +407,10 @@ pub async fn generations(
         Keep::ResponseOnly
     };
     let handle = state
-        .submit_with(Dialect::OpenAi, &caller, spec, keep)
+        .submit_with(Dialect::OpenAi, caller, spec, keep)
         .await?
         .cancel_on_drop();
-    let response = respond(&state, &handle, as_url, encoding, &headers).await;
+    let response = respond(state, &handle, as_url, encoding, headers).await;
     if keep == Keep::ResponseOnly {
         state.discard(handle.snapshot()).await;
     }
@@ -424,7 +437,7 @@ pub async fn encode_all(
 }
 
 /// The images of a finished OpenAI job, as the response carries them.
-pub(crate) async fn respond(
+async fn respond(
     state: &AppState,
     handle: &JobHandle,
     as_url: bool,

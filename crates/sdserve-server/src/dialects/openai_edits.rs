@@ -14,20 +14,17 @@ use axum::http::{header, HeaderMap};
 use axum::Json;
 use utoipa::ToSchema;
 
+use super::images;
 use super::openai::{
-    output_encoding, parse_size, respond, ImagesResponse, OpenAi, OpenAiErrors, OPENAI_FIELDS,
+    output_encoding, parse_size, run, ImagesResponse, OpenAi, OpenAiErrors, OPENAI_FIELDS,
     OPENAI_MODEL_NAMES,
 };
-use super::{images, Dialect};
+use crate::engine_api::ImageToImage;
 use crate::error::{ApiError, Rejection};
-use crate::extract::Caller;
+use crate::extract::{read_body, Caller};
 use crate::image_output::OutputEncoding;
-use crate::jobs::Keep;
 use crate::state::AppState;
 use crate::validation::{InitSpec, JobSpec, ValidationError};
-
-/// Strength of an edit without transparency (diffusers' img2img default).
-const WHOLE_IMAGE_STRENGTH: f64 = 0.8;
 
 /// The multipart form of `POST /v1/images/edits` (documented shape; the
 /// handler reads the parts itself).
@@ -251,11 +248,8 @@ impl EditForm {
             Some(s) => parse_size(s)?,
             None => None,
         };
-        let default_strength = if mask.is_some() {
-            1.0
-        } else {
-            WHOLE_IMAGE_STRENGTH
-        };
+        // An opaque image is edited whole, at diffusers' img2img default.
+        let default_strength = ImageToImage::default_strength(mask.is_some());
         Ok(JobSpec {
             negative_prompt: self.negative_prompt.clone().unwrap_or_default(),
             seed: self.seed,
@@ -293,13 +287,7 @@ pub async fn edits(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<ImagesResponse>, Rejection<OpenAi>> {
-    let limit = state.config.limits.max_body_bytes;
-    let body = body.map_err(|rejection| match rejection {
-        BytesRejection::FailedToBufferBody(e) if e.status() == 413 => {
-            ApiError::BodyTooLarge { limit }
-        }
-        other => ApiError::BadBody(other.body_text()),
-    })?;
+    let body = read_body(body, state.config.limits.max_body_bytes)?;
     let form = read_form(&headers, body).await;
     let as_url = matches!(&form, Ok(f) if f.response_format.as_deref() == Some("url"));
     let (encoding, spec) = match form {
@@ -309,18 +297,5 @@ pub async fn edits(
         },
         Err(e) => (OutputEncoding::PNG, Err(e)),
     };
-    let keep = if as_url {
-        Keep::Stored
-    } else {
-        Keep::ResponseOnly
-    };
-    let handle = state
-        .submit_with(Dialect::OpenAi, &caller, spec, keep)
-        .await?
-        .cancel_on_drop();
-    let response = respond(&state, &handle, as_url, encoding, &headers).await;
-    if keep == Keep::ResponseOnly {
-        state.discard(handle.snapshot()).await;
-    }
-    response.map(Json)
+    run(&state, &caller, &headers, spec, as_url, encoding).await
 }

@@ -143,7 +143,7 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
                 .transpose()?;
             let strength = args
                 .strength
-                .unwrap_or(if mask.is_some() { 1.0 } else { 0.8 });
+                .unwrap_or(ImageToImage::default_strength(mask.is_some()));
             anyhow::Ok(ImageToImage {
                 image: Arc::new(image),
                 mask,

@@ -14,14 +14,15 @@ use base64::Engine as _;
 use serde::Deserialize;
 use utoipa::ToSchema;
 
-use super::wire::{info, parameters, Txt2ImgRequest, Txt2ImgResponse};
+use super::txt2img::{finish, submit};
+use super::wire::{info_value, parameters, Txt2ImgRequest, Txt2ImgResponse};
 use super::{A1111Errors, A1111};
 use crate::config::Limits;
-use crate::dialects::{images, Dialect};
+use crate::dialects::images;
 use crate::engine_api::{image_ops, DecodedImage, GrayImage};
 use crate::error::{ApiError, Rejection};
 use crate::extract::{parse_json, Caller};
-use crate::jobs::{JobHandle, Keep};
+use crate::jobs::JobHandle;
 use crate::state::AppState;
 use crate::validation::{InitSpec, JobSpec, ValidationError};
 
@@ -375,23 +376,9 @@ pub async fn img2img(
         }
         Err(e) => (Img2ImgRequest::default(), Err(e)),
     };
-    let keep = if request.base.save_images.unwrap_or(false) {
-        Keep::Stored
-    } else {
-        Keep::ResponseOnly
-    };
-    let handle = state
-        .submit_with(Dialect::A1111, &caller, spec, keep)
-        .await?
-        .cancel_on_drop();
-    if let Some(name) = &request.base.force_task_id {
-        // The client follows this name on /internal/progress while we wait.
-        state.task_names.insert(&caller.client, name, handle.id());
-    }
+    let handle = submit(&state, &caller, &request.base, spec).await?;
     let response = respond(&state, &handle, &request).await;
-    if keep == Keep::ResponseOnly {
-        state.discard(handle.snapshot()).await;
-    }
+    finish(&state, &handle, &request.base).await;
     response.map(Json)
 }
 
@@ -420,8 +407,7 @@ async fn respond(
     parameters["denoising_strength"] = strength.into();
     parameters["init_images"] = serde_json::Value::Null;
     parameters["mask"] = serde_json::Value::Null;
-    let mut info: serde_json::Value =
-        serde_json::from_str(&info(&request.base, &snapshot, model.as_ref())).unwrap_or_default();
+    let mut info = info_value(&request.base, &snapshot, model.as_ref());
     info["denoising_strength"] = strength.into();
     info["is_using_inpainting_conditioning"] = snapshot.params.inpainting.into();
     Ok(Txt2ImgResponse {

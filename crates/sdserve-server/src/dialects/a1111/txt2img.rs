@@ -16,6 +16,7 @@ use crate::error::{ApiError, Rejection};
 use crate::extract::{parse_json, Caller};
 use crate::jobs::{JobHandle, Keep};
 use crate::state::AppState;
+use crate::validation::JobSpec;
 
 /// Generate images from a prompt (A1111 compatible).
 #[utoipa::path(post, path = "/sdapi/v1/txt2img", tag = "a1111", request_body = Txt2ImgRequest,
@@ -34,15 +35,23 @@ pub async fn txt2img(
         }
         Err(e) => (Txt2ImgRequest::default(), Err(e)),
     };
-    // As in A1111, `save_images` defaults to false: the images then live only
-    // in this response, and their files are removed once it is built.
-    let keep = if request.save_images.unwrap_or(false) {
-        Keep::Stored
-    } else {
-        Keep::ResponseOnly
-    };
+    let handle = submit(&state, &caller, &request, spec).await?;
+    let response = respond(&state, &handle, &request).await;
+    finish(&state, &handle, &request).await;
+    response.map(Json)
+}
+
+/// Queues an A1111 job (txt2img's, or img2img's with `request` its txt2img
+/// part): keeps its files only with `save_images`, names it for
+/// `force_task_id`, and makes an override not to restore the default model.
+pub(super) async fn submit(
+    state: &AppState,
+    caller: &Caller,
+    request: &Txt2ImgRequest,
+    spec: Result<JobSpec, ApiError>,
+) -> Result<JobHandle, Rejection<A1111>> {
     let handle = state
-        .submit_with(Dialect::A1111, &caller, spec, keep)
+        .submit_with(Dialect::A1111, caller, spec, keep(request))
         .await?
         .cancel_on_drop();
     if let Some(name) = &request.force_task_id {
@@ -57,11 +66,24 @@ pub async fn txt2img(
             }
         }
     }
-    let response = respond(&state, &handle, &request).await;
-    if keep == Keep::ResponseOnly {
+    Ok(handle)
+}
+
+/// As in A1111, `save_images` defaults to false: the images then live only
+/// in the response, and their files are removed once it is built.
+fn keep(request: &Txt2ImgRequest) -> Keep {
+    if request.save_images.unwrap_or(false) {
+        Keep::Stored
+    } else {
+        Keep::ResponseOnly
+    }
+}
+
+/// After the response is built: drops the job's files unless it keeps them.
+pub(super) async fn finish(state: &AppState, handle: &JobHandle, request: &Txt2ImgRequest) {
+    if keep(request) == Keep::ResponseOnly {
         state.discard(handle.snapshot()).await;
     }
-    response.map(Json)
 }
 
 /// The answer for a finished job.

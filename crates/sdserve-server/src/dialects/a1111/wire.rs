@@ -366,6 +366,15 @@ pub fn parameters(req: &Txt2ImgRequest, snap: &JobSnapshot) -> serde_json::Value
 
 /// The `info` string: A1111's generation-info JSON for a finished job.
 pub fn info(req: &Txt2ImgRequest, snap: &JobSnapshot, model: Option<&Listed>) -> String {
+    info_value(req, snap, model).to_string()
+}
+
+/// [`info`] as JSON, for dialect routes that add keys (img2img).
+pub fn info_value(
+    req: &Txt2ImgRequest,
+    snap: &JobSnapshot,
+    model: Option<&Listed>,
+) -> serde_json::Value {
     let p = &snap.params;
     let n = snap.images.len();
     let seeds: Vec<u64> = snap.images.iter().map(|i| i.seed).collect();
@@ -405,7 +414,7 @@ pub fn info(req: &Txt2ImgRequest, snap: &JobSnapshot, model: Option<&Listed>) ->
         "is_using_inpainting_conditioning": false,
         "version": concat!("sdserve ", env!("CARGO_PKG_VERSION")),
     });
-    value.to_string()
+    value
 }
 
 #[cfg(test)]

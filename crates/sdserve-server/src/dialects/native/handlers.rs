@@ -18,7 +18,7 @@ use super::wire::{CreateJob, JobAccepted, JobEvent, JobView, ModelList, ModelVie
 use super::{Native, NativeErrors};
 use crate::dialects::images;
 use crate::dialects::Dialect;
-use crate::engine_api::{GrayImage, SamplerId};
+use crate::engine_api::{GrayImage, ImageToImage, SamplerId};
 use crate::error::{ApiError, Rejection};
 use crate::extract::{parse_id, parse_json, Caller};
 use crate::jobs::{ImageId, JobId, JobSnapshot, JobStatus};
@@ -98,7 +98,7 @@ async fn init_spec<'a>(
     };
     Ok(Some(InitSpec {
         image,
-        default_strength: if mask.is_some() { 1.0 } else { 0.8 },
+        default_strength: ImageToImage::default_strength(mask.is_some()),
         mask,
         strength: job.strength,
         strength_field: "strength",

@@ -66,6 +66,22 @@ def main() -> int:
     assert len(batch.images) == 2
     assert len(batch.info["all_seeds"]) == 2 and batch.info["all_seeds"][0] >= 0
 
+    # The hires fix as webuiapi sends it (every hr_* field, "same" overrides as None/"").
+    hires = api.txt2img(prompt=args.prompt, seed=args.seed, steps=2, width=args.size, height=args.size,
+                        enable_hr=True, hr_scale=1.5, hr_upscaler=webuiapi.HiResUpscaler.Lanczos,
+                        hr_second_pass_steps=1, denoising_strength=0.5)
+    target = int(args.size * 1.5) // 8 * 8
+    assert hires.image.size == (target, target), hires.image.size
+    assert hires.info["extra_generation_params"] == {
+        "Hires upscale": 1.5, "Hires steps": 1, "Hires upscaler": "Lanczos"}, hires.info
+    assert "Hires upscaler: Lanczos" in hires.info["infotexts"][0]
+    try:
+        api.txt2img(prompt=args.prompt, steps=1, width=args.size, height=args.size, enable_hr=True,
+                    hr_upscaler=webuiapi.HiResUpscaler.ESRGAN_4x)
+        raise AssertionError("an upscaler sdserve lacks must be refused")
+    except RuntimeError as e:
+        assert "hr_upscaler" in str(e), e
+
     # Other calls clients make.
     progress = api.get_progress()
     assert 0.0 <= progress["progress"] <= 1.0 and "state" in progress
@@ -85,7 +101,8 @@ def main() -> int:
     assert api.get_embeddings() == {"loaded": {}, "skipped": {}}
     assert [u["name"] for u in api.get_upscalers()] == ["None", "Lanczos", "Nearest"]
     assert all(set(u) == {"name", "model_name", "model_path", "model_url", "scale"} for u in api.get_upscalers())
-    assert [m["name"] for m in api.get_latent_upscale_modes()] == ["Latent", "Latent (nearest)"]
+    assert [m["name"] for m in api.get_latent_upscale_modes()] == [
+        "Latent", "Latent (antialiased)", "Latent (bicubic)", "Latent (nearest)", "Latent (nearest-exact)"]
     assert api.get_cmd_flags()["api"] is True
     assert "karras" in api.util_get_scheduler_names()
     assert api.refresh_checkpoints() is None

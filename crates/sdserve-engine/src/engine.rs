@@ -178,8 +178,16 @@ impl Engine {
         match self.options.vae_tiling {
             VaeTiling::On => true,
             VaeTiling::Off => false,
-            VaeTiling::Auto => self.auto_tile_vae(req.width, req.height),
+            VaeTiling::Auto => {
+                let (width, height) = self.output_size(req);
+                self.auto_tile_vae(width, height)
+            }
         }
+    }
+
+    /// The size of a request's images: the hires fix's target, else the request's size.
+    pub fn output_size(&self, req: &GenerateRequest) -> (usize, usize) {
+        req.output_size(self.info.vae_scale_factor)
     }
 
     /// Checks a request against the model before it is queued or run.
@@ -211,9 +219,20 @@ impl Engine {
             ));
         }
         crate::img2img::validate(&self.model, req)?;
+        if let Some(hires) = &req.hires {
+            if req.init.is_some() {
+                return invalid(
+                    "the hires fix is for text-to-image; an image-to-image job runs at its own size"
+                        .into(),
+                );
+            }
+            hires.validate(req.steps, train_steps)?;
+            hires.geometry(req.width, req.height, f)?;
+        }
+        let (width, height) = self.output_size(req);
         self.plan.check(
-            req.width,
-            req.height,
+            width,
+            height,
             req.batch_size,
             pipeline::uses_guidance(req),
             f,
@@ -244,16 +263,18 @@ impl Engine {
             self.validate(job)?;
             if !batch_compatible(job, &jobs[0]) {
                 return Err(EngineError::InvalidRequest(
-                    "jobs in one batch must share size, steps, sampler and guidance".into(),
+                    "jobs in one batch must share size, steps, sampler, guidance and hires fix"
+                        .into(),
                 ));
             }
         }
         // Each job fits alone; the batch as a whole must fit too.
         if let Some(first) = jobs.first() {
             let images = jobs.iter().map(|j| j.batch_size).sum();
+            let (width, height) = self.output_size(first);
             self.plan.check(
-                first.width,
-                first.height,
+                width,
+                height,
                 images,
                 pipeline::uses_guidance(first),
                 self.info.vae_scale_factor,
@@ -275,9 +296,11 @@ impl Engine {
     }
 }
 
-/// Jobs that may share one batch: same size, steps, sampler, guidance on/off.
+/// Jobs that may share one batch: same size, steps, sampler, guidance on/off
+/// and hires fix (its second pass runs them together again).
 pub fn batch_compatible(a: &GenerateRequest, b: &GenerateRequest) -> bool {
-    a.width == b.width
+    a.hires == b.hires
+        && a.width == b.width
         && a.height == b.height
         && a.steps == b.steps
         && a.sampler == b.sampler

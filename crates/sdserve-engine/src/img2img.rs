@@ -295,7 +295,11 @@ fn nearest_downsample(mask: &Tensor, h: usize, w: usize) -> Result<Tensor> {
 /// `vae.encode(pixels).latent_dist.sample(generator)` in the VAE's dtype,
 /// then scaled into the UNet's latent space (SDXL-style VAEs with latent
 /// statistics: `(z - mean) * scaling_factor / std`), f32.
-fn encode(model: &StableDiffusion, pixels: &Tensor, rng: &mut TorchRng) -> Result<Tensor> {
+pub(crate) fn encode(
+    model: &StableDiffusion,
+    pixels: &Tensor,
+    rng: &mut TorchRng,
+) -> Result<Tensor> {
     let encoder = model.vae_encoder.as_ref().ok_or_else(|| {
         EngineError::Unsupported("this model's VAE has no encoder weights".into())
     })?;
@@ -417,6 +421,7 @@ mod tests {
             batch_size: 1,
             init: None,
             seed_per_image: false,
+            hires: None,
         };
         let device = Device::Cpu;
         let square = mask_tensor(

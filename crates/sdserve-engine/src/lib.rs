@@ -9,6 +9,7 @@ mod conditioning;
 pub mod config;
 mod engine;
 pub mod error;
+pub mod hires;
 pub mod hub;
 pub mod image_input;
 pub mod image_ops;

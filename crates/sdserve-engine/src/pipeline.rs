@@ -11,6 +11,8 @@ use candle_core::{DType, Tensor};
 
 use crate::conditioning::Conditioning;
 use crate::error::{EngineError, Result};
+use crate::hires::{self, Geometry, HiresFix, Upscaler};
+use crate::image_ops::resize;
 use crate::img2img::{self, Inpaint};
 use crate::model::StableDiffusion;
 use crate::request::{GenerateRequest, GeneratedImage, Observer, Progress, Timings};
@@ -90,9 +92,7 @@ pub fn generate_batch(
         };
         for (request, seed) in parts(job) {
             let n = request.batch_size;
-            let (h, w) = (request.height as f32, request.width as f32);
-            let time_ids =
-                Tensor::from_vec(vec![h, w, 0.0, 0.0, h, w], (1, 6), device)?.repeat((n, 1))?;
+            let time_ids = time_ids(request.height, request.width, n, device)?;
             let sampler = samplers::build(request.sampler, &model.scheduler, request.steps)?;
             let mut rng = TorchRng::new(seed);
             let start = img2img::prepare(model, sampler.as_ref(), &request, &mut rng)?;
@@ -118,36 +118,39 @@ pub fn generate_batch(
     observer.progress(Progress::Encoded);
 
     let started = Instant::now();
-    let steps = first.steps;
     // Jobs starting late (image-to-image) join the batch at their start step.
     let first_step = jobs.iter().map(|j| j.start_step).min().unwrap_or(0);
-    for step in first_step..steps {
-        for job in jobs.iter_mut() {
-            if !job.cancelled && observer.is_cancelled(job.parent) {
-                job.cancelled = true;
-            }
-            if !job.cancelled && !job.finished && observer.finish_early(job.parent) {
-                job.finished = true;
-            }
+    // Jobs of one batch share their hires settings (`batch_compatible`).
+    let second = first
+        .hires
+        .as_ref()
+        .map(|hires| (hires, hires.schedule(first.steps)));
+    let second_run = second.map_or(0, |(_, (steps, start))| steps - start);
+    let mut counter = StepCounter {
+        done: 0,
+        total: first.steps - first_step + second_run,
+    };
+    denoise(
+        model,
+        &mut jobs,
+        first_step..first.steps,
+        guidance,
+        observer,
+        &mut counter,
+    )?;
+    if let Some((hires, (steps, start))) = second {
+        let geometry = hires.geometry(first.width, first.height, model.vae_scale_factor)?;
+        for job in jobs.iter_mut().filter(|j| !j.cancelled && !j.finished) {
+            start_hires_pass(model, job, hires, &geometry)?;
         }
-        if jobs.iter().all(|j| j.cancelled || j.finished) {
-            break;
-        }
-        denoise_step(model, &mut jobs, step, guidance)?;
-        if observer.wants_preview() {
-            let running = jobs.iter().find(|j| !j.cancelled && !j.finished);
-            if let Some(job) = running {
-                // The latents are now at step + 1's noise level (sigma 0 after the last).
-                let scaled = job.sampler.scale_model_input(&job.latents, step + 1)?;
-                if let Some(preview) = crate::preview::cheap_preview(&scaled, model.family)? {
-                    observer.preview(preview);
-                }
-            }
-        }
-        observer.progress(Progress::Step {
-            step: step + 1 - first_step,
-            total: steps - first_step,
-        });
+        denoise(
+            model,
+            &mut jobs,
+            start..steps,
+            guidance,
+            observer,
+            &mut counter,
+        )?;
     }
     timings.denoising = started.elapsed().as_secs_f64();
 
@@ -167,6 +170,120 @@ pub fn generate_batch(
         .into_iter()
         .map(|images| images.map(|i| (i, timings)).ok_or(EngineError::Cancelled))
         .collect())
+}
+
+/// Steps reported so far and in all (both passes of a hires fix).
+struct StepCounter {
+    done: usize,
+    total: usize,
+}
+
+/// Runs schedule indices `steps` for every job that has not stopped,
+/// checking cancellation and early finishes before each step and reporting
+/// progress (and previews) after it.
+fn denoise(
+    model: &StableDiffusion,
+    jobs: &mut [JobState],
+    steps: std::ops::Range<usize>,
+    guidance: bool,
+    observer: &mut dyn Observer,
+    counter: &mut StepCounter,
+) -> Result<()> {
+    for step in steps {
+        for job in jobs.iter_mut() {
+            if !job.cancelled && observer.is_cancelled(job.parent) {
+                job.cancelled = true;
+            }
+            if !job.cancelled && !job.finished && observer.finish_early(job.parent) {
+                job.finished = true;
+            }
+        }
+        if jobs.iter().all(|j| j.cancelled || j.finished) {
+            break;
+        }
+        denoise_step(model, jobs, step, guidance)?;
+        if observer.wants_preview() {
+            let running = jobs.iter().find(|j| !j.cancelled && !j.finished);
+            if let Some(job) = running {
+                // The latents are now at step + 1's noise level (sigma 0 after the last).
+                let scaled = job.sampler.scale_model_input(&job.latents, step + 1)?;
+                if let Some(preview) = crate::preview::cheap_preview(&scaled, model.family)? {
+                    observer.preview(preview);
+                }
+            }
+        }
+        counter.done += 1;
+        observer.progress(Progress::Step {
+            step: counter.done,
+            total: counter.total,
+        });
+    }
+    Ok(())
+}
+
+/// Turns a job that finished its first pass into the start of its hires
+/// pass: the latents upscaled (or the decoded image resized and encoded
+/// again), cropped to the target's aspect ratio, and noised to the second
+/// schedule's start with a fresh generator on the job's seed (A1111 builds a
+/// new ImageRNG on the same seeds; diffusers a new generator).
+fn start_hires_pass(
+    model: &StableDiffusion,
+    job: &mut JobState,
+    hires: &HiresFix,
+    geometry: &Geometry,
+) -> Result<()> {
+    let (steps, start) = hires.schedule(job.request.steps);
+    let sampler = samplers::build(job.request.sampler, &model.scheduler, steps)?;
+    let mut rng = TorchRng::new(job.seed);
+    let factor = model.vae_scale_factor;
+    let (up_x, up_y) = geometry.upscale_to;
+    let upscaled = match hires.upscaler {
+        Upscaler::Latent(mode) => {
+            let (n, c, h, w) = job.latents.dims4()?;
+            let values = job.latents.flatten_all()?.to_vec1::<f32>()?;
+            let (out_h, out_w) = (up_y / factor, up_x / factor);
+            let values = hires::interpolate(&values, (n, c, h, w), (out_h, out_w), mode);
+            Tensor::from_vec(values, (n, c, out_h, out_w), &model.device)?
+        }
+        Upscaler::Image(upscaler) => {
+            let tiles = job
+                .tile_vae
+                .then(|| model.vae_tile_geometry())
+                .transpose()?;
+            let latents = unscale_latents(model, &job.latents)?;
+            let mut pixels = Vec::new();
+            for i in 0..latents.dim(0)? {
+                let (w, h, rgb) = decode_rgb(model, tiles.as_ref(), &latents.narrow(0, i, 1)?)?;
+                let rgb = resize(&rgb, (w, h), 3, (up_x, up_y), upscaler.filter());
+                pixels.extend(rgb.iter().map(|v| *v as f32 / 255.0 * 2.0 - 1.0));
+            }
+            let n = latents.dim(0)?;
+            let pixels = Tensor::from_vec(pixels, (n, up_y, up_x, 3), &model.device)?
+                .permute((0, 3, 1, 2))?
+                .contiguous()?;
+            img2img::encode(model, &pixels, &mut rng)?
+        }
+    };
+    let (h, w) = geometry.latent;
+    let cropped = upscaled
+        .narrow(2, geometry.crop_top, h)?
+        .narrow(3, geometry.crop_left, w)?
+        .contiguous()?;
+    let (n, c, _, _) = cropped.dims4()?;
+    let noise = Tensor::from_vec(rng.randn(n * c * h * w), (n, c, h, w), &model.device)?;
+    job.latents = sampler.add_noise(&cropped, &noise, start)?;
+    job.start_step = start;
+    job.sampler = sampler;
+    job.rng = rng;
+    let (out_w, out_h) = geometry.output;
+    job.time_ids = time_ids(out_h, out_w, n, &model.device)?;
+    Ok(())
+}
+
+/// SDXL's add_time_ids `(n, 6)`: (height, width), crop (0, 0), (height, width).
+fn time_ids(height: usize, width: usize, n: usize, device: &candle_core::Device) -> Result<Tensor> {
+    let (h, w) = (height as f32, width as f32);
+    Ok(Tensor::from_vec(vec![h, w, 0.0, 0.0, h, w], (1, 6), device)?.repeat((n, 1))?)
 }
 
 /// The engine jobs a request runs as: itself, or with `seed_per_image` one
@@ -280,59 +397,76 @@ fn extra_settings(request: &GenerateRequest, position: usize) -> Vec<(&'static s
         extra.push(("Batch size", request.batch_size.to_string()));
         extra.push(("Batch pos", position.to_string()));
     }
+    if let Some(hires) = &request.hires {
+        extra.extend(hires.infotext_settings());
+    }
     extra
 }
 
-/// VAE decode (tiled as diffusers' `enable_tiling()` when the job asks) and
-/// `(x / 2 + 0.5).clamp(0, 1)`, rounded to 8 bits as diffusers' `numpy_to_pil`.
+/// The sampler's latents back in the VAE's latent space (diffusers' pipelines:
+/// SDXL-style VAEs with latent statistics `latents * std / scaling_factor + mean`).
+fn unscale_latents(model: &StableDiffusion, latents: &Tensor) -> Result<Tensor> {
+    Ok(match &model.vae_latents_stats {
+        Some((mean, std)) => latents
+            .broadcast_mul(std)?
+            .affine(1.0 / model.vae_scaling_factor, 0.0)?
+            .broadcast_add(mean)?,
+        None => ((latents / model.vae_scaling_factor)? + model.vae_shift_factor)?,
+    })
+}
+
+/// One latent `(1, c, h, w)` decoded (tiled as diffusers' `enable_tiling()`
+/// when `tiles` is given), `(x / 2 + 0.5).clamp(0, 1)`, rounded to 8 bits as
+/// diffusers' `numpy_to_pil`: (width, height, RGB bytes).
+fn decode_rgb(
+    model: &StableDiffusion,
+    tiles: Option<&vae_tiling::TileGeometry>,
+    latent: &Tensor,
+) -> Result<(usize, usize, Vec<u8>)> {
+    let latent = latent.to_dtype(model.vae_dtype)?;
+    let pixels = match tiles {
+        Some(geometry) => vae_tiling::decode(&model.vae, geometry, &latent)?,
+        None => model.vae.decode(&latent)?,
+    }
+    .to_dtype(DType::F32)?;
+    let pixels = ((pixels / 2.0)? + 0.5)?.clamp(0f32, 1f32)?;
+    let (_, _, h, w) = pixels.dims4()?;
+    let hwc: Vec<f32> = pixels
+        .squeeze(0)?
+        .permute((1, 2, 0))?
+        .flatten_all()?
+        .to_vec1()?;
+    let rgb = hwc
+        .iter()
+        .map(|v| (v * 255.0).round_ties_even() as u8)
+        .collect();
+    Ok((w, h, rgb))
+}
+
+/// A job's images: each latent decoded, A1111's overlay applied, the infotext attached.
 fn decode(
     model: &StableDiffusion,
     label: &crate::png::ModelLabel,
     job: &JobState,
 ) -> Result<Vec<GeneratedImage>> {
-    let latents = match &model.vae_latents_stats {
-        // diffusers' SDXL pipeline: latents * std / scaling_factor + mean.
-        Some((mean, std)) => job
-            .latents
-            .broadcast_mul(std)?
-            .affine(1.0 / model.vae_scaling_factor, 0.0)?
-            .broadcast_add(mean)?,
-        None => ((&job.latents / model.vae_scaling_factor)? + model.vae_shift_factor)?,
-    };
-    let (n, _, _, _) = latents.dims4()?;
+    let latents = unscale_latents(model, &job.latents)?;
+    let n = latents.dim(0)?;
     let infotext = crate::png::infotext(&job.request, job.seed, label);
-    let tiles = if job.tile_vae {
-        Some(model.vae_tile_geometry()?)
-    } else {
-        None
-    };
+    let tiles = job
+        .tile_vae
+        .then(|| model.vae_tile_geometry())
+        .transpose()?;
     let overlay = img2img::Overlay::for_request(&job.request);
     let mut images = Vec::with_capacity(n);
     for i in 0..n {
-        let latent = latents.narrow(0, i, 1)?.to_dtype(model.vae_dtype)?;
-        let pixels = match &tiles {
-            Some(geometry) => vae_tiling::decode(&model.vae, geometry, &latent)?,
-            None => model.vae.decode(&latent)?,
-        }
-        .to_dtype(DType::F32)?;
-        let pixels = ((pixels / 2.0)? + 0.5)?.clamp(0f32, 1f32)?;
-        let (_, _, h, w) = pixels.dims4()?;
-        let hwc: Vec<f32> = pixels
-            .squeeze(0)?
-            .permute((1, 2, 0))?
-            .to_dtype(DType::F32)?
-            .flatten_all()?
-            .to_vec1()?;
-        let mut rgb: Vec<u8> = hwc
-            .iter()
-            .map(|v| (v * 255.0).round_ties_even() as u8)
-            .collect();
+        let (width, height, mut rgb) =
+            decode_rgb(model, tiles.as_ref(), &latents.narrow(0, i, 1)?)?;
         if let Some(overlay) = &overlay {
             overlay.apply(&mut rgb);
         }
         images.push(GeneratedImage {
-            width: w,
-            height: h,
+            width,
+            height,
             rgb,
             seed: job.seed,
             infotext: crate::png::with_settings(&infotext, &extra_settings(&job.request, i)),

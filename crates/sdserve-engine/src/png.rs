@@ -150,6 +150,7 @@ mod tests {
             height: 512,
             batch_size: 1,
             seed_per_image: false,
+            hires: None,
             init: None,
         }
     }

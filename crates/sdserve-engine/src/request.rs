@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 
+use crate::hires::HiresFix;
 use crate::image_input::DecodedImage;
 use crate::image_ops::GrayImage;
 use crate::samplers::SamplerId;
@@ -29,6 +30,21 @@ pub struct GenerateRequest {
     /// (A1111's batches: each image's infotext reproduces it alone); false
     /// draws the whole batch from one generator, as diffusers does.
     pub seed_per_image: bool,
+    /// A1111's hires fix: upscale the result and run a second, image-to-image
+    /// pass at the larger size (text-to-image only).
+    pub hires: Option<HiresFix>,
+}
+
+impl GenerateRequest {
+    /// The size of the images it makes: the hires fix's target (see
+    /// [`HiresFix::geometry`]; the request's own size if the fix is invalid,
+    /// which validation refuses), else the request's size.
+    pub fn output_size(&self, vae_scale_factor: usize) -> (usize, usize) {
+        self.hires
+            .as_ref()
+            .and_then(|h| h.geometry(self.width, self.height, vae_scale_factor).ok())
+            .map_or((self.width, self.height), |g| g.output)
+    }
 }
 
 /// The image a job starts from, as diffusers' `StableDiffusionImg2ImgPipeline`

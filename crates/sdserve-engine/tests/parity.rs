@@ -257,6 +257,7 @@ fn batched_jobs_equal_their_solo_images_exactly() {
                     height: 48,
                     batch_size: 1 + i % 2,
                     seed_per_image: false,
+                    hires: None,
                     init: None,
                 })
                 .collect();

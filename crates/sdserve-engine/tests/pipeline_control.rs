@@ -24,6 +24,7 @@ fn job(prompt: &str, seed: u64) -> GenerateRequest {
         height: 64,
         batch_size: 1,
         seed_per_image: false,
+        hires: None,
         init: None,
     }
 }

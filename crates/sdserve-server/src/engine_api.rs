@@ -1,6 +1,7 @@
 //! The one place the server names engine items, so that a change in the engine's
 //! public API touches one file here. The server never names a tensor.
 
+pub use sdserve_engine::hires::{HiresFix, HiresSize, StepCount, Upscaler, UPSCALER_NAMES};
 pub use sdserve_engine::image_input::{
     self, DecodedImage, ImageInputError, ImageLimits, ImageText, TextChunk,
 };

@@ -133,6 +133,74 @@ fn every_dialect_returns_the_cli_image() {
     assert_same_image(&png.bytes().unwrap(), &want_plain, "simple");
 }
 
+/// The hires fix gives the CLI's image through A1111's fields and the native
+/// `hires` object, at the target size, on the real tiny model.
+#[test]
+fn hires_fix_images_equal_the_cli() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[]);
+    let client = Client::new();
+    let s = Settings::default();
+    for (upscaler, steps, strength) in [("Latent", 3, 0.6), ("Lanczos", 0, 0.5)] {
+        let want = common::cli_png_with(
+            &common::tiny_sd1(),
+            &s,
+            dir.path(),
+            &[
+                "--hires-scale",
+                "1.5",
+                "--hires-upscaler",
+                upscaler,
+                "--hires-steps",
+                &steps.to_string(),
+                "--hires-strength",
+                &strength.to_string(),
+            ],
+        );
+        let (w, h, _) = sdserve_engine::png::decode_rgb(&want).unwrap();
+        assert_eq!((w, h), (96, 96), "{upscaler}");
+        let a1111: Value = client
+            .post(server.url("/sdapi/v1/txt2img"))
+            .json(&json!({
+                "prompt": s.prompt, "negative_prompt": s.negative_prompt, "seed": s.seed,
+                "steps": s.steps, "cfg_scale": s.cfg_scale, "sampler_name": s.sampler,
+                "width": s.width, "height": s.height, "enable_hr": true, "hr_scale": 1.5,
+                "hr_upscaler": upscaler, "hr_second_pass_steps": steps,
+                "denoising_strength": strength
+            }))
+            .send()
+            .unwrap()
+            .json()
+            .unwrap();
+        let png = b64(a1111["images"][0].as_str().unwrap());
+        assert_same_image(&png, &want, upscaler);
+        let infotext = png_parameters(&png);
+        assert!(
+            infotext.contains(&format!(
+                "Denoising strength: {strength}, Hires upscale: 1.5"
+            )) && infotext.contains(&format!("Hires upscaler: {upscaler}")),
+            "{infotext}"
+        );
+        let native = native_png(
+            &client,
+            &server,
+            json!({
+                "prompt": s.prompt, "negative_prompt": s.negative_prompt, "seed": s.seed,
+                "steps": s.steps, "cfg_scale": s.cfg_scale, "sampler": s.sampler,
+                "width": s.width, "height": s.height,
+                "hires": {"upscaler": upscaler, "scale": 1.5, "steps": steps,
+                    "denoising_strength": strength}
+            }),
+        );
+        assert_same_image(&native, &want, "native hires");
+    }
+}
+
+/// The A1111 `parameters` text of a PNG.
+fn png_parameters(png: &[u8]) -> String {
+    sdserve_engine::png::read_parameters(png).expect("a parameters chunk")
+}
+
 #[test]
 fn batched_jobs_match_their_solo_cli_images() {
     let dir = tempfile::tempdir().unwrap();

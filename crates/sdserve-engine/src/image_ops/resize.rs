@@ -136,14 +136,24 @@ fn nearest(
     channels: usize,
     (out_width, out_height): (usize, usize),
 ) -> Vec<u8> {
-    let pick = |i: usize, n_in: usize, n_out: usize| -> usize {
-        let pos = (i as f64 + 0.5) * n_in as f64 / n_out as f64;
-        (pos.floor() as usize).min(n_in - 1)
+    // Pillow's ImagingScaleAffine: the source position starts at half a
+    // step and accumulates the step in f64, so positions that land exactly
+    // on a pixel boundary round as that sum does, not as (i + 0.5) * step.
+    let positions = |n_in: usize, n_out: usize| -> Vec<usize> {
+        let step = n_in as f64 / n_out as f64;
+        let mut position = step * 0.5;
+        (0..n_out)
+            .map(|_| {
+                let index = (position as usize).min(n_in - 1);
+                position += step;
+                index
+            })
+            .collect()
     };
-    let columns: Vec<usize> = (0..out_width).map(|x| pick(x, width, out_width)).collect();
+    let columns = positions(width, out_width);
+    let rows = positions(height, out_height);
     let mut out = Vec::with_capacity(out_width * out_height * channels);
-    for y in 0..out_height {
-        let sy = pick(y, height, out_height);
+    for &sy in &rows {
         let row = &pixels[sy * width * channels..][..width * channels];
         for &sx in &columns {
             out.extend_from_slice(&row[sx * channels..][..channels]);
@@ -226,6 +236,15 @@ mod tests {
             assert_eq!(out.len(), 200);
             assert!(out.iter().all(|v| *v == 77), "{filter:?}");
         }
+    }
+
+    #[test]
+    fn nearest_accumulates_positions_as_pillow() {
+        // Pillow: Image.fromarray(arange(64).reshape(1, 64)).resize((96, 1), NEAREST).
+        let ramp: Vec<u8> = (0..64).collect();
+        let out = resize(&ramp, (64, 1), 1, (96, 1), Filter::Nearest);
+        let picked: Vec<u8> = [3, 4, 5, 16, 94, 95].iter().map(|&i| out[i]).collect();
+        assert_eq!(picked, [2, 2, 3, 10, 62, 63]);
     }
 
     #[test]

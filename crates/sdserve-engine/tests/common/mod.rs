@@ -40,6 +40,12 @@ pub struct Case {
     pub mask: Option<String>,
     #[serde(default)]
     pub strength: Option<f64>,
+    /// Hires-fix cases (`hires-cases.json`): the second pass's settings, and
+    /// the first pass's images.
+    #[serde(default)]
+    pub hires: Option<serde_json::Value>,
+    #[serde(default)]
+    pub first_pass_images: Vec<String>,
 }
 
 pub fn fixtures() -> PathBuf {
@@ -70,6 +76,7 @@ pub fn request(case: &Case) -> GenerateRequest {
         height: case.height,
         batch_size: case.batch_size,
         seed_per_image: false,
+        hires: None,
         init: case.init_image.as_ref().map(|path| ImageToImage {
             image: Arc::new(read_rgb(path)),
             mask: case

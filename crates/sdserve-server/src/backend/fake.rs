@@ -97,17 +97,22 @@ impl FakeBackend {
             }
             key = mix(key ^ (init.image.width as u64) ^ ((mask.len() as u64) << 40));
         }
-        let mut rgb = Vec::with_capacity(request.width * request.height * 3);
-        for y in 0..request.height {
-            for x in 0..request.width {
+        if let Some(hires) = &request.hires {
+            key = mix(key ^ format!("{hires:?}").len() as u64 ^ hires.steps as u64);
+            key = mix(key ^ hires.denoising_strength.to_bits());
+        }
+        let (width, height) = request.output_size(self.info.vae_scale_factor);
+        let mut rgb = Vec::with_capacity(width * height * 3);
+        for y in 0..height {
+            for x in 0..width {
                 let v = mix(key ^ ((y as u64) << 20) ^ x as u64);
                 rgb.extend_from_slice(&v.to_le_bytes()[..3]);
             }
         }
         let (sampler, schedule) = png::a1111_sampler(request.sampler);
         GeneratedImage {
-            width: request.width,
-            height: request.height,
+            width,
+            height,
             rgb,
             seed,
             infotext: format!(
@@ -164,7 +169,8 @@ impl Backend for FakeBackend {
         }
         if let Some(plan) = &self.plan {
             let guidance = crate::engine_api::uses_guidance(r);
-            plan.check(r.width, r.height, r.batch_size, guidance, f)?;
+            let (width, height) = r.output_size(f);
+            plan.check(width, height, r.batch_size, guidance, f)?;
         }
         Ok(())
     }
@@ -181,7 +187,8 @@ impl Backend for FakeBackend {
             let images = jobs.iter().map(|j| j.batch_size).sum();
             let guidance = crate::engine_api::uses_guidance(first);
             let f = self.info.vae_scale_factor;
-            plan.check(first.width, first.height, images, guidance, f)?;
+            let (width, height) = first.output_size(f);
+            plan.check(width, height, images, guidance, f)?;
         }
         if jobs.iter().any(|j| j.prompt.contains(Self::PANIC_MARKER)) {
             panic!("fake backend asked to panic");
@@ -264,6 +271,7 @@ mod tests {
             batch_size: 2,
             init: None,
             seed_per_image: false,
+            hires: None,
         }
     }
 

@@ -30,11 +30,8 @@ pub trait Backend: Send + Sync + 'static {
     /// within the memory plan (`usize::MAX` without a plan).
     fn max_batch_images(&self, request: &GenerateRequest) -> usize {
         self.memory_plan().map_or(usize::MAX, |plan| {
-            plan.max_batch(
-                request.width,
-                request.height,
-                crate::engine_api::uses_guidance(request),
-            )
+            let (width, height) = request.output_size(self.info().vae_scale_factor);
+            plan.max_batch(width, height, crate::engine_api::uses_guidance(request))
         })
     }
 

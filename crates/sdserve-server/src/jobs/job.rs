@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use super::id::{ImageId, JobId};
-use crate::engine_api::{GenerateRequest, SamplerId};
+use crate::engine_api::{GenerateRequest, HiresFix, HiresSize, SamplerId, StepCount, Upscaler};
 
 /// Where a job is in its life. Terminal states never change again.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
@@ -81,6 +81,68 @@ pub struct JobParams {
     /// Image `i` of the batch was seeded `seed + i` (A1111's batches).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub seed_per_image: bool,
+    /// The hires fix it runs (text-to-image only); `width` and `height` are the first pass's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hires: Option<HiresParams>,
+}
+
+/// A hires fix as a job records it: A1111's settings (the second pass runs
+/// exactly `steps` steps, as A1111 does).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct HiresParams {
+    /// Upscaler name, as A1111 spells it (`Latent`, `Lanczos`...).
+    pub upscaler: String,
+    /// Upscale factor; absent when the target is a size.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scale: Option<f64>,
+    /// Target width (0: from the height and the aspect ratio); with `scale`, 0.
+    #[serde(default)]
+    pub resize_width: usize,
+    /// Target height (0: from the width and the aspect ratio); with `scale`, 0.
+    #[serde(default)]
+    pub resize_height: usize,
+    /// Second-pass steps (0: the first pass's).
+    pub steps: usize,
+    /// Second-pass denoising strength.
+    pub denoising_strength: f64,
+}
+
+impl From<&HiresFix> for HiresParams {
+    fn from(h: &HiresFix) -> Self {
+        let (scale, resize_width, resize_height) = match h.size {
+            HiresSize::Scale(scale) => (Some(scale), 0, 0),
+            HiresSize::Resize { width, height } => (None, width, height),
+        };
+        Self {
+            upscaler: h.upscaler.name().to_string(),
+            scale,
+            resize_width,
+            resize_height,
+            steps: h.steps,
+            denoising_strength: h.denoising_strength,
+        }
+    }
+}
+
+impl HiresParams {
+    /// The engine's settings again (fails on an upscaler this build lacks).
+    pub fn to_engine(&self) -> Result<HiresFix, String> {
+        let upscaler = Upscaler::parse(&self.upscaler)
+            .ok_or_else(|| format!("unknown hires upscaler {:?}", self.upscaler))?;
+        Ok(HiresFix {
+            upscaler,
+            size: match self.scale {
+                Some(scale) => HiresSize::Scale(scale),
+                None => HiresSize::Resize {
+                    width: self.resize_width,
+                    height: self.resize_height,
+                },
+            },
+            steps: self.steps,
+            denoising_strength: self.denoising_strength,
+            step_count: StepCount::A1111,
+        })
+    }
 }
 
 impl From<&GenerateRequest> for JobParams {
@@ -99,6 +161,7 @@ impl From<&GenerateRequest> for JobParams {
             strength: r.init.as_ref().map(|i| i.strength),
             inpainting: r.init.as_ref().is_some_and(|i| i.mask.is_some()),
             seed_per_image: r.seed_per_image,
+            hires: r.hires.as_ref().map(HiresParams::from),
         }
     }
 }
@@ -135,6 +198,11 @@ impl JobParams {
             batch_size: self.batch_size,
             init: None,
             seed_per_image: self.seed_per_image,
+            hires: self
+                .hires
+                .as_ref()
+                .map(HiresParams::to_engine)
+                .transpose()?,
         })
     }
 }
@@ -293,6 +361,7 @@ mod tests {
             batch_size: 3,
             init: None,
             seed_per_image: false,
+            hires: None,
         };
         for (sampler, seed_per_image) in SamplerId::ALL
             .into_iter()
@@ -345,6 +414,7 @@ mod tests {
                 overlay: None,
             }),
             seed_per_image: false,
+            hires: None,
         };
         let params = JobParams::from(&request);
         assert_eq!((params.strength, params.inpainting), (Some(0.6), true));

@@ -341,6 +341,7 @@ mod tests {
                     strength: None,
                     inpainting: false,
                     seed_per_image: false,
+                    hires: None,
                 },
                 0,
             ),

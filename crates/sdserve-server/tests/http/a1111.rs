@@ -189,16 +189,13 @@ async fn errors_in_a1111_shape() {
     assert_eq!(body["detail"][0]["loc"], json!(["body", "sampler_name"]));
     // A1111 features sdserve lacks are refused by name once they would change the image.
     let body = assert_error(
-        s.post(
-            "/sdapi/v1/txt2img",
-            json!({"enable_hr": true, "hr_scale": 2}),
-        )
-        .await,
+        s.post("/sdapi/v1/txt2img", json!({"restore_faces": true}))
+            .await,
         422,
         "not supported",
     )
     .await;
-    assert_eq!(body["detail"][0]["loc"], json!(["body", "enable_hr"]));
+    assert_eq!(body["detail"][0]["loc"], json!(["body", "restore_faces"]));
     let body = assert_error(
         s.post(
             "/sdapi/v1/txt2img",

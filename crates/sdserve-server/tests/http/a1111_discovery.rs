@@ -62,7 +62,8 @@ async fn discovery_routes_answer_a1111_types() {
     }
     assert_eq!(
         get_json(&s, "/sdapi/v1/latent-upscale-modes").await,
-        json!([{"name": "Latent"}, {"name": "Latent (nearest)"}])
+        json!([{"name": "Latent"}, {"name": "Latent (antialiased)"}, {"name": "Latent (bicubic)"},
+            {"name": "Latent (nearest)"}, {"name": "Latent (nearest-exact)"}])
     );
     let flags = get_json(&s, "/sdapi/v1/cmd-flags").await;
     assert!(flags.is_object());

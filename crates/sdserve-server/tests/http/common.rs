@@ -206,6 +206,7 @@ pub fn request(prompt: &str, seed: u64) -> GenerateRequest {
         batch_size: 1,
         init: None,
         seed_per_image: false,
+        hires: None,
     }
 }
 

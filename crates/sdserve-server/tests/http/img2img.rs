@@ -34,6 +34,11 @@ fn png_of(image: &DecodedImage) -> Vec<u8> {
     .unwrap()
 }
 
+/// A base64 PNG picture of `width` x `height` (for other modules' tests).
+pub fn png_b64(width: usize, height: usize) -> String {
+    base64_of(&png_of(&picture(width, height)))
+}
+
 fn base64_of(bytes: &[u8]) -> String {
     base64::engine::general_purpose::STANDARD.encode(bytes)
 }

@@ -8,6 +8,7 @@ mod cancel;
 mod common;
 mod connections;
 mod durability;
+mod hires;
 mod img2img;
 mod limits;
 mod memory;

@@ -8,6 +8,7 @@ use anyhow::Context;
 use indicatif::{ProgressBar, ProgressStyle};
 use std::sync::Arc;
 
+use sdserve_engine::hires::{HiresFix, HiresSize, StepCount, Upscaler, UPSCALER_NAMES};
 use sdserve_engine::image_input::{decode_rgb, DecodedImage, ImageLimits};
 use sdserve_engine::image_ops::GrayImage;
 use sdserve_engine::memory::human_bytes;
@@ -61,6 +62,27 @@ pub struct GenerateArgs {
     /// [default: 0.8 for image-to-image, 1 with a mask, as diffusers' pipelines].
     #[arg(long, requires = "init_image")]
     pub strength: Option<f64>,
+    /// Hires fix (A1111's): generate at the size above, enlarge by this factor,
+    /// then run a second image-to-image pass at the larger size.
+    #[arg(long, conflicts_with = "init_image")]
+    pub hires_scale: Option<f64>,
+    /// Hires fix to this width instead of a factor (0 or unset with
+    /// --hires-height: keep the aspect ratio; another ratio is centre-cropped).
+    #[arg(long, conflicts_with_all = ["init_image", "hires_scale"])]
+    pub hires_width: Option<usize>,
+    /// Hires fix to this height (see --hires-width).
+    #[arg(long, conflicts_with_all = ["init_image", "hires_scale"])]
+    pub hires_height: Option<usize>,
+    /// Hires upscaler: Latent, "Latent (antialiased)", "Latent (bicubic)",
+    /// "Latent (nearest)", "Latent (nearest-exact)", None, Lanczos, Nearest.
+    #[arg(long, default_value = "Latent")]
+    pub hires_upscaler: String,
+    /// Steps the hires pass runs (0: as many as the first pass).
+    #[arg(long, default_value_t = 0)]
+    pub hires_steps: usize,
+    /// Denoising strength of the hires pass, in (0, 1].
+    #[arg(long, default_value_t = 0.75)]
+    pub hires_strength: f64,
     /// Output PNG; with a batch, FILE-0.png, FILE-1.png...
     #[arg(long, default_value = "output.png")]
     pub output: PathBuf,
@@ -81,6 +103,32 @@ pub struct GenerateArgs {
     /// which also selects a MIG instance: MIG-<uuid>).
     #[arg(long, value_name = "auto|cpu|cuda|cuda:N", default_value = "auto")]
     pub device: DeviceChoice,
+}
+
+/// The hires fix the flags ask for, if any (A1111's step count).
+fn hires_fix(args: &GenerateArgs) -> anyhow::Result<Option<HiresFix>> {
+    let size = match (args.hires_scale, args.hires_width, args.hires_height) {
+        (None, None, None) => return Ok(None),
+        (Some(scale), _, _) => HiresSize::Scale(scale),
+        (None, width, height) => HiresSize::Resize {
+            width: width.unwrap_or(0),
+            height: height.unwrap_or(0),
+        },
+    };
+    let upscaler = Upscaler::parse(&args.hires_upscaler).ok_or_else(|| {
+        anyhow::anyhow!(
+            "--hires-upscaler {:?} is not one of {}",
+            args.hires_upscaler,
+            UPSCALER_NAMES.join(", ")
+        )
+    })?;
+    Ok(Some(HiresFix {
+        upscaler,
+        size,
+        steps: args.hires_steps,
+        denoising_strength: args.hires_strength,
+        step_count: StepCount::A1111,
+    }))
 }
 
 /// An init image or mask through the server's bounded decoder (PNG or JPEG).
@@ -161,6 +209,7 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
         ),
         None => (info.native_width, info.native_height),
     };
+    let hires = hires_fix(&args)?;
     let request = GenerateRequest {
         prompt: args.prompt,
         negative_prompt: args.negative_prompt,
@@ -173,12 +222,14 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
         batch_size: args.batch_size,
         init,
         seed_per_image: false,
+        hires,
     };
     engine.validate(&request)?;
+    let (out_width, out_height) = engine.output_size(&request);
     let plan = engine.memory_plan();
     let estimate = plan.estimate(
-        request.width,
-        request.height,
+        out_width,
+        out_height,
         request.batch_size,
         sdserve_engine::uses_guidance(&request),
     );

@@ -207,6 +207,11 @@ pub fn cli_png(settings: &Settings, dir: &Path) -> Vec<u8> {
 
 /// The PNG `sdserve generate --model MODEL` writes for these settings.
 pub fn cli_png_of(model: &Path, settings: &Settings, dir: &Path) -> Vec<u8> {
+    cli_png_with(model, settings, dir, &[])
+}
+
+/// [`cli_png_of`] with extra flags (hires fix, image to image...).
+pub fn cli_png_with(model: &Path, settings: &Settings, dir: &Path, extra: &[&str]) -> Vec<u8> {
     let output = dir.join(format!("cli-{}-{}.png", settings.seed, uuid_like()));
     let out = Command::new(env!("CARGO_BIN_EXE_sdserve"))
         .arg("generate")
@@ -220,6 +225,7 @@ pub fn cli_png_of(model: &Path, settings: &Settings, dir: &Path) -> Vec<u8> {
         .args(["--sampler", settings.sampler])
         .args(["--width", &settings.width.to_string()])
         .args(["--height", &settings.height.to_string()])
+        .args(extra)
         .arg("--output")
         .arg(&output)
         .output()

@@ -14,6 +14,7 @@ use serde::Serialize;
 use utoipa::ToSchema;
 
 use super::A1111Errors;
+use crate::engine_api::{Upscaler, UPSCALER_NAMES};
 
 /// One LoRA of `GET /sdapi/v1/loras` (A1111's Lora extension's shape).
 #[derive(Serialize, ToSchema)]
@@ -107,7 +108,7 @@ pub struct UpscalerItem {
     responses((status = 200, description = "Image upscalers", body = Vec<UpscalerItem>), A1111Errors))]
 pub async fn upscalers() -> Json<Vec<UpscalerItem>> {
     Json(
-        IMAGE_UPSCALERS
+        image_upscalers()
             .iter()
             .map(|name| UpscalerItem {
                 name: (*name).to_string(),
@@ -121,11 +122,23 @@ pub async fn upscalers() -> Json<Vec<UpscalerItem>> {
 }
 
 /// The image upscalers listed by `GET /sdapi/v1/upscalers`.
-pub const IMAGE_UPSCALERS: [&str; 3] = ["None", "Lanczos", "Nearest"];
+fn image_upscalers() -> Vec<&'static str> {
+    upscalers_where(|u| matches!(u, Upscaler::Image(_)))
+}
+
+/// The names of [`UPSCALER_NAMES`] whose upscaler passes `keep`.
+fn upscalers_where(keep: fn(Upscaler) -> bool) -> Vec<&'static str> {
+    UPSCALER_NAMES
+        .into_iter()
+        .filter(|name| Upscaler::parse(name).is_some_and(keep))
+        .collect()
+}
 
 /// The latent upscale modes listed by `GET /sdapi/v1/latent-upscale-modes`:
 /// only those sdserve's hires fix implements (A1111 lists more).
-pub const LATENT_UPSCALE_MODES: [&str; 2] = ["Latent", "Latent (nearest)"];
+fn latent_upscale_modes_names() -> Vec<&'static str> {
+    upscalers_where(|u| matches!(u, Upscaler::Latent(_)))
+}
 
 /// One mode of `GET /sdapi/v1/latent-upscale-modes`.
 #[derive(Serialize, ToSchema)]
@@ -140,7 +153,7 @@ pub struct LatentUpscalerModeItem {
         A1111Errors))]
 pub async fn latent_upscale_modes() -> Json<Vec<LatentUpscalerModeItem>> {
     Json(
-        LATENT_UPSCALE_MODES
+        latent_upscale_modes_names()
             .iter()
             .map(|name| LatentUpscalerModeItem {
                 name: (*name).to_string(),

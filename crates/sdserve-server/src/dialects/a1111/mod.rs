@@ -6,6 +6,7 @@
 //! HTTP errors, `{"error", "detail", "body", "errors"}` for server faults.
 
 mod discovery;
+mod hires;
 mod img2img;
 mod internal;
 mod listings;

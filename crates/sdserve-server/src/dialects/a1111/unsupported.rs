@@ -3,6 +3,8 @@
 //! holds A1111's "off" value, and refused by name (422) as soon as it would
 //! change the image: never silently ignored. Fields that do not touch the
 //! image (saving flags, hires-fix settings while `enable_hr` is off) pass.
+//! txt2img takes its hires-fix fields out first (`hires.rs` implements them);
+//! img2img has no hires fix, so there `enable_hr` must stay false.
 
 use serde_json::{Map, Value};
 

@@ -38,8 +38,11 @@ pub const A1111_DEFAULT_CFG_SCALE: f64 = 7.0;
 /// A1111's default `width` and `height`.
 pub const A1111_DEFAULT_SIZE: i64 = 512;
 
-/// `POST /sdapi/v1/txt2img` body. A1111 fields sdserve does not implement
-/// (hires fix, face restoration, scripts, ...) are accepted only while they
+/// `POST /sdapi/v1/txt2img` body. The hires fix takes A1111's fields
+/// (`enable_hr`, `hr_scale` or `hr_resize_x`/`hr_resize_y`, `hr_upscaler` from
+/// `GET /sdapi/v1/upscalers` and `/latent-upscale-modes`, `hr_second_pass_steps`,
+/// `denoising_strength`). A1111 fields sdserve does not implement
+/// (face restoration, scripts, ...) are accepted only while they
 /// hold their "off" value (`unsupported.rs`), else refused by name; omitted
 /// fields take A1111's API defaults (steps 50, CFG 7, 512×512, `Euler`, a
 /// random seed), not the model's.
@@ -249,7 +252,26 @@ impl Txt2ImgRequest {
 
     /// The job this request asks for.
     pub fn to_spec(&self, limits: &Limits) -> Result<JobSpec, ValidationError> {
-        self.to_spec_with_extra(limits, &self.extra)
+        // The hires fix is txt2img's alone: img2img leaves its fields to
+        // `unsupported.rs`, which refuses `enable_hr: true`.
+        let rest: serde_json::Map<String, serde_json::Value> = self
+            .extra
+            .iter()
+            .filter(|(k, _)| !super::hires::HIRES_FIELDS.contains(&k.as_str()))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        let spec = self.to_spec_with_extra(limits, &rest)?;
+        let first = super::hires::FirstPass {
+            prompt: self.prompt.as_deref().unwrap_or(""),
+            negative_prompt: self.negative_prompt.as_deref().unwrap_or(""),
+            sampler: self
+                .sampler_name
+                .as_deref()
+                .or(self.sampler_index.as_deref()),
+            scheduler: self.scheduler.as_deref(),
+        };
+        let hires = super::hires::parse(&self.extra, &first)?;
+        Ok(JobSpec { hires, ..spec })
     }
 
     /// [`Self::to_spec`] with `extra` (the fields txt2img does not know) in
@@ -347,7 +369,7 @@ pub fn job_timestamp(unix_seconds: f64) -> String {
 /// The `parameters` echo: the request's A1111 fields with effective values.
 pub fn parameters(req: &Txt2ImgRequest, snap: &JobSnapshot) -> serde_json::Value {
     let p = &snap.params;
-    serde_json::json!({
+    let mut value = serde_json::json!({
         "prompt": p.prompt,
         "negative_prompt": p.negative_prompt,
         "seed": req.seed.unwrap_or(-1),
@@ -361,7 +383,11 @@ pub fn parameters(req: &Txt2ImgRequest, snap: &JobSnapshot) -> serde_json::Value
         "n_iter": req.n_iter.unwrap_or(1),
         "send_images": req.send_images.unwrap_or(true),
         "save_images": req.save_images.unwrap_or(false),
-    })
+    });
+    if let (Some(hires), Some(map)) = (&p.hires, value.as_object_mut()) {
+        map.extend(super::hires::parameters(hires));
+    }
+    value
 }
 
 /// The `info` string: A1111's generation-info JSON for a finished job.
@@ -404,8 +430,8 @@ pub fn info_value(
         "sd_vae_hash": null,
         "seed_resize_from_w": -1,
         "seed_resize_from_h": -1,
-        "denoising_strength": null,
-        "extra_generation_params": {},
+        "denoising_strength": p.hires.as_ref().map(|h| h.denoising_strength),
+        "extra_generation_params": p.hires.as_ref().map(super::hires::extra_generation_params).unwrap_or_default(),
         "index_of_first_image": 0,
         "infotexts": infotexts,
         "styles": [],

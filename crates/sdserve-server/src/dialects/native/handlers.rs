@@ -39,9 +39,10 @@ pub async fn create_job(
     body: std::result::Result<Bytes, BytesRejection>,
 ) -> Result<Response> {
     let spec = match parse_json::<CreateJob>(body, state.config.limits.max_body_bytes) {
-        Ok(job) => init_spec(&state, &caller, &job)
-            .await
-            .map(|init| job.into_spec(init)),
+        Ok(job) => match init_spec(&state, &caller, &job).await {
+            Ok(init) => job.into_spec(init).map_err(ApiError::from),
+            Err(e) => Err(e),
+        },
         Err(e) => Err(e),
     };
     let handle = state.submit(Dialect::Native, &caller, spec).await?;

@@ -4,10 +4,13 @@
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
+use crate::engine_api::{HiresSize, Upscaler};
 use crate::jobs::{
     ImageId, JobFailure, JobId, JobParams, JobSnapshot, JobStatus, JobTimings, StepProgress,
 };
-use crate::validation::{FieldNames, InitSpec, JobSpec};
+use crate::validation::{
+    FieldNames, HiresFieldNames, HiresSpec, InitSpec, JobSpec, ValidationError,
+};
 
 /// `POST /api/v1/jobs` body. Omitted fields take the model's defaults.
 #[derive(Debug, Deserialize, ToSchema)]
@@ -61,14 +64,105 @@ pub struct CreateJob {
     /// or 1 with a mask, as diffusers' pipelines).
     #[schema(ignore)]
     pub strength: Option<f64>,
+    /// Hires fix (A1111's): generate at `width` x `height`, enlarge, then
+    /// refine at the larger size with a second, image-to-image pass. (Left out
+    /// of the OpenAPI document: its target must fit the server's size limits,
+    /// a product JSON Schema cannot state.)
+    #[schema(ignore)]
+    pub hires: Option<HiresRequest>,
+}
+
+/// The `hires` object of a job: A1111's `hr_*` settings under plain names.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HiresRequest {
+    /// A1111's upscaler name: `Latent` (default), `Latent (antialiased)`,
+    /// `Latent (bicubic)`, `Latent (nearest)`, `Latent (nearest-exact)`,
+    /// `None`, `Lanczos` or `Nearest`.
+    pub upscaler: Option<String>,
+    /// Enlargement factor (default 2), unless `width` or `height` is given.
+    pub scale: Option<f64>,
+    /// Target width (0 or omitted with `height`: keep the aspect ratio; another
+    /// ratio than the first pass's is centre-cropped).
+    #[serde(default, deserialize_with = "crate::extract::whole_number::option_i64")]
+    pub width: Option<i64>,
+    /// Target height (see `width`).
+    #[serde(default, deserialize_with = "crate::extract::whole_number::option_i64")]
+    pub height: Option<i64>,
+    /// Steps the second pass runs (default: as many as the first).
+    #[serde(default, deserialize_with = "crate::extract::whole_number::option_i64")]
+    pub steps: Option<i64>,
+    /// How much the second pass changes, in (0, 1] (default 0.75).
+    pub denoising_strength: Option<f64>,
+}
+
+impl HiresRequest {
+    const NAMES: HiresFieldNames = HiresFieldNames {
+        size: "hires.scale",
+        steps: "hires.steps",
+        strength: "hires.denoising_strength",
+    };
+
+    /// The gate's spec, or the field that names no upscaler or size.
+    fn to_spec(&self) -> Result<HiresSpec, ValidationError> {
+        let name = self.upscaler.as_deref().unwrap_or("Latent");
+        let upscaler = Upscaler::parse(name).ok_or_else(|| ValidationError::Invalid {
+            field: "hires.upscaler",
+            message: format!(
+                "{name:?} is not one of {}",
+                crate::engine_api::UPSCALER_NAMES.join(", ")
+            ),
+        })?;
+        let side = |field: &'static str, v: Option<i64>| match v {
+            None => Ok(0),
+            Some(v) => usize::try_from(v).map_err(|_| ValidationError::Invalid {
+                field,
+                message: format!("must be 0 or more, got {v}"),
+            }),
+        };
+        let (width, height) = (
+            side("hires.width", self.width)?,
+            side("hires.height", self.height)?,
+        );
+        let (size, names) = if width == 0 && height == 0 {
+            (HiresSize::Scale(self.scale.unwrap_or(2.0)), Self::NAMES)
+        } else if self.scale.is_some() {
+            return Err(ValidationError::Invalid {
+                field: "hires.scale",
+                message: "give a scale or a width/height, not both".into(),
+            });
+        } else {
+            let size = if width != 0 {
+                "hires.width"
+            } else {
+                "hires.height"
+            };
+            (
+                HiresSize::Resize { width, height },
+                HiresFieldNames {
+                    size,
+                    ..Self::NAMES
+                },
+            )
+        };
+        Ok(HiresSpec {
+            upscaler,
+            size,
+            steps: self.steps.unwrap_or(0),
+            denoising_strength: self.denoising_strength.unwrap_or(0.75),
+            names,
+        })
+    }
 }
 
 impl CreateJob {
     /// The job this request asks for; `init` holds its decoded images
     /// (`init_image`, `mask`), which the handler resolves.
-    pub fn into_spec(self, init: Option<InitSpec>) -> JobSpec {
-        JobSpec {
+    pub fn into_spec(self, init: Option<InitSpec>) -> Result<JobSpec, ValidationError> {
+        let hires = self.hires.as_ref().map(HiresRequest::to_spec).transpose()?;
+        Ok(JobSpec {
             init,
+            hires,
             negative_prompt: self.negative_prompt.unwrap_or_default(),
             seed: self.seed,
             steps: self.steps,
@@ -79,7 +173,7 @@ impl CreateJob {
             batch_size: self.batch_size,
             model: self.model,
             ..JobSpec::new(self.prompt, FieldNames::NATIVE)
-        }
+        })
     }
 }
 

@@ -9,10 +9,14 @@ use crate::backend::Backend;
 use crate::config::Limits;
 use crate::dialects::Dialect;
 use crate::engine_api::{
-    uses_guidance, DecodedImage, EngineError, GenerateRequest, GrayImage, ImageToImage, OverBudget,
-    SamplerId,
+    uses_guidance, DecodedImage, EngineError, GenerateRequest, GrayImage, ImageToImage, SamplerId,
 };
 use crate::jobs::ClientId;
+
+mod errors;
+mod hires;
+pub use errors::ValidationError;
+pub use hires::{HiresFieldNames, HiresSpec};
 
 /// Largest accepted CFG scale: the top of AUTOMATIC1111's CFG slider.
 pub const MAX_CFG_SCALE: f64 = 30.0;
@@ -87,6 +91,8 @@ pub struct JobSpec {
     pub init: Option<InitSpec>,
     /// A1111's batches: image `i` seeded `seed + i` (see the engine's `seed_per_image`).
     pub seed_per_image: bool,
+    /// A1111's hires fix (text-to-image only).
+    pub hires: Option<HiresSpec>,
     /// How the dialect names these fields.
     pub names: FieldNames,
 }
@@ -125,6 +131,7 @@ impl JobSpec {
             model: None,
             init: None,
             seed_per_image: false,
+            hires: None,
             names,
         }
     }
@@ -141,137 +148,6 @@ pub struct ValidJob {
     pub dialect: Dialect,
     /// The catalog name of the model it runs on.
     pub model: String,
-}
-
-/// One broken rule. Every message names the field and the value given; every
-/// variant's `field` is the field as the client's dialect spells it.
-#[derive(Debug, Clone, PartialEq, thiserror::Error)]
-pub enum ValidationError {
-    /// Prompt longer than `--max-prompt-chars`.
-    #[error("`{field}` is {got} characters long; the limit is {max}")]
-    TooLong {
-        /// The field.
-        field: &'static str,
-        /// The limit.
-        max: usize,
-        /// Characters given.
-        got: usize,
-    },
-    /// Zero or negative size.
-    #[error("`{field}` must be a positive number of pixels, got {got}")]
-    NotPositive {
-        /// The field.
-        field: &'static str,
-        /// Value given.
-        got: i64,
-    },
-    /// Size above `--max-width`/`--max-height`.
-    #[error("`{field}` must be at most {max}, got {got}")]
-    TooLarge {
-        /// The field.
-        field: &'static str,
-        /// The limit.
-        max: usize,
-        /// Value given.
-        got: i64,
-    },
-    /// Size not a multiple of the model's VAE scale factor.
-    #[error("`{field}` must be a multiple of {multiple}, got {got}")]
-    NotMultiple {
-        /// The field.
-        field: &'static str,
-        /// The required multiple.
-        multiple: usize,
-        /// Value given.
-        got: i64,
-    },
-    /// Width × height above `--max-pixels`.
-    #[error("`{field}` × height = {width}×{height} = {pixels} pixels; the limit is {max}")]
-    TooManyPixels {
-        /// The width field.
-        field: &'static str,
-        /// Width given.
-        width: usize,
-        /// Height given.
-        height: usize,
-        /// Their product.
-        pixels: usize,
-        /// The limit.
-        max: usize,
-    },
-    /// Integer outside its range (steps, batch size).
-    #[error("`{field}` must be between {min} and {max}, got {got}")]
-    OutOfRange {
-        /// The field.
-        field: &'static str,
-        /// Smallest accepted.
-        min: i64,
-        /// Largest accepted.
-        max: usize,
-        /// Value given.
-        got: i64,
-    },
-    /// NaN or infinite guidance scale.
-    #[error("`{field}` must be a finite number")]
-    NotFinite {
-        /// The field.
-        field: &'static str,
-    },
-    /// Guidance scale outside `0..=MAX_CFG_SCALE`.
-    #[error("`{field}` must be between 0 and {MAX_CFG_SCALE}, got {got}")]
-    CfgOutOfRange {
-        /// The field.
-        field: &'static str,
-        /// Value given.
-        got: f64,
-    },
-    /// Sampler name the engine does not know.
-    #[error("`{field}`: {message}")]
-    UnknownSampler {
-        /// The field.
-        field: &'static str,
-        /// The engine's message, listing the known samplers.
-        message: String,
-    },
-    /// A dialect-specific field with a bad value (OpenAI `size`, A1111 `seed`...).
-    #[error("`{field}`: {message}")]
-    Invalid {
-        /// The field.
-        field: &'static str,
-        /// What is wrong.
-        message: String,
-    },
-    /// Beyond the memory plan: more than the budget holds (413).
-    #[error("{detail}")]
-    OverBudget {
-        /// The width field (the size as a whole is at fault).
-        field: &'static str,
-        /// Need, budget, source and the largest square that fits.
-        detail: OverBudget,
-    },
-    /// The engine refused the request for the loaded model.
-    #[error("{0}")]
-    Engine(String),
-}
-
-impl ValidationError {
-    /// The offending field, as the client named it.
-    pub fn field(&self) -> Option<&'static str> {
-        match self {
-            Self::TooLong { field, .. }
-            | Self::NotPositive { field, .. }
-            | Self::TooLarge { field, .. }
-            | Self::NotMultiple { field, .. }
-            | Self::TooManyPixels { field, .. }
-            | Self::OutOfRange { field, .. }
-            | Self::NotFinite { field }
-            | Self::CfgOutOfRange { field, .. }
-            | Self::UnknownSampler { field, .. }
-            | Self::Invalid { field, .. }
-            | Self::OverBudget { field, .. } => Some(field),
-            Self::Engine(_) => None,
-        }
-    }
 }
 
 fn check_text(field: &'static str, text: &str, max: usize) -> Result<(), ValidationError> {
@@ -314,11 +190,21 @@ fn check_size(
 }
 
 fn check_count(field: &'static str, value: i64, max: usize) -> Result<usize, ValidationError> {
+    check_count_from(field, value, 1, max)
+}
+
+/// `value` in `min..=max`, or `OutOfRange` naming the field.
+fn check_count_from(
+    field: &'static str,
+    value: i64,
+    min: usize,
+    max: usize,
+) -> Result<usize, ValidationError> {
     match usize::try_from(value) {
-        Ok(n) if (1..=max).contains(&n) => Ok(n),
+        Ok(n) if (min..=max).contains(&n) => Ok(n),
         _ => Err(ValidationError::OutOfRange {
             field,
-            min: 1,
+            min: min as i64,
             max,
             got: value,
         }),
@@ -467,6 +353,13 @@ pub fn validate(
         Some(name) => parse_sampler(n.sampler, name)?,
     };
     let init = spec.init.map(check_init).transpose()?;
+    let (hires, (out_width, out_height)) = match spec.hires {
+        Some(h) => {
+            let (fix, size) = hires::check(h, (width, height), multiple, limits)?;
+            (Some(fix), size)
+        }
+        None => (None, (width, height)),
+    };
     let request = GenerateRequest {
         prompt: spec.prompt,
         negative_prompt: spec.negative_prompt,
@@ -479,12 +372,13 @@ pub fn validate(
         batch_size,
         init,
         seed_per_image: spec.seed_per_image,
+        hires,
     };
     // The memory plan after the configured limits: it only ever lowers them,
     // and the largest size it suggests is one the limits also allow.
     if let Some(plan) = backend.memory_plan() {
         let guidance = uses_guidance(&request);
-        if let Err(mut detail) = plan.check(width, height, batch_size, guidance, multiple) {
+        if let Err(mut detail) = plan.check(out_width, out_height, batch_size, guidance, multiple) {
             detail.largest_square = detail
                 .largest_square
                 .min(largest_allowed_square(limits, multiple));

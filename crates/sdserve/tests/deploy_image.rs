@@ -205,3 +205,90 @@ fn image_is_small_non_root_and_holds_nothing_else() {
     let no_shell = deploy::run(docker().args(["run", "--rm", "--entrypoint", "/bin/sh", image]));
     assert!(!no_shell.status.success(), "the image has a shell");
 }
+
+/// The CUDA variant cannot be built here (no CUDA binary), so its packaging is
+/// checked on a stand-in: a binary linked against a fake `libcublas.so.13` (as
+/// the wheels ship it) and a fake driver `libcuda.so.1`. The context must hold
+/// the former in /usr/local/cuda/lib64 and never the latter (the host driver's).
+#[test]
+fn cuda_variant_ships_the_cuda_libraries_it_links_but_never_libcuda() {
+    if deploy::skipped("cuda_variant_ships_the_cuda_libraries_it_links_but_never_libcuda") {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (wheel, driver) = (dir.path().join("cu13-lib"), dir.path().join("driver"));
+    std::fs::create_dir_all(&wheel).expect("mkdir");
+    std::fs::create_dir_all(&driver).expect("mkdir");
+    let gcc = |args: &[&std::ffi::OsStr]| run_ok(std::process::Command::new("gcc").args(args));
+    let source = dir.path().join("lib.c");
+    std::fs::write(
+        &source,
+        "int cublasCreate_v2(void) { return 0; }\nint cuInit(void) { return 100; }\n",
+    )
+    .expect("write");
+    let so = |soname: &str, out: &std::path::Path| {
+        gcc(&[
+            "-shared".as_ref(),
+            "-fPIC".as_ref(),
+            format!("-Wl,-soname,{soname}").as_ref(),
+            "-o".as_ref(),
+            out.as_os_str(),
+            source.as_os_str(),
+        ])
+    };
+    so("libcublas.so.13", &wheel.join("libcublas.so.13"));
+    so("libcuda.so.1", &driver.join("libcuda.so"));
+    std::os::unix::fs::symlink("libcublas.so.13", wheel.join("libcublas.so")).expect("symlink");
+    let main = dir.path().join("main.c");
+    std::fs::write(&main, "int cublasCreate_v2(void); int cuInit(void);\nint main(void) { return cuInit() + cublasCreate_v2(); }\n")
+        .expect("write");
+    let binary = dir.path().join("sdserve");
+    gcc(&[
+        main.as_os_str(),
+        "-o".as_ref(),
+        binary.as_os_str(),
+        format!("-L{}", wheel.display()).as_ref(),
+        "-lcublas".as_ref(),
+        format!("-L{}", driver.display()).as_ref(),
+        "-lcuda".as_ref(),
+    ]);
+    let script = common::repo_root().join("scripts/build-image.sh");
+    let no_libs = deploy::run(
+        std::process::Command::new("bash")
+            .arg(&script)
+            .args(["--variant", "cuda", "--context-only"])
+            .arg(dir.path().join("refused"))
+            .arg("--binary")
+            .arg(&binary),
+    );
+    assert_eq!(
+        no_libs.status.code(),
+        Some(2),
+        "--variant cuda without --cuda-lib-dir"
+    );
+
+    let ctx = dir.path().join("ctx");
+    run_ok(
+        std::process::Command::new("bash")
+            .arg(&script)
+            .args(["--variant", "cuda", "--binary"])
+            .arg(&binary)
+            .arg("--cuda-lib-dir")
+            .arg(&wheel)
+            .arg("--context-only")
+            .arg(&ctx),
+    );
+    let root = ctx.join("rootfs");
+    assert!(root.join("usr/local/cuda/lib64/libcublas.so.13").is_file());
+    assert!(root.join("lib/x86_64-linux-gnu/libc.so.6").is_file());
+    let listing = run_ok(std::process::Command::new("find").arg(&root));
+    assert!(
+        !listing.contains("libcuda"),
+        "the driver library was shipped:\n{listing}"
+    );
+    let dockerfile = std::fs::read_to_string(ctx.join("Dockerfile")).expect("Dockerfile");
+    assert!(
+        dockerfile.contains("LD_LIBRARY_PATH=/usr/local/cuda/lib64"),
+        "{dockerfile}"
+    );
+}

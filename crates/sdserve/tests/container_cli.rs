@@ -135,23 +135,29 @@ fn serve_takes_its_settings_from_the_environment_and_logs_json() {
 }
 
 #[test]
-fn text_logs_to_a_pipe_carry_no_colour_codes() {
-    // `generate` writes its log lines to stderr, here a pipe.
+fn text_logs_to_a_file_carry_no_colour_codes() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let out = sdserve()
-        .arg("generate")
+    let port = free_port();
+    let log = dir.path().join("serve.log");
+    let mut child = sdserve()
+        .arg("serve")
         .arg("--model")
         .arg(tiny_sd1())
-        .args(["--prompt", "a cat", "--steps", "1", "--width", "64"])
-        .args(["--height", "64", "--seed", "1", "--output"])
-        .arg(dir.path().join("cat.png"))
+        .args(["--port", &port.to_string(), "--output-dir"])
+        .arg(dir.path().join("outputs"))
         .env("RUST_LOG", "info")
         .env_remove("SDSERVE_LOG_FORMAT")
+        .env_remove("SDSERVE_HOST")
         .env_remove("NO_COLOR")
-        .output()
-        .expect("sdserve generate runs");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{stderr}");
-    assert!(stderr.contains("INFO"), "no log lines: {stderr}");
-    assert!(!stderr.contains('\u{1b}'), "ANSI escape: {stderr}");
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).expect("log file"))
+        .spawn()
+        .expect("sdserve serve starts");
+    wait_ready(&mut child, port, &log);
+    let _ = child.kill();
+    let _ = child.wait();
+    let text = std::fs::read_to_string(&log).expect("log");
+    assert!(text.contains(" INFO "), "no text log lines: {text}");
+    assert!(text.contains("model loaded; ready"), "{text}");
+    assert!(!text.contains('\u{1b}'), "ANSI escape: {text}");
 }

@@ -51,9 +51,9 @@ certs=/etc/ssl/certs/ca-certificates.crt
 
 if [ -n "$context_only" ]; then ctx=$context_only; mkdir -p "$ctx"; else ctx=$(mktemp -d); trap 'rm -rf "$ctx"' EXIT; fi
 root=$ctx/rootfs
-rm -rf "$root" "$ctx/data" "$ctx/tmp"
-mkdir -p "$root/usr/local/bin" "$root/etc/ssl/certs" "$ctx/data/outputs" "$ctx/data/huggingface" "$ctx/data/models" "$ctx/tmp"
-chmod 1777 "$ctx/tmp"
+rm -rf "$root" "$ctx/data"
+mkdir -p "$root/usr/local/bin" "$root/etc/ssl/certs" "$root/tmp" "$ctx/data/outputs" "$ctx/data/huggingface" "$ctx/data/models"
+chmod 1777 "$root/tmp"   # a standard /tmp, whichever user the container runs as
 
 # The binary without debug information (the dev build carries ~400 MB of it).
 cp "$binary" "$root/usr/local/bin/sdserve"

@@ -202,6 +202,31 @@ fn image_is_small_non_root_and_holds_nothing_else() {
     .into_iter()
     .collect();
     assert_eq!(files, expected, "files in the image");
+    // Writable places: /data/* for the user 10001, /tmp for anyone (sticky).
+    let verbose = run_ok(
+        std::process::Command::new("tar")
+            .args(["--numeric-owner", "-tvf"])
+            .arg(&tar),
+    );
+    let entry = |path: &str| {
+        verbose
+            .lines()
+            .find(|l| l.ends_with(&format!(" {path}")))
+            .unwrap_or_else(|| panic!("no {path} in:\n{verbose}"))
+            .to_string()
+    };
+    assert!(
+        entry("tmp/").starts_with("drwxrwxrwt 0/0 "),
+        "{}",
+        entry("tmp/")
+    );
+    for dir in ["data/outputs/", "data/huggingface/", "data/models/"] {
+        assert!(
+            entry(dir).starts_with("drwxr-xr-x 10001/10001 "),
+            "{}",
+            entry(dir)
+        );
+    }
     let no_shell = deploy::run(docker().args(["run", "--rm", "--entrypoint", "/bin/sh", image]));
     assert!(!no_shell.status.success(), "the image has a shell");
 }

@@ -161,3 +161,32 @@ fn text_logs_to_a_file_carry_no_colour_codes() {
     assert!(text.contains("model loaded; ready"), "{text}");
     assert!(!text.contains('\u{1b}'), "ANSI escape: {text}");
 }
+
+/// `--hash-cache-dir` (here as its variable) moves the model-hash cache out of
+/// the output folder, to a place replicas share and keep.
+#[test]
+fn the_hash_cache_goes_where_it_is_told() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = free_port();
+    let log = dir.path().join("serve.log");
+    let (outputs, hashes) = (dir.path().join("outputs"), dir.path().join("shared/hashes"));
+    let mut child = sdserve()
+        .arg("serve")
+        .arg("--model")
+        .arg(tiny_sd1())
+        .args(["--port", &port.to_string(), "--output-dir"])
+        .arg(&outputs)
+        .env("SDSERVE_HASH_CACHE_DIR", &hashes)
+        .env_remove("SDSERVE_HOST")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).expect("log file"))
+        .spawn()
+        .expect("sdserve serve starts");
+    wait_ready(&mut child, port, &log);
+    let _ = child.kill();
+    let _ = child.wait();
+    let cache = std::fs::read_to_string(hashes.join("model-hashes.json"))
+        .unwrap_or_else(|e| panic!("no hash cache in {}: {e}", hashes.display()));
+    assert!(cache.contains("sha256"), "{cache}");
+    assert!(!outputs.join("model-hashes.json").exists());
+}

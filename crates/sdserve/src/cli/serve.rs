@@ -62,6 +62,11 @@ pub struct ServeArgs {
     /// Where PNGs and job records are written (kept across restarts).
     #[arg(long, default_value = "./outputs", env = "SDSERVE_OUTPUT_DIR")]
     pub output_dir: PathBuf,
+    /// Where the models' sha256 hashes (A1111's model hash) are cached; default
+    /// --output-dir. A folder every replica shares and keeps (the models' volume)
+    /// spares each new pod hashing its model again before it is ready.
+    #[arg(long, value_name = "DIR", env = "SDSERVE_HASH_CACHE_DIR")]
+    pub hash_cache_dir: Option<PathBuf>,
     /// Accepted API key (`Authorization: Bearer KEY`); repeatable. With any key or
     /// user, every route but /livez and /readyz requires one.
     #[arg(
@@ -258,7 +263,7 @@ async fn serve(app: App, args: ServeArgs, started: Instant) -> anyhow::Result<Ex
         args.models_dir.as_deref(),
         args.model.as_deref(),
         DEFAULT_MODEL,
-        &args.output_dir,
+        args.hash_cache_dir.as_deref().unwrap_or(&args.output_dir),
         args.max_loaded_models,
         options,
     )?;
@@ -380,7 +385,7 @@ mod tests {
             );
             checked += 1;
         }
-        assert!(checked >= 29, "only {checked} flags seen");
+        assert!(checked >= 30, "only {checked} flags seen");
     }
 
     #[test]

@@ -8,6 +8,16 @@ use clap::{Parser, Subcommand};
 #[derive(Parser)]
 #[command(name = "sdserve", version, about)]
 struct Cli {
+    /// Log lines as human-readable text or as one JSON object per line (for
+    /// log collectors). Colours only when stderr is a terminal and NO_COLOR is unset.
+    #[arg(
+        long,
+        global = true,
+        value_name = "text|json",
+        default_value = "text",
+        env = "SDSERVE_LOG_FORMAT"
+    )]
+    log_format: cli::logging::LogFormat,
     #[command(subcommand)]
     command: Command,
 }
@@ -18,20 +28,23 @@ enum Command {
     Generate(cli::generate::GenerateArgs),
     /// Serve the HTTP APIs (native, AUTOMATIC1111, OpenAI images, /generate).
     Serve(cli::serve::ServeArgs),
+    /// Exit 0 if a local server answers /readyz with 200, else 1: the container
+    /// health check (the image has no curl).
+    Healthcheck(cli::healthcheck::HealthcheckArgs),
 }
 
 fn main() -> anyhow::Result<std::process::ExitCode> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
-    match Cli::parse().command {
+    let cli = Cli::parse();
+    match cli.command {
+        // The probe prints its one line itself; a log subscriber would only add noise.
+        Command::Healthcheck(args) => Ok(cli::healthcheck::run(&args)),
         Command::Generate(args) => {
+            cli::logging::init(cli.log_format);
             cli::generate::run(args).map(|()| std::process::ExitCode::SUCCESS)
         }
-        Command::Serve(args) => cli::serve::run(args),
+        Command::Serve(args) => {
+            cli::logging::init(cli.log_format);
+            cli::serve::run(args)
+        }
     }
 }

@@ -208,8 +208,12 @@ impl HashStore {
         let Some(cache) = &self.cache else { return };
         let write = || -> std::io::Result<()> {
             let bytes = serde_json::to_vec_pretty(&CacheFile { files })?;
-            // One temporary file per process: several `sdserve generate` may share a cache.
-            let tmp = cache.with_extension(format!("json.{}.tmp", std::process::id()));
+            // One temporary file per writer: several `sdserve generate`, or replicas
+            // sharing --hash-cache-dir (each PID 1 in its container), may share a cache.
+            let nanos = std::time::SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.subsec_nanos());
+            let tmp = cache.with_extension(format!("json.{}.{nanos}.tmp", std::process::id()));
             std::fs::write(&tmp, bytes)?;
             std::fs::rename(&tmp, cache)
         };

@@ -1,6 +1,8 @@
 //! One module per subcommand.
 
 pub mod generate;
+pub mod healthcheck;
+pub mod logging;
 pub mod models;
 pub mod serve;
 

@@ -16,16 +16,19 @@ use sdserve_server::models::{Catalog, HashStore, Listed, Loader, ModelEntry, Mod
 const SHORT_HASH_LEN: usize = 10;
 
 /// The catalog and default model for `--models-dir` and `--model`
-/// (`default_model` when neither names one). Reads the folder; hashes come later.
+/// (`default_model` when neither names one). Reads the folder; hashes come later,
+/// cached in `hash_dir` (`--hash-cache-dir`, else the output directory).
 pub fn models(
     models_dir: Option<&Path>,
     model: Option<&str>,
     default_model: &str,
-    output_dir: &Path,
+    hash_dir: &Path,
     max_loaded: usize,
     options: EngineOptions,
 ) -> anyhow::Result<Models> {
-    let hashes = HashStore::open(output_dir);
+    std::fs::create_dir_all(hash_dir)
+        .with_context(|| format!("creating the hash cache folder {}", hash_dir.display()))?;
+    let hashes = HashStore::open(hash_dir);
     let (catalog, default) = match models_dir {
         Some(dir) => {
             let open = |extra| {

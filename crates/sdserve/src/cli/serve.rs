@@ -24,113 +24,157 @@ pub const DRAIN_TIMED_OUT_EXIT: u8 = 3;
 /// Served when `--model` is not given: small and fast (1 to 4 steps, guidance off).
 pub const DEFAULT_MODEL: &str = "stabilityai/sd-turbo";
 
-/// Flags of `sdserve serve`.
+/// Flags of `sdserve serve`. Each can also be given as an `SDSERVE_*`
+/// environment variable (`--max-steps` as `SDSERVE_MAX_STEPS`), as containers
+/// and Kubernetes configure a process; a flag on the command line wins.
+/// Secrets (keys, credentials) from the environment are not echoed by `--help`.
 #[derive(clap::Args, Debug)]
 pub struct ServeArgs {
     /// The default model: a name in --models-dir, a diffusers model folder, a
     /// single-file `.safetensors` checkpoint (SD 1.x/2.x, SDXL; LDM/SGM layout)
     /// or a Hugging Face repo id (`org/name`, downloaded once into the HF cache).
     /// Default: the first model of --models-dir, else stabilityai/sd-turbo.
-    #[arg(long)]
+    #[arg(long, env = "SDSERVE_MODEL")]
     pub model: Option<String>,
     /// Folder of models to list and switch between: diffusers folders (with
     /// model_index.json) and *.safetensors checkpoints, recursively (A1111's
     /// `Stable-diffusion/` layout too).
-    #[arg(long, value_name = "DIR")]
+    #[arg(long, value_name = "DIR", env = "SDSERVE_MODELS_DIR")]
     pub models_dir: Option<PathBuf>,
     /// Models kept loaded at once; the least recently used is unloaded before
     /// another loads.
-    #[arg(long, value_name = "N", default_value_t = 1)]
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = 1,
+        env = "SDSERVE_MAX_LOADED_MODELS"
+    )]
     pub max_loaded_models: usize,
     /// Address to bind; use 0.0.0.0 to accept connections from other machines.
-    #[arg(long, default_value = "127.0.0.1")]
+    #[arg(long, default_value = "127.0.0.1", env = "SDSERVE_HOST")]
     pub host: IpAddr,
-    #[arg(long, default_value_t = 7860)]
+    /// Port to listen on.
+    #[arg(long, default_value_t = 7860, env = "SDSERVE_PORT")]
     pub port: u16,
     /// Jobs that may wait at once; more get 429 with Retry-After.
-    #[arg(long, default_value_t = config::DEFAULT_QUEUE_SIZE)]
+    #[arg(long, default_value_t = config::DEFAULT_QUEUE_SIZE, env = "SDSERVE_QUEUE_SIZE")]
     pub queue_size: usize,
     /// Where PNGs and job records are written (kept across restarts).
-    #[arg(long, default_value = "./outputs")]
+    #[arg(long, default_value = "./outputs", env = "SDSERVE_OUTPUT_DIR")]
     pub output_dir: PathBuf,
+    /// Where the models' sha256 hashes (A1111's model hash) are cached; default
+    /// --output-dir. A folder every replica shares and keeps (the models' volume)
+    /// spares each new pod hashing its model again before it is ready.
+    #[arg(long, value_name = "DIR", env = "SDSERVE_HASH_CACHE_DIR")]
+    pub hash_cache_dir: Option<PathBuf>,
     /// Accepted API key (`Authorization: Bearer KEY`); repeatable. With any key or
     /// user, every route but /livez and /readyz requires one.
-    #[arg(long = "api-key", value_name = "KEY")]
+    #[arg(
+        long = "api-key",
+        value_name = "KEY",
+        env = "SDSERVE_API_KEY",
+        hide_env_values = true
+    )]
     pub api_keys: Vec<String>,
     /// Operator key: accepted like `--api-key`, and sees every caller's jobs and
     /// images (each API key or user otherwise sees only its own); repeatable.
-    #[arg(long = "admin-key", value_name = "KEY")]
+    #[arg(
+        long = "admin-key",
+        value_name = "KEY",
+        env = "SDSERVE_ADMIN_KEY",
+        hide_env_values = true
+    )]
     pub admin_keys: Vec<String>,
     /// Accepted HTTP Basic credential, as AUTOMATIC1111's `--api-auth`; repeatable.
-    #[arg(long = "api-auth", value_name = "USER:PASS")]
+    #[arg(
+        long = "api-auth",
+        value_name = "USER:PASS",
+        env = "SDSERVE_API_AUTH",
+        hide_env_values = true
+    )]
     pub api_auth: Vec<BasicCredential>,
     /// Seconds SIGTERM waits for queued and running jobs before cancelling them;
     /// the process then exits within a few seconds whatever clients do (exit 0 if
     /// every job finished, 3 if the drain had to cancel jobs).
-    #[arg(long, value_name = "SECS", default_value_t = config::DEFAULT_DRAIN_TIMEOUT_SECS)]
+    #[arg(long, value_name = "SECS", default_value_t = config::DEFAULT_DRAIN_TIMEOUT_SECS, env = "SDSERVE_DRAIN_TIMEOUT")]
     pub drain_timeout: u64,
     /// Open connections at most; further ones are closed at once.
-    #[arg(long, default_value_t = config::DEFAULT_MAX_CONNECTIONS)]
+    #[arg(long, default_value_t = config::DEFAULT_MAX_CONNECTIONS, env = "SDSERVE_MAX_CONNECTIONS")]
     pub max_connections: usize,
     /// Seconds a client has to send a request's headers (and, on a kept-alive
     /// connection, to start the next request).
-    #[arg(long, value_name = "SECS", default_value_t = config::DEFAULT_HEADER_READ_TIMEOUT_SECS)]
+    #[arg(long, value_name = "SECS", default_value_t = config::DEFAULT_HEADER_READ_TIMEOUT_SECS, env = "SDSERVE_HEADER_READ_TIMEOUT")]
     pub header_read_timeout: u64,
     /// Seconds a client has to send a whole request body (408 after).
-    #[arg(long, value_name = "SECS", default_value_t = config::DEFAULT_BODY_READ_TIMEOUT_SECS)]
+    #[arg(long, value_name = "SECS", default_value_t = config::DEFAULT_BODY_READ_TIMEOUT_SECS, env = "SDSERVE_BODY_READ_TIMEOUT")]
     pub body_read_timeout: u64,
     /// Seconds a connection may sit with no request in flight before it is closed.
     /// Requests in flight (a long txt2img, an SSE stream) are never cut.
-    #[arg(long, value_name = "SECS", default_value_t = config::DEFAULT_KEEP_ALIVE_TIMEOUT_SECS)]
+    #[arg(long, value_name = "SECS", default_value_t = config::DEFAULT_KEEP_ALIVE_TIMEOUT_SECS, env = "SDSERVE_KEEP_ALIVE_TIMEOUT")]
     pub keep_alive_timeout: u64,
     /// Largest image width.
-    #[arg(long, default_value_t = config::DEFAULT_MAX_WIDTH)]
+    #[arg(long, default_value_t = config::DEFAULT_MAX_WIDTH, env = "SDSERVE_MAX_WIDTH")]
     pub max_width: usize,
     /// Largest image height.
-    #[arg(long, default_value_t = config::DEFAULT_MAX_HEIGHT)]
+    #[arg(long, default_value_t = config::DEFAULT_MAX_HEIGHT, env = "SDSERVE_MAX_HEIGHT")]
     pub max_height: usize,
     /// Largest width × height of one image.
-    #[arg(long, default_value_t = config::DEFAULT_MAX_PIXELS)]
+    #[arg(long, default_value_t = config::DEFAULT_MAX_PIXELS, env = "SDSERVE_MAX_PIXELS")]
     pub max_pixels: usize,
     /// Most denoising steps.
-    #[arg(long, default_value_t = config::DEFAULT_MAX_STEPS)]
+    #[arg(long, default_value_t = config::DEFAULT_MAX_STEPS, env = "SDSERVE_MAX_STEPS")]
     pub max_steps: usize,
     /// Most images per request (and per UNet batch).
-    #[arg(long, default_value_t = config::DEFAULT_MAX_BATCH)]
+    #[arg(long, default_value_t = config::DEFAULT_MAX_BATCH, env = "SDSERVE_MAX_BATCH")]
     pub max_batch: usize,
     /// Longest prompt or negative prompt, in characters.
-    #[arg(long, default_value_t = config::DEFAULT_MAX_PROMPT_CHARS)]
+    #[arg(long, default_value_t = config::DEFAULT_MAX_PROMPT_CHARS, env = "SDSERVE_MAX_PROMPT_CHARS")]
     pub max_prompt_chars: usize,
     /// Largest request body, in bytes.
-    #[arg(long, default_value_t = config::DEFAULT_MAX_BODY_BYTES)]
+    #[arg(long, default_value_t = config::DEFAULT_MAX_BODY_BYTES, env = "SDSERVE_MAX_BODY_BYTES")]
     pub max_body_bytes: usize,
     /// Seconds finished results (images and job records) are kept; 0 keeps them forever.
-    #[arg(long, value_name = "SECS", default_value_t = config::DEFAULT_RESULT_TTL_SECS)]
+    #[arg(long, value_name = "SECS", default_value_t = config::DEFAULT_RESULT_TTL_SECS, env = "SDSERVE_RESULT_TTL")]
     pub result_ttl: u64,
     /// Most bytes of finished results kept in --output-dir, oldest removed first; 0 for no cap.
-    #[arg(long, value_name = "BYTES", default_value_t = config::DEFAULT_MAX_OUTPUT_BYTES)]
+    #[arg(long, value_name = "BYTES", default_value_t = config::DEFAULT_MAX_OUTPUT_BYTES, env = "SDSERVE_MAX_OUTPUT_BYTES")]
     pub max_output_bytes: u64,
     /// Below this many free bytes on --output-dir's disk, /readyz says 503 and new
     /// jobs get 507; 0 turns the check off.
-    #[arg(long, value_name = "BYTES", default_value_t = config::DEFAULT_MIN_FREE_DISK_BYTES)]
+    #[arg(long, value_name = "BYTES", default_value_t = config::DEFAULT_MIN_FREE_DISK_BYTES, env = "SDSERVE_MIN_FREE_DISK")]
     pub min_free_disk: u64,
     /// VAE decode in overlapping tiles as diffusers' enable_vae_tiling(): on
     /// (images larger than one VAE tile), off, or auto (when memory requires).
-    #[arg(long, value_name = "auto|on|off", default_value = "auto")]
+    #[arg(
+        long,
+        value_name = "auto|on|off",
+        default_value = "auto",
+        env = "SDSERVE_VAE_TILING"
+    )]
     pub vae_tiling: VaeTiling,
     /// Most memory the server may plan for (e.g. 8G, 8GiB, 512M, bytes); the
     /// container's cgroup limit and available memory lower it further.
     /// Requests beyond the plan get 413.
-    #[arg(long, value_name = "SIZE", value_parser = super::parse_memory_limit)]
+    #[arg(long, value_name = "SIZE", value_parser = super::parse_memory_limit, env = "SDSERVE_MEMORY_LIMIT")]
     pub memory_limit: Option<u64>,
     /// Precision of weights and activations: auto (f16 on CUDA, f32 on the
     /// CPU), f32, f16 or bf16.
-    #[arg(long, value_name = "auto|f32|f16|bf16", default_value = "auto")]
+    #[arg(
+        long,
+        value_name = "auto|f32|f16|bf16",
+        default_value = "auto",
+        env = "SDSERVE_DTYPE"
+    )]
     pub dtype: Precision,
     /// Where to run: auto (the first CUDA GPU when built with `cuda` and one is
     /// present, else the CPU), cpu, cuda or cuda:N (after CUDA_VISIBLE_DEVICES,
     /// which also selects a MIG instance: MIG-<uuid>).
-    #[arg(long, value_name = "auto|cpu|cuda|cuda:N", default_value = "auto")]
+    #[arg(
+        long,
+        value_name = "auto|cpu|cuda|cuda:N",
+        default_value = "auto",
+        env = "SDSERVE_DEVICE"
+    )]
     pub device: DeviceChoice,
 }
 
@@ -219,7 +263,7 @@ async fn serve(app: App, args: ServeArgs, started: Instant) -> anyhow::Result<Ex
         args.models_dir.as_deref(),
         args.model.as_deref(),
         DEFAULT_MODEL,
-        &args.output_dir,
+        args.hash_cache_dir.as_deref().unwrap_or(&args.output_dir),
         args.max_loaded_models,
         options,
     )?;
@@ -317,5 +361,38 @@ async fn shutdown_signal() {
     tokio::select! {
         _ = ctrl_c => tracing::info!("Ctrl-C: draining"),
         _ = terminate => tracing::info!("SIGTERM: draining"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ServeArgs;
+    use clap::Args;
+
+    /// Every flag, present and future, has its variable, named after the flag,
+    /// so a deployment can set any of them without a command line.
+    #[test]
+    fn every_flag_has_an_sdserve_variable_named_after_it() {
+        let command = ServeArgs::augment_args(clap::Command::new("serve"));
+        let mut checked = 0;
+        for arg in command.get_arguments() {
+            let Some(long) = arg.get_long() else { continue };
+            let expected = format!("SDSERVE_{}", long.to_uppercase().replace('-', "_"));
+            assert_eq!(
+                arg.get_env().and_then(|e| e.to_str()),
+                Some(expected.as_str()),
+                "--{long}"
+            );
+            checked += 1;
+        }
+        assert!(checked >= 30, "only {checked} flags seen");
+    }
+
+    #[test]
+    fn help_names_the_variables_but_not_secret_values() {
+        let command = ServeArgs::augment_args(clap::Command::new("serve"));
+        let help = command.clone().render_long_help().to_string();
+        assert!(help.contains("[env: SDSERVE_PORT="), "{help}");
+        assert!(help.contains("[env: SDSERVE_API_KEY]"), "{help}");
     }
 }

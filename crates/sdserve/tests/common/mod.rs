@@ -12,6 +12,8 @@ use std::time::{Duration, Instant};
 
 use sdserve_engine::png;
 
+pub mod deploy;
+
 /// The tiny SD 1.x fixture model.
 pub fn tiny_sd1() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/models/tiny-sd1")

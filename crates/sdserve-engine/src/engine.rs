@@ -229,6 +229,16 @@ impl Engine {
             hires.validate(req.steps, train_steps)?;
             hires.geometry(req.width, req.height, f)?;
         }
+        if let Some(init) = req.init.as_ref().filter(|i| i.resize_latents) {
+            // Encoded at its own size: that must fit the plan too.
+            let (w, h) = (init.image.width / f * f, init.image.height / f * f);
+            if w == 0 || h == 0 {
+                return invalid(format!(
+                    "an image resized in latent space must be at least {f}x{f} pixels"
+                ));
+            }
+            self.plan.check(w, h, 1, pipeline::uses_guidance(req), f)?;
+        }
         let (width, height) = self.output_size(req);
         self.plan.check(
             width,

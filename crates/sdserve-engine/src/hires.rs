@@ -316,6 +316,26 @@ pub fn interpolate(
     out
 }
 
+/// [`interpolate`] on a `(n, c, h, w)` tensor (on any device; the values go
+/// through the host, latents being small).
+pub fn interpolate_tensor(
+    latents: &candle_core::Tensor,
+    size: (usize, usize),
+    mode: LatentMode,
+) -> Result<candle_core::Tensor> {
+    let dims = latents.dims4()?;
+    let values = latents
+        .to_dtype(candle_core::DType::F32)?
+        .flatten_all()?
+        .to_vec1::<f32>()?;
+    let values = interpolate(&values, dims, size, mode);
+    Ok(candle_core::Tensor::from_vec(
+        values,
+        (dims.0, dims.1, size.0, size.1),
+        latents.device(),
+    )?)
+}
+
 /// For each output index along one axis: the input indices it reads and their weights.
 fn axis_weights(input: usize, output: usize, mode: LatentMode) -> Vec<(Vec<usize>, Vec<f32>)> {
     // torch's area_pixel_compute_scale without a scale factor: in / out, in f32.

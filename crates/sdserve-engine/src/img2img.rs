@@ -13,6 +13,7 @@
 use candle_core::{DType, Device, Tensor};
 
 use crate::error::{EngineError, Result};
+use crate::hires::{interpolate_tensor, LatentMode};
 use crate::image_input::DecodedImage;
 use crate::image_ops::{resize, Filter, GrayImage};
 use crate::model::StableDiffusion;
@@ -96,6 +97,11 @@ pub fn validate(model: &StableDiffusion, request: &GenerateRequest) -> Result<()
             init.strength, request.steps
         )));
     }
+    if init.resize_latents && init.mask.is_some() {
+        return Err(EngineError::InvalidRequest(
+            "resizing in latent space is for image to image; inpainting resizes the image".into(),
+        ));
+    }
     if let Some(overlay) = &init.overlay {
         if (overlay.width, overlay.height) != (request.width, request.height)
             || overlay.luma.len() != overlay.width * overlay.height
@@ -149,8 +155,16 @@ pub fn prepare(
                 inpaint: None,
             }),
             Some(init) => {
-                let pixels = image_tensor(&init.image, request, device)?;
-                let image = encode(model, &pixels, rng)?.repeat((n, 1, 1, 1))?;
+                let image = if init.resize_latents {
+                    // A1111's resize_mode 3: encode as is, then resize the latents.
+                    let own = (init.image.width, init.image.height);
+                    let pixels = pixel_tensor(&init.image.rgb, own, device)?;
+                    let latents = encode(model, &pixels, rng)?;
+                    interpolate_tensor(&latents, (h, w), LatentMode::Bilinear)?
+                } else {
+                    encode(model, &image_tensor(&init.image, request, device)?, rng)?
+                };
+                let image = image.repeat((n, 1, 1, 1))?;
                 let start = start_step(request.steps, init.strength);
                 let noise = draw_noise(rng)?;
                 Ok(Start {
@@ -248,13 +262,16 @@ fn image_tensor(
         (request.width, request.height),
         Filter::Lanczos,
     );
+    pixel_tensor(&rgb, (request.width, request.height), device)
+}
+
+/// 8-bit RGB of `(width, height)` in [-1, 1], `(1, 3, h, w)` f32.
+fn pixel_tensor(rgb: &[u8], (width, height): (usize, usize), device: &Device) -> Result<Tensor> {
     let values: Vec<f32> = rgb.iter().map(|v| *v as f32 / 255.0 * 2.0 - 1.0).collect();
-    Ok(
-        Tensor::from_vec(values, (request.height, request.width, 3), device)?
-            .permute((2, 0, 1))?
-            .unsqueeze(0)?
-            .contiguous()?,
-    )
+    Ok(Tensor::from_vec(values, (height, width, 3), device)?
+        .permute((2, 0, 1))?
+        .unsqueeze(0)?
+        .contiguous()?)
 }
 
 /// The mask at the request's size (Lanczos on the 8-bit gray image), binarised

@@ -239,11 +239,7 @@ fn start_hires_pass(
     let (up_x, up_y) = geometry.upscale_to;
     let upscaled = match hires.upscaler {
         Upscaler::Latent(mode) => {
-            let (n, c, h, w) = job.latents.dims4()?;
-            let values = job.latents.flatten_all()?.to_vec1::<f32>()?;
-            let (out_h, out_w) = (up_y / factor, up_x / factor);
-            let values = hires::interpolate(&values, (n, c, h, w), (out_h, out_w), mode);
-            Tensor::from_vec(values, (n, c, out_h, out_w), &model.device)?
+            hires::interpolate_tensor(&job.latents, (up_y / factor, up_x / factor), mode)?
         }
         Upscaler::Image(upscaler) => {
             let tiles = job

@@ -57,6 +57,10 @@ pub struct ImageToImage {
     pub mask: Option<Arc<GrayImage>>,
     /// Fraction of the schedule that runs, in (0, 1]: diffusers' `strength`.
     pub strength: f64,
+    /// A1111's `resize_mode` 3 ("Just resize (latent upscale)"): the image is
+    /// encoded at its own size and its latents resized bilinearly to the
+    /// output's, instead of resizing its pixels (image to image only).
+    pub resize_latents: bool,
     /// A1111's overlay (`None` for diffusers' output): after decoding, the
     /// image (at the output size) is put back over the result with alpha
     /// `255 - overlay`, so pixels outside the mask stay the original's. Must
@@ -81,6 +85,7 @@ impl std::fmt::Debug for ImageToImage {
             .field("image", &(self.image.width, self.image.height))
             .field("mask", &self.mask.as_ref().map(|m| (m.width, m.height)))
             .field("strength", &self.strength)
+            .field("resize_latents", &self.resize_latents)
             .field("overlay", &self.overlay.is_some())
             .finish()
     }

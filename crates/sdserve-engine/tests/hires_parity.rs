@@ -183,6 +183,7 @@ fn image_upscaler_second_pass_matches_diffusers() {
                 }),
                 mask: None,
                 strength: fix.denoising_strength,
+                resize_latents: false,
                 overlay: None,
             }),
             ..request(&case)

@@ -95,6 +95,37 @@ fn regular_unet_inpainting_matches_diffusers() {
     check("tiny-sd1", inpaint, 4);
 }
 
+/// A1111's `resize_mode` 3: the image encoded at its own size (70x53 up to
+/// 64x64, 96x64 down to 64x48), its latents resized bilinearly
+/// (`fixtures/make_latent_resize_fixtures.py`).
+#[test]
+fn latent_resize_matches_the_reference() {
+    let engine =
+        Engine::load(&ModelSource::Dir(fixtures().join("models/tiny-sd1"))).expect("model loads");
+    let cases = read_cases(&["latent-resize-cases.json"]);
+    assert_eq!(cases.len(), 2);
+    for case in cases {
+        let request = request(&case);
+        assert!(request.init.as_ref().is_some_and(|i| i.resize_latents));
+        let output = engine
+            .generate(&request, &mut NoopObserver)
+            .unwrap_or_else(|e| panic!("{}: {e}", case.name));
+        let bytes = std::fs::read(fixtures().join(&case.images[0])).expect("reference png");
+        let (w, h, rgb) = png::decode_rgb(&bytes).expect("reference decodes");
+        let image = &output.images[0];
+        assert_eq!((image.width, image.height), (w, h), "{}", case.name);
+        let diff = image
+            .rgb
+            .iter()
+            .zip(&rgb)
+            .map(|(x, y)| x.abs_diff(*y))
+            .max()
+            .unwrap_or(0);
+        eprintln!("{}: max {diff}", case.name);
+        assert!(diff <= TOLERANCE, "{}: max diff {diff}/255", case.name);
+    }
+}
+
 #[test]
 fn cases_cover_samplers_strengths_batches_and_resizing() {
     let cases = cases();

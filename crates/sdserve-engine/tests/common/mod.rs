@@ -46,6 +46,9 @@ pub struct Case {
     pub hires: Option<serde_json::Value>,
     #[serde(default)]
     pub first_pass_images: Vec<String>,
+    /// A1111's img2img resize mode (`latent-resize-cases.json`: 3, latent upscale).
+    #[serde(default)]
+    pub resize_mode: Option<i64>,
 }
 
 pub fn fixtures() -> PathBuf {
@@ -84,6 +87,7 @@ pub fn request(case: &Case) -> GenerateRequest {
                 .as_ref()
                 .map(|m| Arc::new(GrayImage::from_rgb(&read_rgb(m)))),
             strength: case.strength.expect("an init image comes with a strength"),
+            resize_latents: case.resize_mode == Some(3),
             overlay: None,
         }),
     }

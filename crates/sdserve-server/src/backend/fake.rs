@@ -89,7 +89,7 @@ impl FakeBackend {
         key = mix(key ^ request.sampler.id().len() as u64 ^ ((index as u64) << 32));
         // Image-to-image inputs change the picture, so tests see they arrived.
         if let Some(init) = &request.init {
-            key = mix(key ^ init.strength.to_bits());
+            key = mix(key ^ init.strength.to_bits() ^ u64::from(init.resize_latents));
             let mask = init.mask.as_ref().map_or(&[][..], |m| &m.luma[..]);
             let overlay = init.overlay.as_ref().map_or(&[][..], |m| &m.luma[..]);
             for byte in init.image.rgb.iter().chain(mask).chain(overlay) {

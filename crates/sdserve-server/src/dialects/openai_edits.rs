@@ -270,6 +270,7 @@ impl EditForm {
                 strength: self.strength,
                 default_strength,
                 strength_field: "strength",
+                resize_latents: false,
                 overlay: None,
             }),
             ..JobSpec::new(prompt, OPENAI_FIELDS)

@@ -411,6 +411,7 @@ mod tests {
                 image,
                 mask: Some(mask),
                 strength: 0.6,
+                resize_latents: false,
                 overlay: None,
             }),
             seed_per_image: false,

@@ -111,6 +111,8 @@ pub struct InitSpec {
     pub default_strength: f64,
     /// How the dialect names the strength field.
     pub strength_field: &'static str,
+    /// A1111's `resize_mode` 3: the image's latents are resized, not its pixels.
+    pub resize_latents: bool,
     /// A1111's overlay mask at the output size (see the engine's `ImageToImage::overlay`).
     pub overlay: Option<std::sync::Arc<GrayImage>>,
 }
@@ -280,6 +282,7 @@ fn check_init(init: InitSpec) -> Result<ImageToImage, ValidationError> {
         image: init.image,
         mask: init.mask,
         strength,
+        resize_latents: init.resize_latents,
         overlay: init.overlay,
     })
 }

@@ -79,6 +79,7 @@ async fn native_init_image_as_base64_or_image_id_reaches_the_engine() {
         image: Arc::new(init),
         mask: None,
         strength: 0.5,
+        resize_latents: false,
         overlay: None,
     });
     let image_url = job["images"][0]["url"].as_str().unwrap();
@@ -111,6 +112,7 @@ async fn native_init_image_as_base64_or_image_id_reaches_the_engine() {
         }),
         mask: Some(Arc::new(GrayImage::from_rgb(&mask))),
         strength: 1.0,
+        resize_latents: false,
         overlay: None,
     });
     let got = s
@@ -191,6 +193,7 @@ async fn a1111_img2img_with_and_without_a_mask() {
         image: Arc::new(init.clone()),
         mask: None,
         strength: 0.4,
+        resize_latents: false,
         overlay: None,
     });
     assert_eq!(
@@ -230,6 +233,7 @@ async fn a1111_img2img_with_and_without_a_mask() {
         image: Arc::new(init.clone()),
         mask: Some(gray(inverted.clone())),
         strength: 0.4,
+        resize_latents: false,
         overlay: Some(gray(inverted.iter().map(|v| v.saturating_mul(2)).collect())),
     });
     assert_eq!(
@@ -252,6 +256,7 @@ async fn a1111_img2img_with_and_without_a_mask() {
         image: Arc::new(init),
         mask: Some(gray(soft.clone())),
         strength: 0.4,
+        resize_latents: false,
         overlay: Some(gray(soft.iter().map(|v| v.saturating_mul(2)).collect())),
     });
     assert_eq!(
@@ -277,6 +282,42 @@ async fn a1111_img2img_resizes_as_resize_mode_says() {
         let (w, h, _) = png::decode_rgb(&b64(out["images"][0].as_str().unwrap())).unwrap();
         assert_eq!((w, h), (64, 64));
     }
+
+    // 3, latent upscale: the image reaches the engine at its own size, with
+    // its latents to be resized.
+    let out: Value = s
+        .post(
+            "/sdapi/v1/img2img",
+            json!({"init_images": [base64_of(&png_of(&wide))], "prompt": "p", "seed": 1,
+                   "steps": 4, "cfg_scale": 7.0, "sampler_name": "Euler a", "width": 64,
+                   "height": 64, "resize_mode": 3, "denoising_strength": 0.5}),
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    let mut want = request("p", 1);
+    want.init = Some(ImageToImage {
+        image: Arc::new(wide.clone()),
+        mask: None,
+        strength: 0.5,
+        resize_latents: true,
+        overlay: None,
+    });
+    assert_eq!(
+        b64(out["images"][0].as_str().unwrap()),
+        expected_pngs(&want)[0]
+    );
+    // Its own size is bounded by the size limits too.
+    let big = picture(2056, 8);
+    let resp = s
+        .post(
+            "/sdapi/v1/img2img",
+            json!({"init_images": [base64_of(&png_of(&big))], "prompt": "p",
+                   "width": 64, "height": 64, "resize_mode": 3}),
+        )
+        .await;
+    assert_error(resp, 422, "init_images").await;
 }
 
 #[tokio::test]
@@ -291,7 +332,7 @@ async fn a1111_img2img_refuses_what_it_does_not_implement_by_name() {
         (json!({"init_images": []}), "init_images"),
         (json!({"init_images": [init, init]}), "init_images"),
         (
-            json!({"init_images": [init], "resize_mode": 3}),
+            json!({"init_images": [init], "resize_mode": 3, "mask": mask}),
             "resize_mode",
         ),
         (
@@ -436,6 +477,7 @@ async fn openai_edits_inpaint_the_transparent_pixels() {
             luma: mask,
         })),
         strength: 1.0,
+        resize_latents: false,
         overlay: None,
     });
     assert_eq!(

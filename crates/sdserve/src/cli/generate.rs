@@ -196,6 +196,7 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
                 image: Arc::new(image),
                 mask,
                 strength,
+                resize_latents: false,
                 overlay: None,
             })
         })

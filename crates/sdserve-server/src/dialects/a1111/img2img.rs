@@ -64,8 +64,9 @@ pub struct Img2ImgRequest {
     /// Fraction of the steps run from the image, in (0, 1] (default 0.75).
     #[schema(minimum = 0, maximum = 1)]
     pub denoising_strength: Option<f64>,
-    /// 0 just resize (default), 1 crop and resize, 2 resize and fill.
-    /// (3, latent upscale, is refused.)
+    /// 0 just resize (default), 1 crop and resize, 2 resize and fill, 3 just
+    /// resize in latent space (the image encoded at its own size, its latents
+    /// resized bilinearly; not with a mask).
     #[serde(default, deserialize_with = "crate::extract::whole_number::option_i64")]
     pub resize_mode: Option<i64>,
     /// Gaussian blur of the mask in pixels, both axes (default 4; 0 to 64):
@@ -115,16 +116,13 @@ impl Img2ImgRequest {
             .base
             .to_spec_with_extra(limits, &extra)
             .map_err(ApiError::from)?;
+        // 3 is "just resize (latent upscale)": the image is encoded at its
+        // own size and its latents resized (bilinear) to the output's.
+        let resize_latents = self.resize_mode == Some(3);
         let resize = match self.resize_mode.unwrap_or(0) {
-            0 => ResizeMode::Just,
+            0 | 3 => ResizeMode::Just,
             1 => ResizeMode::CropAndResize,
             2 => ResizeMode::ResizeAndFill,
-            3 => {
-                return Err(invalid(
-                    "resize_mode",
-                    "3 (just resize, latent upscale) is not supported; use 0, 1 or 2",
-                ))
-            }
             other => {
                 return Err(invalid(
                     "resize_mode",
@@ -162,7 +160,30 @@ impl Img2ImgRequest {
         };
         let image = images::decode_base64("init_images", image)?;
         let (width, height) = output_size(&spec, limits)?;
-        let image = Arc::new(fit_image(&image, width, height, resize));
+        let image = if resize_latents {
+            if self.mask.is_some() {
+                return Err(invalid(
+                    "resize_mode",
+                    "3 (latent upscale) with a mask is not supported; use 0, 1 or 2 for inpainting",
+                ));
+            }
+            // Encoded at its own size: the output's limits bound it too.
+            let own = JobSpec {
+                width: Some(image.width as i64),
+                height: Some(image.height as i64),
+                ..spec.clone()
+            };
+            output_size(&own, limits).map_err(|e| match e {
+                ApiError::Validation(v) => invalid(
+                    "init_images",
+                    format!("with resize_mode 3 the image is encoded at its own size: {v}"),
+                ),
+                other => other,
+            })?;
+            image
+        } else {
+            Arc::new(fit_image(&image, width, height, resize))
+        };
         let (mask, overlay) = match &self.mask {
             Some(mask) => {
                 let mask = self.prepare_mask(mask, blur)?;
@@ -186,6 +207,7 @@ impl Img2ImgRequest {
                 strength: self.denoising_strength,
                 default_strength: DEFAULT_DENOISING_STRENGTH,
                 strength_field: "denoising_strength",
+                resize_latents,
                 overlay,
             }),
             ..spec

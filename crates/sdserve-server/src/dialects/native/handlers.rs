@@ -103,6 +103,7 @@ async fn init_spec<'a>(
         mask,
         strength: job.strength,
         strength_field: "strength",
+        resize_latents: false,
         overlay: None,
     }))
 }

@@ -1,7 +1,8 @@
 //! Optional authentication: API keys (`Authorization: Bearer KEY`), operator
 //! keys (`--admin-key`) and A1111-style HTTP Basic (`--api-auth USER:PASS`).
-//! When any credential is configured, every route except `/livez`, `/readyz`
-//! and signed image links requires one (401 otherwise, in the dialect's error
+//! When any credential is configured, every route except `/livez`, `/readyz`,
+//! the web page's files (`/`, `/ui/...`: no data, and the page must load to
+//! ask for a key) and signed image links requires one (401 otherwise, in the dialect's error
 //! shape). Secrets are compared in constant time, as given (no case folding).
 //!
 //! The credential used names the caller: `key:<hash>` (a SHA-256 prefix, stable
@@ -26,8 +27,8 @@ use crate::extract::Caller;
 use crate::jobs::ClientId;
 use crate::state::AppState;
 
-/// Routes that never require credentials (orchestrator probes).
-const PUBLIC_PATHS: [&str; 2] = ["/livez", "/readyz"];
+/// Routes that never require credentials (orchestrator probes, the web page).
+const PUBLIC_PATHS: [&str; 3] = ["/livez", "/readyz", "/"];
 
 /// Routes that carry their own proof (an HMAC-signed, expiring image link).
 const SIGNED_PREFIX: &str = "/v1/images/files/";
@@ -112,6 +113,7 @@ pub async fn require_auth(
         Some(caller) => caller,
         None if !auth.enabled()
             || PUBLIC_PATHS.contains(&path)
+            || path.starts_with(crate::web::ASSET_PREFIX)
             || path.starts_with(SIGNED_PREFIX) =>
         {
             // Without a credential on an open route the caller owns nothing:

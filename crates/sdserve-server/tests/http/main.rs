@@ -21,3 +21,4 @@ mod restart;
 mod retention;
 mod simple;
 mod spec;
+mod web;

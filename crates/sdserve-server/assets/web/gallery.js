@@ -14,7 +14,7 @@ const MAX_HISTORY = 200;
 
 const $ = (id) => document.getElementById(id);
 
-/** Image id -> blob URL, so a tile, the viewer and a download share one fetch. */
+/** Image id -> { blob, url }, so a tile, the viewer and a download share one fetch. */
 const blobs = new Map();
 /** Newest first: { id, job, seed, width, height, created_at }. */
 let images = [];
@@ -53,13 +53,18 @@ export function add(job) {
   render();
 }
 
-/** The blob URL of an image (fetched once). */
-export async function imageUrl(id) {
+/** An image's PNG and a blob: URL for it (fetched once). */
+async function imageBlob(id) {
   if (!blobs.has(id)) {
     const blob = await fetchBlob(`/api/v1/images/${id}`);
-    blobs.set(id, URL.createObjectURL(blob));
+    blobs.set(id, { blob, url: URL.createObjectURL(blob) });
   }
   return blobs.get(id);
+}
+
+/** The blob: URL of an image. */
+export async function imageUrl(id) {
+  return (await imageBlob(id)).url;
 }
 
 function forget(id) {
@@ -68,41 +73,65 @@ function forget(id) {
   render();
 }
 
-const lazy = new IntersectionObserver((entries) => {
-  for (const entry of entries) {
-    if (!entry.isIntersecting) continue;
-    lazy.unobserve(entry.target);
-    const img = entry.target;
-    imageUrl(img.dataset.id)
-      .then((url) => {
-        img.src = url;
-      })
-      .catch((error) => {
-        // Removed by the server's retention or by its owner: drop it here too.
-        if (error.status === 404) forget(img.dataset.id);
-        else img.alt = `Could not load: ${error.message}`;
-      });
-  }
-});
+/** Fetches an <img>'s image (by its data-id) into its src. */
+function fill(img) {
+  imageUrl(img.dataset.id)
+    .then((url) => {
+      img.src = url;
+    })
+    .catch((error) => {
+      // Removed by the server's retention or by its owner: drop it here too.
+      if (error.status === 404) forget(img.dataset.id);
+      else img.alt = `Could not load: ${error.message}`;
+    });
+}
+
+/** Gallery tiles load once they come near the screen. */
+const lazy = new IntersectionObserver(
+  (entries) => {
+    for (const entry of entries) {
+      if (!entry.isIntersecting) continue;
+      lazy.unobserve(entry.target);
+      fill(entry.target);
+    }
+  },
+  { rootMargin: "200px" },
+);
+
+/** A button showing one image, opening the viewer; `eager` loads it now. */
+function tile(image, eager = false) {
+  const button = document.createElement("button");
+  button.type = "button";
+  button.className = "tile";
+  button.setAttribute("aria-label", `Open image ${image.width}×${image.height}, seed ${image.seed}`);
+  const img = document.createElement("img");
+  img.dataset.id = image.id;
+  img.alt = `Seed ${image.seed}`;
+  img.width = image.width;
+  img.height = image.height;
+  img.style.aspectRatio = `${image.width} / ${image.height}`;
+  if (eager) fill(img);
+  else lazy.observe(img);
+  button.append(img);
+  button.addEventListener("click", () => open(image));
+  return button;
+}
+
+/** Shows a finished job's images large, in the progress panel. */
+export function showLatest(job) {
+  $("latest").replaceChildren(...imagesOf(job).map((image) => tile(image, true)));
+}
+
+/** The seed of the newest image this browser knows, or null. */
+export function latestSeed() {
+  return images[0]?.seed ?? null;
+}
 
 function render() {
   const list = $("gallery");
   const tiles = images.map((image) => {
     const item = document.createElement("li");
-    const button = document.createElement("button");
-    button.type = "button";
-    button.className = "tile";
-    button.setAttribute("aria-label", `Open image ${image.width}×${image.height}, seed ${image.seed}`);
-    const img = document.createElement("img");
-    img.dataset.id = image.id;
-    img.alt = `Seed ${image.seed}`;
-    img.width = image.width;
-    img.height = image.height;
-    img.style.aspectRatio = `${image.width} / ${image.height}`;
-    lazy.observe(img);
-    button.append(img);
-    button.addEventListener("click", () => open(image));
-    item.append(button);
+    item.append(tile(image));
     return item;
   });
   list.replaceChildren(...tiles);
@@ -117,14 +146,14 @@ async function open(image) {
   $("viewer-title").textContent = `Seed ${image.seed} · ${image.width}×${image.height}`;
   $("viewer-message").textContent = "";
   $("viewer-infotext").textContent = "";
-  const url = await imageUrl(image.id);
+  const { blob, url } = await imageBlob(image.id);
   $("viewer-image").src = url;
   const download = $("viewer-download");
   download.href = url;
   download.download = `sdserve-${image.seed}-${image.id.slice(0, 8)}.png`;
   dialog.showModal();
-  const blob = await (await fetch(url)).arrayBuffer();
-  $("viewer-infotext").textContent = (await readParameters(blob)) ?? "(no parameters in this PNG)";
+  const text = await readParameters(await blob.arrayBuffer());
+  $("viewer-infotext").textContent = text ?? "(no parameters in this PNG)";
 }
 
 async function copyText(text) {
@@ -156,7 +185,7 @@ export function setup(actions) {
     $("viewer").close();
   });
   $("viewer-img2img").addEventListener("click", async () => {
-    const blob = await (await fetch($("viewer-image").src)).blob();
+    const { blob } = await imageBlob(current.id);
     await handlers.img2img(blob, current);
     $("viewer").close();
   });

@@ -55,6 +55,7 @@ async function generate(event) {
     const job = await watch(accepted);
     if (job.status === "succeeded") {
       gallery.add(job);
+      gallery.showLatest(job);
       lastSeed = job.images[0]?.seed ?? lastSeed;
       $("reuse-seed").disabled = lastSeed == null;
     } else if (job.status === "failed") {
@@ -140,6 +141,8 @@ async function start() {
     const model = offer.models.find((m) => m.default);
     setStatus(`Model: ${model?.id ?? "?"}`);
     await gallery.syncWithServer();
+    lastSeed = gallery.latestSeed();
+    $("reuse-seed").disabled = lastSeed == null;
   } catch (error) {
     setStatus(`Cannot reach the API: ${error.message}`);
   }

@@ -82,6 +82,7 @@ function finish(job) {
 export async function watch(accepted) {
   const entry = { id: accepted.id, view: { ...accepted, images: [], params: {} } };
   active.push(entry);
+  $("latest").replaceChildren();
   render();
   try {
     const last = await followJob(accepted.id, (_name, job) => {

@@ -248,6 +248,7 @@ pub struct SamplerView {
 #[into_params(parameter_in = Query)]
 pub struct JobListQuery {
     /// Most jobs to return, newest first (1 to 100, default 30).
+    #[param(minimum = 1, maximum = 100)]
     pub limit: Option<usize>,
 }
 

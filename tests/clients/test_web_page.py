@@ -12,6 +12,7 @@ Scenarios (`--scenario`):
   auth  a server with --api-key and --queue-size 1: the page asks for the key
         once (a wrong key is refused), keeps it across a reload, and shows a
         429 with its Retry-After.
+  basic a server with --api-auth: the page's prompt takes user and password.
 Screenshots go to --screenshots.
 """
 
@@ -437,15 +438,44 @@ def scenario_auth(args):
     log("auth: asked once, wrong key refused, kept across a reload")
 
 
+def scenario_basic(args):
+    """A server with --api-auth: the page's own prompt (not the browser's)
+    takes a user name and password."""
+    user, password = args.basic.split(":", 1)
+    errors = []
+    with sync_playwright() as p:
+        browser = launch(p, args.chromium)
+        page = browser.new_page(viewport={"width": 1280, "height": 860})
+        watch_console(page, errors)
+        page.goto(f"{args.base_url}/")
+        dialog = page.get_by_role("dialog", name="Sign in")
+        expect(dialog).to_be_visible(timeout=TIMEOUT_MS)
+        expect(dialog).to_contain_text("user name and password")
+        page.get_by_label("User name", exact=True).fill(user)
+        page.get_by_label("Password", exact=True).fill(password)
+        page.get_by_role("button", name="Sign in").click()
+        page.wait_for_selector("body[data-ready=true]", timeout=TIMEOUT_MS)
+        expect(page.locator("#server-status")).to_contain_text("Model: ")
+        page.get_by_label("Prompt", exact=True).fill("a fox")
+        page.get_by_label("Steps", exact=True).fill("2")
+        page.get_by_role("button", name="Generate").click()
+        _, size, _ = displayed_image(page, "#latest img")
+        assert size == (64, 64), size
+        browser.close()
+    assert not errors, "\n".join(errors)
+    log("basic: user name and password taken by the page's own prompt")
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--base-url", required=True)
     parser.add_argument("--chromium", required=True)
     parser.add_argument("--screenshots", required=True)
-    parser.add_argument("--scenario", choices=["page", "auth"], required=True)
+    parser.add_argument("--scenario", choices=["page", "auth", "basic"], required=True)
     parser.add_argument("--key")
+    parser.add_argument("--basic", help="USER:PASS of --api-auth")
     args = parser.parse_args()
-    {"page": scenario_page, "auth": scenario_auth}[args.scenario](args)
+    {"page": scenario_page, "auth": scenario_auth, "basic": scenario_basic}[args.scenario](args)
     log(f"{args.scenario}: all checks passed")
 
 

@@ -92,12 +92,18 @@ pub fn identify(auth: &AuthConfig, headers: &HeaderMap) -> Option<Caller> {
     None
 }
 
-/// The challenge sent with a 401.
-fn challenge(auth: &AuthConfig) -> &'static str {
-    if auth.basic.is_empty() {
-        "Bearer"
-    } else {
-        "Basic realm=\"sdserve\""
+/// The challenge sent with a 401. A script that says so (`X-Requested-With:
+/// XMLHttpRequest`, as the web page does) gets Basic under another name
+/// (`xBasic`): a browser shows its own login prompt for `Basic`, which would
+/// take over from the page's and, headless, stall the request.
+fn challenge(auth: &AuthConfig, headers: &HeaderMap) -> &'static str {
+    let script = headers
+        .get("x-requested-with")
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"XMLHttpRequest"));
+    match (auth.basic.is_empty(), script) {
+        (true, _) => "Bearer",
+        (false, false) => "Basic realm=\"sdserve\"",
+        (false, true) => "xBasic realm=\"sdserve\"",
     }
 }
 
@@ -125,7 +131,7 @@ pub async fn require_auth(
         }
         None => {
             let error = ApiError::Unauthorized {
-                challenge: challenge(auth),
+                challenge: challenge(auth, request.headers()),
             };
             return Dialect::for_path(path).error_response(error);
         }

@@ -91,3 +91,10 @@ fn the_page_asks_for_the_key_once_and_shows_a_full_queue() {
     let server = Server::start(dir.path(), &["--api-key", key, "--queue-size", "1"]);
     run_page_script(&server, "auth", &["--key", key], dir.path());
 }
+
+#[test]
+fn the_page_signs_in_with_basic_credentials() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &["--api-auth", "ann:pw-1"]);
+    run_page_script(&server, "basic", &["--basic", "ann:pw-1"], dir.path());
+}

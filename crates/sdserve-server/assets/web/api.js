@@ -22,6 +22,9 @@ export async function authorizedFetch(path, options = {}) {
   let refused = false;
   for (;;) {
     const headers = new Headers(options.headers || {});
+    // The server then names Basic `xBasic`, so the browser leaves the
+    // prompt to the page (see auth.rs).
+    headers.set("X-Requested-With", "XMLHttpRequest");
     const auth = authorization();
     if (auth) headers.set("Authorization", auth);
     const response = await fetch(path, { ...options, headers });
@@ -29,7 +32,7 @@ export async function authorizedFetch(path, options = {}) {
     if (auth) forgetCredentials();
     const challenge = response.headers.get("WWW-Authenticate") || "";
     // Throws when the person closes the prompt.
-    await askCredentials({ basic: /^basic/i.test(challenge), refused: refused || !!auth });
+    await askCredentials({ basic: /^x?basic/i.test(challenge), refused: refused || !!auth });
     refused = true;
   }
 }

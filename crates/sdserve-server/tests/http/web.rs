@@ -155,6 +155,33 @@ async fn the_job_list_is_the_callers_own_newest_first_and_survives_a_restart() {
     assert_eq!(listed(&again, "bob-key", "").await, vec![bob]);
 }
 
+#[tokio::test]
+async fn a_script_gets_basic_under_a_name_browsers_leave_to_it() {
+    let s = TestServer::with(
+        |c| c.auth.basic = vec!["ann:pw".parse().unwrap()],
+        FakeBackend::new(),
+    )
+    .await;
+    let plain = s.get("/api/v1/models").await;
+    assert_eq!(plain.status(), 401);
+    assert_eq!(
+        plain.headers()["www-authenticate"],
+        r#"Basic realm="sdserve""#
+    );
+    let script = s
+        .client
+        .get(s.url("/api/v1/models"))
+        .header("X-Requested-With", "XMLHttpRequest")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(script.status(), 401);
+    assert_eq!(
+        script.headers()["www-authenticate"],
+        r#"xBasic realm="sdserve""#
+    );
+}
+
 /// The `data` of the SSE events up to the first one `stop` accepts.
 async fn events_until(s: &TestServer, id: &str, stop: impl Fn(&Value) -> bool) -> Vec<Value> {
     let mut resp = s.get(&format!("/api/v1/jobs/{id}/events")).await;

@@ -12,7 +12,9 @@ Scenarios (`--scenario`):
   auth  a server with --api-key and --queue-size 1: the page asks for the key
         once (a wrong key is refused), keeps it across a reload, and shows a
         429 with its Retry-After.
-  basic a server with --api-auth: the page's prompt takes user and password.
+  basic a server with --api-auth and a small --memory-limit: the page's prompt
+        takes user and password; an image too large for the memory plan
+        shows the server's 413 beside Width.
 Screenshots go to --screenshots.
 """
 
@@ -440,7 +442,7 @@ def scenario_auth(args):
 
 def scenario_basic(args):
     """A server with --api-auth: the page's own prompt (not the browser's)
-    takes a user name and password."""
+    takes a user name and password; then the memory plan's 413."""
     user, password = args.basic.split(":", 1)
     errors = []
     with sync_playwright() as p:
@@ -461,6 +463,16 @@ def scenario_basic(args):
         page.get_by_role("button", name="Generate").click()
         _, size, _ = displayed_image(page, "#latest img")
         assert size == (64, 64), size
+        # This server's memory plan (--memory-limit) fits 144x144 at most: a
+        # larger size is its 413, shown beside the field it names.
+        expect(page.locator("#size-hint")).to_contain_text("fits in memory up to 144×144")
+        page.get_by_label("Width", exact=True).fill("512")
+        page.get_by_label("Height", exact=True).fill("512")
+        page.get_by_role("button", name="Generate").click()
+        error = page.locator("#width-error")
+        expect(error).to_contain_text("Too large for this server")
+        expect(error).to_contain_text("memory budget")
+        log(f"413: {error.text_content()!r}")
         browser.close()
     assert not errors, "\n".join(errors)
     log("basic: user name and password taken by the page's own prompt")

@@ -93,8 +93,12 @@ fn the_page_asks_for_the_key_once_and_shows_a_full_queue() {
 }
 
 #[test]
-fn the_page_signs_in_with_basic_credentials() {
+fn the_page_signs_in_with_basic_credentials_and_shows_the_memory_plans_413() {
     let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(dir.path(), &["--api-auth", "ann:pw-1"]);
+    // 60 MiB fits the tiny model up to 144x144.
+    let server = Server::start(
+        dir.path(),
+        &["--api-auth", "ann:pw-1", "--memory-limit", "60M"],
+    );
     run_page_script(&server, "basic", &["--basic", "ann:pw-1"], dir.path());
 }

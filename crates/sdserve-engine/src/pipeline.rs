@@ -208,7 +208,10 @@ fn denoise(
                 // The latents are now at step + 1's noise level (sigma 0 after the last).
                 let scaled = job.sampler.scale_model_input(&job.latents, step + 1)?;
                 if let Some(preview) = crate::preview::cheap_preview(&scaled, model.family)? {
-                    observer.preview(preview);
+                    observer.preview(crate::preview::Preview {
+                        job: job.parent,
+                        ..preview
+                    });
                 }
             }
         }

@@ -29,6 +29,9 @@ pub struct Preview {
     pub width: usize,
     pub height: usize,
     pub rgb: Vec<u8>,
+    /// The index of the request (in the batch) whose latents it shows, so a
+    /// server shows it to that request's owner only.
+    pub job: usize,
 }
 
 /// The first image of `latents` (`(n, 4, h, w)`, in the UNet's input scale)
@@ -59,7 +62,12 @@ pub fn cheap_preview(latents: &Tensor, family: Family) -> Result<Option<Preview>
         .iter()
         .map(|v| (((v + 1.0) / 2.0).clamp(0.0, 1.0) * 255.0) as u8)
         .collect();
-    Ok(Some(Preview { width, height, rgb }))
+    Ok(Some(Preview {
+        width,
+        height,
+        rgb,
+        job: 0,
+    }))
 }
 
 #[cfg(test)]

@@ -25,7 +25,7 @@ use crate::metrics::Metrics;
 use crate::models::Models;
 use crate::signing::UrlSigner;
 use crate::state::AppState;
-use crate::{auth, connections, ops};
+use crate::{auth, connections, ops, web};
 
 /// After the drain timeout cancels the remaining jobs, how long the running
 /// batch gets to notice (at its next step) before the server exits without it.
@@ -176,6 +176,7 @@ impl App {
             .merge(dialects::openai::routes())
             .merge(dialects::simple::routes())
             .merge(ops::routes())
+            .merge(web::routes())
             .fallback(no_route)
             .method_not_allowed_fallback(wrong_method)
             .layer(middleware::from_fn_with_state(

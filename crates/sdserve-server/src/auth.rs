@@ -1,7 +1,8 @@
 //! Optional authentication: API keys (`Authorization: Bearer KEY`), operator
 //! keys (`--admin-key`) and A1111-style HTTP Basic (`--api-auth USER:PASS`).
-//! When any credential is configured, every route except `/livez`, `/readyz`
-//! and signed image links requires one (401 otherwise, in the dialect's error
+//! When any credential is configured, every route except `/livez`, `/readyz`,
+//! the web page's files (`/`, `/ui/...`: no data, and the page must load to
+//! ask for a key) and signed image links requires one (401 otherwise, in the dialect's error
 //! shape). Secrets are compared in constant time, as given (no case folding).
 //!
 //! The credential used names the caller: `key:<hash>` (a SHA-256 prefix, stable
@@ -26,8 +27,8 @@ use crate::extract::Caller;
 use crate::jobs::ClientId;
 use crate::state::AppState;
 
-/// Routes that never require credentials (orchestrator probes).
-const PUBLIC_PATHS: [&str; 2] = ["/livez", "/readyz"];
+/// Routes that never require credentials (orchestrator probes, the web page).
+const PUBLIC_PATHS: [&str; 3] = ["/livez", "/readyz", "/"];
 
 /// Routes that carry their own proof (an HMAC-signed, expiring image link).
 const SIGNED_PREFIX: &str = "/v1/images/files/";
@@ -91,12 +92,18 @@ pub fn identify(auth: &AuthConfig, headers: &HeaderMap) -> Option<Caller> {
     None
 }
 
-/// The challenge sent with a 401.
-fn challenge(auth: &AuthConfig) -> &'static str {
-    if auth.basic.is_empty() {
-        "Bearer"
-    } else {
-        "Basic realm=\"sdserve\""
+/// The challenge sent with a 401. A script that says so (`X-Requested-With:
+/// XMLHttpRequest`, as the web page does) gets Basic under another name
+/// (`xBasic`): a browser shows its own login prompt for `Basic`, which would
+/// take over from the page's and, headless, stall the request.
+fn challenge(auth: &AuthConfig, headers: &HeaderMap) -> &'static str {
+    let script = headers
+        .get("x-requested-with")
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"XMLHttpRequest"));
+    match (auth.basic.is_empty(), script) {
+        (true, _) => "Bearer",
+        (false, false) => "Basic realm=\"sdserve\"",
+        (false, true) => "xBasic realm=\"sdserve\"",
     }
 }
 
@@ -112,6 +119,7 @@ pub async fn require_auth(
         Some(caller) => caller,
         None if !auth.enabled()
             || PUBLIC_PATHS.contains(&path)
+            || path.starts_with(crate::web::ASSET_PREFIX)
             || path.starts_with(SIGNED_PREFIX) =>
         {
             // Without a credential on an open route the caller owns nothing:
@@ -123,7 +131,7 @@ pub async fn require_auth(
         }
         None => {
             let error = ApiError::Unauthorized {
-                challenge: challenge(auth),
+                challenge: challenge(auth, request.headers()),
             };
             return Dialect::for_path(path).error_response(error);
         }

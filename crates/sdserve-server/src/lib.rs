@@ -37,6 +37,7 @@ pub mod ops;
 pub mod signing;
 pub mod state;
 pub mod validation;
+pub mod web;
 
 pub use app::{App, ServerError, ShutdownReport};
 pub use backend::{Backend, FakeBackend};

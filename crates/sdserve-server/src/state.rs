@@ -170,6 +170,20 @@ impl AppState {
         Ok(record.snapshot)
     }
 
+    /// The newest `limit` jobs `caller` may see whose results are kept: those
+    /// in memory, then records on disk (blocking reads, off the runtime).
+    pub async fn jobs_for(
+        &self,
+        caller: &Caller,
+        limit: usize,
+    ) -> Result<Vec<JobSnapshot>, ApiError> {
+        let jobs = self.jobs.clone();
+        let caller = caller.clone();
+        tokio::task::spawn_blocking(move || jobs.recent(|owner| caller.may_see(owner), limit))
+            .await
+            .map_err(|e| ApiError::Internal(format!("job listing failed: {e}")))
+    }
+
     /// Deletes a job the caller may see (cancelling it first if unfinished).
     pub async fn delete_job(&self, id: JobId, caller: &Caller) -> Result<(), ApiError> {
         self.job_for(id, caller).await?;

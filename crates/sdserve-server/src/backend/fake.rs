@@ -214,6 +214,7 @@ impl Backend for FakeBackend {
                     width: 2,
                     height: 2,
                     rgb: vec![step as u8; 12],
+                    job: cancelled.iter().position(|c| !c).unwrap_or(0),
                 });
             }
         }

@@ -130,8 +130,9 @@ pub(super) struct State {
     finished: VecDeque<(Instant, JobId)>,
     running: Vec<Arc<JobEntry>>,
     current: Option<CurrentBatch>,
-    /// The running batch's latest live preview (PNG) and its id (counts up).
-    preview: Option<(i64, Arc<Vec<u8>>)>,
+    /// The running batch's latest live preview (PNG), its id (counts up)
+    /// and the job whose latents it shows.
+    preview: Option<(i64, Arc<Vec<u8>>, JobId)>,
     previews_made: i64,
     stop: bool,
     /// Moving average of batch wall time, for Retry-After.
@@ -371,13 +372,24 @@ impl Jobs {
 
     /// The running batch's latest live preview: its id and PNG bytes.
     pub fn current_preview(&self) -> Option<(i64, Arc<Vec<u8>>)> {
-        self.shared.lock().preview.clone()
+        let st = self.shared.lock();
+        st.preview.as_ref().map(|(n, png, _)| (*n, png.clone()))
     }
 
-    pub(super) fn set_preview(&self, png: Vec<u8>) {
+    /// The latest live preview of one running job (`None` when the batch's
+    /// preview shows another job: only its owner may see it).
+    pub fn preview_of(&self, job: JobId) -> Option<Arc<Vec<u8>>> {
+        let st = self.shared.lock();
+        match &st.preview {
+            Some((_, png, of)) if *of == job => Some(png.clone()),
+            _ => None,
+        }
+    }
+
+    pub(super) fn set_preview(&self, job: JobId, png: Vec<u8>) {
         let mut st = self.shared.lock();
         st.previews_made += 1;
-        st.preview = Some((st.previews_made, Arc::new(png)));
+        st.preview = Some((st.previews_made, Arc::new(png), job));
     }
 
     /// Refuses new jobs from now on; queued and running ones go on.

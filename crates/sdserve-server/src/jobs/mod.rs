@@ -2,13 +2,14 @@
 //! the worker thread that runs the engine, and the on-disk records and results:
 //! durable before a job is acknowledged (`manager.rs`), recovered after a crash
 //! (`recovery.rs`), removed when old (`retention.rs`), refused up front when the
-//! disk is nearly full (`space.rs`); names clients give their jobs
+//! disk is nearly full (`space.rs`); listed per caller (`listing.rs`); names clients give their jobs
 //! (`task_names.rs`, A1111's `force_task_id`).
 
 pub mod deletion;
 pub mod handle;
 pub mod id;
 pub mod job;
+pub mod listing;
 pub mod manager;
 pub mod queue;
 pub mod record;

@@ -272,6 +272,25 @@ impl Store {
         Ok(scan)
     }
 
+    /// The ids of the job records on disk, most recently written first
+    /// (blocking: a directory listing, no record is read).
+    pub fn record_ids_newest_first(&self) -> Vec<JobId> {
+        let Ok(entries) = std::fs::read_dir(&self.dir) else {
+            return Vec::new();
+        };
+        let mut ids: Vec<(SystemTime, JobId)> = entries
+            .flatten()
+            .filter_map(|entry| {
+                let name = entry.file_name();
+                let id = name.to_str()?.strip_suffix(".json")?.parse().ok()?;
+                let modified = entry.metadata().ok()?.modified().ok()?;
+                Some((modified, id))
+            })
+            .collect();
+        ids.sort_by_key(|(modified, _)| std::cmp::Reverse(*modified));
+        ids.into_iter().map(|(_, id)| id).collect()
+    }
+
     /// Bytes free for unprivileged writers on the directory's file system.
     pub fn free_bytes(&self) -> io::Result<u64> {
         free_bytes(&self.dir)

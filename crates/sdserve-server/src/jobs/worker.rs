@@ -87,6 +87,10 @@ impl Observer for BatchObserver<'_> {
     }
 
     fn preview(&mut self, preview: Preview) {
+        let Some(entry) = self.batch.get(preview.job) else {
+            return;
+        };
+        let job = entry.id;
         let image = GeneratedImage {
             width: preview.width,
             height: preview.height,
@@ -95,7 +99,7 @@ impl Observer for BatchObserver<'_> {
             infotext: String::new(),
         };
         if let Ok(png) = png::encode_png(&image) {
-            self.jobs.set_preview(png);
+            self.jobs.set_preview(job, png);
         }
     }
 

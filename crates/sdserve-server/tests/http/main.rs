@@ -22,3 +22,4 @@ mod restart;
 mod retention;
 mod simple;
 mod spec;
+mod web;

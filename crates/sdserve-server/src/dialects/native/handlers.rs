@@ -1,4 +1,5 @@
-//! Handlers of the native API: submit, status, cancel, events, images, listings.
+//! Handlers of the native API: submit, status, cancel, events, images
+//! (listings are in `listings.rs`).
 
 use std::convert::Infallible;
 use std::pin::Pin;
@@ -14,11 +15,11 @@ use axum::Json;
 use futures_util::Stream;
 use tokio::sync::watch;
 
-use super::wire::{CreateJob, JobAccepted, JobEvent, JobView, ModelList, ModelView, SamplerView};
+use super::wire::{CreateJob, JobAccepted, JobEvent, JobView};
 use super::{Native, NativeErrors};
 use crate::dialects::images;
 use crate::dialects::Dialect;
-use crate::engine_api::{GrayImage, ImageToImage, SamplerId};
+use crate::engine_api::{GrayImage, ImageToImage};
 use crate::error::{ApiError, Rejection};
 use crate::extract::{parse_id, parse_json, Caller};
 use crate::jobs::{ImageId, JobId, JobSnapshot, JobStatus};
@@ -132,7 +133,8 @@ pub async fn get_job(
     path: std::result::Result<Path<String>, PathRejection>,
 ) -> Result<Json<JobView>> {
     let id: JobId = parse_id(path)?;
-    Ok(Json(state.job_for(id, &caller).await?.into()))
+    let snapshot = state.job_for(id, &caller).await?;
+    Ok(Json(view_with_preview(&state, snapshot)))
 }
 
 /// Cancel a job and keep it: a queued job ends at once, a running one at its
@@ -174,8 +176,19 @@ pub async fn delete_job(
 
 type EventStream = Pin<Box<dyn Stream<Item = std::result::Result<Event, Infallible>> + Send>>;
 
-fn event(name: &str, snapshot: JobSnapshot) -> Event {
-    let data = serde_json::to_string(&JobView::from(snapshot)).unwrap_or_default();
+/// The job's view with its live preview, while it runs (the caller may see
+/// the job, and the preview is of this job only).
+pub(super) fn view_with_preview(state: &AppState, snapshot: JobSnapshot) -> JobView {
+    let preview = match snapshot.status {
+        JobStatus::Running => state.jobs.preview_of(snapshot.id),
+        _ => None,
+    };
+    JobView::from(snapshot).with_preview(preview.as_deref().map(Vec::as_slice))
+}
+
+fn event(state: &AppState, name: &str, snapshot: JobSnapshot) -> Event {
+    let view = view_with_preview(state, snapshot);
+    let data = serde_json::to_string(&view).unwrap_or_default();
     Event::default().event(name).data(data)
 }
 
@@ -196,27 +209,37 @@ pub async fn job_events(
     let stream: EventStream = match state.jobs.entry(id) {
         Some(entry) => {
             let rx = entry.subscribe();
+            let state = state.clone();
             Box::pin(futures_util::stream::unfold(
                 (rx, None::<JobStatus>, true),
-                |(mut rx, last, first): (watch::Receiver<JobSnapshot>, Option<JobStatus>, bool)| async move {
-                    if last.is_some_and(JobStatus::is_terminal) {
-                        return None;
+                move |(mut rx, last, first): (
+                    watch::Receiver<JobSnapshot>,
+                    Option<JobStatus>,
+                    bool,
+                )| {
+                    let state = state.clone();
+                    async move {
+                        if last.is_some_and(JobStatus::is_terminal) {
+                            return None;
+                        }
+                        if !first && rx.changed().await.is_err() {
+                            return None;
+                        }
+                        let snap = rx.borrow_and_update().clone();
+                        let name = if last == Some(snap.status) {
+                            "progress"
+                        } else {
+                            "state"
+                        };
+                        let status = snap.status;
+                        Some((Ok(event(&state, name, snap)), (rx, Some(status), false)))
                     }
-                    if !first && rx.changed().await.is_err() {
-                        return None;
-                    }
-                    let snap = rx.borrow_and_update().clone();
-                    let name = if last == Some(snap.status) {
-                        "progress"
-                    } else {
-                        "state"
-                    };
-                    let status = snap.status;
-                    Some((Ok(event(name, snap)), (rx, Some(status), false)))
                 },
             ))
         }
-        None => Box::pin(futures_util::stream::iter([Ok(event("state", snap))])),
+        None => Box::pin(futures_util::stream::iter([Ok(event(
+            &state, "state", snap,
+        ))])),
     };
     Ok(Sse::new(stream)
         .keep_alive(KeepAlive::default())
@@ -236,50 +259,4 @@ pub async fn get_image(
     let id: ImageId = parse_id(path)?;
     let png = state.image_for(id, &caller).await?;
     Ok(([(header::CONTENT_TYPE, "image/png")], png).into_response())
-}
-
-/// The served models, which is the default and loaded, and the defaults
-/// that suit each (once it has been loaded).
-#[utoipa::path(get, path = "/api/v1/models", tag = "native",
-    responses((status = 200, description = "Models", body = ModelList), NativeErrors))]
-pub async fn list_models(State(state): State<Arc<AppState>>) -> Result<Json<ModelList>> {
-    let models = state.models()?;
-    let default = models.default_name();
-    let loaded = models.pool().loaded();
-    let views = models
-        .catalog()
-        .list()
-        .into_iter()
-        .map(|m| {
-            let name = &m.entry.name;
-            let info = models.info(name);
-            ModelView {
-                id: name.clone(),
-                sha256: m.sha256.clone(),
-                default: *name == default,
-                loaded: loaded.contains(name),
-                native_width: info.as_ref().map(|i| i.native_width),
-                native_height: info.as_ref().map(|i| i.native_height),
-                default_steps: info.as_ref().map(|i| i.default_steps),
-                default_cfg_scale: info.as_ref().map(|i| i.default_cfg_scale),
-                vae_scale_factor: info.as_ref().map(|i| i.vae_scale_factor),
-            }
-        })
-        .collect();
-    Ok(Json(ModelList { models: views }))
-}
-
-/// The samplers, by id and A1111 label.
-#[utoipa::path(get, path = "/api/v1/samplers", tag = "native",
-    responses((status = 200, description = "Samplers", body = Vec<SamplerView>), NativeErrors))]
-pub async fn list_samplers() -> Json<Vec<SamplerView>> {
-    Json(
-        SamplerId::ALL
-            .iter()
-            .map(|s| SamplerView {
-                id: s.id().to_string(),
-                label: s.label().to_string(),
-            })
-            .collect(),
-    )
 }

@@ -1,9 +1,12 @@
 //! The native API under `/api/v1`: asynchronous jobs. `POST /jobs` answers 202
 //! with the job id at once; clients then poll `GET /jobs/{id}`, follow
-//! `GET /jobs/{id}/events` (server-sent events), cancel with `DELETE`, and fetch
-//! PNGs from `GET /images/{id}`. Errors: `{"error", "error_type", "field"}`.
+//! `GET /jobs/{id}/events` (server-sent events, with live previews), cancel
+//! with `POST /jobs/{id}/cancel` (or `DELETE` to remove), list their own with
+//! `GET /jobs`, and fetch PNGs from `GET /images/{id}`; `GET /models`,
+//! `/samplers` and `/limits` let a client (the web page) build its form. Errors: `{"error", "error_type", "field"}`.
 
 mod handlers;
+mod listings;
 mod wire;
 
 use std::sync::Arc;
@@ -17,6 +20,7 @@ use crate::error::{ApiError, ErrorShape};
 use crate::state::AppState;
 
 pub use handlers::*;
+pub use listings::*;
 pub use wire::*;
 
 /// Error shape of the native dialect.
@@ -85,11 +89,12 @@ pub enum NativeErrors {
 /// The native routes.
 pub fn routes() -> Router<Arc<AppState>> {
     Router::new()
-        .route("/api/v1/jobs", post(create_job))
+        .route("/api/v1/jobs", post(create_job).get(list_jobs))
         .route("/api/v1/jobs/{id}", get(get_job).delete(delete_job))
         .route("/api/v1/jobs/{id}/cancel", post(cancel_job))
         .route("/api/v1/jobs/{id}/events", get(job_events))
         .route("/api/v1/images/{id}", get(get_image))
         .route("/api/v1/models", get(list_models))
         .route("/api/v1/samplers", get(list_samplers))
+        .route("/api/v1/limits", get(limits))
 }

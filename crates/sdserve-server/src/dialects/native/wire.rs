@@ -1,8 +1,9 @@
-//! Wire shapes of the native API: the job request, and the job, model and
-//! sampler views it answers with.
+//! Wire shapes of the native API: the job request, and the job, model,
+//! sampler and limits views it answers with.
 
+use base64::Engine as _;
 use serde::{Deserialize, Serialize};
-use utoipa::ToSchema;
+use utoipa::{IntoParams, ToSchema};
 
 use crate::engine_api::{HiresSize, Upscaler};
 use crate::jobs::{
@@ -199,6 +200,8 @@ pub struct ImageView {
     pub url: String,
     /// Seed it was generated from.
     pub seed: u64,
+    /// The A1111 infotext in the PNG's `parameters` chunk.
+    pub infotext: String,
 }
 
 /// A job's state as the native API shows it.
@@ -213,6 +216,12 @@ pub struct JobView {
     pub queue_position: Option<usize>,
     /// Steps done and total, once running.
     pub progress: Option<StepProgress>,
+    /// Seconds until the running job's last step, from the pace so far
+    /// (null while queued, before the first step, and once finished).
+    pub eta_seconds: Option<f64>,
+    /// While running: the latest live preview of this job's latents, as a
+    /// `data:image/png;base64,...` URL (A1111's "Approx cheap", latent size).
+    pub preview: Option<String>,
     /// A cancel was asked for while running.
     pub cancel_requested: bool,
     /// Why it failed.
@@ -231,9 +240,32 @@ pub struct JobView {
     pub timings: Option<JobTimings>,
 }
 
+impl JobView {
+    /// This view with a live preview PNG (see [`JobView::preview`]).
+    pub fn with_preview(mut self, png: Option<&[u8]>) -> Self {
+        self.preview = png.map(|png| {
+            let base64 = base64::engine::general_purpose::STANDARD.encode(png);
+            format!("data:image/png;base64,{base64}")
+        });
+        self
+    }
+}
+
+/// Seconds left for a running job: the time per step so far times the steps left.
+fn eta_seconds(s: &JobSnapshot) -> Option<f64> {
+    let progress = s.progress.filter(|p| p.step > 0 && p.total >= p.step)?;
+    if s.status != JobStatus::Running {
+        return None;
+    }
+    let elapsed = (crate::jobs::job::unix_now() - s.started_at?).max(0.0);
+    Some(elapsed / progress.step as f64 * (progress.total - progress.step) as f64)
+}
+
 impl From<JobSnapshot> for JobView {
     fn from(s: JobSnapshot) -> Self {
         Self {
+            eta_seconds: eta_seconds(&s),
+            preview: None,
             id: s.id,
             status: s.status,
             queue_position: s.queue_position,
@@ -247,6 +279,7 @@ impl From<JobSnapshot> for JobView {
                     url: format!("/api/v1/images/{}", i.id),
                     id: i.id,
                     seed: i.seed,
+                    infotext: i.infotext,
                 })
                 .collect(),
             params: s.params,
@@ -297,6 +330,50 @@ pub struct SamplerView {
     pub id: String,
     /// A1111 label (`Euler a`...).
     pub label: String,
+    /// The label without its schedule (`DPM++ 2M` for `DPM++ 2M Karras`), as
+    /// A1111 1.9+ names samplers.
+    pub sampler: String,
+    /// Its noise schedule as A1111 names it: `Automatic` or `Karras`.
+    pub schedule: String,
+}
+
+/// `GET /api/v1/jobs` query.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct JobListQuery {
+    /// Most jobs to return, newest first (1 to 100, default 30).
+    #[param(minimum = 1, maximum = 100)]
+    pub limit: Option<usize>,
+}
+
+/// `GET /api/v1/jobs`: the caller's jobs, newest first.
+#[derive(Serialize, ToSchema)]
+pub struct JobList {
+    /// Queued, running and finished jobs whose results are kept, newest first.
+    pub jobs: Vec<JobView>,
+}
+
+/// `GET /api/v1/limits`: the bounds a job must keep, so a client can check
+/// before it submits (the server still checks).
+#[derive(Serialize, ToSchema)]
+pub struct LimitsView {
+    /// Largest width in pixels.
+    pub max_width: usize,
+    /// Largest height in pixels.
+    pub max_height: usize,
+    /// Largest width × height.
+    pub max_pixels: usize,
+    /// Most steps.
+    pub max_steps: usize,
+    /// Most images per job.
+    pub max_batch: usize,
+    /// Longest prompt, in characters.
+    pub max_prompt_chars: usize,
+    /// Largest request body in bytes (init images travel in it, base64).
+    pub max_body_bytes: usize,
+    /// Largest square size one image of the default model fits in memory
+    /// (within the limits above); null while the model loads.
+    pub largest_square: Option<usize>,
 }
 
 /// One server-sent event of `GET /api/v1/jobs/{id}/events`.

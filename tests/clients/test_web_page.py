@@ -197,6 +197,40 @@ def viewer_reuses_settings(page, settings):
     log("viewer: infotext copied, settings reused")
 
 
+def hires_fix_matches_the_api(page, api, settings):
+    """The hires fix section: the page's image is the API's `hires` job's, at the target size."""
+    page.get_by_role("button", name="Remove image").click()
+    expect(page.locator("#img2img-state")).to_have_text("(off)")
+    fill_form(page, settings)
+    old = page.eval_on_selector("#latest img", "img => img.dataset.id")
+    page.locator("#hires summary").click()
+    page.get_by_label("Generate at the size above, then enlarge and refine").check()
+    expect(page.locator("#hires-state")).to_have_text("(on)")
+    page.get_by_label("Upscale by", exact=True).fill("1.5")
+    page.get_by_label("Upscaler", exact=True).select_option("Lanczos")
+    page.get_by_label("Hires steps", exact=True).fill("2")
+    page.get_by_label("Denoising strength", exact=True).fill("0.5")
+    page.get_by_role("button", name="Generate").click()
+    page.wait_for_function("id => document.querySelector('#latest img')?.dataset.id !== id", arg=old,
+                           timeout=TIMEOUT_MS)
+    image_id, size, _ = displayed_image(page, "#latest img")
+    assert size == (96, 72), size
+    body = api_body(settings)
+    body["hires"] = {"scale": 1.5, "upscaler": "Lanczos", "steps": 2, "denoising_strength": 0.5}
+    shown = requests.get(f"{api.base}/api/v1/images/{image_id}", timeout=30).content
+    assert shown == api.png(body), "the page's hires image differs from the API's"
+    # A hires image's infotext fills the section back ("Use these settings").
+    page.get_by_label("Generate at the size above, then enlarge and refine").uncheck()
+    page.locator("#latest button.tile").first.click()
+    page.get_by_role("button", name="Use these settings").click()
+    expect(page.locator("#hires-state")).to_have_text("(on)")
+    assert page.get_by_label("Upscaler", exact=True).input_value() == "Lanczos"
+    assert page.get_by_label("Hires steps", exact=True).input_value() == "2"
+    page.get_by_label("Generate at the size above, then enlarge and refine").uncheck()
+    page.locator("#hires summary").click()
+    log("hires fix: the page shows the API's 96x72 hires PNG; its infotext fills the section")
+
+
 def a1111_png(path):
     """A PNG as A1111 writes it: a multi-line prompt, non-Latin-1 text (so an
     iTXt chunk), the 1.9+ sampler and schedule keys."""
@@ -326,14 +360,15 @@ def reload_keeps_the_gallery(page, api):
     page.reload()
     page.wait_for_selector("body[data-ready=true]", timeout=TIMEOUT_MS)
     # This browser's images, and the server's list for this caller (which
-    # also holds the reference image the test asked the API for).
+    # also holds the two reference images the test asked the API for: the
+    # plain one and the hires one).
     jobs = requests.get(f"{api.base}/api/v1/jobs", timeout=30).json()["jobs"]
     on_server = sum(len(j["images"]) for j in jobs if j["status"] == "succeeded")
-    assert on_server == count + 1, (on_server, count)
+    assert on_server == count + 2, (on_server, count)
     expect(page.locator("#gallery li")).to_have_count(on_server)
     # The form was kept too.
     assert page.get_by_label("Steps", exact=True).input_value() == "150"
-    log(f"reload: {count} images kept, the API's one added from the server's list")
+    log(f"reload: {count} images kept, the API's two added from the server's list")
 
 
 def phone(browser, base, shots, errors):
@@ -378,6 +413,7 @@ def scenario_page(args):
         png_info_fills_the_form(page, args.screenshots)
         bad_input_shows_the_servers_message(page, api)
         img2img_with_a_drawn_mask(page)
+        hires_fix_matches_the_api(page, api, settings)
         # The screenshot for the README: a finished job, a filled form, from the top.
         page.get_by_label("Prompt", exact=True).fill("a red fox in the snow, golden hour")
         page.evaluate("""() => {
@@ -463,9 +499,13 @@ def scenario_basic(args):
         page.get_by_role("button", name="Generate").click()
         _, size, _ = displayed_image(page, "#latest img")
         assert size == (64, 64), size
-        # This server's memory plan (--memory-limit) fits 144x144 at most: a
-        # larger size is its 413, shown beside the field it names.
-        expect(page.locator("#size-hint")).to_contain_text("fits in memory up to 144×144")
+        # This server's memory plan (--memory-limit 60M, less the process's own
+        # resident memory) fits a small square at most: the page shows the
+        # server's figure, and a larger size is its 413 beside the field it names.
+        limits = requests.get(f"{args.base_url}/api/v1/limits", auth=(user, password), timeout=30).json()
+        square = limits["largest_square"]
+        assert 64 <= square < 512, limits
+        expect(page.locator("#size-hint")).to_contain_text(f"fits in memory up to {square}×{square}")
         page.get_by_label("Width", exact=True).fill("512")
         page.get_by_label("Height", exact=True).fill("512")
         page.get_by_role("button", name="Generate").click()

@@ -32,9 +32,10 @@ export function setup({ models, samplers, limits }) {
   $("prompt").maxLength = limits.max_prompt_chars;
   $("negative_prompt").maxLength = limits.max_prompt_chars;
   applyModelDefaults(false);
-  for (const id of FIELDS.concat(["strength", "model", "sampler"])) {
+  for (const id of FIELDS.concat(["strength", "model", "sampler", "hires.scale", "hires.steps", "hires.denoising_strength"])) {
     $(id).addEventListener("input", () => showFieldError(id, null));
   }
+  $("hires-on").addEventListener("change", showHiresState);
 }
 
 function samplerOf(id) {
@@ -128,8 +129,21 @@ export function readRequest() {
     batch_size: numberOf("batch_size"),
   };
   if (server.models.length > 1) request.model = $("model").value;
+  if ($("hires-on").checked) {
+    request.hires = {
+      scale: numberOf("hires.scale"),
+      upscaler: $("hires.upscaler").value,
+      steps: numberOf("hires.steps"),
+      denoising_strength: numberOf("hires.denoising_strength"),
+    };
+  }
   for (const key of Object.keys(request)) if (request[key] === undefined) delete request[key];
   return request;
+}
+
+/** The hires fix's summary line follows its checkbox. */
+function showHiresState() {
+  $("hires-state").textContent = $("hires-on").checked ? "(on)" : "(off)";
 }
 
 /** Fills the fields `values` names (keys as in a native request). */
@@ -138,6 +152,13 @@ export function fill(values) {
     if (values[id] !== undefined && values[id] !== null) $(id).value = values[id];
   }
   if (values.strength !== undefined) $("strength").value = values.strength;
+  $("hires-on").checked = Boolean(values.hires);
+  if (values.hires) {
+    for (const key of ["scale", "upscaler", "steps", "denoising_strength"]) {
+      if (values.hires[key] != null) $(`hires.${key}`).value = values.hires[key];
+    }
+  }
+  showHiresState();
   if (values.model) {
     const model = server.models.find((m) => m.id === values.model || m.sha256?.startsWith(values.model_hash || "\u0000"));
     if (model) $("model").value = model.id;

@@ -98,7 +98,17 @@ export function formValuesOf(text, samplers) {
   values.steps = number("Steps");
   values.cfg_scale = number("CFG scale");
   values.seed = number("Seed");
-  values.strength = number("Denoising strength");
+  if ("Hires upscaler" in settings) {
+    // A hires job: the strength is its second pass's.
+    values.hires = {
+      scale: number("Hires upscale"),
+      upscaler: settings["Hires upscaler"],
+      steps: number("Hires steps") ?? 0,
+      denoising_strength: number("Denoising strength"),
+    };
+  } else {
+    values.strength = number("Denoising strength");
+  }
   const size = /^(\d+)x(\d+)$/.exec(settings.Size || "");
   if (size) [values.width, values.height] = [Number(size[1]), Number(size[2])];
   if (settings.Model) values.model = settings.Model;

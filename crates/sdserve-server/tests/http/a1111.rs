@@ -500,3 +500,44 @@ async fn progress_and_interrupt() {
         0.0
     );
 }
+
+/// `skip` ends the running request's sampling: it answers 200 with the image
+/// decoded from where it stopped, and the caller's queued request still runs.
+#[tokio::test]
+async fn skip_returns_the_running_image_and_keeps_the_queue() {
+    let s = TestServer::with(
+        |_| {},
+        FakeBackend::new().with_step_delay(Duration::from_millis(20)),
+    )
+    .await;
+    let post = |body: Value| {
+        let client = s.client.clone();
+        let url = s.url("/sdapi/v1/txt2img");
+        tokio::spawn(async move { client.post(url).json(&body).send().await.unwrap() })
+    };
+    let running = post(json!({"prompt": "long", "steps": 40, "seed": 1}));
+    for _ in 0..200 {
+        let p: Value = s.get("/sdapi/v1/progress").await.json().await.unwrap();
+        if p["state"]["sampling_step"].as_u64().unwrap_or(0) >= 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // Another request of the same caller, queued behind (other steps: not batched with it).
+    let queued = post(json!({"prompt": "next", "steps": 3, "seed": 2}));
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let asked = std::time::Instant::now();
+    let resp = s.client.post(s.url("/sdapi/v1/skip")).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let skipped = running.await.unwrap();
+    assert_eq!(skipped.status(), 200);
+    // Unskipped, its 35-odd remaining steps would take 1.75 s or more.
+    let waited = asked.elapsed();
+    assert!(waited < Duration::from_millis(1000), "{waited:?}");
+    let body: Value = skipped.json().await.unwrap();
+    assert_eq!(body["images"].as_array().unwrap().len(), 1);
+    let next = queued.await.unwrap();
+    assert_eq!(next.status(), 200, "the queued request was not skipped");
+    let body: Value = next.json().await.unwrap();
+    assert_eq!(body["images"].as_array().unwrap().len(), 1);
+}

@@ -155,15 +155,15 @@ pub async fn interrupt(
     Json(serde_json::json!({}))
 }
 
-/// Cancel the caller's running A1111 jobs (the current iteration).
+/// Skip the caller's running A1111 job: as in A1111, its sampling stops and
+/// the request answers 200 with the images decoded from where they stopped;
+/// its queued jobs go on. (A1111 skips one iteration of `n_iter`; sdserve
+/// runs a request's iterations together, so they all stop at that step.)
 #[utoipa::path(post, path = "/sdapi/v1/skip", tag = "a1111",
     responses((status = 200, description = "Skipped", body = Object), A1111Errors))]
 pub async fn skip(State(state): State<Arc<AppState>>, caller: Caller) -> Json<serde_json::Value> {
     let who = caller.clone();
-    let n = state
-        .jobs
-        .cancel_where_off_runtime(move |e| mine(&who, e) && e.status() == JobStatus::Running)
-        .await;
-    tracing::info!(cancelled = n, client = ?caller.client, "a1111 skip");
+    let finished = state.jobs.finish_early_where(|e| mine(&who, e));
+    tracing::info!(finished, client = ?caller.client, "a1111 skip");
     Json(serde_json::json!({}))
 }

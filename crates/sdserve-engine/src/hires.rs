@@ -14,6 +14,10 @@
 use crate::error::{EngineError, Result};
 use crate::image_ops::Filter;
 
+/// A1111's defaults for an enabled hires fix (`StableDiffusionProcessingTxt2Img`).
+pub const DEFAULT_SCALE: f64 = 2.0;
+pub const DEFAULT_DENOISING_STRENGTH: f64 = 0.75;
+
 /// The hires-fix settings of a text-to-image job.
 #[derive(Debug, Clone, PartialEq)]
 pub struct HiresFix {

@@ -1,7 +1,10 @@
 //! The one place the server names engine items, so that a change in the engine's
 //! public API touches one file here. The server never names a tensor.
 
-pub use sdserve_engine::hires::{HiresFix, HiresSize, StepCount, Upscaler, UPSCALER_NAMES};
+pub use sdserve_engine::hires::{
+    HiresFix, HiresSize, StepCount, Upscaler, DEFAULT_DENOISING_STRENGTH, DEFAULT_SCALE,
+    UPSCALER_NAMES,
+};
 pub use sdserve_engine::image_input::{
     self, DecodedImage, ImageInputError, ImageLimits, ImageText, TextChunk,
 };

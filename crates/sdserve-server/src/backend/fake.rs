@@ -98,8 +98,10 @@ impl FakeBackend {
             key = mix(key ^ (init.image.width as u64) ^ ((mask.len() as u64) << 40));
         }
         if let Some(hires) = &request.hires {
-            key = mix(key ^ format!("{hires:?}").len() as u64 ^ hires.steps as u64);
-            key = mix(key ^ hires.denoising_strength.to_bits());
+            // Every setting (upscaler, size, steps, strength) changes the picture.
+            for byte in format!("{hires:?}").bytes() {
+                key = mix(key ^ u64::from(byte));
+            }
         }
         let (width, height) = request.output_size(self.info.vae_scale_factor);
         let mut rgb = Vec::with_capacity(width * height * 3);

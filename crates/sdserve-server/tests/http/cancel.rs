@@ -28,15 +28,7 @@ async fn step_of(s: &TestServer, id: &str) -> u64 {
 #[tokio::test]
 async fn running_job_stops_within_one_step() {
     let s = slow().await;
-    let id = s
-        .post("/api/v1/jobs", json!({"prompt": "long", "steps": 100}))
-        .await
-        .json::<Value>()
-        .await
-        .unwrap()["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let id = s.submit_job(json!({"prompt": "long", "steps": 100})).await;
     while step_of(&s, &id).await < 3 {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
@@ -174,15 +166,7 @@ async fn disconnecting_sync_clients_cancel_their_jobs() {
 #[tokio::test]
 async fn deleting_a_running_job_cancels_it_and_leaves_nothing() {
     let s = slow().await;
-    let id = s
-        .post("/api/v1/jobs", json!({"prompt": "doomed", "steps": 50}))
-        .await
-        .json::<Value>()
-        .await
-        .unwrap()["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let id = s.submit_job(json!({"prompt": "doomed", "steps": 50})).await;
     while step_of(&s, &id).await < 1 {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }

@@ -132,6 +132,16 @@ impl TestServer {
         }
     }
 
+    /// Submits a native job and returns its id (the submission must be accepted).
+    pub async fn submit_job(&self, body: Value) -> String {
+        let resp = self.post("/api/v1/jobs", body).await;
+        assert_eq!(resp.status(), 202, "job refused");
+        resp.json::<Value>().await.expect("json")["id"]
+            .as_str()
+            .expect("an id")
+            .to_string()
+    }
+
     /// Polls the native job until it is terminal.
     pub async fn wait_job(&self, id: &str) -> Value {
         let deadline = Instant::now() + Duration::from_secs(30);

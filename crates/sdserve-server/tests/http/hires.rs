@@ -163,18 +163,12 @@ async fn a1111_refuses_what_the_hires_fix_cannot_do_by_name() {
 #[tokio::test]
 async fn native_jobs_take_a_hires_object() {
     let s = TestServer::start().await;
-    let resp = s
-        .post(
-            "/api/v1/jobs",
+    let id = s
+        .submit_job(
             json!({"prompt": "a fox", "seed": 3, "width": 64, "height": 64,
-                "hires": {"upscaler": "Nearest", "width": 96, "steps": 2, "denoising_strength": 0.5}}),
+            "hires": {"upscaler": "Nearest", "width": 96, "steps": 2, "denoising_strength": 0.5}}),
         )
         .await;
-    assert_eq!(resp.status(), 202);
-    let id = resp.json::<Value>().await.unwrap()["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
     let job = s.wait_job(&id).await;
     assert_eq!(job["status"], "succeeded", "{job}");
     assert_eq!(

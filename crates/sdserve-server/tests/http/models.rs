@@ -244,15 +244,7 @@ async fn options_switch_the_default_by_title_name_or_hash() {
         // Requests that name no model run on the default.
         let answer = txt2img(&m.s, json!({"prompt": "p", "seed": 1})).await;
         assert_eq!(model_of(&answer), expect, "{id}");
-        let id =
-            m.s.post("/api/v1/jobs", json!({"prompt": "p", "seed": 1}))
-                .await
-                .json::<Value>()
-                .await
-                .unwrap()["id"]
-                .as_str()
-                .unwrap()
-                .to_string();
+        let id = m.s.submit_job(json!({"prompt": "p", "seed": 1})).await;
         let job = m.s.wait_job(&id).await;
         assert_eq!(
             job["params"]["model"].as_str().unwrap().split('.').next(),
@@ -300,17 +292,8 @@ async fn each_request_may_pick_its_model_in_its_dialect() {
     assert!(text.ends_with("Model: alpha"), "{text}");
 
     let id =
-        m.s.post(
-            "/api/v1/jobs",
-            json!({"prompt": "p", "model": "gamma.safetensors"}),
-        )
-        .await
-        .json::<Value>()
-        .await
-        .unwrap()["id"]
-            .as_str()
-            .unwrap()
-            .to_string();
+        m.s.submit_job(json!({"prompt": "p", "model": "gamma.safetensors"}))
+            .await;
     let job = m.s.wait_job(&id).await;
     assert_eq!(job["params"]["model"], "gamma.safetensors");
     assert!(infotext(&m.s, &job).await.ends_with("Model: gamma"));

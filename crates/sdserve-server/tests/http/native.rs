@@ -154,15 +154,7 @@ async fn all_request_fields_reach_the_engine() {
 #[tokio::test]
 async fn random_seed_is_reported() {
     let s = TestServer::start().await;
-    let id = s
-        .post("/api/v1/jobs", json!({"prompt": "x"}))
-        .await
-        .json::<Value>()
-        .await
-        .unwrap()["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let id = s.submit_job(json!({"prompt": "x"})).await;
     let job = s.wait_job(&id).await;
     assert_eq!(job["params"]["seed"], Value::Null);
     let seed = job["images"][0]["seed"].as_u64().unwrap();
@@ -287,17 +279,8 @@ async fn events_stream_state_and_progress() {
     s.post("/api/v1/jobs", json!({"prompt": "first", "seed": 1}))
         .await;
     let id = s
-        .post(
-            "/api/v1/jobs",
-            json!({"prompt": "second", "seed": 2, "steps": 3}),
-        )
-        .await
-        .json::<Value>()
-        .await
-        .unwrap()["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+        .submit_job(json!({"prompt": "second", "seed": 2, "steps": 3}))
+        .await;
     let resp = s.get(&format!("/api/v1/jobs/{id}/events")).await;
     assert_eq!(resp.status(), 200);
     assert!(resp.headers()["content-type"]
@@ -375,28 +358,12 @@ async fn compatible_jobs_share_a_batch_with_unchanged_images() {
 async fn engine_failure_and_panic_fail_the_job_not_the_server() {
     let s = TestServer::start().await;
     let prompt = format!("x {}", FakeBackend::FAIL_MARKER);
-    let id = s
-        .post("/api/v1/jobs", json!({"prompt": prompt}))
-        .await
-        .json::<Value>()
-        .await
-        .unwrap()["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let id = s.submit_job(json!({"prompt": prompt})).await;
     let job = s.wait_job(&id).await;
     assert_eq!(job["status"], "failed");
     assert_eq!(job["error"]["kind"], "generation");
     let prompt = format!("x {}", FakeBackend::PANIC_MARKER);
-    let id = s
-        .post("/api/v1/jobs", json!({"prompt": prompt}))
-        .await
-        .json::<Value>()
-        .await
-        .unwrap()["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let id = s.submit_job(json!({"prompt": prompt})).await;
     let job = s.wait_job(&id).await;
     assert_eq!(job["status"], "failed");
     assert!(job["error"]["message"]
@@ -404,15 +371,7 @@ async fn engine_failure_and_panic_fail_the_job_not_the_server() {
         .unwrap()
         .contains("panicked"));
     // The worker lives on.
-    let id = s
-        .post("/api/v1/jobs", json!({"prompt": "fine"}))
-        .await
-        .json::<Value>()
-        .await
-        .unwrap()["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let id = s.submit_job(json!({"prompt": "fine"})).await;
     assert_eq!(s.wait_job(&id).await["status"], "succeeded");
     assert_eq!(
         s.metric("sd_request_failures_total{reason=\"generation\"}")

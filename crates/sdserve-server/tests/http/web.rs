@@ -209,30 +209,12 @@ async fn a_running_job_shows_its_eta_and_its_own_live_preview() {
     let fake = FakeBackend::new().with_step_delay(Duration::from_millis(150));
     let s = TestServer::with(|_| {}, fake).await;
     let first = s
-        .post(
-            "/api/v1/jobs",
-            json!({"prompt": "a", "seed": 1, "steps": 6}),
-        )
-        .await
-        .json::<Value>()
-        .await
-        .unwrap()["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+        .submit_job(json!({"prompt": "a", "seed": 1, "steps": 6}))
+        .await;
     // Another size: not batched with the first, so it waits.
     let second = s
-        .post(
-            "/api/v1/jobs",
-            json!({"prompt": "b", "seed": 2, "width": 32}),
-        )
-        .await
-        .json::<Value>()
-        .await
-        .unwrap()["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+        .submit_job(json!({"prompt": "b", "seed": 2, "width": 32}))
+        .await;
     let events = events_until(&s, &first, |j| {
         j["progress"]["step"].as_u64().unwrap_or(0) >= 2
     })

@@ -8,7 +8,9 @@ use anyhow::Context;
 use indicatif::{ProgressBar, ProgressStyle};
 use std::sync::Arc;
 
-use sdserve_engine::hires::{HiresFix, HiresSize, StepCount, Upscaler, UPSCALER_NAMES};
+use sdserve_engine::hires::{
+    HiresFix, HiresSize, StepCount, Upscaler, DEFAULT_DENOISING_STRENGTH, UPSCALER_NAMES,
+};
 use sdserve_engine::image_input::{decode_rgb, DecodedImage, ImageLimits};
 use sdserve_engine::image_ops::GrayImage;
 use sdserve_engine::memory::human_bytes;
@@ -81,7 +83,7 @@ pub struct GenerateArgs {
     #[arg(long, default_value_t = 0)]
     pub hires_steps: usize,
     /// Denoising strength of the hires pass, in (0, 1].
-    #[arg(long, default_value_t = 0.75)]
+    #[arg(long, default_value_t = DEFAULT_DENOISING_STRENGTH)]
     pub hires_strength: f64,
     /// Output PNG; with a batch, FILE-0.png, FILE-1.png...
     #[arg(long, default_value = "output.png")]

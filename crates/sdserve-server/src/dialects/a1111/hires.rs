@@ -5,7 +5,9 @@
 
 use serde_json::{Map, Value};
 
-use crate::engine_api::{HiresSize, Upscaler, UPSCALER_NAMES};
+use crate::engine_api::{
+    HiresSize, Upscaler, DEFAULT_DENOISING_STRENGTH, DEFAULT_SCALE, UPSCALER_NAMES,
+};
 use crate::jobs::job::HiresParams;
 use crate::validation::{HiresFieldNames, HiresSpec, ValidationError};
 
@@ -29,9 +31,6 @@ pub const HIRES_FIELDS: [&str; 15] = [
     "hr_additional_modules",
 ];
 
-/// A1111's `StableDiffusionProcessingTxt2Img` defaults.
-const DEFAULT_SCALE: f64 = 2.0;
-const DEFAULT_DENOISING_STRENGTH: f64 = 0.75;
 /// `hr_upscaler: null` takes A1111's default latent mode.
 const DEFAULT_UPSCALER: &str = "Latent";
 

@@ -5,7 +5,7 @@ use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
-use crate::engine_api::{HiresSize, Upscaler};
+use crate::engine_api::{HiresSize, Upscaler, DEFAULT_DENOISING_STRENGTH, DEFAULT_SCALE};
 use crate::jobs::{
     ImageId, JobFailure, JobId, JobParams, JobSnapshot, JobStatus, JobTimings, StepProgress,
 };
@@ -126,7 +126,10 @@ impl HiresRequest {
             side("hires.height", self.height)?,
         );
         let (size, names) = if width == 0 && height == 0 {
-            (HiresSize::Scale(self.scale.unwrap_or(2.0)), Self::NAMES)
+            (
+                HiresSize::Scale(self.scale.unwrap_or(DEFAULT_SCALE)),
+                Self::NAMES,
+            )
         } else if self.scale.is_some() {
             return Err(ValidationError::Invalid {
                 field: "hires.scale",
@@ -150,7 +153,9 @@ impl HiresRequest {
             upscaler,
             size,
             steps: self.steps.unwrap_or(0),
-            denoising_strength: self.denoising_strength.unwrap_or(0.75),
+            denoising_strength: self
+                .denoising_strength
+                .unwrap_or(DEFAULT_DENOISING_STRENGTH),
             names,
         })
     }

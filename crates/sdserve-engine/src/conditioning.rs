@@ -9,8 +9,10 @@
 use candle_core::{DType, Device, Tensor};
 
 use crate::config::TextEncoderConfig;
+use crate::embeddings::EmbeddingLibrary;
 use crate::error::{describe_candle, EngineError, Result};
 use crate::model_files::{ModelFiles, Part};
+use crate::prompt::{self, EmbeddingName, PromptSyntax};
 use crate::text_encoder::{HiddenLayer, TextEncoder};
 use crate::tokenizer::ClipTokenizer;
 
@@ -18,6 +20,10 @@ use crate::tokenizer::ClipTokenizer;
 pub struct PromptEncoder {
     pub tokenizer: ClipTokenizer,
     pub encoder: TextEncoder,
+    /// Textual-inversion embeddings: the names prompts use and, in the same
+    /// order, their vectors `(n, hidden)` for this encoder.
+    embedding_names: Vec<EmbeddingName>,
+    embedding_vectors: Vec<Tensor>,
 }
 
 impl PromptEncoder {
@@ -29,6 +35,15 @@ impl PromptEncoder {
         let has_prefix = names.iter().any(|n| n.starts_with("text_model."));
         let encoder = TextEncoder::new(vb, has_prefix, &cfg)
             .map_err(|e| EngineError::invalid_model(&file, describe_candle(&e)))?;
+        if tokenizer.max_length() < 3 {
+            return Err(EngineError::invalid_model(
+                files.config_path(part),
+                format!(
+                    "model_max_length {} leaves no room for a token between bos and eos",
+                    tokenizer.max_length()
+                ),
+            ));
+        }
         if tokenizer.max_length() > encoder.max_positions() {
             return Err(EngineError::invalid_model(
                 files.config_path(part),
@@ -39,26 +54,101 @@ impl PromptEncoder {
                 ),
             ));
         }
-        Ok(Self { tokenizer, encoder })
-    }
-
-    fn encode(&self, text: &str, layer: HiddenLayer, device: &Device) -> Result<TextOut> {
-        let ids = self.tokenizer.encode(text);
-        let total = self.tokenizer.count_tokens(text);
-        if total + 2 > ids.len() {
-            tracing::warn!(
-                tokens = total,
-                limit = ids.len().saturating_sub(2),
-                "prompt is longer than CLIP's context and was truncated"
-            );
-        }
-        let ids = Tensor::from_vec(ids.clone(), (1, ids.len()), device)?;
-        let out = self.encoder.encode(&ids, layer)?;
-        Ok(TextOut {
-            hidden: out.hidden,
-            pooled: out.pooled,
+        Ok(Self {
+            tokenizer,
+            encoder,
+            embedding_names: Vec::new(),
+            embedding_vectors: Vec::new(),
         })
     }
+
+    /// `text` in 75-token chunks (see [`crate::prompt`]), each encoded on its
+    /// own and weighted, concatenated along the sequence; the pooled output
+    /// is the first chunk's, as A1111's.
+    fn encode(
+        &self,
+        text: &str,
+        options: TextOptions,
+        layer: HiddenLayer,
+        device: &Device,
+    ) -> Result<TextOut> {
+        let chunks =
+            prompt::tokenize(text, options.syntax, &self.tokenizer, &self.embedding_names)?;
+        let width = self.tokenizer.max_length();
+        let ids: Vec<u32> = chunks.iter().flat_map(|c| c.ids.iter().copied()).collect();
+        let ids = Tensor::from_vec(ids, (chunks.len(), width), device)?;
+        let fixes: Vec<(usize, usize, Tensor)> = chunks
+            .iter()
+            .enumerate()
+            .flat_map(|(row, c)| c.fixes.iter().map(move |&(at, e)| (row, at, e)))
+            .map(|(row, at, e)| (row, at, self.embedding_vectors[e].clone()))
+            .collect();
+        let out = self.encoder.encode(&ids, &fixes, layer)?;
+        let rows = chunks
+            .iter()
+            .enumerate()
+            .map(|(i, chunk)| {
+                let hidden = out.hidden.get(i)?;
+                if chunk.is_plain() {
+                    Ok(hidden)
+                } else {
+                    emphasize(&hidden, &chunk.weights)
+                }
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let hidden = Tensor::cat(&rows, 0)?.unsqueeze(0)?;
+        let pooled = out.pooled.map(|p| p.narrow(0, 0, 1)).transpose()?;
+        Ok(TextOut { hidden, pooled })
+    }
+
+    /// Makes `library`'s embeddings usable in prompts: each one's name as
+    /// this tokenizer cuts it, and its vectors for encoder `index`.
+    fn set_embeddings(&mut self, library: &EmbeddingLibrary, index: usize) {
+        let (names, vectors) = library
+            .loaded
+            .values()
+            .filter_map(|e| {
+                let vectors = e.per_encoder.get(index)?.clone();
+                let name = EmbeddingName {
+                    ids: self.tokenizer.content_ids(&e.name),
+                    vectors: e.vectors,
+                };
+                Some((name, vectors))
+            })
+            .unzip();
+        self.embedding_names = names;
+        self.embedding_vectors = vectors;
+    }
+
+    /// How many final layers clip skip may leave out of this encoder.
+    fn max_skip(&self, layer: fn(usize) -> HiddenLayer) -> usize {
+        let layers = self.encoder.num_layers();
+        (0..layers)
+            .take_while(|&skip| layer(skip).layers_run(layers).is_some())
+            .last()
+            .unwrap_or(0)
+    }
+}
+
+/// A1111's "Original" emphasis on one chunk's hidden states `(seq, width)`:
+/// each token's row scaled by its weight, then the whole rescaled so its mean
+/// is the unweighted mean again (in f32 whatever the model's dtype).
+fn emphasize(hidden: &Tensor, weights: &[f32]) -> Result<Tensor> {
+    let dtype = hidden.dtype();
+    let z = hidden.to_dtype(DType::F32)?;
+    let before = z.mean_all()?;
+    let w = Tensor::from_slice(weights, (weights.len(), 1), z.device())?;
+    let z = z.broadcast_mul(&w)?;
+    let after = z.mean_all()?;
+    Ok(z.broadcast_mul(&before.div(&after)?)?.to_dtype(dtype)?)
+}
+
+/// How prompt text is read and which encoder layer conditions the UNet.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TextOptions {
+    pub syntax: PromptSyntax,
+    /// Final encoder layers left out (diffusers' `clip_skip`; 0: none).
+    pub clip_skip: usize,
 }
 
 struct TextOut {
@@ -98,16 +188,65 @@ impl TextConditioner {
         }
     }
 
-    /// Encodes a prompt.
-    pub fn encode(&self, text: &str, device: &Device) -> Result<Conditioning> {
+    /// The widths of the encoders' hidden states, in order (what a
+    /// textual-inversion embedding must match).
+    pub fn encoder_widths(&self) -> Vec<usize> {
+        match self {
+            Self::Single(e) => vec![e.encoder.hidden_size()],
+            Self::Dual { first, second, .. } => {
+                vec![first.encoder.hidden_size(), second.encoder.hidden_size()]
+            }
+        }
+    }
+
+    /// Uses `library`'s embeddings wherever a prompt names them.
+    pub fn set_embeddings(&mut self, library: &EmbeddingLibrary) {
+        match self {
+            Self::Single(e) => e.set_embeddings(library, 0),
+            Self::Dual { first, second, .. } => {
+                first.set_embeddings(library, 0);
+                second.set_embeddings(library, 1);
+            }
+        }
+    }
+
+    /// The largest clip skip the encoders allow (each keeps at least one layer).
+    pub fn max_clip_skip(&self) -> usize {
+        match self {
+            Self::Single(e) => e.max_skip(|skip| HiddenLayer::Last { skip }),
+            Self::Dual { first, second, .. } => {
+                let layer = |skip| HiddenLayer::Penultimate { skip };
+                first.max_skip(layer).min(second.max_skip(layer))
+            }
+        }
+    }
+
+    /// Encodes a prompt. Clip skip applies to negative prompts too (as in
+    /// A1111; diffusers' pipelines apply `clip_skip` to the prompt only).
+    pub fn encode(
+        &self,
+        text: &str,
+        options: TextOptions,
+        device: &Device,
+    ) -> Result<Conditioning> {
+        let skip = options.clip_skip;
         match self {
             Self::Single(e) => Ok(Conditioning {
-                context: e.encode(text, HiddenLayer::Last, device)?.hidden,
+                context: e
+                    .encode(text, options, HiddenLayer::Last { skip }, device)?
+                    .hidden,
                 pooled: None,
             }),
             Self::Dual { first, second, .. } => {
-                let a = first.encode(text, HiddenLayer::Penultimate, device)?;
-                let b = second.encode(text, HiddenLayer::Penultimate, device)?;
+                let layer = HiddenLayer::Penultimate { skip };
+                let a = first.encode(text, options, layer, device)?;
+                let b = second.encode(text, options, layer, device)?;
+                if a.hidden.dim(1)? != b.hidden.dim(1)? {
+                    return Err(EngineError::Unsupported(
+                        "the two tokenizers cut this prompt into different numbers of chunks"
+                            .into(),
+                    ));
+                }
                 let context = Tensor::cat(&[&a.hidden, &b.hidden.to_dtype(a.hidden.dtype())?], 2)?;
                 let pooled = b.pooled.ok_or_else(|| {
                     EngineError::Unsupported("text_encoder_2 has no text_projection".into())
@@ -123,7 +262,12 @@ impl TextConditioner {
     /// Encodes a negative prompt: as a prompt, except that SDXL turns an empty
     /// one into zeros when `force_zeros_for_empty_prompt` (diffusers does so
     /// for `negative_prompt=None`, which is what an empty field means here).
-    pub fn encode_negative(&self, text: &str, device: &Device) -> Result<Conditioning> {
+    pub fn encode_negative(
+        &self,
+        text: &str,
+        options: TextOptions,
+        device: &Device,
+    ) -> Result<Conditioning> {
         match self {
             Self::Dual {
                 first,
@@ -141,7 +285,7 @@ impl TextConditioner {
                     pooled: Some(Tensor::zeros((1, pooled), dtype, device)?),
                 })
             }
-            _ => self.encode(text, device),
+            _ => self.encode(text, options, device),
         }
     }
 }

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use candle_core::{DType, Device};
 
 use crate::attention::ScoreBlock;
+use crate::embeddings::EmbeddingLibrary;
 use crate::error::{EngineError, Result};
 use crate::memory::{plan_for_model, MemoryPlan};
 use crate::model::StableDiffusion;
@@ -57,6 +58,8 @@ pub struct ModelInfo {
     pub default_cfg_scale: f64,
     /// Pixels per latent cell (2^(VAE blocks - 1)); sizes must be multiples of it.
     pub vae_scale_factor: usize,
+    /// The largest clip skip the text encoders allow (each keeps one layer).
+    pub max_clip_skip: usize,
 }
 
 /// The images and stage timings of one job.
@@ -73,6 +76,7 @@ const DEFAULT_CFG: f64 = 7.0;
 /// A loaded model, ready to generate. Blocking: run it on its own thread.
 pub struct Engine {
     model: StableDiffusion,
+    embeddings: EmbeddingLibrary,
     info: ModelInfo,
     options: EngineOptions,
     plan: MemoryPlan,
@@ -103,7 +107,20 @@ impl Engine {
         StableDiffusion::check_folder(&dir)?;
         // Before the weights: a budget that cannot hold them is an error, not an OOM kill.
         let plan = plan_for_model(&dir, &options, &device, dtype)?;
-        let model = StableDiffusion::load_with(&dir, &device, block, dtype)?;
+        let mut model = StableDiffusion::load_with(&dir, &device, block, dtype)?;
+        let embeddings = match &options.embeddings_dir {
+            Some(folder) => {
+                let widths = model.text.encoder_widths();
+                EmbeddingLibrary::load(folder, &widths, dtype, &device).map_err(|source| {
+                    EngineError::Io {
+                        path: folder.clone(),
+                        source,
+                    }
+                })?
+            }
+            None => EmbeddingLibrary::default(),
+        };
+        model.text.set_embeddings(&embeddings);
         if options.vae_tiling == VaeTiling::On {
             // `--vae-tiling on` with a VAE that cannot tile is refused now, not at the first decode.
             model.vae_tile_geometry()?;
@@ -129,10 +146,12 @@ impl Engine {
             default_steps: if turbo { 1 } else { DEFAULT_STEPS },
             default_cfg_scale: if turbo { 0.0 } else { DEFAULT_CFG },
             vae_scale_factor: model.vae_scale_factor,
+            max_clip_skip: model.text.max_clip_skip(),
             name,
         };
         Ok(Self {
             model,
+            embeddings,
             label: ModelLabel::named(info.name.clone()),
             info,
             options,
@@ -154,6 +173,12 @@ impl Engine {
     /// How the infotexts of its images name the model.
     pub fn label(&self) -> &ModelLabel {
         &self.label
+    }
+
+    /// The textual-inversion embeddings prompts may name, and the files of
+    /// `--embeddings-dir` that do not fit this model.
+    pub fn embeddings(&self) -> &EmbeddingLibrary {
+        &self.embeddings
     }
 
     /// The options the engine was loaded with.
@@ -217,6 +242,16 @@ impl Engine {
                 "cfg_scale must be a finite number, got {}",
                 req.cfg_scale
             ));
+        }
+        let max_skip = self.model.text.max_clip_skip();
+        if req.clip_skip > max_skip {
+            return invalid(format!(
+                "clip_skip must be at most {max_skip} for this model's text encoder, got {}",
+                req.clip_skip
+            ));
+        }
+        for text in [&req.prompt, &req.negative_prompt] {
+            crate::prompt::parse(text, req.prompt_syntax)?;
         }
         crate::img2img::validate(&self.model, req)?;
         if let Some(hires) = &req.hires {

@@ -439,6 +439,8 @@ mod tests {
             init: None,
             seed_per_image: false,
             hires: None,
+            prompt_syntax: Default::default(),
+            clip_skip: 0,
         };
         let device = Device::Cpu;
         let square = mask_tensor(

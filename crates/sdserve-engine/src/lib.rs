@@ -7,6 +7,7 @@
 mod attention;
 mod conditioning;
 pub mod config;
+pub mod embeddings;
 mod engine;
 pub mod error;
 pub mod hires;
@@ -23,6 +24,7 @@ pub mod options;
 mod pipeline;
 pub mod png;
 pub mod preview;
+pub mod prompt;
 pub mod request;
 pub mod rng;
 pub mod samplers;
@@ -41,6 +43,7 @@ pub use error::{EngineError, Result};
 pub use memory::{MemoryPlan, OverBudget};
 pub use options::{DeviceChoice, EngineOptions, Precision, VaeTiling};
 pub use pipeline::uses_guidance;
+pub use prompt::PromptSyntax;
 pub use request::{GenerateRequest, GeneratedImage, NoopObserver, Observer, Progress, Timings};
 pub use samplers::SamplerId;
 

@@ -519,7 +519,11 @@ mod tests {
 
             let embeds = sd
                 .text
-                .encode("a photograph of an astronaut riding a horse", &Device::Cpu)
+                .encode(
+                    "a photograph of an astronaut riding a horse",
+                    Default::default(),
+                    &Device::Cpu,
+                )
                 .unwrap()
                 .context;
             assert!(
@@ -559,9 +563,16 @@ mod tests {
             let dev = &Device::Cpu;
             let prompt = sd
                 .text
-                .encode("a photograph of an astronaut riding a horse", dev)
+                .encode(
+                    "a photograph of an astronaut riding a horse",
+                    Default::default(),
+                    dev,
+                )
                 .unwrap();
-            let negative = sd.text.encode_negative("blurry", dev).unwrap();
+            let negative = sd
+                .text
+                .encode_negative("blurry", Default::default(), dev)
+                .unwrap();
             let pairs = [
                 (prompt.context.clone(), "prompt_embeds"),
                 (prompt.pooled.clone().unwrap(), "pooled_prompt_embeds"),
@@ -576,7 +587,10 @@ mod tests {
                 assert!(d < 1e-4, "{model}: {key} differs by {d}");
             }
             // An empty negative prompt is zeros (force_zeros_for_empty_prompt).
-            let empty = sd.text.encode_negative("", dev).unwrap();
+            let empty = sd
+                .text
+                .encode_negative("", Default::default(), dev)
+                .unwrap();
             assert_eq!(empty.context.dims(), prompt.context.dims());
             let zero = |t: &Tensor| {
                 t.abs()

@@ -104,6 +104,8 @@ pub struct EngineOptions {
     pub dtype: Precision,
     /// `--device`.
     pub device: DeviceChoice,
+    /// `--embeddings-dir`: textual-inversion embeddings prompts may name.
+    pub embeddings_dir: Option<std::path::PathBuf>,
 }
 
 #[cfg(test)]

@@ -9,12 +9,13 @@ use std::time::Instant;
 
 use candle_core::{DType, Tensor};
 
-use crate::conditioning::Conditioning;
+use crate::conditioning::{Conditioning, TextOptions};
 use crate::error::{EngineError, Result};
 use crate::hires::{self, Geometry, HiresFix, Upscaler};
 use crate::image_ops::resize;
 use crate::img2img::{self, Inpaint};
 use crate::model::StableDiffusion;
+use crate::prompt::PromptSyntax;
 use crate::request::{GenerateRequest, GeneratedImage, Observer, Progress, Timings};
 use crate::rng::TorchRng;
 use crate::samplers::{self, Sampler};
@@ -80,12 +81,16 @@ pub fn generate_batch(
     let mut jobs = Vec::with_capacity(requests.len());
     for (parent, job) in requests.iter().enumerate() {
         let request = &job.request;
-        let cond = model.text.encode(&request.prompt, device)?;
+        let text = TextOptions {
+            syntax: request.prompt_syntax,
+            clip_skip: request.clip_skip,
+        };
+        let cond = model.text.encode(&request.prompt, text, device)?;
         let uncond = if guidance {
             Some(
                 model
                     .text
-                    .encode_negative(&request.negative_prompt, device)?,
+                    .encode_negative(&request.negative_prompt, text, device)?,
             )
         } else {
             None
@@ -333,24 +338,8 @@ fn denoise_step(
         inputs.push(scaled);
         conds.push((&job.cond, &job.time_ids));
     }
-    let x = Tensor::cat(&inputs, 0)?;
-    let contexts: Vec<&Tensor> = conds.iter().map(|(c, _)| &c.context).collect();
-    let context = Tensor::cat(&contexts, 0)?;
-    let pooled: Option<Vec<&Tensor>> = conds.iter().map(|(c, _)| c.pooled.as_ref()).collect();
-    let added = match pooled {
-        Some(pooled) if !pooled.is_empty() => Some(AddedConditioning {
-            text_embeds: Tensor::cat(&pooled, 0)?,
-            time_ids: Tensor::cat(&conds.iter().map(|(_, t)| *t).collect::<Vec<_>>(), 0)?,
-        }),
-        _ => None,
-    };
     let t = jobs[active[0]].sampler.timesteps()[step];
-    // Latents and sampler arithmetic stay f32; the UNet runs in the model's dtype.
-    let x = x.to_dtype(model.dtype)?;
-    let prediction = model
-        .unet
-        .forward(&x, t, &context, added.as_ref())?
-        .to_dtype(DType::F32)?;
+    let prediction = predict(model, t, &inputs, &conds)?;
 
     let mut row = 0;
     for &i in &active {
@@ -376,6 +365,62 @@ fn denoise_step(
     Ok(())
 }
 
+/// The UNet's prediction (f32) for every input, in order. Inputs whose
+/// contexts differ in length (prompts of more 75-token chunks than others)
+/// cannot share a call: each length runs as its own batch, as A1111 runs
+/// cond and uncond apart when their lengths differ.
+fn predict(
+    model: &StableDiffusion,
+    t: f64,
+    inputs: &[Tensor],
+    conds: &[(&Conditioning, &Tensor)],
+) -> Result<Tensor> {
+    let lengths = conds
+        .iter()
+        .map(|(c, _)| c.context.dim(1))
+        .collect::<candle_core::Result<Vec<_>>>()?;
+    let mut distinct = lengths.clone();
+    distinct.sort_unstable();
+    distinct.dedup();
+    let mut parts: Vec<Option<Tensor>> = vec![None; inputs.len()];
+    for length in &distinct {
+        let rows: Vec<usize> = (0..inputs.len())
+            .filter(|&i| lengths[i] == *length)
+            .collect();
+        let x = Tensor::cat(&rows.iter().map(|&i| &inputs[i]).collect::<Vec<_>>(), 0)?;
+        let contexts: Vec<&Tensor> = rows.iter().map(|&i| &conds[i].0.context).collect();
+        let context = Tensor::cat(&contexts, 0)?;
+        let pooled: Option<Vec<&Tensor>> =
+            rows.iter().map(|&i| conds[i].0.pooled.as_ref()).collect();
+        let added = match pooled {
+            Some(pooled) if !pooled.is_empty() => Some(AddedConditioning {
+                text_embeds: Tensor::cat(&pooled, 0)?,
+                time_ids: Tensor::cat(&rows.iter().map(|&i| conds[i].1).collect::<Vec<_>>(), 0)?,
+            }),
+            _ => None,
+        };
+        // Latents and sampler arithmetic stay f32; the UNet runs in the model's dtype.
+        let x = x.to_dtype(model.dtype)?;
+        let prediction = model
+            .unet
+            .forward(&x, t, &context, added.as_ref())?
+            .to_dtype(DType::F32)?;
+        if distinct.len() == 1 {
+            return Ok(prediction);
+        }
+        let mut offset = 0;
+        for &i in &rows {
+            let n = inputs[i].dim(0)?;
+            parts[i] = Some(prediction.narrow(0, offset, n)?);
+            offset += n;
+        }
+    }
+    Ok(Tensor::cat(
+        &parts.into_iter().flatten().collect::<Vec<_>>(),
+        0,
+    )?)
+}
+
 /// `n` copies of a prompt's conditioning (as `num_images_per_prompt`).
 fn repeat_rows(c: &Conditioning, n: usize) -> Result<Conditioning> {
     Ok(Conditioning {
@@ -398,6 +443,17 @@ fn extra_settings(request: &GenerateRequest, position: usize) -> Vec<(&'static s
     }
     if let Some(hires) = &request.hires {
         extra.extend(hires.infotext_settings());
+    }
+    if request.clip_skip > 0 {
+        extra.push(("Clip skip", (request.clip_skip + 1).to_string()));
+    }
+    // Plain text is A1111's emphasis option "None", which A1111 names when a
+    // prompt has brackets that its default would have read as emphasis.
+    let bracketed = |t: &str| t.contains('(') || t.contains('[');
+    if request.prompt_syntax == PromptSyntax::Plain
+        && (bracketed(&request.prompt) || bracketed(&request.negative_prompt))
+    {
+        extra.push(("Emphasis", "None".to_string()));
     }
     extra
 }

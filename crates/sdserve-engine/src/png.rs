@@ -151,6 +151,8 @@ mod tests {
             batch_size: 1,
             seed_per_image: false,
             hires: None,
+            prompt_syntax: Default::default(),
+            clip_skip: 0,
             init: None,
         }
     }

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use crate::hires::HiresFix;
 use crate::image_input::DecodedImage;
 use crate::image_ops::GrayImage;
+use crate::prompt::PromptSyntax;
 use crate::samplers::SamplerId;
 
 /// One text-to-image job. Several compatible jobs can run as one UNet batch
@@ -33,6 +34,11 @@ pub struct GenerateRequest {
     /// A1111's hires fix: upscale the result and run a second, image-to-image
     /// pass at the larger size (text-to-image only).
     pub hires: Option<HiresFix>,
+    /// How the prompts are read: plain text (diffusers) or A1111's emphasis syntax.
+    pub prompt_syntax: PromptSyntax,
+    /// Final text-encoder layers left out: diffusers' `clip_skip` (A1111's
+    /// "Clip skip" less one); 0 uses the model's usual layer.
+    pub clip_skip: usize,
 }
 
 impl GenerateRequest {

@@ -67,13 +67,32 @@ pub struct TextEncoder {
     eos_token_id: i64,
 }
 
-/// Which hidden states [`TextEncoder::encode`] returns.
+/// Which hidden states [`TextEncoder::encode`] returns; `skip` more layers
+/// left out is diffusers' `clip_skip` (A1111's "Clip skip" less one).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum HiddenLayer {
-    /// `last_hidden_state`: the last layer's output after the final layer norm.
-    Last,
-    /// `hidden_states[-2]`: the output of the next-to-last layer, not normed (SDXL).
-    Penultimate,
+    /// `hidden_states[-(skip + 1)]` after the final layer norm (SD 1.x/2.x;
+    /// skip 0 is `last_hidden_state`).
+    Last { skip: usize },
+    /// `hidden_states[-(skip + 2)]`, not normed (SDXL; skip 0 is the
+    /// next-to-last layer's output).
+    Penultimate { skip: usize },
+}
+
+impl HiddenLayer {
+    /// How many encoder layers produce these states, out of `layers`; `None`
+    /// when `skip` leaves none.
+    pub fn layers_run(self, layers: usize) -> Option<usize> {
+        let (skip, extra) = match self {
+            Self::Last { skip } => (skip, 0),
+            Self::Penultimate { skip } => (skip, 1),
+        };
+        layers.checked_sub(skip + extra).filter(|&n| n > 0)
+    }
+
+    fn normed(self) -> bool {
+        matches!(self, Self::Last { .. })
+    }
 }
 
 /// Hidden states `(batch, seq, hidden)` and, for a model with a projection,
@@ -177,21 +196,42 @@ impl TextEncoder {
         self.max_positions
     }
 
+    /// Number of transformer layers.
+    pub fn num_layers(&self) -> usize {
+        self.layers.len()
+    }
+
     /// The hidden states `which` asks for and, with a projection, the pooled
-    /// output: the final-normed state at each row's eos token, projected.
-    pub fn encode(&self, ids: &Tensor, which: HiddenLayer) -> candle_core::Result<TextOutput> {
+    /// output: the final-normed last state at each row's eos token, projected.
+    /// `fixes` put vectors in place of token embeddings: (row, first
+    /// position, vectors `(n, hidden)`), for textual-inversion embeddings.
+    pub fn encode(
+        &self,
+        ids: &Tensor,
+        fixes: &[(usize, usize, Tensor)],
+        which: HiddenLayer,
+    ) -> candle_core::Result<TextOutput> {
         let (batch, seq) = ids.dims2()?;
+        let run = which.layers_run(self.layers.len()).ok_or_else(|| {
+            candle_core::Error::Msg(format!(
+                "{which:?} leaves none of the text encoder's {} layers",
+                self.layers.len()
+            ))
+        })?;
         let positions = Tensor::arange(0u32, seq as u32, ids.device())?;
-        let mut xs = self
-            .token_embedding
-            .forward(ids)?
-            .broadcast_add(&self.position_embedding.forward(&positions)?)?;
+        let mut tokens = self.token_embedding.forward(ids)?;
+        for (row, at, vectors) in fixes {
+            let (n, width) = vectors.dims2()?;
+            let vectors = vectors.to_dtype(tokens.dtype())?.unsqueeze(0)?;
+            tokens = tokens.slice_assign(&[*row..row + 1, *at..at + n, 0..width], &vectors)?;
+        }
+        let mut xs = tokens.broadcast_add(&self.position_embedding.forward(&positions)?)?;
         let mask = causal_mask(seq, xs.dtype(), ids.device())?;
-        let mut penultimate = None;
+        let mut hidden = None;
         for (i, layer) in self.layers.iter().enumerate() {
-            if i + 1 == self.layers.len() && which == HiddenLayer::Penultimate {
-                penultimate = Some(xs.clone());
-                // The last layer only matters for the pooled output.
+            if i == run {
+                hidden = Some(xs.clone());
+                // The later layers only matter for the pooled output.
                 if self.projection.is_none() {
                     break;
                 }
@@ -204,6 +244,12 @@ impl TextEncoder {
             let hidden = self.activation.forward(&layer.fc1.forward(&normed)?)?;
             xs = (layer.fc2.forward(&hidden)? + residual)?;
         }
+        let raw = hidden.unwrap_or_else(|| xs.clone());
+        let hidden = if which.normed() {
+            self.final_layer_norm.forward(&raw)?
+        } else {
+            raw
+        };
         let pooled = match &self.projection {
             Some(projection) => {
                 let last = self.final_layer_norm.forward(&xs)?;
@@ -213,21 +259,9 @@ impl TextEncoder {
                     .enumerate()
                     .map(|(row, pos)| last.get(row)?.get(pos)?.unsqueeze(0))
                     .collect::<candle_core::Result<Vec<_>>>()?;
-                let pooled = Tensor::cat(&rows, 0)?;
-                let out = projection.forward(&pooled)?;
-                if penultimate.is_none() {
-                    return Ok(TextOutput {
-                        hidden: last,
-                        pooled: Some(out),
-                    });
-                }
-                Some(out)
+                Some(projection.forward(&Tensor::cat(&rows, 0)?)?)
             }
             None => None,
-        };
-        let hidden = match penultimate {
-            Some(h) => h,
-            None => self.final_layer_norm.forward(&xs)?,
         };
         Ok(TextOutput { hidden, pooled })
     }

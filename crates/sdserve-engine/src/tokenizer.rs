@@ -277,6 +277,25 @@ impl ClipTokenizer {
         self.specials[2]
     }
 
+    /// The content ids of `text`, without bos/eos/padding and never truncated
+    /// (A1111 tokenizes each weighted stretch this way before chunking).
+    pub fn content_ids(&self, text: &str) -> Vec<u32> {
+        self.tokenize(text)
+    }
+
+    /// The ids prompt chunks are framed with: bos, eos, pad, the `,</w>`
+    /// token, and `max_length - 2` content tokens per chunk.
+    pub fn chunk_ids(&self) -> crate::prompt::ChunkIds {
+        let [bos, eos, pad] = self.specials;
+        crate::prompt::ChunkIds {
+            bos,
+            eos,
+            pad,
+            comma: self.vocab.get(",</w>").copied(),
+            length: self.max_length.saturating_sub(2),
+        }
+    }
+
     /// The content ids of `text`, without bos/eos/padding.
     fn tokenize(&self, text: &str) -> Vec<u32> {
         let mut ids = Vec::new();

@@ -258,6 +258,8 @@ fn batched_jobs_equal_their_solo_images_exactly() {
                     batch_size: 1 + i % 2,
                     seed_per_image: false,
                     hires: None,
+                    prompt_syntax: Default::default(),
+                    clip_skip: 0,
                     init: None,
                 })
                 .collect();

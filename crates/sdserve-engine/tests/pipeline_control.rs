@@ -25,6 +25,8 @@ fn job(prompt: &str, seed: u64) -> GenerateRequest {
         batch_size: 1,
         seed_per_image: false,
         hires: None,
+        prompt_syntax: Default::default(),
+        clip_skip: 0,
         init: None,
     }
 }

@@ -112,6 +112,7 @@ impl App {
                 started_unix: crate::jobs::job::unix_now() as u64,
                 signer,
                 task_names: Default::default(),
+                a1111_text: Default::default(),
                 models: OnceLock::new(),
             }),
         })

@@ -1,6 +1,7 @@
 //! The one place the server names engine items, so that a change in the engine's
 //! public API touches one file here. The server never names a tensor.
 
+pub use sdserve_engine::embeddings::{EmbeddingInfo, EmbeddingList};
 pub use sdserve_engine::hires::{
     HiresFix, HiresSize, StepCount, Upscaler, DEFAULT_DENOISING_STRENGTH, DEFAULT_SCALE,
     UPSCALER_NAMES,
@@ -12,9 +13,10 @@ pub use sdserve_engine::image_ops::{self, GrayImage};
 pub use sdserve_engine::memory::{human_bytes, Budget};
 pub use sdserve_engine::png;
 pub use sdserve_engine::preview::Preview;
+pub use sdserve_engine::prompt;
 pub use sdserve_engine::request::ImageToImage;
 pub use sdserve_engine::{
     batch_compatible, random_seed, uses_guidance, Engine, EngineError, GenerateRequest,
     GeneratedImage, GenerationOutput, MemoryPlan, ModelInfo, ModelSource, NoopObserver, Observer,
-    OverBudget, Progress, SamplerId, Timings, VaeTiling,
+    OverBudget, Progress, PromptSyntax, SamplerId, Timings, VaeTiling,
 };

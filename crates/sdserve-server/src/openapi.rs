@@ -447,6 +447,7 @@ mod tests {
             default_steps: 4,
             default_cfg_scale: 7.0,
             vae_scale_factor: 8,
+            max_clip_skip: 11,
         };
         document(&limits, Some(&model), false)
     }
@@ -482,10 +483,13 @@ mod tests {
         );
         let settings = &schemas["OverrideSettings"];
         assert_eq!(settings["additionalProperties"], false);
+        let clip = &settings["properties"]["CLIP_stop_at_last_layers"];
+        assert_eq!((&clip["minimum"], &clip["maximum"]), (&json!(0), &json!(12)));
         assert_eq!(
-            settings["properties"]["CLIP_stop_at_last_layers"]["enum"],
-            json!([1, null])
+            settings["properties"]["emphasis"]["oneOf"][1]["$ref"],
+            "#/components/schemas/Emphasis"
         );
+        assert_eq!(schemas["Emphasis"]["enum"], json!(["Original", "None"]));
         assert!(settings["properties"]["sd_model_checkpoint"].is_object());
         // Only JPEG takes a compression below 100.
         let rule = &schemas["ImageGenerationRequest"]["allOf"][0];

@@ -2,11 +2,11 @@
 //! models (or "still loading"), the gate from a dialect's spec to an accepted
 //! job on its model, request accounting in the metrics, and reading results back.
 
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use crate::config::ServerConfig;
 use crate::dialects::Dialect;
-use crate::engine_api::ModelInfo;
+use crate::engine_api::{ModelInfo, PromptSyntax};
 use crate::error::ApiError;
 use crate::extract::Caller;
 use crate::jobs::{
@@ -31,10 +31,37 @@ pub struct AppState {
     pub signer: UrlSigner,
     /// The names callers gave their jobs (A1111's `force_task_id`).
     pub task_names: TaskNames,
+    /// A1111's server-wide text settings (`POST /sdapi/v1/options`), used
+    /// by A1111 requests that do not override them.
+    pub a1111_text: Mutex<TextSettings>,
     pub(crate) models: OnceLock<Arc<Models>>,
 }
 
+/// How A1111 requests read prompts unless they say otherwise: its
+/// `CLIP_stop_at_last_layers` (as diffusers' clip skip) and `emphasis`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TextSettings {
+    /// diffusers' clip skip (A1111's setting less one).
+    pub clip_skip: usize,
+    /// `Original` emphasis is the A1111 syntax, `None` plain text.
+    pub prompt_syntax: PromptSyntax,
+}
+
+impl Default for TextSettings {
+    fn default() -> Self {
+        Self {
+            clip_skip: 0,
+            prompt_syntax: PromptSyntax::A1111,
+        }
+    }
+}
+
 impl AppState {
+    /// A1111's server-wide text settings as they are now.
+    pub fn a1111_text(&self) -> TextSettings {
+        *self.a1111_text.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// The served models, or 503 while the default model loads.
     pub fn models(&self) -> Result<&Arc<Models>, ApiError> {
         self.models.get().ok_or(ApiError::NotReady)

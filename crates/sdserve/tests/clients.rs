@@ -88,6 +88,35 @@ fn webuiapi_client_gets_the_cli_image() {
     run_script("test_webuiapi.py", &args, dir.path());
 }
 
+/// A1111's prompt syntax through webuiapi: weights, nesting, an escape,
+/// `BREAK` and more than 75 tokens give the image `sdserve generate
+/// --prompt-syntax a1111` writes (and the same infotext).
+#[test]
+fn webuiapi_weighted_long_prompt_gets_the_cli_image() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[]);
+    let settings = Settings {
+        prompt: "a (red:1.3) bicycle ((leaning)) on a [brick] wall, \\(vintage\\) BREAK \
+                 golden hour, warm light, long shadows, cobblestones, flower pots, ivy, \
+                 shutters, a cat on the sill, bokeh, film grain, (depth of field:0.8), \
+                 35mm photo, soft focus, pastel colours, morning mist, quiet street, \
+                 puddles, reflections, wet pavement, old lamp post, bunting, bakery sign, \
+                 chalkboard menu, bicycle basket with bread, postcard, masterpiece",
+        ..Settings::default()
+    };
+    let reference = dir.path().join("reference.png");
+    let png = common::cli_png_with(
+        &tiny_sd1(),
+        &settings,
+        dir.path(),
+        &["--prompt-syntax", "a1111"],
+    );
+    std::fs::write(&reference, png).expect("reference written");
+    let mut args = vec!["--port".to_string(), server.port.to_string()];
+    args.extend(settings_args(&settings, &reference));
+    run_script("test_webuiapi.py", &args, dir.path());
+}
+
 /// A models folder of three families and two formats: tiny-sd1 and tiny-sdxl
 /// as diffusers folders, and tiny-sd2 as a single-file LDM checkpoint with its
 /// original-config yaml beside it (all linked). Returns the folder and each

@@ -645,3 +645,61 @@ fn serve_vae_tiling_on_serves_the_tiled_image_and_refuses_bad_modes() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("expected auto, on or off"), "{err}");
 }
+
+/// Textual-inversion embeddings from `--embeddings-dir`: A1111's route lists
+/// the one that fits the model and the files that do not; a prompt naming it
+/// gives the image `sdserve generate --embeddings-dir` writes, which differs
+/// from the same prompt without the folder (the name read as words).
+#[test]
+fn embeddings_are_listed_and_used_as_the_cli_uses_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let folder = common::repo_root().join("fixtures/models/embeddings");
+    let folder = folder.to_str().unwrap();
+    let server = Server::start(dir.path(), &["--embeddings-dir", folder]);
+    let client = Client::new();
+    let list: Value = client
+        .get(server.url("/sdapi/v1/embeddings"))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    let loaded: Vec<&String> = list["loaded"].as_object().unwrap().keys().collect();
+    assert_eq!(loaded, ["tinycat"], "{list}");
+    assert_eq!(list["loaded"]["tinycat"]["vectors"], 2);
+    assert_eq!(list["loaded"]["tinycat"]["shape"], 32);
+    let skipped: Vec<&String> = list["skipped"].as_object().unwrap().keys().collect();
+    assert_eq!(skipped, ["wide", "xlstyle"], "{list}");
+
+    let s = Settings {
+        prompt: "a (tinycat:1.2) on a red bicycle",
+        ..Settings::default()
+    };
+    let model = common::tiny_sd1();
+    let syntax = ["--prompt-syntax", "a1111"];
+    let want = common::cli_png_with(
+        &model,
+        &s,
+        dir.path(),
+        &["--embeddings-dir", folder, syntax[0], syntax[1]],
+    );
+    let a1111: Value = client
+        .post(server.url("/sdapi/v1/txt2img"))
+        .json(&json!({
+            "prompt": s.prompt, "negative_prompt": s.negative_prompt, "seed": s.seed,
+            "steps": s.steps, "cfg_scale": s.cfg_scale, "sampler_name": s.sampler,
+            "width": s.width, "height": s.height
+        }))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    let png = b64(a1111["images"][0].as_str().unwrap());
+    assert_same_image(&png, &want, "A1111 prompt with an embedding");
+    let words = common::cli_png_with(&model, &s, dir.path(), &syntax);
+    let pixels = |png: &[u8]| sdserve_engine::png::decode_rgb(png).unwrap().2;
+    assert_ne!(
+        pixels(&words),
+        pixels(&want),
+        "the embedding changed nothing"
+    );
+}

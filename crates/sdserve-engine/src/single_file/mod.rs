@@ -357,8 +357,16 @@ mod tests {
                 TextConditioner::Dual { .. } => panic!("{model}: two text encoders"),
             };
             assert_eq!(ids(&single), ids(&folder), "{model}: tokenizer");
-            let embeds = single.text.encode(prompt, &Device::Cpu).unwrap().context;
-            let folder_embeds = folder.text.encode(prompt, &Device::Cpu).unwrap().context;
+            let embeds = single
+                .text
+                .encode(prompt, Default::default(), &Device::Cpu)
+                .unwrap()
+                .context;
+            let folder_embeds = folder
+                .text
+                .encode(prompt, Default::default(), &Device::Cpu)
+                .unwrap()
+                .context;
             assert_eq!(
                 max_diff(&embeds, &folder_embeds),
                 0.0,
@@ -445,8 +453,11 @@ mod tests {
             ("", true),
         ] {
             let encode = |sd: &StableDiffusion| match negative {
-                true => sd.text.encode_negative(text, dev).unwrap(),
-                false => sd.text.encode(text, dev).unwrap(),
+                true => sd
+                    .text
+                    .encode_negative(text, Default::default(), dev)
+                    .unwrap(),
+                false => sd.text.encode(text, Default::default(), dev).unwrap(),
             };
             let (a, b) = (encode(&single), encode(&folder));
             assert_eq!(max_diff(&a.context, &b.context), 0.0, "{text:?}: context");
@@ -455,7 +466,11 @@ mod tests {
         }
         let prompt = single
             .text
-            .encode("a photograph of an astronaut riding a horse", dev)
+            .encode(
+                "a photograph of an astronaut riding a horse",
+                Default::default(),
+                dev,
+            )
             .unwrap();
         assert!(max_diff(&prompt.context, &get("prompt_embeds")) < 1e-4);
         assert!(max_diff(&prompt.pooled.unwrap(), &get("pooled_prompt_embeds")) < 1e-4);

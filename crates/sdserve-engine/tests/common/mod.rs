@@ -9,7 +9,7 @@ use std::sync::Arc;
 use sdserve_engine::image_input::{decode_rgb, DecodedImage, ImageLimits};
 use sdserve_engine::image_ops::GrayImage;
 use sdserve_engine::request::ImageToImage;
-use sdserve_engine::{GenerateRequest, SamplerId};
+use sdserve_engine::{GenerateRequest, PromptSyntax, SamplerId};
 use serde::Deserialize;
 
 /// One diffusers render: its settings and the PNGs it wrote. (Each test
@@ -49,6 +49,12 @@ pub struct Case {
     /// A1111's img2img resize mode (`latent-resize-cases.json`: 3, latent upscale).
     #[serde(default)]
     pub resize_mode: Option<i64>,
+    /// How the prompts were read (`prompt-cases.json`; absent: plain).
+    #[serde(default)]
+    pub prompt_syntax: Option<String>,
+    /// diffusers' `clip_skip` (`prompt-cases.json`; absent: 0).
+    #[serde(default)]
+    pub clip_skip: usize,
 }
 
 pub fn fixtures() -> PathBuf {
@@ -80,6 +86,11 @@ pub fn request(case: &Case) -> GenerateRequest {
         batch_size: case.batch_size,
         seed_per_image: false,
         hires: None,
+        prompt_syntax: case
+            .prompt_syntax
+            .as_deref()
+            .map_or(PromptSyntax::Plain, |s| s.parse().expect("known syntax")),
+        clip_skip: case.clip_skip,
         init: case.init_image.as_ref().map(|path| ImageToImage {
             image: Arc::new(read_rgb(path)),
             mask: case

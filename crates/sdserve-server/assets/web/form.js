@@ -127,7 +127,11 @@ export function readRequest() {
     height: numberOf("height"),
     seed: numberOf("seed"),
     batch_size: numberOf("batch_size"),
+    prompt_syntax: $("prompt_syntax").value,
   };
+  // The field shows A1111's "Clip skip" (1: off); the API takes diffusers' clip_skip.
+  const clipSkip = numberOf("clip_skip");
+  if (clipSkip !== undefined && clipSkip > 1) request.clip_skip = clipSkip - 1;
   if (server.models.length > 1) request.model = $("model").value;
   if ($("hires-on").checked) {
     request.hires = {
@@ -152,6 +156,8 @@ export function fill(values) {
     if (values[id] !== undefined && values[id] !== null) $(id).value = values[id];
   }
   if (values.strength !== undefined) $("strength").value = values.strength;
+  if (values.prompt_syntax) $("prompt_syntax").value = values.prompt_syntax;
+  if (values.clip_skip !== undefined) $("clip_skip").value = Number(values.clip_skip) + 1;
   $("hires-on").checked = Boolean(values.hires);
   if (values.hires) {
     for (const key of ["scale", "upscaler", "steps", "denoising_strength"]) {

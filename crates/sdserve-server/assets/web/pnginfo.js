@@ -98,6 +98,10 @@ export function formValuesOf(text, samplers) {
   values.steps = number("Steps");
   values.cfg_scale = number("CFG scale");
   values.seed = number("Seed");
+  // A1111 names its emphasis only when it is not the default ("Original").
+  values.prompt_syntax = settings.Emphasis === "None" ? "plain" : "a1111";
+  const clipSkip = number("Clip skip");
+  values.clip_skip = clipSkip === undefined ? 0 : Math.max(clipSkip - 1, 0);
   if ("Hires upscaler" in settings) {
     // A hires job: the strength is its second pass's.
     values.hires = {

@@ -2,7 +2,8 @@
 
 use super::Backend;
 use crate::engine_api::{
-    Engine, EngineError, GenerateRequest, GenerationOutput, MemoryPlan, ModelInfo, Observer,
+    EmbeddingList, Engine, EngineError, GenerateRequest, GenerationOutput, MemoryPlan, ModelInfo,
+    Observer,
 };
 
 impl Backend for Engine {
@@ -16,6 +17,10 @@ impl Backend for Engine {
 
     fn validate(&self, request: &GenerateRequest) -> Result<(), EngineError> {
         Engine::validate(self, request)
+    }
+
+    fn embeddings(&self) -> EmbeddingList {
+        Engine::embeddings(self).list()
     }
 
     fn generate_batch(

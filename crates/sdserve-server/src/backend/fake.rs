@@ -8,8 +8,8 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use crate::engine_api::{
-    png, random_seed, EngineError, GenerateRequest, GeneratedImage, GenerationOutput, MemoryPlan,
-    ModelInfo, Observer, Progress, Timings,
+    png, prompt, random_seed, EngineError, GenerateRequest, GeneratedImage, GenerationOutput,
+    MemoryPlan, ModelInfo, Observer, Progress, PromptSyntax, Timings,
 };
 
 use super::Backend;
@@ -44,6 +44,7 @@ impl FakeBackend {
                 default_steps: 4,
                 default_cfg_scale: 7.0,
                 vae_scale_factor: 8,
+                max_clip_skip: 11,
             },
             step_delay: Duration::ZERO,
             batches: Mutex::new(Vec::new()),
@@ -103,6 +104,15 @@ impl FakeBackend {
                 key = mix(key ^ u64::from(byte));
             }
         }
+        // How the prompt is read changes the picture, when the syntax reads
+        // it otherwise than plain text does (as in the engine).
+        let reads_otherwise = |text: &str| {
+            prompt::parse(text, request.prompt_syntax).ok()
+                != prompt::parse(text, PromptSyntax::Plain).ok()
+        };
+        let syntax_matters =
+            reads_otherwise(&request.prompt) || reads_otherwise(&request.negative_prompt);
+        key = mix(key ^ request.clip_skip as u64 ^ (u64::from(syntax_matters) << 8));
         let (width, height) = request.output_size(self.info.vae_scale_factor);
         let mut rgb = Vec::with_capacity(width * height * 3);
         for y in 0..height {
@@ -112,6 +122,10 @@ impl FakeBackend {
             }
         }
         let (sampler, schedule) = png::a1111_sampler(request.sampler);
+        let clip_skip = match request.clip_skip {
+            0 => String::new(),
+            n => format!(", Clip skip: {}", n + 1),
+        };
         GeneratedImage {
             width,
             height,
@@ -129,7 +143,7 @@ impl FakeBackend {
                 request.width,
                 request.height,
                 self.info.name
-            ),
+            ) + &clip_skip,
         }
     }
 }
@@ -168,6 +182,12 @@ impl Backend for FakeBackend {
             return Err(EngineError::InvalidRequest(
                 "batch_size must be at least 1".into(),
             ));
+        }
+        if r.clip_skip > self.info.max_clip_skip {
+            return Err(EngineError::InvalidRequest(format!(
+                "clip_skip must be at most {}, got {}",
+                self.info.max_clip_skip, r.clip_skip
+            )));
         }
         if let Some(plan) = &self.plan {
             let guidance = crate::engine_api::uses_guidance(r);
@@ -275,6 +295,8 @@ mod tests {
             init: None,
             seed_per_image: false,
             hires: None,
+            prompt_syntax: Default::default(),
+            clip_skip: 0,
         }
     }
 

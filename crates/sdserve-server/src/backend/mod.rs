@@ -10,7 +10,7 @@ mod fake;
 pub use fake::FakeBackend;
 
 use crate::engine_api::{
-    EngineError, GenerateRequest, GenerationOutput, MemoryPlan, ModelInfo, Observer,
+    EmbeddingList, EngineError, GenerateRequest, GenerationOutput, MemoryPlan, ModelInfo, Observer,
 };
 
 /// A loaded text-to-image model the worker thread can run.
@@ -37,6 +37,11 @@ pub trait Backend: Send + Sync + 'static {
 
     /// Checks a request against the model (sizes, steps...): `InvalidRequest` if not.
     fn validate(&self, request: &GenerateRequest) -> Result<(), EngineError>;
+
+    /// The textual-inversion embeddings prompts may name (none by default).
+    fn embeddings(&self) -> EmbeddingList {
+        EmbeddingList::default()
+    }
 
     /// Runs compatible jobs as one batch; blocking. One result per job, in order
     /// (a cancelled job yields `Err(Cancelled)` in its slot); the outer error

@@ -11,7 +11,9 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use super::id::{ImageId, JobId};
-use crate::engine_api::{GenerateRequest, HiresFix, HiresSize, SamplerId, StepCount, Upscaler};
+use crate::engine_api::{
+    GenerateRequest, HiresFix, HiresSize, PromptSyntax, SamplerId, StepCount, Upscaler,
+};
 
 /// Where a job is in its life. Terminal states never change again.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
@@ -84,6 +86,21 @@ pub struct JobParams {
     /// The hires fix it runs (text-to-image only); `width` and `height` are the first pass's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hires: Option<HiresParams>,
+    /// How the prompts were read: `plain` (absent) or `a1111`.
+    #[serde(default, skip_serializing_if = "is_plain")]
+    #[schema(value_type = String)]
+    pub prompt_syntax: PromptSyntax,
+    /// Final text-encoder layers left out (diffusers' `clip_skip`; 0 when absent).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub clip_skip: usize,
+}
+
+fn is_plain(syntax: &PromptSyntax) -> bool {
+    *syntax == PromptSyntax::Plain
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
 }
 
 /// A hires fix as a job records it: A1111's settings (the second pass runs
@@ -162,6 +179,8 @@ impl From<&GenerateRequest> for JobParams {
             inpainting: r.init.as_ref().is_some_and(|i| i.mask.is_some()),
             seed_per_image: r.seed_per_image,
             hires: r.hires.as_ref().map(HiresParams::from),
+            prompt_syntax: r.prompt_syntax,
+            clip_skip: r.clip_skip,
         }
     }
 }
@@ -203,6 +222,8 @@ impl JobParams {
                 .as_ref()
                 .map(HiresParams::to_engine)
                 .transpose()?,
+            prompt_syntax: self.prompt_syntax,
+            clip_skip: self.clip_skip,
         })
     }
 }
@@ -362,6 +383,8 @@ mod tests {
             init: None,
             seed_per_image: false,
             hires: None,
+            prompt_syntax: PromptSyntax::A1111,
+            clip_skip: 1,
         };
         for (sampler, seed_per_image) in SamplerId::ALL
             .into_iter()
@@ -416,6 +439,8 @@ mod tests {
             }),
             seed_per_image: false,
             hires: None,
+            prompt_syntax: PromptSyntax::Plain,
+            clip_skip: 0,
         };
         let params = JobParams::from(&request);
         assert_eq!((params.strength, params.inpainting), (Some(0.6), true));

@@ -81,6 +81,8 @@ mod tests {
                 inpainting: false,
                 seed_per_image: false,
                 hires: None,
+                prompt_syntax: Default::default(),
+                clip_skip: 0,
             },
             0,
         );

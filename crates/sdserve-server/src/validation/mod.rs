@@ -9,7 +9,8 @@ use crate::backend::Backend;
 use crate::config::Limits;
 use crate::dialects::Dialect;
 use crate::engine_api::{
-    uses_guidance, DecodedImage, EngineError, GenerateRequest, GrayImage, ImageToImage, SamplerId,
+    prompt, uses_guidance, DecodedImage, EngineError, GenerateRequest, GrayImage, ImageToImage,
+    PromptSyntax, SamplerId,
 };
 use crate::jobs::ClientId;
 
@@ -93,6 +94,14 @@ pub struct JobSpec {
     pub seed_per_image: bool,
     /// A1111's hires fix (text-to-image only).
     pub hires: Option<HiresSpec>,
+    /// How the prompts are read (A1111's emphasis syntax in its own dialect).
+    pub prompt_syntax: PromptSyntax,
+    /// Final text-encoder layers left out, as diffusers' `clip_skip`.
+    pub clip_skip: usize,
+    /// Beyond the model's deepest clip skip, use that one (A1111's setting
+    /// is server-wide, so a value fit for one model must not break another);
+    /// else the request is refused naming `clip_skip`.
+    pub clip_skip_saturates: bool,
     /// How the dialect names these fields.
     pub names: FieldNames,
 }
@@ -134,6 +143,9 @@ impl JobSpec {
             init: None,
             seed_per_image: false,
             hires: None,
+            prompt_syntax: PromptSyntax::Plain,
+            clip_skip: 0,
+            clip_skip_saturates: false,
             names,
         }
     }
@@ -296,6 +308,27 @@ pub fn validate(
     let n = spec.names;
     let info = backend.info();
     check_text(n.prompt, &spec.prompt, limits.max_prompt_chars)?;
+    let clip_skip = match spec.clip_skip {
+        skip if skip <= info.max_clip_skip => skip,
+        _ if spec.clip_skip_saturates => info.max_clip_skip,
+        skip => {
+            return Err(ValidationError::OutOfRange {
+                field: "clip_skip",
+                min: 0,
+                max: info.max_clip_skip,
+                got: i64::try_from(skip).unwrap_or(i64::MAX),
+            })
+        }
+    };
+    for (field, text) in [
+        (n.prompt, &spec.prompt),
+        (n.negative_prompt, &spec.negative_prompt),
+    ] {
+        prompt::parse(text, spec.prompt_syntax).map_err(|e| ValidationError::Invalid {
+            field,
+            message: e.to_string(),
+        })?;
+    }
     check_text(
         n.negative_prompt,
         &spec.negative_prompt,
@@ -376,6 +409,8 @@ pub fn validate(
         init,
         seed_per_image: spec.seed_per_image,
         hires,
+        prompt_syntax: spec.prompt_syntax,
+        clip_skip,
     };
     // The memory plan after the configured limits: it only ever lowers them,
     // and the largest size it suggests is one the limits also allow.

@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use base64::Engine as _;
+use sdserve_server::engine_api::{GenerateRequest, PromptSyntax};
 use sdserve_server::FakeBackend;
 use serde_json::{json, Value};
 
@@ -199,17 +200,40 @@ async fn errors_in_a1111_shape() {
     let body = assert_error(
         s.post(
             "/sdapi/v1/txt2img",
-            json!({"override_settings": {"CLIP_stop_at_last_layers": 2}}),
+            json!({"override_settings": {"CLIP_stop_at_last_layers": -1}}),
         )
         .await,
         422,
-        "CLIP_stop_at_last_layers",
+        "must be between 1 and 12, got -1",
     )
     .await;
     assert_eq!(
         body["detail"][0]["loc"],
-        json!(["body", "override_settings"])
+        json!(["body", "override_settings.CLIP_stop_at_last_layers"])
     );
+    let body = assert_error(
+        s.post(
+            "/sdapi/v1/txt2img",
+            json!({"override_settings": {"emphasis": "No norm"}}),
+        )
+        .await,
+        422,
+        "No norm",
+    )
+    .await;
+    assert_eq!(
+        body["detail"][0]["loc"],
+        json!(["body", "override_settings.emphasis"])
+    );
+    // A1111 reads prompts with its emphasis syntax: a weight that is no number is refused.
+    let body = assert_error(
+        s.post("/sdapi/v1/txt2img", json!({"prompt": "a (cat:1.2.3)"}))
+            .await,
+        422,
+        "1.2.3",
+    )
+    .await;
+    assert_eq!(body["detail"][0]["loc"], json!(["body", "prompt"]));
     let body = assert_error(
         s.post(
             "/sdapi/v1/txt2img",
@@ -540,4 +564,86 @@ async fn skip_returns_the_running_image_and_keeps_the_queue() {
     assert_eq!(next.status(), 200, "the queued request was not skipped");
     let body: Value = next.json().await.unwrap();
     assert_eq!(body["images"].as_array().unwrap().len(), 1);
+}
+
+/// A1111 reads prompts with its emphasis syntax unless `emphasis` is "None",
+/// and `CLIP_stop_at_last_layers` is the job's clip skip (diffusers' value + 1).
+#[tokio::test]
+async fn emphasis_and_clip_skip_reach_the_job() {
+    let s = TestServer::start().await;
+    let post = |body: Value| {
+        let s = &s;
+        async move {
+            let resp = s.post("/sdapi/v1/txt2img", body).await;
+            assert_eq!(resp.status(), 200);
+            let body: Value = resp.json().await.unwrap();
+            let info: Value = serde_json::from_str(body["info"].as_str().unwrap()).unwrap();
+            (b64(body["images"][0].as_str().unwrap()), info)
+        }
+    };
+    let base = json!({"prompt": "a (cat:1.3)", "seed": 5, "steps": 2, "width": 32, "height": 32});
+    let mut want = request("a (cat:1.3)", 5);
+    (want.steps, want.width, want.height) = (2, 32, 32);
+    want.sampler = "euler".parse().unwrap(); // A1111's default sampler
+    want.cfg_scale = 7.0;
+
+    let (weighted, info) = post(base.clone()).await;
+    let a1111 = GenerateRequest {
+        prompt_syntax: PromptSyntax::A1111,
+        ..want.clone()
+    };
+    assert_eq!(weighted, expected_pngs(&a1111)[0]);
+    assert_eq!(info["clip_skip"], 1);
+
+    let mut plain = base.clone();
+    plain["override_settings"] = json!({"emphasis": "None"});
+    let (image, _) = post(plain).await;
+    assert_eq!(image, expected_pngs(&want)[0]);
+    assert_ne!(image, weighted);
+
+    let mut skipped = base;
+    skipped["override_settings"] = json!({"CLIP_stop_at_last_layers": 2});
+    let (image, info) = post(skipped).await;
+    let skip = GenerateRequest {
+        clip_skip: 1,
+        ..a1111
+    };
+    assert_eq!(image, expected_pngs(&skip)[0]);
+    assert_eq!(info["clip_skip"], 2);
+    assert!(info["infotexts"][0]
+        .as_str()
+        .unwrap()
+        .contains("Clip skip: 2"));
+
+    // The same settings server-wide, through POST /sdapi/v1/options.
+    let set = s
+        .post(
+            "/sdapi/v1/options",
+            json!({"CLIP_stop_at_last_layers": 2, "emphasis": "None"}),
+        )
+        .await;
+    assert_eq!(set.status(), 200);
+    let options: Value = s.get("/sdapi/v1/options").await.json().await.unwrap();
+    assert_eq!(
+        (&options["CLIP_stop_at_last_layers"], &options["emphasis"]),
+        (&json!(2), &json!("None"))
+    );
+    let plain_skip = GenerateRequest {
+        clip_skip: 1,
+        ..want.clone()
+    };
+    let (image, info) = post(json!({"prompt": "a (cat:1.3)", "seed": 5, "steps": 2,
+        "width": 32, "height": 32}))
+    .await;
+    assert_eq!(image, expected_pngs(&plain_skip)[0]);
+    assert_eq!(info["clip_skip"], 2);
+    // A request's override_settings still win.
+    let (image, _) = post(json!({"prompt": "a (cat:1.3)", "seed": 5, "steps": 2,
+        "width": 32, "height": 32, "override_settings": {"emphasis": "Original"}}))
+    .await;
+    assert_eq!(image, expected_pngs(&skip)[0]);
+    let bad = s
+        .post("/sdapi/v1/options", json!({"CLIP_stop_at_last_layers": -3}))
+        .await;
+    assert_eq!(bad.status(), 422);
 }

@@ -217,6 +217,8 @@ pub fn request(prompt: &str, seed: u64) -> GenerateRequest {
         init: None,
         seed_per_image: false,
         hires: None,
+        prompt_syntax: Default::default(),
+        clip_skip: 0,
     }
 }
 

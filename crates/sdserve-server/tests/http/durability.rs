@@ -142,6 +142,7 @@ async fn a_recovered_job_the_model_refuses_fails_with_the_reason() {
         default_steps: 4,
         default_cfg_scale: 7.0,
         vae_scale_factor: 4,
+        max_clip_skip: 11,
     });
     let first = TestServer::on_dir(
         dir.clone(),

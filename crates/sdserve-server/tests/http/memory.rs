@@ -108,6 +108,7 @@ async fn generate_refuses_a_native_size_beyond_the_plan() {
         default_steps: 2,
         default_cfg_scale: 7.0,
         vae_scale_factor: 8,
+        max_clip_skip: 11,
     };
     let s = server(FakeBackend::new().with_info(info)).await;
     let body = refused(s.post("/generate", json!({"prompt": "p", "seed": 1})).await).await;

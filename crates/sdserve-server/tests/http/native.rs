@@ -114,8 +114,9 @@ async fn job_lifecycle_field_by_field() {
 async fn all_request_fields_reach_the_engine() {
     let s = TestServer::start().await;
     let body = json!({
-        "prompt": "p", "negative_prompt": "n", "seed": 7, "steps": 3, "cfg_scale": 1.5,
-        "sampler": "DPM++ 2M Karras", "width": 32, "height": 48, "batch_size": 2
+        "prompt": "(p:1.2)", "negative_prompt": "n", "seed": 7, "steps": 3, "cfg_scale": 1.5,
+        "sampler": "DPM++ 2M Karras", "width": 32, "height": 48, "batch_size": 2,
+        "prompt_syntax": "a1111", "clip_skip": 1
     });
     let id = s
         .post("/api/v1/jobs", body)
@@ -130,8 +131,12 @@ async fn all_request_fields_reach_the_engine() {
     assert_eq!(job["params"]["sampler"], "dpmpp_2m_karras");
     assert_eq!(job["params"]["steps"], 3);
     assert_eq!(job["params"]["cfg_scale"], 1.5);
+    assert_eq!(job["params"]["prompt_syntax"], "a1111");
+    assert_eq!(job["params"]["clip_skip"], 1);
     assert_eq!(job["images"].as_array().unwrap().len(), 2);
-    let mut want = request("p", 7);
+    let mut want = request("(p:1.2)", 7);
+    want.prompt_syntax = sdserve_server::engine_api::PromptSyntax::A1111;
+    want.clip_skip = 1;
     want.negative_prompt = "n".into();
     want.steps = 3;
     want.cfg_scale = 1.5;
@@ -149,6 +154,38 @@ async fn all_request_fields_reach_the_engine() {
             .unwrap();
         assert_eq!(got.to_vec(), expected[i], "image {i}");
     }
+}
+
+/// The prompt-reading fields are checked by name: an unknown syntax, a
+/// negative clip skip, and an A1111 weight that is no number.
+#[tokio::test]
+async fn prompt_syntax_and_clip_skip_are_checked() {
+    let s = TestServer::start().await;
+    for (body, field, message) in [
+        (
+            json!({"prompt": "p", "prompt_syntax": "comfy"}),
+            "prompt_syntax",
+            "unknown variant",
+        ),
+        (
+            json!({"prompt": "p", "clip_skip": -1}),
+            "clip_skip",
+            "must be 0 or more",
+        ),
+        (
+            json!({"prompt": "ok", "negative_prompt": "(x:1..2)", "prompt_syntax": "a1111"}),
+            "negative_prompt",
+            "emphasis weight \\\"1..2\\\" is not a number",
+        ),
+    ] {
+        let body = assert_error(s.post("/api/v1/jobs", body).await, 422, message).await;
+        assert_eq!(body["field"], field, "{body}");
+    }
+    // Plain syntax reads the same text as words.
+    let id = s
+        .submit_job(json!({"prompt": "ok", "negative_prompt": "(x:1..2)"}))
+        .await;
+    assert_eq!(s.wait_job(&id).await["status"], "succeeded");
 }
 
 #[tokio::test]

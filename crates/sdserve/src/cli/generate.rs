@@ -17,7 +17,7 @@ use sdserve_engine::memory::human_bytes;
 use sdserve_engine::request::ImageToImage;
 use sdserve_engine::{
     png, DeviceChoice, Engine, EngineOptions, GenerateRequest, ModelSource, Observer, Precision,
-    Progress, SamplerId, VaeTiling,
+    Progress, PromptSyntax, SamplerId, VaeTiling,
 };
 use sdserve_server::models::ModelEntry;
 
@@ -32,6 +32,19 @@ pub struct GenerateArgs {
     pub prompt: String,
     #[arg(long, default_value = "")]
     pub negative_prompt: String,
+    /// How prompts are read: `plain` (as diffusers; prompts over 75 tokens
+    /// are encoded in chunks) or `a1111` (A1111's `(word:1.2)`, `[word]`,
+    /// `BREAK` syntax).
+    #[arg(long, default_value = "plain")]
+    pub prompt_syntax: PromptSyntax,
+    /// Final text-encoder layers to leave out, as diffusers' `clip_skip`
+    /// (A1111's "Clip skip" N is N-1 here).
+    #[arg(long, default_value_t = 0)]
+    pub clip_skip: usize,
+    /// Folder of textual-inversion embeddings (`.safetensors`, A1111's
+    /// layouts), used by file name in prompts.
+    #[arg(long, value_name = "DIR")]
+    pub embeddings_dir: Option<PathBuf>,
     /// Seed; -1 or absent draws a random one (printed at the end).
     #[arg(long, allow_negative_numbers = true)]
     pub seed: Option<i64>,
@@ -160,6 +173,7 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
         memory_limit: args.memory_limit,
         dtype: args.dtype,
         device: args.device,
+        embeddings_dir: args.embeddings_dir.clone(),
     };
     let mut engine = Engine::load_with(&ModelSource::parse(&args.model), options)
         .with_context(|| format!("loading model {}", args.model))?;
@@ -226,6 +240,8 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
         init,
         seed_per_image: false,
         hires,
+        prompt_syntax: args.prompt_syntax,
+        clip_skip: args.clip_skip,
     };
     engine.validate(&request)?;
     let (out_width, out_height) = engine.output_size(&request);

@@ -157,6 +157,10 @@ pub struct ServeArgs {
     /// Requests beyond the plan get 413.
     #[arg(long, value_name = "SIZE", value_parser = super::parse_memory_limit, env = "SDSERVE_MEMORY_LIMIT")]
     pub memory_limit: Option<u64>,
+    /// Folder of textual-inversion embeddings (`.safetensors`, A1111's
+    /// layouts), used by file name in prompts; listed by /sdapi/v1/embeddings.
+    #[arg(long, value_name = "DIR", env = "SDSERVE_EMBEDDINGS_DIR")]
+    pub embeddings_dir: Option<PathBuf>,
     /// Precision of weights and activations: auto (f16 on CUDA, f32 on the
     /// CPU), f32, f16 or bf16.
     #[arg(
@@ -258,6 +262,7 @@ async fn serve(app: App, args: ServeArgs, started: Instant) -> anyhow::Result<Ex
         memory_limit: args.memory_limit,
         dtype: args.dtype,
         device: args.device,
+        embeddings_dir: args.embeddings_dir.clone(),
     };
     let models = super::models::models(
         args.models_dir.as_deref(),

@@ -9,12 +9,17 @@
 
 use std::collections::BTreeMap;
 
+use std::sync::Arc;
+
+use axum::extract::State;
 use axum::Json;
 use serde::Serialize;
 use utoipa::ToSchema;
 
-use super::A1111Errors;
+use super::{A1111Errors, A1111};
 use crate::engine_api::{Upscaler, UPSCALER_NAMES};
+use crate::error::Rejection;
+use crate::state::AppState;
 
 /// One LoRA of `GET /sdapi/v1/loras` (A1111's Lora extension's shape).
 #[derive(Serialize, ToSchema)]
@@ -60,14 +65,38 @@ pub struct EmbeddingsResponse {
     pub skipped: BTreeMap<String, EmbeddingItem>,
 }
 
-/// Textual-inversion embeddings: none loaded or skipped (not supported yet).
+/// Textual-inversion embeddings of `--embeddings-dir` for the default model:
+/// those it loaded, and the files it skipped (another model family's widths,
+/// unreadable files). Empty while the default model is not loaded.
 #[utoipa::path(get, path = "/sdapi/v1/embeddings", tag = "a1111",
-    responses((status = 200, description = "Embeddings (none)", body = EmbeddingsResponse), A1111Errors))]
-pub async fn embeddings() -> Json<EmbeddingsResponse> {
-    Json(EmbeddingsResponse {
-        loaded: BTreeMap::new(),
-        skipped: BTreeMap::new(),
-    })
+    responses((status = 200, description = "Embeddings", body = EmbeddingsResponse), A1111Errors))]
+pub async fn embeddings(
+    State(state): State<Arc<AppState>>,
+) -> Result<Json<EmbeddingsResponse>, Rejection<A1111>> {
+    let models = state.models()?;
+    let list = models
+        .pool()
+        .peek(&models.default_name(), |backend| backend.embeddings())
+        .unwrap_or_default();
+    let item = |vectors: usize, shape: usize| EmbeddingItem {
+        step: None,
+        sd_checkpoint: None,
+        sd_checkpoint_name: None,
+        shape: shape as i64,
+        vectors: vectors as i64,
+    };
+    Ok(Json(EmbeddingsResponse {
+        loaded: list
+            .loaded
+            .iter()
+            .map(|e| (e.name.clone(), item(e.vectors, e.width)))
+            .collect(),
+        skipped: list
+            .skipped
+            .keys()
+            .map(|name| (name.clone(), item(0, 0)))
+            .collect(),
+    }))
 }
 
 /// One VAE of `GET /sdapi/v1/sd-vae`.

@@ -24,6 +24,7 @@ use crate::error::{ApiError, Rejection};
 use crate::extract::{parse_json, Caller};
 use crate::jobs::JobHandle;
 use crate::state::AppState;
+use crate::state::TextSettings;
 use crate::validation::{InitSpec, JobSpec, ValidationError};
 
 /// A1111's default `denoising_strength` for img2img.
@@ -107,14 +108,14 @@ enum ResizeMode {
 
 impl Img2ImgRequest {
     /// The job this request asks for: txt2img's spec with the decoded images.
-    fn to_spec(&self, limits: &Limits) -> Result<JobSpec, ApiError> {
+    fn to_spec(&self, limits: &Limits, settings_now: TextSettings) -> Result<JobSpec, ApiError> {
         let mut extra = self.base.extra.clone();
         for field in IMG2IMG_FIELDS {
             extra.remove(field);
         }
         let spec = self
             .base
-            .to_spec_with_extra(limits, &extra)
+            .to_spec_with_extra(limits, &extra, settings_now)
             .map_err(ApiError::from)?;
         // 3 is "just resize (latent upscale)": the image is encoded at its
         // own size and its latents resized (bilinear) to the output's.
@@ -393,7 +394,7 @@ pub async fn img2img(
     let limits = &state.config.limits;
     let (request, spec) = match parse_json::<Img2ImgRequest>(body, limits.max_body_bytes) {
         Ok(request) => {
-            let spec = request.to_spec(limits);
+            let spec = request.to_spec(limits, state.a1111_text());
             (request, spec)
         }
         Err(e) => (Img2ImgRequest::default(), Err(e)),

@@ -11,8 +11,9 @@ use axum::Json;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
+use super::wire;
 use super::{A1111Errors, A1111};
-use crate::engine_api::SamplerId;
+use crate::engine_api::{PromptSyntax, SamplerId};
 use crate::error::{ApiError, Rejection};
 use crate::extract::parse_json;
 use crate::models::Listed;
@@ -148,12 +149,17 @@ pub async fn get_options(
 ) -> Result<Json<serde_json::Value>, Rejection<A1111>> {
     let models = state.models()?;
     let default = models.default_model();
+    let text = state.a1111_text();
     Ok(Json(serde_json::json!({
         "sd_model_checkpoint": default.as_ref().map(Listed::title),
         "sd_checkpoint_hash": default.and_then(|m| m.sha256),
         "sd_vae": "Automatic",
         "sd_lora": "None",
-        "CLIP_stop_at_last_layers": 1,
+        "CLIP_stop_at_last_layers": text.clip_skip + 1,
+        "emphasis": match text.prompt_syntax {
+            PromptSyntax::A1111 => "Original",
+            PromptSyntax::Plain => "None",
+        },
         "eta_noise_seed_delta": 0,
         "eta_ddim": 0.0,
         "eta_ancestral": 1.0,
@@ -180,10 +186,24 @@ pub struct OptionsRequest {
     /// is loaded.
     #[serde(default)]
     pub sd_model_checkpoint: Option<String>,
+    /// Clip skip for A1111 requests from now on (1: the last layer).
+    #[serde(
+        default,
+        rename = "CLIP_stop_at_last_layers",
+        deserialize_with = "crate::extract::whole_number::option_i64"
+    )]
+    #[schema(minimum = 0, maximum = 12)]
+    pub clip_stop_at_last_layers: Option<i64>,
+    /// How A1111 requests read prompts from now on: `Original` (emphasis
+    /// syntax) or `None` (plain text).
+    #[serde(default)]
+    pub emphasis: Option<wire::Emphasis>,
 }
 
 /// Accepts settings; `sd_model_checkpoint` switches the default model (loaded
-/// before the answer, as A1111 does; 404 for an unknown one). Others are ignored.
+/// before the answer, as A1111 does; 404 for an unknown one);
+/// `CLIP_stop_at_last_layers` and `emphasis` apply to later A1111 requests
+/// that do not override them. Others are ignored.
 #[utoipa::path(post, path = "/sdapi/v1/options", tag = "a1111", request_body = OptionsRequest,
     responses((status = 200, description = "Accepted (null, as A1111 answers)", body = serde_json::Value),
         A1111Errors))]
@@ -192,6 +212,18 @@ pub async fn set_options(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<serde_json::Value>, Rejection<A1111>> {
     let options: OptionsRequest = parse_json(body, state.config.limits.max_body_bytes)?;
+    // Both checked before either applies.
+    let clip_skip = options
+        .clip_stop_at_last_layers
+        .map(|v| wire::clip_skip("CLIP_stop_at_last_layers", v))
+        .transpose()
+        .map_err(ApiError::from)?;
+    let syntax = options.emphasis.map(PromptSyntax::from);
+    {
+        let mut text = state.a1111_text.lock().unwrap_or_else(|e| e.into_inner());
+        text.clip_skip = clip_skip.unwrap_or(text.clip_skip);
+        text.prompt_syntax = syntax.unwrap_or(text.prompt_syntax);
+    }
     let models = state.models()?;
     if let Some(wanted) = options.sd_model_checkpoint {
         let model = models.resolve(Some(&wanted), "sd_model_checkpoint")?;

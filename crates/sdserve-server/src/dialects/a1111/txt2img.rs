@@ -30,7 +30,9 @@ pub async fn txt2img(
     let limits = &state.config.limits;
     let (request, spec) = match parse_json::<Txt2ImgRequest>(body, limits.max_body_bytes) {
         Ok(request) => {
-            let spec = request.to_spec(limits).map_err(ApiError::from);
+            let spec = request
+                .to_spec(limits, state.a1111_text())
+                .map_err(ApiError::from);
             (request, spec)
         }
         Err(e) => (Txt2ImgRequest::default(), Err(e)),

@@ -111,11 +111,7 @@ const TXT2IMG: &[(&str, Off)] = &[
 ];
 
 /// A1111 settings `override_settings` may carry besides `sd_model_checkpoint`.
-const SETTINGS: &[(&str, Off)] = &[
-    ("CLIP_stop_at_last_layers", Off::One),
-    ("eta_noise_seed_delta", Off::Zero),
-    ("sd_vae", Off::OwnVae),
-];
+const SETTINGS: &[(&str, Off)] = &[("eta_noise_seed_delta", Off::Zero), ("sd_vae", Off::OwnVae)];
 
 /// What `override_settings` accepts besides `sd_model_checkpoint`, as JSON
 /// Schema properties: each setting of [`SETTINGS`] with the values that pass
@@ -186,7 +182,7 @@ pub fn check(
             return Err(ValidationError::Invalid {
                 field: "override_settings",
                 message: format!(
-                    "{key} {what}, got {v}; supported: sd_model_checkpoint, CLIP_stop_at_last_layers = 1, eta_noise_seed_delta = 0, sd_vae = \"Automatic\""
+                    "{key} {what}, got {v}; supported: sd_model_checkpoint, CLIP_stop_at_last_layers, emphasis (\"Original\" or \"None\"), eta_noise_seed_delta = 0, sd_vae = \"Automatic\""
                 ),
             });
         }
@@ -239,9 +235,9 @@ mod tests {
         // DDIM with webuiapi's default eta 1.0 would be A1111's stochastic DDIM.
         assert!(refused(json!({"eta": 1.0}), json!({}), "ddim").starts_with("eta: "));
         assert!(check(&map(json!({"eta": 0})), &Map::new(), "ddim").is_ok());
-        let m = refused(json!({}), json!({"CLIP_stop_at_last_layers": 2}), "euler");
+        let m = refused(json!({}), json!({"eta_noise_seed_delta": 31337}), "euler");
         assert!(
-            m.contains("CLIP_stop_at_last_layers") && m.starts_with("override_settings: "),
+            m.contains("eta_noise_seed_delta") && m.starts_with("override_settings: "),
             "{m}"
         );
         let m = refused(
@@ -252,9 +248,7 @@ mod tests {
         assert!(m.contains("sd_vae"), "{m}");
         let m = refused(json!({}), json!({"samples_format": "jpg"}), "euler");
         assert!(m.contains("samples_format is not supported"), "{m}");
-        let fine = map(
-            json!({"CLIP_stop_at_last_layers": 1, "sd_vae": "Automatic", "eta_noise_seed_delta": 0}),
-        );
+        let fine = map(json!({"sd_vae": "Automatic", "eta_noise_seed_delta": 0}));
         assert!(check(&Map::new(), &fine, "euler").is_ok());
     }
 
@@ -320,7 +314,6 @@ mod tests {
         assert!(check(&inert, &Map::new(), "euler").is_ok());
         // override_settings: anything but the known settings at their defaults.
         for (key, value) in [
-            ("CLIP_stop_at_last_layers", json!(2)),
             ("eta_noise_seed_delta", json!(31337)),
             ("sd_vae", json!("kl-f8-anime.safetensors")),
             ("samples_format", json!("jpg")),

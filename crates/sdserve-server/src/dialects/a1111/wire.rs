@@ -7,9 +7,10 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use crate::config::Limits;
-use crate::engine_api::{png, SamplerId};
+use crate::engine_api::{png, PromptSyntax, SamplerId};
 use crate::jobs::{JobSnapshot, MAX_TASK_NAME_CHARS};
 use crate::models::Listed;
+use crate::state::TextSettings;
 use crate::validation::{parse_sampler, sampler_names, FieldNames, JobSpec, ValidationError};
 
 /// How the A1111 dialect names the shared fields.
@@ -111,14 +112,27 @@ pub struct Txt2ImgRequest {
 }
 
 /// `override_settings` of a txt2img request. Other A1111 settings are
-/// accepted only at their default value (`CLIP_stop_at_last_layers` 1,
-/// `eta_noise_seed_delta` 0, `sd_vae` "Automatic"), else refused by name.
+/// accepted only at their default value (`eta_noise_seed_delta` 0, `sd_vae`
+/// "Automatic"), else refused by name.
 #[derive(Debug, Default, Serialize, Deserialize, ToSchema)]
 #[serde(default)]
 pub struct OverrideSettings {
     /// The model for this request: a title, name, `model_name` or hash from
     /// `GET /sdapi/v1/sd-models` (404 if none matches).
     pub sd_model_checkpoint: Option<String>,
+    /// A1111's clip skip: the text encoder layer counted from the end (1,
+    /// the default, is the last; diffusers' `clip_skip` is this less one).
+    /// (0 reads as 1, as in A1111.)
+    #[serde(
+        default,
+        rename = "CLIP_stop_at_last_layers",
+        deserialize_with = "crate::extract::whole_number::option_i64"
+    )]
+    #[schema(minimum = 0, maximum = 12)]
+    pub clip_stop_at_last_layers: Option<i64>,
+    /// How emphasis is read: `Original` (the default: `(word:1.2)` syntax)
+    /// or `None` (plain text). A1111's `No norm` is refused.
+    pub emphasis: Option<Emphasis>,
     /// Every other setting, checked by `unsupported::check`.
     #[serde(flatten)]
     #[schema(ignore)]
@@ -251,7 +265,13 @@ impl Txt2ImgRequest {
     }
 
     /// The job this request asks for.
-    pub fn to_spec(&self, limits: &Limits) -> Result<JobSpec, ValidationError> {
+    /// `settings_now` are the server-wide A1111 settings the request's
+    /// `override_settings` may override.
+    pub fn to_spec(
+        &self,
+        limits: &Limits,
+        settings_now: TextSettings,
+    ) -> Result<JobSpec, ValidationError> {
         // The hires fix is txt2img's alone: img2img leaves its fields to
         // `unsupported.rs`, which refuses `enable_hr: true`.
         let rest: serde_json::Map<String, serde_json::Value> = self
@@ -260,7 +280,7 @@ impl Txt2ImgRequest {
             .filter(|(k, _)| !super::hires::HIRES_FIELDS.contains(&k.as_str()))
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
-        let spec = self.to_spec_with_extra(limits, &rest)?;
+        let spec = self.to_spec_with_extra(limits, &rest, settings_now)?;
         let first = super::hires::FirstPass {
             prompt: self.prompt.as_deref().unwrap_or(""),
             negative_prompt: self.negative_prompt.as_deref().unwrap_or(""),
@@ -280,6 +300,7 @@ impl Txt2ImgRequest {
         &self,
         limits: &Limits,
         extra: &serde_json::Map<String, serde_json::Value>,
+        settings_now: TextSettings,
     ) -> Result<JobSpec, ValidationError> {
         let seed = match self.seed.unwrap_or(-1) {
             -1 => None,
@@ -308,6 +329,15 @@ impl Txt2ImgRequest {
             .as_ref()
             .map_or(&no_settings, |o| &o.other);
         super::unsupported::check(extra, settings, &sampler)?;
+        let overrides = self.override_settings.as_ref();
+        let stop_at = overrides.and_then(|o| o.clip_stop_at_last_layers);
+        let clip_skip = stop_at
+            .map(|v| clip_skip("override_settings.CLIP_stop_at_last_layers", v))
+            .transpose()?
+            .unwrap_or(settings_now.clip_skip);
+        let prompt_syntax = overrides
+            .and_then(|o| o.emphasis)
+            .map_or(settings_now.prompt_syntax, PromptSyntax::from);
         if let Some(name) = &self.force_task_id {
             let chars = name.chars().count();
             if chars > MAX_TASK_NAME_CHARS {
@@ -330,8 +360,45 @@ impl Txt2ImgRequest {
             model: self.override_model().map(str::to_string),
             // A1111's batches: image i is seed + i, reproducible alone.
             seed_per_image: true,
+            prompt_syntax,
+            clip_skip,
+            clip_skip_saturates: true,
             ..JobSpec::new(self.prompt.clone().unwrap_or_default(), A1111_FIELDS)
         })
+    }
+}
+
+/// A1111's largest `CLIP_stop_at_last_layers` (the top of its slider).
+const MAX_CLIP_STOP: usize = 12;
+
+/// `CLIP_stop_at_last_layers` as diffusers' `clip_skip`: A1111 treats 0
+/// and 1 alike (the last layer).
+pub fn clip_skip(field: &'static str, stop_at_last_layers: i64) -> Result<usize, ValidationError> {
+    match usize::try_from(stop_at_last_layers) {
+        Ok(n) if n <= MAX_CLIP_STOP => Ok(n.saturating_sub(1)),
+        _ => Err(invalid(
+            field,
+            format!("must be between 1 and {MAX_CLIP_STOP}, got {stop_at_last_layers}"),
+        )),
+    }
+}
+
+/// A1111's `emphasis` option, as far as sdserve implements it (its
+/// "No norm" is refused when the JSON is read).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub enum Emphasis {
+    /// A1111's emphasis syntax with the mean restored.
+    Original,
+    /// Plain text.
+    None,
+}
+
+impl From<Emphasis> for PromptSyntax {
+    fn from(e: Emphasis) -> Self {
+        match e {
+            Emphasis::Original => PromptSyntax::A1111,
+            Emphasis::None => PromptSyntax::Plain,
+        }
     }
 }
 
@@ -436,7 +503,7 @@ pub fn info_value(
         "infotexts": infotexts,
         "styles": [],
         "job_timestamp": job_timestamp(snap.started_at.unwrap_or(snap.created_at)),
-        "clip_skip": 1,
+        "clip_skip": p.clip_skip + 1,
         "is_using_inpainting_conditioning": false,
         "version": concat!("sdserve ", env!("CARGO_PKG_VERSION")),
     });
@@ -510,7 +577,7 @@ mod tests {
                         n_iter: Some(n_iter),
                         ..Default::default()
                     }
-                    .to_spec(&limits)
+                    .to_spec(&limits, TextSettings::default())
                     .is_ok_and(|spec| spec.batch_size.unwrap() <= max_batch as i64)
                 };
                 assert!(accepted(schema_most), "{max_batch}: n_iter {n_iter}");
@@ -531,7 +598,7 @@ mod tests {
             seed: Some(-1),
             ..Default::default()
         }
-        .to_spec(&limits)
+        .to_spec(&limits, TextSettings::default())
         .unwrap();
         assert_eq!(spec.seed, None);
         assert_eq!(spec.sampler.as_deref(), Some("euler"));
@@ -553,7 +620,7 @@ mod tests {
             n_iter: Some(3),
             ..Default::default()
         }
-        .to_spec(&limits)
+        .to_spec(&limits, TextSettings::default())
         .unwrap();
         assert_eq!((spec.seed, spec.batch_size), (Some(42), Some(6)));
         for bad in [
@@ -571,7 +638,7 @@ mod tests {
                 ..Default::default()
             },
         ] {
-            assert!(bad.to_spec(&limits).is_err());
+            assert!(bad.to_spec(&limits, TextSettings::default()).is_err());
         }
     }
 }

@@ -5,7 +5,9 @@ use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
-use crate::engine_api::{HiresSize, Upscaler, DEFAULT_DENOISING_STRENGTH, DEFAULT_SCALE};
+use crate::engine_api::{
+    HiresSize, PromptSyntax, Upscaler, DEFAULT_DENOISING_STRENGTH, DEFAULT_SCALE,
+};
 use crate::jobs::{
     ImageId, JobFailure, JobId, JobParams, JobSnapshot, JobStatus, JobTimings, StepProgress,
 };
@@ -71,6 +73,34 @@ pub struct CreateJob {
     /// a product JSON Schema cannot state.)
     #[schema(ignore)]
     pub hires: Option<HiresRequest>,
+    /// How the prompts are read (default `plain`).
+    pub prompt_syntax: Option<PromptSyntaxName>,
+    /// Final text-encoder layers left out, as diffusers' `clip_skip`
+    /// (A1111's "Clip skip" N is N-1; default 0). (Left out of the OpenAPI
+    /// document: its maximum is the model's encoder depth less one or two.)
+    #[schema(ignore)]
+    #[serde(default, deserialize_with = "crate::extract::whole_number::option_i64")]
+    pub clip_skip: Option<i64>,
+}
+
+/// How a job's prompts are read.
+#[derive(Debug, Clone, Copy, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum PromptSyntaxName {
+    /// Text as written, as diffusers reads it; prompts over 75 tokens are
+    /// encoded in 75-token chunks (never truncated).
+    Plain,
+    /// A1111's emphasis syntax: `(word)`, `(word:1.3)`, `[word]`, `BREAK`, `\(`.
+    A1111,
+}
+
+impl From<PromptSyntaxName> for PromptSyntax {
+    fn from(name: PromptSyntaxName) -> Self {
+        match name {
+            PromptSyntaxName::Plain => PromptSyntax::Plain,
+            PromptSyntaxName::A1111 => PromptSyntax::A1111,
+        }
+    }
 }
 
 /// The `hires` object of a job: A1111's `hr_*` settings under plain names.
@@ -166,7 +196,16 @@ impl CreateJob {
     /// (`init_image`, `mask`), which the handler resolves.
     pub fn into_spec(self, init: Option<InitSpec>) -> Result<JobSpec, ValidationError> {
         let hires = self.hires.as_ref().map(HiresRequest::to_spec).transpose()?;
+        let clip_skip = match self.clip_skip {
+            None => 0,
+            Some(n) => usize::try_from(n).map_err(|_| ValidationError::Invalid {
+                field: "clip_skip",
+                message: format!("must be 0 or more, got {n}"),
+            })?,
+        };
         Ok(JobSpec {
+            prompt_syntax: self.prompt_syntax.map_or(PromptSyntax::Plain, Into::into),
+            clip_skip,
             init,
             hires,
             negative_prompt: self.negative_prompt.unwrap_or_default(),

@@ -6,6 +6,8 @@
 //!   encoder's pooled, projected output; an empty negative prompt is all zeros
 //!   when the pipeline's `force_zeros_for_empty_prompt` says so.
 
+use std::sync::Arc;
+
 use candle_core::{DType, Device, Tensor};
 
 use crate::config::TextEncoderConfig;
@@ -14,21 +16,38 @@ use crate::model_files::{ModelFiles, Part};
 use crate::text_encoder::{HiddenLayer, TextEncoder};
 use crate::tokenizer::ClipTokenizer;
 
-/// One tokenizer and the text encoder it feeds.
+/// One tokenizer and the text encoder it feeds (shared, so a LoRA set's
+/// copy with a patched encoder costs no tokenizer).
+#[derive(Clone)]
 pub struct PromptEncoder {
-    pub tokenizer: ClipTokenizer,
-    pub encoder: TextEncoder,
+    pub tokenizer: Arc<ClipTokenizer>,
+    pub encoder: Arc<TextEncoder>,
+}
+
+/// How a text encoder was built, to build it again from patched weights (LoRA).
+pub struct TextRecipe {
+    pub cfg: TextEncoderConfig,
+    pub has_prefix: bool,
+    /// The tensors it was built from, by name.
+    pub weights: crate::lora::Recorder,
 }
 
 impl PromptEncoder {
     /// Loads a text encoder `part` (`TextEncoder` or `TextEncoder2`) and its tokenizer.
-    pub fn load(files: &ModelFiles, part: Part, dtype: DType, device: &Device) -> Result<Self> {
-        let tokenizer = files.tokenizer(part)?;
+    pub fn load(
+        files: &ModelFiles,
+        part: Part,
+        dtype: DType,
+        device: &Device,
+    ) -> Result<(Self, TextRecipe)> {
+        let tokenizer = Arc::new(files.tokenizer(part)?);
         let cfg: TextEncoderConfig = files.text_encoder_config(part)?;
         let (vb, names, file) = files.weights(part, dtype, device)?;
+        let (vb, weights) = crate::lora::recording(vb);
         let has_prefix = names.iter().any(|n| n.starts_with("text_model."));
         let encoder = TextEncoder::new(vb, has_prefix, &cfg)
             .map_err(|e| EngineError::invalid_model(&file, describe_candle(&e)))?;
+        let encoder = Arc::new(encoder);
         if tokenizer.max_length() > encoder.max_positions() {
             return Err(EngineError::invalid_model(
                 files.config_path(part),
@@ -39,7 +58,12 @@ impl PromptEncoder {
                 ),
             ));
         }
-        Ok(Self { tokenizer, encoder })
+        let recipe = TextRecipe {
+            cfg,
+            has_prefix,
+            weights,
+        };
+        Ok((Self { tokenizer, encoder }, recipe))
     }
 
     fn encode(&self, text: &str, layer: HiddenLayer, device: &Device) -> Result<TextOut> {
@@ -76,6 +100,7 @@ pub struct Conditioning {
 }
 
 /// The text side of a pipeline.
+#[derive(Clone)]
 pub enum TextConditioner {
     /// SD 1.x/2.x.
     Single(Box<PromptEncoder>),

@@ -439,6 +439,7 @@ mod tests {
             init: None,
             seed_per_image: false,
             hires: None,
+            loras: Vec::new(),
         };
         let device = Device::Cpu;
         let square = mask_tensor(

@@ -104,6 +104,8 @@ pub struct EngineOptions {
     pub dtype: Precision,
     /// `--device`.
     pub device: DeviceChoice,
+    /// `--lora-dir`: where requests' LoRAs are looked up by name.
+    pub lora_dir: Option<std::path::PathBuf>,
 }
 
 #[cfg(test)]

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use crate::hires::HiresFix;
 use crate::image_input::DecodedImage;
 use crate::image_ops::GrayImage;
+use crate::lora::LoraRef;
 use crate::samplers::SamplerId;
 
 /// One text-to-image job. Several compatible jobs can run as one UNet batch
@@ -33,6 +34,9 @@ pub struct GenerateRequest {
     /// A1111's hires fix: upscale the result and run a second, image-to-image
     /// pass at the larger size (text-to-image only).
     pub hires: Option<HiresFix>,
+    /// LoRAs from the engine's LoRA folder, applied in order (jobs batch
+    /// only with the same list).
+    pub loras: Vec<LoraRef>,
 }
 
 impl GenerateRequest {

@@ -258,6 +258,7 @@ fn batched_jobs_equal_their_solo_images_exactly() {
                     batch_size: 1 + i % 2,
                     seed_per_image: false,
                     hires: None,
+                    loras: Vec::new(),
                     init: None,
                 })
                 .collect();

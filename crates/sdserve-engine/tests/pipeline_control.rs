@@ -25,6 +25,7 @@ fn job(prompt: &str, seed: u64) -> GenerateRequest {
         batch_size: 1,
         seed_per_image: false,
         hires: None,
+        loras: Vec::new(),
         init: None,
     }
 }

@@ -80,6 +80,7 @@ pub fn request(case: &Case) -> GenerateRequest {
         batch_size: case.batch_size,
         seed_per_image: false,
         hires: None,
+        loras: Vec::new(),
         init: case.init_image.as_ref().map(|path| ImageToImage {
             image: Arc::new(read_rgb(path)),
             mask: case

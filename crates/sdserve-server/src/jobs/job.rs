@@ -11,7 +11,9 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use super::id::{ImageId, JobId};
-use crate::engine_api::{GenerateRequest, HiresFix, HiresSize, SamplerId, StepCount, Upscaler};
+use crate::engine_api::{
+    GenerateRequest, HiresFix, HiresSize, LoraRef, SamplerId, StepCount, Upscaler,
+};
 
 /// Where a job is in its life. Terminal states never change again.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
@@ -84,6 +86,41 @@ pub struct JobParams {
     /// The hires fix it runs (text-to-image only); `width` and `height` are the first pass's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hires: Option<HiresParams>,
+    /// LoRAs applied, in order (names in the server's `--lora-dir`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub loras: Vec<LoraParams>,
+}
+
+/// One LoRA as a job records it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct LoraParams {
+    /// File stem in the LoRA folder.
+    pub name: String,
+    /// Multiplier on the text encoders' layers.
+    pub te_weight: f64,
+    /// Multiplier on the UNet's layers.
+    pub unet_weight: f64,
+}
+
+impl From<&LoraRef> for LoraParams {
+    fn from(l: &LoraRef) -> Self {
+        Self {
+            name: l.name.clone(),
+            te_weight: l.te_weight,
+            unet_weight: l.unet_weight,
+        }
+    }
+}
+
+impl LoraParams {
+    /// The engine's reference again.
+    pub fn to_engine(&self) -> LoraRef {
+        LoraRef {
+            name: self.name.clone(),
+            te_weight: self.te_weight,
+            unet_weight: self.unet_weight,
+        }
+    }
 }
 
 /// A hires fix as a job records it: A1111's settings (the second pass runs
@@ -162,6 +199,7 @@ impl From<&GenerateRequest> for JobParams {
             inpainting: r.init.as_ref().is_some_and(|i| i.mask.is_some()),
             seed_per_image: r.seed_per_image,
             hires: r.hires.as_ref().map(HiresParams::from),
+            loras: r.loras.iter().map(LoraParams::from).collect(),
         }
     }
 }
@@ -203,6 +241,7 @@ impl JobParams {
                 .as_ref()
                 .map(HiresParams::to_engine)
                 .transpose()?,
+            loras: self.loras.iter().map(LoraParams::to_engine).collect(),
         })
     }
 }
@@ -362,6 +401,7 @@ mod tests {
             init: None,
             seed_per_image: false,
             hires: None,
+            loras: Vec::new(),
         };
         for (sampler, seed_per_image) in SamplerId::ALL
             .into_iter()
@@ -416,6 +456,7 @@ mod tests {
             }),
             seed_per_image: false,
             hires: None,
+            loras: Vec::new(),
         };
         let params = JobParams::from(&request);
         assert_eq!((params.strength, params.inpainting), (Some(0.6), true));

@@ -81,6 +81,7 @@ mod tests {
                 inpainting: false,
                 seed_per_image: false,
                 hires: None,
+                loras: Vec::new(),
             },
             0,
         );

@@ -9,7 +9,8 @@ use crate::backend::Backend;
 use crate::config::Limits;
 use crate::dialects::Dialect;
 use crate::engine_api::{
-    uses_guidance, DecodedImage, EngineError, GenerateRequest, GrayImage, ImageToImage, SamplerId,
+    uses_guidance, DecodedImage, EngineError, GenerateRequest, GrayImage, ImageToImage, LoraRef,
+    SamplerId, MAX_LORAS, MAX_WEIGHT,
 };
 use crate::jobs::ClientId;
 
@@ -93,6 +94,10 @@ pub struct JobSpec {
     pub seed_per_image: bool,
     /// A1111's hires fix (text-to-image only).
     pub hires: Option<HiresSpec>,
+    /// LoRAs to apply (native `loras`, A1111's `<lora:..>` prompt tags).
+    pub loras: Vec<LoraRef>,
+    /// How the dialect names the LoRA list (`prompt` where tags carry it).
+    pub loras_field: &'static str,
     /// How the dialect names these fields.
     pub names: FieldNames,
 }
@@ -134,6 +139,8 @@ impl JobSpec {
             init: None,
             seed_per_image: false,
             hires: None,
+            loras: Vec::new(),
+            loras_field: "loras",
             names,
         }
     }
@@ -150,6 +157,29 @@ pub struct ValidJob {
     pub dialect: Dialect,
     /// The catalog name of the model it runs on.
     pub model: String,
+}
+
+/// At most [`MAX_LORAS`], each weight finite and within ±[`MAX_WEIGHT`];
+/// names are checked by the engine against its LoRA folder.
+fn check_loras(field: &'static str, loras: &[LoraRef]) -> Result<(), ValidationError> {
+    let fail = |message: String| Err(ValidationError::Lora { field, message });
+    if loras.len() > MAX_LORAS {
+        return fail(format!(
+            "at most {MAX_LORAS} LoRAs per request, got {}",
+            loras.len()
+        ));
+    }
+    for l in loras {
+        for w in [l.te_weight, l.unet_weight] {
+            if !w.is_finite() || w.abs() > MAX_WEIGHT {
+                return fail(format!(
+                    "LoRA \"{}\": weight {w} must be a finite number within ±{MAX_WEIGHT}",
+                    l.name
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 fn check_text(field: &'static str, text: &str, max: usize) -> Result<(), ValidationError> {
@@ -356,6 +386,8 @@ pub fn validate(
         Some(name) => parse_sampler(n.sampler, name)?,
     };
     let init = spec.init.map(check_init).transpose()?;
+    let spec_loras_field = spec.loras_field;
+    check_loras(spec_loras_field, &spec.loras)?;
     let (hires, (out_width, out_height)) = match spec.hires {
         Some(h) => {
             let (fix, size) = hires::check(h, (width, height), multiple, limits)?;
@@ -376,6 +408,7 @@ pub fn validate(
         init,
         seed_per_image: spec.seed_per_image,
         hires,
+        loras: spec.loras,
     };
     // The memory plan after the configured limits: it only ever lowers them,
     // and the largest size it suggests is one the limits also allow.
@@ -393,6 +426,12 @@ pub fn validate(
     }
     backend.validate(&request).map_err(|e| match e {
         EngineError::InvalidRequest(message) => ValidationError::Engine(message),
+        e @ (EngineError::UnknownLora { .. } | EngineError::InvalidLora { .. }) => {
+            ValidationError::Lora {
+                field: spec_loras_field,
+                message: e.to_string(),
+            }
+        }
         EngineError::OverBudget(detail) => ValidationError::OverBudget {
             field: n.width,
             detail,

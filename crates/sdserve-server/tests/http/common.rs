@@ -217,6 +217,7 @@ pub fn request(prompt: &str, seed: u64) -> GenerateRequest {
         init: None,
         seed_per_image: false,
         hires: None,
+        loras: Vec::new(),
     }
 }
 

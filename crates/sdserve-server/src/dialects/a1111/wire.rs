@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use crate::config::Limits;
-use crate::engine_api::{png, SamplerId};
+use crate::engine_api::{png, split_extra_networks, EngineError, SamplerId};
 use crate::jobs::{JobSnapshot, MAX_TASK_NAME_CHARS};
 use crate::models::Listed;
 use crate::validation::{parse_sampler, sampler_names, FieldNames, JobSpec, ValidationError};
@@ -318,7 +318,16 @@ impl Txt2ImgRequest {
                 });
             }
         }
+        // A1111's extra-network tags: out of the prompt, into the job's LoRAs
+        // (the negative prompt is not parsed, as A1111).
+        let (prompt, loras) =
+            split_extra_networks(self.prompt.as_deref().unwrap_or("")).map_err(|e| match e {
+                EngineError::InvalidRequest(m) => invalid("prompt", m),
+                other => invalid("prompt", other.to_string()),
+            })?;
         Ok(JobSpec {
+            loras,
+            loras_field: "prompt",
             negative_prompt: self.negative_prompt.clone().unwrap_or_default(),
             seed,
             steps: Some(self.steps.unwrap_or(A1111_DEFAULT_STEPS)),
@@ -330,7 +339,7 @@ impl Txt2ImgRequest {
             model: self.override_model().map(str::to_string),
             // A1111's batches: image i is seed + i, reproducible alone.
             seed_per_image: true,
-            ..JobSpec::new(self.prompt.clone().unwrap_or_default(), A1111_FIELDS)
+            ..JobSpec::new(prompt, A1111_FIELDS)
         })
     }
 }

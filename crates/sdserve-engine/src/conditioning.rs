@@ -6,6 +6,8 @@
 //!   encoder's pooled, projected output; an empty negative prompt is all zeros
 //!   when the pipeline's `force_zeros_for_empty_prompt` says so.
 
+use std::sync::Arc;
+
 use candle_core::{DType, Device, Tensor};
 
 use crate::config::TextEncoderConfig;
@@ -16,22 +18,38 @@ use crate::prompt::{self, EmbeddingName, PromptSyntax};
 use crate::text_encoder::{HiddenLayer, TextEncoder};
 use crate::tokenizer::ClipTokenizer;
 
-/// One tokenizer and the text encoder it feeds.
+/// One tokenizer and the text encoder it feeds (shared, so a LoRA set's
+/// copy with a patched encoder costs no tokenizer).
+#[derive(Clone)]
 pub struct PromptEncoder {
-    pub tokenizer: ClipTokenizer,
-    pub encoder: TextEncoder,
+    pub tokenizer: Arc<ClipTokenizer>,
+    pub encoder: Arc<TextEncoder>,
     /// Textual-inversion embeddings: the names prompts use and, in the same
     /// order, their vectors `(n, hidden)` for this encoder.
     embedding_names: Vec<EmbeddingName>,
     embedding_vectors: Vec<Tensor>,
 }
 
+/// How a text encoder was built, to build it again from patched weights (LoRA).
+pub struct TextRecipe {
+    pub cfg: TextEncoderConfig,
+    pub has_prefix: bool,
+    /// The tensors it was built from, by name.
+    pub weights: crate::lora::Recorder,
+}
+
 impl PromptEncoder {
     /// Loads a text encoder `part` (`TextEncoder` or `TextEncoder2`) and its tokenizer.
-    pub fn load(files: &ModelFiles, part: Part, dtype: DType, device: &Device) -> Result<Self> {
-        let tokenizer = files.tokenizer(part)?;
+    pub fn load(
+        files: &ModelFiles,
+        part: Part,
+        dtype: DType,
+        device: &Device,
+    ) -> Result<(Self, TextRecipe)> {
+        let tokenizer = Arc::new(files.tokenizer(part)?);
         let cfg: TextEncoderConfig = files.text_encoder_config(part)?;
         let (vb, names, file) = files.weights(part, dtype, device)?;
+        let (vb, weights) = crate::lora::recording(vb);
         let has_prefix = names.iter().any(|n| n.starts_with("text_model."));
         let encoder = TextEncoder::new(vb, has_prefix, &cfg)
             .map_err(|e| EngineError::invalid_model(&file, describe_candle(&e)))?;
@@ -44,6 +62,7 @@ impl PromptEncoder {
                 ),
             ));
         }
+        let encoder = Arc::new(encoder);
         if tokenizer.max_length() > encoder.max_positions() {
             return Err(EngineError::invalid_model(
                 files.config_path(part),
@@ -54,12 +73,18 @@ impl PromptEncoder {
                 ),
             ));
         }
-        Ok(Self {
+        let recipe = TextRecipe {
+            cfg,
+            has_prefix,
+            weights,
+        };
+        let encoder = Self {
             tokenizer,
             encoder,
             embedding_names: Vec::new(),
             embedding_vectors: Vec::new(),
-        })
+        };
+        Ok((encoder, recipe))
     }
 
     /// `text` in 75-token chunks (see [`crate::prompt`]), each encoded on its
@@ -99,6 +124,15 @@ impl PromptEncoder {
         let hidden = Tensor::cat(&rows, 0)?.unsqueeze(0)?;
         let pooled = out.pooled.map(|p| p.narrow(0, 0, 1)).transpose()?;
         Ok(TextOut { hidden, pooled })
+    }
+
+    /// This tokenizer and its embeddings over another encoder (a LoRA's
+    /// patched copy).
+    pub fn with_encoder(&self, encoder: Arc<TextEncoder>) -> Self {
+        Self {
+            encoder,
+            ..self.clone()
+        }
     }
 
     /// Makes `library`'s embeddings usable in prompts: each one's name as
@@ -166,6 +200,7 @@ pub struct Conditioning {
 }
 
 /// The text side of a pipeline.
+#[derive(Clone)]
 pub enum TextConditioner {
     /// SD 1.x/2.x.
     Single(Box<PromptEncoder>),

@@ -1,12 +1,14 @@
 //! The public facade: load a model once, then generate from many requests.
 
 use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 
 use candle_core::{DType, Device};
 
 use crate::attention::ScoreBlock;
 use crate::embeddings::EmbeddingLibrary;
 use crate::error::{EngineError, Result};
+use crate::lora::{self, LoraDir, LoraRef};
 use crate::memory::{plan_for_model, MemoryPlan};
 use crate::model::StableDiffusion;
 use crate::options::{DeviceChoice, EngineOptions, Precision, VaeTiling};
@@ -75,13 +77,22 @@ const DEFAULT_CFG: f64 = 7.0;
 
 /// A loaded model, ready to generate. Blocking: run it on its own thread.
 pub struct Engine {
-    model: StableDiffusion,
+    model: Arc<StableDiffusion>,
     embeddings: EmbeddingLibrary,
     info: ModelInfo,
     options: EngineOptions,
     plan: MemoryPlan,
     label: ModelLabel,
+    /// `--lora-dir`, if given.
+    loras: Option<LoraDir>,
+    /// The model with the last LoRA set applied (one set at a time: its
+    /// patched tensors are the only extra weights the engine holds).
+    lora_cache: Mutex<Option<(LoraKey, Arc<StableDiffusion>)>>,
 }
+
+/// What a LoRA set's patched model depends on: each LoRA's file (path,
+/// size, mtime: a replaced file is read again) and multipliers.
+type LoraKey = Vec<(PathBuf, u64, Option<std::time::SystemTime>, u64, u64)>;
 
 impl Engine {
     /// Loads a model with default options on the CPU (or the first CUDA GPU
@@ -121,6 +132,7 @@ impl Engine {
             None => EmbeddingLibrary::default(),
         };
         model.text.set_embeddings(&embeddings);
+        let loras = options.lora_dir.as_deref().map(LoraDir::open).transpose()?;
         if options.vae_tiling == VaeTiling::On {
             // `--vae-tiling on` with a VAE that cannot tile is refused now, not at the first decode.
             model.vae_tile_geometry()?;
@@ -150,12 +162,14 @@ impl Engine {
             name,
         };
         Ok(Self {
-            model,
+            model: Arc::new(model),
             embeddings,
             label: ModelLabel::named(info.name.clone()),
             info,
             options,
             plan,
+            loras,
+            lora_cache: Mutex::new(None),
         })
     }
 
@@ -254,6 +268,7 @@ impl Engine {
             crate::prompt::parse(text, req.prompt_syntax)?;
         }
         crate::img2img::validate(&self.model, req)?;
+        self.check_loras(&req.loras)?;
         if let Some(hires) = &req.hires {
             if req.init.is_some() {
                 return invalid(
@@ -308,7 +323,7 @@ impl Engine {
             self.validate(job)?;
             if !batch_compatible(job, &jobs[0]) {
                 return Err(EngineError::InvalidRequest(
-                    "jobs in one batch must share size, steps, sampler, guidance and hires fix"
+                    "jobs in one batch must share size, steps, sampler, guidance, hires fix and LoRAs"
                         .into(),
                 ));
             }
@@ -333,18 +348,149 @@ impl Engine {
                 tile_vae: self.tile_vae(j),
             })
             .collect();
-        let results = pipeline::generate_batch(&self.model, &self.label, &seeded, observer)?;
+        let loras = jobs.first().map_or(&[][..], |j| &j.loras[..]);
+        let model = self.model_for(loras)?;
+        let hashes = self.lora_hashes(loras)?;
+        let results = pipeline::generate_batch(&model, &self.label, &seeded, observer)?;
         Ok(results
             .into_iter()
-            .map(|r| r.map(|(images, timings)| GenerationOutput { images, timings }))
+            .map(|r| {
+                r.map(|(mut images, timings)| {
+                    if let Some(hashes) = &hashes {
+                        for image in &mut images {
+                            image.infotext = crate::png::with_settings(
+                                &image.infotext,
+                                &[("Lora hashes", hashes.clone())],
+                            );
+                        }
+                    }
+                    GenerationOutput { images, timings }
+                })
+            })
             .collect())
+    }
+
+    /// The LoRAs the engine's `--lora-dir` holds (empty without one).
+    pub fn loras(&self) -> Option<&LoraDir> {
+        self.loras.as_ref()
+    }
+
+    /// Count, multipliers and names of a request's LoRAs; the set must apply
+    /// to this model (built now and cached, so a bad file is a request error).
+    fn check_loras(&self, loras: &[LoraRef]) -> Result<()> {
+        if loras.len() > lora::MAX_LORAS {
+            return Err(EngineError::InvalidRequest(format!(
+                "at most {} LoRAs per request, got {}",
+                lora::MAX_LORAS,
+                loras.len()
+            )));
+        }
+        for l in loras {
+            for w in [l.te_weight, l.unet_weight] {
+                if !w.is_finite() || w.abs() > lora::MAX_WEIGHT {
+                    return Err(EngineError::InvalidRequest(format!(
+                        "LoRA \"{}\": weight {w} is not a number within ±{}",
+                        l.name,
+                        lora::MAX_WEIGHT
+                    )));
+                }
+            }
+        }
+        self.model_for(loras).map(|_| ())
+    }
+
+    /// The model with `loras` applied: the base model for none, else the
+    /// cached set's, else a new one (replacing the cached set).
+    fn model_for(&self, loras: &[LoraRef]) -> Result<Arc<StableDiffusion>> {
+        if loras.is_empty() {
+            return Ok(self.model.clone());
+        }
+        let mut key = LoraKey::new();
+        let mut paths = Vec::with_capacity(loras.len());
+        for l in loras {
+            let path = self.lora_path(&l.name)?;
+            let meta = std::fs::metadata(&path).map_err(|source| EngineError::Io {
+                path: path.clone(),
+                source,
+            })?;
+            key.push((
+                path.clone(),
+                meta.len(),
+                meta.modified().ok(),
+                l.te_weight.to_bits(),
+                l.unet_weight.to_bits(),
+            ));
+            paths.push(path);
+        }
+        let mut cache = self.lora_cache.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((cached, model)) = cache.as_ref() {
+            if *cached == key {
+                return Ok(model.clone());
+            }
+        }
+        // Drop the previous set first: at most one patched copy is held.
+        *cache = None;
+        let base = &self.model.lora_base.base;
+        let mut layers = Vec::new();
+        for (l, path) in loras.iter().zip(&paths) {
+            let read = lora::read_layers(
+                &l.name,
+                path,
+                |c| base.part(c).map(|p| &p.index),
+                &self.model.device,
+            )?;
+            layers.extend(read.into_iter().map(|layer| {
+                let weight = match layer.component {
+                    lora::Component::Unet => l.unet_weight,
+                    _ => l.te_weight,
+                };
+                (l.name.clone(), layer, weight)
+            }));
+        }
+        let bytes = self.model.lora_base.patched_bytes(&layers);
+        let model = Arc::new(lora::apply(&self.model, &layers)?);
+        tracing::info!(
+            loras = ?loras.iter().map(|l| l.name.as_str()).collect::<Vec<_>>(),
+            layers = layers.len(),
+            patched_mib = bytes / (1 << 20),
+            "LoRA set applied"
+        );
+        *cache = Some((key, model.clone()));
+        Ok(model)
+    }
+
+    fn lora_path(&self, name: &str) -> Result<PathBuf> {
+        match &self.loras {
+            Some(dir) => dir.resolve(name),
+            None => Err(EngineError::UnknownLora {
+                name: name.to_string(),
+                available: Vec::new(),
+            }),
+        }
+    }
+
+    /// A1111's `Lora hashes` value (`"name: hash, ..."`, quoted as A1111
+    /// quotes values holding `,` or `:`), or `None` without LoRAs.
+    fn lora_hashes(&self, loras: &[LoraRef]) -> Result<Option<String>> {
+        let (Some(dir), false) = (&self.loras, loras.is_empty()) else {
+            return Ok(None);
+        };
+        let mut parts = Vec::with_capacity(loras.len());
+        for l in loras {
+            let hash = dir.short_hash(&dir.resolve(&l.name)?)?;
+            let name: String = l.name.chars().filter(|c| !matches!(c, ':' | ',')).collect();
+            parts.push(format!("{name}: {hash}"));
+        }
+        Ok(Some(format!("\"{}\"", parts.join(", "))))
     }
 }
 
-/// Jobs that may share one batch: same size, steps, sampler, guidance on/off
-/// and hires fix (its second pass runs them together again).
+/// Jobs that may share one batch: same size, steps, sampler, guidance on/off,
+/// hires fix (its second pass runs them together again) and LoRA set (one
+/// set of weights per UNet call).
 pub fn batch_compatible(a: &GenerateRequest, b: &GenerateRequest) -> bool {
     a.hires == b.hires
+        && a.loras == b.loras
         && a.width == b.width
         && a.height == b.height
         && a.steps == b.steps

@@ -11,6 +11,18 @@ pub enum EngineError {
     #[error("invalid request: {0}")]
     InvalidRequest(String),
 
+    /// A request named a LoRA that the LoRA folder does not hold.
+    #[error("unknown LoRA \"{name}\"; available: {}", if .available.is_empty() { "none (no --lora-dir, or it holds no .safetensors)".to_string() } else { .available.join(", ") })]
+    UnknownLora {
+        name: String,
+        available: Vec<String>,
+    },
+
+    /// A LoRA file that cannot be applied to this model (a pickle, keys that
+    /// match no layer, shapes that do not fit); the message names the keys.
+    #[error("LoRA \"{name}\": {message}")]
+    InvalidLora { name: String, message: String },
+
     /// A model file that must never be loaded (pickle-based checkpoints).
     #[error("refusing to load {path}: {reason}")]
     UnsafeFormat { path: PathBuf, reason: String },

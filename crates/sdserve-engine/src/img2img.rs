@@ -441,6 +441,7 @@ mod tests {
             hires: None,
             prompt_syntax: Default::default(),
             clip_skip: 0,
+            loras: Vec::new(),
         };
         let device = Device::Cpu;
         let square = mask_tensor(

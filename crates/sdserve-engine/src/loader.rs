@@ -5,7 +5,7 @@
 //! file, so a truncated or malformed file gives an error naming the file and
 //! the tensor instead of a panic deep inside a layer constructor.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
@@ -158,6 +158,30 @@ pub fn runtime_bytes(files: &[PathBuf], dtype: DType) -> Result<u64> {
 /// Parses and checks a safetensors header: every tensor's dtype, shape and
 /// byte range must be consistent with each other and with the file size.
 fn read_header(path: &Path) -> Result<HashMap<String, TensorEntry>> {
+    let (header, file_len) = read_header_bytes(path)?;
+    parse_entries(&header, file_len).map_err(|msg| EngineError::invalid_model(path, msg))
+}
+
+/// The `__metadata__` string map of a checked safetensors file (kohya's
+/// `ss_*` training notes, diffusers' `lora_adapter_metadata`); empty when absent.
+pub fn safetensors_metadata(path: &Path) -> Result<BTreeMap<String, String>> {
+    let (header, file_len) = read_header_bytes(path)?;
+    let bad = |msg: String| EngineError::invalid_model(path, msg);
+    parse_entries(&header, file_len).map_err(bad)?;
+    let mut entries: HashMap<String, serde_json::Value> = serde_json::from_slice(&header)
+        .map_err(|e| bad(format!("header is not valid JSON: {e}")))?;
+    Ok(match entries.remove("__metadata__") {
+        Some(serde_json::Value::Object(map)) => map
+            .into_iter()
+            .filter_map(|(k, v)| v.as_str().map(|v| (k, v.to_string())))
+            .collect(),
+        _ => BTreeMap::new(),
+    })
+}
+
+/// The JSON header bytes of a safetensors file (length prefix checked
+/// against the file size) and the file's length.
+fn read_header_bytes(path: &Path) -> Result<(Vec<u8>, u64)> {
     refuse_pickle(path)?;
     let bad = |msg: String| EngineError::invalid_model(path, msg);
     let mut file = std::fs::File::open(path).map_err(|e| bad(format!("cannot open: {e}")))?;
@@ -172,7 +196,7 @@ fn read_header(path: &Path) -> Result<HashMap<String, TensorEntry>> {
     let mut header = vec![0u8; header_len as usize];
     file.read_exact(&mut header)
         .map_err(|e| bad(format!("cannot read header: {e}")))?;
-    parse_entries(&header, file_len).map_err(bad)
+    Ok((header, file_len))
 }
 
 /// Checks a whole safetensors file held in memory (the pure core of

@@ -4,6 +4,7 @@
 //! they go beyond what those modules implement.
 
 use std::path::Path;
+use std::sync::Arc;
 
 use candle_core::{DType, Device, Tensor};
 use candle_transformers::models::stable_diffusion::unet_2d::{
@@ -14,6 +15,7 @@ use crate::attention::ScoreBlock;
 use crate::conditioning::{PromptEncoder, TextConditioner};
 use crate::config::{PerBlock, SchedulerConfig, UNetConfig, VaeConfig};
 use crate::error::{EngineError, Result};
+use crate::lora::{Rebuild, UnetRecipe};
 use crate::model_files::{ModelFiles, Part};
 use crate::unet::{TextTimeShape, UNet, UNetShape};
 use crate::vae::{VaeDecoder, VaeShape};
@@ -29,14 +31,16 @@ pub enum Family {
     Sdxl,
 }
 
-/// All parts of a loaded Stable Diffusion 1.x/2.x or SDXL pipeline.
+/// All parts of a loaded Stable Diffusion 1.x/2.x or SDXL pipeline. Cloning
+/// shares every module (a LoRA set's model replaces the UNet or text side).
+#[derive(Clone)]
 pub struct StableDiffusion {
     pub family: Family,
     pub text: TextConditioner,
-    pub unet: UNet,
-    pub vae: VaeDecoder,
+    pub unet: Arc<UNet>,
+    pub vae: Arc<VaeDecoder>,
     /// The VAE encoder, for image-to-image (absent from decoder-only files).
-    pub vae_encoder: Option<VaeEncoder>,
+    pub vae_encoder: Option<Arc<VaeEncoder>>,
     /// The UNet takes `2 * latent_channels + 1` inputs: latents, mask and the
     /// masked image's latents (an inpainting model).
     pub inpainting: bool,
@@ -57,6 +61,9 @@ pub struct StableDiffusion {
     pub vae_sample_size: usize,
     pub vae_blocks: usize,
     pub device: Device,
+    /// The loaded weights and how the UNet and text encoders were built, so
+    /// a LoRA set can build patched copies (`lora::rebuild`).
+    pub lora_base: Arc<Rebuild>,
 }
 
 impl StableDiffusion {
@@ -103,11 +110,14 @@ impl StableDiffusion {
                 dir.display()
             )));
         }
-        let first = PromptEncoder::load(&files, Part::TextEncoder, dtype, device)?;
+        let (first, first_recipe) = PromptEncoder::load(&files, Part::TextEncoder, dtype, device)?;
+        let mut text_recipes = vec![first_recipe];
         let text = match family {
             Family::Sd => TextConditioner::Single(Box::new(first)),
             Family::Sdxl => {
-                let second = PromptEncoder::load(&files, Part::TextEncoder2, dtype, device)?;
+                let (second, recipe) =
+                    PromptEncoder::load(&files, Part::TextEncoder2, dtype, device)?;
+                text_recipes.push(recipe);
                 if !second.encoder.has_projection() {
                     return Err(EngineError::invalid_model(
                         files.config_path(Part::TextEncoder2),
@@ -127,14 +137,17 @@ impl StableDiffusion {
         let unet_shape = unet_config(&unet_cfg, &files.config_path(Part::Unet))?;
         check_conditioning(&text, &unet_shape, &files.config_path(Part::Unet))?;
         let (vb, _, unet_file) = files.weights(Part::Unet, dtype, device)?;
-        let unet = UNet::new(
-            vb,
-            unet_cfg.in_channels,
-            unet_cfg.out_channels,
-            &unet_shape,
+        let (vb, unet_weights) = crate::lora::recording(vb);
+        let unet_recipe = UnetRecipe {
+            in_channels: unet_cfg.in_channels,
+            out_channels: unet_cfg.out_channels,
+            shape: unet_shape,
             block,
-        )
-        .map_err(|e| EngineError::invalid_model(&unet_file, crate::error::describe_candle(&e)))?;
+        };
+        let unet = unet_recipe.build(vb).map_err(|e| {
+            EngineError::invalid_model(&unet_file, crate::error::describe_candle(&e))
+        })?;
+        let lora_base = Rebuild::new(unet_recipe, unet_weights, text_recipes);
 
         let vae_cfg: VaeConfig = files.vae_config()?;
         check_vae(&vae_cfg, &files.config_path(Part::Vae))?;
@@ -175,11 +188,11 @@ impl StableDiffusion {
                 vae_cfg.use_quant_conv,
                 block,
             );
-            Some(encoder.map_err(bad_vae)?)
+            Some(Arc::new(encoder.map_err(bad_vae)?))
         } else {
             None
         };
-        let vae = VaeDecoder::new(vb, &vae_shape, block).map_err(bad_vae)?;
+        let vae = Arc::new(VaeDecoder::new(vb, &vae_shape, block).map_err(bad_vae)?);
 
         let vae_scale_factor = 1usize << (vae_cfg.block_out_channels.len().saturating_sub(1));
         let sample_size = match &unet_cfg.sample_size {
@@ -191,7 +204,7 @@ impl StableDiffusion {
         Ok(Self {
             family,
             text,
-            unet,
+            unet: Arc::new(unet),
             vae,
             vae_encoder,
             inpainting,
@@ -207,6 +220,7 @@ impl StableDiffusion {
             vae_sample_size: vae_cfg.sample_size(),
             vae_blocks: vae_cfg.block_out_channels.len(),
             device: device.clone(),
+            lora_base: Arc::new(lora_base),
         })
     }
 }

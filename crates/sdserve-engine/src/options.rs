@@ -106,6 +106,8 @@ pub struct EngineOptions {
     pub device: DeviceChoice,
     /// `--embeddings-dir`: textual-inversion embeddings prompts may name.
     pub embeddings_dir: Option<std::path::PathBuf>,
+    /// `--lora-dir`: where requests' LoRAs are looked up by name.
+    pub lora_dir: Option<std::path::PathBuf>,
 }
 
 #[cfg(test)]

@@ -51,6 +51,12 @@ pub fn a1111_sampler(sampler: SamplerId) -> (&'static str, &'static str) {
 /// infotext parser splits the settings line on them.
 pub fn infotext(request: &GenerateRequest, seed: u64, model: &ModelLabel) -> String {
     let mut text = request.prompt.clone();
+    // A1111 keeps `<lora:..>` tags in the prompt it writes; ours were taken
+    // out (or came as a list), so they are written back after it.
+    for lora in &request.loras {
+        text.push(' ');
+        text.push_str(&crate::extra_networks::lora_tag(lora));
+    }
     if !request.negative_prompt.is_empty() {
         text.push_str("\nNegative prompt: ");
         text.push_str(&request.negative_prompt);
@@ -153,6 +159,7 @@ mod tests {
             hires: None,
             prompt_syntax: Default::default(),
             clip_skip: 0,
+            loras: Vec::new(),
             init: None,
         }
     }

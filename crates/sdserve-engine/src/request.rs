@@ -6,6 +6,7 @@ use std::sync::Arc;
 use crate::hires::HiresFix;
 use crate::image_input::DecodedImage;
 use crate::image_ops::GrayImage;
+use crate::lora::LoraRef;
 use crate::prompt::PromptSyntax;
 use crate::samplers::SamplerId;
 
@@ -39,6 +40,9 @@ pub struct GenerateRequest {
     /// Final text-encoder layers left out: diffusers' `clip_skip` (A1111's
     /// "Clip skip" less one); 0 uses the model's usual layer.
     pub clip_skip: usize,
+    /// LoRAs from the engine's LoRA folder, applied in order (jobs batch
+    /// only with the same list).
+    pub loras: Vec<LoraRef>,
 }
 
 impl GenerateRequest {

@@ -260,6 +260,7 @@ fn batched_jobs_equal_their_solo_images_exactly() {
                     hires: None,
                     prompt_syntax: Default::default(),
                     clip_skip: 0,
+                    loras: Vec::new(),
                     init: None,
                 })
                 .collect();

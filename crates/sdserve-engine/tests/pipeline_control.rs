@@ -27,6 +27,7 @@ fn job(prompt: &str, seed: u64) -> GenerateRequest {
         hires: None,
         prompt_syntax: Default::default(),
         clip_skip: 0,
+        loras: Vec::new(),
         init: None,
     }
 }

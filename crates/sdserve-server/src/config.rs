@@ -201,6 +201,9 @@ pub struct ServerConfig {
     pub min_free_disk: u64,
     /// How often retention runs.
     pub sweep_interval: Duration,
+    /// `--lora-dir`: the LoRAs the listings show (the engines resolve names
+    /// in the same folder, through their options).
+    pub lora_dir: Option<std::sync::Arc<crate::engine_api::LoraDir>>,
 }
 
 impl ServerConfig {
@@ -220,6 +223,7 @@ impl ServerConfig {
             max_output_bytes: DEFAULT_MAX_OUTPUT_BYTES,
             min_free_disk: DEFAULT_MIN_FREE_DISK_BYTES,
             sweep_interval: Duration::from_secs(DEFAULT_SWEEP_INTERVAL_SECS),
+            lora_dir: None,
         }
     }
 }

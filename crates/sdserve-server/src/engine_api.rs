@@ -2,6 +2,7 @@
 //! public API touches one file here. The server never names a tensor.
 
 pub use sdserve_engine::embeddings::{EmbeddingInfo, EmbeddingList};
+pub use sdserve_engine::extra_networks::split_extra_networks;
 pub use sdserve_engine::hires::{
     HiresFix, HiresSize, StepCount, Upscaler, DEFAULT_DENOISING_STRENGTH, DEFAULT_SCALE,
     UPSCALER_NAMES,
@@ -10,6 +11,7 @@ pub use sdserve_engine::image_input::{
     self, DecodedImage, ImageInputError, ImageLimits, ImageText, TextChunk,
 };
 pub use sdserve_engine::image_ops::{self, GrayImage};
+pub use sdserve_engine::lora::{LoraDir, LoraEntry, LoraRef, MAX_LORAS, MAX_WEIGHT};
 pub use sdserve_engine::memory::{human_bytes, Budget};
 pub use sdserve_engine::png;
 pub use sdserve_engine::preview::Preview;

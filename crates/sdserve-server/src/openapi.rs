@@ -23,7 +23,7 @@ use crate::validation::sampler_names;
     ),
     paths(
         native::create_job, native::get_job, native::cancel_job, native::delete_job, native::job_events,
-        native::get_image, native::list_jobs, native::list_models, native::list_samplers, native::limits,
+        native::get_image, native::list_jobs, native::list_models, native::list_samplers, native::list_loras, native::limits,
         a1111::txt2img, a1111::img2img, a1111::progress, a1111::interrupt, a1111::skip, a1111::sd_models,
         a1111::samplers, a1111::schedulers, a1111::get_options, a1111::set_options,
         a1111::png_info, a1111::memory, a1111::scripts, a1111::refresh_checkpoints,
@@ -484,7 +484,10 @@ mod tests {
         let settings = &schemas["OverrideSettings"];
         assert_eq!(settings["additionalProperties"], false);
         let clip = &settings["properties"]["CLIP_stop_at_last_layers"];
-        assert_eq!((&clip["minimum"], &clip["maximum"]), (&json!(0), &json!(12)));
+        assert_eq!(
+            (&clip["minimum"], &clip["maximum"]),
+            (&json!(0), &json!(12))
+        );
         assert_eq!(
             settings["properties"]["emphasis"]["oneOf"][1]["$ref"],
             "#/components/schemas/Emphasis"

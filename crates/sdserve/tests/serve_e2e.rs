@@ -196,6 +196,94 @@ fn hires_fix_images_equal_the_cli() {
     }
 }
 
+/// A LoRA gives the CLI's image (`--lora`) through A1111's `<lora:..>` tag
+/// and the native `loras` list; `/sdapi/v1/loras` lists the folder, and an
+/// unknown name is a 422 listing it.
+#[test]
+fn lora_images_equal_the_cli() {
+    let dir = tempfile::tempdir().unwrap();
+    let loras = common::repo_root().join("fixtures/models/loras");
+    let server = Server::start(dir.path(), &["--lora-dir", loras.to_str().unwrap()]);
+    let client = Client::new();
+    // The A1111 prompt below without its tag.
+    let s = Settings {
+        prompt: "a red bicycle ,  leaning on a wall",
+        ..Settings::default()
+    };
+    let want = common::cli_png_with(
+        &common::tiny_sd1(),
+        &s,
+        dir.path(),
+        &[
+            "--lora-dir",
+            loras.to_str().unwrap(),
+            "--lora",
+            "tiny-sd1-kohya:0.5",
+        ],
+    );
+    let plain = cli_png(&s, dir.path());
+    assert_ne!(
+        png_parameters(&want).lines().next(),
+        png_parameters(&plain).lines().next()
+    );
+    let a1111: Value = client
+        .post(server.url("/sdapi/v1/txt2img"))
+        .json(&json!({
+            "prompt": "a red bicycle , <lora:tiny-sd1-kohya:0.5> leaning on a wall",
+            "negative_prompt": s.negative_prompt, "seed": s.seed,
+            "steps": s.steps, "cfg_scale": s.cfg_scale, "sampler_name": s.sampler,
+            "width": s.width, "height": s.height
+        }))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    let png = b64(a1111["images"][0].as_str().unwrap());
+    assert_same_image(&png, &want, "a1111 lora");
+    let infotext = png_parameters(&png);
+    assert!(
+        infotext.starts_with("a red bicycle ,  leaning on a wall <lora:tiny-sd1-kohya:0.5>\n")
+            && infotext.contains(r#"Lora hashes: "tiny-sd1-kohya: a637d1141627""#),
+        "{infotext}"
+    );
+    let native = native_png(
+        &client,
+        &server,
+        json!({
+            "prompt": s.prompt, "negative_prompt": s.negative_prompt, "seed": s.seed,
+            "steps": s.steps, "cfg_scale": s.cfg_scale, "sampler": s.sampler,
+            "width": s.width, "height": s.height,
+            "loras": [{"name": "tiny-sd1-kohya", "weight": 0.5}]
+        }),
+    );
+    assert_same_image(&native, &want, "native lora");
+
+    let listed: Value = client
+        .get(server.url("/sdapi/v1/loras"))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    let names: Vec<&str> = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["tiny-sd1-kohya", "tiny-sd1-peft"]);
+    let resp = client
+        .post(server.url("/sdapi/v1/txt2img"))
+        .json(&json!({"prompt": "a <lora:nope:1>", "steps": 2}))
+        .send()
+        .unwrap();
+    assert_eq!(resp.status(), 422);
+    let text = resp.text().unwrap();
+    assert!(
+        text.contains("available: tiny-sd1-kohya, tiny-sd1-peft"),
+        "{text}"
+    );
+}
+
 /// The A1111 `parameters` text of a PNG.
 fn png_parameters(png: &[u8]) -> String {
     sdserve_engine::png::read_parameters(png).expect("a parameters chunk")

@@ -91,6 +91,7 @@ pub fn request(case: &Case) -> GenerateRequest {
             .as_deref()
             .map_or(PromptSyntax::Plain, |s| s.parse().expect("known syntax")),
         clip_skip: case.clip_skip,
+        loras: Vec::new(),
         init: case.init_image.as_ref().map(|path| ImageToImage {
             image: Arc::new(read_rgb(path)),
             mask: case

@@ -20,6 +20,8 @@ pub struct FakeBackend {
     step_delay: Duration,
     batches: Mutex<Vec<usize>>,
     plan: Option<MemoryPlan>,
+    /// The LoRA folder names are checked in, as the engine's `--lora-dir`.
+    loras: Option<crate::engine_api::LoraDir>,
 }
 
 impl Default for FakeBackend {
@@ -49,6 +51,7 @@ impl FakeBackend {
             step_delay: Duration::ZERO,
             batches: Mutex::new(Vec::new()),
             plan: None,
+            loras: None,
         }
     }
 
@@ -61,6 +64,12 @@ impl FakeBackend {
     /// Uses other model facts (name, native size, defaults).
     pub fn with_info(mut self, info: ModelInfo) -> Self {
         self.info = info;
+        self
+    }
+
+    /// LoRA names resolve in `dir`, as the engine's `--lora-dir`.
+    pub fn with_lora_dir(mut self, dir: crate::engine_api::LoraDir) -> Self {
+        self.loras = Some(dir);
         self
     }
 
@@ -97,6 +106,12 @@ impl FakeBackend {
                 key = mix(key ^ u64::from(*byte));
             }
             key = mix(key ^ (init.image.width as u64) ^ ((mask.len() as u64) << 40));
+        }
+        for lora in &request.loras {
+            // Each LoRA and weight changes the picture, as a real one would.
+            for byte in format!("{lora:?}").bytes() {
+                key = mix(key ^ u64::from(byte));
+            }
         }
         if let Some(hires) = &request.hires {
             // Every setting (upscaler, size, steps, strength) changes the picture.
@@ -188,6 +203,19 @@ impl Backend for FakeBackend {
                 "clip_skip must be at most {}, got {}",
                 self.info.max_clip_skip, r.clip_skip
             )));
+        }
+        for lora in &r.loras {
+            match &self.loras {
+                Some(dir) => {
+                    dir.resolve(&lora.name)?;
+                }
+                None => {
+                    return Err(EngineError::UnknownLora {
+                        name: lora.name.clone(),
+                        available: Vec::new(),
+                    })
+                }
+            }
         }
         if let Some(plan) = &self.plan {
             let guidance = crate::engine_api::uses_guidance(r);
@@ -297,6 +325,7 @@ mod tests {
             hires: None,
             prompt_syntax: Default::default(),
             clip_skip: 0,
+            loras: Vec::new(),
         }
     }
 

@@ -12,7 +12,7 @@ use utoipa::ToSchema;
 
 use super::id::{ImageId, JobId};
 use crate::engine_api::{
-    GenerateRequest, HiresFix, HiresSize, PromptSyntax, SamplerId, StepCount, Upscaler,
+    GenerateRequest, HiresFix, HiresSize, LoraRef, PromptSyntax, SamplerId, StepCount, Upscaler,
 };
 
 /// Where a job is in its life. Terminal states never change again.
@@ -93,6 +93,9 @@ pub struct JobParams {
     /// Final text-encoder layers left out (diffusers' `clip_skip`; 0 when absent).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub clip_skip: usize,
+    /// LoRAs applied, in order (names in the server's `--lora-dir`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub loras: Vec<LoraParams>,
 }
 
 fn is_plain(syntax: &PromptSyntax) -> bool {
@@ -101,6 +104,38 @@ fn is_plain(syntax: &PromptSyntax) -> bool {
 
 fn is_zero(n: &usize) -> bool {
     *n == 0
+}
+
+/// One LoRA as a job records it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct LoraParams {
+    /// File stem in the LoRA folder.
+    pub name: String,
+    /// Multiplier on the text encoders' layers.
+    pub te_weight: f64,
+    /// Multiplier on the UNet's layers.
+    pub unet_weight: f64,
+}
+
+impl From<&LoraRef> for LoraParams {
+    fn from(l: &LoraRef) -> Self {
+        Self {
+            name: l.name.clone(),
+            te_weight: l.te_weight,
+            unet_weight: l.unet_weight,
+        }
+    }
+}
+
+impl LoraParams {
+    /// The engine's reference again.
+    pub fn to_engine(&self) -> LoraRef {
+        LoraRef {
+            name: self.name.clone(),
+            te_weight: self.te_weight,
+            unet_weight: self.unet_weight,
+        }
+    }
 }
 
 /// A hires fix as a job records it: A1111's settings (the second pass runs
@@ -181,6 +216,7 @@ impl From<&GenerateRequest> for JobParams {
             hires: r.hires.as_ref().map(HiresParams::from),
             prompt_syntax: r.prompt_syntax,
             clip_skip: r.clip_skip,
+            loras: r.loras.iter().map(LoraParams::from).collect(),
         }
     }
 }
@@ -224,6 +260,7 @@ impl JobParams {
                 .transpose()?,
             prompt_syntax: self.prompt_syntax,
             clip_skip: self.clip_skip,
+            loras: self.loras.iter().map(LoraParams::to_engine).collect(),
         })
     }
 }
@@ -385,6 +422,7 @@ mod tests {
             hires: None,
             prompt_syntax: PromptSyntax::A1111,
             clip_skip: 1,
+            loras: Vec::new(),
         };
         for (sampler, seed_per_image) in SamplerId::ALL
             .into_iter()
@@ -441,6 +479,7 @@ mod tests {
             hires: None,
             prompt_syntax: PromptSyntax::Plain,
             clip_skip: 0,
+            loras: Vec::new(),
         };
         let params = JobParams::from(&request);
         assert_eq!((params.strength, params.inpainting), (Some(0.6), true));

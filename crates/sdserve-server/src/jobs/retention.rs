@@ -208,6 +208,7 @@ mod tests {
                 hires: None,
                 prompt_syntax: Default::default(),
                 clip_skip: 0,
+                loras: Vec::new(),
             },
             0,
         );

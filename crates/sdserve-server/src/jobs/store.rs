@@ -363,6 +363,7 @@ mod tests {
                     hires: None,
                     prompt_syntax: Default::default(),
                     clip_skip: 0,
+                    loras: Vec::new(),
                 },
                 0,
             ),

@@ -72,6 +72,16 @@ pub enum ValidationError {
         /// Value given.
         got: i64,
     },
+    /// A LoRA list the server cannot apply: too many, a weight out of range,
+    /// a name its LoRA folder lacks (the message lists those it has), a file
+    /// that does not fit the model.
+    #[error("`{field}`: {message}")]
+    Lora {
+        /// The field (`loras`, or `prompt` for A1111's tags).
+        field: &'static str,
+        /// What is wrong.
+        message: String,
+    },
     /// NaN or infinite guidance scale.
     #[error("`{field}` must be a finite number")]
     NotFinite {
@@ -129,7 +139,8 @@ impl ValidationError {
             | Self::CfgOutOfRange { field, .. }
             | Self::UnknownSampler { field, .. }
             | Self::Invalid { field, .. }
-            | Self::OverBudget { field, .. } => Some(field),
+            | Self::OverBudget { field, .. }
+            | Self::Lora { field, .. } => Some(field),
             Self::Engine(_) => None,
         }
     }

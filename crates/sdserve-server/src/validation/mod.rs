@@ -10,7 +10,7 @@ use crate::config::Limits;
 use crate::dialects::Dialect;
 use crate::engine_api::{
     prompt, uses_guidance, DecodedImage, EngineError, GenerateRequest, GrayImage, ImageToImage,
-    PromptSyntax, SamplerId,
+    LoraRef, PromptSyntax, SamplerId, MAX_LORAS, MAX_WEIGHT,
 };
 use crate::jobs::ClientId;
 
@@ -102,6 +102,10 @@ pub struct JobSpec {
     /// is server-wide, so a value fit for one model must not break another);
     /// else the request is refused naming `clip_skip`.
     pub clip_skip_saturates: bool,
+    /// LoRAs to apply (native `loras`, A1111's `<lora:..>` prompt tags).
+    pub loras: Vec<LoraRef>,
+    /// How the dialect names the LoRA list (`prompt` where tags carry it).
+    pub loras_field: &'static str,
     /// How the dialect names these fields.
     pub names: FieldNames,
 }
@@ -146,6 +150,8 @@ impl JobSpec {
             prompt_syntax: PromptSyntax::Plain,
             clip_skip: 0,
             clip_skip_saturates: false,
+            loras: Vec::new(),
+            loras_field: "loras",
             names,
         }
     }
@@ -162,6 +168,29 @@ pub struct ValidJob {
     pub dialect: Dialect,
     /// The catalog name of the model it runs on.
     pub model: String,
+}
+
+/// At most [`MAX_LORAS`], each weight finite and within ±[`MAX_WEIGHT`];
+/// names are checked by the engine against its LoRA folder.
+fn check_loras(field: &'static str, loras: &[LoraRef]) -> Result<(), ValidationError> {
+    let fail = |message: String| Err(ValidationError::Lora { field, message });
+    if loras.len() > MAX_LORAS {
+        return fail(format!(
+            "at most {MAX_LORAS} LoRAs per request, got {}",
+            loras.len()
+        ));
+    }
+    for l in loras {
+        for w in [l.te_weight, l.unet_weight] {
+            if !w.is_finite() || w.abs() > MAX_WEIGHT {
+                return fail(format!(
+                    "LoRA \"{}\": weight {w} must be a finite number within ±{MAX_WEIGHT}",
+                    l.name
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 fn check_text(field: &'static str, text: &str, max: usize) -> Result<(), ValidationError> {
@@ -389,6 +418,8 @@ pub fn validate(
         Some(name) => parse_sampler(n.sampler, name)?,
     };
     let init = spec.init.map(check_init).transpose()?;
+    let spec_loras_field = spec.loras_field;
+    check_loras(spec_loras_field, &spec.loras)?;
     let (hires, (out_width, out_height)) = match spec.hires {
         Some(h) => {
             let (fix, size) = hires::check(h, (width, height), multiple, limits)?;
@@ -411,6 +442,7 @@ pub fn validate(
         hires,
         prompt_syntax: spec.prompt_syntax,
         clip_skip,
+        loras: spec.loras,
     };
     // The memory plan after the configured limits: it only ever lowers them,
     // and the largest size it suggests is one the limits also allow.
@@ -428,6 +460,12 @@ pub fn validate(
     }
     backend.validate(&request).map_err(|e| match e {
         EngineError::InvalidRequest(message) => ValidationError::Engine(message),
+        e @ (EngineError::UnknownLora { .. } | EngineError::InvalidLora { .. }) => {
+            ValidationError::Lora {
+                field: spec_loras_field,
+                message: e.to_string(),
+            }
+        }
         EngineError::OverBudget(detail) => ValidationError::OverBudget {
             field: n.width,
             detail,

@@ -219,6 +219,7 @@ pub fn request(prompt: &str, seed: u64) -> GenerateRequest {
         hires: None,
         prompt_syntax: Default::default(),
         clip_skip: 0,
+        loras: Vec::new(),
     }
 }
 

@@ -11,6 +11,7 @@ mod durability;
 mod hires;
 mod img2img;
 mod limits;
+mod loras;
 mod memory;
 mod models;
 mod native;

@@ -16,8 +16,8 @@ use sdserve_engine::image_ops::GrayImage;
 use sdserve_engine::memory::human_bytes;
 use sdserve_engine::request::ImageToImage;
 use sdserve_engine::{
-    png, DeviceChoice, Engine, EngineOptions, GenerateRequest, ModelSource, Observer, Precision,
-    Progress, PromptSyntax, SamplerId, VaeTiling,
+    png, DeviceChoice, Engine, EngineOptions, GenerateRequest, LoraRef, ModelSource, Observer,
+    Precision, Progress, PromptSyntax, SamplerId, VaeTiling,
 };
 use sdserve_server::models::ModelEntry;
 
@@ -109,6 +109,13 @@ pub struct GenerateArgs {
     /// beyond the plan is refused before anything runs.
     #[arg(long, value_name = "SIZE", value_parser = super::parse_memory_limit)]
     pub memory_limit: Option<u64>,
+    /// Folder of LoRA `.safetensors` files that --lora names.
+    #[arg(long, value_name = "DIR", env = "SDSERVE_LORA_DIR")]
+    pub lora_dir: Option<PathBuf>,
+    /// A LoRA from --lora-dir as NAME:WEIGHT (or NAME, weight 1, or
+    /// NAME:TE:UNET as A1111's tag); repeatable, applied in order.
+    #[arg(long = "lora", value_name = "NAME:WEIGHT", value_parser = parse_lora)]
+    pub loras: Vec<LoraRef>,
     /// Precision of weights and activations: auto (f16 on CUDA, f32 on the
     /// CPU), f32, f16 or bf16.
     #[arg(long, value_name = "auto|f32|f16|bf16", default_value = "auto")]
@@ -165,6 +172,17 @@ impl Observer for BarObserver {
     }
 }
 
+/// `--lora NAME[:TE[:UNET]]`, read as A1111's `<lora:...>` tag.
+fn parse_lora(s: &str) -> Result<LoraRef, String> {
+    let (_, mut loras) =
+        sdserve_engine::extra_networks::split_extra_networks(&format!("<lora:{s}>"))
+            .map_err(|e| e.to_string())?;
+    match (loras.pop(), loras.is_empty()) {
+        (Some(lora), true) if !lora.name.is_empty() => Ok(lora),
+        _ => Err(format!("expected NAME:WEIGHT, got {s:?}")),
+    }
+}
+
 pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
     let sampler: SamplerId = args.sampler.parse()?;
     let started = Instant::now();
@@ -174,6 +192,7 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
         dtype: args.dtype,
         device: args.device,
         embeddings_dir: args.embeddings_dir.clone(),
+        lora_dir: args.lora_dir.clone(),
     };
     let mut engine = Engine::load_with(&ModelSource::parse(&args.model), options)
         .with_context(|| format!("loading model {}", args.model))?;
@@ -242,6 +261,7 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
         hires,
         prompt_syntax: args.prompt_syntax,
         clip_skip: args.clip_skip,
+        loras: args.loras,
     };
     engine.validate(&request)?;
     let (out_width, out_height) = engine.output_size(&request);

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use sdserve_engine::{DeviceChoice, EngineOptions, ModelInfo, Precision, VaeTiling};
+use sdserve_engine::{DeviceChoice, EngineOptions, LoraDir, ModelInfo, Precision, VaeTiling};
 use sdserve_server::config::{
     self, AuthConfig, BasicCredential, ConnectionLimits, Limits, ServerConfig,
 };
@@ -67,6 +67,10 @@ pub struct ServeArgs {
     /// spares each new pod hashing its model again before it is ready.
     #[arg(long, value_name = "DIR", env = "SDSERVE_HASH_CACHE_DIR")]
     pub hash_cache_dir: Option<PathBuf>,
+    /// Folder of LoRA `.safetensors` files; a request names one by its file stem
+    /// (native `loras`, A1111's `<lora:name:weight>` prompt tags).
+    #[arg(long, value_name = "DIR", env = "SDSERVE_LORA_DIR")]
+    pub lora_dir: Option<PathBuf>,
     /// Accepted API key (`Authorization: Bearer KEY`); repeatable. With any key or
     /// user, every route but /livez and /readyz requires one.
     #[arg(
@@ -183,8 +187,17 @@ pub struct ServeArgs {
 }
 
 impl ServeArgs {
-    fn config(&self) -> ServerConfig {
+    fn config(&self) -> anyhow::Result<ServerConfig> {
         let mut config = ServerConfig::new(&self.output_dir);
+        config.lora_dir = self
+            .lora_dir
+            .as_deref()
+            .map(|dir| {
+                LoraDir::open(dir)
+                    .map(std::sync::Arc::new)
+                    .with_context(|| format!("--lora-dir {}", dir.display()))
+            })
+            .transpose()?;
         config.queue_size = self.queue_size;
         config.auth = AuthConfig {
             api_keys: self.api_keys.clone(),
@@ -212,7 +225,7 @@ impl ServeArgs {
         config.result_ttl = Duration::from_secs(self.result_ttl);
         config.max_output_bytes = self.max_output_bytes;
         config.min_free_disk = self.min_free_disk;
-        config
+        Ok(config)
     }
 }
 
@@ -235,7 +248,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     ] {
         anyhow::ensure!(value > 0, "{flag} must be at least 1");
     }
-    let app = App::new(args.config())?;
+    let app = App::new(args.config()?)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("sdserve-http")
@@ -263,6 +276,7 @@ async fn serve(app: App, args: ServeArgs, started: Instant) -> anyhow::Result<Ex
         dtype: args.dtype,
         device: args.device,
         embeddings_dir: args.embeddings_dir.clone(),
+        lora_dir: args.lora_dir.clone(),
     };
     let models = super::models::models(
         args.models_dir.as_deref(),

@@ -8,7 +8,6 @@
 //! request unless sdserve implements it.
 
 use std::collections::BTreeMap;
-
 use std::sync::Arc;
 
 use axum::extract::State;
@@ -34,11 +33,37 @@ pub struct LoraItem {
     pub metadata: serde_json::Map<String, serde_json::Value>,
 }
 
-/// LoRAs: none (sdserve does not apply LoRAs yet).
+/// The `.safetensors` files of `--lora-dir` (none without it). `alias` is
+/// kohya's `ss_output_name` when the file has one, else the name, as A1111.
 #[utoipa::path(get, path = "/sdapi/v1/loras", tag = "a1111",
-    responses((status = 200, description = "LoRAs (none)", body = Vec<LoraItem>), A1111Errors))]
-pub async fn loras() -> Json<Vec<LoraItem>> {
-    Json(Vec::new())
+    responses((status = 200, description = "LoRAs of --lora-dir", body = Vec<LoraItem>), A1111Errors))]
+pub async fn loras(State(state): State<Arc<AppState>>) -> Json<Vec<LoraItem>> {
+    let Some(dir) = state.config.lora_dir.clone() else {
+        return Json(Vec::new());
+    };
+    // Reading each file's header is file I/O: off the runtime.
+    let entries = tokio::task::spawn_blocking(move || dir.list())
+        .await
+        .unwrap_or_default();
+    Json(
+        entries
+            .into_iter()
+            .map(|e| LoraItem {
+                alias: e
+                    .metadata
+                    .get("ss_output_name")
+                    .cloned()
+                    .unwrap_or_else(|| e.name.clone()),
+                path: e.path.display().to_string(),
+                metadata: e
+                    .metadata
+                    .into_iter()
+                    .map(|(k, v)| (k, serde_json::Value::String(v)))
+                    .collect(),
+                name: e.name,
+            })
+            .collect(),
+    )
 }
 
 /// One textual-inversion embedding of `GET /sdapi/v1/embeddings`.

@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use crate::config::Limits;
-use crate::engine_api::{png, PromptSyntax, SamplerId};
+use crate::engine_api::{png, split_extra_networks, EngineError, PromptSyntax, SamplerId};
 use crate::jobs::{JobSnapshot, MAX_TASK_NAME_CHARS};
 use crate::models::Listed;
 use crate::state::TextSettings;
@@ -348,7 +348,16 @@ impl Txt2ImgRequest {
                 });
             }
         }
+        // A1111's extra-network tags: out of the prompt, into the job's LoRAs
+        // (the negative prompt is not parsed, as A1111).
+        let (prompt, loras) =
+            split_extra_networks(self.prompt.as_deref().unwrap_or("")).map_err(|e| match e {
+                EngineError::InvalidRequest(m) => invalid("prompt", m),
+                other => invalid("prompt", other.to_string()),
+            })?;
         Ok(JobSpec {
+            loras,
+            loras_field: "prompt",
             negative_prompt: self.negative_prompt.clone().unwrap_or_default(),
             seed,
             steps: Some(self.steps.unwrap_or(A1111_DEFAULT_STEPS)),
@@ -363,7 +372,7 @@ impl Txt2ImgRequest {
             prompt_syntax,
             clip_skip,
             clip_skip_saturates: true,
-            ..JobSpec::new(self.prompt.clone().unwrap_or_default(), A1111_FIELDS)
+            ..JobSpec::new(prompt, A1111_FIELDS)
         })
     }
 }

@@ -9,7 +9,7 @@ use axum::extract::{Query, State};
 use axum::Json;
 
 use super::handlers::view_with_preview;
-use super::wire::{JobList, JobListQuery, LimitsView, ModelList, ModelView, SamplerView};
+use super::wire::{JobList, JobListQuery, LimitsView, LoraView, ModelList, ModelView, SamplerView};
 use super::{Native, NativeErrors};
 use crate::engine_api::SamplerId;
 use crate::error::Rejection;
@@ -80,6 +80,27 @@ pub async fn list_models(State(state): State<Arc<AppState>>) -> Result<Json<Mode
         })
         .collect();
     Ok(Json(ModelList { models: views }))
+}
+
+/// The LoRAs of `--lora-dir` (none without it), by the name a job gives.
+#[utoipa::path(get, path = "/api/v1/loras", tag = "native",
+    responses((status = 200, description = "LoRAs", body = Vec<LoraView>), NativeErrors))]
+pub async fn list_loras(State(state): State<Arc<AppState>>) -> Json<Vec<LoraView>> {
+    let Some(dir) = state.config.lora_dir.clone() else {
+        return Json(Vec::new());
+    };
+    let entries = tokio::task::spawn_blocking(move || dir.list())
+        .await
+        .unwrap_or_default();
+    Json(
+        entries
+            .into_iter()
+            .map(|e| LoraView {
+                name: e.name,
+                metadata: e.metadata,
+            })
+            .collect(),
+    )
 }
 
 /// The samplers, by id and A1111 label, with the schedule each implies.

@@ -96,5 +96,6 @@ pub fn routes() -> Router<Arc<AppState>> {
         .route("/api/v1/images/{id}", get(get_image))
         .route("/api/v1/models", get(list_models))
         .route("/api/v1/samplers", get(list_samplers))
+        .route("/api/v1/loras", get(list_loras))
         .route("/api/v1/limits", get(limits))
 }

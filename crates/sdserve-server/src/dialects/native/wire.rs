@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
 use crate::engine_api::{
-    HiresSize, PromptSyntax, Upscaler, DEFAULT_DENOISING_STRENGTH, DEFAULT_SCALE,
+    HiresSize, LoraRef, PromptSyntax, Upscaler, DEFAULT_DENOISING_STRENGTH, DEFAULT_SCALE,
 };
 use crate::jobs::{
     ImageId, JobFailure, JobId, JobParams, JobSnapshot, JobStatus, JobTimings, StepProgress,
@@ -81,6 +81,9 @@ pub struct CreateJob {
     #[schema(ignore)]
     #[serde(default, deserialize_with = "crate::extract::whole_number::option_i64")]
     pub clip_skip: Option<i64>,
+    /// LoRAs from the server's `--lora-dir`, applied in order (see `GET /api/v1/loras`).
+    #[schema(max_items = 8)]
+    pub loras: Option<Vec<LoraRequest>>,
 }
 
 /// How a job's prompts are read.
@@ -101,6 +104,30 @@ impl From<PromptSyntaxName> for PromptSyntax {
             PromptSyntaxName::A1111 => PromptSyntax::A1111,
         }
     }
+}
+
+/// One LoRA of a job.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LoraRequest {
+    /// File stem in the LoRA folder (A1111's `<lora:name:weight>` name).
+    #[schema(min_length = 1, max_length = 255)]
+    pub name: String,
+    /// Multiplier (default 1): on the text encoders, and on the UNet unless `unet_weight` is given.
+    #[schema(minimum = -10.0, maximum = 10.0)]
+    pub weight: Option<f64>,
+    /// Multiplier on the UNet alone (A1111's `<lora:name:te:unet>`).
+    #[schema(minimum = -10.0, maximum = 10.0)]
+    pub unet_weight: Option<f64>,
+}
+
+/// One LoRA of `GET /api/v1/loras`.
+#[derive(Serialize, ToSchema)]
+pub struct LoraView {
+    /// What a job's `loras[].name` takes.
+    pub name: String,
+    /// The file's `__metadata__` (kohya's `ss_*` training notes).
+    pub metadata: std::collections::BTreeMap<String, String>,
 }
 
 /// The `hires` object of a job: A1111's `hr_*` settings under plain names.
@@ -217,6 +244,19 @@ impl CreateJob {
             height: self.height,
             batch_size: self.batch_size,
             model: self.model,
+            loras: self
+                .loras
+                .unwrap_or_default()
+                .into_iter()
+                .map(|l| {
+                    let weight = l.weight.unwrap_or(1.0);
+                    LoraRef {
+                        name: l.name,
+                        te_weight: weight,
+                        unet_weight: l.unet_weight.unwrap_or(weight),
+                    }
+                })
+                .collect(),
             ..JobSpec::new(self.prompt, FieldNames::NATIVE)
         })
     }

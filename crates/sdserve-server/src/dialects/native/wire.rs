@@ -82,7 +82,9 @@ pub struct CreateJob {
     #[serde(default, deserialize_with = "crate::extract::whole_number::option_i64")]
     pub clip_skip: Option<i64>,
     /// LoRAs from the server's `--lora-dir`, applied in order (see `GET /api/v1/loras`).
-    #[schema(max_items = 8)]
+    /// (Left out of the OpenAPI document: only the folder's names are valid,
+    /// which no schema can list ahead of the server's start.)
+    #[schema(ignore)]
     pub loras: Option<Vec<LoraRequest>>,
 }
 

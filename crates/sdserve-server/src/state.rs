@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use crate::config::ServerConfig;
 use crate::dialects::Dialect;
-use crate::engine_api::{ModelInfo, PromptSyntax};
+use crate::engine_api::{LoraEntry, ModelInfo, PromptSyntax};
 use crate::error::ApiError;
 use crate::extract::Caller;
 use crate::jobs::{
@@ -60,6 +60,17 @@ impl AppState {
     /// A1111's server-wide text settings as they are now.
     pub fn a1111_text(&self) -> TextSettings {
         *self.a1111_text.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The LoRA files of `--lora-dir` (none without it); each header is
+    /// read from disk, so off the runtime.
+    pub async fn lora_entries(&self) -> Vec<LoraEntry> {
+        let Some(dir) = self.config.lora_dir.clone() else {
+            return Vec::new();
+        };
+        tokio::task::spawn_blocking(move || dir.list())
+            .await
+            .unwrap_or_default()
     }
 
     /// The served models, or 503 while the default model loads.

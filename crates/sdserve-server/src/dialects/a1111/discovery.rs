@@ -38,13 +38,7 @@ pub struct LoraItem {
 #[utoipa::path(get, path = "/sdapi/v1/loras", tag = "a1111",
     responses((status = 200, description = "LoRAs of --lora-dir", body = Vec<LoraItem>), A1111Errors))]
 pub async fn loras(State(state): State<Arc<AppState>>) -> Json<Vec<LoraItem>> {
-    let Some(dir) = state.config.lora_dir.clone() else {
-        return Json(Vec::new());
-    };
-    // Reading each file's header is file I/O: off the runtime.
-    let entries = tokio::task::spawn_blocking(move || dir.list())
-        .await
-        .unwrap_or_default();
+    let entries = state.lora_entries().await;
     Json(
         entries
             .into_iter()

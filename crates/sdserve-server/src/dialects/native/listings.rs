@@ -86,12 +86,7 @@ pub async fn list_models(State(state): State<Arc<AppState>>) -> Result<Json<Mode
 #[utoipa::path(get, path = "/api/v1/loras", tag = "native",
     responses((status = 200, description = "LoRAs", body = Vec<LoraView>), NativeErrors))]
 pub async fn list_loras(State(state): State<Arc<AppState>>) -> Json<Vec<LoraView>> {
-    let Some(dir) = state.config.lora_dir.clone() else {
-        return Json(Vec::new());
-    };
-    let entries = tokio::task::spawn_blocking(move || dir.list())
-        .await
-        .unwrap_or_default();
+    let entries = state.lora_entries().await;
     Json(
         entries
             .into_iter()

@@ -130,6 +130,7 @@ def fill_form(page, settings):
     page.get_by_label("Prompt", exact=True).fill(settings["prompt"])
     page.get_by_label("Negative prompt", exact=True).fill(settings["negative_prompt"])
     page.get_by_label("Sampler", exact=True).select_option(label=settings["sampler_label"])
+    page.get_by_label("Schedule", exact=True).select_option(label=settings["schedule_label"])
     for label, key in [("Steps", "steps"), ("CFG scale", "cfg_scale"), ("Width", "width"),
                        ("Height", "height"), ("Seed", "seed"), ("Batch size", "batch_size")]:
         page.get_by_label(label, exact=True).fill(str(settings[key]))
@@ -139,13 +140,15 @@ def api_body(settings):
     body = {k: settings[k] for k in
             ["prompt", "negative_prompt", "steps", "cfg_scale", "width", "height", "seed", "batch_size"]}
     body["sampler"] = settings["sampler"]
+    body["schedule_type"] = settings["schedule_type"]
     return body
 
 
 def generate_matches_the_api(page, api, shots):
     settings = {
-        "prompt": "a red fox in the snow", "negative_prompt": "blurry", "sampler": "euler",
-        "sampler_label": "Euler", "steps": 8, "cfg_scale": 6.5, "width": 64, "height": 48,
+        "prompt": "a red fox in the snow", "negative_prompt": "blurry", "sampler": "dpmpp_2m_sde",
+        "sampler_label": "DPM++ 2M SDE", "schedule_type": "exponential",
+        "schedule_label": "Exponential", "steps": 8, "cfg_scale": 6.5, "width": 64, "height": 48,
         "seed": 1234, "batch_size": 1,
     }
     fill_form(page, settings)
@@ -257,8 +260,8 @@ def png_info_fills_the_form(page, tmp):
         assert page.get_by_label("Seed", exact=True).input_value() == "777"
         assert page.get_by_label("Width", exact=True).input_value() == "96"
         assert page.get_by_label("Height", exact=True).input_value() == "64"
-        assert page.get_by_label("Sampler", exact=True).input_value() == "DPM++ 2M"
-        assert page.get_by_label("Schedule", exact=True).input_value() == "dpmpp_2m_karras"
+        assert page.get_by_label("Sampler", exact=True).input_value() == "dpmpp_2m"
+        assert page.get_by_label("Schedule", exact=True).input_value() == "karras"
 
     page.locator("#pnginfo-file").set_input_files(path)
     dialog = page.get_by_role("dialog", name="PNG info")
@@ -294,7 +297,7 @@ def bad_input_shows_the_servers_message(page, api):
     body = api_body({
         "prompt": prompt, "negative_prompt": page.get_by_label("Negative prompt", exact=True).input_value(),
         "steps": 12, "cfg_scale": 4.5, "width": 65, "height": 64, "seed": 777, "batch_size": 1,
-        "sampler": "dpmpp_2m_karras",
+        "sampler": "dpmpp_2m", "schedule_type": "karras",
     })
     server = api.submit(body)
     assert server.status_code == 422 and server.json()["field"] == "width", server.text

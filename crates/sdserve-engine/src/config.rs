@@ -16,8 +16,49 @@ use crate::error::{EngineError, Result};
 pub fn read_json<T: DeserializeOwned>(path: &Path) -> Result<T> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| EngineError::invalid_model(path, format!("cannot read config: {e}")))?;
-    serde_json::from_str(&text)
+    serde_json::from_str(&python_floats_as_null(&text))
         .map_err(|e| EngineError::invalid_model(path, format!("malformed config: {e}")))
+}
+
+/// Python's `json.dump` writes the floats JSON lacks as bare `NaN`,
+/// `Infinity` and `-Infinity` (diffusers' DPM-Solver configs carry
+/// `"lambda_min_clipped": -Infinity`). They become `null`, which every
+/// optional config field reads as absent: its default.
+fn python_floats_as_null(text: &str) -> std::borrow::Cow<'_, str> {
+    if !text.contains("Infinity") && !text.contains("NaN") {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len());
+    let mut in_string = false;
+    let mut escaped = false;
+    let mut rest = text;
+    while let Some(c) = rest.chars().next() {
+        if in_string {
+            out.push(c);
+            match (escaped, c) {
+                (true, _) => escaped = false,
+                (false, '\\') => escaped = true,
+                (false, '"') => in_string = false,
+                _ => {}
+            }
+            rest = &rest[c.len_utf8()..];
+            continue;
+        }
+        let token = ["-Infinity", "Infinity", "NaN"]
+            .into_iter()
+            .find(|t| rest.starts_with(t));
+        if let Some(token) = token {
+            out.push_str("null");
+            rest = &rest[token.len()..];
+            continue;
+        }
+        if c == '"' {
+            in_string = true;
+        }
+        out.push(c);
+        rest = &rest[c.len_utf8()..];
+    }
+    std::borrow::Cow::Owned(out)
 }
 
 /// A config value that diffusers accepts either once for all blocks or per block.
@@ -279,6 +320,29 @@ pub struct SchedulerConfig {
     pub interpolation_type: Option<String>,
     pub timestep_type: Option<String>,
     pub final_sigmas_type: Option<String>,
+    /// Sigma schedule switches (Karras et al., exponential, beta), honoured
+    /// by the samplers whose diffusers class has them when the request asks
+    /// for the automatic schedule.
+    pub use_karras_sigmas: Option<bool>,
+    pub use_exponential_sigmas: Option<bool>,
+    pub use_beta_sigmas: Option<bool>,
+    pub use_lu_lambdas: Option<bool>,
+    pub use_flow_sigmas: Option<bool>,
+    /// Multistep solvers (DPM-Solver, UniPC).
+    pub solver_order: Option<usize>,
+    pub solver_type: Option<String>,
+    pub lower_order_final: Option<bool>,
+    pub euler_at_final: Option<bool>,
+    pub lambda_min_clipped: Option<f64>,
+    pub variance_type: Option<String>,
+    pub predict_x0: Option<bool>,
+    pub disable_corrector: Option<Vec<usize>>,
+    /// Euler and UniPC: Karras-style sigma bounds overriding the schedule's.
+    pub sigma_min: Option<f64>,
+    pub sigma_max: Option<f64>,
+    /// LCM.
+    pub original_inference_steps: Option<usize>,
+    pub timestep_scaling: Option<f64>,
 }
 
 #[cfg(test)]
@@ -292,6 +356,19 @@ mod tests {
         let each: PerBlock<usize> = serde_json::from_str("[5, 10]").unwrap();
         assert_eq!(each.expand(2), Some(vec![5, 10]));
         assert_eq!(each.expand(3), None);
+    }
+
+    #[test]
+    fn python_infinities_read_as_absent() {
+        let text = r#"{"lambda_min_clipped": -Infinity, "x": NaN, "name": "NaN -Infinity \"q\"", "y": Infinity}"#;
+        let v: serde_json::Value = serde_json::from_str(&python_floats_as_null(text)).unwrap();
+        assert!(v["lambda_min_clipped"].is_null() && v["x"].is_null() && v["y"].is_null());
+        assert_eq!(v["name"], "NaN -Infinity \"q\"");
+        let c: SchedulerConfig = serde_json::from_str(&python_floats_as_null(
+            r#"{"lambda_min_clipped": -Infinity}"#,
+        ))
+        .unwrap();
+        assert_eq!(c.lambda_min_clipped, None);
     }
 
     #[test]

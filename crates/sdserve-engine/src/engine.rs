@@ -62,6 +62,9 @@ pub struct ModelInfo {
     pub vae_scale_factor: usize,
     /// The largest clip skip the text encoders allow (each keeps one layer).
     pub max_clip_skip: usize,
+    /// The most steps LCM runs on this model (its scheduler config's
+    /// `original_inference_steps`, 50 when absent).
+    pub lcm_max_steps: usize,
 }
 
 /// The images and stage timings of one job.
@@ -159,6 +162,7 @@ impl Engine {
             default_cfg_scale: if turbo { 0.0 } else { DEFAULT_CFG },
             vae_scale_factor: model.vae_scale_factor,
             max_clip_skip: model.text.max_clip_skip(),
+            lcm_max_steps: model.scheduler.original_inference_steps.unwrap_or(50),
             name,
         };
         Ok(Self {
@@ -250,6 +254,14 @@ impl Engine {
         }
         if req.batch_size == 0 {
             return invalid("batch_size must be at least 1".into());
+        }
+        // The sampler's own limits (schedule types, LCM's step count), for
+        // both passes of a hires fix.
+        let scheduler = &self.model.scheduler;
+        crate::samplers::validate(req.sampler, req.schedule_type, scheduler, req.steps)?;
+        if let Some(hires) = &req.hires {
+            let (steps, _) = hires.schedule(req.steps);
+            crate::samplers::validate(req.sampler, req.schedule_type, scheduler, steps)?;
         }
         if !req.cfg_scale.is_finite() {
             return invalid(format!(
@@ -485,7 +497,7 @@ impl Engine {
     }
 }
 
-/// Jobs that may share one batch: same size, steps, sampler, guidance on/off,
+/// Jobs that may share one batch: same size, steps, sampler and schedule, guidance on/off,
 /// hires fix (its second pass runs them together again) and LoRA set (one
 /// set of weights per UNet call).
 pub fn batch_compatible(a: &GenerateRequest, b: &GenerateRequest) -> bool {
@@ -495,6 +507,7 @@ pub fn batch_compatible(a: &GenerateRequest, b: &GenerateRequest) -> bool {
         && a.height == b.height
         && a.steps == b.steps
         && a.sampler == b.sampler
+        && a.schedule_type == b.schedule_type
         && pipeline::uses_guidance(a) == pipeline::uses_guidance(b)
 }
 

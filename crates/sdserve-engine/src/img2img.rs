@@ -24,7 +24,8 @@ use crate::samplers::Sampler;
 /// A job's initial latents and what its steps need besides them.
 pub struct Start {
     pub latents: Tensor,
-    /// First schedule index that runs (0 for text-to-image).
+    /// First schedule index that runs (0 for text-to-image): a UNet call
+    /// index, the start step times the sampler's order.
     pub start_step: usize,
     pub inpaint: Option<Inpaint>,
 }
@@ -165,7 +166,7 @@ pub fn prepare(
                     encode(model, &image_tensor(&init.image, request, device)?, rng)?
                 };
                 let image = image.repeat((n, 1, 1, 1))?;
-                let start = start_step(request.steps, init.strength);
+                let start = start_step(request.steps, init.strength) * sampler.order();
                 let noise = draw_noise(rng)?;
                 Ok(Start {
                     latents: sampler.add_noise(&image, &noise, start)?,
@@ -178,7 +179,7 @@ pub fn prepare(
 
     let strength = init.map_or(1.0, |i| i.strength);
     let strength_max = strength == 1.0;
-    let start = start_step(request.steps, strength);
+    let start = start_step(request.steps, strength) * sampler.order();
     let pixels = match init {
         Some(init) => image_tensor(&init.image, request, device)?,
         None => Tensor::zeros((1, 3, request.height, request.width), DType::F32, device)?,
@@ -433,6 +434,7 @@ mod tests {
             steps: 1,
             cfg_scale: 1.0,
             sampler: crate::SamplerId::Euler,
+            schedule_type: Default::default(),
             width,
             height,
             batch_size: 1,

@@ -48,7 +48,7 @@ pub use options::{DeviceChoice, EngineOptions, Precision, VaeTiling};
 pub use pipeline::uses_guidance;
 pub use prompt::PromptSyntax;
 pub use request::{GenerateRequest, GeneratedImage, NoopObserver, Observer, Progress, Timings};
-pub use samplers::SamplerId;
+pub use samplers::{SamplerId, SamplerName, ScheduleType};
 
 /// Helpers shared by the unit tests.
 #[cfg(test)]

@@ -48,7 +48,7 @@ struct JobState {
     /// SDXL's add_time_ids `(batch_size, 6)`: (height, width), crop (0, 0), (height, width).
     time_ids: Tensor,
     latents: Tensor,
-    /// First schedule index this job runs (image-to-image starts late).
+    /// First schedule index (UNet call) this job runs (image-to-image starts late).
     start_step: usize,
     inpaint: Option<Inpaint>,
     sampler: Box<dyn Sampler>,
@@ -98,7 +98,12 @@ pub fn generate_batch(
         for (request, seed) in parts(job) {
             let n = request.batch_size;
             let time_ids = time_ids(request.height, request.width, n, device)?;
-            let sampler = samplers::build(request.sampler, &model.scheduler, request.steps)?;
+            let sampler = samplers::build(
+                request.sampler,
+                request.schedule_type,
+                &model.scheduler,
+                request.steps,
+            )?;
             let mut rng = TorchRng::new(seed);
             let start = img2img::prepare(model, sampler.as_ref(), &request, &mut rng)?;
             jobs.push(JobState {
@@ -123,27 +128,34 @@ pub fn generate_batch(
     observer.progress(Progress::Encoded);
 
     let started = Instant::now();
-    // Jobs starting late (image-to-image) join the batch at their start step.
-    let first_step = jobs.iter().map(|j| j.start_step).min().unwrap_or(0);
-    // Jobs of one batch share their hires settings (`batch_compatible`).
-    let second = first
-        .hires
-        .as_ref()
-        .map(|hires| (hires, hires.schedule(first.steps)));
-    let second_run = second.map_or(0, |(_, (steps, start))| steps - start);
+    // Jobs starting late (image-to-image) join the batch at their start
+    // call. Jobs of one batch share sampler, steps and hires settings
+    // (`batch_compatible`), so their schedules have the same calls.
+    let first_call = jobs.iter().map(|j| j.start_step).min().unwrap_or(0);
+    let calls = jobs.first().map_or(0, |j| j.sampler.timesteps().len());
+    let second = match &first.hires {
+        Some(hires) => {
+            let (steps, start) = hires.schedule(first.steps);
+            let sampler =
+                samplers::build(first.sampler, first.schedule_type, &model.scheduler, steps)?;
+            Some((hires, start * sampler.order(), sampler.timesteps().len()))
+        }
+        None => None,
+    };
+    let second_run = second.map_or(0, |(_, start, calls)| calls - start);
     let mut counter = StepCounter {
         done: 0,
-        total: first.steps - first_step + second_run,
+        total: calls - first_call + second_run,
     };
     denoise(
         model,
         &mut jobs,
-        first_step..first.steps,
+        first_call..calls,
         guidance,
         observer,
         &mut counter,
     )?;
-    if let Some((hires, (steps, start))) = second {
+    if let Some((hires, start, calls)) = second {
         let geometry = hires.geometry(first.width, first.height, model.vae_scale_factor)?;
         for job in jobs.iter_mut().filter(|j| !j.cancelled && !j.finished) {
             start_hires_pass(model, job, hires, &geometry)?;
@@ -151,7 +163,7 @@ pub fn generate_batch(
         denoise(
             model,
             &mut jobs,
-            start..steps,
+            start..calls,
             guidance,
             observer,
             &mut counter,
@@ -177,13 +189,13 @@ pub fn generate_batch(
         .collect())
 }
 
-/// Steps reported so far and in all (both passes of a hires fix).
+/// UNet calls reported so far and in all (both passes of a hires fix).
 struct StepCounter {
     done: usize,
     total: usize,
 }
 
-/// Runs schedule indices `steps` for every job that has not stopped,
+/// Runs the UNet calls `steps` (schedule indices) for every job that has not stopped,
 /// checking cancellation and early finishes before each step and reporting
 /// progress (and previews) after it.
 fn denoise(
@@ -241,7 +253,13 @@ fn start_hires_pass(
     geometry: &Geometry,
 ) -> Result<()> {
     let (steps, start) = hires.schedule(job.request.steps);
-    let sampler = samplers::build(job.request.sampler, &model.scheduler, steps)?;
+    let sampler = samplers::build(
+        job.request.sampler,
+        job.request.schedule_type,
+        &model.scheduler,
+        steps,
+    )?;
+    let start = start * sampler.order();
     let mut rng = TorchRng::new(job.seed);
     let factor = model.vae_scale_factor;
     let (up_x, up_y) = geometry.upscale_to;

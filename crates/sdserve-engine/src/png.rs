@@ -5,7 +5,6 @@
 use crate::error::{EngineError, Result};
 use crate::image_input::{self, ImageLimits};
 use crate::request::{GenerateRequest, GeneratedImage};
-use crate::samplers::SamplerId;
 
 pub use crate::image_input::PARAMETERS_KEY;
 
@@ -33,20 +32,10 @@ impl ModelLabel {
 /// The version an infotext names (`Version: sdserve 0.1.0`).
 pub const VERSION: &str = concat!("sdserve ", env!("CARGO_PKG_VERSION"));
 
-/// A sampler as A1111 1.9+ names it in an infotext: the sampler's own name and
-/// its `Schedule type` (`DPM++ 2M` + `Karras` rather than the older
-/// `DPM++ 2M Karras`; `Automatic` when the sampler keeps its own schedule), so
-/// that A1111's PNG Info and "send to txt2img" pick both back up.
-pub fn a1111_sampler(sampler: SamplerId) -> (&'static str, &'static str) {
-    match sampler {
-        SamplerId::DpmPp2mKarras => (SamplerId::DpmPp2m.label(), "Karras"),
-        other => (other.label(), "Automatic"),
-    }
-}
-
 /// A1111's infotext: prompt, optional negative prompt, then the settings line
-/// (`Sampler` and `Schedule type` split as A1111 1.9+ writes them, see
-/// [`a1111_sampler`]) ending with `Model hash`, `Model` and `Version`. The
+/// (`Sampler` and `Schedule type` split as A1111 1.9+ writes them:
+/// `DPM++ 2M` + `Karras` rather than the older `DPM++ 2M Karras`, so that
+/// A1111's PNG Info and "send to txt2img" pick both back up) ending with `Model hash`, `Model` and `Version`. The
 /// name loses its `,` and `:` (as A1111 did before it quoted values): every
 /// infotext parser splits the settings line on them.
 pub fn infotext(request: &GenerateRequest, seed: u64, model: &ModelLabel) -> String {
@@ -61,7 +50,7 @@ pub fn infotext(request: &GenerateRequest, seed: u64, model: &ModelLabel) -> Str
         text.push_str("\nNegative prompt: ");
         text.push_str(&request.negative_prompt);
     }
-    let (sampler, schedule) = a1111_sampler(request.sampler);
+    let (sampler, schedule) = (request.sampler.label(), request.schedule_type.label());
     text.push_str(&format!(
         "\nSteps: {}, Sampler: {sampler}, Schedule type: {schedule}, CFG scale: {}, Seed: {}, Size: {}x{}",
         request.steps,
@@ -143,6 +132,7 @@ pub fn decode_rgb(png_bytes: &[u8]) -> Result<(usize, usize, Vec<u8>)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::samplers::{SamplerId, ScheduleType};
 
     fn request(prompt: &str, negative: &str) -> GenerateRequest {
         GenerateRequest {
@@ -152,6 +142,7 @@ mod tests {
             steps: 20,
             cfg_scale: 7.0,
             sampler: SamplerId::EulerAncestral,
+            schedule_type: ScheduleType::Automatic,
             width: 512,
             height: 512,
             batch_size: 1,
@@ -183,17 +174,20 @@ mod tests {
         );
         // A1111 1.9+ splits a scheduled sampler's name: `DPM++ 2M Karras` is
         // written as `Sampler: DPM++ 2M, Schedule type: Karras`.
-        r.sampler = SamplerId::DpmPp2mKarras;
+        r.sampler = SamplerId::DpmPp2m;
+        r.schedule_type = ScheduleType::Karras;
         let text = infotext(&r, 1, &ModelLabel::named("m"));
         assert!(
             text.contains("\nSteps: 20, Sampler: DPM++ 2M, Schedule type: Karras, CFG scale: 7.5,"),
             "{text}"
         );
-        for sampler in SamplerId::ALL {
-            let (name, schedule) = a1111_sampler(sampler);
-            assert!(!name.ends_with("Karras"), "{name}");
-            assert_eq!(schedule == "Karras", sampler == SamplerId::DpmPp2mKarras);
-        }
+        r.sampler = SamplerId::DpmPp3mSde;
+        r.schedule_type = ScheduleType::SgmUniform;
+        let text = infotext(&r, 1, &ModelLabel::named("m"));
+        assert!(
+            text.contains("Sampler: DPM++ 3M SDE, Schedule type: SGM Uniform,"),
+            "{text}"
+        );
     }
 
     #[test]

@@ -8,7 +8,7 @@ use crate::image_input::DecodedImage;
 use crate::image_ops::GrayImage;
 use crate::lora::LoraRef;
 use crate::prompt::PromptSyntax;
-use crate::samplers::SamplerId;
+use crate::samplers::{SamplerId, ScheduleType};
 
 /// One text-to-image job. Several compatible jobs can run as one UNet batch
 /// (see [`crate::Engine::generate_batch`]); each keeps its own seed and noise.
@@ -22,6 +22,8 @@ pub struct GenerateRequest {
     /// Classifier-free guidance scale; 1.0 or less skips the unconditional pass.
     pub cfg_scale: f64,
     pub sampler: SamplerId,
+    /// How the sampler spaces its noise levels (A1111's "Schedule type").
+    pub schedule_type: ScheduleType,
     pub width: usize,
     pub height: usize,
     /// Images drawn from one seed with one `randn` call, as diffusers does.

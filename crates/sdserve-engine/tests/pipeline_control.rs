@@ -20,6 +20,7 @@ fn job(prompt: &str, seed: u64) -> GenerateRequest {
         steps: 4,
         cfg_scale: 7.0,
         sampler: SamplerId::EulerAncestral,
+        schedule_type: Default::default(),
         width: 64,
         height: 64,
         batch_size: 1,

@@ -20,5 +20,5 @@ pub use sdserve_engine::request::ImageToImage;
 pub use sdserve_engine::{
     batch_compatible, random_seed, uses_guidance, Engine, EngineError, GenerateRequest,
     GeneratedImage, GenerationOutput, MemoryPlan, ModelInfo, ModelSource, NoopObserver, Observer,
-    OverBudget, Progress, PromptSyntax, SamplerId, Timings, VaeTiling,
+    OverBudget, Progress, PromptSyntax, SamplerId, SamplerName, ScheduleType, Timings, VaeTiling,
 };

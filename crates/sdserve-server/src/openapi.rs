@@ -11,7 +11,9 @@ use crate::config::Limits;
 use crate::dialects::{a1111, native, openai, openai_edits, simple};
 use crate::engine_api::ModelInfo;
 use crate::ops;
-use crate::validation::sampler_names;
+use crate::validation::{
+    sampler_names, sampling_schema_rules, schedule_type_names, SamplingFields,
+};
 
 /// Every route and schema of the server.
 #[derive(OpenApi)]
@@ -86,6 +88,7 @@ enum Bound {
 pub fn document(limits: &Limits, model: Option<&ModelInfo>, auth: bool) -> Value {
     let mut doc = serde_json::to_value(ApiDoc::openapi()).unwrap_or(Value::Null);
     let multiple = model.map_or(8, |m| m.vae_scale_factor.max(1));
+    let lcm_max_steps = model.map_or(50, |m| m.lcm_max_steps);
     for (schema, field, bound) in LIMITED {
         let Some(prop) = property(&mut doc, schema, field) else {
             continue;
@@ -116,17 +119,15 @@ pub fn document(limits: &Limits, model: Option<&ModelInfo>, auth: bool) -> Value
     // Closed vocabularies: exactly the values the server takes.
     let mut samplers: Vec<Value> = sampler_names().into_iter().map(Value::from).collect();
     samplers.push(Value::Null);
-    let mut schedulers: Vec<Value> = a1111::SCHEDULERS
-        .iter()
-        .map(|(name, _)| json!(name))
-        .collect();
+    let mut schedulers: Vec<Value> = schedule_type_names().into_iter().map(Value::from).collect();
     schedulers.push(Value::Null);
     let mut enums = vec![
         ("CreateJob", "sampler", samplers.clone()),
         ("ImageGenerationRequest", "sampler", samplers.clone()),
         ("Txt2ImgRequest", "sampler_name", samplers.clone()),
         ("Txt2ImgRequest", "sampler_index", samplers),
-        ("Txt2ImgRequest", "scheduler", schedulers),
+        ("Txt2ImgRequest", "scheduler", schedulers.clone()),
+        ("CreateJob", "schedule_type", schedulers),
         (
             "ImageGenerationRequest",
             "response_format",
@@ -176,7 +177,23 @@ pub fn document(limits: &Limits, model: Option<&ModelInfo>, auth: bool) -> Value
         .pointer_mut("/components/schemas/Txt2ImgRequest")
         .and_then(Value::as_object_mut)
     {
-        let rules = a1111::txt2img_schema_rules(limits.max_batch);
+        let rules = a1111::txt2img_schema_rules(limits.max_batch, lcm_max_steps);
+        schema.insert("allOf".into(), Value::Array(rules));
+    }
+    if let Some(schema) = doc
+        .pointer_mut("/components/schemas/CreateJob")
+        .and_then(Value::as_object_mut)
+    {
+        let fields = SamplingFields {
+            sampler: "sampler",
+            alias: None,
+            schedule_type: "schedule_type",
+            steps: "steps",
+        };
+        let mut rules = sampling_schema_rules(&fields, lcm_max_steps);
+        if let Some(Value::Array(existing)) = schema.remove("allOf") {
+            rules.extend(existing);
+        }
         schema.insert("allOf".into(), Value::Array(rules));
     }
     if let Some(schema) = doc
@@ -448,6 +465,7 @@ mod tests {
             default_cfg_scale: 7.0,
             vae_scale_factor: 8,
             max_clip_skip: 11,
+            lcm_max_steps: 50,
         };
         document(&limits, Some(&model), false)
     }
@@ -558,7 +576,23 @@ mod tests {
         }
         assert_eq!(
             schemas["Txt2ImgRequest"]["properties"]["scheduler"]["enum"],
-            json!(["automatic", "Automatic", "karras", "Karras", null])
+            json!([
+                "Automatic",
+                "automatic",
+                "Karras",
+                "karras",
+                "Exponential",
+                "exponential",
+                "SGM Uniform",
+                "sgm_uniform",
+                "Beta",
+                "beta",
+                null
+            ])
+        );
+        assert_eq!(
+            schemas["CreateJob"]["properties"]["schedule_type"]["enum"],
+            schemas["Txt2ImgRequest"]["properties"]["scheduler"]["enum"]
         );
         assert_eq!(
             schemas["OptionsRequest"]["properties"]["sd_model_checkpoint"]["enum"],
@@ -622,9 +656,22 @@ mod tests {
                 "{open}"
             );
         }
+        // Karras, exponential, SGM uniform and beta need a sampler that runs
+        // with them, LCM its step limit, and one n_iter rule for --max-batch 2.
         let rules = schemas["Txt2ImgRequest"]["allOf"].as_array().unwrap();
-        assert_eq!(rules.len(), 2, "karras + one n_iter rule for --max-batch 2");
-        assert_eq!(rules[1]["then"]["properties"]["batch_size"]["maximum"], 1);
+        assert_eq!(rules.len(), 6, "{rules:?}");
+        assert_eq!(rules[4]["then"]["properties"]["steps"]["maximum"], 50);
+        assert_eq!(rules[5]["then"]["properties"]["batch_size"]["maximum"], 1);
+        let native = schemas["CreateJob"]["allOf"].as_array().unwrap();
+        let sgm = &native[2];
+        assert_eq!(
+            sgm["if"]["properties"]["schedule_type"]["enum"],
+            json!(["SGM Uniform", "sgm_uniform"])
+        );
+        assert_eq!(
+            sgm["then"]["not"]["anyOf"][0]["properties"]["sampler"]["enum"],
+            json!(["LCM", "lcm"])
+        );
         for (schema, field) in [
             ("CreateJob", "width"),
             ("Txt2ImgRequest", "height"),

@@ -70,6 +70,68 @@ fn assert_matches_reference(png_path: &Path, reference: &str) {
     );
 }
 
+/// A sampler and schedule type by flag, and a legacy name carrying its
+/// schedule, give diffusers' images, and the infotext names both apart.
+#[test]
+fn sampler_and_schedule_type_flags_give_the_diffusers_image() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = fixtures().join("models/tiny-sd1");
+    let model = model.to_str().unwrap();
+    for (i, (flags, reference, infotext)) in [
+        (
+            vec!["--sampler", "DPM++ 2M SDE", "--schedule-type", "karras"],
+            "reference/sampler/tiny-sd1/dpmpp_2m_sde-karras-a-0.png",
+            "Sampler: DPM++ 2M SDE, Schedule type: Karras,",
+        ),
+        (
+            vec!["--sampler", "LMS Karras"],
+            "reference/sampler/tiny-sd1/lms-karras-a-0.png",
+            "Sampler: LMS, Schedule type: Karras,",
+        ),
+        (
+            vec!["--sampler", "unipc", "--schedule-type", "SGM Uniform"],
+            "reference/sampler/tiny-sd1/unipc-sgm_uniform-a-0.png",
+            "Sampler: UniPC, Schedule type: SGM Uniform,",
+        ),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let out = dir.path().join(format!("{i}.png"));
+        let mut args = case_a_args(model, out.to_str().unwrap());
+        let at = args.iter().position(|a| *a == "--sampler").unwrap();
+        args.drain(at..at + 2);
+        args.extend(flags);
+        let result = sdserve(&args, &[]);
+        assert!(result.status.success(), "{}", stderr(&result));
+        assert_matches_reference(&out, reference);
+        let text = png::read_parameters(&std::fs::read(&out).unwrap()).expect("parameters");
+        assert!(text.contains(infotext), "{infotext}: {text}");
+    }
+    let result = sdserve(
+        &[
+            "generate",
+            "--model",
+            model,
+            "--prompt",
+            "x",
+            "--sampler",
+            "DDIM",
+            "--schedule-type",
+            "karras",
+            "--output",
+            "/dev/null",
+        ],
+        &[],
+    );
+    assert!(!result.status.success());
+    assert!(
+        stderr(&result).contains("DDIM sampler does not run with the Karras schedule type"),
+        "{}",
+        stderr(&result)
+    );
+}
+
 #[test]
 fn generate_writes_the_diffusers_image_with_a1111_parameters() {
     let dir = tempfile::tempdir().unwrap();
@@ -426,7 +488,8 @@ fn bad_flags_are_clear_errors() {
         ("--width", "60", "width must be a positive multiple of 8"),
         ("--height", "0", "height must be a positive multiple of 8"),
         ("--steps", "0", "steps must be between"),
-        ("--sampler", "PLMS", "unknown sampler"),
+        ("--sampler", "DPM fast", "unknown sampler"),
+        ("--schedule-type", "uniform", "unknown schedule type"),
         ("--batch-size", "0", "batch_size"),
     ] {
         let result = sdserve(

@@ -1,11 +1,13 @@
 //! Euler and Euler ancestral, as diffusers' `EulerDiscreteScheduler` and
 //! `EulerAncestralDiscreteScheduler` (Karras et al. 2022, Algorithm 2 without
-//! churn; k-diffusion's `sample_euler_ancestral`).
+//! churn; k-diffusion's `sample_euler_ancestral`). Euler ancestral also runs
+//! on Karras, exponential and beta sigmas, which diffusers' class lacks: it
+//! then steps over the sigmas `EulerDiscreteScheduler` spaces that way.
 
 use candle_core::Tensor;
 
-use super::schedule::{linspace_f64, trailing, NoiseSchedule, PredictionType, TimestepSpacing};
-use super::{interp, predict_x0_ve, randn_like, Sampler};
+use super::schedule::PredictionType;
+use super::{predict_x0_ve, randn_like, KSigmas, Sampler};
 use crate::error::Result;
 use crate::rng::TorchRng;
 
@@ -20,42 +22,12 @@ pub struct Euler {
 }
 
 impl Euler {
-    pub fn new(schedule: &NoiseSchedule, steps: usize, ancestral: bool) -> Self {
-        let n = schedule.num_train_timesteps;
-        let timesteps: Vec<f64> = match schedule.spacing {
-            TimestepSpacing::Linspace => {
-                let mut t: Vec<f64> = linspace_f64(0.0, (n - 1) as f64, steps)
-                    .into_iter()
-                    .map(|v| v as f32 as f64)
-                    .collect();
-                t.reverse();
-                t
-            }
-            TimestepSpacing::Leading => {
-                let ratio = n / steps;
-                (0..steps)
-                    .rev()
-                    .map(|i| (i * ratio) as f64 + schedule.steps_offset as f64)
-                    .collect()
-            }
-            TimestepSpacing::Trailing => trailing(n, steps),
-        };
-        let train = schedule.train_sigmas();
-        let mut sigmas: Vec<f32> = timesteps
-            .iter()
-            .map(|t| interp(*t, &train) as f32)
-            .collect();
-        sigmas.push(0.0);
-        let max = sigmas.iter().copied().fold(0.0f32, f32::max);
-        let init_noise_sigma = match schedule.spacing {
-            TimestepSpacing::Linspace | TimestepSpacing::Trailing => max,
-            TimestepSpacing::Leading => (max * max + 1.0).sqrt(),
-        };
+    pub fn new(sigmas: KSigmas, prediction: PredictionType, ancestral: bool) -> Self {
         Self {
-            timesteps,
-            sigmas,
-            init_noise_sigma,
-            prediction: schedule.prediction_type,
+            init_noise_sigma: sigmas.init_noise_sigma,
+            timesteps: sigmas.timesteps,
+            sigmas: sigmas.sigmas,
+            prediction,
             ancestral,
         }
     }

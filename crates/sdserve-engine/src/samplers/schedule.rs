@@ -36,13 +36,45 @@ pub struct NoiseSchedule {
     pub steps_offset: usize,
 }
 
-/// Scheduler classes differ only in defaults for absent keys.
+/// Scheduler classes differ here only in defaults for absent keys and in
+/// whether they know `rescale_betas_zero_snr`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SchedulerClass {
     Ddim,
     Euler,
     EulerAncestral,
     DpmSolverMultistep,
+    Lms,
+    Heun,
+    KDpm2,
+    KDpm2Ancestral,
+    UniPc,
+    Lcm,
+    Pndm,
+}
+
+impl SchedulerClass {
+    /// The class's `timestep_spacing` default.
+    fn default_spacing(self) -> &'static str {
+        match self {
+            SchedulerClass::Ddim | SchedulerClass::Pndm | SchedulerClass::Lcm => "leading",
+            _ => "linspace",
+        }
+    }
+
+    /// Whether the class rescales betas for zero terminal SNR (the others
+    /// ignore the key, as `from_config` drops what `__init__` lacks), and
+    /// whether it then lifts the last cumulative alpha off zero.
+    fn zero_snr(self) -> (bool, bool) {
+        match self {
+            SchedulerClass::Ddim | SchedulerClass::Lcm => (true, false),
+            SchedulerClass::Euler
+            | SchedulerClass::EulerAncestral
+            | SchedulerClass::DpmSolverMultistep
+            | SchedulerClass::UniPc => (true, true),
+            _ => (false, false),
+        }
+    }
 }
 
 impl NoiseSchedule {
@@ -68,7 +100,8 @@ impl NoiseSchedule {
             (_, Some("squaredcos_cap_v2")) => cosine_betas(n),
             (_, Some(other)) => return Err(unsupported(format!("beta_schedule {other:?}"))),
         };
-        let zero_snr = config.rescale_betas_zero_snr.unwrap_or(false);
+        let (knows_zero_snr, lifts_last) = class.zero_snr();
+        let zero_snr = knows_zero_snr && config.rescale_betas_zero_snr.unwrap_or(false);
         if zero_snr {
             betas = rescale_zero_terminal_snr(&betas);
         }
@@ -78,7 +111,7 @@ impl NoiseSchedule {
             acc *= 1.0 - b;
             alphas_cumprod.push(acc);
         }
-        if zero_snr && class != SchedulerClass::Ddim {
+        if zero_snr && lifts_last {
             // diffusers: "Close to 0 without being 0 so first sigma is not inf".
             if let Some(last) = alphas_cumprod.last_mut() {
                 *last = 2f32.powi(-24);
@@ -90,14 +123,10 @@ impl NoiseSchedule {
             "sample" => PredictionType::Sample,
             other => return Err(unsupported(format!("prediction_type {other:?}"))),
         };
-        let default_spacing = match class {
-            SchedulerClass::Ddim => "leading",
-            _ => "linspace",
-        };
         let spacing = match config
             .timestep_spacing
             .as_deref()
-            .unwrap_or(default_spacing)
+            .unwrap_or(class.default_spacing())
         {
             "linspace" => TimestepSpacing::Linspace,
             "leading" => TimestepSpacing::Leading,

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use sdserve_engine::image_input::{decode_rgb, DecodedImage, ImageLimits};
 use sdserve_engine::image_ops::GrayImage;
 use sdserve_engine::request::ImageToImage;
-use sdserve_engine::{GenerateRequest, PromptSyntax, SamplerId};
+use sdserve_engine::{GenerateRequest, PromptSyntax, SamplerName, ScheduleType};
 use serde::Deserialize;
 
 /// One diffusers render: its settings and the PNGs it wrote. (Each test
@@ -25,6 +25,9 @@ pub struct Case {
     pub steps: usize,
     pub cfg_scale: f64,
     pub sampler: String,
+    /// A1111's schedule type (`sampler-cases.json`; absent: Automatic).
+    #[serde(default)]
+    pub schedule_type: Option<String>,
     pub width: usize,
     pub height: usize,
     pub batch_size: usize,
@@ -74,13 +77,21 @@ pub fn read_cases(files: &[&str]) -> Vec<Case> {
 
 /// The request diffusers rendered `case` from.
 pub fn request(case: &Case) -> GenerateRequest {
+    // Older case files name a legacy sampler (`DPM++ 2M Karras`).
+    let name: SamplerName = case.sampler.parse().expect("known sampler");
+    let explicit = case
+        .schedule_type
+        .as_deref()
+        .map(|s| s.parse::<ScheduleType>().expect("known schedule type"));
+    let (sampler, schedule_type) = name.with_schedule(explicit).expect("a valid pair");
     GenerateRequest {
         prompt: case.prompt.clone(),
         negative_prompt: case.negative_prompt.clone(),
         seed: Some(case.seed),
         steps: case.steps,
         cfg_scale: case.cfg_scale,
-        sampler: case.sampler.parse::<SamplerId>().expect("known sampler"),
+        sampler,
+        schedule_type,
         width: case.width,
         height: case.height,
         batch_size: case.batch_size,

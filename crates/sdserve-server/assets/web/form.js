@@ -19,9 +19,8 @@ export function setup({ models, samplers, limits }) {
     ...models.map((m) => new Option(m.loaded ? m.id : `${m.id} (not loaded)`, m.id, m.default, m.default)),
   );
   $("model-field").hidden = models.length < 2;
-  const names = [...new Set(samplers.map((s) => s.sampler))];
-  $("sampler").replaceChildren(...names.map((n) => new Option(n, n)));
-  $("sampler").value = samplerOf("euler_ancestral")?.sampler ?? names[0];
+  $("sampler").replaceChildren(...samplers.map((s) => new Option(s.label, s.id)));
+  $("sampler").value = samplerOf("euler_ancestral")?.id ?? samplers[0]?.id;
   refreshSchedules();
   $("sampler").addEventListener("change", refreshSchedules);
   modelSelect.addEventListener("change", () => applyModelDefaults(true));
@@ -42,13 +41,12 @@ function samplerOf(id) {
   return server.samplers.find((s) => s.id === id);
 }
 
+/** The schedule types the chosen sampler runs with; the choice is kept where it can be. */
 function refreshSchedules() {
-  const name = $("sampler").value;
-  const schedules = server.samplers.filter((s) => s.sampler === name);
+  const schedules = samplerOf($("sampler").value)?.schedule_types ?? [];
   const chosen = $("schedule").value;
-  $("schedule").replaceChildren(...schedules.map((s) => new Option(s.schedule, s.id)));
-  const keep = schedules.find((s) => s.schedule === chosen);
-  if (keep) $("schedule").value = keep.id;
+  $("schedule").replaceChildren(...schedules.map((s) => new Option(s.label, s.id)));
+  if (schedules.some((s) => s.id === chosen)) $("schedule").value = chosen;
   $("schedule").disabled = schedules.length < 2;
 }
 
@@ -120,7 +118,8 @@ export function readRequest() {
   const request = {
     prompt: $("prompt").value,
     negative_prompt: $("negative_prompt").value,
-    sampler: $("schedule").value || undefined,
+    sampler: $("sampler").value || undefined,
+    schedule_type: $("schedule").value || undefined,
     steps: numberOf("steps"),
     cfg_scale: numberOf("cfg_scale"),
     width: numberOf("width"),
@@ -171,9 +170,11 @@ export function fill(values) {
   }
   const sampler = values.sampler && samplerOf(values.sampler);
   if (sampler) {
-    $("sampler").value = sampler.sampler;
+    $("sampler").value = sampler.id;
     refreshSchedules();
-    $("schedule").value = sampler.id;
+    if (sampler.schedule_types.some((s) => s.id === values.schedule_type)) {
+      $("schedule").value = values.schedule_type;
+    }
   }
   clearErrors();
 }
@@ -181,7 +182,6 @@ export function fill(values) {
 /** Keeps the form across reloads (not the images). */
 export function save() {
   const values = readRequest();
-  values.sampler = $("schedule").value;
   values.seed = $("seed").value;
   localStorage.setItem(SAVED, JSON.stringify(values));
 }

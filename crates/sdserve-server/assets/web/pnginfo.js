@@ -118,13 +118,22 @@ export function formValuesOf(text, samplers) {
   if (settings.Model) values.model = settings.Model;
   if (settings["Model hash"]) values.model_hash = settings["Model hash"];
   if (settings.Sampler) {
-    const name = settings.Sampler;
-    const schedule = (settings["Schedule type"] || "Automatic").toLowerCase();
-    const match =
-      samplers.find((s) => s.sampler === name && s.schedule.toLowerCase() === schedule) ||
-      samplers.find((s) => s.label === name) ||
-      samplers.find((s) => s.sampler === name);
-    if (match) values.sampler = match.id;
+    // A1111 before 1.9 folded the schedule into the name ("DPM++ 2M Karras").
+    let name = settings.Sampler;
+    let schedule = settings["Schedule type"] || "Automatic";
+    let sampler = samplers.find((s) => s.label === name);
+    for (const folded of ["Karras", "Exponential"]) {
+      if (!sampler && name.endsWith(` ${folded}`)) {
+        name = name.slice(0, -folded.length - 1);
+        sampler = samplers.find((s) => s.label === name);
+        if (sampler && !settings["Schedule type"]) schedule = folded;
+      }
+    }
+    if (sampler) {
+      values.sampler = sampler.id;
+      const type = sampler.schedule_types.find((t) => t.label.toLowerCase() === schedule.toLowerCase());
+      values.schedule_type = type ? type.id : "automatic";
+    }
   }
   for (const key of Object.keys(values)) if (values[key] === undefined) delete values[key];
   return values;

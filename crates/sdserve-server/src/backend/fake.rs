@@ -8,7 +8,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use crate::engine_api::{
-    png, prompt, random_seed, EngineError, GenerateRequest, GeneratedImage, GenerationOutput,
+    prompt, random_seed, EngineError, GenerateRequest, GeneratedImage, GenerationOutput,
     MemoryPlan, ModelInfo, Observer, Progress, PromptSyntax, Timings,
 };
 
@@ -47,6 +47,7 @@ impl FakeBackend {
                 default_cfg_scale: 7.0,
                 vae_scale_factor: 8,
                 max_clip_skip: 11,
+                lcm_max_steps: 50,
             },
             step_delay: Duration::ZERO,
             batches: Mutex::new(Vec::new()),
@@ -96,7 +97,14 @@ impl FakeBackend {
             key = mix(key ^ u64::from(byte));
         }
         key = mix(key ^ request.steps as u64 ^ ((request.cfg_scale.to_bits()) << 1));
-        key = mix(key ^ request.sampler.id().len() as u64 ^ ((index as u64) << 32));
+        key = mix(key ^ ((index as u64) << 32));
+        // Each sampler and schedule type gives its own picture.
+        for byte in [request.sampler.id(), ":", request.schedule_type.id()]
+            .concat()
+            .bytes()
+        {
+            key = mix(key ^ u64::from(byte));
+        }
         // Image-to-image inputs change the picture, so tests see they arrived.
         if let Some(init) = &request.init {
             key = mix(key ^ init.strength.to_bits() ^ u64::from(init.resize_latents));
@@ -136,7 +144,7 @@ impl FakeBackend {
                 rgb.extend_from_slice(&v.to_le_bytes()[..3]);
             }
         }
-        let (sampler, schedule) = png::a1111_sampler(request.sampler);
+        let (sampler, schedule) = (request.sampler.label(), request.schedule_type.label());
         let clip_skip = match request.clip_skip {
             0 => String::new(),
             n => format!(", Clip skip: {}", n + 1),
@@ -317,6 +325,7 @@ mod tests {
             steps: 3,
             cfg_scale: 7.0,
             sampler: SamplerId::Euler,
+            schedule_type: Default::default(),
             width: 16,
             height: 8,
             batch_size: 2,

@@ -139,6 +139,7 @@ pub(crate) const OPENAI_FIELDS: FieldNames = FieldNames {
     steps: "steps",
     cfg_scale: "cfg_scale",
     sampler: "sampler",
+    schedule_type: "schedule_type",
     width: "size",
     height: "size",
     batch_size: "n",

@@ -12,7 +12,8 @@ use utoipa::ToSchema;
 
 use super::id::{ImageId, JobId};
 use crate::engine_api::{
-    GenerateRequest, HiresFix, HiresSize, LoraRef, PromptSyntax, SamplerId, StepCount, Upscaler,
+    GenerateRequest, HiresFix, HiresSize, LoraRef, PromptSyntax, SamplerId, SamplerName,
+    ScheduleType, StepCount, Upscaler,
 };
 
 /// Where a job is in its life. Terminal states never change again.
@@ -62,8 +63,14 @@ pub struct JobParams {
     pub steps: usize,
     /// Classifier-free guidance scale (1 or less: guidance off).
     pub cfg_scale: f64,
-    /// Sampler id (`euler`, `euler_ancestral`, `dpmpp_2m`, `dpmpp_2m_karras`, `ddim`).
+    /// Sampler id (`euler`, `euler_ancestral`, `dpmpp_2m`, `unipc`...; see
+    /// `GET /api/v1/samplers`). Records written before schedule types may
+    /// carry a legacy id with its schedule (`dpmpp_2m_karras`).
     pub sampler: String,
+    /// Schedule type id (`automatic`, `karras`, `exponential`, `sgm_uniform`,
+    /// `beta`); absent in records written before schedule types.
+    #[serde(default = "automatic_schedule")]
+    pub schedule_type: String,
     /// Image width in pixels.
     pub width: usize,
     /// Image height in pixels.
@@ -197,6 +204,11 @@ impl HiresParams {
     }
 }
 
+/// The schedule type of records written before schedule types.
+fn automatic_schedule() -> String {
+    ScheduleType::Automatic.id().to_string()
+}
+
 impl From<&GenerateRequest> for JobParams {
     fn from(r: &GenerateRequest) -> Self {
         Self {
@@ -206,6 +218,7 @@ impl From<&GenerateRequest> for JobParams {
             steps: r.steps,
             cfg_scale: r.cfg_scale,
             sampler: r.sampler.id().to_string(),
+            schedule_type: r.schedule_type.id().to_string(),
             width: r.width,
             height: r.height,
             batch_size: r.batch_size,
@@ -224,7 +237,25 @@ impl From<&GenerateRequest> for JobParams {
 impl JobParams {
     /// The sampler as the engine knows it (ids written by this server always parse).
     pub fn sampler_id(&self) -> Option<SamplerId> {
-        self.sampler.parse().ok()
+        self.sampling().map(|(sampler, _)| sampler)
+    }
+
+    /// The sampler and schedule type; a legacy sampler id's schedule stands
+    /// when the record names none.
+    pub fn sampling(&self) -> Option<(SamplerId, ScheduleType)> {
+        let name: SamplerName = self.sampler.parse().ok()?;
+        let schedule: ScheduleType = self.schedule_type.parse().ok()?;
+        let schedule = match (schedule, name.schedule) {
+            (ScheduleType::Automatic, Some(legacy)) => legacy,
+            (schedule, _) => schedule,
+        };
+        Some((name.sampler, schedule))
+    }
+
+    /// The schedule type's A1111 label (`Karras`), as A1111 echoes `scheduler`.
+    pub fn schedule_type_label(&self) -> String {
+        self.sampling()
+            .map_or(self.schedule_type.clone(), |(_, s)| s.label().to_string())
     }
 
     /// The engine request these settings stand for: the inverse of
@@ -232,9 +263,12 @@ impl JobParams {
     /// Fails on a sampler id this build does not know, and for image-to-image
     /// jobs, whose init images live only in memory.
     pub fn to_request(&self) -> Result<GenerateRequest, String> {
-        let sampler = self
-            .sampler_id()
-            .ok_or_else(|| format!("unknown sampler {:?}", self.sampler))?;
+        let (sampler, schedule_type) = self.sampling().ok_or_else(|| {
+            format!(
+                "unknown sampler {:?} or schedule type {:?}",
+                self.sampler, self.schedule_type
+            )
+        })?;
         if self.strength.is_some() {
             return Err(
                 "an image-to-image job's init image is not kept across restarts; submit it again"
@@ -248,6 +282,7 @@ impl JobParams {
             steps: self.steps,
             cfg_scale: self.cfg_scale,
             sampler,
+            schedule_type,
             width: self.width,
             height: self.height,
             batch_size: self.batch_size,
@@ -414,6 +449,7 @@ mod tests {
             steps: 7,
             cfg_scale: 6.5,
             sampler: SamplerId::Euler,
+            schedule_type: ScheduleType::Automatic,
             width: 64,
             height: 128,
             batch_size: 3,
@@ -424,12 +460,14 @@ mod tests {
             clip_skip: 1,
             loras: Vec::new(),
         };
-        for (sampler, seed_per_image) in SamplerId::ALL
+        for ((sampler, seed_per_image), schedule_type) in SamplerId::ALL
             .into_iter()
             .zip([true, false].into_iter().cycle())
+            .zip(ScheduleType::ALL.into_iter().cycle())
         {
             let request = GenerateRequest {
                 sampler,
+                schedule_type,
                 seed_per_image,
                 ..base.clone()
             };
@@ -440,6 +478,16 @@ mod tests {
         }
         let mut params = JobParams::from(&GenerateRequest { seed: None, ..base });
         assert_eq!(params.to_request().unwrap().seed, None);
+        // Records from before schedule types: a legacy id, no schedule_type.
+        let mut old = serde_json::to_value(&params).unwrap();
+        old["sampler"] = "dpmpp_2m_karras".into();
+        old.as_object_mut().unwrap().remove("schedule_type");
+        let old: JobParams = serde_json::from_value(old).unwrap();
+        let request = old.to_request().unwrap();
+        assert_eq!(
+            (request.sampler, request.schedule_type),
+            (SamplerId::DpmPp2m, ScheduleType::Karras)
+        );
         params.sampler = "no such".into();
         assert!(params.to_request().unwrap_err().contains("no such"));
     }
@@ -465,6 +513,7 @@ mod tests {
             steps: 4,
             cfg_scale: 7.0,
             sampler: SamplerId::Euler,
+            schedule_type: ScheduleType::Automatic,
             width: 8,
             height: 8,
             batch_size: 1,

@@ -198,6 +198,7 @@ mod tests {
                 steps: 1,
                 cfg_scale: 1.0,
                 sampler: "euler".into(),
+                schedule_type: "automatic".into(),
                 width: 8,
                 height: 8,
                 batch_size: 1,

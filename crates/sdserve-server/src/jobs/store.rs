@@ -353,6 +353,7 @@ mod tests {
                     steps: 2,
                     cfg_scale: 1.0,
                     sampler: "euler".into(),
+                    schedule_type: "automatic".into(),
                     width: 64,
                     height: 64,
                     batch_size: 1,

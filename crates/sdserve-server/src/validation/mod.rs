@@ -10,7 +10,7 @@ use crate::config::Limits;
 use crate::dialects::Dialect;
 use crate::engine_api::{
     prompt, uses_guidance, DecodedImage, EngineError, GenerateRequest, GrayImage, ImageToImage,
-    LoraRef, PromptSyntax, SamplerId, MAX_LORAS, MAX_WEIGHT,
+    LoraRef, PromptSyntax, SamplerId, SamplerName, ScheduleType, MAX_LORAS, MAX_WEIGHT,
 };
 use crate::jobs::ClientId;
 
@@ -39,6 +39,8 @@ pub struct FieldNames {
     pub cfg_scale: &'static str,
     /// Sampler field.
     pub sampler: &'static str,
+    /// Schedule type field.
+    pub schedule_type: &'static str,
     /// Width field.
     pub width: &'static str,
     /// Height field.
@@ -57,6 +59,7 @@ impl FieldNames {
         steps: "steps",
         cfg_scale: "cfg_scale",
         sampler: "sampler",
+        schedule_type: "schedule_type",
         width: "width",
         height: "height",
         batch_size: "batch_size",
@@ -77,8 +80,11 @@ pub struct JobSpec {
     pub steps: Option<i64>,
     /// Guidance scale.
     pub cfg_scale: Option<f64>,
-    /// Sampler id or A1111 label.
+    /// Sampler id or A1111 label (or a legacy name carrying a schedule).
     pub sampler: Option<String>,
+    /// Schedule type id or A1111 label; `None` for the sampler name's own
+    /// schedule, if any, else `Automatic`.
+    pub schedule_type: Option<String>,
     /// Width in pixels.
     pub width: Option<i64>,
     /// Height in pixels.
@@ -140,6 +146,7 @@ impl JobSpec {
             steps: None,
             cfg_scale: None,
             sampler: None,
+            schedule_type: None,
             width: None,
             height: None,
             batch_size: None,
@@ -254,45 +261,168 @@ fn check_count_from(
     }
 }
 
-/// Old k-diffusion names some A1111 scripts still send.
-const SAMPLER_ALIASES: [(&str, SamplerId); 4] = [
-    ("euler_a", SamplerId::EulerAncestral),
-    ("k_euler_a", SamplerId::EulerAncestral),
-    ("k_euler_ancestral", SamplerId::EulerAncestral),
-    ("k_euler", SamplerId::Euler),
-];
-
 /// Every sampler name the gate accepts, exactly as spelled here: each A1111
-/// label, each id, then the old aliases. The OpenAPI document lists these as the
-/// sampler fields' `enum`, so the two cannot disagree.
-pub fn sampler_names() -> Vec<&'static str> {
-    SamplerId::ALL
+/// label and id, the old k-diffusion aliases, and the legacy names that carry
+/// a schedule (`DPM++ 2M Karras`, `dpmpp_2m_karras`). The OpenAPI document
+/// lists these as the sampler fields' `enum`, so the two cannot disagree.
+pub fn sampler_names() -> Vec<String> {
+    let mut names = Vec::new();
+    for s in SamplerId::ALL {
+        names.push(s.label().to_string());
+        names.push(s.id().to_string());
+    }
+    for alias in [
+        "euler_a",
+        "k_euler_a",
+        "k_euler_ancestral",
+        "k_euler",
+        "k_lms",
+        "k_heun",
+    ] {
+        names.push(alias.to_string());
+    }
+    for s in SamplerId::ALL {
+        for t in [ScheduleType::Karras, ScheduleType::Exponential] {
+            if s.schedule_types().contains(&t) {
+                names.push(format!("{} {}", s.label(), t.label()));
+                names.push(format!("{}_{}", s.id(), t.id()));
+            }
+        }
+    }
+    names
+}
+
+/// Every schedule type name the gate accepts: each A1111 label and id.
+pub fn schedule_type_names() -> Vec<&'static str> {
+    ScheduleType::ALL
         .iter()
         .flat_map(|s| [s.label(), s.id()])
-        .chain(SAMPLER_ALIASES.iter().map(|(alias, _)| *alias))
         .collect()
 }
 
 /// Parses a sampler name (one of [`sampler_names`], case and spaces exact) for
 /// the given field.
-pub fn parse_sampler(field: &'static str, name: &str) -> Result<SamplerId, ValidationError> {
-    SamplerId::ALL
-        .iter()
-        .copied()
-        .find(|s| s.label() == name || s.id() == name)
-        .or_else(|| {
-            SAMPLER_ALIASES
-                .iter()
-                .find(|(alias, _)| *alias == name)
-                .map(|(_, id)| *id)
-        })
-        .ok_or_else(|| ValidationError::UnknownSampler {
+pub fn parse_sampler(field: &'static str, name: &str) -> Result<SamplerName, ValidationError> {
+    let unknown = || ValidationError::UnknownSampler {
+        field,
+        message: format!(
+            "unknown sampler {name:?}; known samplers: {}",
+            sampler_names().join(", ")
+        ),
+    };
+    if !sampler_names().iter().any(|n| n == name) {
+        return Err(unknown());
+    }
+    name.parse::<SamplerName>().map_err(|_| unknown())
+}
+
+/// Parses a schedule type name (one of [`schedule_type_names`], exact).
+pub fn parse_schedule_type(
+    field: &'static str,
+    name: &str,
+) -> Result<ScheduleType, ValidationError> {
+    schedule_type_names()
+        .contains(&name)
+        .then(|| name.parse::<ScheduleType>().ok())
+        .flatten()
+        .ok_or_else(|| ValidationError::Invalid {
             field,
             message: format!(
-                "unknown sampler {name:?}; known samplers: {}",
-                sampler_names().join(", ")
+                "unknown schedule type {name:?}; known: {}",
+                schedule_type_names().join(", ")
             ),
         })
+}
+
+/// The sampler and schedule a request runs: an explicit schedule type other
+/// than `Automatic` wins (as A1111 does), else the one a legacy sampler name
+/// carries, else `Automatic`; refused by name when the sampler cannot use it.
+pub fn resolve_sampling(
+    names: &FieldNames,
+    sampler: Option<&str>,
+    schedule_type: Option<&str>,
+) -> Result<(SamplerId, ScheduleType), ValidationError> {
+    let sampler = match sampler {
+        None => SamplerName {
+            sampler: DEFAULT_SAMPLER,
+            schedule: None,
+        },
+        Some(name) => parse_sampler(names.sampler, name)?,
+    };
+    let explicit = schedule_type
+        .map(|t| parse_schedule_type(names.schedule_type, t))
+        .transpose()?;
+    sampler
+        .with_schedule(explicit)
+        .map_err(|e| ValidationError::Invalid {
+            field: names.schedule_type,
+            message: e.to_string(),
+        })
+}
+
+/// How a request schema names the sampling fields, for [`sampling_schema_rules`].
+pub struct SamplingFields<'a> {
+    /// The sampler field.
+    pub sampler: &'a str,
+    /// A deprecated alias read when `sampler` is absent or null (A1111's `sampler_index`).
+    pub alias: Option<&'a str>,
+    /// The schedule type field.
+    pub schedule_type: &'a str,
+    /// The steps field.
+    pub steps: &'a str,
+}
+
+/// The gate's rules across the sampling fields as JSON Schema `if`/`then`
+/// pairs (for the OpenAPI document's `allOf`): a schedule type needs a
+/// sampler that runs with it, and LCM at most `lcm_max_steps` steps. The
+/// default sampler runs with every schedule type.
+pub fn sampling_schema_rules(f: &SamplingFields, lcm_max_steps: usize) -> Vec<serde_json::Value> {
+    use serde_json::json;
+    let names = sampler_names();
+    let matching = |keep: &dyn Fn(SamplerName) -> bool| -> Vec<String> {
+        names
+            .iter()
+            .filter(|n| parse_sampler("", n).is_ok_and(&keep))
+            .cloned()
+            .collect()
+    };
+    // `then` for "the sampler (or, failing it, the alias) is one of `names`".
+    let sampler_in = |names: &[String]| {
+        let set = json!({ "enum": names });
+        let mut any = vec![json!({ "properties": { f.sampler: set }, "required": [f.sampler] })];
+        if let Some(alias) = f.alias {
+            any.push(json!({
+                "properties": { f.sampler: { "type": "null" }, alias: set },
+                "required": [alias],
+            }));
+            any.push(json!({
+                "not": { "required": [f.sampler] },
+                "properties": { alias: set },
+                "required": [alias],
+            }));
+        }
+        json!({ "anyOf": any })
+    };
+    let mut rules = Vec::new();
+    for schedule in ScheduleType::ALL {
+        let refused = matching(&|s| !s.sampler.schedule_types().contains(&schedule));
+        if refused.is_empty() {
+            continue;
+        }
+        rules.push(json!({
+            "if": {
+                "properties": { f.schedule_type: { "enum": [schedule.label(), schedule.id()] } },
+                "required": [f.schedule_type],
+            },
+            "then": { "not": sampler_in(&refused) },
+        }));
+    }
+    let lcm = matching(&|s| s.sampler == SamplerId::Lcm);
+    rules.push(json!({
+        "if": sampler_in(&lcm),
+        "then": { "properties": { f.steps: { "maximum": lcm_max_steps } } },
+    }));
+    rules
 }
 
 /// The largest square side (a multiple of `multiple`) the configured limits allow.
@@ -413,10 +543,19 @@ pub fn validate(
             got: cfg_scale,
         });
     }
-    let sampler = match spec.sampler.as_deref() {
-        None => DEFAULT_SAMPLER,
-        Some(name) => parse_sampler(n.sampler, name)?,
-    };
+    let (sampler, schedule_type) =
+        resolve_sampling(&n, spec.sampler.as_deref(), spec.schedule_type.as_deref())?;
+    // LCM's step limit, for both passes of a hires fix (whose steps are
+    // checked below): the model's original_inference_steps.
+    if sampler == SamplerId::Lcm && steps > info.lcm_max_steps {
+        return Err(ValidationError::Invalid {
+            field: n.steps,
+            message: format!(
+                "LCM runs at most {} steps on this model (its original_inference_steps), not {steps}",
+                info.lcm_max_steps
+            ),
+        });
+    }
     let init = spec.init.map(check_init).transpose()?;
     let spec_loras_field = spec.loras_field;
     check_loras(spec_loras_field, &spec.loras)?;
@@ -434,6 +573,7 @@ pub fn validate(
         steps,
         cfg_scale,
         sampler,
+        schedule_type,
         width,
         height,
         batch_size,
@@ -602,10 +742,25 @@ mod tests {
             ),
             (
                 JobSpec {
-                    sampler: Some("PLMS".into()),
+                    sampler: Some("DPM++ SDE".into()),
                     ..spec()
                 },
                 "sampler",
+            ),
+            (
+                JobSpec {
+                    sampler: Some("DDIM".into()),
+                    schedule_type: Some("Karras".into()),
+                    ..spec()
+                },
+                "schedule_type",
+            ),
+            (
+                JobSpec {
+                    schedule_type: Some("Uniform".into()),
+                    ..spec()
+                },
+                "schedule_type",
             ),
             (
                 JobSpec {
@@ -632,11 +787,18 @@ mod tests {
     #[test]
     fn sampler_names_are_exact() {
         for name in sampler_names() {
-            assert!(parse_sampler("sampler", name).is_ok(), "{name}");
+            assert!(parse_sampler("sampler", &name).is_ok(), "{name}");
         }
         assert_eq!(
-            parse_sampler("sampler", "k_euler_a").unwrap(),
+            parse_sampler("sampler", "k_euler_a").unwrap().sampler,
             SamplerId::EulerAncestral
+        );
+        assert_eq!(
+            parse_sampler("sampler", "LMS Karras").unwrap(),
+            SamplerName {
+                sampler: SamplerId::Lms,
+                schedule: Some(ScheduleType::Karras)
+            }
         );
         for near in ["euler a", "EULER", " Euler a", "Euler a ", "dpm++ 2m", ""] {
             let err = parse_sampler("sampler_name", near).unwrap_err();
@@ -668,7 +830,32 @@ mod tests {
             ..spec()
         })
         .unwrap();
-        assert_eq!(r.sampler, SamplerId::DpmPp2mKarras);
+        assert_eq!(
+            (r.sampler, r.schedule_type),
+            (SamplerId::DpmPp2m, ScheduleType::Karras)
+        );
+        // An explicit schedule type wins over the legacy name's; Automatic does not.
+        let pick = |sampler: &str, schedule: &str| {
+            let r = check(JobSpec {
+                sampler: Some(sampler.into()),
+                schedule_type: Some(schedule.into()),
+                ..spec()
+            })
+            .unwrap();
+            (r.sampler, r.schedule_type)
+        };
+        assert_eq!(
+            pick("DPM++ 2M Karras", "Exponential"),
+            (SamplerId::DpmPp2m, ScheduleType::Exponential)
+        );
+        assert_eq!(
+            pick("DPM++ 2M Karras", "automatic"),
+            (SamplerId::DpmPp2m, ScheduleType::Karras)
+        );
+        assert_eq!(
+            pick("Euler a", "sgm_uniform"),
+            (SamplerId::EulerAncestral, ScheduleType::SgmUniform)
+        );
         assert_eq!((r.steps, r.batch_size), (150, 8));
     }
 }

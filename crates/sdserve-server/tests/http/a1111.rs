@@ -181,10 +181,10 @@ async fn errors_in_a1111_shape() {
     .await;
     assert_eq!(body["detail"][0]["loc"], json!(["body", "steps"]));
     let body = assert_error(
-        s.post("/sdapi/v1/txt2img", json!({"sampler_name": "PLMS"}))
+        s.post("/sdapi/v1/txt2img", json!({"sampler_name": "DPM++ SDE"}))
             .await,
         422,
-        "PLMS",
+        "DPM++ SDE",
     )
     .await;
     assert_eq!(body["detail"][0]["loc"], json!(["body", "sampler_name"]));
@@ -246,8 +246,11 @@ async fn errors_in_a1111_shape() {
     .await;
     assert_eq!(body["detail"][0]["loc"], json!(["body", "eta"]));
     let body = assert_error(
-        s.post("/sdapi/v1/txt2img", json!({"scheduler": "exponential"}))
-            .await,
+        s.post(
+            "/sdapi/v1/txt2img",
+            json!({"scheduler": "align_your_steps"}),
+        )
+        .await,
         422,
         "scheduler",
     )
@@ -291,11 +294,50 @@ async fn discovery_and_options() {
         .collect();
     assert_eq!(
         names,
-        ["Euler a", "Euler", "DPM++ 2M", "DPM++ 2M Karras", "DDIM"]
+        [
+            "DPM++ 2M",
+            "DPM++ 2M SDE",
+            "DPM++ 3M SDE",
+            "Euler",
+            "Euler a",
+            "LMS",
+            "Heun",
+            "DPM2",
+            "DPM2 a",
+            "UniPC",
+            "LCM",
+            "DDIM",
+            "PLMS"
+        ]
     );
-    assert_eq!(samplers[0]["aliases"], json!(["euler_ancestral"]));
+    assert_eq!(
+        samplers[0]["aliases"],
+        json!(["dpmpp_2m", "DPM++ 2M Karras", "DPM++ 2M Exponential"])
+    );
+    assert_eq!(samplers[12]["aliases"], json!(["plms"]));
     let schedulers: Value = s.get("/sdapi/v1/schedulers").await.json().await.unwrap();
-    assert_eq!(schedulers[1]["name"], "karras");
+    let pairs: Vec<(&str, &str, f64)> = schedulers
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            (
+                s["name"].as_str().unwrap(),
+                s["label"].as_str().unwrap(),
+                s["default_rho"].as_f64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        pairs,
+        [
+            ("automatic", "Automatic", -1.0),
+            ("karras", "Karras", 7.0),
+            ("exponential", "Exponential", -1.0),
+            ("sgm_uniform", "SGM Uniform", -1.0),
+            ("beta", "Beta", -1.0)
+        ]
+    );
     let options: Value = s.get("/sdapi/v1/options").await.json().await.unwrap();
     assert_eq!(options["sd_model_checkpoint"], "fake-sd");
     let resp = s

@@ -143,6 +143,7 @@ async fn a_recovered_job_the_model_refuses_fails_with_the_reason() {
         default_cfg_scale: 7.0,
         vae_scale_factor: 4,
         max_clip_skip: 11,
+        lcm_max_steps: 50,
     });
     let first = TestServer::on_dir(
         dir.clone(),

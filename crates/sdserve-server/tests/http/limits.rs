@@ -52,7 +52,7 @@ fn cases() -> Vec<(&'static str, Value, &'static str)> {
     out.extend([
         (
             "/api/v1/jobs",
-            json!({"prompt": "p", "sampler": "PLMS"}),
+            json!({"prompt": "p", "sampler": "DPM fast"}),
             "sampler",
         ),
         ("/api/v1/jobs", json!({"prompt": "p", "seed": -1}), "seed"),

@@ -109,6 +109,7 @@ async fn generate_refuses_a_native_size_beyond_the_plan() {
         default_cfg_scale: 7.0,
         vae_scale_factor: 8,
         max_clip_skip: 11,
+        lcm_max_steps: 50,
     };
     let s = server(FakeBackend::new().with_info(info)).await;
     let body = refused(s.post("/generate", json!({"prompt": "p", "seed": 1})).await).await;

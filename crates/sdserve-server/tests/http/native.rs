@@ -115,8 +115,8 @@ async fn all_request_fields_reach_the_engine() {
     let s = TestServer::start().await;
     let body = json!({
         "prompt": "(p:1.2)", "negative_prompt": "n", "seed": 7, "steps": 3, "cfg_scale": 1.5,
-        "sampler": "DPM++ 2M Karras", "width": 32, "height": 48, "batch_size": 2,
-        "prompt_syntax": "a1111", "clip_skip": 1
+        "sampler": "DPM++ 2M SDE Karras", "schedule_type": "beta", "width": 32, "height": 48,
+        "batch_size": 2, "prompt_syntax": "a1111", "clip_skip": 1
     });
     let id = s
         .post("/api/v1/jobs", body)
@@ -128,7 +128,9 @@ async fn all_request_fields_reach_the_engine() {
         .unwrap()
         .to_string();
     let job = s.wait_job(&id).await;
-    assert_eq!(job["params"]["sampler"], "dpmpp_2m_karras");
+    // The explicit schedule type wins over the legacy name's Karras.
+    assert_eq!(job["params"]["sampler"], "dpmpp_2m_sde");
+    assert_eq!(job["params"]["schedule_type"], "beta");
     assert_eq!(job["params"]["steps"], 3);
     assert_eq!(job["params"]["cfg_scale"], 1.5);
     assert_eq!(job["params"]["prompt_syntax"], "a1111");
@@ -140,7 +142,8 @@ async fn all_request_fields_reach_the_engine() {
     want.negative_prompt = "n".into();
     want.steps = 3;
     want.cfg_scale = 1.5;
-    want.sampler = "dpmpp_2m_karras".parse().unwrap();
+    want.sampler = "dpmpp_2m_sde".parse().unwrap();
+    want.schedule_type = "beta".parse().unwrap();
     want.width = 32;
     want.height = 48;
     want.batch_size = 2;
@@ -272,14 +275,51 @@ async fn listings() {
     assert_eq!(
         ids,
         [
-            "euler_ancestral",
-            "euler",
             "dpmpp_2m",
-            "dpmpp_2m_karras",
-            "ddim"
+            "dpmpp_2m_sde",
+            "dpmpp_3m_sde",
+            "euler",
+            "euler_ancestral",
+            "lms",
+            "heun",
+            "dpm2",
+            "dpm2_ancestral",
+            "unipc",
+            "lcm",
+            "ddim",
+            "plms"
         ]
     );
-    assert_eq!(samplers[0]["label"], "Euler a");
+    assert_eq!(samplers[4]["label"], "Euler a");
+    let types = |i: usize| -> Vec<String> {
+        samplers[i]["schedule_types"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| {
+                format!(
+                    "{}={}",
+                    t["id"].as_str().unwrap(),
+                    t["label"].as_str().unwrap()
+                )
+            })
+            .collect()
+    };
+    assert_eq!(
+        types(0),
+        [
+            "automatic=Automatic",
+            "karras=Karras",
+            "exponential=Exponential",
+            "sgm_uniform=SGM Uniform",
+            "beta=Beta"
+        ]
+    );
+    assert_eq!(types(10), ["automatic=Automatic"]);
+    assert_eq!(
+        types(11),
+        ["automatic=Automatic", "sgm_uniform=SGM Uniform"]
+    );
 }
 
 /// Reads SSE events from a response until the stream ends.

@@ -72,6 +72,14 @@ async fn a1111_schedulers_and_their_rule() {
         ("Euler", "Automatic"),
         ("DPM++ 2M", "karras"),
         ("dpmpp_2m_karras", "Karras"),
+        ("Euler", "karras"),
+        ("Euler a", "Exponential"),
+        ("UniPC", "Beta"),
+        ("DDIM", "sgm_uniform"),
+        ("PLMS", "SGM Uniform"),
+        ("LCM", "automatic"),
+        ("LMS Karras", "automatic"),
+        ("DPM++ 3M SDE Exponential", "beta"),
     ] {
         let body = json!({"sampler_name": sampler, "scheduler": scheduler});
         assert_eq!(
@@ -95,12 +103,23 @@ async fn a1111_schedulers_and_their_rule() {
         json!({"scheduler": "KARRAS", "sampler_name": "DPM++ 2M"}),
         json!({"scheduler": ""}),
         json!({"scheduler": " automatic"}),
-        // The default sampler (Euler) has no Karras schedule.
-        json!({"scheduler": "karras"}),
-        json!({"scheduler": "karras", "sampler_name": "Euler", "sampler_index": "DPM++ 2M"}),
+        json!({"scheduler": "uniform"}),
+        // DDIM, PLMS and LCM have no sigmas to space; LCM ignores the spacing.
+        json!({"scheduler": "karras", "sampler_name": "DDIM"}),
+        json!({"scheduler": "beta", "sampler_name": "PLMS"}),
+        json!({"scheduler": "sgm_uniform", "sampler_name": "LCM"}),
+        json!({"scheduler": "exponential", "sampler_name": null, "sampler_index": "LCM"}),
     ] {
         assert_error(s.post("/sdapi/v1/txt2img", body).await, 422, "scheduler").await;
     }
+    // LCM runs at most the model's original_inference_steps.
+    let body = json!({"sampler_name": "LCM", "steps": 51});
+    assert_error(
+        s.post("/sdapi/v1/txt2img", body).await,
+        422,
+        "at most 50 steps",
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -108,7 +127,8 @@ async fn a1111_batch_times_iterations_within_the_limit() {
     let s = TestServer::with(|c| c.limits.max_batch = 4, Default::default()).await;
     let doc: Value = s.get("/openapi.json").await.json().await.unwrap();
     let rules = doc["components"]["schemas"]["Txt2ImgRequest"]["allOf"].clone();
-    assert_eq!(rules.as_array().unwrap().len(), 3, "{rules}");
+    // Four schedule-type rules, LCM's steps, and two n_iter rules.
+    assert_eq!(rules.as_array().unwrap().len(), 7, "{rules}");
     for (batch, n_iter, ok) in [
         (2, 2, true),
         (4, 1, true),

@@ -267,24 +267,27 @@ async fn limits_and_sampler_schedules_describe_the_form() {
     ] {
         assert!(limits[key].as_u64().unwrap() > 0, "{key}");
     }
+    // The form offers, per sampler, exactly the schedule types a job takes:
+    // each listed pair is accepted, each other one refused naming the field.
     let samplers: Value = s.get("/api/v1/samplers").await.json().await.unwrap();
-    let karras = samplers
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|s| s["id"] == "dpmpp_2m_karras")
-        .unwrap();
-    assert_eq!(karras["sampler"], "DPM++ 2M");
-    assert_eq!(karras["schedule"], "Karras");
-    assert_eq!(karras["label"], "DPM++ 2M Karras");
-    let euler = samplers
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|s| s["id"] == "euler_ancestral")
-        .unwrap();
-    assert_eq!(
-        (euler["sampler"].as_str(), euler["schedule"].as_str()),
-        (Some("Euler a"), Some("Automatic"))
-    );
+    let all = ["automatic", "karras", "exponential", "sgm_uniform", "beta"];
+    for sampler in samplers.as_array().unwrap() {
+        let id = sampler["id"].as_str().unwrap();
+        let listed: Vec<&str> = sampler["schedule_types"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t["id"].as_str().unwrap())
+            .collect();
+        assert_eq!(listed[0], "automatic", "{id}");
+        for schedule in all {
+            let body = json!({"prompt": "p", "sampler": id, "schedule_type": schedule, "steps": 2});
+            let resp = s.post("/api/v1/jobs", body).await;
+            if listed.contains(&schedule) {
+                assert_eq!(resp.status(), 202, "{id} + {schedule}");
+            } else {
+                assert_error(resp, 422, "schedule_type").await;
+            }
+        }
+    }
 }

@@ -17,7 +17,7 @@ use sdserve_engine::memory::human_bytes;
 use sdserve_engine::request::ImageToImage;
 use sdserve_engine::{
     png, DeviceChoice, Engine, EngineOptions, GenerateRequest, LoraRef, ModelSource, Observer,
-    Precision, Progress, PromptSyntax, SamplerId, VaeTiling,
+    Precision, Progress, PromptSyntax, SamplerName, ScheduleType, VaeTiling,
 };
 use sdserve_server::models::ModelEntry;
 
@@ -54,9 +54,16 @@ pub struct GenerateArgs {
     /// Classifier-free guidance scale; 1 or less disables guidance [default: 7].
     #[arg(long, allow_negative_numbers = true)]
     pub cfg_scale: Option<f64>,
-    /// Sampler by A1111 name ("Euler a", "DPM++ 2M Karras"...) or id.
+    /// Sampler by A1111 name ("Euler a", "DPM++ 2M SDE", "UniPC"...) or id
+    /// ("euler_ancestral"); a legacy name ("DPM++ 2M Karras") carries its
+    /// schedule type.
     #[arg(long, default_value = "Euler a")]
     pub sampler: String,
+    /// Schedule type: Automatic (the sampler's own), Karras, Exponential,
+    /// "SGM Uniform", Beta (or automatic, karras, exponential, sgm_uniform,
+    /// beta) [default: the one a legacy sampler name carries, else Automatic].
+    #[arg(long)]
+    pub schedule_type: Option<String>,
     /// Image width [default: the model's native size].
     #[arg(long)]
     pub width: Option<usize>,
@@ -184,7 +191,10 @@ fn parse_lora(s: &str) -> Result<LoraRef, String> {
 }
 
 pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
-    let sampler: SamplerId = args.sampler.parse()?;
+    let name: SamplerName = args.sampler.parse()?;
+    let explicit: Option<ScheduleType> =
+        args.schedule_type.as_deref().map(str::parse).transpose()?;
+    let (sampler, schedule_type) = name.with_schedule(explicit)?;
     let started = Instant::now();
     let options = EngineOptions {
         vae_tiling: args.vae_tiling,
@@ -253,6 +263,7 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
         steps: args.steps.unwrap_or(info.default_steps),
         cfg_scale: args.cfg_scale.unwrap_or(info.default_cfg_scale),
         sampler,
+        schedule_type,
         width: args.width.unwrap_or(default_width),
         height: args.height.unwrap_or(default_height),
         batch_size: args.batch_size,

@@ -13,7 +13,7 @@ use utoipa::ToSchema;
 
 use super::wire;
 use super::{A1111Errors, A1111};
-use crate::engine_api::{PromptSyntax, SamplerId};
+use crate::engine_api::{PromptSyntax, SamplerId, ScheduleType};
 use crate::error::{ApiError, Rejection};
 use crate::extract::parse_json;
 use crate::models::Listed;
@@ -83,7 +83,8 @@ pub async fn refresh_checkpoints(
 pub struct SamplerItem {
     /// A1111 label, what `sampler_name` takes.
     pub name: String,
-    /// Other accepted names (the machine id).
+    /// Other accepted names (the machine id, and the legacy names carrying
+    /// a schedule, such as `DPM++ 2M Karras`).
     pub aliases: Vec<String>,
     /// Sampler options (none).
     pub options: serde_json::Map<String, serde_json::Value>,
@@ -98,7 +99,15 @@ pub async fn samplers() -> Json<Vec<SamplerItem>> {
             .iter()
             .map(|s| SamplerItem {
                 name: s.label().to_string(),
-                aliases: vec![s.id().to_string()],
+                aliases: [s.id().to_string()]
+                    .into_iter()
+                    .chain(
+                        [ScheduleType::Karras, ScheduleType::Exponential]
+                            .into_iter()
+                            .filter(|t| s.schedule_types().contains(t))
+                            .map(|t| format!("{} {}", s.label(), t.label())),
+                    )
+                    .collect(),
                 options: Default::default(),
             })
             .collect(),
@@ -114,27 +123,34 @@ pub struct SchedulerItem {
     pub label: String,
     /// Other names (none).
     pub aliases: Option<Vec<String>>,
-    /// Karras rho, -1 when not applicable.
+    /// Karras rho (7), -1 for the others.
     pub default_rho: f64,
     /// Always false.
     pub need_inner_model: bool,
 }
 
-/// List the schedules (`automatic`, and `karras` for DPM++ 2M).
+/// List the schedule types (`automatic`, `karras`, `exponential`,
+/// `sgm_uniform`, `beta`); DDIM and PLMS take only `automatic` and
+/// `sgm_uniform`, LCM only `automatic`.
 #[utoipa::path(get, path = "/sdapi/v1/schedulers", tag = "a1111",
     responses((status = 200, description = "Schedulers", body = Vec<SchedulerItem>), A1111Errors))]
 pub async fn schedulers() -> Json<Vec<SchedulerItem>> {
-    let item = |name: &str, label: &str, rho: f64| SchedulerItem {
-        name: name.into(),
-        label: label.into(),
-        aliases: None,
-        default_rho: rho,
-        need_inner_model: false,
-    };
-    Json(vec![
-        item("automatic", "Automatic", -1.0),
-        item("karras", "Karras", 7.0),
-    ])
+    Json(
+        ScheduleType::ALL
+            .iter()
+            .map(|t| SchedulerItem {
+                name: t.id().into(),
+                label: t.label().into(),
+                aliases: None,
+                default_rho: if *t == ScheduleType::Karras {
+                    7.0
+                } else {
+                    -1.0
+                },
+                need_inner_model: false,
+            })
+            .collect(),
+    )
 }
 
 /// Current settings, under A1111's keys, for the ones clients read:

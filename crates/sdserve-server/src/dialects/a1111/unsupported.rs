@@ -8,6 +8,7 @@
 
 use serde_json::{Map, Value};
 
+use crate::engine_api::SamplerId;
 use crate::validation::ValidationError;
 
 /// The values of a field under which it does nothing.
@@ -134,12 +135,12 @@ pub fn settings_schema() -> Map<String, Value> {
 
 /// Refuses an unimplemented txt2img field, or `override_settings` key, that
 /// is set to something other than its "off" value. `eta` is checked against
-/// the sampler (`sampler` is the engine's sampler name): A1111 uses it only for
-/// DDIM (default 0) and the ancestral samplers (default 1).
+/// the sampler: A1111 uses it only for DDIM (default 0) and the ancestral
+/// and SDE samplers (default 1); sdserve runs each at its default.
 pub fn check(
     extra: &Map<String, Value>,
     settings: &Map<String, Value>,
-    sampler: &str,
+    sampler: SamplerId,
 ) -> Result<(), ValidationError> {
     for (name, off) in TXT2IMG {
         if let Some(v) = extra.get(*name) {
@@ -156,8 +157,11 @@ pub fn check(
     }
     if let Some(eta) = extra.get("eta").filter(|v| !v.is_null()) {
         let default = match sampler {
-            "ddim" => Some(0.0),
-            "euler_ancestral" => Some(1.0),
+            SamplerId::Ddim => Some(0.0),
+            SamplerId::EulerAncestral
+            | SamplerId::Dpm2Ancestral
+            | SamplerId::DpmPp2mSde
+            | SamplerId::DpmPp3mSde => Some(1.0),
             _ => None,
         };
         if let Some(default) = default {
@@ -210,9 +214,9 @@ mod tests {
             "s_tmin": 0, "s_noise": 1, "script_args": null, "script_name": null,
             "alwayson_scripts": {}
         }));
-        assert!(check(&webuiapi, &Map::new(), "euler_ancestral").is_ok());
-        assert!(check(&webuiapi, &Map::new(), "euler").is_ok());
-        let refused = |extra: Value, settings: Value, sampler: &str| match check(
+        assert!(check(&webuiapi, &Map::new(), SamplerId::EulerAncestral).is_ok());
+        assert!(check(&webuiapi, &Map::new(), SamplerId::Euler).is_ok());
+        let refused = |extra: Value, settings: Value, sampler: SamplerId| match check(
             &map(extra),
             &map(settings),
             sampler,
@@ -220,22 +224,33 @@ mod tests {
             Err(ValidationError::Invalid { field, message }) => format!("{field}: {message}"),
             other => panic!("expected a refusal, got {other:?}"),
         };
-        assert!(refused(json!({"enable_hr": true}), json!({}), "euler").starts_with("enable_hr: "));
-        assert!(refused(json!({"styles": ["x"]}), json!({}), "euler").starts_with("styles: "));
         assert!(
-            refused(json!({"seed_resize_from_w": 512}), json!({}), "euler")
-                .starts_with("seed_resize_from_w: ")
+            refused(json!({"enable_hr": true}), json!({}), SamplerId::Euler)
+                .starts_with("enable_hr: ")
         );
+        assert!(
+            refused(json!({"styles": ["x"]}), json!({}), SamplerId::Euler).starts_with("styles: ")
+        );
+        assert!(refused(
+            json!({"seed_resize_from_w": 512}),
+            json!({}),
+            SamplerId::Euler
+        )
+        .starts_with("seed_resize_from_w: "));
         assert!(refused(
             json!({"alwayson_scripts": {"controlnet": {}}}),
             json!({}),
-            "euler"
+            SamplerId::Euler
         )
         .starts_with("alwayson_scripts: "));
         // DDIM with webuiapi's default eta 1.0 would be A1111's stochastic DDIM.
-        assert!(refused(json!({"eta": 1.0}), json!({}), "ddim").starts_with("eta: "));
-        assert!(check(&map(json!({"eta": 0})), &Map::new(), "ddim").is_ok());
-        let m = refused(json!({}), json!({"eta_noise_seed_delta": 31337}), "euler");
+        assert!(refused(json!({"eta": 1.0}), json!({}), SamplerId::Ddim).starts_with("eta: "));
+        assert!(check(&map(json!({"eta": 0})), &Map::new(), SamplerId::Ddim).is_ok());
+        let m = refused(
+            json!({}),
+            json!({"eta_noise_seed_delta": 31337}),
+            SamplerId::Euler,
+        );
         assert!(
             m.contains("eta_noise_seed_delta") && m.starts_with("override_settings: "),
             "{m}"
@@ -243,13 +258,17 @@ mod tests {
         let m = refused(
             json!({}),
             json!({"sd_vae": "vae-ft-mse.safetensors"}),
-            "euler",
+            SamplerId::Euler,
         );
         assert!(m.contains("sd_vae"), "{m}");
-        let m = refused(json!({}), json!({"samples_format": "jpg"}), "euler");
+        let m = refused(
+            json!({}),
+            json!({"samples_format": "jpg"}),
+            SamplerId::Euler,
+        );
         assert!(m.contains("samples_format is not supported"), "{m}");
         let fine = map(json!({"sd_vae": "Automatic", "eta_noise_seed_delta": 0}));
-        assert!(check(&Map::new(), &fine, "euler").is_ok());
+        assert!(check(&Map::new(), &fine, SamplerId::Euler).is_ok());
     }
 
     /// Every A1111 txt2img field sdserve does not implement: a value that
@@ -281,7 +300,7 @@ mod tests {
             ("infotext", json!("a cat\nSteps: 20"), json!(null)),
         ];
         for (field, on, off) in cases {
-            let refused = check(&map(json!({ field: on })), &Map::new(), "euler");
+            let refused = check(&map(json!({ field: on })), &Map::new(), SamplerId::Euler);
             match refused {
                 Err(ValidationError::Invalid {
                     field: named,
@@ -294,24 +313,33 @@ mod tests {
             }
             for default in [off, Value::Null] {
                 assert!(
-                    check(&map(json!({ field: default })), &Map::new(), "euler").is_ok(),
+                    check(
+                        &map(json!({ field: default })),
+                        &Map::new(),
+                        SamplerId::Euler
+                    )
+                    .is_ok(),
                     "{field} = {default}"
                 );
             }
         }
         // `eta` is the sampler's own: 0 for DDIM, 1 for Euler a; others ignore it in A1111.
-        for (sampler, on, off) in [("ddim", 0.5, 0.0), ("euler_ancestral", 0.5, 1.0)] {
+        for (sampler, on, off) in [
+            (SamplerId::Ddim, 0.5, 0.0),
+            (SamplerId::EulerAncestral, 0.5, 1.0),
+            (SamplerId::DpmPp2mSde, 0.5, 1.0),
+        ] {
             assert!(check(&map(json!({"eta": on})), &Map::new(), sampler).is_err());
             assert!(check(&map(json!({"eta": off})), &Map::new(), sampler).is_ok());
         }
-        assert!(check(&map(json!({"eta": 0.5})), &Map::new(), "dpmpp_2m").is_ok());
+        assert!(check(&map(json!({"eta": 0.5})), &Map::new(), SamplerId::DpmPp2m).is_ok());
         // Fields that change nothing without another one pass at any value.
         let inert = map(json!({
             "subseed": 1234, "denoising_strength": 0.3, "hr_scale": 4, "hr_upscaler": "Lanczos",
             "script_args": [1, 2], "refiner_switch_at": 0.8, "comments": {"a": 1},
             "do_not_save_samples": true, "do_not_save_grid": true, "disable_extra_networks": true
         }));
-        assert!(check(&inert, &Map::new(), "euler").is_ok());
+        assert!(check(&inert, &Map::new(), SamplerId::Euler).is_ok());
         // override_settings: anything but the known settings at their defaults.
         for (key, value) in [
             ("eta_noise_seed_delta", json!(31337)),
@@ -319,7 +347,7 @@ mod tests {
             ("samples_format", json!("jpg")),
             ("sd_lora", json!("add_detail")),
         ] {
-            match check(&Map::new(), &map(json!({ key: value })), "euler") {
+            match check(&Map::new(), &map(json!({ key: value })), SamplerId::Euler) {
                 Err(ValidationError::Invalid { field, message }) => {
                     assert_eq!(field, "override_settings");
                     assert!(message.contains(key), "{message}");

@@ -7,11 +7,14 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use crate::config::Limits;
-use crate::engine_api::{png, split_extra_networks, EngineError, PromptSyntax, SamplerId};
+use crate::engine_api::{split_extra_networks, EngineError, PromptSyntax, SamplerId, ScheduleType};
 use crate::jobs::{JobSnapshot, MAX_TASK_NAME_CHARS};
 use crate::models::Listed;
 use crate::state::TextSettings;
-use crate::validation::{parse_sampler, sampler_names, FieldNames, JobSpec, ValidationError};
+use crate::validation::{
+    parse_sampler, resolve_sampling, sampling_schema_rules, FieldNames, JobSpec, SamplingFields,
+    ValidationError,
+};
 
 /// How the A1111 dialect names the shared fields.
 pub const A1111_FIELDS: FieldNames = FieldNames {
@@ -20,6 +23,7 @@ pub const A1111_FIELDS: FieldNames = FieldNames {
     steps: "steps",
     cfg_scale: "cfg_scale",
     sampler: "sampler_name",
+    schedule_type: "scheduler",
     width: "width",
     height: "height",
     batch_size: "batch_size",
@@ -64,8 +68,10 @@ pub struct Txt2ImgRequest {
     pub sampler_name: Option<String>,
     /// Deprecated alias of `sampler_name`.
     pub sampler_index: Option<String>,
-    /// `automatic` (default) or `karras` (with `DPM++ 2M` only), or their labels
-    /// `Automatic`, `Karras`; see `GET /sdapi/v1/schedulers`.
+    /// Schedule type: `automatic` (default: the sampler's own, or the one a
+    /// legacy name such as `DPM++ 2M Karras` carries), `karras`,
+    /// `exponential`, `sgm_uniform`, `beta`, or their labels; see
+    /// `GET /sdapi/v1/schedulers`.
     pub scheduler: Option<String>,
     /// Denoising steps (default 50, as in A1111).
     #[schema(minimum = 1, maximum = 150, default = 50)]
@@ -157,72 +163,29 @@ fn invalid(field: &'static str, message: impl Into<String>) -> ValidationError {
     }
 }
 
-/// The accepted `scheduler` values, exactly: the names and labels that
-/// `GET /sdapi/v1/schedulers` lists (as A1111 accepts both), and whether each
-/// is the Karras schedule.
-pub const SCHEDULERS: [(&str, bool); 4] = [
-    ("automatic", false),
-    ("Automatic", false),
-    ("karras", true),
-    ("Karras", true),
-];
-
-/// The samplers a Karras schedule applies to (both become `dpmpp_2m_karras`).
-const KARRAS_SAMPLERS: [SamplerId; 2] = [SamplerId::DpmPp2m, SamplerId::DpmPp2mKarras];
-
-/// The engine sampler name for an A1111 sampler and scheduler pair.
-pub fn resolve_sampler(sampler: &str, scheduler: Option<&str>) -> Result<String, ValidationError> {
-    let id = parse_sampler("sampler_name", sampler)?;
-    let Some(scheduler) = scheduler else {
-        return Ok(id.id().to_string());
-    };
-    match SCHEDULERS.iter().find(|(name, _)| *name == scheduler) {
-        None => Err(invalid(
-            "scheduler",
-            format!("unsupported scheduler {scheduler:?}; supported: automatic, karras (or Automatic, Karras)"),
-        )),
-        Some((_, false)) => Ok(id.id().to_string()),
-        Some((_, true)) if KARRAS_SAMPLERS.contains(&id) => {
-            Ok(SamplerId::DpmPp2mKarras.id().to_string())
-        }
-        Some((_, true)) => Err(invalid(
-            "scheduler",
-            format!("the Karras schedule is available with DPM++ 2M only, not {sampler:?}"),
-        )),
-    }
+/// The engine sampler and schedule type for an A1111 `sampler_name` (or
+/// `sampler_index`) and `scheduler`, as the gate resolves them (see
+/// [`resolve_sampling`]).
+pub fn resolve_sampler(
+    sampler: &str,
+    scheduler: Option<&str>,
+) -> Result<(SamplerId, ScheduleType), ValidationError> {
+    resolve_sampling(&A1111_FIELDS, Some(sampler), scheduler)
 }
 
 /// The rules across fields of [`Txt2ImgRequest`] that [`Txt2ImgRequest::to_spec`]
 /// applies, as JSON Schema `if`/`then` pairs for the OpenAPI document's `allOf`:
-/// a Karras `scheduler` needs a DPM++ 2M sampler (in `sampler_name`, or in
-/// `sampler_index` when `sampler_name` is absent or null; the default sampler is
-/// `Euler`), and `batch_size × n_iter` stays within `--max-batch`.
-pub fn txt2img_schema_rules(max_batch: usize) -> Vec<serde_json::Value> {
-    let karras: Vec<&str> = SCHEDULERS
-        .iter()
-        .filter(|(_, karras)| *karras)
-        .map(|(name, _)| *name)
-        .collect();
-    let karras_samplers: Vec<&str> = sampler_names()
-        .into_iter()
-        .filter(|name| parse_sampler("", name).is_ok_and(|id| KARRAS_SAMPLERS.contains(&id)))
-        .collect();
-    let mut rules = vec![serde_json::json!({
-        "if": { "properties": { "scheduler": { "enum": karras } }, "required": ["scheduler"] },
-        "then": { "anyOf": [
-            {
-                "properties": { "sampler_name": { "enum": karras_samplers } },
-                "required": ["sampler_name"],
-            },
-            {
-                "properties": {
-                    "sampler_name": { "type": "null" },
-                    "sampler_index": { "enum": karras_samplers },
-                },
-                "required": ["sampler_index"],
-            },
-        ] },
-    })];
+/// the sampling rules ([`sampling_schema_rules`]: `sampler_name`, or
+/// `sampler_index` when `sampler_name` is absent or null, with `scheduler`),
+/// and `batch_size × n_iter` within `--max-batch`.
+pub fn txt2img_schema_rules(max_batch: usize, lcm_max_steps: usize) -> Vec<serde_json::Value> {
+    let fields = SamplingFields {
+        sampler: "sampler_name",
+        alias: Some("sampler_index"),
+        schedule_type: "scheduler",
+        steps: "steps",
+    };
+    let mut rules = sampling_schema_rules(&fields, lcm_max_steps);
     // n_iter values sharing the same largest batch_size form one rule.
     let mut n_iter = 2;
     while n_iter <= max_batch {
@@ -322,13 +285,13 @@ impl Txt2ImgRequest {
             .as_deref()
             .or(self.sampler_index.as_deref())
             .unwrap_or(A1111_DEFAULT_SAMPLER);
-        let sampler = resolve_sampler(sampler, self.scheduler.as_deref())?;
+        let (sampler, schedule) = resolve_sampler(sampler, self.scheduler.as_deref())?;
         let no_settings = serde_json::Map::new();
         let settings = self
             .override_settings
             .as_ref()
             .map_or(&no_settings, |o| &o.other);
-        super::unsupported::check(extra, settings, &sampler)?;
+        super::unsupported::check(extra, settings, sampler)?;
         let overrides = self.override_settings.as_ref();
         let stop_at = overrides.and_then(|o| o.clip_stop_at_last_layers);
         let clip_skip = stop_at
@@ -362,7 +325,8 @@ impl Txt2ImgRequest {
             seed,
             steps: Some(self.steps.unwrap_or(A1111_DEFAULT_STEPS)),
             cfg_scale: Some(self.cfg_scale.unwrap_or(A1111_DEFAULT_CFG_SCALE)),
-            sampler: Some(sampler),
+            sampler: Some(sampler.id().to_string()),
+            schedule_type: Some(schedule.id().to_string()),
             width: Some(self.width.unwrap_or(A1111_DEFAULT_SIZE)),
             height: Some(self.height.unwrap_or(A1111_DEFAULT_SIZE)),
             batch_size: Some(self.images(limits)?),
@@ -450,7 +414,7 @@ pub fn parameters(req: &Txt2ImgRequest, snap: &JobSnapshot) -> serde_json::Value
         "negative_prompt": p.negative_prompt,
         "seed": req.seed.unwrap_or(-1),
         "sampler_name": p.sampler_id().map_or(p.sampler.clone(), |s| s.label().to_string()),
-        "scheduler": req.scheduler.clone().unwrap_or_else(|| "automatic".into()),
+        "scheduler": p.schedule_type_label(),
         "steps": p.steps,
         "cfg_scale": p.cfg_scale,
         "width": p.width,
@@ -494,7 +458,7 @@ pub fn info_value(
         "width": p.width,
         "height": p.height,
         // As A1111 1.9+: the sampler without its schedule (see the infotext).
-        "sampler_name": p.sampler_id().map_or(p.sampler.clone(), |s| png::a1111_sampler(s).0.to_string()),
+        "sampler_name": p.sampler_id().map_or(p.sampler.clone(), |s| s.label().to_string()),
         "cfg_scale": p.cfg_scale,
         "steps": p.steps,
         "batch_size": req.batch_size.unwrap_or(1),
@@ -531,30 +495,43 @@ mod tests {
 
     #[test]
     fn sampler_and_scheduler_pairs() {
-        assert_eq!(resolve_sampler("Euler a", None).unwrap(), "euler_ancestral");
+        let pair = |s: &str, t: Option<&str>| resolve_sampler(s, t).unwrap();
         assert_eq!(
-            resolve_sampler("DPM++ 2M", Some("Karras")).unwrap(),
-            "dpmpp_2m_karras"
+            pair("Euler a", None),
+            (SamplerId::EulerAncestral, ScheduleType::Automatic)
         );
         assert_eq!(
-            resolve_sampler("DPM++ 2M Karras", Some("automatic")).unwrap(),
-            "dpmpp_2m_karras"
+            pair("DPM++ 2M", Some("Karras")),
+            (SamplerId::DpmPp2m, ScheduleType::Karras)
         );
-        let e = resolve_sampler("Euler", Some("karras")).unwrap_err();
-        assert_eq!(e.field(), Some("scheduler"));
-        for unknown in ["exponential", "", "KARRAS", " karras"] {
+        assert_eq!(
+            pair("DPM++ 2M Karras", Some("automatic")),
+            (SamplerId::DpmPp2m, ScheduleType::Karras)
+        );
+        assert_eq!(
+            pair("Euler a", Some("karras")),
+            (SamplerId::EulerAncestral, ScheduleType::Karras)
+        );
+        assert_eq!(
+            pair("UniPC", Some("SGM Uniform")),
+            (SamplerId::UniPc, ScheduleType::SgmUniform)
+        );
+        assert_eq!(
+            pair("LMS Karras", None),
+            (SamplerId::Lms, ScheduleType::Karras)
+        );
+        assert_eq!(
+            pair("PLMS", None),
+            (SamplerId::Plms, ScheduleType::Automatic)
+        );
+        for unknown in ["uniform", "", "KARRAS", " karras", "Align Your Steps"] {
             let e = resolve_sampler("Euler", Some(unknown)).unwrap_err();
             assert_eq!(e.field(), Some("scheduler"), "{unknown:?}");
         }
-        assert_eq!(
-            resolve_sampler("dpmpp_2m", Some("karras")).unwrap(),
-            "dpmpp_2m_karras"
-        );
-        assert_eq!(
-            resolve_sampler("Euler", Some("Automatic")).unwrap(),
-            "euler"
-        );
-        let e = resolve_sampler("PLMS", None).unwrap_err();
+        let e = resolve_sampler("DDIM", Some("karras")).unwrap_err();
+        assert_eq!(e.field(), Some("scheduler"));
+        assert!(e.to_string().contains("Automatic, SGM Uniform"), "{e}");
+        let e = resolve_sampler("DPM++ SDE", None).unwrap_err();
         assert_eq!(e.field(), Some("sampler_name"));
     }
 
@@ -566,10 +543,11 @@ mod tests {
                 max_batch,
                 ..Limits::default()
             };
-            let rules = txt2img_schema_rules(max_batch);
+            let rules = txt2img_schema_rules(max_batch, 50);
             for n_iter in 1..=max_batch as i64 {
-                let schema_most = rules[1..]
+                let schema_most = rules
                     .iter()
+                    .filter(|r| !r["if"]["properties"]["n_iter"].is_null())
                     .find(|r| {
                         let n = &r["if"]["properties"]["n_iter"];
                         n["minimum"].as_i64().unwrap() <= n_iter
@@ -593,10 +571,15 @@ mod tests {
                 assert!(!accepted(schema_most + 1), "{max_batch}: n_iter {n_iter}");
             }
         }
-        let karras = &txt2img_schema_rules(8)[0];
+        // Karras is refused for exactly LCM, DDIM and PLMS.
+        let karras = &txt2img_schema_rules(8, 50)[0];
         assert_eq!(
-            karras["then"]["anyOf"][0]["properties"]["sampler_name"]["enum"],
-            serde_json::json!(["DPM++ 2M", "dpmpp_2m", "DPM++ 2M Karras", "dpmpp_2m_karras"])
+            karras["if"]["properties"]["scheduler"]["enum"],
+            serde_json::json!(["Karras", "karras"])
+        );
+        assert_eq!(
+            karras["then"]["not"]["anyOf"][0]["properties"]["sampler_name"]["enum"],
+            serde_json::json!(["LCM", "lcm", "DDIM", "ddim", "PLMS", "plms"])
         );
     }
 

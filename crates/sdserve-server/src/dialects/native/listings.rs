@@ -9,7 +9,10 @@ use axum::extract::{Query, State};
 use axum::Json;
 
 use super::handlers::view_with_preview;
-use super::wire::{JobList, JobListQuery, LimitsView, LoraView, ModelList, ModelView, SamplerView};
+use super::wire::{
+    JobList, JobListQuery, LimitsView, LoraView, ModelList, ModelView, SamplerView,
+    ScheduleTypeView,
+};
 use super::{Native, NativeErrors};
 use crate::engine_api::SamplerId;
 use crate::error::Rejection;
@@ -98,25 +101,24 @@ pub async fn list_loras(State(state): State<Arc<AppState>>) -> Json<Vec<LoraView
     )
 }
 
-/// The samplers, by id and A1111 label, with the schedule each implies.
+/// The samplers, by id and A1111 label, with the schedule types each runs with.
 #[utoipa::path(get, path = "/api/v1/samplers", tag = "native",
     responses((status = 200, description = "Samplers", body = Vec<SamplerView>), NativeErrors))]
 pub async fn list_samplers() -> Json<Vec<SamplerView>> {
     Json(
         SamplerId::ALL
             .iter()
-            .map(|s| {
-                // The one scheduled variant; A1111 1.9+ names it as two fields.
-                let (sampler, schedule) = match s {
-                    SamplerId::DpmPp2mKarras => (SamplerId::DpmPp2m.label(), "Karras"),
-                    other => (other.label(), "Automatic"),
-                };
-                SamplerView {
-                    id: s.id().to_string(),
-                    label: s.label().to_string(),
-                    sampler: sampler.to_string(),
-                    schedule: schedule.to_string(),
-                }
+            .map(|s| SamplerView {
+                id: s.id().to_string(),
+                label: s.label().to_string(),
+                schedule_types: s
+                    .schedule_types()
+                    .iter()
+                    .map(|t| ScheduleTypeView {
+                        id: t.id().to_string(),
+                        label: t.label().to_string(),
+                    })
+                    .collect(),
             })
             .collect(),
     )

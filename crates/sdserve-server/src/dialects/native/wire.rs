@@ -35,8 +35,14 @@ pub struct CreateJob {
     /// Guidance scale, 0 to 30 (1 or less: guidance off; default: the model's).
     #[schema(minimum = 0, maximum = 30)]
     pub cfg_scale: Option<f64>,
-    /// Sampler id or A1111 label (see `GET /api/v1/samplers`; default `euler_ancestral`).
+    /// Sampler id or A1111 label (see `GET /api/v1/samplers`; default
+    /// `euler_ancestral`); a legacy name such as `DPM++ 2M Karras` carries
+    /// its schedule type.
     pub sampler: Option<String>,
+    /// Schedule type id or A1111 label: `automatic` (default: the sampler's
+    /// own), `karras`, `exponential`, `sgm_uniform`, `beta`; the sampler's
+    /// listing names the ones it runs with.
+    pub schedule_type: Option<String>,
     /// Width in pixels, a multiple of the model's VAE scale factor (default: native).
     #[schema(minimum = 8, maximum = 2048, multiple_of = 8)]
     #[serde(default, deserialize_with = "crate::extract::whole_number::option_i64")]
@@ -242,6 +248,7 @@ impl CreateJob {
             steps: self.steps,
             cfg_scale: self.cfg_scale,
             sampler: self.sampler,
+            schedule_type: self.schedule_type,
             width: self.width,
             height: self.height,
             batch_size: self.batch_size,
@@ -409,18 +416,25 @@ pub struct ModelList {
     pub models: Vec<ModelView>,
 }
 
-/// A sampler, by id and A1111 label.
+/// A sampler, by id and A1111 label, with the schedule types it runs with.
 #[derive(Serialize, ToSchema)]
 pub struct SamplerView {
-    /// Machine id (`euler_ancestral`...).
+    /// Machine id (`euler_ancestral`...), what `sampler` takes.
     pub id: String,
-    /// A1111 label (`Euler a`...).
+    /// A1111 label (`Euler a`...), also accepted.
     pub label: String,
-    /// The label without its schedule (`DPM++ 2M` for `DPM++ 2M Karras`), as
-    /// A1111 1.9+ names samplers.
-    pub sampler: String,
-    /// Its noise schedule as A1111 names it: `Automatic` or `Karras`.
-    pub schedule: String,
+    /// The schedule types `schedule_type` may name with this sampler, the
+    /// first (`automatic`) its own.
+    pub schedule_types: Vec<ScheduleTypeView>,
+}
+
+/// A schedule type, by id and A1111 label.
+#[derive(Serialize, ToSchema)]
+pub struct ScheduleTypeView {
+    /// Machine id (`karras`...), what `schedule_type` takes.
+    pub id: String,
+    /// A1111 label (`Karras`...), also accepted.
+    pub label: String,
 }
 
 /// `GET /api/v1/jobs` query.

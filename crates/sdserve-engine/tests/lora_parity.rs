@@ -23,17 +23,25 @@ fn lora_dir() -> PathBuf {
 }
 
 fn engine_with(lora_dir: PathBuf) -> Engine {
+    engine_for("tiny-sd1", lora_dir)
+}
+
+fn engine_for(model: &str, lora_dir: PathBuf) -> Engine {
     let options = EngineOptions {
         lora_dir: Some(lora_dir),
         ..EngineOptions::default()
     };
-    let model = ModelSource::Dir(fixtures().join("models/tiny-sd1"));
+    let model = ModelSource::Dir(fixtures().join("models").join(model));
     Engine::load_with(&model, options).expect("model loads")
 }
 
 /// The LoRAs of each case, in order (`lora-cases.json`'s extra field).
 fn case_loras() -> Vec<Vec<LoraRef>> {
-    let text = std::fs::read_to_string(fixtures().join("reference/lora-cases.json")).unwrap();
+    loras_of("lora-cases.json")
+}
+
+fn loras_of(file: &str) -> Vec<Vec<LoraRef>> {
+    let text = std::fs::read_to_string(fixtures().join("reference").join(file)).unwrap();
     let cases: Vec<serde_json::Value> = serde_json::from_str(&text).unwrap();
     cases
         .iter()
@@ -95,6 +103,35 @@ fn tiny_sd1_loras_match_diffusers() {
     let after = engine.generate(&plain, &mut NoopObserver).unwrap();
     assert_eq!(before.images[0].rgb, after.images[0].rgb);
     assert!(max_diff(&after.images[0].rgb, &cases[0].images[0]) > 20);
+}
+
+/// kohya's SDXL LoRAs name the UNet by SGM paths (`lora_unet_input_blocks_4_1_..`)
+/// and both text encoders (`lora_te1_`, `lora_te2_`); diffusers' renders with
+/// `load_lora_weights` (`fixtures/make_sdxl_lora_fixtures.py`) at 1 and 0.5.
+#[test]
+fn tiny_sdxl_kohya_sgm_loras_match_diffusers() {
+    let engine = engine_for("tiny-sdxl", fixtures().join("models/loras-sdxl"));
+    let cases = read_cases(&["lora-sdxl-cases.json"]);
+    assert_eq!(cases.len(), 2);
+    let mut failures = Vec::new();
+    for (case, loras) in cases.iter().zip(loras_of("lora-sdxl-cases.json")) {
+        let req = GenerateRequest {
+            loras,
+            ..request(case)
+        };
+        let out = engine.generate(&req, &mut NoopObserver).expect("generates");
+        let diff = max_diff(&out.images[0].rgb, &case.images[0]);
+        println!("{}: max diff {diff}/255", case.name);
+        if diff > TOLERANCE {
+            failures.push(format!("{}: {diff}", case.name));
+        }
+    }
+    assert!(failures.is_empty(), "over {TOLERANCE}/255: {failures:?}");
+    // Without the LoRA the image is another one.
+    let plain = engine
+        .generate(&request(&cases[0]), &mut NoopObserver)
+        .unwrap();
+    assert!(max_diff(&plain.images[0].rgb, &cases[0].images[0]) > 20);
 }
 
 #[test]

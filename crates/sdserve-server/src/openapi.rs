@@ -228,6 +228,25 @@ pub fn document(limits: &Limits, model: Option<&ModelInfo>, auth: bool) -> Value
         }
         schema.insert("additionalProperties".into(), json!(false));
     }
+    // POST /sdapi/v1/options: the settings it changes, and the fixed ones at
+    // their values; any other key is refused.
+    if let Some(schema) = doc
+        .pointer_mut("/components/schemas/OptionsRequest")
+        .and_then(Value::as_object_mut)
+    {
+        if let Some(props) = schema
+            .entry("properties")
+            .or_insert_with(|| json!({}))
+            .as_object_mut()
+        {
+            for (name, _) in a1111::FIXED_OPTIONS {
+                let values = a1111::fixed_option_values(name).unwrap_or_default();
+                props.insert((*name).to_string(), json!({ "enum": values }));
+            }
+            props.insert("sd_checkpoint_hash".into(), json!({ "enum": [null] }));
+        }
+        schema.insert("additionalProperties".into(), json!(false));
+    }
     bound_unsigned_integers(&mut doc);
     add_links(&mut doc);
     if auth {
@@ -642,13 +661,21 @@ mod tests {
     fn rules_and_open_bodies_are_stated() {
         let doc = served();
         let schemas = &doc["components"]["schemas"];
-        // Unknown fields: refused by the native API only.
+        // Unknown fields: refused by the native API and POST /options only.
         assert_eq!(schemas["CreateJob"]["additionalProperties"], false);
+        assert_eq!(schemas["OptionsRequest"]["additionalProperties"], false);
+        assert_eq!(
+            schemas["OptionsRequest"]["properties"]["sd_vae"]["enum"],
+            json!(["Automatic", null, "None", ""])
+        );
+        assert_eq!(
+            schemas["OptionsRequest"]["properties"]["s_noise"]["enum"],
+            json!([1.0, null])
+        );
         for open in [
             "Txt2ImgRequest",
             "ImageGenerationRequest",
             "GenerationRequest",
-            "OptionsRequest",
             "PngInfoRequest",
         ] {
             assert!(

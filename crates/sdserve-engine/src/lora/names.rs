@@ -133,6 +133,80 @@ pub struct ModuleIndex {
     dotted: HashMap<String, String>,
     /// Underscored path -> the model's weight name (`None`: two paths collide).
     underscored: HashMap<String, Option<String>>,
+    /// UNet only: resnets per down block, for kohya's SDXL names (its SDXL
+    /// training runs on the SGM UNet: `input_blocks_4_1_...`).
+    layers_per_block: Option<usize>,
+}
+
+/// kohya's SGM (LDM) UNet path, underscored, as the diffusers path it names,
+/// underscored: diffusers' `_maybe_map_sgm_blocks_to_diffusers` and
+/// `_convert_unet_lora_key`. `None` when `module` is no SGM path.
+pub fn sgm_to_diffusers(module: &str, layers_per_block: usize) -> Option<String> {
+    let per = layers_per_block + 1;
+    let number = |s: &str| s.parse::<usize>().ok();
+    let fixed = [
+        ("input_blocks_0_0", "conv_in"),
+        ("out_2", "conv_out"),
+        ("time_embed_0", "time_embedding_linear_1"),
+        ("time_embed_2", "time_embedding_linear_2"),
+        ("label_emb_0_0", "add_embedding_linear_1"),
+        ("label_emb_0_2", "add_embedding_linear_2"),
+    ];
+    for (sgm, diffusers) in fixed {
+        if module == sgm {
+            return Some(diffusers.to_string());
+        }
+    }
+    // Resnet layers inside a block, by their SGM names.
+    let resnet = |rest: &str| -> String {
+        match rest {
+            "in_layers_2" => "conv1",
+            "out_layers_3" => "conv2",
+            "emb_layers_1" => "time_emb_proj",
+            "skip_connection" => "conv_shortcut",
+            other => other,
+        }
+        .to_string()
+    };
+    let parts: Vec<&str> = module.splitn(3, '_').collect();
+    let (kind, rest) = match parts.as_slice() {
+        ["input", "blocks", rest] => ("input", *rest),
+        ["middle", "block", rest] => ("middle", *rest),
+        ["output", "blocks", rest] => ("output", *rest),
+        _ => return None,
+    };
+    let mut fields = rest.splitn(3, '_');
+    let i = number(fields.next()?)?;
+    if kind == "middle" {
+        let tail = rest.split_once('_')?.1;
+        return Some(match i {
+            0 => format!("mid_block_resnets_0_{}", resnet(tail)),
+            1 => format!("mid_block_attentions_0_{tail}"),
+            2 => format!("mid_block_resnets_1_{}", resnet(tail)),
+            _ => return None,
+        });
+    }
+    let j = number(fields.next()?)?;
+    let tail = fields.next()?;
+    if kind == "input" {
+        let block = i.checked_sub(1)? / per;
+        let layer = (i - 1) % per;
+        if tail == "op" {
+            return Some(format!("down_blocks_{block}_downsamplers_0_conv"));
+        }
+        return Some(match j {
+            0 => format!("down_blocks_{block}_resnets_{layer}_{}", resnet(tail)),
+            1 => format!("down_blocks_{block}_attentions_{layer}_{tail}"),
+            _ => return None,
+        });
+    }
+    let (block, layer) = (i / per, i % per);
+    Some(match j {
+        0 => format!("up_blocks_{block}_resnets_{layer}_{}", resnet(tail)),
+        1 => format!("up_blocks_{block}_attentions_{layer}_{tail}"),
+        2 => format!("up_blocks_{block}_upsamplers_0_{tail}"),
+        _ => return None,
+    })
 }
 
 impl ModuleIndex {
@@ -162,13 +236,28 @@ impl ModuleIndex {
                 .or_insert_with(|| Some(name.to_string()));
             index.dotted.insert(canonical, name.to_string());
         }
+        if component == Component::Unet {
+            index.layers_per_block = index
+                .dotted
+                .keys()
+                .filter_map(|m| m.strip_prefix("down_blocks.0.resnets."))
+                .filter_map(|rest| rest.split('.').next()?.parse::<usize>().ok())
+                .max()
+                .map(|k| k + 1);
+        }
         index
     }
 
     /// The model's weight name that `module` patches, if any.
     pub fn resolve(&self, module: &Module) -> Option<&str> {
         match module {
-            Module::Underscored(m) => self.underscored.get(m)?.as_deref(),
+            Module::Underscored(m) => match self.underscored.get(m) {
+                Some(found) => found.as_deref(),
+                None => {
+                    let diffusers = sgm_to_diffusers(m, self.layers_per_block?)?;
+                    self.underscored.get(&diffusers)?.as_deref()
+                }
+            },
             Module::Dotted(m) => self
                 .dotted
                 .get(m)
@@ -217,6 +306,64 @@ mod tests {
         ] {
             assert!(parse(unknown).is_none(), "{unknown}");
         }
+    }
+
+    #[test]
+    fn sgm_names_map_as_diffusers_maps_them() {
+        let cases = [
+            (
+                "input_blocks_4_1_transformer_blocks_0_attn1_to_q",
+                "down_blocks_1_attentions_0_transformer_blocks_0_attn1_to_q",
+            ),
+            (
+                "input_blocks_8_0_in_layers_2",
+                "down_blocks_2_resnets_1_conv1",
+            ),
+            ("input_blocks_3_0_op", "down_blocks_0_downsamplers_0_conv"),
+            ("input_blocks_0_0", "conv_in"),
+            ("middle_block_1_proj_in", "mid_block_attentions_0_proj_in"),
+            (
+                "middle_block_2_emb_layers_1",
+                "mid_block_resnets_1_time_emb_proj",
+            ),
+            (
+                "output_blocks_5_1_transformer_blocks_1_ff_net_2",
+                "up_blocks_1_attentions_2_transformer_blocks_1_ff_net_2",
+            ),
+            ("output_blocks_2_2_conv", "up_blocks_0_upsamplers_0_conv"),
+            (
+                "output_blocks_0_0_skip_connection",
+                "up_blocks_0_resnets_0_conv_shortcut",
+            ),
+            ("label_emb_0_2", "add_embedding_linear_2"),
+        ];
+        for (sgm, diffusers) in cases {
+            assert_eq!(
+                sgm_to_diffusers(sgm, 2).as_deref(),
+                Some(diffusers),
+                "{sgm}"
+            );
+        }
+        assert_eq!(
+            sgm_to_diffusers("down_blocks_0_attentions_0_proj_in", 2),
+            None
+        );
+        assert_eq!(sgm_to_diffusers("middle_block_7_proj_in", 2), None);
+        // Resolved through the model's own underscored names.
+        let names = [
+            (
+                "down_blocks.1.attentions.0.transformer_blocks.0.attn1.to_q.weight",
+                2,
+            ),
+            ("down_blocks.0.resnets.0.conv1.weight", 4),
+            ("down_blocks.0.resnets.1.conv1.weight", 4),
+        ];
+        let index = ModuleIndex::new(Component::Unet, names.into_iter());
+        let sgm = Module::Underscored("input_blocks_4_1_transformer_blocks_0_attn1_to_q".into());
+        assert_eq!(
+            index.resolve(&sgm),
+            Some("down_blocks.1.attentions.0.transformer_blocks.0.attn1.to_q.weight")
+        );
     }
 
     #[test]

@@ -340,13 +340,34 @@ async fn discovery_and_options() {
     );
     let options: Value = s.get("/sdapi/v1/options").await.json().await.unwrap();
     assert_eq!(options["sd_model_checkpoint"], "fake-sd");
+    // What GET reported goes back unchanged (clients round-trip it).
+    let resp = s.post("/sdapi/v1/options", options.clone()).await;
+    assert_eq!(resp.status(), 200, "{}", resp.text().await.unwrap());
     let resp = s
         .post(
             "/sdapi/v1/options",
-            json!({"sd_model_checkpoint": "fake-sd", "other": 1}),
+            json!({"sd_model_checkpoint": "fake-sd", "sd_vae": "None", "eta_ddim": 0, "s_noise": null}),
         )
         .await;
     assert_eq!(resp.status(), 200);
+    // A setting sdserve lacks, or a fixed one changed, is refused by name and
+    // nothing applies (clip skip stays 1).
+    for (body, needle) in [
+        (
+            json!({"CLIP_stop_at_last_layers": 2, "other": 1}),
+            "other is not a setting sdserve has",
+        ),
+        (
+            json!({"CLIP_stop_at_last_layers": 2, "s_noise": 0.9}),
+            "sdserve holds s_noise at 1.0",
+        ),
+        (json!({"samples_format": "jpg"}), "samples_format"),
+        (json!({"sd_checkpoint_hash": "abc"}), "sd_checkpoint_hash"),
+    ] {
+        assert_error(s.post("/sdapi/v1/options", body).await, 422, needle).await;
+    }
+    let after: Value = s.get("/sdapi/v1/options").await.json().await.unwrap();
+    assert_eq!(after, options);
     let body = assert_error(
         s.post(
             "/sdapi/v1/options",

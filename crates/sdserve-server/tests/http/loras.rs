@@ -80,6 +80,34 @@ async fn a1111_tags_and_native_loras_make_the_same_image() {
     let url = job["images"][0]["url"].as_str().unwrap();
     let native = s.get(url).await.bytes().await.unwrap();
     assert_eq!(&native[..], &a1111[..]);
+
+    // The native API reads the tags too when it reads A1111's syntax; as
+    // plain text they stay words of the prompt.
+    let tagged = json!({"prompt": "a cat <lora:style:0.5>, <lora:detail:0.7:0.2>", "seed": 7,
+        "steps": 4, "cfg_scale": 7, "width": 64, "height": 64, "sampler": "euler_ancestral",
+        "prompt_syntax": "a1111"});
+    let job = s.wait_job(&s.submit_job(tagged.clone()).await).await;
+    assert_eq!(job["params"]["prompt"], "a cat , ");
+    assert_eq!(job["params"]["loras"][1]["unet_weight"], 0.2);
+    let url = job["images"][0]["url"].as_str().unwrap();
+    assert_eq!(&s.get(url).await.bytes().await.unwrap()[..], &a1111[..]);
+    let mut plain = tagged;
+    plain["prompt_syntax"] = "plain".into();
+    let job = s.wait_job(&s.submit_job(plain).await).await;
+    assert!(job["params"].get("loras").is_none(), "{job}");
+    assert_eq!(
+        job["params"]["prompt"],
+        "a cat <lora:style:0.5>, <lora:detail:0.7:0.2>"
+    );
+    // An unknown tag names the prompt.
+    let bad = json!({"prompt": "a <lora:nope:1>", "prompt_syntax": "a1111"});
+    let body = assert_error(
+        s.post("/api/v1/jobs", bad).await,
+        422,
+        "available: detail, style",
+    )
+    .await;
+    assert_eq!(body["field"], "prompt");
 }
 
 #[tokio::test]

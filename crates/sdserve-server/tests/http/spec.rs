@@ -196,11 +196,16 @@ async fn a1111_options_and_progress_refuse_what_the_schema_does() {
     let s = TestServer::start().await;
     for body in [
         json!({}),
-        json!({"sd_model_checkpoint": null, "x": 1}),
+        json!({"sd_model_checkpoint": null, "s_noise": 1}),
         json!({"sd_model_checkpoint": "fake-sd"}),
     ] {
         assert_eq!(status(&s, "/sdapi/v1/options", body).await, 200);
     }
+    // A key the schema does not list is refused, as the schema says.
+    let resp = s
+        .post("/sdapi/v1/options", json!({"sd_model_checkpoint": null, "x": 1}))
+        .await;
+    assert_error(resp, 422, "x is not a setting sdserve has").await;
     let resp = s
         .post(
             "/sdapi/v1/options",

@@ -18,6 +18,7 @@ use crate::error::{ApiError, Rejection};
 use crate::extract::parse_json;
 use crate::models::Listed;
 use crate::state::AppState;
+use crate::validation::ValidationError;
 
 /// One checkpoint of `GET /sdapi/v1/sd-models`, named as A1111 names it.
 #[derive(Serialize, ToSchema)]
@@ -166,35 +167,94 @@ pub async fn get_options(
     let models = state.models()?;
     let default = models.default_model();
     let text = state.a1111_text();
-    Ok(Json(serde_json::json!({
+    let mut options = serde_json::json!({
         "sd_model_checkpoint": default.as_ref().map(Listed::title),
         "sd_checkpoint_hash": default.and_then(|m| m.sha256),
-        "sd_vae": "Automatic",
-        "sd_lora": "None",
         "CLIP_stop_at_last_layers": text.clip_skip + 1,
         "emphasis": match text.prompt_syntax {
             PromptSyntax::A1111 => "Original",
             PromptSyntax::Plain => "None",
         },
-        "eta_noise_seed_delta": 0,
-        "eta_ddim": 0.0,
-        "eta_ancestral": 1.0,
-        "s_churn": 0.0,
-        "s_min_uncond": 0.0,
-        "s_tmin": 0.0,
-        "s_tmax": 0.0,
-        "s_noise": 1.0,
-        "samples_format": "png",
-        "enable_pnginfo": true,
-        "add_model_hash_to_info": true,
-        "add_model_name_to_info": true,
-        "live_previews_enable": false,
-        "show_progress_every_n_steps": -1,
-    })))
+    });
+    if let Some(map) = options.as_object_mut() {
+        map.extend(FIXED_OPTIONS.iter().map(|(k, v)| ((*k).to_string(), v())));
+    }
+    Ok(Json(options))
 }
 
-/// `POST /sdapi/v1/options` body: A1111 settings. Any other key is accepted
-/// and ignored.
+/// A fixed option's value (a function: JSON values are not `const`).
+pub type FixedValue = fn() -> serde_json::Value;
+
+/// The settings `GET /sdapi/v1/options` reports at values sdserve does not
+/// change: a `POST` may name them (clients send back what they read), only
+/// at these values.
+pub const FIXED_OPTIONS: &[(&str, FixedValue)] = &[
+    ("sd_vae", || "Automatic".into()),
+    ("sd_lora", || "None".into()),
+    ("eta_noise_seed_delta", || 0.into()),
+    ("eta_ddim", || 0.0.into()),
+    ("eta_ancestral", || 1.0.into()),
+    ("s_churn", || 0.0.into()),
+    ("s_min_uncond", || 0.0.into()),
+    ("s_tmin", || 0.0.into()),
+    ("s_tmax", || 0.0.into()),
+    ("s_noise", || 1.0.into()),
+    ("samples_format", || "png".into()),
+    ("enable_pnginfo", || true.into()),
+    ("add_model_hash_to_info", || true.into()),
+    ("add_model_name_to_info", || true.into()),
+    ("live_previews_enable", || false.into()),
+    ("show_progress_every_n_steps", || (-1).into()),
+];
+
+/// The values a `POST` may give a fixed option: its own (numbers by value,
+/// `0` equal to `0.0`), `sd_vae`'s other names for the checkpoint's own VAE,
+/// and null (leave it).
+pub fn fixed_option_values(name: &str) -> Option<Vec<serde_json::Value>> {
+    let (_, value) = FIXED_OPTIONS.iter().find(|(k, _)| *k == name)?;
+    let mut values = vec![value(), serde_json::Value::Null];
+    if name == "sd_vae" {
+        values.extend(["None".into(), "".into()]);
+    }
+    Some(values)
+}
+
+/// Refuses an options key sdserve does not have, or a fixed one at another
+/// value, naming it; `sd_checkpoint_hash` may only be null (the hash follows
+/// the checkpoint).
+fn check_other_options(
+    other: &serde_json::Map<String, serde_json::Value>,
+) -> Result<(), ValidationError> {
+    let same = |a: &serde_json::Value, b: &serde_json::Value| match (a.as_f64(), b.as_f64()) {
+        (Some(x), Some(y)) => x == y,
+        _ => a == b,
+    };
+    for (key, value) in other {
+        let allowed = match key.as_str() {
+            "sd_checkpoint_hash" => Some(vec![serde_json::Value::Null]),
+            name => fixed_option_values(name),
+        };
+        let message = match allowed {
+            Some(values) if values.iter().any(|v| same(v, value)) => continue,
+            Some(values) => format!(
+                "sdserve holds {key} at {}; got {value}",
+                values[0]
+            ),
+            None => format!(
+                "{key} is not a setting sdserve has; it takes sd_model_checkpoint, CLIP_stop_at_last_layers, emphasis, and the others GET /sdapi/v1/options lists at the values it lists"
+            ),
+        };
+        return Err(ValidationError::Invalid {
+            field: "options",
+            message,
+        });
+    }
+    Ok(())
+}
+
+/// `POST /sdapi/v1/options` body: A1111 settings. The other settings `GET`
+/// reports are accepted at the values it reports; anything else is a 422
+/// naming the key.
 #[derive(Deserialize, ToSchema)]
 pub struct OptionsRequest {
     /// The default checkpoint from now on: a title, name, `model_name` or hash
@@ -214,12 +274,18 @@ pub struct OptionsRequest {
     /// syntax) or `None` (plain text).
     #[serde(default)]
     pub emphasis: Option<wire::Emphasis>,
+    /// Every other key, checked against the fixed settings.
+    #[serde(flatten)]
+    #[schema(ignore)]
+    pub other: serde_json::Map<String, serde_json::Value>,
 }
 
 /// Accepts settings; `sd_model_checkpoint` switches the default model (loaded
 /// before the answer, as A1111 does; 404 for an unknown one);
 /// `CLIP_stop_at_last_layers` and `emphasis` apply to later A1111 requests
-/// that do not override them. Others are ignored.
+/// that do not override them. The fixed settings `GET` reports are accepted
+/// at their values; any other key or value is a 422 naming it, and nothing
+/// applies.
 #[utoipa::path(post, path = "/sdapi/v1/options", tag = "a1111", request_body = OptionsRequest,
     responses((status = 200, description = "Accepted (null, as A1111 answers)", body = serde_json::Value),
         A1111Errors))]
@@ -235,6 +301,7 @@ pub async fn set_options(
         .transpose()
         .map_err(ApiError::from)?;
     let syntax = options.emphasis.map(PromptSyntax::from);
+    check_other_options(&options.other).map_err(ApiError::from)?;
     {
         let mut text = state.a1111_text.lock().unwrap_or_else(|e| e.into_inner());
         text.clip_skip = clip_skip.unwrap_or(text.clip_skip);

@@ -6,7 +6,8 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
 use crate::engine_api::{
-    HiresSize, LoraRef, PromptSyntax, Upscaler, DEFAULT_DENOISING_STRENGTH, DEFAULT_SCALE,
+    split_extra_networks, EngineError, HiresSize, LoraRef, PromptSyntax, Upscaler,
+    DEFAULT_DENOISING_STRENGTH, DEFAULT_SCALE,
 };
 use crate::jobs::{
     ImageId, JobFailure, JobId, JobParams, JobSnapshot, JobStatus, JobTimings, StepProgress,
@@ -238,8 +239,45 @@ impl CreateJob {
                 message: format!("must be 0 or more, got {n}"),
             })?,
         };
+        let prompt_syntax = self.prompt_syntax.map_or(PromptSyntax::Plain, Into::into);
+        let mut loras: Vec<LoraRef> = self
+            .loras
+            .unwrap_or_default()
+            .into_iter()
+            .map(|l| {
+                let weight = l.weight.unwrap_or(1.0);
+                LoraRef {
+                    name: l.name,
+                    te_weight: weight,
+                    unet_weight: l.unet_weight.unwrap_or(weight),
+                }
+            })
+            .collect();
+        // A1111's syntax includes its `<lora:name:weight>` tags: out of the
+        // prompt, after the listed LoRAs (the negative prompt is not parsed,
+        // as A1111). Plain text keeps them as text.
+        let (prompt, loras_field) = match prompt_syntax {
+            PromptSyntax::A1111 => {
+                let (prompt, tagged) =
+                    split_extra_networks(&self.prompt).map_err(|e| ValidationError::Invalid {
+                        field: "prompt",
+                        message: match e {
+                            EngineError::InvalidRequest(m) => m,
+                            other => other.to_string(),
+                        },
+                    })?;
+                let field = if loras.is_empty() && !tagged.is_empty() {
+                    "prompt"
+                } else {
+                    "loras"
+                };
+                loras.extend(tagged);
+                (prompt, field)
+            }
+            PromptSyntax::Plain => (self.prompt, "loras"),
+        };
         Ok(JobSpec {
-            prompt_syntax: self.prompt_syntax.map_or(PromptSyntax::Plain, Into::into),
+            prompt_syntax,
             clip_skip,
             init,
             hires,
@@ -253,20 +291,9 @@ impl CreateJob {
             height: self.height,
             batch_size: self.batch_size,
             model: self.model,
-            loras: self
-                .loras
-                .unwrap_or_default()
-                .into_iter()
-                .map(|l| {
-                    let weight = l.weight.unwrap_or(1.0);
-                    LoraRef {
-                        name: l.name,
-                        te_weight: weight,
-                        unet_weight: l.unet_weight.unwrap_or(weight),
-                    }
-                })
-                .collect(),
-            ..JobSpec::new(self.prompt, FieldNames::NATIVE)
+            loras,
+            loras_field,
+            ..JobSpec::new(prompt, FieldNames::NATIVE)
         })
     }
 }

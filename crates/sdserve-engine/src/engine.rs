@@ -90,7 +90,8 @@ pub struct Engine {
     loras: Option<LoraDir>,
     /// The model with the last LoRA set applied (one set at a time: its
     /// patched tensors are the only extra weights the engine holds).
-    lora_cache: Mutex<Option<(LoraKey, Arc<StableDiffusion>)>>,
+    /// The applied LoRA set: its key, model and patched-copy bytes.
+    lora_cache: Mutex<Option<(LoraKey, Arc<StableDiffusion>, u64)>>,
 }
 
 /// What a LoRA set's patched model depends on: each LoRA's file (path,
@@ -280,7 +281,7 @@ impl Engine {
             crate::prompt::parse(text, req.prompt_syntax)?;
         }
         crate::img2img::validate(&self.model, req)?;
-        self.check_loras(&req.loras)?;
+        let lora_bytes = self.check_loras(&req.loras)?;
         if let Some(hires) = &req.hires {
             if req.init.is_some() {
                 return invalid(
@@ -299,15 +300,19 @@ impl Engine {
                     "an image resized in latent space must be at least {f}x{f} pixels"
                 ));
             }
-            self.plan.check(w, h, 1, pipeline::uses_guidance(req), f)?;
+            let guidance = pipeline::uses_guidance(req);
+            self.plan
+                .check_with_extra(w, h, 1, guidance, f, lora_bytes)?;
         }
+        // The LoRA set's patched copies are held beside the base weights.
         let (width, height) = self.output_size(req);
-        self.plan.check(
+        self.plan.check_with_extra(
             width,
             height,
             req.batch_size,
             pipeline::uses_guidance(req),
             f,
+            lora_bytes,
         )?;
         Ok(())
     }
@@ -340,16 +345,19 @@ impl Engine {
                 ));
             }
         }
+        let loras = jobs.first().map_or(&[][..], |j| &j.loras[..]);
+        let (model, lora_bytes) = self.model_for(loras)?;
         // Each job fits alone; the batch as a whole must fit too.
         if let Some(first) = jobs.first() {
             let images = jobs.iter().map(|j| j.batch_size).sum();
             let (width, height) = self.output_size(first);
-            self.plan.check(
+            self.plan.check_with_extra(
                 width,
                 height,
                 images,
                 pipeline::uses_guidance(first),
                 self.info.vae_scale_factor,
+                lora_bytes,
             )?;
         }
         let seeded: Vec<pipeline::Job> = jobs
@@ -360,8 +368,6 @@ impl Engine {
                 tile_vae: self.tile_vae(j),
             })
             .collect();
-        let loras = jobs.first().map_or(&[][..], |j| &j.loras[..]);
-        let model = self.model_for(loras)?;
         let hashes = self.lora_hashes(loras)?;
         let results = pipeline::generate_batch(&model, &self.label, &seeded, observer)?;
         Ok(results
@@ -389,7 +395,8 @@ impl Engine {
 
     /// Count, multipliers and names of a request's LoRAs; the set must apply
     /// to this model (built now and cached, so a bad file is a request error).
-    fn check_loras(&self, loras: &[LoraRef]) -> Result<()> {
+    /// Returns the bytes its patched weight copies hold.
+    fn check_loras(&self, loras: &[LoraRef]) -> Result<u64> {
         if loras.len() > lora::MAX_LORAS {
             return Err(EngineError::InvalidRequest(format!(
                 "at most {} LoRAs per request, got {}",
@@ -408,14 +415,21 @@ impl Engine {
                 }
             }
         }
-        self.model_for(loras).map(|_| ())
+        self.model_for(loras).map(|(_, bytes)| bytes)
     }
 
-    /// The model with `loras` applied: the base model for none, else the
-    /// cached set's, else a new one (replacing the cached set).
-    fn model_for(&self, loras: &[LoraRef]) -> Result<Arc<StableDiffusion>> {
+    /// The bytes `loras`' patched weight copies take (0 for none): what the
+    /// memory plan counts besides a request's own need.
+    pub fn lora_patch_bytes(&self, loras: &[LoraRef]) -> Result<u64> {
+        self.check_loras(loras)
+    }
+
+    /// The model with `loras` applied and its patched copies' bytes: the
+    /// base model for none, else the cached set's, else a new one (replacing
+    /// the cached set).
+    fn model_for(&self, loras: &[LoraRef]) -> Result<(Arc<StableDiffusion>, u64)> {
         if loras.is_empty() {
-            return Ok(self.model.clone());
+            return Ok((self.model.clone(), 0));
         }
         let mut key = LoraKey::new();
         let mut paths = Vec::with_capacity(loras.len());
@@ -435,9 +449,9 @@ impl Engine {
             paths.push(path);
         }
         let mut cache = self.lora_cache.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some((cached, model)) = cache.as_ref() {
+        if let Some((cached, model, bytes)) = cache.as_ref() {
             if *cached == key {
-                return Ok(model.clone());
+                return Ok((model.clone(), *bytes));
             }
         }
         // Drop the previous set first: at most one patched copy is held.
@@ -467,8 +481,8 @@ impl Engine {
             patched_mib = bytes / (1 << 20),
             "LoRA set applied"
         );
-        *cache = Some((key, model.clone()));
-        Ok(model)
+        *cache = Some((key, model.clone(), bytes));
+        Ok((model, bytes))
     }
 
     fn lora_path(&self, name: &str) -> Result<PathBuf> {

@@ -134,6 +134,69 @@ fn tiny_sdxl_kohya_sgm_loras_match_diffusers() {
     assert!(max_diff(&plain.images[0].rgb, &cases[0].images[0]) > 20);
 }
 
+/// A LoRA set's patched weight copies count against the memory budget:
+/// around the largest size the budget holds, a request with the set is
+/// refused at validation (413 in the server) exactly when its need plus the
+/// patch passes the budget, the refusal naming that need, and some sizes are
+/// refused for the patch alone.
+#[test]
+fn lora_patches_count_against_the_memory_budget() {
+    let loras = vec![LoraRef::new("tiny-sd1-kohya", 1.0)];
+    // A budget some way above the model's resident weights.
+    let probe = engine_with(lora_dir());
+    let patch = probe.lora_patch_bytes(&loras).unwrap();
+    assert!(patch > 0);
+    assert_eq!(probe.lora_patch_bytes(&[]).unwrap(), 0);
+    let limit = probe.memory_plan().resident_bytes() + (256 << 20);
+    drop(probe);
+    let options = EngineOptions {
+        lora_dir: Some(lora_dir()),
+        memory_limit: Some(limit),
+        ..EngineOptions::default()
+    };
+    let model = ModelSource::Dir(fixtures().join("models/tiny-sd1"));
+    let engine = Engine::load_with(&model, options).expect("model loads");
+    let plan = engine.memory_plan();
+    let plain = request(&read_cases(&["lora-cases.json"])[0]);
+    // Sizes around the largest square: a dense set of needs, so some fall
+    // within the patch's bytes below the budget.
+    let top = plan.largest_square(1, 8);
+    let sides = || (top - 128..=top + 128).step_by(8);
+    let mut refused = 0;
+    for (width, height) in sides().flat_map(|w| sides().map(move |h| (w, h))) {
+        let req = GenerateRequest {
+            width,
+            height,
+            batch_size: 1,
+            loras: loras.clone(),
+            ..plain.clone()
+        };
+        let need = plan.estimate(width, height, 1, true) + patch;
+        match engine.validate(&req) {
+            Ok(()) => assert!(need <= limit, "{width}x{height}: {need} > {limit} accepted"),
+            Err(EngineError::OverBudget(e)) => {
+                assert!(need > limit, "{width}x{height}: {need} <= {limit} refused");
+                assert_eq!((e.need_bytes, e.budget_bytes), (need, limit));
+                if need - patch <= limit {
+                    // Refused for the patch alone: the size fits without it.
+                    let bare = GenerateRequest {
+                        loras: Vec::new(),
+                        ..req.clone()
+                    };
+                    engine.validate(&bare).expect("fits without the LoRA");
+                    refused += 1;
+                }
+            }
+            Err(other) => panic!("{width}x{height}: {other}"),
+        }
+    }
+    eprintln!("patch {patch} bytes; {refused} sizes refused only for it");
+    assert!(
+        refused >= 3,
+        "the patch ({patch} bytes) decided only {refused} sizes"
+    );
+}
+
 #[test]
 fn infotext_keeps_the_tags_and_adds_a1111_hashes() {
     let engine = engine_with(lora_dir());

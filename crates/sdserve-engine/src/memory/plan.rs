@@ -262,6 +262,31 @@ impl MemoryPlan {
         })
     }
 
+    /// [`MemoryPlan::check`] with `extra` bytes held besides (a LoRA set's
+    /// patched weight copies): the need includes them, the largest square
+    /// is the one that fits beside them.
+    pub fn check_with_extra(
+        &self,
+        width: usize,
+        height: usize,
+        batch: usize,
+        guidance: bool,
+        multiple: usize,
+        extra: u64,
+    ) -> Result<(), OverBudget> {
+        if extra == 0 {
+            return self.check(width, height, batch, guidance, multiple);
+        }
+        let mut rest = self.clone();
+        rest.budget.bytes = self.budget.bytes.saturating_sub(extra);
+        rest.check(width, height, batch, guidance, multiple)
+            .map_err(|e| OverBudget {
+                need_bytes: e.need_bytes.saturating_add(extra),
+                budget_bytes: self.budget.bytes,
+                ..e
+            })
+    }
+
     /// Largest multiple of `multiple` (the VAE factor) whose square fits `batch` images, with guidance; 0 if none.
     pub fn largest_square(&self, batch: usize, multiple: usize) -> usize {
         self.largest_square_with(batch, true, multiple)
@@ -309,6 +334,24 @@ mod tests {
             source: "--memory-limit".into(),
             candidates: vec![],
         }
+    }
+
+    #[test]
+    fn extra_bytes_are_held_beside_the_request() {
+        // 100 MiB budget, 36 MiB weights, 64 bytes per pixel: 1024² fits alone.
+        let plan = MemoryPlan::per_pixel(budget(100 << 20), 36 << 20, 64);
+        assert!(plan.check_with_extra(1024, 1024, 1, true, 8, 0).is_ok());
+        // 16 MiB of patched LoRA weights beside it: 64 + 16 > 64 MiB free.
+        let err = plan
+            .check_with_extra(1024, 1024, 1, true, 8, 16 << 20)
+            .unwrap_err();
+        assert_eq!(err.need_bytes, (36 << 20) + (64 << 20) + (16 << 20));
+        assert_eq!(err.budget_bytes, 100 << 20);
+        // 48 MiB left for pixels: 48 Mi / 64 = 786432 pixels, 880² the largest multiple of 8.
+        assert_eq!(err.largest_square, 880);
+        assert!(plan
+            .check_with_extra(880, 880, 1, true, 8, 16 << 20)
+            .is_ok());
     }
 
     #[test]

@@ -203,7 +203,10 @@ async fn a1111_options_and_progress_refuse_what_the_schema_does() {
     }
     // A key the schema does not list is refused, as the schema says.
     let resp = s
-        .post("/sdapi/v1/options", json!({"sd_model_checkpoint": null, "x": 1}))
+        .post(
+            "/sdapi/v1/options",
+            json!({"sd_model_checkpoint": null, "x": 1}),
+        )
         .await;
     assert_error(resp, 422, "x is not a setting sdserve has").await;
     let resp = s

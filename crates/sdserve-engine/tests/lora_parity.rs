@@ -105,16 +105,20 @@ fn tiny_sd1_loras_match_diffusers() {
     assert!(max_diff(&after.images[0].rgb, &cases[0].images[0]) > 20);
 }
 
-/// kohya's SDXL LoRAs name the UNet by SGM paths (`lora_unet_input_blocks_4_1_..`)
-/// and both text encoders (`lora_te1_`, `lora_te2_`); diffusers' renders with
-/// `load_lora_weights` (`fixtures/make_sdxl_lora_fixtures.py`) at 1 and 0.5.
+/// SD 2.x: the same kohya layers on tiny-sd2 (v-prediction, OpenCLIP-shaped
+/// text encoder), diffusers' renders at 1 and 0.5 (`fixtures/make_sd2_lora_fixtures.py`).
 #[test]
-fn tiny_sdxl_kohya_sgm_loras_match_diffusers() {
-    let engine = engine_for("tiny-sdxl", fixtures().join("models/loras-sdxl"));
-    let cases = read_cases(&["lora-sdxl-cases.json"]);
+fn tiny_sd2_kohya_loras_match_diffusers() {
+    check_cases("tiny-sd2", "models/loras-sd2", "lora-sd2-cases.json");
+}
+
+/// Renders every case of `file` on `model` with the LoRAs of `dir` within 3/255.
+fn check_cases(model: &str, dir: &str, file: &str) {
+    let engine = engine_for(model, fixtures().join(dir));
+    let cases = read_cases(&[file]);
     assert_eq!(cases.len(), 2);
     let mut failures = Vec::new();
-    for (case, loras) in cases.iter().zip(loras_of("lora-sdxl-cases.json")) {
+    for (case, loras) in cases.iter().zip(loras_of(file)) {
         let req = GenerateRequest {
             loras,
             ..request(case)
@@ -132,6 +136,14 @@ fn tiny_sdxl_kohya_sgm_loras_match_diffusers() {
         .generate(&request(&cases[0]), &mut NoopObserver)
         .unwrap();
     assert!(max_diff(&plain.images[0].rgb, &cases[0].images[0]) > 20);
+}
+
+/// kohya's SDXL LoRAs name the UNet by SGM paths (`lora_unet_input_blocks_4_1_..`)
+/// and both text encoders (`lora_te1_`, `lora_te2_`); diffusers' renders with
+/// `load_lora_weights` (`fixtures/make_sdxl_lora_fixtures.py`) at 1 and 0.5.
+#[test]
+fn tiny_sdxl_kohya_sgm_loras_match_diffusers() {
+    check_cases("tiny-sdxl", "models/loras-sdxl", "lora-sdxl-cases.json");
 }
 
 /// A LoRA set's patched weight copies count against the memory budget:

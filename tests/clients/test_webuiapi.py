@@ -26,6 +26,8 @@ def main() -> int:
     p.add_argument("--cfg-scale", type=float, required=True)
     p.add_argument("--sampler", required=True)
     p.add_argument("--size", type=int, required=True)
+    p.add_argument("--scheduler", default=None, help="A1111 schedule type (webuiapi's scheduler=)")
+    p.add_argument("--only-txt2img", action="store_true", help="check the one image, skip the rest")
     args = p.parse_args()
 
     api = webuiapi.WebUIApi(host=args.host, port=args.port, sampler=args.sampler, steps=args.steps)
@@ -45,6 +47,7 @@ def main() -> int:
         steps=args.steps,
         cfg_scale=args.cfg_scale,
         sampler_name=args.sampler,
+        **({"scheduler": args.scheduler} if args.scheduler else {}),
         width=args.size,
         height=args.size,
     )
@@ -60,6 +63,9 @@ def main() -> int:
         reference.info["parameters"],
     )
     assert result.parameters["prompt"] == args.prompt
+    if args.only_txt2img:
+        print("webuiapi: txt2img equals sdserve generate")
+        return 0
 
     # A random seed is reported back, and batches return every image.
     batch = api.txt2img(prompt=args.prompt, seed=-1, batch_size=2, steps=1, width=args.size, height=args.size)

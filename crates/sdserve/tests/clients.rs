@@ -117,6 +117,52 @@ fn webuiapi_weighted_long_prompt_gets_the_cli_image() {
     run_script("test_webuiapi.py", &args, dir.path());
 }
 
+/// A `<lora:..>` tag, a sampler beyond the first five and a schedule type
+/// through webuiapi (its `scheduler=`) give `sdserve generate`'s image and
+/// infotext for `--lora`, `--sampler` and `--schedule-type`.
+#[test]
+fn webuiapi_lora_tag_sampler_and_scheduler_get_the_cli_image() {
+    let dir = tempfile::tempdir().unwrap();
+    let loras = repo_root().join("fixtures/models/loras");
+    let loras = loras.to_str().unwrap();
+    let server = Server::start(dir.path(), &["--lora-dir", loras]);
+    let settings = Settings {
+        prompt: "a red bicycle <lora:tiny-sd1-kohya:0.7> leaning on a wall",
+        sampler: "DPM++ 2M SDE",
+        ..Settings::default()
+    };
+    // The CLI reads the same LoRA from its flag; its prompt has no tag.
+    let cli = Settings {
+        prompt: "a red bicycle  leaning on a wall",
+        ..settings
+    };
+    let png = common::cli_png_with(
+        &tiny_sd1(),
+        &cli,
+        dir.path(),
+        &[
+            "--prompt-syntax",
+            "a1111",
+            "--lora-dir",
+            loras,
+            "--lora",
+            "tiny-sd1-kohya:0.7",
+            "--schedule-type",
+            "Karras",
+        ],
+    );
+    let reference = dir.path().join("reference.png");
+    std::fs::write(&reference, png).expect("reference written");
+    let mut args = vec!["--port".to_string(), server.port.to_string()];
+    args.extend(settings_args(&cli, &reference));
+    // webuiapi sends the tagged prompt; the infotext carries the tag after it.
+    let prompt_at = args.iter().position(|a| a == "--prompt").unwrap() + 1;
+    args[prompt_at] = settings.prompt.to_string();
+    args.extend(["--scheduler".to_string(), "Karras".to_string()]);
+    args.push("--only-txt2img".to_string());
+    run_script("test_webuiapi.py", &args, dir.path());
+}
+
 /// A models folder of three families and two formats: tiny-sd1 and tiny-sdxl
 /// as diffusers folders, and tiny-sd2 as a single-file LDM checkpoint with its
 /// original-config yaml beside it (all linked). Returns the folder and each

@@ -50,6 +50,14 @@ async fn a1111_tags_and_native_loras_make_the_same_image() {
         .await
         .unwrap();
     let a1111 = b64(body["images"][0].as_str().unwrap());
+    // The prompt is echoed as sent, tags included, as A1111 does.
+    let sent = "a cat <lora:style:0.5>, <lora:detail:0.7:0.2>";
+    assert_eq!(body["parameters"]["prompt"], sent);
+    let info: Value = serde_json::from_str(body["info"].as_str().unwrap()).unwrap();
+    assert_eq!(
+        (&info["prompt"], &info["all_prompts"][0]),
+        (&json!(sent), &json!(sent))
+    );
     let mut want = request("a cat , ", 7);
     want.loras = vec![
         LoraRef::new("style", 0.5),

@@ -406,11 +406,12 @@ pub fn job_timestamp(unix_seconds: f64) -> String {
     )
 }
 
-/// The `parameters` echo: the request's A1111 fields with effective values.
+/// The `parameters` echo: the request's A1111 fields with effective values
+/// (the prompt as sent, `<lora:..>` tags included, as A1111 echoes it).
 pub fn parameters(req: &Txt2ImgRequest, snap: &JobSnapshot) -> serde_json::Value {
     let p = &snap.params;
     let mut value = serde_json::json!({
-        "prompt": p.prompt,
+        "prompt": req.prompt.as_deref().unwrap_or(""),
         "negative_prompt": p.negative_prompt,
         "seed": req.seed.unwrap_or(-1),
         "sampler_name": p.sampler_id().map_or(p.sampler.clone(), |s| s.label().to_string()),
@@ -445,9 +446,11 @@ pub fn info_value(
     let n = snap.images.len();
     let seeds: Vec<u64> = snap.images.iter().map(|i| i.seed).collect();
     let infotexts: Vec<&str> = snap.images.iter().map(|i| i.infotext.as_str()).collect();
+    // The prompt as sent, extra-network tags included, as A1111 reports it.
+    let prompt = req.prompt.as_deref().unwrap_or("");
     let value = serde_json::json!({
-        "prompt": p.prompt,
-        "all_prompts": vec![&p.prompt; n],
+        "prompt": prompt,
+        "all_prompts": vec![prompt; n],
         "negative_prompt": p.negative_prompt,
         "all_negative_prompts": vec![&p.negative_prompt; n],
         "seed": seeds.first().copied().unwrap_or_default(),

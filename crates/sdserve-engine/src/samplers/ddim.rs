@@ -3,7 +3,7 @@
 use candle_core::Tensor;
 
 use super::schedule::{integer_timesteps, NoiseSchedule, PredictionType};
-use super::Sampler;
+use super::{add_noise_alpha, Sampler};
 use crate::config::SchedulerConfig;
 use crate::error::Result;
 use crate::rng::TorchRng;
@@ -42,8 +42,7 @@ impl Ddim {
     }
 
     fn alpha_at(&self, t: i64) -> f32 {
-        let last = self.schedule.alphas_cumprod.len() as i64 - 1;
-        self.schedule.alphas_cumprod[t.clamp(0, last) as usize]
+        self.schedule.alpha_cumprod_at(t)
     }
 }
 
@@ -54,7 +53,7 @@ impl Sampler for Ddim {
 
     fn add_noise(&self, original: &Tensor, noise: &Tensor, step: usize) -> Result<Tensor> {
         let alpha = self.alpha_at(self.timesteps[step] as i64);
-        Ok(((original * alpha.sqrt() as f64)? + (noise * (1.0 - alpha).sqrt() as f64)?)?)
+        add_noise_alpha(original, noise, alpha)
     }
 
     fn step(

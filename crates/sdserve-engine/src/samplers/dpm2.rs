@@ -11,7 +11,7 @@ use candle_core::Tensor;
 
 use super::schedule::PredictionType;
 use super::sigmas::{sigma_to_t, KSigmas};
-use super::{predict_x0_ve, randn_like, Sampler};
+use super::{add_noise_sigma, predict_x0_ve, randn_like, scale_by_sigma, Sampler};
 use crate::error::{EngineError, Result};
 use crate::rng::TorchRng;
 
@@ -133,11 +133,11 @@ impl Sampler for Dpm2 {
             (Some(_), false) => self.sigmas_interpol[step],
             (Some(_), true) => self.sigmas_interpol[step - 1],
         };
-        Ok((sample / (sigma * sigma + 1.0).sqrt() as f64)?)
+        scale_by_sigma(sample, sigma)
     }
 
     fn add_noise(&self, original: &Tensor, noise: &Tensor, step: usize) -> Result<Tensor> {
-        Ok((original + (noise * self.sigmas[step] as f64)?)?)
+        add_noise_sigma(original, noise, self.sigmas[step])
     }
 
     fn step(

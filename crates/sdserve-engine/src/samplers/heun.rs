@@ -7,7 +7,7 @@
 use candle_core::Tensor;
 
 use super::schedule::PredictionType;
-use super::{predict_x0_ve, KSigmas, Sampler};
+use super::{add_noise_sigma, predict_x0_ve, scale_by_sigma, KSigmas, Sampler};
 use crate::error::Result;
 use crate::rng::TorchRng;
 
@@ -59,12 +59,11 @@ impl Sampler for Heun {
     }
 
     fn scale_model_input(&self, sample: &Tensor, step: usize) -> Result<Tensor> {
-        let sigma = self.sigmas[step];
-        Ok((sample / (sigma * sigma + 1.0).sqrt() as f64)?)
+        scale_by_sigma(sample, self.sigmas[step])
     }
 
     fn add_noise(&self, original: &Tensor, noise: &Tensor, step: usize) -> Result<Tensor> {
-        Ok((original + (noise * self.sigmas[step] as f64)?)?)
+        add_noise_sigma(original, noise, self.sigmas[step])
     }
 
     fn step(

@@ -8,7 +8,7 @@
 use candle_core::Tensor;
 
 use super::schedule::{NoiseSchedule, PredictionType};
-use super::{randn_like, Sampler};
+use super::{add_noise_alpha, randn_like, Sampler};
 use crate::config::SchedulerConfig;
 use crate::error::{EngineError, Result};
 use crate::rng::TorchRng;
@@ -64,8 +64,7 @@ impl Lcm {
     }
 
     fn alpha_at(&self, t: f64) -> f32 {
-        let last = self.schedule.alphas_cumprod.len() - 1;
-        self.schedule.alphas_cumprod[(t.max(0.0) as usize).min(last)]
+        self.schedule.alpha_cumprod_at(t as i64)
     }
 }
 
@@ -76,7 +75,7 @@ impl Sampler for Lcm {
 
     fn add_noise(&self, original: &Tensor, noise: &Tensor, step: usize) -> Result<Tensor> {
         let alpha = self.alpha_at(self.timesteps[step]);
-        Ok(((original * alpha.sqrt() as f64)? + (noise * (1.0 - alpha).sqrt() as f64)?)?)
+        add_noise_alpha(original, noise, alpha)
     }
 
     fn step(

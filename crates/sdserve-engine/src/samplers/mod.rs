@@ -290,6 +290,23 @@ pub fn build(
     })
 }
 
+/// `sample / sqrt(sigma^2 + 1)`: the sigma-space samplers' `scale_model_input`.
+fn scale_by_sigma(sample: &Tensor, sigma: f32) -> Result<Tensor> {
+    Ok((sample / (sigma * sigma + 1.0).sqrt() as f64)?)
+}
+
+/// `original + noise * sigma`: the sigma-space samplers' `add_noise`.
+fn add_noise_sigma(original: &Tensor, noise: &Tensor, sigma: f32) -> Result<Tensor> {
+    Ok((original + (noise * sigma as f64)?)?)
+}
+
+/// `sqrt(alpha_cumprod) * original + sqrt(1 - alpha_cumprod) * noise`: DDPM's
+/// `add_noise`, as DDIM, PNDM and LCM compute it.
+fn add_noise_alpha(original: &Tensor, noise: &Tensor, alpha_cumprod: f32) -> Result<Tensor> {
+    let (a, b) = (alpha_cumprod.sqrt(), (1.0 - alpha_cumprod).sqrt());
+    Ok(((original * a as f64)? + (noise * b as f64)?)?)
+}
+
 /// Standard normal noise shaped like `like`, drawn from the job's generator.
 fn randn_like(like: &Tensor, rng: &mut TorchRng) -> Result<Tensor> {
     let values = rng.randn(like.elem_count());

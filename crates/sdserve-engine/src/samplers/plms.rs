@@ -6,7 +6,7 @@
 use candle_core::Tensor;
 
 use super::schedule::{linspace_f64, NoiseSchedule, PredictionType, TimestepSpacing};
-use super::Sampler;
+use super::{add_noise_alpha, Sampler};
 use crate::config::SchedulerConfig;
 use crate::error::{EngineError, Result};
 use crate::rng::TorchRng;
@@ -78,8 +78,7 @@ impl Plms {
         if t < 0 {
             return self.final_alpha_cumprod;
         }
-        let last = self.schedule.alphas_cumprod.len() - 1;
-        self.schedule.alphas_cumprod[(t as usize).min(last)]
+        self.schedule.alpha_cumprod_at(t)
     }
 
     /// `_get_prev_sample`: DDIM's update written with PNDM's coefficients.
@@ -113,7 +112,7 @@ impl Sampler for Plms {
 
     fn add_noise(&self, original: &Tensor, noise: &Tensor, step: usize) -> Result<Tensor> {
         let alpha = self.alpha_at(self.timesteps[step] as i64);
-        Ok(((original * alpha.sqrt() as f64)? + (noise * (1.0 - alpha).sqrt() as f64)?)?)
+        add_noise_alpha(original, noise, alpha)
     }
 
     fn step(

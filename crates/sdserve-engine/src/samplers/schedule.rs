@@ -150,6 +150,12 @@ impl NoiseSchedule {
         })
     }
 
+    /// The cumulative alpha at training timestep `t`, clamped to the table.
+    pub fn alpha_cumprod_at(&self, t: i64) -> f32 {
+        let last = self.alphas_cumprod.len() as i64 - 1;
+        self.alphas_cumprod[t.clamp(0, last) as usize]
+    }
+
     /// Karras-style sigmas `sqrt((1 - ᾱ) / ᾱ)` for every training timestep, float32.
     pub fn train_sigmas(&self) -> Vec<f32> {
         self.alphas_cumprod

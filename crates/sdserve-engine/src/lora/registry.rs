@@ -1,9 +1,12 @@
 //! The LoRA folder (`--lora-dir`): a LoRA's name is its file stem, as A1111
-//! names them. Only `.safetensors` files are LoRAs; a name whose file is a
-//! pickle (`.pt`, `.ckpt`, `.bin`, `.pth`) is refused saying why. Names are
-//! plain stems: no separators, no `..`, so a request cannot reach outside the
-//! folder. The folder is read on each lookup (new files show up without a
-//! restart); A1111's short hash is cached by path, size and mtime.
+//! names them, wherever it sits in the folder's subfolders (A1111 walks them
+//! too; two files with one stem are refused as ambiguous, naming both). Only
+//! `.safetensors` files are LoRAs; a name whose file is a pickle (`.pt`,
+//! `.ckpt`, `.bin`, `.pth`) is refused saying why. Names are plain stems: no
+//! separators, no `..`, so a request cannot reach outside the folder, and
+//! symlinked subfolders are not followed (no loops). The folder is read on
+//! each lookup (new files show up without a restart); A1111's short hash is
+//! cached by path, size and mtime.
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::{Read, Seek, SeekFrom};
@@ -17,6 +20,11 @@ use crate::error::{EngineError, Result};
 use crate::loader::safetensors_metadata;
 
 const PICKLE_EXTENSIONS: [&str; 4] = ["pt", "ckpt", "bin", "pth"];
+
+/// How deep and how wide a folder walk goes: far beyond real LoRA folders,
+/// short of what a hostile or broken mount could make it cost.
+const MAX_DEPTH: usize = 16;
+const MAX_ENTRIES: usize = 100_000;
 
 /// One LoRA of the folder.
 #[derive(Debug, Clone, PartialEq)]
@@ -53,28 +61,67 @@ impl LoraDir {
         &self.dir
     }
 
-    /// The names of the folder's `.safetensors` files, sorted.
+    /// Every file under the folder (subfolders too, symlinked folders not
+    /// followed) whose extension is one of `extensions`, as (stem, path),
+    /// sorted by stem then path.
+    fn files(&self, extensions: &[&str]) -> Vec<(String, PathBuf)> {
+        let mut found = Vec::new();
+        let mut pending = vec![(self.dir.clone(), 0usize)];
+        let mut seen = 0usize;
+        while let Some((dir, depth)) = pending.pop() {
+            let Ok(read) = std::fs::read_dir(&dir) else {
+                continue;
+            };
+            for entry in read.flatten() {
+                seen += 1;
+                if seen > MAX_ENTRIES {
+                    break;
+                }
+                let Ok(kind) = entry.file_type() else {
+                    continue;
+                };
+                let path = entry.path();
+                if kind.is_dir() {
+                    if depth < MAX_DEPTH {
+                        pending.push((path, depth + 1));
+                    }
+                    continue;
+                }
+                let wanted = path
+                    .extension()
+                    .and_then(|e| e.to_str())
+                    .is_some_and(|e| extensions.contains(&e));
+                // A file, or a link to one (a linked folder is not walked).
+                if wanted && path.is_file() {
+                    if let Some(stem) = path.file_stem().and_then(|s| s.to_str()) {
+                        found.push((stem.to_string(), path));
+                    }
+                }
+            }
+        }
+        found.sort();
+        found
+    }
+
+    /// The names of the folder's `.safetensors` files, sorted, each once.
     pub fn names(&self) -> Vec<String> {
-        let Ok(read) = std::fs::read_dir(&self.dir) else {
-            return Vec::new();
-        };
-        let mut names: Vec<String> = read
-            .flatten()
-            .map(|e| e.path())
-            .filter(|p| p.is_file() && p.extension().is_some_and(|e| e == "safetensors"))
-            .filter_map(|p| p.file_stem()?.to_str().map(str::to_string))
+        let mut names: Vec<String> = self
+            .files(&["safetensors"])
+            .into_iter()
+            .map(|(name, _)| name)
             .collect();
-        names.sort();
+        names.dedup();
         names
     }
 
     /// Every LoRA with its metadata (a file whose header does not parse is
     /// listed with empty metadata; using it names the problem).
     pub fn list(&self) -> Vec<LoraEntry> {
-        self.names()
+        let mut files = self.files(&["safetensors"]);
+        files.dedup_by(|a, b| a.0 == b.0);
+        files
             .into_iter()
-            .map(|name| {
-                let path = self.dir.join(format!("{name}.safetensors"));
+            .map(|(name, path)| {
                 let metadata = safetensors_metadata(&path).unwrap_or_default();
                 LoraEntry {
                     name,
@@ -92,19 +139,44 @@ impl LoraDir {
             && !name.contains(['/', '\\', '\0'])
             && name.len() <= 255;
         if plain {
-            let path = self.dir.join(format!("{name}.safetensors"));
-            if path.is_file() {
-                return Ok(path);
-            }
-            for ext in PICKLE_EXTENSIONS {
-                if self.dir.join(format!("{name}.{ext}")).is_file() {
+            let matching: Vec<PathBuf> = self
+                .files(&["safetensors"])
+                .into_iter()
+                .filter(|(stem, _)| stem == name)
+                .map(|(_, path)| path)
+                .collect();
+            match matching.as_slice() {
+                [path] => return Ok(path.clone()),
+                [] => {}
+                several => {
+                    let paths: Vec<String> = several
+                        .iter()
+                        .map(|p| p.strip_prefix(&self.dir).unwrap_or(p).display().to_string())
+                        .collect();
                     return Err(EngineError::InvalidLora {
                         name: name.to_string(),
                         message: format!(
-                            "{name}.{ext} is a pickle, which can run code when loaded; only .safetensors LoRAs are read"
+                            "{} files are named {name}: {}; rename one",
+                            several.len(),
+                            paths.join(", ")
                         ),
                     });
                 }
+            }
+            let pickle = self
+                .files(&PICKLE_EXTENSIONS)
+                .into_iter()
+                .find(|(stem, _)| stem == name);
+            if let Some((_, path)) = pickle {
+                let file = path
+                    .file_name()
+                    .map_or_else(String::new, |f| f.to_string_lossy().into_owned());
+                return Err(EngineError::InvalidLora {
+                    name: name.to_string(),
+                    message: format!(
+                        "{file} is a pickle, which can run code when loaded; only .safetensors LoRAs are read"
+                    ),
+                });
             }
         }
         Err(EngineError::UnknownLora {
@@ -178,5 +250,40 @@ mod tests {
                 other => panic!("{bad}: {other:?}"),
             }
         }
+    }
+
+    #[test]
+    fn subfolders_are_walked_and_ambiguous_names_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let sub = dir.path().join("characters/anime");
+        std::fs::create_dir_all(&sub).unwrap();
+        std::fs::write(sub.join("hero.safetensors"), b"x").unwrap();
+        std::fs::write(dir.path().join("style.safetensors"), b"x").unwrap();
+        std::fs::create_dir_all(dir.path().join("old")).unwrap();
+        std::fs::write(dir.path().join("old/ancient.ckpt"), b"x").unwrap();
+        let loras = LoraDir::open(dir.path()).unwrap();
+        assert_eq!(loras.names(), vec!["hero".to_string(), "style".to_string()]);
+        assert_eq!(loras.resolve("hero").unwrap(), sub.join("hero.safetensors"));
+        assert_eq!(loras.list()[0].path, sub.join("hero.safetensors"));
+        let err = loras.resolve("ancient").unwrap_err().to_string();
+        assert!(err.contains("ancient.ckpt is a pickle"), "{err}");
+        // A second "style" elsewhere makes the name ambiguous.
+        std::fs::create_dir_all(dir.path().join("v2")).unwrap();
+        std::fs::write(dir.path().join("v2/style.safetensors"), b"x").unwrap();
+        let err = loras.resolve("style").unwrap_err().to_string();
+        assert!(err.contains("2 files are named style"), "{err}");
+        assert!(err.contains("v2/style.safetensors"), "{err}");
+        assert_eq!(loras.names(), vec!["hero".to_string(), "style".to_string()]);
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_folder_linking_to_itself_is_not_walked_forever() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("style.safetensors"), b"x").unwrap();
+        std::os::unix::fs::symlink(dir.path(), dir.path().join("loop")).unwrap();
+        let loras = LoraDir::open(dir.path()).unwrap();
+        assert_eq!(loras.names(), vec!["style".to_string()]);
+        assert!(loras.resolve("style").is_ok());
     }
 }

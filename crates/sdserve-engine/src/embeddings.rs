@@ -82,19 +82,29 @@ impl EmbeddingLibrary {
         device: &Device,
     ) -> std::io::Result<Self> {
         let mut library = Self::default();
-        let mut files: Vec<_> = std::fs::read_dir(dir)?
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| {
-                p.extension()
-                    .is_some_and(|x| x.eq_ignore_ascii_case("safetensors"))
-            })
-            .collect();
-        files.sort();
-        for path in files {
-            let Some(name) = path.file_stem().map(|s| s.to_string_lossy().into_owned()) else {
+        std::fs::read_dir(dir)?;
+        // Subfolders too, as A1111 walks them; a stem two files share is
+        // skipped, naming both, rather than one of them picked.
+        let files = crate::folder::files_by_stem(dir, &["safetensors"]);
+        for (i, (name, path)) in files.iter().enumerate() {
+            let name = name.clone();
+            let twins: Vec<&std::path::PathBuf> = files
+                .iter()
+                .filter(|(other, _)| *other == name)
+                .map(|(_, p)| p)
+                .collect();
+            if twins.len() > 1 {
+                if files[..i].iter().all(|(other, _)| *other != name) {
+                    let paths: Vec<String> = twins
+                        .iter()
+                        .map(|p| p.strip_prefix(dir).unwrap_or(p).display().to_string())
+                        .collect();
+                    let why = format!("{} files have this name: {}", twins.len(), paths.join(", "));
+                    library.skipped.insert(name, why);
+                }
                 continue;
-            };
-            match read_embedding(&path, widths, dtype, device) {
+            }
+            match read_embedding(path, widths, dtype, device) {
                 Ok(per_encoder) => {
                     let vectors = per_encoder.first().map_or(0, |t| t.dim(0).unwrap_or(0));
                     library.loaded.insert(
@@ -247,5 +257,35 @@ mod tests {
         assert_eq!(xl.loaded.keys().collect::<Vec<_>>(), ["xl"]);
         assert_eq!(xl.loaded["xl"].per_encoder[1].dims(), [3, 12]);
         assert!(xl.skipped["style"].contains("clip_l"));
+    }
+
+    #[test]
+    fn subfolders_are_read_and_shared_names_skipped() {
+        let dir = tempfile::tempdir().unwrap();
+        let dev = Device::Cpu;
+        let v = |n: usize| Tensor::ones((n, 8), DType::F32, &dev).unwrap();
+        for sub in ["styles/old", "styles/new", "people"] {
+            std::fs::create_dir_all(dir.path().join(sub)).unwrap();
+        }
+        write(
+            &dir.path().join("people"),
+            "hero.safetensors",
+            &[("emb_params", v(2))],
+        );
+        write(
+            &dir.path().join("styles/old"),
+            "ink.safetensors",
+            &[("emb_params", v(1))],
+        );
+        write(
+            &dir.path().join("styles/new"),
+            "ink.safetensors",
+            &[("emb_params", v(3))],
+        );
+        let lib = EmbeddingLibrary::load(dir.path(), &[8], DType::F32, &dev).unwrap();
+        assert_eq!(lib.loaded.keys().collect::<Vec<_>>(), ["hero"]);
+        let why = &lib.skipped["ink"];
+        assert!(why.contains("2 files have this name"), "{why}");
+        assert!(why.contains("styles/new/ink.safetensors"), "{why}");
     }
 }

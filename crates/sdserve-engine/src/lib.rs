@@ -11,6 +11,7 @@ pub mod embeddings;
 mod engine;
 pub mod error;
 pub mod extra_networks;
+mod folder;
 pub mod hires;
 pub mod hub;
 pub mod image_input;

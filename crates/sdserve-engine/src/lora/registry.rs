@@ -21,11 +21,6 @@ use crate::loader::safetensors_metadata;
 
 const PICKLE_EXTENSIONS: [&str; 4] = ["pt", "ckpt", "bin", "pth"];
 
-/// How deep and how wide a folder walk goes: far beyond real LoRA folders,
-/// short of what a hostile or broken mount could make it cost.
-const MAX_DEPTH: usize = 16;
-const MAX_ENTRIES: usize = 100_000;
-
 /// One LoRA of the folder.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LoraEntry {
@@ -61,46 +56,8 @@ impl LoraDir {
         &self.dir
     }
 
-    /// Every file under the folder (subfolders too, symlinked folders not
-    /// followed) whose extension is one of `extensions`, as (stem, path),
-    /// sorted by stem then path.
     fn files(&self, extensions: &[&str]) -> Vec<(String, PathBuf)> {
-        let mut found = Vec::new();
-        let mut pending = vec![(self.dir.clone(), 0usize)];
-        let mut seen = 0usize;
-        while let Some((dir, depth)) = pending.pop() {
-            let Ok(read) = std::fs::read_dir(&dir) else {
-                continue;
-            };
-            for entry in read.flatten() {
-                seen += 1;
-                if seen > MAX_ENTRIES {
-                    break;
-                }
-                let Ok(kind) = entry.file_type() else {
-                    continue;
-                };
-                let path = entry.path();
-                if kind.is_dir() {
-                    if depth < MAX_DEPTH {
-                        pending.push((path, depth + 1));
-                    }
-                    continue;
-                }
-                let wanted = path
-                    .extension()
-                    .and_then(|e| e.to_str())
-                    .is_some_and(|e| extensions.contains(&e));
-                // A file, or a link to one (a linked folder is not walked).
-                if wanted && path.is_file() {
-                    if let Some(stem) = path.file_stem().and_then(|s| s.to_str()) {
-                        found.push((stem.to_string(), path));
-                    }
-                }
-            }
-        }
-        found.sort();
-        found
+        crate::folder::files_by_stem(&self.dir, extensions)
     }
 
     /// The names of the folder's `.safetensors` files, sorted, each once.

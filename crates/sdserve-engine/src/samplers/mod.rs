@@ -146,37 +146,48 @@ fn sigma_spacing(schedule: ScheduleType, config: &SchedulerConfig) -> SigmaSpaci
     }
 }
 
-/// Refuses config switches no sampler here implements.
-fn check_config(config: &SchedulerConfig) -> Result<()> {
+/// Refuses config switches this sampler's diffusers class would read but no
+/// sampler here implements (keys the class lacks, diffusers drops: so do we).
+fn check_config(id: SamplerId, config: &SchedulerConfig) -> Result<()> {
+    let dpm = matches!(
+        id,
+        SamplerId::DpmPp2m | SamplerId::DpmPp2mSde | SamplerId::DpmPp3mSde
+    );
+    let unipc = id == SamplerId::UniPc;
+    let euler = id == SamplerId::Euler;
     let unsupported = |what: String| {
         Err(EngineError::Unsupported(format!(
             "scheduler_config.json: {what} is not supported"
         )))
     };
-    if config.use_lu_lambdas == Some(true) {
+    if dpm && config.use_lu_lambdas == Some(true) {
         return unsupported("use_lu_lambdas".into());
     }
-    if config.use_flow_sigmas == Some(true) {
+    if (dpm || unipc) && config.use_flow_sigmas == Some(true) {
         return unsupported("use_flow_sigmas".into());
     }
-    if let Some(v) = config.variance_type.as_deref() {
-        return unsupported(format!("variance_type {v:?}"));
-    }
-    if let Some(l) = config.lambda_min_clipped {
-        if l.is_finite() {
+    if dpm {
+        if let Some(v) = config.variance_type.as_deref() {
+            return unsupported(format!("variance_type {v:?}"));
+        }
+        if let Some(l) = config.lambda_min_clipped.filter(|l| l.is_finite()) {
             return unsupported(format!("lambda_min_clipped {l}"));
         }
     }
-    if config.predict_x0 == Some(false) {
+    if unipc && config.predict_x0 == Some(false) {
         return unsupported("predict_x0 false".into());
     }
-    if let Some(t) = config.final_sigmas_type.as_deref() {
-        if t != "zero" {
+    if dpm || unipc || euler {
+        if let Some(t) = config.final_sigmas_type.as_deref().filter(|t| *t != "zero") {
             return unsupported(format!("final_sigmas_type {t:?}"));
         }
     }
-    if let Some(t) = config.interpolation_type.as_deref() {
-        if t != "linear" {
+    if euler {
+        if let Some(t) = config
+            .interpolation_type
+            .as_deref()
+            .filter(|t| *t != "linear")
+        {
             return unsupported(format!("interpolation_type {t:?}"));
         }
     }
@@ -197,7 +208,7 @@ pub fn build(
         ));
     }
     validate(id, schedule_type, config, steps)?;
-    check_config(config)?;
+    check_config(id, config)?;
     let class = match id {
         SamplerId::Ddim => SchedulerClass::Ddim,
         SamplerId::Euler => SchedulerClass::Euler,
@@ -217,7 +228,12 @@ pub fn build(
     if schedule_type == ScheduleType::SgmUniform {
         schedule.spacing = TimestepSpacing::Trailing;
     }
-    let spacing = sigma_spacing(schedule_type, config);
+    // EulerAncestralDiscreteScheduler has no use_*_sigmas: a config's switch
+    // does not reach it (from_config drops the key); a schedule type does.
+    let spacing = match (id, schedule_type) {
+        (SamplerId::EulerAncestral, ScheduleType::Automatic) => SigmaSpacing::Interpolated,
+        _ => sigma_spacing(schedule_type, config),
+    };
     let prediction = schedule.prediction_type;
     let bounds = (config.sigma_min, config.sigma_max);
     let k_sigmas = |round_karras: bool| -> KSigmas {
@@ -401,5 +417,37 @@ mod schedule_tests {
             .to_string();
         assert!(err.contains("at most 50 steps"), "{err}");
         assert!(build(SamplerId::Euler, ScheduleType::Automatic, &config, 0).is_err());
+    }
+
+    #[test]
+    fn config_switches_reach_only_the_classes_that_read_them() {
+        // An Euler-only key does not stop DDIM; DPM-Solver's own keys stop it.
+        let euler_only: SchedulerConfig =
+            serde_json::from_str(r#"{"interpolation_type": "log_linear"}"#).unwrap();
+        assert!(build(SamplerId::Euler, ScheduleType::Automatic, &euler_only, 5).is_err());
+        assert!(build(SamplerId::Ddim, ScheduleType::Automatic, &euler_only, 5).is_ok());
+        let lu: SchedulerConfig = serde_json::from_str(r#"{"use_lu_lambdas": true}"#).unwrap();
+        assert!(build(SamplerId::DpmPp2m, ScheduleType::Automatic, &lu, 5).is_err());
+        assert!(build(SamplerId::Lms, ScheduleType::Automatic, &lu, 5).is_ok());
+        // A config's Karras switch reaches Euler, not Euler a (diffusers drops it there).
+        let karras: SchedulerConfig =
+            serde_json::from_str(r#"{"use_karras_sigmas": true}"#).unwrap();
+        let t = |id| {
+            build(id, ScheduleType::Automatic, &karras, 5)
+                .unwrap()
+                .timesteps()
+                .to_vec()
+        };
+        let plain = |id| {
+            build(id, ScheduleType::Automatic, &SchedulerConfig::default(), 5)
+                .unwrap()
+                .timesteps()
+                .to_vec()
+        };
+        assert_ne!(t(SamplerId::Euler), plain(SamplerId::Euler));
+        assert_eq!(
+            t(SamplerId::EulerAncestral),
+            plain(SamplerId::EulerAncestral)
+        );
     }
 }

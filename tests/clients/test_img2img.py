@@ -95,6 +95,25 @@ def main() -> int:
     assert rgb_bytes(masked.image) == want, "inpainting differs from the CLI's image with A1111's overlay"
     assert masked.info["is_using_inpainting_conditioning"] is True, masked.info
 
+    # "Inpaint only masked" at half the size: the answer is the init image's
+    # size, its pixels the init image's wherever the (unblurred) mask is 0.
+    only = api.img2img(
+        images=[init],
+        mask_image=mask,
+        mask_blur=0,
+        inpainting_fill=1,
+        inpaint_full_res=True,
+        inpaint_full_res_padding=4,
+        denoising_strength=1.0,
+        **dict(common, width=init.width // 2 // 8 * 8, height=init.height // 2 // 8 * 8),
+    )
+    assert only.image.size == init.size, (only.image.size, init.size)
+    keep = [m == 0 for m in mask.convert("L").getdata()]
+    got, orig = list(only.image.convert("RGB").getdata()), list(init.convert("RGB").getdata())
+    assert all(g == o for g, o, k in zip(got, orig, keep) if k), "only-masked changed pixels outside the mask"
+    assert any(g != o for g, o, k in zip(got, orig, keep) if not k), "only-masked changed nothing"
+    assert "Inpaint area: Only masked, Masked area padding: 4" in only.info["infotexts"][0], only.info
+
     # A1111's batches: image i is seed + i, reproducible alone.
     batch = api.txt2img(
         prompt=args.prompt,

@@ -15,9 +15,9 @@ use candle_core::{DType, Device, Tensor};
 use crate::error::{EngineError, Result};
 use crate::hires::{interpolate_tensor, LatentMode};
 use crate::image_input::DecodedImage;
-use crate::image_ops::{resize, Filter, GrayImage};
+use crate::image_ops::{resize, Filter, GrayImage, ResizeMode};
 use crate::model::StableDiffusion;
-use crate::request::GenerateRequest;
+use crate::request::{GenerateRequest, PasteBack};
 use crate::rng::TorchRng;
 use crate::samplers::Sampler;
 
@@ -102,6 +102,30 @@ pub fn validate(model: &StableDiffusion, request: &GenerateRequest) -> Result<()
         return Err(EngineError::InvalidRequest(
             "resizing in latent space is for image to image; inpainting resizes the image".into(),
         ));
+    }
+    if let Some(paste) = &init.paste {
+        let (x, y, w, h) = paste.region;
+        let (cw, ch) = (paste.canvas.width, paste.canvas.height);
+        if w == 0 || h == 0 || x.saturating_add(w) > cw || y.saturating_add(h) > ch {
+            return Err(EngineError::InvalidRequest(format!(
+                "the paste region {w}x{h} at ({x}, {y}) is not inside the {cw}x{ch} image"
+            )));
+        }
+        if (paste.mask.width, paste.mask.height) != (cw, ch)
+            || paste.mask.luma.len() != cw * ch
+            || paste.canvas.rgb.len() != cw * ch * 3
+        {
+            return Err(EngineError::InvalidRequest(format!(
+                "the paste-back mask is {}x{}, not the image's {cw}x{ch}",
+                paste.mask.width, paste.mask.height
+            )));
+        }
+        if init.overlay.is_some() || request.hires.is_some() {
+            return Err(EngineError::InvalidRequest(
+                "an only-masked inpainting job pastes its result back itself: no overlay or hires fix"
+                    .into(),
+            ));
+        }
     }
     if let Some(overlay) = &init.overlay {
         if (overlay.width, overlay.height) != (request.width, request.height)
@@ -248,6 +272,24 @@ impl<'a> Overlay<'a> {
     pub fn apply(&self, rgb: &mut [u8]) {
         crate::image_ops::overlay(rgb, &self.original, &self.mask.luma);
     }
+}
+
+/// A1111's `uncrop` + `apply_overlay` for "only masked" inpainting: `rgb`
+/// (`width × height`) resized into the paste region (crop and resize) on a
+/// copy of the canvas, then the canvas put back over it with alpha
+/// `255 - mask`. Returns the canvas-sized result.
+pub fn paste_back(paste: &PasteBack, rgb: &[u8], (width, height): (usize, usize)) -> Vec<u8> {
+    let canvas = &paste.canvas;
+    let (x, y, w, h) = paste.region;
+    let fitted = crate::image_ops::fit(rgb, (width, height), 3, (w, h), ResizeMode::CropAndResize);
+    let mut out = canvas.rgb.clone();
+    for row in 0..h {
+        let from = row * w * 3;
+        let to = ((y + row) * canvas.width + x) * 3;
+        out[to..to + w * 3].copy_from_slice(&fitted[from..from + w * 3]);
+    }
+    crate::image_ops::overlay(&mut out, &canvas.rgb, &paste.mask.luma);
+    out
 }
 
 /// The init image at the request's size (Lanczos), in [-1, 1], `(1, 3, h, w)` f32.
@@ -462,6 +504,39 @@ mod tests {
         )
         .unwrap();
         assert_eq!(max_diff(&resized, &debug["mask.mask_80x56_to_64x48"]), 0.0);
+    }
+
+    #[test]
+    fn paste_back_puts_the_result_into_its_region_under_the_mask_only() {
+        let canvas = DecodedImage {
+            width: 8,
+            height: 6,
+            rgb: vec![10; 8 * 6 * 3],
+        };
+        let mut luma = vec![0u8; 8 * 6];
+        for y in 1..5 {
+            for x in 2..6 {
+                luma[y * 8 + x] = 255;
+            }
+        }
+        luma[8 + 2] = 128; // a half-on edge pixel blends
+        let paste = PasteBack {
+            canvas: std::sync::Arc::new(canvas.clone()),
+            mask: std::sync::Arc::new(GrayImage {
+                width: 8,
+                height: 6,
+                luma,
+            }),
+            region: (2, 1, 4, 4),
+            padding: 0,
+        };
+        // An 8x8 result of 200 resized into the 4x4 region.
+        let out = paste_back(&paste, &[200; 8 * 8 * 3], (8, 8));
+        assert_eq!(out.len(), canvas.rgb.len());
+        let px = |x: usize, y: usize| out[(y * 8 + x) * 3];
+        assert_eq!((px(0, 0), px(7, 5), px(1, 3), px(6, 3)), (10, 10, 10, 10));
+        assert_eq!((px(3, 2), px(5, 4)), (200, 200));
+        assert_eq!(px(2, 1), ((10 * 127 + 200 * 128 + 127) / 255) as u8);
     }
 
     #[test]

@@ -48,7 +48,9 @@ pub use memory::{MemoryPlan, OverBudget};
 pub use options::{DeviceChoice, EngineOptions, Precision, VaeTiling};
 pub use pipeline::uses_guidance;
 pub use prompt::PromptSyntax;
-pub use request::{GenerateRequest, GeneratedImage, NoopObserver, Observer, Progress, Timings};
+pub use request::{
+    GenerateRequest, GeneratedImage, NoopObserver, Observer, PasteBack, Progress, Timings,
+};
 pub use samplers::{SamplerId, SamplerName, ScheduleType};
 
 /// Helpers shared by the unit tests.

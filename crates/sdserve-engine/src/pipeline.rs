@@ -454,6 +454,10 @@ fn extra_settings(request: &GenerateRequest, position: usize) -> Vec<(&'static s
     let mut extra = Vec::new();
     if let Some(init) = &request.init {
         extra.push(("Denoising strength", init.strength.to_string()));
+        if let Some(paste) = &init.paste {
+            extra.push(("Inpaint area", "Only masked".to_string()));
+            extra.push(("Masked area padding", paste.padding.to_string()));
+        }
     }
     if request.batch_size > 1 {
         extra.push(("Batch size", request.batch_size.to_string()));
@@ -537,6 +541,14 @@ fn decode(
         if let Some(overlay) = &overlay {
             overlay.apply(&mut rgb);
         }
+        let paste = job.request.init.as_ref().and_then(|i| i.paste.as_deref());
+        let (width, height, rgb) = match paste {
+            Some(paste) => {
+                let out = img2img::paste_back(paste, &rgb, (width, height));
+                (paste.canvas.width, paste.canvas.height, out)
+            }
+            None => (width, height, rgb),
+        };
         images.push(GeneratedImage {
             width,
             height,

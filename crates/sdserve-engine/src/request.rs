@@ -52,6 +52,9 @@ impl GenerateRequest {
     /// [`HiresFix::geometry`]; the request's own size if the fix is invalid,
     /// which validation refuses), else the request's size.
     pub fn output_size(&self, vae_scale_factor: usize) -> (usize, usize) {
+        if let Some(paste) = self.init.as_ref().and_then(|i| i.paste.as_ref()) {
+            return (paste.canvas.width, paste.canvas.height);
+        }
         self.hires
             .as_ref()
             .and_then(|h| h.geometry(self.width, self.height, vae_scale_factor).ok())
@@ -78,6 +81,25 @@ pub struct ImageToImage {
     /// `255 - overlay`, so pixels outside the mask stay the original's. Must
     /// be the output's size.
     pub overlay: Option<Arc<GrayImage>>,
+    /// A1111's "inpaint only masked" (`inpaint_full_res`): the job ran on a
+    /// crop of a larger image, which each result is pasted back into.
+    pub paste: Option<Arc<PasteBack>>,
+}
+
+/// Where an "only masked" inpainting result goes (A1111's `uncrop` +
+/// `apply_overlay`): resized (crop and resize) into `region` of `canvas`,
+/// then the canvas put back over it with alpha `255 - mask`, so the output
+/// is the canvas's size and unchanged outside the mask.
+#[derive(Clone, PartialEq)]
+pub struct PasteBack {
+    /// The image the crop was taken from, at its own size.
+    pub canvas: Arc<DecodedImage>,
+    /// A1111's `mask_for_overlay` at the canvas size (the blurred mask).
+    pub mask: Arc<GrayImage>,
+    /// The crop: left, top, width, height on the canvas.
+    pub region: (usize, usize, usize, usize),
+    /// The padding the crop was taken with (for the infotext).
+    pub padding: usize,
 }
 
 impl ImageToImage {
@@ -99,6 +121,17 @@ impl std::fmt::Debug for ImageToImage {
             .field("strength", &self.strength)
             .field("resize_latents", &self.resize_latents)
             .field("overlay", &self.overlay.is_some())
+            .field("paste", &self.paste)
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for PasteBack {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PasteBack")
+            .field("canvas", &(self.canvas.width, self.canvas.height))
+            .field("region", &self.region)
+            .field("padding", &self.padding)
             .finish()
     }
 }

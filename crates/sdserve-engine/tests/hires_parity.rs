@@ -185,6 +185,7 @@ fn image_upscaler_second_pass_matches_diffusers() {
                 strength: fix.denoising_strength,
                 resize_latents: false,
                 overlay: None,
+                paste: None,
             }),
             ..request(&case)
         };

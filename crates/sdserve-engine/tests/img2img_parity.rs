@@ -136,3 +136,78 @@ fn cases_cover_samplers_strengths_batches_and_resizing() {
         .iter()
         .any(|c| c.init_image.as_deref().is_some_and(|p| p.contains("80x56"))));
 }
+
+/// "Inpaint only masked" (A1111's `inpaint_full_res`): the job runs at its
+/// size on a crop and its images come back at the whole image's size, equal
+/// to the image outside the crop and where the mask is 0, and named so in
+/// the infotext.
+#[test]
+fn only_masked_results_are_pasted_back_into_the_whole_image() {
+    use sdserve_engine::image_input::DecodedImage;
+    use sdserve_engine::image_ops::GrayImage;
+    use sdserve_engine::request::ImageToImage;
+    use sdserve_engine::{GenerateRequest, PasteBack};
+    use std::sync::Arc;
+
+    let engine = Engine::load(&ModelSource::Dir(fixtures().join("models/tiny-sd1"))).unwrap();
+    let case = cases()
+        .into_iter()
+        .find(inpaint)
+        .expect("an inpainting case");
+    let base = request(&case);
+    let (cw, ch) = (96, 80);
+    let canvas = DecodedImage {
+        width: cw,
+        height: ch,
+        rgb: (0..cw * ch * 3).map(|i| (i * 7 % 251) as u8).collect(),
+    };
+    // Mask on inside (40..56, 30..46), off elsewhere; the crop is (32, 22, 32, 32).
+    let luma: Vec<u8> = (0..cw * ch)
+        .map(|i| {
+            let (x, y) = (i % cw, i / cw);
+            if (40..56).contains(&x) && (30..46).contains(&y) {
+                255
+            } else {
+                0
+            }
+        })
+        .collect();
+    let init = base.init.clone().expect("an init image");
+    let req = GenerateRequest {
+        init: Some(ImageToImage {
+            overlay: None,
+            paste: Some(Arc::new(PasteBack {
+                canvas: Arc::new(canvas.clone()),
+                mask: Arc::new(GrayImage {
+                    width: cw,
+                    height: ch,
+                    luma: luma.clone(),
+                }),
+                region: (32, 22, 32, 32),
+                padding: 8,
+            })),
+            ..init
+        }),
+        ..base
+    };
+    let out = engine.generate(&req, &mut NoopObserver).expect("generates");
+    let image = &out.images[0];
+    assert_eq!((image.width, image.height), (cw, ch));
+    let mut changed = 0;
+    for (i, m) in luma.iter().enumerate() {
+        let (ours, theirs) = (&image.rgb[i * 3..i * 3 + 3], &canvas.rgb[i * 3..i * 3 + 3]);
+        if *m == 0 {
+            assert_eq!(ours, theirs, "pixel {i} outside the mask changed");
+        } else if ours != theirs {
+            changed += 1;
+        }
+    }
+    assert!(changed > 200, "only {changed} masked pixels were inpainted");
+    assert!(
+        image
+            .infotext
+            .contains("Inpaint area: Only masked, Masked area padding: 8"),
+        "{}",
+        image.infotext
+    );
+}

@@ -16,7 +16,7 @@ pub use sdserve_engine::memory::{human_bytes, Budget};
 pub use sdserve_engine::png;
 pub use sdserve_engine::preview::Preview;
 pub use sdserve_engine::prompt;
-pub use sdserve_engine::request::ImageToImage;
+pub use sdserve_engine::request::{ImageToImage, PasteBack};
 pub use sdserve_engine::{
     batch_compatible, random_seed, uses_guidance, Engine, EngineError, GenerateRequest,
     GeneratedImage, GenerationOutput, MemoryPlan, ModelInfo, ModelSource, NoopObserver, Observer,

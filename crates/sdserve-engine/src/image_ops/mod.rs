@@ -10,6 +10,17 @@ mod resize;
 pub use blur::gaussian_blur;
 pub use resize::{resize, Filter};
 
+/// A1111's img2img resize modes 0-2.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResizeMode {
+    /// Stretch to the target size.
+    Just,
+    /// Cover the target, cropping the overflow around the centre.
+    CropAndResize,
+    /// Fit inside the target, filling the bands from the edges.
+    ResizeAndFill,
+}
+
 /// An 8-bit single-channel image (an inpainting mask), row-major.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GrayImage {
@@ -53,6 +64,51 @@ pub fn overlay(generated: &mut [u8], original: &[u8], mask: &[u8]) {
             *gv = ((*ov as u32 * keep + *gv as u32 * (255 - keep) + 127) / 255) as u8;
         }
     }
+}
+
+/// A1111's `images.resize_image` on 8-bit pixels (Lanczos, as its default
+/// upscaler): just resize, crop and resize (cover, centred crop), or resize
+/// and fill (contain, the empty bands repeating the nearest edge row or column).
+pub fn fit(
+    pixels: &[u8],
+    (w, h): (usize, usize),
+    channels: usize,
+    (width, height): (usize, usize),
+    mode: ResizeMode,
+) -> Vec<u8> {
+    let lanczos = Filter::Lanczos;
+    if mode == ResizeMode::Just || w == 0 || h == 0 {
+        return resize(pixels, (w, h), channels, (width, height), lanczos);
+    }
+    // Target wider than the source (ratio > src_ratio), compared exactly.
+    let wider = width * h > w * height;
+    let cover = mode == ResizeMode::CropAndResize;
+    let (src_w, src_h) = if wider == cover {
+        (width, (h * width / w).max(1))
+    } else {
+        ((w * height / h).max(1), height)
+    };
+    let resized = resize(pixels, (w, h), channels, (src_w, src_h), lanczos);
+    // Paste centred at (width/2 - src_w/2, height/2 - src_h/2), as PIL's paste clips.
+    let left = (width / 2) as i64 - (src_w / 2) as i64;
+    let top = (height / 2) as i64 - (src_h / 2) as i64;
+    let mut out = vec![0u8; width * height * channels];
+    for y in 0..height {
+        for x in 0..width {
+            let (mut sx, mut sy) = (x as i64 - left, y as i64 - top);
+            if mode == ResizeMode::ResizeAndFill {
+                // The empty bands repeat the nearest edge row or column.
+                sx = sx.clamp(0, src_w as i64 - 1);
+                sy = sy.clamp(0, src_h as i64 - 1);
+            }
+            if (0..src_w as i64).contains(&sx) && (0..src_h as i64).contains(&sy) {
+                let from = (sy as usize * src_w + sx as usize) * channels;
+                let to = (y * width + x) * channels;
+                out[to..to + channels].copy_from_slice(&resized[from..from + channels]);
+            }
+        }
+    }
+    out
 }
 
 #[cfg(test)]

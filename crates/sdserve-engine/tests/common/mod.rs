@@ -112,6 +112,7 @@ pub fn request(case: &Case) -> GenerateRequest {
             strength: case.strength.expect("an init image comes with a strength"),
             resize_latents: case.resize_mode == Some(3),
             overlay: None,
+            paste: None,
         }),
     }
 }

@@ -272,6 +272,7 @@ impl EditForm {
                 strength_field: "strength",
                 resize_latents: false,
                 overlay: None,
+                paste: None,
             }),
             ..JobSpec::new(prompt, OPENAI_FIELDS)
         })

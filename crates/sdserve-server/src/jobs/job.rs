@@ -523,6 +523,7 @@ mod tests {
                 strength: 0.6,
                 resize_latents: false,
                 overlay: None,
+                paste: None,
             }),
             seed_per_image: false,
             hires: None,

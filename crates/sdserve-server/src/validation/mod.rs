@@ -10,7 +10,7 @@ use crate::config::Limits;
 use crate::dialects::Dialect;
 use crate::engine_api::{
     prompt, uses_guidance, DecodedImage, EngineError, GenerateRequest, GrayImage, ImageToImage,
-    LoraRef, PromptSyntax, SamplerId, MAX_LORAS, MAX_WEIGHT,
+    LoraRef, PasteBack, PromptSyntax, SamplerId, MAX_LORAS, MAX_WEIGHT,
 };
 use crate::jobs::ClientId;
 
@@ -139,6 +139,8 @@ pub struct InitSpec {
     pub resize_latents: bool,
     /// A1111's overlay mask at the output size (see the engine's `ImageToImage::overlay`).
     pub overlay: Option<std::sync::Arc<GrayImage>>,
+    /// A1111's "only masked" inpainting: where the result goes back.
+    pub paste: Option<std::sync::Arc<PasteBack>>,
 }
 
 impl JobSpec {
@@ -296,6 +298,7 @@ fn check_init(init: InitSpec) -> Result<ImageToImage, ValidationError> {
         strength,
         resize_latents: init.resize_latents,
         overlay: init.overlay,
+        paste: init.paste,
     })
 }
 

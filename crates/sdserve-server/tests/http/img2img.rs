@@ -10,7 +10,7 @@ use std::sync::Arc;
 use base64::Engine as _;
 use sdserve_engine::image_input::DecodedImage;
 use sdserve_engine::image_ops::{self, GrayImage};
-use sdserve_engine::request::ImageToImage;
+use sdserve_engine::request::{ImageToImage, PasteBack};
 use sdserve_engine::{png, GeneratedImage};
 use serde_json::{json, Value};
 
@@ -81,6 +81,7 @@ async fn native_init_image_as_base64_or_image_id_reaches_the_engine() {
         strength: 0.5,
         resize_latents: false,
         overlay: None,
+        paste: None,
     });
     let image_url = job["images"][0]["url"].as_str().unwrap();
     let got = s.get(image_url).await.bytes().await.unwrap();
@@ -114,6 +115,7 @@ async fn native_init_image_as_base64_or_image_id_reaches_the_engine() {
         strength: 1.0,
         resize_latents: false,
         overlay: None,
+        paste: None,
     });
     let got = s
         .get(job["images"][0]["url"].as_str().unwrap())
@@ -195,6 +197,7 @@ async fn a1111_img2img_with_and_without_a_mask() {
         strength: 0.4,
         resize_latents: false,
         overlay: None,
+        paste: None,
     });
     assert_eq!(
         b64(out["images"][0].as_str().unwrap()),
@@ -235,6 +238,7 @@ async fn a1111_img2img_with_and_without_a_mask() {
         strength: 0.4,
         resize_latents: false,
         overlay: Some(gray(inverted.iter().map(|v| v.saturating_mul(2)).collect())),
+        paste: None,
     });
     assert_eq!(
         b64(out["images"][0].as_str().unwrap()),
@@ -258,6 +262,7 @@ async fn a1111_img2img_with_and_without_a_mask() {
         strength: 0.4,
         resize_latents: false,
         overlay: Some(gray(soft.iter().map(|v| v.saturating_mul(2)).collect())),
+        paste: None,
     });
     assert_eq!(
         b64(out["images"][0].as_str().unwrap()),
@@ -303,6 +308,7 @@ async fn a1111_img2img_resizes_as_resize_mode_says() {
         strength: 0.5,
         resize_latents: true,
         overlay: None,
+        paste: None,
     });
     assert_eq!(
         b64(out["images"][0].as_str().unwrap()),
@@ -318,6 +324,79 @@ async fn a1111_img2img_resizes_as_resize_mode_says() {
         )
         .await;
     assert_error(resp, 422, "init_images").await;
+}
+
+/// "Inpaint only masked": the job runs on the mask's padded bounding box,
+/// grown to the output's aspect and resized "resize and fill", and pastes
+/// its result back into the whole image (the answer is the image's size).
+#[tokio::test]
+async fn a1111_only_masked_inpaints_the_crop_and_pastes_it_back() {
+    let s = TestServer::start().await;
+    let init = picture(96, 64);
+    // A 16x16 square at (60, 20).
+    let rgb = (0..96 * 64)
+        .flat_map(|i| {
+            let (x, y) = (i % 96, i / 96);
+            if (60..76).contains(&x) && (20..36).contains(&y) {
+                [255; 3]
+            } else {
+                [0; 3]
+            }
+        })
+        .collect();
+    let mask = DecodedImage {
+        width: 96,
+        height: 64,
+        rgb,
+    };
+    let body = json!({
+        "init_images": [base64_of(&png_of(&init))], "mask": base64_of(&png_of(&mask)),
+        "prompt": "a cat", "seed": 9, "steps": 4, "cfg_scale": 7.0, "sampler_name": "Euler a",
+        "width": 64, "height": 64, "denoising_strength": 0.5, "mask_blur": 0,
+        "inpainting_fill": 1, "inpaint_full_res": true, "inpaint_full_res_padding": 8,
+    });
+    let resp = s.post("/sdapi/v1/img2img", body).await;
+    assert_eq!(resp.status(), 200);
+    let out: Value = resp.json().await.unwrap();
+    // The box (60, 20)-(76, 36) padded by 8 is 32x32 at (52, 12): already 1:1.
+    let (x, y, w, h) = (52, 12, 32, 32);
+    let crop = |pixels: &[u8], stride: usize, c: usize| -> Vec<u8> {
+        (y..y + h)
+            .flat_map(|r| pixels[(r * stride + x) * c..(r * stride + x + w) * c].to_vec())
+            .collect()
+    };
+    let fill = image_ops::ResizeMode::ResizeAndFill;
+    let luma = GrayImage::from_rgb(&mask).luma;
+    let mut want = request("a cat", 9);
+    want.init = Some(ImageToImage {
+        image: Arc::new(DecodedImage {
+            width: 64,
+            height: 64,
+            rgb: image_ops::fit(&crop(&init.rgb, 96, 3), (w, h), 3, (64, 64), fill),
+        }),
+        mask: Some(Arc::new(GrayImage {
+            width: 64,
+            height: 64,
+            luma: image_ops::fit(&crop(&luma, 96, 1), (w, h), 1, (64, 64), fill),
+        })),
+        strength: 0.5,
+        resize_latents: false,
+        overlay: None,
+        paste: Some(Arc::new(PasteBack {
+            canvas: Arc::new(init.clone()),
+            mask: Arc::new(GrayImage {
+                width: 96,
+                height: 64,
+                luma,
+            }),
+            region: (x, y, w, h),
+            padding: 8,
+        })),
+    });
+    let png = b64(out["images"][0].as_str().unwrap());
+    assert_eq!(png, expected_pngs(&want)[0]);
+    let (width, height, _) = png::decode_rgb(&png).unwrap();
+    assert_eq!((width, height), (96, 64));
 }
 
 #[tokio::test]
@@ -340,8 +419,12 @@ async fn a1111_img2img_refuses_what_it_does_not_implement_by_name() {
             "resize_mode",
         ),
         (
-            json!({"init_images": [init], "mask": mask, "inpaint_full_res": true, "inpainting_fill": 1}),
-            "inpaint_full_res",
+            json!({"init_images": [init], "mask": mask, "inpaint_full_res": true, "inpaint_full_res_padding": 300}),
+            "inpaint_full_res_padding",
+        ),
+        (
+            json!({"init_images": [init], "mask": base64_of(&png_of(&half_mask(32, 32))), "inpaint_full_res": true}),
+            "mask",
         ),
         (
             json!({"init_images": [init], "mask": mask, "inpainting_fill": 0, "inpaint_full_res": false}),
@@ -479,6 +562,7 @@ async fn openai_edits_inpaint_the_transparent_pixels() {
         strength: 1.0,
         resize_latents: false,
         overlay: None,
+        paste: None,
     });
     assert_eq!(
         b64(out["data"][0]["b64_json"].as_str().unwrap()),

@@ -243,6 +243,7 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
                 strength,
                 resize_latents: false,
                 overlay: None,
+                paste: None,
             })
         })
         .transpose()?;

@@ -19,7 +19,8 @@ use super::wire::{info_value, parameters, Txt2ImgRequest, Txt2ImgResponse};
 use super::{A1111Errors, A1111};
 use crate::config::Limits;
 use crate::dialects::images;
-use crate::engine_api::{image_ops, DecodedImage, GrayImage};
+use crate::engine_api::image_ops::{self, ResizeMode};
+use crate::engine_api::{DecodedImage, GrayImage, PasteBack};
 use crate::error::{ApiError, Rejection};
 use crate::extract::{parse_json, Caller};
 use crate::jobs::JobHandle;
@@ -98,14 +99,6 @@ fn invalid(field: &'static str, message: impl Into<String>) -> ApiError {
     .into()
 }
 
-/// A1111's `resize_mode`s that fit an image to the output size.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum ResizeMode {
-    Just,
-    CropAndResize,
-    ResizeAndFill,
-}
-
 impl Img2ImgRequest {
     /// The job this request asks for: txt2img's spec with the decoded images.
     fn to_spec(&self, limits: &Limits, settings_now: TextSettings) -> Result<JobSpec, ApiError> {
@@ -139,12 +132,16 @@ impl Img2ImgRequest {
             ));
         }
         // Without a mask A1111 ignores inpaint_full_res (webuiapi sends true by default).
-        if self.inpaint_full_res == Some(true) && self.mask.is_some() {
-            return Err(invalid(
-                "inpaint_full_res",
-                "inpainting at full resolution (only masked) is not supported",
-            ));
-        }
+        let only_masked = self.inpaint_full_res == Some(true) && self.mask.is_some();
+        let padding = match self.inpaint_full_res_padding.unwrap_or(32) {
+            p @ 0..=MAX_PADDING => p as usize,
+            p => {
+                return Err(invalid(
+                    "inpaint_full_res_padding",
+                    format!("must be 0 to {MAX_PADDING} pixels, got {p}"),
+                ))
+            }
+        };
         if let Some(value) = self.base.extra.get("initial_noise_multiplier") {
             if value.as_f64() != Some(1.0) {
                 return Err(invalid("initial_noise_multiplier", "only 1.0 is supported"));
@@ -161,6 +158,31 @@ impl Img2ImgRequest {
         };
         let image = images::decode_base64("init_images", image)?;
         let (width, height) = output_size(&spec, limits)?;
+        let mut mask_field = self.mask.as_ref();
+        if let (true, Some(mask)) = (only_masked, mask_field) {
+            if resize_latents {
+                return Err(invalid(
+                    "resize_mode",
+                    "3 (latent upscale) with a mask is not supported; use 0, 1 or 2 for inpainting",
+                ));
+            }
+            let mask = self.prepare_mask(mask, blur)?;
+            match only_masked_init(&image, mask, (width, height), padding)? {
+                Some(init) => {
+                    return Ok(JobSpec {
+                        width: Some(width as i64),
+                        height: Some(height as i64),
+                        init: Some(InitSpec {
+                            strength: self.denoising_strength,
+                            ..init
+                        }),
+                        ..spec
+                    })
+                }
+                // A blank mask: A1111 inpaints nothing and runs img2img on the whole picture.
+                None => mask_field = None,
+            }
+        }
         let image = if resize_latents {
             if self.mask.is_some() {
                 return Err(invalid(
@@ -185,7 +207,7 @@ impl Img2ImgRequest {
         } else {
             Arc::new(fit_image(&image, width, height, resize))
         };
-        let (mask, overlay) = match &self.mask {
+        let (mask, overlay) = match mask_field {
             Some(mask) => {
                 let mask = self.prepare_mask(mask, blur)?;
                 let mask = fit_mask(&mask, width, height, resize);
@@ -210,6 +232,7 @@ impl Img2ImgRequest {
                 strength_field: "denoising_strength",
                 resize_latents,
                 overlay,
+                paste: None,
             }),
             ..spec
         })
@@ -285,6 +308,140 @@ impl Img2ImgRequest {
 /// The largest `mask_blur` accepted: a 321-tap kernel, about a second on a megapixel mask.
 const MAX_MASK_BLUR: i64 = 64;
 
+/// The largest `inpaint_full_res_padding` (the top of A1111's slider).
+const MAX_PADDING: i64 = 256;
+
+/// A1111's "inpaint only masked" (`inpaint_full_res`): the mask's bounding
+/// box (`get_crop_region`) grown by `padding`, expanded to the output's
+/// aspect (`expand_crop_region`); image and mask cropped there and resized
+/// to the output size "resize and fill"; the result pasted back into the
+/// whole image with the blurred mask as overlay. `None` for a blank mask.
+fn only_masked_init(
+    image: &Arc<DecodedImage>,
+    mask: GrayImage,
+    (width, height): (usize, usize),
+    padding: usize,
+) -> Result<Option<InitSpec>, ApiError> {
+    if (mask.width, mask.height) != (image.width, image.height) {
+        return Err(invalid(
+            "mask",
+            format!(
+                "inpainting only the masked area needs the mask at the image's size, {}x{}; got {}x{}",
+                image.width, image.height, mask.width, mask.height
+            ),
+        ));
+    }
+    let Some(bbox) = crop_region(&mask, padding) else {
+        return Ok(None);
+    };
+    let (x1, y1, x2, y2) = expand_crop_region(bbox, (width, height), (mask.width, mask.height));
+    let (w, h) = (x2 - x1, y2 - y1);
+    let crop = |pixels: &[u8], stride: usize, channels: usize| -> Vec<u8> {
+        let mut out = Vec::with_capacity(w * h * channels);
+        for row in y1..y2 {
+            let from = (row * stride + x1) * channels;
+            out.extend_from_slice(&pixels[from..from + w * channels]);
+        }
+        out
+    };
+    let fill = ResizeMode::ResizeAndFill;
+    let rgb = image_ops::fit(
+        &crop(&image.rgb, image.width, 3),
+        (w, h),
+        3,
+        (width, height),
+        fill,
+    );
+    let luma = image_ops::fit(
+        &crop(&mask.luma, mask.width, 1),
+        (w, h),
+        1,
+        (width, height),
+        fill,
+    );
+    Ok(Some(InitSpec {
+        image: Arc::new(DecodedImage { width, height, rgb }),
+        mask: Some(Arc::new(GrayImage {
+            width,
+            height,
+            luma,
+        })),
+        strength: None,
+        default_strength: DEFAULT_DENOISING_STRENGTH,
+        strength_field: "denoising_strength",
+        resize_latents: false,
+        overlay: None,
+        paste: Some(Arc::new(PasteBack {
+            canvas: image.clone(),
+            mask: Arc::new(mask),
+            region: (x1, y1, w, h),
+            padding,
+        })),
+    }))
+}
+
+/// A1111's `get_crop_region`: the bounding box `(x1, y1, x2, y2)` of the
+/// mask's non-zero pixels grown by `pad`, within the mask; `None` if blank.
+fn crop_region(mask: &GrayImage, pad: usize) -> Option<(usize, usize, usize, usize)> {
+    let (w, h) = (mask.width, mask.height);
+    let (mut x1, mut y1, mut x2, mut y2) = (usize::MAX, usize::MAX, 0, 0);
+    for y in 0..h {
+        for x in 0..w {
+            if mask.luma[y * w + x] != 0 {
+                x1 = x1.min(x);
+                y1 = y1.min(y);
+                x2 = x2.max(x + 1);
+                y2 = y2.max(y + 1);
+            }
+        }
+    }
+    (x1 != usize::MAX).then(|| {
+        (
+            x1.saturating_sub(pad),
+            y1.saturating_sub(pad),
+            (x2 + pad).min(w),
+            (y2 + pad).min(h),
+        )
+    })
+}
+
+/// A1111's `expand_crop_region`: `region` grown along one axis to the
+/// processing size's aspect, shifted back inside the image, clipped to it.
+fn expand_crop_region(
+    (x1, y1, x2, y2): (usize, usize, usize, usize),
+    (pw, ph): (usize, usize),
+    (iw, ih): (usize, usize),
+) -> (usize, usize, usize, usize) {
+    let (mut x1, mut y1, mut x2, mut y2) = (x1 as i64, y1 as i64, x2 as i64, y2 as i64);
+    let (iw, ih) = (iw as i64, ih as i64);
+    let ratio_region = (x2 - x1) as f64 / (y2 - y1) as f64;
+    let ratio_processing = pw as f64 / ph as f64;
+    // Grows [lo, hi) to `desired`, keeping it inside [0, limit] as A1111 does.
+    let grow = |lo: &mut i64, hi: &mut i64, desired: f64, limit: i64| {
+        let diff = (desired - (*hi - *lo) as f64) as i64;
+        *lo -= diff.div_euclid(2);
+        *hi += diff - diff.div_euclid(2);
+        if *hi >= limit {
+            let over = *hi - limit;
+            *hi -= over;
+            *lo -= over;
+        }
+        if *lo < 0 {
+            *hi -= *lo;
+            *lo = 0;
+        }
+        if *hi >= limit {
+            *hi = limit;
+        }
+    };
+    if ratio_region > ratio_processing {
+        grow(&mut y1, &mut y2, (x2 - x1) as f64 / ratio_processing, ih);
+    } else {
+        grow(&mut x1, &mut x2, (y2 - y1) as f64 * ratio_processing, iw);
+    }
+    (x1 as usize, y1 as usize, x2 as usize, y2 as usize)
+}
+
 /// A1111's img2img size: the request's, else 512 (its API default), within
 /// the configured limits before any pixel buffer of that size exists.
 fn output_size(spec: &JobSpec, limits: &Limits) -> Result<(usize, usize), ApiError> {
@@ -315,7 +472,7 @@ fn output_size(spec: &JobSpec, limits: &Limits) -> Result<(usize, usize), ApiErr
 /// A1111's `resize_image`: 0 stretches, 1 scales to cover and crops the
 /// centre, 2 scales to fit and fills the rest with the edge rows or columns.
 fn fit_image(image: &DecodedImage, width: usize, height: usize, mode: ResizeMode) -> DecodedImage {
-    let rgb = fit(
+    let rgb = image_ops::fit(
         &image.rgb,
         (image.width, image.height),
         3,
@@ -326,7 +483,7 @@ fn fit_image(image: &DecodedImage, width: usize, height: usize, mode: ResizeMode
 }
 
 fn fit_mask(mask: &GrayImage, width: usize, height: usize, mode: ResizeMode) -> GrayImage {
-    let luma = fit(
+    let luma = image_ops::fit(
         &mask.luma,
         (mask.width, mask.height),
         1,
@@ -338,48 +495,6 @@ fn fit_mask(mask: &GrayImage, width: usize, height: usize, mode: ResizeMode) -> 
         height,
         luma,
     }
-}
-
-fn fit(
-    pixels: &[u8],
-    (w, h): (usize, usize),
-    channels: usize,
-    (width, height): (usize, usize),
-    mode: ResizeMode,
-) -> Vec<u8> {
-    let lanczos = image_ops::Filter::Lanczos;
-    if mode == ResizeMode::Just || w == 0 || h == 0 {
-        return image_ops::resize(pixels, (w, h), channels, (width, height), lanczos);
-    }
-    // Target wider than the source (ratio > src_ratio), compared exactly.
-    let wider = width * h > w * height;
-    let cover = mode == ResizeMode::CropAndResize;
-    let (src_w, src_h) = if wider == cover {
-        (width, (h * width / w).max(1))
-    } else {
-        ((w * height / h).max(1), height)
-    };
-    let resized = image_ops::resize(pixels, (w, h), channels, (src_w, src_h), lanczos);
-    // Paste centred at (width/2 - src_w/2, height/2 - src_h/2), as PIL's paste clips.
-    let left = (width / 2) as i64 - (src_w / 2) as i64;
-    let top = (height / 2) as i64 - (src_h / 2) as i64;
-    let mut out = vec![0u8; width * height * channels];
-    for y in 0..height {
-        for x in 0..width {
-            let (mut sx, mut sy) = (x as i64 - left, y as i64 - top);
-            if mode == ResizeMode::ResizeAndFill {
-                // The empty bands repeat the nearest edge row or column.
-                sx = sx.clamp(0, src_w as i64 - 1);
-                sy = sy.clamp(0, src_h as i64 - 1);
-            }
-            if (0..src_w as i64).contains(&sx) && (0..src_h as i64).contains(&sy) {
-                let from = (sy as usize * src_w + sx as usize) * channels;
-                let to = (y * width + x) * channels;
-                out[to..to + channels].copy_from_slice(&resized[from..from + channels]);
-            }
-        }
-    }
-    out
 }
 
 /// Image to image, with or without a mask (A1111 compatible).
@@ -453,6 +568,40 @@ mod tests {
             height: h,
             rgb,
         }
+    }
+
+    #[test]
+    fn crop_regions_follow_a1111() {
+        let mut mask = GrayImage {
+            width: 50,
+            height: 40,
+            luma: vec![0; 2000],
+        };
+        assert_eq!(crop_region(&mask, 4), None);
+        for (x, y) in [(12, 10), (17, 30)] {
+            mask.luma[y * 50 + x] = 1;
+        }
+        assert_eq!(crop_region(&mask, 0), Some((12, 10, 18, 31)));
+        assert_eq!(crop_region(&mask, 20), Some((0, 0, 38, 40)));
+        // Narrower than 1:1: widened about the centre (A1111's int and //).
+        assert_eq!(
+            expand_crop_region((10, 10, 20, 40), (64, 64), (50, 40)),
+            (0, 10, 30, 40)
+        );
+        // At the right edge: shifted back inside.
+        assert_eq!(
+            expand_crop_region((45, 0, 50, 20), (64, 64), (50, 40)),
+            (30, 0, 50, 20)
+        );
+        // Wider than 2:1 processing: grown in height, clipped to the image.
+        assert_eq!(
+            expand_crop_region((0, 15, 50, 25), (64, 32), (50, 40)),
+            (0, 8, 50, 33)
+        );
+        assert_eq!(
+            expand_crop_region((0, 0, 50, 40), (32, 64), (50, 40)),
+            (0, 0, 50, 40)
+        );
     }
 
     #[test]

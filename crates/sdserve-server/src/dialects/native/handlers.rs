@@ -106,6 +106,7 @@ async fn init_spec<'a>(
         strength_field: "strength",
         resize_latents: false,
         overlay: None,
+        paste: None,
     }))
 }
 

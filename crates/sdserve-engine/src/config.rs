@@ -332,7 +332,6 @@ pub struct SchedulerConfig {
     pub solver_order: Option<usize>,
     pub solver_type: Option<String>,
     pub lower_order_final: Option<bool>,
-    pub euler_at_final: Option<bool>,
     pub lambda_min_clipped: Option<f64>,
     pub variance_type: Option<String>,
     pub predict_x0: Option<bool>,

@@ -66,6 +66,25 @@ fn loras_of(file: &str) -> Vec<Vec<LoraRef>> {
         .collect()
 }
 
+/// Each case rendered with its LoRAs is within [`TOLERANCE`] of its reference.
+fn assert_cases_match(engine: &Engine, cases: &[common::Case], loras: Vec<Vec<LoraRef>>) {
+    assert_eq!(cases.len(), loras.len());
+    let mut failures = Vec::new();
+    for (case, loras) in cases.iter().zip(loras) {
+        let req = GenerateRequest {
+            loras,
+            ..request(case)
+        };
+        let out = engine.generate(&req, &mut NoopObserver).expect("generates");
+        let diff = max_diff(&out.images[0].rgb, &case.images[0]);
+        println!("{}: max diff {diff}/255", case.name);
+        if diff > TOLERANCE {
+            failures.push(format!("{}: {diff}", case.name));
+        }
+    }
+    assert!(failures.is_empty(), "over {TOLERANCE}/255: {failures:?}");
+}
+
 fn max_diff(ours: &[u8], reference: &str) -> u8 {
     let bytes = std::fs::read(fixtures().join(reference)).expect("reference png");
     let (_, _, rgb) = png::decode_rgb(&bytes).expect("reference decodes");
@@ -81,24 +100,10 @@ fn max_diff(ours: &[u8], reference: &str) -> u8 {
 fn tiny_sd1_loras_match_diffusers() {
     let engine = engine_with(lora_dir());
     let cases = read_cases(&["lora-cases.json"]);
-    let loras = case_loras();
     assert_eq!(cases.len(), 5);
     let plain = request(&cases[0]);
     let before = engine.generate(&plain, &mut NoopObserver).unwrap();
-    let mut failures = Vec::new();
-    for (case, loras) in cases.iter().zip(loras) {
-        let req = GenerateRequest {
-            loras,
-            ..request(case)
-        };
-        let out = engine.generate(&req, &mut NoopObserver).expect("generates");
-        let diff = max_diff(&out.images[0].rgb, &case.images[0]);
-        println!("{}: max diff {diff}/255", case.name);
-        if diff > TOLERANCE {
-            failures.push(format!("{}: {diff}", case.name));
-        }
-    }
-    assert!(failures.is_empty(), "over {TOLERANCE}/255: {failures:?}");
+    assert_cases_match(&engine, &cases, case_loras());
     // The base weights are shared, never patched in place.
     let after = engine.generate(&plain, &mut NoopObserver).unwrap();
     assert_eq!(before.images[0].rgb, after.images[0].rgb);
@@ -117,20 +122,7 @@ fn check_cases(model: &str, dir: &str, file: &str) {
     let engine = engine_for(model, fixtures().join(dir));
     let cases = read_cases(&[file]);
     assert_eq!(cases.len(), 2);
-    let mut failures = Vec::new();
-    for (case, loras) in cases.iter().zip(loras_of(file)) {
-        let req = GenerateRequest {
-            loras,
-            ..request(case)
-        };
-        let out = engine.generate(&req, &mut NoopObserver).expect("generates");
-        let diff = max_diff(&out.images[0].rgb, &case.images[0]);
-        println!("{}: max diff {diff}/255", case.name);
-        if diff > TOLERANCE {
-            failures.push(format!("{}: {diff}", case.name));
-        }
-    }
-    assert!(failures.is_empty(), "over {TOLERANCE}/255: {failures:?}");
+    assert_cases_match(&engine, &cases, loras_of(file));
     // Without the LoRA the image is another one.
     let plain = engine
         .generate(&request(&cases[0]), &mut NoopObserver)

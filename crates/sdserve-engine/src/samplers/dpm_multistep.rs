@@ -102,6 +102,13 @@ pub(super) fn vp(sigma: f32) -> (f32, f32, f32) {
     (alpha, sigma_t, alpha.ln() - sigma_t.ln())
 }
 
+/// `alpha_t * original + sigma_t * noise` at Karras sigma `sigma`: the VP
+/// samplers' (DPM-Solver's, UniPC's) `add_noise`.
+pub(super) fn add_noise_vp(original: &Tensor, noise: &Tensor, sigma: f32) -> Result<Tensor> {
+    let (alpha, sigma_t, _) = vp(sigma);
+    Ok(((original * alpha as f64)? + (noise * sigma_t as f64)?)?)
+}
+
 /// The data prediction x0 from the model output at VP (alpha, sigma).
 pub(super) fn data_prediction(
     prediction: PredictionType,
@@ -122,8 +129,7 @@ impl Sampler for DpmMultistep {
     }
 
     fn add_noise(&self, original: &Tensor, noise: &Tensor, step: usize) -> Result<Tensor> {
-        let (alpha, sigma, _) = vp(self.sigmas[step]);
-        Ok(((original * alpha as f64)? + (noise * sigma as f64)?)?)
+        add_noise_vp(original, noise, self.sigmas[step])
     }
 
     fn step(
@@ -136,7 +142,7 @@ impl Sampler for DpmMultistep {
         let o = self.options;
         let len = self.timesteps.len();
         // final_sigmas_type "zero" (the only one supported): the last step
-        // is first order whatever `euler_at_final` says.
+        // is first order whatever else the config says.
         let lower_final = step + 1 == len;
         let lower_second = step + 2 == len && o.lower_order_final && len < 15;
         let (alpha_s0, sigma_s0, lambda_s0) = vp(self.sigmas[step]);

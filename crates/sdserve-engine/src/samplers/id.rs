@@ -114,19 +114,6 @@ impl SamplerId {
         }
     }
 
-    /// True when the sampler draws fresh noise from the job's generator at
-    /// each step (its images depend on the generator state, not only the seed's first draw).
-    pub fn is_stochastic(self) -> bool {
-        matches!(
-            self,
-            SamplerId::EulerAncestral
-                | SamplerId::Dpm2Ancestral
-                | SamplerId::DpmPp2mSde
-                | SamplerId::DpmPp3mSde
-                | SamplerId::Lcm
-        )
-    }
-
     /// The schedule types this sampler runs with: all for the samplers that
     /// work on sigmas, only the timestep spacings for DDIM and PLMS, and none
     /// but its own for LCM (whose timesteps ignore the spacing).

@@ -239,7 +239,6 @@ pub fn build(
     let k_sigmas = |round_karras: bool| -> KSigmas {
         KSchedule::new(&schedule, steps, spacing, bounds, round_karras).finish(schedule.spacing)
     };
-    let log_sigmas: Vec<f32> = schedule.train_sigmas().iter().map(|s| s.ln()).collect();
     let solver_order = config.solver_order.unwrap_or(2);
     if solver_order == 0 || solver_order > 3 {
         return Err(EngineError::Unsupported(format!(
@@ -266,18 +265,16 @@ pub fn build(
         SamplerId::EulerAncestral => Box::new(euler::Euler::new(k_sigmas(false), prediction, true)),
         SamplerId::Lms => Box::new(lms::Lms::new(k_sigmas(false), prediction)),
         SamplerId::Heun => Box::new(heun::Heun::new(k_sigmas(false), prediction, clip(false))),
-        SamplerId::Dpm2 => Box::new(dpm2::Dpm2::new(
-            k_sigmas(true),
-            &log_sigmas,
-            prediction,
-            false,
-        )?),
-        SamplerId::Dpm2Ancestral => Box::new(dpm2::Dpm2::new(
-            k_sigmas(true),
-            &log_sigmas,
-            prediction,
-            true,
-        )?),
+        SamplerId::Dpm2 | SamplerId::Dpm2Ancestral => {
+            let log_sigmas: Vec<f32> = schedule.train_sigmas().iter().map(|s| s.ln()).collect();
+            let ancestral = id == SamplerId::Dpm2Ancestral;
+            Box::new(dpm2::Dpm2::new(
+                k_sigmas(true),
+                &log_sigmas,
+                prediction,
+                ancestral,
+            )?)
+        }
         SamplerId::DpmPp2m => Box::new(DpmMultistep::new(
             multistep_schedule(&schedule, steps, spacing, (None, None)),
             prediction,

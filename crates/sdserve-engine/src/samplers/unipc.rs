@@ -5,7 +5,7 @@
 
 use candle_core::Tensor;
 
-use super::dpm_multistep::{data_prediction, vp};
+use super::dpm_multistep::{add_noise_vp, data_prediction, vp};
 use super::schedule::PredictionType;
 use super::Sampler;
 use crate::error::Result;
@@ -77,7 +77,8 @@ impl UniPc {
     }
 
     /// The ratios `r_k = (lambda_{s_k} - lambda_{s0}) / h` of the earlier
-    /// steps `s_k` (call indices) and the scaled differences `D1_k`.
+    /// steps `s_k` (call indices) and the scaled differences `D1_k` of the
+    /// outputs before the newest in the history (`m0`).
     fn differences(
         &self,
         steps: &[usize],
@@ -110,15 +111,8 @@ impl UniPc {
         let (h, h_phi_1, b_h, b) = self.coefficients(lambda_s0, lambda_t, order);
         // m0 is the previous step's output: the history before model_t.
         let m0 = &self.history[self.history.len() - 1];
-        let mut rks = Vec::new();
-        let mut d1s = Vec::new();
-        for i in 1..order {
-            let si = step - (i + 1);
-            let mi = &self.history[self.history.len() - 1 - i];
-            let rk = (vp(self.sigmas[si]).2 - lambda_s0) / h;
-            d1s.push(((mi - m0)? / rk as f64)?);
-            rks.push(rk);
-        }
+        let earlier: Vec<usize> = (1..order).map(|i| step - (i + 1)).collect();
+        let (mut rks, d1s) = self.differences(&earlier, lambda_s0, h)?;
         rks.push(1.0);
         let rhos = if order == 1 {
             vec![0.5]
@@ -128,18 +122,8 @@ impl UniPc {
         let base =
             ((last_sample * (sigma_t / sigma_s0) as f64)? - (m0 * (alpha_t * h_phi_1) as f64)?)?;
         let mut correction = ((model_t - m0)? * rhos[rhos.len() - 1] as f64)?;
-        if !d1s.is_empty() {
-            let mut corr_res: Option<Tensor> = None;
-            for (rho, d1) in rhos.iter().zip(&d1s) {
-                let term = (d1 * *rho as f64)?;
-                corr_res = Some(match corr_res {
-                    Some(sum) => (sum + term)?,
-                    None => term,
-                });
-            }
-            if let Some(corr_res) = corr_res {
-                correction = (corr_res + correction)?;
-            }
+        if let Some(corr_res) = weighted_sum(&rhos, &d1s)? {
+            correction = (corr_res + correction)?;
         }
         Ok((base - (correction * (alpha_t * b_h) as f64)?)?)
     }
@@ -165,19 +149,24 @@ impl UniPc {
             let reduced: Vec<Vec<f32>> = r[..k].iter().map(|row| row[..k].to_vec()).collect();
             solve(&reduced, &b[..k])
         };
-        let mut pred_res: Option<Tensor> = None;
-        for (rho, d1) in rhos.iter().zip(&d1s) {
-            let term = (d1 * *rho as f64)?;
-            pred_res = Some(match pred_res {
-                Some(sum) => (sum + term)?,
-                None => term,
-            });
-        }
-        match pred_res {
+        match weighted_sum(&rhos, &d1s)? {
             Some(pred_res) => Ok((base - (pred_res * (alpha_t * b_h) as f64)?)?),
             None => Ok(base),
         }
     }
+}
+
+/// `sum_k rhos[k] * d1s[k]` (UniPC's einsum), `None` without differences.
+fn weighted_sum(rhos: &[f32], d1s: &[Tensor]) -> Result<Option<Tensor>> {
+    let mut sum: Option<Tensor> = None;
+    for (rho, d1) in rhos.iter().zip(d1s) {
+        let term = (d1 * *rho as f64)?;
+        sum = Some(match sum {
+            Some(acc) => (acc + term)?,
+            None => term,
+        });
+    }
+    Ok(sum)
 }
 
 /// `R[i][j] = rks[j]^i` for i in 0..order (UniPC's `torch.stack([rks**0, rks**1, ...])`).
@@ -223,8 +212,7 @@ impl Sampler for UniPc {
     }
 
     fn add_noise(&self, original: &Tensor, noise: &Tensor, step: usize) -> Result<Tensor> {
-        let (alpha, sigma, _) = vp(self.sigmas[step]);
-        Ok(((original * alpha as f64)? + (noise * sigma as f64)?)?)
+        add_noise_vp(original, noise, self.sigmas[step])
     }
 
     fn step(

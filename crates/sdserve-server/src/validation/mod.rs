@@ -9,8 +9,8 @@ use crate::backend::Backend;
 use crate::config::Limits;
 use crate::dialects::Dialect;
 use crate::engine_api::{
-    prompt, uses_guidance, DecodedImage, EngineError, GenerateRequest, GrayImage, ImageToImage,
-    LoraRef, PasteBack, PromptSyntax, SamplerId, MAX_LORAS, MAX_WEIGHT,
+    prompt, split_extra_networks, uses_guidance, DecodedImage, EngineError, GenerateRequest,
+    GrayImage, ImageToImage, LoraRef, PasteBack, PromptSyntax, SamplerId, MAX_LORAS, MAX_WEIGHT,
 };
 use crate::jobs::ClientId;
 
@@ -182,6 +182,18 @@ pub struct ValidJob {
     pub dialect: Dialect,
     /// The catalog name of the model it runs on.
     pub model: String,
+}
+
+/// A1111's `<lora:..>` tags out of `prompt`: the prompt without them and the
+/// LoRAs they name, in order; a malformed tag is refused naming `prompt`.
+pub fn split_prompt_tags(prompt: &str) -> Result<(String, Vec<LoraRef>), ValidationError> {
+    split_extra_networks(prompt).map_err(|e| ValidationError::Invalid {
+        field: "prompt",
+        message: match e {
+            EngineError::InvalidRequest(m) => m,
+            other => other.to_string(),
+        },
+    })
 }
 
 /// At most [`MAX_LORAS`], each weight finite and within ±[`MAX_WEIGHT`];

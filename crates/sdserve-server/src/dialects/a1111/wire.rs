@@ -7,13 +7,13 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use crate::config::Limits;
-use crate::engine_api::{split_extra_networks, EngineError, PromptSyntax, SamplerId, ScheduleType};
+use crate::engine_api::{PromptSyntax, SamplerId, ScheduleType};
 use crate::jobs::{JobSnapshot, MAX_TASK_NAME_CHARS};
 use crate::models::Listed;
 use crate::state::TextSettings;
 use crate::validation::{
-    parse_sampler, resolve_sampling, sampling_schema_rules, FieldNames, JobSpec, SamplingFields,
-    ValidationError,
+    parse_sampler, resolve_sampling, sampling_schema_rules, split_prompt_tags, FieldNames, JobSpec,
+    SamplingFields, ValidationError,
 };
 
 /// How the A1111 dialect names the shared fields.
@@ -313,11 +313,7 @@ impl Txt2ImgRequest {
         }
         // A1111's extra-network tags: out of the prompt, into the job's LoRAs
         // (the negative prompt is not parsed, as A1111).
-        let (prompt, loras) =
-            split_extra_networks(self.prompt.as_deref().unwrap_or("")).map_err(|e| match e {
-                EngineError::InvalidRequest(m) => invalid("prompt", m),
-                other => invalid("prompt", other.to_string()),
-            })?;
+        let (prompt, loras) = split_prompt_tags(self.prompt.as_deref().unwrap_or(""))?;
         Ok(JobSpec {
             loras,
             loras_field: "prompt",

@@ -6,14 +6,13 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
 use crate::engine_api::{
-    split_extra_networks, EngineError, HiresSize, LoraRef, PromptSyntax, Upscaler,
-    DEFAULT_DENOISING_STRENGTH, DEFAULT_SCALE,
+    HiresSize, LoraRef, PromptSyntax, Upscaler, DEFAULT_DENOISING_STRENGTH, DEFAULT_SCALE,
 };
 use crate::jobs::{
     ImageId, JobFailure, JobId, JobParams, JobSnapshot, JobStatus, JobTimings, StepProgress,
 };
 use crate::validation::{
-    FieldNames, HiresFieldNames, HiresSpec, InitSpec, JobSpec, ValidationError,
+    split_prompt_tags, FieldNames, HiresFieldNames, HiresSpec, InitSpec, JobSpec, ValidationError,
 };
 
 /// `POST /api/v1/jobs` body. Omitted fields take the model's defaults.
@@ -258,14 +257,7 @@ impl CreateJob {
         // as A1111). Plain text keeps them as text.
         let (prompt, loras_field) = match prompt_syntax {
             PromptSyntax::A1111 => {
-                let (prompt, tagged) =
-                    split_extra_networks(&self.prompt).map_err(|e| ValidationError::Invalid {
-                        field: "prompt",
-                        message: match e {
-                            EngineError::InvalidRequest(m) => m,
-                            other => other.to_string(),
-                        },
-                    })?;
+                let (prompt, tagged) = split_prompt_tags(&self.prompt)?;
                 let field = if loras.is_empty() && !tagged.is_empty() {
                     "prompt"
                 } else {

@@ -537,6 +537,18 @@ pub fn random_seed() -> u64 {
     rand::random::<u32>() as u64
 }
 
+/// CUDA devices this process sees (after `CUDA_VISIBLE_DEVICES`); 0 without
+/// a driver, a device, or CUDA in the build.
+pub fn cuda_device_count() -> usize {
+    #[cfg(feature = "cuda")]
+    {
+        use candle_core::cuda_backend::cudarc::driver::CudaContext;
+        CudaContext::device_count().map_or(0, |n| usize::try_from(n).unwrap_or(0))
+    }
+    #[cfg(not(feature = "cuda"))]
+    0
+}
+
 /// The device `choice` names; `Auto` falls back to the CPU, an explicit
 /// `cuda:N` that cannot be opened is an error naming why.
 fn open_device(choice: DeviceChoice) -> Result<Device> {

@@ -45,7 +45,7 @@ pub use engine::{batch_compatible, random_seed, Engine, GenerationOutput, ModelI
 pub use error::{EngineError, Result};
 pub use lora::{LoraDir, LoraEntry, LoraRef};
 pub use memory::{MemoryPlan, OverBudget};
-pub use options::{DeviceChoice, EngineOptions, Precision, VaeTiling};
+pub use options::{DeviceChoice, DeviceSet, EngineOptions, Precision, VaeTiling};
 pub use pipeline::uses_guidance;
 pub use prompt::PromptSyntax;
 pub use request::{

@@ -129,8 +129,8 @@ impl App {
         self.install_models(Arc::new(Models::single(backend)))
     }
 
-    /// Installs the served models (the default one loaded) and starts the
-    /// worker thread; the server turns ready.
+    /// Installs the served models (the default one loaded) and starts one
+    /// worker thread per device; the server turns ready.
     pub fn install_models(&self, models: Arc<Models>) -> Result<(), ServerError> {
         let default = models.default_name();
         if models.pool().peek(&default, |_| ()).is_none() {
@@ -154,8 +154,9 @@ impl App {
                 })
                 .unwrap_or(Ok(()))
         });
-        if let Some(m) = ops::memory_report(&self.state) {
+        for m in ops::device_reports(&self.state) {
             tracing::info!(
+                device = %m.device,
                 budget = %crate::engine_api::human_bytes(m.budget_bytes),
                 source = %m.budget_source,
                 weights = %crate::engine_api::human_bytes(m.weights_bytes),

@@ -25,14 +25,21 @@ const DOCS_HTML: &str = include_str!("../assets/docs.html");
 pub struct Health {
     /// `alive` or `ready`.
     pub status: String,
-    /// The memory plan (on `/readyz` once the model is loaded).
+    /// The memory plan (on `/readyz` once the model is loaded) of the device
+    /// requests are checked against: the one with the smallest budget.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub memory: Option<MemoryReport>,
+    /// With several devices, every device's plan for the default model, in
+    /// `--device` order (on `/readyz`; one entry per engine and worker).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub devices: Vec<MemoryReport>,
 }
 
 /// The memory plan computed at load, as `/readyz` reports it.
 #[derive(Serialize, ToSchema, Debug, Clone, PartialEq)]
 pub struct MemoryReport {
+    /// The device the plan is for (`cpu`, `cuda:0`...).
+    pub device: String,
     /// Bytes the server may use: the smallest of the limits found.
     pub budget_bytes: u64,
     /// Which limit that is: `--memory-limit`, a cgroup file, `MemAvailable`, a GPU-sharing variable.
@@ -45,20 +52,48 @@ pub struct MemoryReport {
     pub vae_tiling: String,
 }
 
-/// The plan of the default model (when it is loaded), capped by the configured limits.
+/// The plan of the default model on the gate's device (when it is loaded
+/// there), capped by the configured limits.
 pub fn memory_report(state: &AppState) -> Option<MemoryReport> {
     let models = state.models().ok()?;
-    models
-        .pool()
-        .peek(&models.default_name(), |backend| report(state, backend))
-        .flatten()
+    let gate = models.pool();
+    let device = models
+        .devices()
+        .iter()
+        .find(|d| Arc::ptr_eq(&d.pool, gate))?;
+    gate.peek(&models.default_name(), |backend| {
+        report(state, &device.label, backend)
+    })
+    .flatten()
 }
 
-fn report(state: &AppState, backend: &dyn crate::backend::Backend) -> Option<MemoryReport> {
+/// The plan of the default model on every device where it is loaded.
+pub fn device_reports(state: &AppState) -> Vec<MemoryReport> {
+    let Ok(models) = state.models() else {
+        return Vec::new();
+    };
+    let default = models.default_name();
+    models
+        .devices()
+        .iter()
+        .filter_map(|d| {
+            d.pool
+                .peek(&default, |backend| report(state, &d.label, backend))
+                .flatten()
+        })
+        .collect()
+}
+
+fn report(
+    state: &AppState,
+    device: &str,
+    backend: &dyn crate::backend::Backend,
+) -> Option<MemoryReport> {
     let plan = backend.memory_plan()?;
     let multiple = backend.info().vae_scale_factor;
     let allowed = crate::validation::largest_allowed_square(&state.config.limits, multiple);
     Some(MemoryReport {
+        device: device.to_string(),
         budget_bytes: plan.budget_bytes(),
         budget_source: plan.budget_source().to_string(),
         weights_bytes: plan.weights_bytes(),
@@ -89,6 +124,7 @@ pub async fn livez() -> Json<Health> {
     Json(Health {
         status: "alive".into(),
         memory: None,
+        devices: Vec::new(),
     })
 }
 
@@ -107,6 +143,10 @@ pub async fn readyz(State(state): State<Arc<AppState>>) -> Result<Json<Health>, 
     Ok(Json(Health {
         status: "ready".into(),
         memory: memory_report(&state),
+        devices: match device_reports(&state) {
+            several if several.len() > 1 => several,
+            _ => Vec::new(),
+        },
     }))
 }
 

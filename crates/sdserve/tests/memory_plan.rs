@@ -1,6 +1,8 @@
 //! The memory plan with the real binary and the tiny model: a declared
 //! `--memory-limit` and a real cgroup limit each refuse a request that would
 //! not fit (413 naming the limit) while a small one runs and the server stays up.
+//! `--device all` without a GPU is the CPU; a device list without CUDA in the
+//! build stops the server at start, naming why.
 
 mod common;
 
@@ -61,10 +63,14 @@ fn assert_plan_holds(server: &Server, limit: &str, source: &str) {
 #[test]
 fn a_declared_limit_refuses_what_does_not_fit() {
     let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(dir.path(), &["--memory-limit", LIMIT]);
+    let server = Server::start(dir.path(), &["--memory-limit", LIMIT, "--device", "all"]);
     let (status, ready) = get(&server, "/readyz");
     assert_eq!(status, 200);
     let memory = &ready["memory"];
+    if !cfg!(feature = "cuda") {
+        assert_eq!(memory["device"], "cpu", "{memory}");
+        assert!(ready.get("devices").is_none(), "one device: {ready}");
+    }
     assert_eq!(memory["budget_bytes"], 200u64 << 20);
     assert_eq!(memory["budget_source"], "--memory-limit");
     let weights = memory["weights_bytes"].as_u64().unwrap();
@@ -266,4 +272,30 @@ fn a_cgroup_limit_is_the_budget() {
     );
     assert_plan_holds(&server, "200.0 MiB", expected);
     drop(server);
+}
+
+#[cfg(not(feature = "cuda"))]
+#[test]
+fn a_device_list_without_cuda_in_the_build_stops_the_server_naming_why() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_sdserve"))
+        .args([
+            "serve",
+            "--port",
+            "0",
+            "--device",
+            "cuda:0,cuda:1",
+            "--model",
+        ])
+        .arg(common::tiny_sd1())
+        .arg("--output-dir")
+        .arg(dir.path())
+        .output()
+        .expect("sdserve runs");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("--device cuda:0: this sdserve was built without CUDA"),
+        "{stderr}"
+    );
 }

@@ -12,7 +12,7 @@
 //! left unfinished, `retention.rs` removes old results.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -110,7 +110,7 @@ impl JobEntry {
     }
 }
 
-/// The batch on the worker, as A1111's `/progress` reports it.
+/// A batch on a worker, as A1111's `/progress` reports it.
 #[derive(Debug, Clone, Copy)]
 pub struct CurrentBatch {
     /// When the batch started.
@@ -123,16 +123,30 @@ pub struct CurrentBatch {
     pub jobs: usize,
 }
 
+/// The batch one worker runs.
+struct RunningBatch {
+    worker: usize,
+    entries: Vec<Arc<JobEntry>>,
+    current: CurrentBatch,
+    /// Its latest live preview (PNG), the preview's id and the job whose
+    /// latents it shows.
+    preview: Option<(i64, Arc<Vec<u8>>, JobId)>,
+}
+
+impl State {
+    fn running_jobs(&self) -> usize {
+        self.running.iter().map(|b| b.entries.len()).sum()
+    }
+}
+
 #[derive(Default)]
 pub(super) struct State {
     pub(super) queue: FairQueue<Arc<JobEntry>>,
     pub(super) jobs: HashMap<JobId, Arc<JobEntry>>,
     finished: VecDeque<(Instant, JobId)>,
-    running: Vec<Arc<JobEntry>>,
-    current: Option<CurrentBatch>,
-    /// The running batch's latest live preview (PNG), its id (counts up)
-    /// and the job whose latents it shows.
-    preview: Option<(i64, Arc<Vec<u8>>, JobId)>,
+    /// The batch each busy worker runs (one worker per device).
+    running: Vec<RunningBatch>,
+    /// Live previews made so far (a preview's id counts up).
     previews_made: i64,
     stop: bool,
     /// Moving average of batch wall time, for Retry-After.
@@ -151,6 +165,8 @@ pub(super) struct Shared {
     pub(super) settings: JobSettings,
     pub(super) disk: DiskGuard,
     draining: AtomicBool,
+    /// Worker threads taking batches (one per device), for Retry-After.
+    workers: AtomicUsize,
 }
 
 /// Handle to the job system; cheap to clone.
@@ -171,6 +187,7 @@ impl Jobs {
                 metrics,
                 settings,
                 draining: AtomicBool::new(false),
+                workers: AtomicUsize::new(1),
             }),
         }
     }
@@ -360,36 +377,48 @@ impl Jobs {
         self.shared.lock().queue.len()
     }
 
-    /// Jobs in the batch on the worker.
+    /// Jobs in the batches the workers run.
     pub fn running(&self) -> usize {
-        self.shared.lock().running.len()
+        self.shared.lock().running_jobs()
     }
 
-    /// The batch on the worker, if any.
+    /// The longest-running batch, if any (A1111's `/progress` knows one).
     pub fn current(&self) -> Option<CurrentBatch> {
-        self.shared.lock().current
+        let st = self.shared.lock();
+        st.running
+            .iter()
+            .map(|b| b.current)
+            .min_by_key(|c| c.started)
     }
 
-    /// The running batch's latest live preview: its id and PNG bytes.
+    /// The newest live preview of any running batch: its id and PNG bytes.
     pub fn current_preview(&self) -> Option<(i64, Arc<Vec<u8>>)> {
         let st = self.shared.lock();
-        st.preview.as_ref().map(|(n, png, _)| (*n, png.clone()))
+        st.running
+            .iter()
+            .filter_map(|b| b.preview.as_ref())
+            .max_by_key(|(n, _, _)| *n)
+            .map(|(n, png, _)| (*n, png.clone()))
     }
 
-    /// The latest live preview of one running job (`None` when the batch's
+    /// The latest live preview of one running job (`None` when its batch's
     /// preview shows another job: only its owner may see it).
     pub fn preview_of(&self, job: JobId) -> Option<Arc<Vec<u8>>> {
         let st = self.shared.lock();
-        match &st.preview {
-            Some((_, png, of)) if *of == job => Some(png.clone()),
-            _ => None,
-        }
+        st.running
+            .iter()
+            .filter_map(|b| b.preview.as_ref())
+            .find(|(_, _, of)| *of == job)
+            .map(|(_, png, _)| png.clone())
     }
 
-    pub(super) fn set_preview(&self, job: JobId, png: Vec<u8>) {
+    pub(super) fn set_preview(&self, worker: usize, job: JobId, png: Vec<u8>) {
         let mut st = self.shared.lock();
         st.previews_made += 1;
-        st.preview = Some((st.previews_made, Arc::new(png), job));
+        let id = st.previews_made;
+        if let Some(batch) = st.running.iter_mut().find(|b| b.worker == worker) {
+            batch.preview = Some((id, Arc::new(png), job));
+        }
     }
 
     /// Refuses new jobs from now on; queued and running ones go on.
@@ -425,14 +454,21 @@ impl Jobs {
         self.cancel_where(|_| true)
     }
 
-    /// Lets the worker thread exit once the queue is empty.
+    /// How many workers take batches (one per device).
+    pub(super) fn set_workers(&self, workers: usize) {
+        self.shared.workers.store(workers.max(1), Ordering::Relaxed);
+    }
+
+    /// Lets the worker threads exit once the queue is empty.
     pub fn stop_worker(&self) {
         self.shared.lock().stop = true;
         self.shared.work.notify_all();
     }
 
-    /// Blocks until a job is queued and returns the model of the one the
-    /// worker would take next; `None` once stopped with nothing left.
+    /// Blocks until a job is queued and returns the model of the one a
+    /// worker would take next; `None` once stopped with nothing left. With
+    /// several workers, more than one may see the same head: the first to
+    /// call [`Jobs::next_batch_for`] takes it, the others find the queue changed.
     pub(super) fn next_model(&self) -> Option<String> {
         let mut st = self.shared.lock();
         loop {
@@ -454,6 +490,7 @@ impl Jobs {
     /// taken, as the gate admitted it.
     pub(super) fn next_batch_for(
         &self,
+        worker: usize,
         model: &str,
         max_images: impl Fn(&GenerateRequest) -> usize,
     ) -> Option<Vec<Arc<JobEntry>>> {
@@ -483,38 +520,47 @@ impl Jobs {
                 .queue_duration_seconds
                 .observe(entry.enqueued.elapsed().as_secs_f64());
         }
-        st.current = Some(CurrentBatch {
+        let current = CurrentBatch {
             started: Instant::now(),
             step: 0,
             total: batch.first().map_or(0, |e| e.request.steps),
             jobs: batch.len(),
+        };
+        st.running.retain(|b| b.worker != worker);
+        st.running.push(RunningBatch {
+            worker,
+            entries: batch.clone(),
+            current,
+            preview: None,
         });
-        st.running = batch.clone();
         Shared::refresh_positions(&st);
         shared.metrics.queue_size.set(st.queue.len() as i64);
-        shared.metrics.requests_running.set(batch.len() as i64);
+        shared
+            .metrics
+            .requests_running
+            .set(st.running_jobs() as i64);
         Some(batch)
     }
 
-    /// Records a step of the running batch (for A1111 `/progress`).
-    pub(super) fn set_step(&self, step: usize, total: usize) {
-        if let Some(current) = self.shared.lock().current.as_mut() {
-            current.step = step;
-            current.total = total;
+    /// Records a step of `worker`'s batch (for A1111 `/progress`).
+    pub(super) fn set_step(&self, worker: usize, step: usize, total: usize) {
+        let mut st = self.shared.lock();
+        if let Some(batch) = st.running.iter_mut().find(|b| b.worker == worker) {
+            batch.current.step = step;
+            batch.current.total = total;
         }
     }
 
-    /// Clears the running batch once all its jobs are finished.
-    pub(super) fn batch_done(&self, seconds: f64) {
+    /// Clears `worker`'s batch once all its jobs are finished.
+    pub(super) fn batch_done(&self, worker: usize, seconds: f64) {
         let mut st = self.shared.lock();
-        st.running.clear();
-        st.current = None;
-        st.preview = None;
+        st.running.retain(|b| b.worker != worker);
         st.batch_seconds = Some(match st.batch_seconds {
             Some(avg) => 0.8 * avg + 0.2 * seconds,
             None => seconds,
         });
-        self.shared.metrics.requests_running.set(0);
+        let running = st.running_jobs();
+        self.shared.metrics.requests_running.set(running as i64);
     }
 }
 
@@ -540,7 +586,8 @@ impl Shared {
             return DEFAULT_RETRY_AFTER_SECS;
         };
         let per_batch = self.settings.max_batch_images.max(1);
-        let batches_ahead = st.queue.len().div_ceil(per_batch).max(1) as f64;
+        let workers = self.workers.load(Ordering::Relaxed).max(1);
+        let batches_ahead = st.queue.len().div_ceil(per_batch * workers).max(1) as f64;
         ((avg * batches_ahead).ceil() as u64).clamp(1, MAX_RETRY_AFTER_SECS)
     }
 

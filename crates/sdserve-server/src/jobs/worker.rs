@@ -1,6 +1,8 @@
-//! The worker thread: the only place the engine runs. It takes the next batch
+//! The worker threads, one per device: the only place the engine runs. Each
+//! takes the next batch
 //! from the queue (jobs of one model only), leases that model from the pool
-//! (loading it if it is not loaded, evicting the least recently used), runs
+//! of its device (loading it if it is not loaded, evicting the least recently
+//! used), runs
 //! it through the [`Backend`] on this plain OS thread (never on the async
 //! runtime), reports steps and polls cancel flags through an
 //! [`Observer`], encodes and stores each job's PNGs, and publishes the outcome.
@@ -20,28 +22,38 @@ use crate::engine_api::{
 };
 use crate::models::Models;
 
-/// Starts the worker thread; it runs until [`Jobs::stop_worker`] and an empty queue.
-pub fn spawn(jobs: Jobs, models: Arc<Models>) -> std::io::Result<std::thread::JoinHandle<()>> {
-    std::thread::Builder::new()
-        .name("sdserve-worker".into())
-        .spawn(move || {
-            while let Some(model) = jobs.next_model() {
-                run_next(&jobs, &models, &model);
-            }
-            tracing::info!("worker stopped");
-        })
+/// Starts one worker thread per device; each runs until [`Jobs::stop_worker`]
+/// and an empty queue.
+pub fn spawn(jobs: Jobs, models: Arc<Models>) -> std::io::Result<()> {
+    jobs.set_workers(models.devices().len());
+    for (worker, device) in models.devices().iter().enumerate() {
+        let (jobs, models) = (jobs.clone(), models.clone());
+        let label = device.label.clone();
+        std::thread::Builder::new()
+            .name(format!("sdserve-worker-{worker}"))
+            .spawn(move || {
+                while let Some(model) = jobs.next_model() {
+                    run_next(&jobs, &models, worker, &model);
+                }
+                tracing::info!(device = %label, "worker stopped");
+            })?;
+    }
+    Ok(())
 }
 
-/// Loads (if needed) the model of the next job, then runs that job's batch on
-/// it. A model that cannot be loaded fails its queued jobs.
-fn run_next(jobs: &Jobs, models: &Models, model: &str) {
+/// Loads (if needed) the model of the next job on `worker`'s device, then
+/// runs that job's batch on it. A model that cannot be loaded fails its
+/// queued jobs.
+fn run_next(jobs: &Jobs, models: &Models, worker: usize, model: &str) {
     // "" is a job recorded before models could be switched: the default model.
     let name = match model {
         "" => models.default_name(),
         named => named.to_string(),
     };
     let lease = match models.catalog().by_name(&name) {
-        Some(listed) => models.acquire_blocking(&listed).map_err(|e| e.to_string()),
+        Some(listed) => models
+            .acquire_on(worker, &listed)
+            .map_err(|e| e.to_string()),
         None => Err(format!("model {name:?} is no longer served")),
     };
     let lease = match lease {
@@ -53,14 +65,15 @@ fn run_next(jobs: &Jobs, models: &Models, model: &str) {
         }
     };
     let backend = lease.backend().clone();
-    if let Some(batch) = jobs.next_batch_for(model, |r| backend.max_batch_images(r)) {
-        run_batch(jobs, backend.as_ref(), &batch);
+    if let Some(batch) = jobs.next_batch_for(worker, model, |r| backend.max_batch_images(r)) {
+        run_batch(jobs, backend.as_ref(), worker, &batch);
     }
 }
 
 /// Progress and cancellation bridge between the engine and the batch's jobs.
 struct BatchObserver<'a> {
     jobs: &'a Jobs,
+    worker: usize,
     batch: &'a [Arc<JobEntry>],
 }
 
@@ -72,7 +85,7 @@ impl Observer for BatchObserver<'_> {
                     .state
                     .send_modify(|s| s.progress = Some(StepProgress { step, total }));
             }
-            self.jobs.set_step(step, total);
+            self.jobs.set_step(self.worker, step, total);
         }
     }
 
@@ -99,7 +112,7 @@ impl Observer for BatchObserver<'_> {
             infotext: String::new(),
         };
         if let Ok(png) = png::encode_png(&image) {
-            self.jobs.set_preview(job, png);
+            self.jobs.set_preview(self.worker, job, png);
         }
     }
 
@@ -110,7 +123,7 @@ impl Observer for BatchObserver<'_> {
     }
 }
 
-fn run_batch(jobs: &Jobs, backend: &dyn Backend, batch: &[Arc<JobEntry>]) {
+fn run_batch(jobs: &Jobs, backend: &dyn Backend, worker: usize, batch: &[Arc<JobEntry>]) {
     let metrics = &jobs.shared.metrics;
     let requests: Vec<_> = batch.iter().map(|e| e.request.clone()).collect();
     metrics.batch_size.observe(batch.len() as f64);
@@ -119,7 +132,11 @@ fn run_batch(jobs: &Jobs, backend: &dyn Backend, batch: &[Arc<JobEntry>]) {
     let _guard = span.enter();
 
     let started = Instant::now();
-    let mut observer = BatchObserver { jobs, batch };
+    let mut observer = BatchObserver {
+        jobs,
+        worker,
+        batch,
+    };
     let outcome = catch_unwind(AssertUnwindSafe(|| {
         backend.generate_batch(&requests, &mut observer)
     }));
@@ -132,7 +149,7 @@ fn run_batch(jobs: &Jobs, backend: &dyn Backend, batch: &[Arc<JobEntry>]) {
                 batch.len()
             );
             fail_all(jobs, batch, FailureKind::Internal, &message);
-            jobs.batch_done(started.elapsed().as_secs_f64());
+            jobs.batch_done(worker, started.elapsed().as_secs_f64());
             return;
         }
         Ok(Err(e)) => {
@@ -145,7 +162,7 @@ fn run_batch(jobs: &Jobs, backend: &dyn Backend, batch: &[Arc<JobEntry>]) {
             } else {
                 fail_all(jobs, batch, kind, &message);
             }
-            jobs.batch_done(started.elapsed().as_secs_f64());
+            jobs.batch_done(worker, started.elapsed().as_secs_f64());
             return;
         }
         Err(panic) => {
@@ -161,7 +178,7 @@ fn run_batch(jobs: &Jobs, backend: &dyn Backend, batch: &[Arc<JobEntry>]) {
                 FailureKind::Internal,
                 &format!("engine panicked: {what}"),
             );
-            jobs.batch_done(started.elapsed().as_secs_f64());
+            jobs.batch_done(worker, started.elapsed().as_secs_f64());
             return;
         }
     };
@@ -182,7 +199,7 @@ fn run_batch(jobs: &Jobs, backend: &dyn Backend, batch: &[Arc<JobEntry>]) {
     for (entry, result) in batch.iter().zip(results) {
         finish_job(jobs, entry, result);
     }
-    jobs.batch_done(seconds);
+    jobs.batch_done(worker, seconds);
 }
 
 /// What a client is told about an engine error, and whose fault it is.

@@ -7,6 +7,7 @@ mod auth;
 mod cancel;
 mod common;
 mod connections;
+mod devices;
 mod durability;
 mod hires;
 mod img2img;

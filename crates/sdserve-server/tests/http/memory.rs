@@ -152,6 +152,7 @@ async fn readyz_reports_the_plan() {
     assert_eq!(
         ready,
         json!({"status": "ready", "memory": {
+            "device": "default",
             "budget_bytes": 100u64 << 20,
             "budget_source": "--memory-limit",
             "weights_bytes": 36u64 << 20,

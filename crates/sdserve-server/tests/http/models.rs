@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use sdserve_server::engine_api::ModelInfo;
-use sdserve_server::models::{Catalog, HashStore, Listed, Loader, ModelPool, Models};
+use sdserve_server::models::{Catalog, DevicePool, HashStore, Listed, Loader, ModelPool, Models};
 use sdserve_server::{App, Backend, FakeBackend, ServerConfig};
 use serde_json::{json, Value};
 
@@ -101,7 +101,11 @@ async fn start(max_loaded: usize, step_delay: Duration) -> ModelsServer {
         HashStore::open(out.path()),
     )
     .unwrap();
-    let models = Models::new(catalog, ModelPool::new(max_loaded, Some(loader)), "alpha").unwrap();
+    let device = DevicePool {
+        label: "fake".into(),
+        pool: ModelPool::new(max_loaded, Some(loader)),
+    };
+    let models = Models::new(catalog, vec![device], "alpha").unwrap();
     let default = models.default_model().unwrap();
     drop(models.acquire_blocking(&default).unwrap());
     app.install_models(Arc::new(models)).unwrap();

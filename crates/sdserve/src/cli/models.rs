@@ -1,23 +1,28 @@
 //! The served models of `sdserve serve`: `--models-dir` scanned into a
 //! catalog, `--model` as its default (a name in the folder, or a path or hub
-//! repo id as before), and the loader the pool calls to turn a catalog entry
-//! into an engine whose infotexts name the model and its short hash.
+//! repo id as before), and the loader each device's pool calls to turn a
+//! catalog entry into an engine on that device whose infotexts name the model
+//! and its short hash.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::Context;
 use sdserve_engine::png::ModelLabel;
-use sdserve_engine::{Engine, EngineOptions, ModelSource};
+use sdserve_engine::{DeviceSet, Engine, EngineOptions, ModelSource};
 use sdserve_server::backend::Backend;
-use sdserve_server::models::{Catalog, HashStore, Listed, Loader, ModelEntry, ModelPool, Models};
+use sdserve_server::models::{
+    Catalog, DevicePool, HashStore, Listed, Loader, ModelEntry, ModelPool, Models,
+};
 
 /// Characters of A1111's short hash.
 const SHORT_HASH_LEN: usize = 10;
 
 /// The catalog and default model for `--models-dir` and `--model`
 /// (`default_model` when neither names one). Reads the folder; hashes come later,
-/// cached in `hash_dir` (`--hash-cache-dir`, else the output directory).
+/// cached in `hash_dir` (`--hash-cache-dir`, else the output directory). One
+/// pool of at most `max_loaded` models per device of `devices`.
+#[allow(clippy::too_many_arguments)]
 pub fn models(
     models_dir: Option<&Path>,
     model: Option<&str>,
@@ -25,6 +30,7 @@ pub fn models(
     hash_dir: &Path,
     max_loaded: usize,
     options: EngineOptions,
+    devices: &DeviceSet,
 ) -> anyhow::Result<Models> {
     std::fs::create_dir_all(hash_dir)
         .with_context(|| format!("creating the hash cache folder {}", hash_dir.display()))?;
@@ -60,8 +66,21 @@ pub fn models(
             (Catalog::fixed(vec![entry], hashes.clone()), name)
         }
     };
-    let pool = ModelPool::new(max_loaded, Some(loader(hashes, options)));
-    Models::new(catalog, pool, &default).map_err(anyhow::Error::msg)
+    let pools = devices
+        .resolve()
+        .into_iter()
+        .map(|device| {
+            let options = EngineOptions {
+                device,
+                ..options.clone()
+            };
+            DevicePool {
+                label: device.label(),
+                pool: ModelPool::new(max_loaded, Some(loader(hashes.clone(), options))),
+            }
+        })
+        .collect();
+    Models::new(catalog, pools, &default).map_err(anyhow::Error::msg)
 }
 
 /// Loads a catalog entry with `options`; hashes its file first if the

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use sdserve_engine::{DeviceChoice, EngineOptions, LoraDir, ModelInfo, Precision, VaeTiling};
+use sdserve_engine::{DeviceSet, EngineOptions, LoraDir, ModelInfo, Precision, VaeTiling};
 use sdserve_server::config::{
     self, AuthConfig, BasicCredential, ConnectionLimits, Limits, ServerConfig,
 };
@@ -175,15 +175,18 @@ pub struct ServeArgs {
     )]
     pub dtype: Precision,
     /// Where to run: auto (the first CUDA GPU when built with `cuda` and one is
-    /// present, else the CPU), cpu, cuda or cuda:N (after CUDA_VISIBLE_DEVICES,
-    /// which also selects a MIG instance: MIG-<uuid>).
+    /// present, else the CPU), cpu, cuda, cuda:N (after CUDA_VISIBLE_DEVICES,
+    /// which also selects MIG instances: MIG-<uuid>), a list cuda:0,cuda:1, or
+    /// all (every CUDA device, else the CPU). Several devices: one engine and
+    /// worker each, fed from the one queue; each device has its own memory plan
+    /// and --max-loaded-models.
     #[arg(
         long,
-        value_name = "auto|cpu|cuda|cuda:N",
+        value_name = "auto|cpu|cuda|cuda:N|cuda:0,cuda:1|all",
         default_value = "auto",
         env = "SDSERVE_DEVICE"
     )]
-    pub device: DeviceChoice,
+    pub device: DeviceSet,
 }
 
 impl ServeArgs {
@@ -274,7 +277,7 @@ async fn serve(app: App, args: ServeArgs, started: Instant) -> anyhow::Result<Ex
         vae_tiling: args.vae_tiling,
         memory_limit: args.memory_limit,
         dtype: args.dtype,
-        device: args.device,
+        device: Default::default(),
         embeddings_dir: args.embeddings_dir.clone(),
         lora_dir: args.lora_dir.clone(),
     };
@@ -285,6 +288,7 @@ async fn serve(app: App, args: ServeArgs, started: Instant) -> anyhow::Result<Ex
         args.hash_cache_dir.as_deref().unwrap_or(&args.output_dir),
         args.max_loaded_models,
         options,
+        &args.device,
     )?;
     let failed = spawn_loader(app.clone(), models, started)?;
     let load_failure = async move {
@@ -342,17 +346,16 @@ fn spawn_loader(
     Ok(rx)
 }
 
-/// Loads the default model into the pool (where it stays until evicted).
+/// Loads the default model on every device (where it stays until evicted).
 fn load_default(models: &Models) -> anyhow::Result<ModelInfo> {
     let default = models
         .default_model()
         .context("the default model is not in the catalog")?;
     let name = default.entry.source.clone();
-    let lease = models
-        .acquire_blocking(&default)
+    models
+        .load_default_everywhere()
         .map_err(|e| anyhow::anyhow!("{e}"))
-        .with_context(|| format!("loading model {name}"))?;
-    Ok(lease.backend().info().clone())
+        .with_context(|| format!("loading model {name}"))
 }
 
 /// Resolves on SIGTERM or Ctrl-C.

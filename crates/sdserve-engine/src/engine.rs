@@ -216,15 +216,21 @@ impl Engine {
         self.plan.tile_vae(width, height)
     }
 
-    /// Whether a request's VAE decode tiles (diffusers' `use_tiling`; only a
-    /// latent larger than one tile is then cut).
+    /// Whether a request's VAE encodes and decodes in tiles (diffusers'
+    /// `use_tiling`; only an input larger than one tile is then cut). An init
+    /// image encoded at its own size (latent resize) counts with that size.
     fn tile_vae(&self, req: &GenerateRequest) -> bool {
         match self.options.vae_tiling {
             VaeTiling::On => true,
             VaeTiling::Off => false,
             VaeTiling::Auto => {
                 let (width, height) = self.output_size(req);
-                self.auto_tile_vae(width, height)
+                let own_size = req
+                    .init
+                    .as_ref()
+                    .filter(|init| init.resize_latents)
+                    .is_some_and(|init| self.auto_tile_vae(init.image.width, init.image.height));
+                own_size || self.auto_tile_vae(width, height)
             }
         }
     }

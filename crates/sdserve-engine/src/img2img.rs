@@ -20,6 +20,7 @@ use crate::model::StableDiffusion;
 use crate::request::{GenerateRequest, PasteBack};
 use crate::rng::TorchRng;
 use crate::samplers::Sampler;
+use crate::vae_tiling::{self, TileGeometry};
 
 /// A job's initial latents and what its steps need besides them.
 pub struct Start {
@@ -149,10 +150,12 @@ pub fn validate(model: &StableDiffusion, request: &GenerateRequest) -> Result<()
 }
 
 /// Draws a job's starting latents (`batch_size` rows) from `rng` in diffusers' order.
+/// `tiles`: encode in tiles (the job's VAE tiles, as with diffusers' `enable_tiling()`).
 pub fn prepare(
     model: &StableDiffusion,
     sampler: &dyn Sampler,
     request: &GenerateRequest,
+    tiles: Option<&TileGeometry>,
     rng: &mut TorchRng,
 ) -> Result<Start> {
     let n = request.batch_size;
@@ -184,10 +187,15 @@ pub fn prepare(
                     // A1111's resize_mode 3: encode as is, then resize the latents.
                     let own = (init.image.width, init.image.height);
                     let pixels = pixel_tensor(&init.image.rgb, own, device)?;
-                    let latents = encode(model, &pixels, rng)?;
+                    let latents = encode(model, &pixels, tiles, rng)?;
                     interpolate_tensor(&latents, (h, w), LatentMode::Bilinear)?
                 } else {
-                    encode(model, &image_tensor(&init.image, request, device)?, rng)?
+                    encode(
+                        model,
+                        &image_tensor(&init.image, request, device)?,
+                        tiles,
+                        rng,
+                    )?
                 };
                 let image = image.repeat((n, 1, 1, 1))?;
                 let start = start_step(request.steps, init.strength) * sampler.order();
@@ -213,7 +221,7 @@ pub fn prepare(
         None => Tensor::ones((1, 1, request.height, request.width), DType::F32, device)?,
     };
     let image_latents = if !model.inpainting || !strength_max {
-        Some(encode(model, &pixels, rng)?.repeat((n, 1, 1, 1))?)
+        Some(encode(model, &pixels, tiles, rng)?.repeat((n, 1, 1, 1))?)
     } else {
         None
     };
@@ -224,7 +232,7 @@ pub fn prepare(
     };
     // masked_image = image * (mask < 0.5); the mask is already 0 or 1.
     let masked = pixels.broadcast_mul(&pixel_mask.affine(-1.0, 1.0)?)?;
-    let masked_latents = encode(model, &masked, rng)?.repeat((n, 1, 1, 1))?;
+    let masked_latents = encode(model, &masked, tiles, rng)?.repeat((n, 1, 1, 1))?;
     let mask = nearest_downsample(&pixel_mask, h, w)?.repeat((n, 1, 1, 1))?;
     // A regular UNet always has the image latents (encoded above).
     let inpaint = match (model.inpainting, image_latents) {
@@ -355,18 +363,22 @@ fn nearest_downsample(mask: &Tensor, h: usize, w: usize) -> Result<Tensor> {
 /// `vae.encode(pixels).latent_dist.sample(generator)` in the VAE's dtype,
 /// then scaled into the UNet's latent space (SDXL-style VAEs with latent
 /// statistics: `(z - mean) * scaling_factor / std`), f32.
+/// `tiles` encodes as diffusers does after `vae.enable_tiling()`.
 pub(crate) fn encode(
     model: &StableDiffusion,
     pixels: &Tensor,
+    tiles: Option<&TileGeometry>,
     rng: &mut TorchRng,
 ) -> Result<Tensor> {
     let encoder = model.vae_encoder.as_ref().ok_or_else(|| {
         EngineError::Unsupported("this model's VAE has no encoder weights".into())
     })?;
-    let latents = encoder
-        .encode(&pixels.to_dtype(model.vae_dtype)?)?
-        .sample(rng)?
-        .to_dtype(DType::F32)?;
+    let pixels = pixels.to_dtype(model.vae_dtype)?;
+    let distribution = match tiles {
+        Some(geometry) => vae_tiling::encode(encoder, geometry, &pixels)?,
+        None => encoder.encode(&pixels)?,
+    };
+    let latents = distribution.sample(rng)?.to_dtype(DType::F32)?;
     Ok(match &model.vae_latents_stats {
         Some((mean, std)) => latents
             .broadcast_sub(mean)?

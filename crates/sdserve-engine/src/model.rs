@@ -507,6 +507,7 @@ fn check_vae(c: &VaeConfig, path: &Path) -> Result<()> {
 mod tests {
     use super::*;
     use crate::test_util::max_diff;
+    use crate::vae_encoder::LatentDistribution;
     use candle_core::Tensor;
 
     /// Each component against the outputs diffusers recorded for the same inputs
@@ -682,6 +683,61 @@ mod tests {
             let whole = sd.vae.decode(&small).unwrap();
             let through = crate::vae_tiling::decode(&sd.vae, &geometry, &small).unwrap();
             assert_eq!(max_diff(&whole, &through), 0.0, "{model}: small latent");
+        }
+    }
+
+    /// Tiled encode against diffusers' `vae._encode` after `enable_tiling()`
+    /// on a 128x96 image (3 x 2 tiles of 64 px, partial at the right and
+    /// bottom; `fixtures/make_tiled_encode_fixtures.py`), and the untiled
+    /// moments of the same image, which must differ from them.
+    #[test]
+    fn tiled_vae_encode_matches_diffusers_enable_tiling() {
+        let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures");
+        let refs = candle_core::safetensors::load(
+            fixtures.join("reference/vae-tiled-encode.safetensors"),
+            &Device::Cpu,
+        )
+        .unwrap();
+        for model in ["tiny-sd1", "tiny-sdxl"] {
+            let sd = StableDiffusion::load_with(
+                &fixtures.join("models").join(model),
+                &Device::Cpu,
+                ScoreBlock::DEFAULT,
+                DType::F32,
+            )
+            .unwrap();
+            let get = |name: &str| refs[&format!("{model}.{name}")].clone();
+            let encoder = sd.vae_encoder.as_ref().expect("an encoder");
+            let geometry = sd.vae_tile_geometry().unwrap();
+            let x = get("image");
+            assert_eq!(x.dims(), &[1, 3, 96, 128]);
+
+            let tiled = crate::vae_tiling::encode(encoder, &geometry, &x).unwrap();
+            let expected = LatentDistribution::from_moments(&get("tiled_moments")).unwrap();
+            assert_eq!(tiled.mean.dims(), &[1, 4, 12, 16]);
+            let mean = max_diff(&tiled.mean, &expected.mean);
+            let std = max_diff(&tiled.std, &expected.std);
+            let untiled = max_diff(&encoder.moments(&x).unwrap(), &get("untiled_moments"));
+            let apart = max_diff(&get("tiled_moments"), &get("untiled_moments"));
+            eprintln!(
+                "{model}: tiled mean {mean:e} std {std:e}, untiled {untiled:e}, apart {apart}"
+            );
+            assert!(mean < 1e-4 && std < 1e-4, "{model}: tiled {mean} {std}");
+            assert!(untiled < 1e-4, "{model}: untiled {untiled}");
+            assert!(
+                apart > 0.05,
+                "{model}: tiling should change the moments ({apart})"
+            );
+
+            // An image of one tile or less is encoded whole, as diffusers' `_encode`.
+            let small = x.narrow(2, 0, 64).unwrap().narrow(3, 0, 64).unwrap();
+            let whole = encoder.encode(&small).unwrap();
+            let through = crate::vae_tiling::encode(encoder, &geometry, &small).unwrap();
+            assert_eq!(
+                max_diff(&whole.mean, &through.mean),
+                0.0,
+                "{model}: small image"
+            );
         }
     }
 }

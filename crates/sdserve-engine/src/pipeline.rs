@@ -26,8 +26,8 @@ use crate::vae_tiling;
 pub type JobResult = Result<(Vec<GeneratedImage>, Timings)>;
 
 /// A validated job as the engine hands it over: the request, its seed (drawn
-/// when the request had none) and whether its VAE decode tiles (diffusers'
-/// `use_tiling`; the latent is still tiled only when larger than one tile).
+/// when the request had none) and whether its VAE encodes and decodes in tiles
+/// (diffusers' `use_tiling`; only an input larger than one tile is cut).
 pub struct Job {
     pub request: GenerateRequest,
     pub seed: u64,
@@ -105,7 +105,12 @@ pub fn generate_batch(
                 request.steps,
             )?;
             let mut rng = TorchRng::new(seed);
-            let start = img2img::prepare(model, sampler.as_ref(), &request, &mut rng)?;
+            let tiles = job
+                .tile_vae
+                .then(|| model.vae_tile_geometry())
+                .transpose()?;
+            let start =
+                img2img::prepare(model, sampler.as_ref(), &request, tiles.as_ref(), &mut rng)?;
             jobs.push(JobState {
                 parent,
                 seed,
@@ -283,7 +288,7 @@ fn start_hires_pass(
             let pixels = Tensor::from_vec(pixels, (n, up_y, up_x, 3), &model.device)?
                 .permute((0, 3, 1, 2))?
                 .contiguous()?;
-            img2img::encode(model, &pixels, &mut rng)?
+            img2img::encode(model, &pixels, tiles.as_ref(), &mut rng)?
         }
     };
     let (h, w) = geometry.latent;

@@ -126,6 +126,12 @@ impl VaeEncoder {
 
     /// `vae.encode(pixels).latent_dist` for `(batch, in_channels, h, w)` pixels in [-1, 1].
     pub fn encode(&self, pixels: &Tensor) -> Result<LatentDistribution> {
+        LatentDistribution::from_moments(&self.moments(pixels)?)
+    }
+
+    /// diffusers' `_encode` without tiling: the encoder, then `quant_conv`;
+    /// mean and log-variance stacked on the channel axis.
+    pub fn moments(&self, pixels: &Tensor) -> Result<Tensor> {
         let mut xs = self.conv_in.forward(pixels)?;
         for block in &self.down_blocks {
             for resnet in &block.resnets {
@@ -139,16 +145,24 @@ impl VaeEncoder {
         let xs = self.mid_attention.forward(&xs)?;
         let xs = self.mid_second.forward(&xs, None)?;
         let xs = self.norm_out.forward(&xs, true)?;
-        let mut moments = self.conv_out.forward(&xs)?;
-        if let Some(conv) = &self.quant_conv {
-            moments = conv.forward(&moments)?;
+        let moments = self.conv_out.forward(&xs)?;
+        match &self.quant_conv {
+            Some(conv) => conv.forward(&moments),
+            None => Ok(moments),
         }
+    }
+}
+
+impl LatentDistribution {
+    /// `DiagonalGaussianDistribution(moments)`: the log-variance clamped to
+    /// [-30, 20], std = exp(logvar / 2).
+    pub fn from_moments(moments: &Tensor) -> Result<Self> {
         let channels = moments.dim(1)? / 2;
         let mean = moments.narrow(1, 0, channels)?;
         let logvar = moments
             .narrow(1, channels, channels)?
             .clamp(-30f32, 20f32)?;
         let std = (logvar * 0.5)?.exp()?;
-        Ok(LatentDistribution { mean, std })
+        Ok(Self { mean, std })
     }
 }

@@ -1,14 +1,16 @@
-//! Tiled VAE decoding, equal to diffusers' `AutoencoderKL` after
-//! `enable_tiling()` (0.42: `_decode`, `tiled_decode`, `blend_v`, `blend_h`).
+//! Tiled VAE encoding and decoding, equal to diffusers' `AutoencoderKL` after
+//! `enable_tiling()` (0.42: `_encode`, `_tiled_encode`, `_decode`,
+//! `tiled_decode`, `blend_v`, `blend_h`).
 //!
-//! The latent is cut into overlapping square tiles, each decoded on its own
-//! (post_quant_conv + decoder, which is what `VaeDecoder::decode`
-//! does), and each tile's top and left edges are cross-faded into the already
-//! blended tiles above and to its left. Peak activation memory is then that of
-//! one tile whatever the image size; the pixels differ a little from an
-//! untiled decode, exactly as diffusers' do.
+//! The input is cut into overlapping square tiles, each run on its own (the
+//! encoder + quant_conv, or post_quant_conv + decoder), and each result's top
+//! and left edges are cross-faded into the already blended results above and
+//! to its left. Peak activation memory is then that of one tile whatever the
+//! image size; the output differs a little from an untiled run, exactly as
+//! diffusers' does.
 
 use crate::vae::VaeDecoder;
+use crate::vae_encoder::{LatentDistribution, VaeEncoder};
 use candle_core::{Tensor, D};
 
 use crate::error::{EngineError, Result};
@@ -63,6 +65,44 @@ impl TileGeometry {
     pub fn needs_tiling(&self, latent_height: usize, latent_width: usize) -> bool {
         latent_height > self.latent || latent_width > self.latent
     }
+
+    /// diffusers' `_encode` condition: tile only an image larger than one tile.
+    pub fn needs_encode_tiling(&self, height: usize, width: usize) -> bool {
+        height > self.sample || width > self.sample
+    }
+
+    /// How `tiled_decode` cuts a latent: latent tiles, pixel blends.
+    fn decoding(&self) -> Cuts {
+        Cuts {
+            tile: self.latent,
+            stride: self.latent_stride(),
+            blend: self.blend_extent(),
+            keep: self.row_limit(),
+        }
+    }
+
+    /// How `_tiled_encode` cuts an image: pixel tiles
+    /// (`overlap_size = int(sample * 0.75)`), latent blends
+    /// (`blend_extent = int(latent * 0.25)`, `row_limit = latent - blend_extent`).
+    fn encoding(&self) -> Cuts {
+        let blend = (self.latent as f64 * OVERLAP_FACTOR) as usize;
+        Cuts {
+            tile: self.sample,
+            stride: ((self.sample as f64 * (1.0 - OVERLAP_FACTOR)) as usize).max(1),
+            blend,
+            keep: self.latent - blend,
+        }
+    }
+}
+
+/// Tiles of `tile` input cells every `stride` cells; each output tile's
+/// first `blend` rows and columns are cross-faded, its first `keep` kept.
+#[derive(Debug, Clone, Copy)]
+struct Cuts {
+    tile: usize,
+    stride: usize,
+    blend: usize,
+    keep: usize,
 }
 
 /// `vae.decode(z).sample` with tiling enabled: the plain decode when `z`
@@ -76,34 +116,52 @@ pub fn decode(vae: &VaeDecoder, geometry: &TileGeometry, z: &Tensor) -> Result<T
     }
 }
 
-/// diffusers' `tiled_decode`. Only the previous row of decoded tiles is kept
-/// (diffusers keeps all of them); the blends read the same, already blended,
-/// neighbours, so the result is the same.
+/// diffusers' `tiled_decode`.
 pub fn tiled_decode(vae: &VaeDecoder, geometry: &TileGeometry, z: &Tensor) -> Result<Tensor> {
-    let (_, _, h, w) = z.dims4()?;
-    let stride = geometry.latent_stride();
-    let blend = geometry.blend_extent();
-    let limit = geometry.row_limit();
+    tiled(z, geometry.decoding(), |tile| Ok(vae.decode(tile)?))
+}
+
+/// `vae.encode(x).latent_dist` with tiling enabled: the encoder's moments
+/// from [`tiled`] tiles when `x` is larger than one tile, else whole.
+pub fn encode(
+    vae: &VaeEncoder,
+    geometry: &TileGeometry,
+    pixels: &Tensor,
+) -> Result<LatentDistribution> {
+    let (_, _, h, w) = pixels.dims4()?;
+    let moments = if geometry.needs_encode_tiling(h, w) {
+        tiled(pixels, geometry.encoding(), |tile| Ok(vae.moments(tile)?))?
+    } else {
+        vae.moments(pixels)?
+    };
+    Ok(LatentDistribution::from_moments(&moments)?)
+}
+
+/// The loop `_tiled_encode` and `tiled_decode` share: tiles row by row, each
+/// blended into its (already blended) neighbours above and to the left, then
+/// cropped to `keep` and concatenated. Only the previous row of results is
+/// kept (diffusers keeps all of them; the blends read the same values).
+fn tiled(input: &Tensor, cuts: Cuts, run: impl Fn(&Tensor) -> Result<Tensor>) -> Result<Tensor> {
+    let (_, _, h, w) = input.dims4()?;
     let mut above: Vec<Tensor> = Vec::new();
     let mut rows = Vec::new();
-    for i in (0..h).step_by(stride) {
-        let rows_here = geometry.latent.min(h - i);
+    for i in (0..h).step_by(cuts.stride) {
+        let rows_here = cuts.tile.min(h - i);
         let mut row: Vec<Tensor> = Vec::new();
-        for (col, j) in (0..w).step_by(stride).enumerate() {
-            let cols_here = geometry.latent.min(w - j);
-            let latent_tile = z.narrow(2, i, rows_here)?.narrow(3, j, cols_here)?;
-            let mut tile = vae.decode(&latent_tile)?;
+        for (col, j) in (0..w).step_by(cuts.stride).enumerate() {
+            let cols_here = cuts.tile.min(w - j);
+            let mut tile = run(&input.narrow(2, i, rows_here)?.narrow(3, j, cols_here)?)?;
             if let Some(up) = above.get(col) {
-                tile = blend_edge(up, &tile, blend, 2)?;
+                tile = blend_edge(up, &tile, cuts.blend, 2)?;
             }
             if let Some(left) = row.last() {
-                tile = blend_edge(left, &tile, blend, 3)?;
+                tile = blend_edge(left, &tile, cuts.blend, 3)?;
             }
             row.push(tile);
         }
         let cropped = row
             .iter()
-            .map(|t| crop(t, limit))
+            .map(|t| crop(t, cuts.keep))
             .collect::<Result<Vec<_>>>()?;
         rows.push(Tensor::cat(&cropped, 3)?);
         above = row;

@@ -2,14 +2,16 @@
 //! `fixtures/reference/img2img-cases.json` (rendered by
 //! `fixtures/make_img2img_fixtures.py` with `StableDiffusionImg2ImgPipeline`,
 //! `StableDiffusionXLImg2ImgPipeline` and `StableDiffusionInpaintPipeline`,
-//! for an inpainting UNet and a regular one) within 3/255 per channel.
+//! for an inpainting UNet and a regular one) within 3/255 per channel, and of
+//! `img2img-tiled-cases.json` (the same pipelines after `vae.enable_tiling()`:
+//! tiled encode and decode; `fixtures/make_tiled_encode_fixtures.py`).
 
 mod common;
 
 use std::collections::HashSet;
 
 use common::{fixtures, read_cases, request, Case};
-use sdserve_engine::{png, Engine, ModelSource, NoopObserver};
+use sdserve_engine::{png, Engine, EngineOptions, ModelSource, NoopObserver, VaeTiling};
 
 const TOLERANCE: u8 = 3;
 
@@ -28,8 +30,20 @@ fn check(model: &str, pipeline_kind: fn(&Case) -> bool, expected: usize) {
 
 /// Renders `cases` on `model`; at least `expected` images must be compared.
 fn check_cases(model: &str, cases: Vec<Case>, expected: usize) {
-    let engine = Engine::load(&ModelSource::Dir(fixtures().join("models").join(model)))
-        .expect("model loads");
+    check_with(model, cases, expected, VaeTiling::Auto);
+}
+
+/// [`check_cases`] with the engine's `--vae-tiling` mode.
+fn check_with(model: &str, cases: Vec<Case>, expected: usize, vae_tiling: VaeTiling) {
+    let options = EngineOptions {
+        vae_tiling,
+        ..EngineOptions::default()
+    };
+    let engine = Engine::load_with(
+        &ModelSource::Dir(fixtures().join("models").join(model)),
+        options,
+    )
+    .expect("model loads");
     let mut failures = Vec::new();
     let mut checked = 0;
     for case in cases {
@@ -99,6 +113,19 @@ fn inpainting_unet_matches_diffusers() {
 #[test]
 fn regular_unet_inpainting_matches_diffusers() {
     check("tiny-sd1", inpaint, 4);
+}
+
+/// `--vae-tiling on` against diffusers' `enable_tiling()` with an init image
+/// of 3 x 2 tiles: img2img (SD 1.x, SDXL) and 4-channel inpainting, whose
+/// image and masked image are both encoded in tiles.
+#[test]
+fn tiled_vae_encode_and_decode_match_diffusers() {
+    let cases = read_cases(&["img2img-tiled-cases.json"]);
+    assert!(cases.iter().all(|c| c.vae_tiling && c.width > 64));
+    for (model, expected) in [("tiny-sd1", 4), ("tiny-sdxl", 1)] {
+        let mine = cases.iter().filter(|c| c.model == model).cloned().collect();
+        check_with(model, mine, expected, VaeTiling::On);
+    }
 }
 
 /// A1111's `resize_mode` 3: the image encoded at its own size (70x53 up to

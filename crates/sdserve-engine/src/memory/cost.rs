@@ -225,6 +225,42 @@ impl ModelShape {
         let tile_peak = self.vae_decode_peak(tile.min(width), tile.min(height));
         tile_peak + 3 * 3 * (width * height) as u128 * self.vae_dtype_bytes as u128
     }
+
+    /// Peak activation bytes of encoding one `w × h` image whole (image to
+    /// image): the encoder's levels top down, then its middle block.
+    pub fn vae_encode_peak(&self, width: usize, height: usize) -> u128 {
+        let ch: Vec<u128> = self.vae_channels.iter().map(|c| *c as u128).collect();
+        let levels = ch.len();
+        let cells = |j: usize| ((width >> j).max(1) * (height >> j).max(1)) as u128;
+        // conv_in: the pixels, their channels-last copy, the first level's output.
+        let mut worst = 6 * cells(0) + ch[0] * cells(0);
+        for j in 0..levels {
+            let cin = if j == 0 { ch[0] } else { ch[j - 1] };
+            let first = resnet_peak(cin, ch[j], false);
+            let rest = resnet_peak(ch[j], ch[j], false);
+            worst = worst.max(first.max(rest) * cells(j));
+            if j + 1 < levels {
+                // stride-2 conv: input, its padded copy, the copy's channels-last
+                // copy, the half-size output
+                worst = worst.max(ch[j] * (3 * cells(j) + cells(j + 1)));
+            }
+        }
+        let deep = levels - 1;
+        let n = (width >> deep).max(1) * (height >> deep).max(1);
+        let mid = (resnet_peak(ch[deep], ch[deep], false) * cells(deep))
+            .max(6 * ch[deep] * cells(deep) + self.attention.scratch(1, n, n));
+        // The input pixels stay alive throughout.
+        (worst.max(mid) + 3 * cells(0)) * self.vae_dtype_bytes as u128
+    }
+
+    /// Peak activation bytes of encoding in tiles of `tile` pixels square:
+    /// one tile's encode plus the whole image and the blended moments.
+    pub fn vae_tiled_encode_peak(&self, width: usize, height: usize, tile: usize) -> u128 {
+        let tile_peak = self.vae_encode_peak(tile.min(width), tile.min(height));
+        let moments = 2 * self.latent_channels as u128 * (width * height) as u128
+            / (self.vae_factor * self.vae_factor).max(1) as u128;
+        tile_peak + (3 * (width * height) as u128 + 3 * moments) * self.vae_dtype_bytes as u128
+    }
 }
 
 /// Peak elements per cell of a ResnetBlock2D from `cin` to `cout` channels
@@ -295,6 +331,21 @@ mod tests {
         assert!(full.unet_peak(512, 512, 2) > 2 * 16 * 4096 * 4096 * 4);
         // tiling bounds the decode by the tile
         assert!(chunked.vae_tiled_peak(2048, 2048, 512) < chunked.vae_decode_peak(2048, 2048) / 4);
+        assert!(
+            chunked.vae_tiled_encode_peak(2048, 2048, 512)
+                < chunked.vae_encode_peak(2048, 2048) / 4
+        );
+    }
+
+    #[test]
+    fn sd15_vae_encode_at_512_is_its_full_size_resnets_and_below_the_decode() {
+        // encoder levels 128, 256, 512, 512: the full-size level's resnets
+        // hold 128 + 4 * 128 = 640 floats per pixel, its stride-2 conv
+        // 3 * 128 + 128 / 4 = 416; the 128 -> 256 resnet at half size
+        // (128 + 4 * 256 + 256) / 4 = 352; plus the 3 input channels.
+        let m = sd15();
+        assert_eq!(m.vae_encode_peak(512, 512), (640 + 3) * 512 * 512 * 4);
+        assert!(m.vae_encode_peak(1024, 768) < m.vae_decode_peak(1024, 768));
     }
 
     #[test]

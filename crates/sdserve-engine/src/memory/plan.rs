@@ -198,11 +198,17 @@ impl MemoryPlan {
                 let unet_batch = batch * if guidance { 2 } else { 1 };
                 let unet = shape.unet_peak(width, height, unet_batch);
                 // images are decoded one at a time; the batch's latents and
-                // finished RGB images stay alive meanwhile
+                // finished RGB images stay alive meanwhile. An init image is
+                // encoded (tiled alike) before: the VAE's worse pass counts.
                 let decode = if tiled {
-                    shape.vae_tiled_peak(width, height, shape.vae_tile)
+                    let tile = shape.vae_tile;
+                    shape
+                        .vae_tiled_peak(width, height, tile)
+                        .max(shape.vae_tiled_encode_peak(width, height, tile))
                 } else {
-                    shape.vae_decode_peak(width, height)
+                    shape
+                        .vae_decode_peak(width, height)
+                        .max(shape.vae_encode_peak(width, height))
                 };
                 let held = pixels * batch as u128 * 3 * 2;
                 let live = unet.max(decode + held);

@@ -15,7 +15,7 @@ use serde::Deserialize;
 /// One diffusers render: its settings and the PNGs it wrote. (Each test
 /// binary compiles this module and reads its own subset of the fields.)
 #[allow(dead_code)]
-#[derive(Deserialize)]
+#[derive(Clone, Deserialize)]
 pub struct Case {
     pub model: String,
     pub name: String,

@@ -1,21 +1,27 @@
 //! The convolution, group norm and resnet layers of the UNet and VAE.
 //!
-//! Ours for two reasons. bf16 on the CPU: candle's CPU convolution has no bf16
-//! kernel (without MKL), so a bf16 convolution on the CPU widens its input and
-//! weight to f32 for the call and narrows the result back (weights stay bf16
-//! in memory; one layer's weight is widened at a time). Memory: candle's
+//! Ours for three reasons. Speed: on the CPU convolutions run `conv.rs`'s
+//! banded im2col + gemm instead of candle's. bf16 on the CPU: there is no bf16
+//! convolution kernel (without MKL), so a bf16 convolution on the CPU widens
+//! its input and weight to f32 for the call and narrows the result back
+//! (weights stay bf16 in memory; one layer's weight is widened at a time). Memory: candle's
 //! GroupNorm is five out-of-place ops (centre, square, divide, scale, shift)
 //! and SiLU a sixth, so at full VAE resolution a resnet held five copies of
 //! its input; on the CPU in f32 our GroupNorm (with the SiLU that always
 //! follows it in a resnet) is one pass writing one buffer.
 
 use candle_core::{CpuStorage, CustomOp3, DType, Layout, Module, Result, Shape, Tensor, D};
+
+use crate::conv::{conv2d_f32, ConvGeometry};
 use candle_nn as nn;
 use rayon::prelude::*;
 
-/// A 2-D convolution (`weight`, optional `bias`) that also runs bf16 on the CPU.
+/// A 2-D convolution (`weight`, optional `bias`). On the CPU it runs our
+/// banded im2col + gemm (`conv.rs`), in f32 (bf16 widens for the call).
 pub struct Conv2d {
     inner: nn::Conv2d,
+    /// The bias, or zeros: the CPU kernel starts its sums from it.
+    bias: Tensor,
 }
 
 impl Conv2d {
@@ -25,34 +31,38 @@ impl Conv2d {
         kernel: usize,
         cfg: nn::Conv2dConfig,
     ) -> Result<Self> {
-        Ok(Self {
-            inner: nn::conv2d(in_channels, out_channels, kernel, cfg, vb)?,
-        })
+        let inner = nn::conv2d(in_channels, out_channels, kernel, cfg, vb)?;
+        let bias = match inner.bias() {
+            Some(bias) => bias.clone(),
+            None => Tensor::zeros(
+                out_channels,
+                inner.weight().dtype(),
+                inner.weight().device(),
+            )?,
+        };
+        Ok(Self { inner, bias })
     }
 }
 
 impl Module for Conv2d {
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
-        if !(xs.dtype() == DType::BF16 && xs.device().is_cpu()) {
+        let cfg = self.inner.config();
+        let dtype = xs.dtype();
+        if !xs.device().is_cpu() || cfg.groups != 1 || !matches!(dtype, DType::F32 | DType::BF16) {
             return self.inner.forward(xs);
         }
-        let cfg = self.inner.config();
-        let weight = self.inner.weight().to_dtype(DType::F32)?;
-        let out = xs.to_dtype(DType::F32)?.conv2d(
-            &weight,
-            cfg.padding,
-            cfg.stride,
-            cfg.dilation,
-            cfg.groups,
-        )?;
-        let out = match self.inner.bias() {
-            Some(bias) => {
-                let bias = bias.to_dtype(DType::F32)?.reshape((1, (), 1, 1))?;
-                out.broadcast_add(&bias)?
-            }
-            None => out,
+        let geometry = ConvGeometry {
+            padding: cfg.padding,
+            stride: cfg.stride,
+            dilation: cfg.dilation,
         };
-        out.to_dtype(DType::BF16)
+        let out = conv2d_f32(
+            &xs.to_dtype(DType::F32)?,
+            &self.inner.weight().to_dtype(DType::F32)?,
+            &self.bias.to_dtype(DType::F32)?,
+            geometry,
+        )?;
+        out.to_dtype(dtype)
     }
 }
 

@@ -7,6 +7,7 @@
 mod attention;
 mod conditioning;
 pub mod config;
+mod conv;
 pub mod embeddings;
 mod engine;
 pub mod error;

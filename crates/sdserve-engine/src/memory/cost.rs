@@ -14,8 +14,8 @@
 //! * GroupNorm (+ SiLU) of `c` channels over `n` cells: one fused pass, one
 //!   output buffer of `c·n` (on the CPU in f32; other dtypes take candle's
 //!   out-of-place ops, which this model undercounts).
-//! * 3×3 conv: a channels-last copy of the input plus the output (the im2col
-//!   tiles are 512 pixels, negligible).
+//! * 3×3 conv (`conv.rs` on the CPU): the output only; the im2col band each
+//!   thread fills is at most 8 MiB, negligible.
 //! * ResnetBlock2D (`cin` → `cout`, shortcut conv when they differ): see
 //!   [`resnet_peak`].
 //! * Transformer block of `c` channels: the residual and hidden state, then the
@@ -209,13 +209,13 @@ impl ModelShape {
             let rest = resnet_peak(rev[j], rev[j], false);
             worst = worst.max(first.max(rest) * cells(j));
             if j + 1 < levels {
-                // nearest upsample (input, upsampled), then the conv's copy and output
-                worst = worst.max(rev[j] * (cells(j) + 3 * cells(j + 1)));
+                // nearest upsample (input, upsampled), then the conv's output
+                worst = worst.max(rev[j] * (cells(j) + 2 * cells(j + 1)));
             }
         }
-        // conv_norm_out + silu (one buffer), conv_out's copy and RGB output at full size.
+        // conv_norm_out + silu (one buffer) and conv_out's RGB output at full size.
         let last = rev[levels - 1] * cells(levels - 1);
-        worst = worst.max(3 * last + 3 * cells(levels - 1));
+        worst = worst.max(2 * last + 3 * cells(levels - 1));
         worst * self.vae_dtype_bytes as u128
     }
 
@@ -232,17 +232,17 @@ impl ModelShape {
         let ch: Vec<u128> = self.vae_channels.iter().map(|c| *c as u128).collect();
         let levels = ch.len();
         let cells = |j: usize| ((width >> j).max(1) * (height >> j).max(1)) as u128;
-        // conv_in: the pixels, their channels-last copy, the first level's output.
-        let mut worst = 6 * cells(0) + ch[0] * cells(0);
+        // conv_in: the pixels and the first level's output.
+        let mut worst = 3 * cells(0) + ch[0] * cells(0);
         for j in 0..levels {
             let cin = if j == 0 { ch[0] } else { ch[j - 1] };
             let first = resnet_peak(cin, ch[j], false);
             let rest = resnet_peak(ch[j], ch[j], false);
             worst = worst.max(first.max(rest) * cells(j));
             if j + 1 < levels {
-                // stride-2 conv: input, its padded copy, the copy's channels-last
-                // copy, the half-size output
-                worst = worst.max(ch[j] * (3 * cells(j) + cells(j + 1)));
+                // stride-2 conv: input and two padded copies (right, then
+                // bottom), then input, padded copy and the half-size output
+                worst = worst.max(ch[j] * 3 * cells(j));
             }
         }
         let deep = levels - 1;
@@ -265,13 +265,13 @@ impl ModelShape {
 
 /// Peak elements per cell of a ResnetBlock2D from `cin` to `cout` channels
 /// (`layers.rs`: GroupNorm and SiLU fused into one buffer). Worst of conv1
-/// (input, norm1 output, the conv's copy, its output) and conv2 (input, conv1's
-/// output and its time-embedding sum, both alive to the end of the block,
-/// norm2 output, copy, output), plus the shortcut conv's output.
+/// (input, norm1 output, the conv's output) and conv2 (input, conv1's output
+/// and its time-embedding sum, both alive to the end of the block, norm2
+/// output, the conv's output), plus the shortcut conv's output.
 fn resnet_peak(cin: u128, cout: u128, temb: bool) -> u128 {
     let shortcut = if cin != cout { cout } else { 0 };
-    let conv1 = 3 * cin + cout;
-    let conv2 = cin + (4 + u128::from(temb)) * cout;
+    let conv1 = 2 * cin + cout;
+    let conv2 = cin + (3 + u128::from(temb)) * cout;
     conv1.max(conv2) + shortcut
 }
 
@@ -299,18 +299,18 @@ mod tests {
 
     #[test]
     fn resnet_peaks_follow_the_live_buffers() {
-        // same channels: conv2's phase (input + 4 or 5 outputs)
-        assert_eq!(resnet_peak(32, 32, false), 5 * 32);
-        assert_eq!(resnet_peak(32, 32, true), 6 * 32);
-        // 256 -> 128 with a shortcut: conv1's phase (3 * 256 + 128) + shortcut
-        assert_eq!(resnet_peak(256, 128, false), 3 * 256 + 128 + 128);
+        // same channels: conv2's phase (input + 3 or 4 outputs)
+        assert_eq!(resnet_peak(32, 32, false), 4 * 32);
+        assert_eq!(resnet_peak(32, 32, true), 5 * 32);
+        // 256 -> 128 with a shortcut: conv1's phase (2 * 256 + 128) + shortcut
+        assert_eq!(resnet_peak(256, 128, false), 2 * 256 + 128 + 128);
     }
 
     #[test]
     fn sd15_vae_decode_at_512_is_its_first_full_size_resnet() {
         // decoder levels 512, 512, 256, 128 channels; the 256 -> 128 resnet at
-        // 512x512 holds 3*256 + 128 + 128 (shortcut) = 1024 floats per pixel.
-        assert_eq!(sd15().vae_decode_peak(512, 512), 1024 * 512 * 512 * 4);
+        // 512x512 holds 2*256 + 128 + 128 (shortcut) = 768 floats per pixel.
+        assert_eq!(sd15().vae_decode_peak(512, 512), 768 * 512 * 512 * 4);
     }
 
     #[test]
@@ -340,11 +340,11 @@ mod tests {
     #[test]
     fn sd15_vae_encode_at_512_is_its_full_size_resnets_and_below_the_decode() {
         // encoder levels 128, 256, 512, 512: the full-size level's resnets
-        // hold 128 + 4 * 128 = 640 floats per pixel, its stride-2 conv
-        // 3 * 128 + 128 / 4 = 416; the 128 -> 256 resnet at half size
-        // (128 + 4 * 256 + 256) / 4 = 352; plus the 3 input channels.
+        // hold 128 + 3 * 128 = 512 floats per pixel, its stride-2 conv's
+        // padding 3 * 128 = 384; the 128 -> 256 resnet at half size
+        // (128 + 3 * 256 + 256) / 4 = 288; plus the 3 input channels.
         let m = sd15();
-        assert_eq!(m.vae_encode_peak(512, 512), (640 + 3) * 512 * 512 * 4);
+        assert_eq!(m.vae_encode_peak(512, 512), (512 + 3) * 512 * 512 * 4);
         assert!(m.vae_encode_peak(1024, 768) < m.vae_decode_peak(1024, 768));
     }
 

@@ -1,0 +1,376 @@
+//! The CPU convolution for f32 NCHW tensors: banded im2col + one gemm per band.
+//!
+//! Why ours: candle's CPU `conv2d` (0.11) copies the whole input to NHWC on
+//! one thread, scatters each im2col tile column by column and scatters the
+//! gemm result back pixel by pixel; at the VAE's full resolution those
+//! copies, not the arithmetic, took most of the time. Here the output is cut
+//! into bands of whole rows. A band's im2col matrix (`c_in·kh·kw` rows, one
+//! per input channel and kernel tap, each a shifted copy of input rows, so a
+//! memcpy at stride 1) feeds one gemm whose destination is the band's slice
+//! of the NCHW output itself (row stride `out_h·out_w`): no transposes, no
+//! scatter, and the bias is the gemm's initial value. A 1×1 convolution at
+//! stride 1 without padding needs no im2col at all: the input is the matrix.
+//!
+//! Summation order differs from candle's (the gemm blocks `k` differently),
+//! so results agree within f32 rounding, which the tests bound.
+
+use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
+use gemm::Parallelism;
+use rayon::prelude::*;
+
+/// Bytes of one band's im2col matrix: large enough for gemm to run at full
+/// speed, small enough to stay in the last-level cache.
+const BAND_BYTES: usize = 8 << 20;
+
+/// Padding, stride and dilation, the same on both axes (as every SD layer).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConvGeometry {
+    pub padding: usize,
+    pub stride: usize,
+    pub dilation: usize,
+}
+
+/// `conv2d(input, weight) + bias` on the CPU for f32 `(b, c_in, h, w)` input,
+/// `(c_out, c_in, kh, kw)` weight and `(c_out,)` bias.
+pub fn conv2d_f32(
+    input: &Tensor,
+    weight: &Tensor,
+    bias: &Tensor,
+    geometry: ConvGeometry,
+) -> Result<Tensor> {
+    let input = input.contiguous()?;
+    let weight = weight.contiguous()?;
+    let bias = bias.contiguous()?;
+    input.apply_op3_no_bwd(&weight, &bias, &Conv(geometry))
+}
+
+struct Conv(ConvGeometry);
+
+/// Sizes of one convolution, checked against each other.
+#[derive(Debug, Clone, Copy)]
+struct Dims {
+    batch: usize,
+    c_in: usize,
+    h: usize,
+    w: usize,
+    c_out: usize,
+    kh: usize,
+    kw: usize,
+    out_h: usize,
+    out_w: usize,
+}
+
+impl Dims {
+    fn new(input: &Layout, weight: &Layout, bias: &Layout, g: ConvGeometry) -> Result<Self> {
+        let (batch, c_in, h, w) = input.shape().dims4()?;
+        let (c_out, wc_in, kh, kw) = weight.shape().dims4()?;
+        if wc_in != c_in || bias.shape().elem_count() != c_out || g.stride == 0 {
+            candle_core::bail!(
+                "conv2d: input {:?}, weight {:?}, bias {:?}, stride {}",
+                input.shape(),
+                weight.shape(),
+                bias.shape(),
+                g.stride
+            );
+        }
+        let out = |size: usize, k: usize| -> Result<usize> {
+            let span = g.dilation * (k.max(1) - 1) + 1;
+            let padded = size + 2 * g.padding;
+            if padded < span {
+                candle_core::bail!("conv2d: kernel {k} larger than padded input {padded}");
+            }
+            Ok((padded - span) / g.stride + 1)
+        };
+        Ok(Self {
+            batch,
+            c_in,
+            h,
+            w,
+            c_out,
+            kh,
+            kw,
+            out_h: out(h, kh)?,
+            out_w: out(w, kw)?,
+        })
+    }
+
+    /// Rows of the im2col matrix (columns of the weight matrix).
+    fn k(&self) -> usize {
+        self.c_in * self.kh * self.kw
+    }
+}
+
+/// The output buffer, written by several threads at disjoint places.
+#[derive(Clone, Copy)]
+struct Out(*mut f32);
+// SAFETY: each task writes only its own band's columns of the output.
+unsafe impl Send for Out {}
+unsafe impl Sync for Out {}
+
+impl Out {
+    /// The pointer (a method, so closures capture the `Sync` wrapper, not the field).
+    fn at(self, offset: usize) -> *mut f32 {
+        self.0.wrapping_add(offset)
+    }
+}
+
+impl CustomOp3 for Conv {
+    fn name(&self) -> &'static str {
+        "sdserve-conv2d"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (CpuStorage::F32(input), CpuStorage::F32(weight), CpuStorage::F32(bias)) = (s1, s2, s3)
+        else {
+            candle_core::bail!("sdserve-conv2d takes f32 tensors");
+        };
+        let contiguous = |l: &Layout| l.contiguous_offsets().map(|(a, b)| a..b);
+        let (Some(ri), Some(rw), Some(rb)) = (contiguous(l1), contiguous(l2), contiguous(l3))
+        else {
+            candle_core::bail!("sdserve-conv2d takes contiguous tensors");
+        };
+        let d = Dims::new(l1, l2, l3, self.0)?;
+        let out = run(&input[ri], &weight[rw], &bias[rb], d, self.0);
+        let shape = Shape::from((d.batch, d.c_out, d.out_h, d.out_w));
+        Ok((CpuStorage::F32(out), shape))
+    }
+}
+
+/// The convolution proper, on slices of the sizes `d` gives.
+fn run(input: &[f32], weight: &[f32], bias: &[f32], d: Dims, g: ConvGeometry) -> Vec<f32> {
+    let plane = d.out_h * d.out_w;
+    let mut out = vec![0f32; d.batch * d.c_out * plane];
+    if out.is_empty() {
+        return out;
+    }
+    let k = d.k();
+    let direct = d.kh == 1 && d.kw == 1 && g.stride == 1 && g.padding == 0;
+    let rows = if direct {
+        d.out_h
+    } else {
+        (BAND_BYTES / (4 * k.max(1)) / d.out_w.max(1)).clamp(1, d.out_h)
+    };
+    let bands = d.out_h.div_ceil(rows);
+    let tasks = d.batch * bands;
+    let threads = candle_core::utils::get_num_threads().max(1);
+    // Many bands: one thread per band. Few: each band's gemm uses every thread.
+    let (outer, inner) = if tasks >= 2 * threads {
+        (true, Parallelism::None)
+    } else if threads > 1 {
+        (false, Parallelism::Rayon(threads))
+    } else {
+        (false, Parallelism::None)
+    };
+    let dst = Out(out.as_mut_ptr());
+    let task = |scratch: &mut Vec<f32>, index: usize| {
+        let (b, band) = (index / bands, index % bands);
+        let y0 = band * rows;
+        let y1 = (y0 + rows).min(d.out_h);
+        let n = (y1 - y0) * d.out_w;
+        let image = &input[b * d.c_in * d.h * d.w..(b + 1) * d.c_in * d.h * d.w];
+        let rhs: &[f32] = if direct {
+            image
+        } else {
+            scratch.resize(k * n, 0.0);
+            im2col(image, d, g, y0..y1, scratch);
+            scratch
+        };
+        let first = b * d.c_out * plane + y0 * d.out_w;
+        // SAFETY: the band's columns [first, first + n) of each of the c_out
+        // rows (stride `plane`) lie inside `out` and belong to this task only;
+        // `rhs` is k × n (row stride n), `weight` c_out × k (row stride k).
+        unsafe {
+            let base = dst.at(first);
+            for (c, value) in bias.iter().enumerate() {
+                std::slice::from_raw_parts_mut(base.add(c * plane), n).fill(*value);
+            }
+            gemm::gemm(
+                d.c_out,
+                n,
+                k,
+                base,
+                1,
+                plane as isize,
+                true,
+                weight.as_ptr(),
+                1,
+                k as isize,
+                rhs.as_ptr(),
+                1,
+                n as isize,
+                1.0,
+                1.0,
+                false,
+                false,
+                false,
+                inner,
+            );
+        }
+    };
+    if outer {
+        (0..tasks)
+            .into_par_iter()
+            .for_each_init(Vec::new, |scratch, index| task(scratch, index));
+    } else {
+        let mut scratch = Vec::new();
+        (0..tasks).for_each(|index| task(&mut scratch, index));
+    }
+    out
+}
+
+/// The im2col rows of output rows `ys` of one image: row `(c, i, j)` holds,
+/// for each output pixel of the band, the input at tap `(i, j)` of channel
+/// `c` (zero in the padding).
+fn im2col(image: &[f32], d: Dims, g: ConvGeometry, ys: std::ops::Range<usize>, col: &mut [f32]) {
+    let n = ys.len() * d.out_w;
+    let mut rows = col.chunks_exact_mut(n);
+    for c in 0..d.c_in {
+        let channel = &image[c * d.h * d.w..(c + 1) * d.h * d.w];
+        for i in 0..d.kh {
+            for j in 0..d.kw {
+                let Some(row) = rows.next() else { return };
+                let dx = (j * g.dilation) as isize - g.padding as isize;
+                // Output columns whose input column lies inside the image.
+                let first_x = first_inside(dx, g.stride);
+                let end_x = end_inside(dx, g.stride, d.w).min(d.out_w).max(first_x);
+                for (line, y) in row.chunks_exact_mut(d.out_w).zip(ys.clone()) {
+                    let iy = (y * g.stride + i * g.dilation) as isize - g.padding as isize;
+                    if iy < 0 || iy >= d.h as isize || first_x >= end_x {
+                        line.fill(0.0);
+                        continue;
+                    }
+                    let src = &channel[iy as usize * d.w..(iy as usize + 1) * d.w];
+                    line[..first_x].fill(0.0);
+                    line[end_x..].fill(0.0);
+                    let start = (first_x * g.stride) as isize + dx;
+                    if g.stride == 1 {
+                        let start = start as usize;
+                        line[first_x..end_x].copy_from_slice(&src[start..start + end_x - first_x]);
+                    } else {
+                        for (k, value) in line[first_x..end_x].iter_mut().enumerate() {
+                            *value = src[start as usize + k * g.stride];
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// First output column `x` with `x * stride + dx >= 0`.
+fn first_inside(dx: isize, stride: usize) -> usize {
+    if dx >= 0 {
+        0
+    } else {
+        (-dx as usize).div_ceil(stride)
+    }
+}
+
+/// One past the last output column with `x * stride + dx < width`.
+fn end_inside(dx: isize, stride: usize, width: usize) -> usize {
+    let limit = width as isize - dx; // x * stride < limit
+    if limit <= 0 {
+        0
+    } else {
+        (limit as usize).div_ceil(stride)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{DType, Device};
+
+    /// Against candle's own conv2d (+ bias) on shapes covering every path:
+    /// 3×3 at stride 1 and 2, with and without padding, 1×1 direct and
+    /// strided, dilation, batches, bands cut mid-image, odd sizes.
+    #[test]
+    fn equals_candles_conv2d_within_f32_rounding() {
+        let dev = Device::Cpu;
+        let cases = [
+            // (batch, c_in, h, w, c_out, k, padding, stride, dilation)
+            (1, 3, 17, 23, 8, 3, 1, 1, 1),
+            (2, 16, 12, 9, 5, 3, 1, 1, 1),
+            (1, 8, 16, 16, 8, 3, 0, 2, 1),
+            (2, 6, 11, 13, 4, 3, 1, 2, 1),
+            (1, 32, 9, 7, 16, 1, 0, 1, 1),
+            (2, 5, 8, 8, 3, 1, 0, 2, 1),
+            (1, 4, 10, 12, 6, 3, 2, 1, 2),
+            (1, 4, 3, 3, 2, 3, 1, 1, 1),
+            // a band smaller than the image: 8 MiB / (4 * 9 * 512) = 455 pixels
+            (1, 512, 40, 24, 4, 3, 1, 1, 1),
+        ];
+        for (b, c_in, h, w, c_out, k, padding, stride, dilation) in cases {
+            let x = Tensor::randn(0f32, 1.0, (b, c_in, h, w), &dev).unwrap();
+            let weight = Tensor::randn(0f32, 0.2, (c_out, c_in, k, k), &dev).unwrap();
+            let bias = Tensor::randn(0f32, 1.0, c_out, &dev).unwrap();
+            let geometry = ConvGeometry {
+                padding,
+                stride,
+                dilation,
+            };
+            let ours = conv2d_f32(&x, &weight, &bias, geometry).unwrap();
+            let theirs = x
+                .conv2d(&weight, padding, stride, dilation, 1)
+                .unwrap()
+                .broadcast_add(&bias.reshape((1, c_out, 1, 1)).unwrap())
+                .unwrap();
+            assert_eq!(
+                ours.dims(),
+                theirs.dims(),
+                "{b} {c_in} {h} {w} k{k} s{stride}"
+            );
+            let diff = (ours - &theirs)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .max(0)
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
+            let scale = (c_in * k * k) as f32;
+            assert!(
+                diff < 1e-6 * scale.max(1.0) * 4.0,
+                "{b} {c_in} {h} {w} {c_out} k{k} p{padding} s{stride} d{dilation}: {diff}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_non_contiguous_input_is_made_contiguous_and_bad_shapes_are_errors() {
+        let dev = Device::Cpu;
+        let x = Tensor::randn(0f32, 1.0, (1, 4, 6, 5), &dev).unwrap();
+        let transposed = x.transpose(2, 3).unwrap();
+        let weight = Tensor::randn(0f32, 1.0, (2, 4, 3, 3), &dev).unwrap();
+        let bias = Tensor::zeros(2, DType::F32, &dev).unwrap();
+        let g = ConvGeometry {
+            padding: 1,
+            stride: 1,
+            dilation: 1,
+        };
+        let ours = conv2d_f32(&transposed, &weight, &bias, g).unwrap();
+        let theirs = transposed.conv2d(&weight, 1, 1, 1, 1).unwrap();
+        let diff = (ours - theirs)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap();
+        assert!(diff.max(0).unwrap().to_scalar::<f32>().unwrap() < 1e-4);
+        let wrong = Tensor::randn(0f32, 1.0, (2, 3, 3, 3), &dev).unwrap();
+        assert!(conv2d_f32(&x, &wrong, &bias, g).is_err());
+        let tiny = Tensor::randn(0f32, 1.0, (1, 4, 1, 1), &dev).unwrap();
+        let no_pad = ConvGeometry { padding: 0, ..g };
+        assert!(conv2d_f32(&tiny, &weight, &bias, no_pad).is_err());
+    }
+}

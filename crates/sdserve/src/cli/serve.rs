@@ -66,6 +66,8 @@ pub struct ServeArgs {
     #[arg(
         long,
         value_name = "DIR|s3://BUCKET/PREFIX",
+        // FromStr, not clap's default From<&str> (which takes any text as a path).
+        value_parser = |text: &str| text.parse::<OutputLocation>(),
         default_value = "./outputs",
         env = "SDSERVE_OUTPUT_DIR"
     )]

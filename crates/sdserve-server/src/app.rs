@@ -43,11 +43,11 @@ pub struct ShutdownReport {
 /// Why a server could not be built or started.
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
-    /// The output directory could not be created, read or written.
-    #[error("output directory {path} is not usable: {source}")]
+    /// The output directory or bucket could not be created, read or written.
+    #[error("{} {path} is not usable: {source}", .path.kind())]
     OutputDir {
-        /// The directory.
-        path: std::path::PathBuf,
+        /// The directory or bucket URL.
+        path: crate::jobs::OutputLocation,
         /// What went wrong.
         #[source]
         source: std::io::Error,
@@ -85,8 +85,9 @@ impl App {
             path: config.output_dir.clone(),
             source,
         };
-        let store = Store::open(&config.output_dir).map_err(dir_error)?;
-        let signer = UrlSigner::load_or_create(&config.output_dir).map_err(dir_error)?;
+        let store =
+            Store::open_as(config.output_dir.clone(), &config.replica_name).map_err(dir_error)?;
+        let signer = UrlSigner::for_store(&store).map_err(dir_error)?;
         let metrics = Arc::new(Metrics::new()?);
         let jobs = Jobs::new(
             JobSettings {

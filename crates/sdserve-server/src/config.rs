@@ -1,9 +1,10 @@
 //! Everything that configures a server, as plain data with sane defaults, so the
 //! binary maps its flags onto it and tests build one in a line.
 
-use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
+
+use crate::jobs::OutputLocation;
 
 /// Default `--max-width`.
 pub const DEFAULT_MAX_WIDTH: usize = 2048;
@@ -176,8 +177,12 @@ impl AuthConfig {
 pub struct ServerConfig {
     /// Jobs that may wait at once; more get 429 (`--queue-size`).
     pub queue_size: usize,
-    /// Where PNGs and job records go (`--output-dir`).
-    pub output_dir: PathBuf,
+    /// Where PNGs and job records go (`--output-dir`): a directory, or an
+    /// `s3://bucket/prefix` every replica shares.
+    pub output_dir: OutputLocation,
+    /// This server's name in the records it writes to a shared bucket
+    /// (`--replica-name`); defaults to the host name.
+    pub replica_name: String,
     /// Credentials (`--api-key`, `--api-auth`).
     pub auth: AuthConfig,
     /// Request limits.
@@ -208,11 +213,12 @@ pub struct ServerConfig {
 
 impl ServerConfig {
     /// Defaults with results under `output_dir`.
-    pub fn new(output_dir: impl Into<PathBuf>) -> Self {
+    pub fn new(output_dir: impl Into<OutputLocation>) -> Self {
         let limits = Limits::default();
         Self {
             queue_size: DEFAULT_QUEUE_SIZE,
             output_dir: output_dir.into(),
+            replica_name: crate::jobs::store::default_replica_name(),
             auth: AuthConfig::default(),
             max_batch_images: limits.max_batch,
             limits,

@@ -5,8 +5,8 @@
 //! it cannot be forged, extended or pointed at another image.
 //!
 //! The key is 32 random bytes kept in `<output-dir>/.sdserve-url-key` (mode
-//! 0600), so links survive restarts and every replica sharing the output
-//! directory accepts them.
+//! 0600), or beside the results in an `s3://` output, so links survive
+//! restarts and every replica sharing the output accepts them.
 
 use std::io::{self, Write};
 use std::path::Path;
@@ -14,7 +14,7 @@ use std::path::Path;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
-use crate::jobs::ImageId;
+use crate::jobs::{ImageId, Store};
 
 /// How long a signed link works, in seconds (OpenAI's links last an hour).
 pub const SIGNED_LINK_TTL_SECS: u64 = 3600;
@@ -35,6 +35,14 @@ pub enum LinkError {
     BadSignature,
 }
 
+/// A new key: two v4 UUIDs, 244 bits from the OS's random source.
+fn fresh_key() -> [u8; KEY_LEN] {
+    let mut key = [0u8; KEY_LEN];
+    key[..16].copy_from_slice(uuid::Uuid::new_v4().as_bytes());
+    key[16..].copy_from_slice(uuid::Uuid::new_v4().as_bytes());
+    key
+}
+
 /// Signs and checks image links.
 #[derive(Clone)]
 pub struct UrlSigner {
@@ -53,6 +61,25 @@ impl UrlSigner {
         Self { key }
     }
 
+    /// The key kept with the results: in the output directory, or in the
+    /// bucket (created once; racing replicas agree on the first one written).
+    pub fn for_store(store: &Store) -> io::Result<Self> {
+        if let Some(dir) = store.local_dir() {
+            return Self::load_or_create(dir);
+        }
+        let bytes = store.shared_secret(KEY_FILE, &fresh_key())?;
+        let key: [u8; KEY_LEN] = bytes.as_slice().try_into().map_err(|_| {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!(
+                    "{}/{KEY_FILE} is not a {KEY_LEN}-byte key",
+                    store.location()
+                ),
+            )
+        })?;
+        Ok(Self::new(key))
+    }
+
     /// The key stored in `dir`, created (from the OS's random source) if absent.
     pub fn load_or_create(dir: &Path) -> io::Result<Self> {
         let path = dir.join(KEY_FILE);
@@ -67,10 +94,7 @@ impl UrlSigner {
                 Ok(Self::new(key))
             }
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                let mut key = [0u8; KEY_LEN];
-                // Two v4 UUIDs: 244 bits from the OS's random source.
-                key[..16].copy_from_slice(uuid::Uuid::new_v4().as_bytes());
-                key[16..].copy_from_slice(uuid::Uuid::new_v4().as_bytes());
+                let key = fresh_key();
                 let mut options = std::fs::OpenOptions::new();
                 options.write(true).create_new(true);
                 #[cfg(unix)]

@@ -185,8 +185,8 @@ impl AppState {
         }
     }
 
-    /// A job's state as `caller` may see it: from memory, else from its record
-    /// on disk (after a restart). Another caller's job, or a deleted one,
+    /// A job's state as `caller` may see it: from memory, else from its stored
+    /// record (after a restart, or a job another replica ran on a shared bucket). Another caller's job, or a deleted one,
     /// answers exactly as an unknown id.
     pub async fn job_for(&self, id: JobId, caller: &Caller) -> Result<JobSnapshot, ApiError> {
         let unknown = || ApiError::JobNotFound(id.to_string());
@@ -237,7 +237,9 @@ impl AppState {
     /// The PNG bytes of an image `caller` may see; another caller's image
     /// answers exactly as an unknown id.
     pub async fn image_for(&self, id: ImageId, caller: &Caller) -> Result<Vec<u8>, ApiError> {
-        if caller.restricted && self.jobs.store().image_owner(id).as_ref() != Some(&caller.client) {
+        if caller.restricted
+            && self.jobs.store().image_owner(id).await.as_ref() != Some(&caller.client)
+        {
             return Err(ApiError::ImageNotFound(id.to_string()));
         }
         self.image_png(id).await

@@ -240,6 +240,7 @@ impl Jobs {
             dialect: Some(job.dialect),
             seq,
             keep,
+            replica: None,
         };
         let written = self.shared.store.write_record(&record);
         let mut st = self.shared.lock();
@@ -249,7 +250,7 @@ impl Jobs {
             tracing::error!(job = %id, error = %e, "could not record a new job; refused");
             return Err(ApiError::Storage(format!(
                 "could not record the job in {}: {e}",
-                self.shared.store.dir().display()
+                self.shared.store.location()
             )));
         }
         let (state, _) = watch::channel(record.snapshot);
@@ -611,6 +612,7 @@ impl Shared {
             dialect: Some(entry.origin),
             seq: entry.seq,
             keep: entry.keep,
+            replica: None,
         }
     }
 

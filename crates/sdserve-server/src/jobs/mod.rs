@@ -5,6 +5,7 @@
 //! disk is nearly full (`space.rs`); listed per caller (`listing.rs`); names clients give their jobs
 //! (`task_names.rs`, A1111's `force_task_id`).
 
+pub mod blobs;
 pub mod deletion;
 pub mod handle;
 pub mod id;
@@ -15,6 +16,7 @@ pub mod queue;
 pub mod record;
 pub mod recovery;
 pub mod retention;
+mod s3;
 pub mod space;
 pub mod store;
 pub mod task_names;
@@ -30,5 +32,5 @@ pub use manager::{CurrentBatch, JobEntry, JobHandle, JobSettings, Jobs};
 pub use queue::ClientId;
 pub use record::{JobRecord, Keep};
 pub use recovery::{Recovered, INTERRUPTED};
-pub use store::Store;
+pub use store::{OutputLocation, Store};
 pub use task_names::{TaskNames, MAX_TASK_NAME_CHARS};

@@ -42,6 +42,10 @@ pub struct JobRecord {
     /// Whether the result is kept after the response.
     #[serde(default)]
     pub keep: Keep,
+    /// The replica that wrote it, in a bucket replicas share (never in a
+    /// local directory's records): recovery closes only its own jobs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replica: Option<String>,
 }
 
 impl JobRecord {
@@ -102,6 +106,7 @@ mod tests {
             dialect: Some(Dialect::Native),
             seq: 9,
             keep: Keep::Stored,
+            replica: None,
             snapshot,
         };
         let json: serde_json::Value = serde_json::to_value(&new).unwrap();

@@ -7,6 +7,13 @@
 //! got an id to come back for. Images that no record names (a crash between a
 //! job's PNGs and its final record) are removed.
 //!
+//! In a bucket replicas share, the other replicas are alive: their unfinished
+//! jobs are theirs to run, and their newest PNGs may not have their final
+//! record yet. So recovery there closes or re-queues only the records this
+//! replica wrote (the record names it, `--replica-name`, by default the host
+//! name: a restarted pod keeps it, a StatefulSet's replacement too) and leaves
+//! unnamed images to retention's one-hour grace.
+//!
 //! Once the model is loaded, [`Jobs::revalidate`] fails the re-queued jobs the
 //! model refuses (another model, other limits) with that reason; never a 404.
 //! A recorded job names its model (none before models could be switched: it
@@ -42,7 +49,7 @@ pub struct Recovered {
 }
 
 impl Jobs {
-    /// Scans the output directory and restores its unfinished jobs (see the
+    /// Scans the output location and restores its unfinished jobs (see the
     /// module doc). Call once, before the worker starts.
     pub fn recover(&self) -> io::Result<Recovered> {
         let scan = self.shared.store.scan()?;
@@ -52,7 +59,12 @@ impl Jobs {
             .iter()
             .flat_map(|(r, _)| r.snapshot.images.iter().map(|i| i.id))
             .collect();
-        for (id, _) in scan.pngs.iter().filter(|(id, _)| !named.contains(id)) {
+        let shared = self.shared.store.is_shared();
+        for (id, _) in scan
+            .pngs
+            .iter()
+            .filter(|(id, _)| !shared && !named.contains(id))
+        {
             if self.shared.store.remove_images([*id]).is_ok() {
                 done.orphans += 1;
             }
@@ -62,7 +74,7 @@ impl Jobs {
             .records
             .into_iter()
             .map(|(r, _)| r)
-            .filter(|r| !r.snapshot.status.is_terminal())
+            .filter(|r| !r.snapshot.status.is_terminal() && self.shared.store.recovers(r))
             .collect();
         unfinished.sort_by(|a, b| {
             (a.seq, a.snapshot.created_at)

@@ -222,6 +222,7 @@ mod tests {
             dialect: None,
             seq: 0,
             keep,
+            replica: None,
         }
     }
 

@@ -45,7 +45,7 @@ impl DiskGuard {
     }
 
     fn measure(&self) -> Option<String> {
-        let dir = self.store.dir().display();
+        let dir = self.store.location();
         match self.store.free_bytes() {
             Ok(free) if free >= self.min_free => None,
             Ok(free) => Some(format!(

@@ -1,8 +1,9 @@
-//! Results on disk: `<image-id>.png` for each image and `<job-id>.json` holding the
-//! job's [`JobRecord`]. Every file is written to a temporary name, fsynced,
-//! renamed, and the directory fsynced, so a reader never sees half a file and a
-//! file is on disk once the call returns. Paths are built only from typed ids,
-//! never from request text.
+//! Results: `<image-id>.png` for each image and `<job-id>.json` holding the
+//! job's [`JobRecord`], in a local directory or an S3 bucket (`blobs.rs`). A
+//! write is whole and durable once the call returns: a local file is written
+//! to a temporary name, fsynced, renamed and its directory fsynced; an S3 PUT
+//! is atomic by itself. Names are built only from typed ids, never from
+//! request text.
 //!
 //! Removal order (retention, failed writes): a job's images first, its record
 //! last. The record is the index that finds the images, so a crash between the
@@ -12,18 +13,17 @@
 //! collected at start-up by [`Store::scan`]'s caller.
 
 use std::collections::HashMap;
-use std::io::{self, Write};
-use std::path::{Path, PathBuf};
+use std::io;
+use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::SystemTime;
 
+use super::blobs::Blobs;
+pub use super::blobs::{FileInfo, OutputLocation};
 use super::id::{ImageId, JobId};
 use super::job::JobSnapshot;
 use super::queue::ClientId;
 use super::record::JobRecord;
-
-/// Prefix of files being written; left-overs from a crash are removed at start-up.
-const TEMP_PREFIX: &str = ".tmp-";
 
 /// A write failure to inject, for tests of the storage-error paths (root ignores
 /// file permissions, so a read-only directory cannot simulate them). One-shot.
@@ -41,16 +41,7 @@ pub enum Fault {
     FinalRecord,
 }
 
-/// One file found by [`Store::scan`].
-#[derive(Debug, Clone)]
-pub struct FileInfo {
-    /// Size in bytes.
-    pub bytes: u64,
-    /// Last modification.
-    pub modified: SystemTime,
-}
-
-/// What the output directory holds.
+/// What the output location holds.
 #[derive(Debug, Default)]
 pub struct Scan {
     /// Every readable job record, with its file's facts.
@@ -59,10 +50,14 @@ pub struct Scan {
     pub pngs: Vec<(ImageId, FileInfo)>,
 }
 
-/// The output directory, holding job records and images.
+/// The output location (a directory or a bucket), holding job records and images.
 #[derive(Debug, Clone)]
 pub struct Store {
-    dir: PathBuf,
+    location: OutputLocation,
+    blobs: Blobs,
+    /// This server's name in the records it writes to a shared bucket, so
+    /// recovery touches only its own unfinished jobs (`recovery.rs`).
+    replica: Arc<str>,
     fault: Arc<Mutex<Option<Fault>>>,
     /// Which client owns each image, learnt from every record written or scanned,
     /// so an image request is checked without reading every record.
@@ -70,44 +65,45 @@ pub struct Store {
 }
 
 impl Store {
-    /// Opens (creating if needed) the output directory, removes stale temp
-    /// files and proves the directory writable (create, fsync, remove a probe).
-    pub fn open(dir: impl Into<PathBuf>) -> io::Result<Self> {
-        let dir = dir.into();
-        std::fs::create_dir_all(&dir)?;
-        for entry in std::fs::read_dir(&dir)?.flatten() {
-            if entry.file_name().to_string_lossy().starts_with(TEMP_PREFIX) {
-                let _ = std::fs::remove_file(entry.path());
-            }
-        }
-        let store = Self {
-            dir,
+    /// Opens (creating if needed) the output location, removes stale temp
+    /// files and proves it writable (a probe is written and removed), with
+    /// this host's name as the replica name.
+    pub fn open(location: impl Into<OutputLocation>) -> io::Result<Self> {
+        Self::open_as(location, &default_replica_name())
+    }
+
+    /// [`Store::open`] naming this server `replica` in a shared bucket's records.
+    pub fn open_as(location: impl Into<OutputLocation>, replica: &str) -> io::Result<Self> {
+        let location = location.into();
+        Ok(Self {
+            blobs: Blobs::open(&location)?,
+            location,
+            replica: replica.into(),
             fault: Arc::default(),
             owners: Arc::default(),
-        };
-        store.probe()?;
-        Ok(store)
+        })
     }
 
-    /// Creates, fsyncs and removes a probe file: a read-only or full directory fails here.
-    fn probe(&self) -> io::Result<()> {
-        let probe = self
-            .dir
-            .join(format!("{TEMP_PREFIX}probe-{}", uuid::Uuid::new_v4()));
-        let written = (|| {
-            let mut file = std::fs::File::create(&probe)?;
-            file.write_all(b"probe")?;
-            file.sync_all()
-        })();
-        let removed = std::fs::remove_file(&probe);
-        written?;
-        removed?;
-        sync_dir(&self.dir)
+    /// Where results go.
+    pub fn location(&self) -> &OutputLocation {
+        &self.location
     }
 
-    /// The directory results go to.
-    pub fn dir(&self) -> &Path {
-        &self.dir
+    /// The directory results go to, when they are local.
+    pub fn local_dir(&self) -> Option<&Path> {
+        self.location.local_dir()
+    }
+
+    /// True when other replicas may write to the same location (a bucket).
+    pub fn is_shared(&self) -> bool {
+        self.blobs.is_shared()
+    }
+
+    /// True when this server's recovery may close or re-queue `record`'s job:
+    /// any record of a local directory, only this replica's in a shared bucket
+    /// (another live replica may be running the others).
+    pub fn recovers(&self, record: &JobRecord) -> bool {
+        !self.is_shared() || record.replica.as_deref() == Some(&*self.replica)
     }
 
     /// Makes the next matching write fail (tests only).
@@ -126,39 +122,16 @@ impl Store {
         Ok(())
     }
 
-    fn png_path(&self, id: ImageId) -> PathBuf {
-        self.dir.join(format!("{id}.png"))
+    fn png_name(id: ImageId) -> String {
+        format!("{id}.png")
     }
 
-    fn record_path(&self, id: JobId) -> PathBuf {
-        self.dir.join(format!("{id}.json"))
+    fn record_name(id: JobId) -> String {
+        format!("{id}.json")
     }
 
-    /// Writes `bytes` to `target` via a fsynced temporary file in the same
-    /// directory, then fsyncs the directory so the rename is durable too.
-    fn write_atomic(&self, target: &Path, bytes: &[u8]) -> io::Result<()> {
-        let name = target
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        let temp = self
-            .dir
-            .join(format!("{TEMP_PREFIX}{}-{name}", uuid::Uuid::new_v4()));
-        let result = (|| {
-            let mut file = std::fs::File::create(&temp)?;
-            file.write_all(bytes)?;
-            file.sync_all()?;
-            std::fs::rename(&temp, target)?;
-            sync_dir(&self.dir)
-        })();
-        if result.is_err() {
-            let _ = std::fs::remove_file(&temp);
-        }
-        result
-    }
-
-    /// Stores one image (blocking; called from the worker thread).
-    pub fn write_png(&self, id: ImageId, png: &[u8]) -> io::Result<()> {
+    /// Stores one image of `owner`'s job (blocking; called from the worker thread).
+    pub fn write_png(&self, id: ImageId, owner: &ClientId, png: &[u8]) -> io::Result<()> {
         self.check_fault(|f| match f {
             Fault::Png { after: 0 } => true,
             Fault::Png { after } => {
@@ -167,7 +140,8 @@ impl Store {
             }
             _ => false,
         })?;
-        self.write_atomic(&self.png_path(id), png)
+        self.blobs
+            .put(&Self::png_name(id), png, Some(owner.as_str()))
     }
 
     fn owners(&self) -> MutexGuard<'_, HashMap<ImageId, ClientId>> {
@@ -181,12 +155,20 @@ impl Store {
         }
     }
 
-    /// The client that owns an image, if a record names it.
-    pub fn image_owner(&self, id: ImageId) -> Option<ClientId> {
-        self.owners().get(&id).cloned()
+    /// The client that owns an image: known from a record this server wrote
+    /// or scanned, else (a shared bucket) from the image's own metadata, as
+    /// another replica wrote it.
+    pub async fn image_owner(&self, id: ImageId) -> Option<ClientId> {
+        if let Some(owner) = self.owners().get(&id).cloned() {
+            return Some(owner);
+        }
+        let owner = ClientId::new(self.blobs.owner(&Self::png_name(id)).await?.as_str());
+        self.owners().insert(id, owner.clone());
+        Some(owner)
     }
 
-    /// Stores a job's record (blocking; small).
+    /// Stores a job's record (blocking; small). In a shared bucket the record
+    /// names this replica as its writer.
     pub fn write_record(&self, record: &JobRecord) -> io::Result<()> {
         let terminal = record.snapshot.status.is_terminal();
         self.check_fault(|f| match f {
@@ -194,30 +176,34 @@ impl Store {
             Fault::FinalRecord => terminal,
             Fault::Png { .. } => false,
         })?;
-        let json = serde_json::to_vec_pretty(record).map_err(io::Error::other)?;
-        self.write_atomic(&self.record_path(record.snapshot.id), &json)?;
+        let json = if self.is_shared() {
+            let mut mine = record.clone();
+            mine.replica = Some(self.replica.to_string());
+            serde_json::to_vec_pretty(&mine)
+        } else {
+            serde_json::to_vec_pretty(record)
+        }
+        .map_err(io::Error::other)?;
+        self.blobs
+            .put(&Self::record_name(record.snapshot.id), &json, None)?;
         self.learn_owner(record);
         Ok(())
     }
 
     /// The PNG of an image, or `None` if there is no such image.
     pub async fn read_png(&self, id: ImageId) -> io::Result<Option<Vec<u8>>> {
-        match tokio::fs::read(self.png_path(id)).await {
-            Ok(bytes) => Ok(Some(bytes)),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(e),
-        }
+        self.blobs.get(&Self::png_name(id)).await
     }
 
-    /// The record of a job, or `None` if none (or an unreadable one) is on disk.
+    /// The record of a job, or `None` if none (or an unreadable one) is stored.
     pub async fn read_record(&self, id: JobId) -> Option<JobRecord> {
-        let bytes = tokio::fs::read(self.record_path(id)).await.ok()?;
+        let bytes = self.blobs.get(&Self::record_name(id)).await.ok()??;
         parse_record(id, &bytes)
     }
 
     /// [`Store::read_record`] for blocking callers.
     pub fn read_record_blocking(&self, id: JobId) -> Option<JobRecord> {
-        let bytes = std::fs::read(self.record_path(id)).ok()?;
+        let bytes = self.blobs.get_blocking(&Self::record_name(id)).ok()??;
         parse_record(id, &bytes)
     }
 
@@ -226,44 +212,30 @@ impl Store {
         let mut first_error = None;
         for id in ids {
             self.owners().remove(&id);
-            match std::fs::remove_file(self.png_path(id)) {
-                Err(e) if e.kind() != io::ErrorKind::NotFound => {
-                    first_error.get_or_insert(e);
-                }
-                _ => {}
+            if let Err(e) = self.blobs.delete(&Self::png_name(id)) {
+                first_error.get_or_insert(e);
             }
         }
         first_error.map_or(Ok(()), Err)
     }
 
-    /// Removes a job from disk: its images first, its record last (see the module doc).
+    /// Removes a job: its images first, its record last (see the module doc).
     pub fn remove_job(&self, snapshot: &JobSnapshot) -> io::Result<()> {
         self.remove_images(snapshot.images.iter().map(|i| i.id))?;
-        match std::fs::remove_file(self.record_path(snapshot.id)) {
-            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
-            _ => Ok(()),
-        }
+        self.blobs.delete(&Self::record_name(snapshot.id))
     }
 
-    /// Lists every record and PNG in the directory (blocking).
+    /// Lists every record and PNG (blocking).
     pub fn scan(&self) -> io::Result<Scan> {
         let mut scan = Scan::default();
-        for entry in std::fs::read_dir(&self.dir)?.flatten() {
-            let name = entry.file_name().to_string_lossy().into_owned();
-            let Some(meta) = entry.metadata().ok().filter(|m| m.is_file()) else {
-                continue;
-            };
-            let info = FileInfo {
-                bytes: meta.len(),
-                modified: meta.modified().unwrap_or(SystemTime::UNIX_EPOCH),
-            };
+        for (name, info, bytes) in self.blobs.list(|name| {
+            name.strip_suffix(".json")
+                .is_some_and(|id| id.parse::<JobId>().is_ok())
+        })? {
             if let Some(id) = name.strip_suffix(".png").and_then(|s| s.parse().ok()) {
                 scan.pngs.push((id, info));
             } else if let Some(id) = name.strip_suffix(".json").and_then(|s| s.parse().ok()) {
-                let record = std::fs::read(entry.path())
-                    .ok()
-                    .and_then(|bytes| parse_record(id, &bytes));
-                if let Some(record) = record {
+                if let Some(record) = bytes.and_then(|bytes| parse_record(id, &bytes)) {
                     self.learn_owner(&record);
                     scan.records.push((record, info));
                 }
@@ -272,29 +244,50 @@ impl Store {
         Ok(scan)
     }
 
-    /// The ids of the job records on disk, most recently written first
-    /// (blocking: a directory listing, no record is read).
+    /// The ids of the stored job records, most recently written first
+    /// (blocking: a listing, no record is read).
     pub fn record_ids_newest_first(&self) -> Vec<JobId> {
-        let Ok(entries) = std::fs::read_dir(&self.dir) else {
+        let Ok(listed) = self.blobs.list(|_| false) else {
             return Vec::new();
         };
-        let mut ids: Vec<(SystemTime, JobId)> = entries
-            .flatten()
-            .filter_map(|entry| {
-                let name = entry.file_name();
-                let id = name.to_str()?.strip_suffix(".json")?.parse().ok()?;
-                let modified = entry.metadata().ok()?.modified().ok()?;
-                Some((modified, id))
+        let mut ids: Vec<(SystemTime, JobId)> = listed
+            .into_iter()
+            .filter_map(|(name, info, _)| {
+                let id = name.strip_suffix(".json")?.parse().ok()?;
+                Some((info.modified, id))
             })
             .collect();
         ids.sort_by_key(|(modified, _)| std::cmp::Reverse(*modified));
         ids.into_iter().map(|(_, id)| id).collect()
     }
 
-    /// Bytes free for unprivileged writers on the directory's file system.
+    /// Bytes free for unprivileged writers on the directory's file system;
+    /// unlimited for a bucket.
     pub fn free_bytes(&self) -> io::Result<u64> {
-        free_bytes(&self.dir)
+        self.blobs.free_bytes()
     }
+
+    /// The bytes stored under `name` (a dot-file beside the results), or
+    /// `fresh` stored there if there are none; replicas racing agree on one.
+    /// Buckets only (blocking).
+    pub fn shared_secret(&self, name: &str, fresh: &[u8]) -> io::Result<Vec<u8>> {
+        self.blobs.get_or_create(name, fresh)
+    }
+}
+
+/// This host's name (a pod's name in Kubernetes), the default replica name.
+pub fn default_replica_name() -> String {
+    #[cfg(unix)]
+    {
+        let name = rustix::system::uname()
+            .nodename()
+            .to_string_lossy()
+            .into_owned();
+        if !name.is_empty() {
+            return name;
+        }
+    }
+    "sdserve".to_string()
 }
 
 fn parse_record(id: JobId, bytes: &[u8]) -> Option<JobRecord> {
@@ -311,36 +304,17 @@ fn parse_record(id: JobId, bytes: &[u8]) -> Option<JobRecord> {
     }
 }
 
-/// Makes a directory's entries (creations, renames) durable.
-fn sync_dir(dir: &Path) -> io::Result<()> {
-    #[cfg(unix)]
-    {
-        std::fs::File::open(dir)?.sync_all()
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = dir;
-        Ok(())
-    }
-}
-
-#[cfg(unix)]
-fn free_bytes(dir: &Path) -> io::Result<u64> {
-    let stat = rustix::fs::statvfs(dir)?;
-    Ok(stat.f_bavail.saturating_mul(stat.f_frsize))
-}
-
-#[cfg(not(unix))]
-fn free_bytes(_dir: &Path) -> io::Result<u64> {
-    Ok(u64::MAX)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::dialects::Dialect;
+    use crate::jobs::blobs::TEMP_PREFIX;
     use crate::jobs::job::{ImageRecord, JobParams, JobStatus};
     use crate::jobs::record::Keep;
+
+    fn owner() -> ClientId {
+        ClientId::new("ip:127.0.0.1")
+    }
 
     fn record() -> JobRecord {
         JobRecord {
@@ -372,6 +346,7 @@ mod tests {
             dialect: Some(Dialect::Native),
             seq: 1,
             keep: Keep::Stored,
+            replica: None,
         }
     }
 
@@ -390,7 +365,7 @@ mod tests {
         assert!(!dir.path().join(".tmp-stale-x.png").exists());
 
         let image = ImageId::new();
-        store.write_png(image, b"\x89PNG data").unwrap();
+        store.write_png(image, &owner(), b"\x89PNG data").unwrap();
         let mut rec = record();
         rec.snapshot.status = JobStatus::Succeeded;
         store.write_record(&rec).unwrap();
@@ -431,9 +406,9 @@ mod tests {
 
         store.inject_fault(Fault::Png { after: 1 });
         let (a, b) = (ImageId::new(), ImageId::new());
-        store.write_png(a, b"a").unwrap();
-        assert!(store.write_png(b, b"b").is_err());
-        store.write_png(b, b"b").unwrap();
+        store.write_png(a, &owner(), b"a").unwrap();
+        assert!(store.write_png(b, &owner(), b"b").is_err());
+        store.write_png(b, &owner(), b"b").unwrap();
         rec.snapshot.status = JobStatus::Succeeded;
         rec.snapshot.images = [a, b]
             .into_iter()

@@ -250,13 +250,16 @@ fn finish_job(jobs: &Jobs, entry: &JobEntry, result: Result<GenerationOutput, En
                 FailureKind::Internal,
                 format!("could not encode the image: {e}"),
             )),
-            Ok(bytes) => shared.store.write_png(id, &bytes).map_err(|e| {
-                let dir = shared.store.dir().display();
-                (
-                    FailureKind::Storage,
-                    format!("could not store the image in {dir}: {e}"),
-                )
-            }),
+            Ok(bytes) => shared
+                .store
+                .write_png(id, &entry.client, &bytes)
+                .map_err(|e| {
+                    let dir = shared.store.location();
+                    (
+                        FailureKind::Storage,
+                        format!("could not store the image in {dir}: {e}"),
+                    )
+                }),
         };
         if let Err((kind, message)) = stored {
             tracing::error!(job = %entry.id, error = %message, "could not store image");

@@ -22,6 +22,7 @@ mod overload;
 mod ownership;
 mod restart;
 mod retention;
+mod shared_bucket;
 mod simple;
 mod spec;
 mod web;

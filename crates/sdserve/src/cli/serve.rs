@@ -15,6 +15,7 @@ use sdserve_engine::{DeviceSet, EngineOptions, LoraDir, ModelInfo, Precision, Va
 use sdserve_server::config::{
     self, AuthConfig, BasicCredential, ConnectionLimits, Limits, ServerConfig,
 };
+use sdserve_server::jobs::OutputLocation;
 use sdserve_server::models::Models;
 use sdserve_server::App;
 
@@ -59,12 +60,27 @@ pub struct ServeArgs {
     /// Jobs that may wait at once; more get 429 with Retry-After.
     #[arg(long, default_value_t = config::DEFAULT_QUEUE_SIZE, env = "SDSERVE_QUEUE_SIZE")]
     pub queue_size: usize,
-    /// Where PNGs and job records are written (kept across restarts).
-    #[arg(long, default_value = "./outputs", env = "SDSERVE_OUTPUT_DIR")]
-    pub output_dir: PathBuf,
+    /// Where PNGs and job records are written (kept across restarts): a local
+    /// folder, or s3://bucket/prefix shared by every replica (endpoint, region
+    /// and credentials from the AWS_* environment).
+    #[arg(
+        long,
+        value_name = "DIR|s3://BUCKET/PREFIX",
+        // FromStr, not clap's default From<&str> (which takes any text as a path).
+        value_parser = |text: &str| text.parse::<OutputLocation>(),
+        default_value = "./outputs",
+        env = "SDSERVE_OUTPUT_DIR"
+    )]
+    pub output_dir: OutputLocation,
+    /// This server's name in the job records it writes to an s3:// output;
+    /// after a restart it re-runs only the unfinished jobs under its own name.
+    /// Default: the host name (a pod's name). Keep it stable and unique.
+    #[arg(long, value_name = "NAME", env = "SDSERVE_REPLICA_NAME")]
+    pub replica_name: Option<String>,
     /// Where the models' sha256 hashes (A1111's model hash) are cached; default
-    /// --output-dir. A folder every replica shares and keeps (the models' volume)
-    /// spares each new pod hashing its model again before it is ready.
+    /// --output-dir (a temporary folder when that is s3://). A folder every
+    /// replica shares and keeps (the models' volume) spares each new pod
+    /// hashing its model again before it is ready.
     #[arg(long, value_name = "DIR", env = "SDSERVE_HASH_CACHE_DIR")]
     pub hash_cache_dir: Option<PathBuf>,
     /// Folder of LoRA `.safetensors` files; a request names one by its file stem
@@ -191,7 +207,10 @@ pub struct ServeArgs {
 
 impl ServeArgs {
     fn config(&self) -> anyhow::Result<ServerConfig> {
-        let mut config = ServerConfig::new(&self.output_dir);
+        let mut config = ServerConfig::new(self.output_dir.clone());
+        if let Some(name) = &self.replica_name {
+            config.replica_name = name.clone();
+        }
         config.lora_dir = self
             .lora_dir
             .as_deref()
@@ -271,7 +290,7 @@ async fn serve(app: App, args: ServeArgs, started: Instant) -> anyhow::Result<Ex
     } else {
         "on"
     };
-    tracing::info!(%addr, auth, output_dir = %args.output_dir.display(), "listening; /livez is up, /readyz waits for the model");
+    tracing::info!(%addr, auth, output_dir = %args.output_dir, "listening; /livez is up, /readyz waits for the model");
 
     let options = EngineOptions {
         vae_tiling: args.vae_tiling,
@@ -285,7 +304,7 @@ async fn serve(app: App, args: ServeArgs, started: Instant) -> anyhow::Result<Ex
         args.models_dir.as_deref(),
         args.model.as_deref(),
         DEFAULT_MODEL,
-        args.hash_cache_dir.as_deref().unwrap_or(&args.output_dir),
+        &hash_cache_dir(&args),
         args.max_loaded_models,
         options,
         &args.device,
@@ -315,6 +334,16 @@ async fn serve(app: App, args: ServeArgs, started: Instant) -> anyhow::Result<Ex
 
 /// Loads the default model on its own thread, then installs the models; the
 /// receiver gets the error if that fails.
+/// `--hash-cache-dir`, else the output folder, else (an s3:// output) a
+/// local temporary folder: the cache is a local file, never in the bucket.
+fn hash_cache_dir(args: &ServeArgs) -> PathBuf {
+    match (&args.hash_cache_dir, args.output_dir.local_dir()) {
+        (Some(dir), _) => dir.clone(),
+        (None, Some(dir)) => dir.to_path_buf(),
+        (None, None) => std::env::temp_dir().join("sdserve-hash-cache"),
+    }
+}
+
 fn spawn_loader(
     app: App,
     models: Models,

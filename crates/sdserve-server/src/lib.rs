@@ -10,7 +10,7 @@
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
 //! use std::sync::Arc;
 //! use sdserve_server::{App, FakeBackend, ServerConfig};
-//! let app = App::new(ServerConfig::new("./outputs"))?;
+//! let app = App::new(ServerConfig::new(std::path::Path::new("./outputs")))?;
 //! app.install_backend(Arc::new(FakeBackend::new()))?;
 //! let listener = tokio::net::TcpListener::bind("127.0.0.1:7860").await?;
 //! app.serve(listener, async { let _ = tokio::signal::ctrl_c().await; }).await?;

@@ -689,6 +689,35 @@ fn bad_flags_and_models_fail_fast() {
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(err.contains(needle), "{args:?}: {err}");
     }
+    // --output-dir: a URL of another scheme is refused, not taken for a
+    // folder named `gs:`; a bucket that cannot be reached stops the start,
+    // naming it (the endpoint is a closed local port).
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_sdserve"))
+        .args(["serve", "--output-dir", "gs://bucket/results"])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("unsupported output URL scheme `gs://`"),
+        "{err}"
+    );
+    assert!(!dir.path().join("gs:").exists());
+    let closed = format!("http://127.0.0.1:{}", common::free_port());
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_sdserve"))
+        .args(["serve", "--port", &common::free_port().to_string()])
+        .args(["--output-dir", "s3://unreachable-bucket/run1"])
+        .env("AWS_ENDPOINT_URL", &closed)
+        .env("AWS_REGION", "us-east-1")
+        .env("AWS_ACCESS_KEY_ID", "test")
+        .env("AWS_SECRET_ACCESS_KEY", "test")
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("unreachable-bucket"), "{err}");
 }
 
 /// `serve --vae-tiling on` serves diffusers' `vae.enable_tiling()` render of the

@@ -113,13 +113,6 @@ impl From<&PathBuf> for OutputLocation {
     }
 }
 
-impl From<&str> for OutputLocation {
-    /// A path (use `parse` for text that may be an `s3://` URL).
-    fn from(dir: &str) -> Self {
-        Self::Dir(dir.into())
-    }
-}
-
 /// One object's facts, from a listing.
 #[derive(Debug, Clone)]
 pub struct FileInfo {

@@ -210,7 +210,7 @@ async fn replicas_share_results_through_a_bucket() {
     b.stop().await.unwrap();
 
     // A bucket that does not exist: start-up fails and says which bucket.
-    let mut config = ServerConfig::new("unused");
+    let mut config = ServerConfig::new(std::path::Path::new("unused"));
     in_bucket("no-such-bucket", "a")(&mut config);
     let error = match App::new(config) {
         Ok(_) => panic!("a missing bucket was accepted"),

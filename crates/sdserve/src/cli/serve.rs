@@ -66,7 +66,7 @@ pub struct ServeArgs {
     #[arg(
         long,
         value_name = "DIR|s3://BUCKET/PREFIX",
-        // FromStr, not clap's default From<&str> (which takes any text as a path).
+        // FromStr: s3:// URLs become buckets, other schemes are refused.
         value_parser = |text: &str| text.parse::<OutputLocation>(),
         default_value = "./outputs",
         env = "SDSERVE_OUTPUT_DIR"

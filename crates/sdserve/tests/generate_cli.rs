@@ -596,7 +596,7 @@ fn device_flag_runs_on_the_cpu_and_refuses_what_this_build_cannot_do() {
     assert_matches_reference(&out_path, "reference/tiny-sd1/euler_ancestral-a-0.png");
 
     let refused = [
-        ("cuda:0,cuda:1", "one engine serves one device"),
+        ("cuda:0,cuda:1", "this command runs on one device"),
         ("tpu", "expected auto, cpu, cuda or cuda:N"),
         ("cuda:1", "built without CUDA"),
     ];

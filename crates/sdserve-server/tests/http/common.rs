@@ -143,6 +143,17 @@ impl TestServer {
     }
 
     /// Polls the native job until it is terminal.
+    /// A native job's `status` field ("" if it has none).
+    pub async fn job_status(&self, id: &str) -> String {
+        let job: Value = self
+            .get(&format!("/api/v1/jobs/{id}"))
+            .await
+            .json()
+            .await
+            .unwrap();
+        job["status"].as_str().unwrap_or_default().to_string()
+    }
+
     pub async fn wait_job(&self, id: &str) -> Value {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {

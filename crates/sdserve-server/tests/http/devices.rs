@@ -56,16 +56,6 @@ async fn two_devices(budgets: [u64; 2]) -> (TestServer, [Arc<FakeBackend>; 2]) {
     (s, fakes)
 }
 
-async fn status(s: &TestServer, id: &str) -> String {
-    let job: Value = s
-        .get(&format!("/api/v1/jobs/{id}"))
-        .await
-        .json()
-        .await
-        .unwrap();
-    job["status"].as_str().unwrap().to_string()
-}
-
 #[tokio::test]
 async fn two_devices_run_two_batches_at_once_from_one_queue() {
     let (s, fakes) = two_devices([400, 400]).await;
@@ -78,7 +68,7 @@ async fn two_devices_run_two_batches_at_once_from_one_queue() {
         .await;
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        let (sa, sb) = (status(&s, &a).await, status(&s, &b).await);
+        let (sa, sb) = (s.job_status(&a).await, s.job_status(&b).await);
         if sa == "running" && sb == "running" {
             break;
         }

@@ -140,16 +140,6 @@ fn model_of(answer: &Value) -> String {
         .to_string()
 }
 
-async fn status(s: &TestServer, id: &str) -> String {
-    let job: Value = s
-        .get(&format!("/api/v1/jobs/{id}"))
-        .await
-        .json()
-        .await
-        .unwrap();
-    job["status"].as_str().unwrap_or_default().to_string()
-}
-
 /// The infotext of a native job's first image.
 async fn infotext(s: &TestServer, job: &Value) -> String {
     let url = job["images"][0]["url"].as_str().unwrap();
@@ -497,7 +487,7 @@ async fn jobs_of_different_models_are_never_batched_together() {
     // The worker is busy with this one while the others queue behind it.
     let blocker = submit("alpha", "blocker").await;
     let deadline = Instant::now() + Duration::from_secs(10);
-    while status(&m.s, &blocker).await != "running" {
+    while m.s.job_status(&blocker).await != "running" {
         assert!(Instant::now() < deadline);
         tokio::time::sleep(Duration::from_millis(5)).await;
     }

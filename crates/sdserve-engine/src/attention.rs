@@ -9,6 +9,9 @@
 //! rescaling is needed, and the result equals the naive computation up to the
 //! matrix kernels' rounding). A single row needs `4 × keys` bytes, which stays
 //! small for any size the limits admit (a 4096x4096 image: 1 MiB).
+//!
+//! On the CPU, `attention_cpu.rs` goes further: no block of scores ever
+//! leaves the cache (the blocked form here serves the GPU).
 
 use candle_core::{DType, Result, Tensor};
 
@@ -52,6 +55,16 @@ pub fn attention(
     scale: f64,
     block: ScoreBlock,
 ) -> Result<Tensor> {
+    if q.device().is_cpu() {
+        let f32 = |t: &Tensor| t.to_dtype(DType::F32);
+        return crate::attention_cpu::attention_f32(&f32(q)?, &f32(k)?, &f32(v)?, scale)?
+            .to_dtype(q.dtype());
+    }
+    blocked(q, k, v, scale, block)
+}
+
+/// The GPU's form: one [`ScoreBlock`] of scores at a time.
+fn blocked(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64, block: ScoreBlock) -> Result<Tensor> {
     let in_dtype = q.dtype();
     let (heads, queries, _) = q.dims3()?;
     let keys = k.dim(1)?;
@@ -116,6 +129,35 @@ mod tests {
     }
 
     #[test]
+    fn cpu_attention_equals_the_naive_one() {
+        let dev = Device::Cpu;
+        // Cross-attention-like (few keys), self-attention with ragged row
+        // blocks (more rows than one task takes), and a non-contiguous q.
+        for (heads, queries, keys, depth) in [(3, 50, 7, 8), (2, 700, 1100, 40), (1, 1, 1, 1)] {
+            let q = Tensor::randn(0f32, 1.0, (heads, queries, depth), &dev).unwrap();
+            let k = Tensor::randn(0f32, 1.0, (heads, keys, depth), &dev).unwrap();
+            let v = Tensor::randn(0f32, 1.0, (heads, keys, depth), &dev).unwrap();
+            let expected = naive(&q, &k, &v, 0.3);
+            let got = crate::attention_cpu::attention_f32(&q, &k, &v, 0.3).unwrap();
+            assert_eq!(got.dims(), &[heads, queries, depth]);
+            let d = max_diff(&got, &expected);
+            assert!(d < 1e-5, "{heads}x{queries}x{keys}x{depth}: {d}");
+        }
+        let q = Tensor::randn(0f32, 1.0, (4, 9, 2), &dev).unwrap();
+        let k = Tensor::randn(0f32, 1.0, (2, 5, 4), &dev).unwrap();
+        let v = Tensor::randn(0f32, 1.0, (2, 5, 4), &dev).unwrap();
+        let q_t = q.permute((2, 1, 0)).unwrap(); // (2, 9, 4), strided
+        let d = max_diff(
+            &attention(&q_t, &k, &v, 0.5, ScoreBlock::DEFAULT).unwrap(),
+            &naive(&q_t.contiguous().unwrap(), &k, &v, 0.5),
+        );
+        assert!(d < 1e-5, "{d}");
+        // Mismatched shapes are an error, not a crash.
+        let bad = Tensor::zeros((2, 5, 3), DType::F32, &dev).unwrap();
+        assert!(crate::attention_cpu::attention_f32(&q_t, &bad, &bad, 1.0).is_err());
+    }
+
+    #[test]
     fn blocked_attention_equals_the_naive_one() {
         let dev = Device::Cpu;
         let q = Tensor::randn(0f32, 1.0, (6, 37, 8), &dev).unwrap();
@@ -124,7 +166,7 @@ mod tests {
         let expected = naive(&q, &k, &v, 0.35);
         // Whole, runs of heads, and runs of rows with a ragged last block.
         for bytes in [1 << 30, 4 * 37 * 29 * 4, 4 * 29 * 5, 1] {
-            let got = attention(&q, &k, &v, 0.35, ScoreBlock(bytes)).unwrap();
+            let got = blocked(&q, &k, &v, 0.35, ScoreBlock(bytes)).unwrap();
             assert_eq!(got.dims(), &[6, 37, 8]);
             let d = max_diff(&got, &expected);
             assert!(d < 1e-5, "block {bytes}: {d}");

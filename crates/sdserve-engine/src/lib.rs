@@ -4,7 +4,9 @@
 //! diffusers for the same model, settings and seed. It owns the weights, the
 //! tokenizer, the samplers and the seeded noise; it knows nothing of HTTP or async.
 
+pub mod alloc;
 mod attention;
+mod attention_cpu;
 mod conditioning;
 pub mod config;
 mod conv;
@@ -33,6 +35,7 @@ pub mod request;
 pub mod rng;
 pub mod samplers;
 mod single_file;
+mod softmax;
 mod text_encoder;
 pub mod tokenizer;
 mod transformer;

@@ -5,16 +5,17 @@
 //! file, so a truncated or malformed file gives an error naming the file and
 //! the tensor instead of a panic deep inside a layer constructor.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::Read;
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
 use candle_core::{DType, Device, Shape, Tensor};
 use candle_nn::var_builder::SimpleBackend;
 use candle_nn::{Init, VarBuilder};
-use memmap2::{Mmap, UncheckedAdvice};
 use serde::Deserialize;
 
+use crate::alloc::MappedFile;
 use crate::error::{EngineError, Result};
 
 /// File extensions of pickle-based checkpoints, which can run code on load.
@@ -297,6 +298,16 @@ fn parse_entries(
         };
         tensors.insert(name, entry);
     }
+    // Tensors may later own their bytes in place (`MappedWeights::adopt`):
+    // two must never share any, as the safetensors library also insists.
+    let mut ranges: Vec<(&String, &TensorEntry)> = tensors.iter().collect();
+    ranges.sort_by_key(|(name, e)| (e.start, e.end, *name));
+    for pair in ranges.windows(2) {
+        let ((a, first), (b, second)) = (pair[0], pair[1]);
+        if second.start < first.end {
+            return Err(format!("tensors {a} and {b} overlap in the file"));
+        }
+    }
     Ok(tensors)
 }
 
@@ -334,13 +345,20 @@ pub(crate) fn tensor_shapes(path: &Path) -> Result<Vec<(String, Vec<usize>, DTyp
         .collect())
 }
 
-/// Memory-mapped safetensors files. Each tensor's pages are released as soon
-/// as it has been converted, so loading never holds a whole mapped file and
-/// its converted copy at once: peak memory stays near the model's own size.
+/// Memory-mapped safetensors files (copy-on-write, see [`crate::alloc`]).
+///
+/// On the CPU a tensor whose runtime dtype is the file's is not copied: its
+/// storage is the mapping's pages, so loading costs what touching them costs.
+/// Any other tensor is converted and the pages it came from are released
+/// straight after, so loading never holds a whole mapped file and its
+/// converted copy at once: peak memory stays near the model's own size.
 pub(crate) struct MappedWeights {
-    maps: Vec<Mmap>,
+    maps: Vec<MappedFile>,
     /// Tensor name -> (index into `maps`, where its bytes are).
     index: HashMap<String, (usize, TensorEntry)>,
+    /// Tensors already handed out as mapped pages: a second request copies,
+    /// so no two tensors ever share a buffer.
+    adopted: Mutex<HashSet<String>>,
 }
 
 impl MappedWeights {
@@ -352,17 +370,25 @@ impl MappedWeights {
             let header = read_header(path)?;
             let file = std::fs::File::open(path)
                 .map_err(|e| EngineError::invalid_model(path, format!("cannot open: {e}")))?;
-            // SAFETY: mapped read-only; sdserve never writes model files, and the
-            // header was checked against the file size above.
-            let map = unsafe { Mmap::map(&file) }
+            let len = file
+                .metadata()
+                .ok()
+                .and_then(|m| usize::try_from(m.len()).ok())
+                .ok_or_else(|| EngineError::invalid_model(path, "cannot read its size"))?;
+            // The header was checked against this size above.
+            let map = MappedFile::open(&file, len)
                 .map_err(|e| EngineError::invalid_model(path, format!("cannot memory-map: {e}")))?;
             maps.push(map);
             index.extend(header.into_iter().map(|(name, entry)| (name, (i, entry))));
         }
-        Ok(Self { maps, index })
+        Ok(Self {
+            maps,
+            index,
+            adopted: Mutex::new(HashSet::new()),
+        })
     }
 
-    /// Tensor `name` converted to `dtype` on `device`; its pages are released after.
+    /// Tensor `name` converted to `dtype` on `device`.
     pub(crate) fn load(
         &self,
         name: &str,
@@ -376,22 +402,58 @@ impl MappedWeights {
                     path: name.to_string(),
                 })?;
         let map = &self.maps[*file];
+        if dtype == entry.dtype && device.is_cpu() {
+            if let Some(tensor) = self.adopt(name, map, entry)? {
+                return Ok(tensor);
+            }
+        }
         // The file may have shrunk since its header was checked.
-        let bytes = map.get(entry.start..entry.end).ok_or_else(|| {
+        let bytes = map.bytes(entry.start, entry.end).ok_or_else(|| {
             candle_core::Error::Msg(format!("tensor {name}: file changed while loading"))
         })?;
         let tensor =
             Tensor::from_raw_buffer(bytes, entry.dtype, &entry.shape, device)?.to_dtype(dtype)?;
-        // SAFETY: the map is read-only and file-backed: dropped pages are read
-        // again from the file if ever touched, so no data can be lost.
-        let _ = unsafe {
-            map.unchecked_advise_range(
-                UncheckedAdvice::DontNeed,
-                entry.start,
-                entry.end - entry.start,
-            )
-        };
+        map.dont_need(entry.start, entry.end);
         Ok(tensor)
+    }
+
+    /// The tensor over the mapping's own pages, or None where it must be copied.
+    fn adopt(
+        &self,
+        name: &str,
+        map: &MappedFile,
+        entry: &TensorEntry,
+    ) -> candle_core::Result<Option<Tensor>> {
+        let mut adopted = self.adopted.lock().unwrap_or_else(|e| e.into_inner());
+        if adopted.contains(name) {
+            return Ok(None);
+        }
+        let count = entry.shape.iter().product::<usize>();
+        // SAFETY: every bit pattern is a valid float of these types; the
+        // stretch is this tensor's alone (safetensors tensors do not overlap:
+        // checked with the header) and `adopted` keeps it from being handed
+        // out twice or read as bytes afterwards.
+        let tensor = unsafe {
+            match entry.dtype {
+                DType::F32 => map
+                    .adopt::<f32>(entry.start, count)
+                    .map(|v| Tensor::from_vec(v, entry.shape.as_slice(), &Device::Cpu)),
+                DType::F16 => map
+                    .adopt::<half::f16>(entry.start, count)
+                    .map(|v| Tensor::from_vec(v, entry.shape.as_slice(), &Device::Cpu)),
+                DType::BF16 => map
+                    .adopt::<half::bf16>(entry.start, count)
+                    .map(|v| Tensor::from_vec(v, entry.shape.as_slice(), &Device::Cpu)),
+                _ => None,
+            }
+        };
+        match tensor {
+            Some(t) => {
+                adopted.insert(name.to_string());
+                t.map(Some)
+            }
+            None => Ok(None),
+        }
     }
 }
 
@@ -502,6 +564,13 @@ mod tests {
             .to_string()
             .contains("tensor w: dtype I32"));
 
+        let overlap = r#"{"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"b":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}}"#;
+        let overlap = write(&dir, "overlap.safetensors", &header_file(overlap, 8));
+        assert!(validate_safetensors(&overlap)
+            .unwrap_err()
+            .to_string()
+            .contains("tensors a and b overlap"));
+
         let tiny = write(&dir, "tiny.safetensors", b"abc");
         assert!(validate_safetensors(&tiny)
             .unwrap_err()
@@ -516,7 +585,7 @@ mod tests {
 
         // The in-memory parser gives the same answers and messages.
         for name in [
-            "ok", "trunc", "huge", "shape", "dtype", "int", "tiny", "json",
+            "ok", "trunc", "huge", "shape", "dtype", "int", "tiny", "json", "overlap",
         ] {
             let path = dir.join(format!("{name}.safetensors"));
             let from_file = validate_safetensors(&path).map_err(|e| e.to_string());

@@ -33,6 +33,11 @@ enum Command {
     Healthcheck(cli::healthcheck::HealthcheckArgs),
 }
 
+/// glibc's allocator plus reuse of large freed buffers and weight tensors
+/// over the files' own pages (zero-copy load): see `sdserve_engine::alloc`.
+#[global_allocator]
+static ALLOCATOR: sdserve_engine::alloc::EngineAllocator = sdserve_engine::alloc::EngineAllocator;
+
 fn main() -> anyhow::Result<std::process::ExitCode> {
     let cli = Cli::parse();
     match cli.command {

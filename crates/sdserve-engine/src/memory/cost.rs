@@ -41,6 +41,14 @@ pub enum Attention {
         /// `ScoreBlock`'s bytes.
         score_bytes: u64,
     },
+    /// A few query rows per thread, scores kept in cache (the engine's
+    /// `attention_cpu.rs`): each of `threads` tasks holds `score_bytes`.
+    RowsPerThread {
+        /// `attention_cpu::SCORE_BYTES`.
+        score_bytes: u64,
+        /// Threads running tasks at once.
+        threads: usize,
+    },
     /// Query blocks × key blocks with a running max and sum (flash-style):
     /// scores exist one tile at a time.
     Chunked {
@@ -63,6 +71,13 @@ impl Attention {
                 // scores are f32 whatever the model's dtype: bytes / 4 per block
                 whole.min(2 * u128::from(score_bytes) / 4)
             }
+            Attention::RowsPerThread {
+                score_bytes,
+                threads,
+            } => {
+                let whole = bh * nq as u128 * nk as u128;
+                whole.min(threads as u128 * u128::from(score_bytes) / 4)
+            }
             // a tile of scores, its exponentials, and the running max/sum per query
             Attention::Chunked { q_block, k_block } => {
                 let (q, k) = (q_block.min(nq) as u128, k_block.min(nk) as u128);
@@ -72,10 +87,23 @@ impl Attention {
     }
 }
 
-/// The attention the engine runs: blocks of 64 MiB of scores (`attention::ScoreBlock::DEFAULT`).
+/// The attention the engine runs on a GPU: blocks of 64 MiB of scores (`attention::ScoreBlock::DEFAULT`).
 pub const ENGINE_ATTENTION: Attention = Attention::Blocked {
     score_bytes: 64 << 20,
 };
+
+/// The attention the engine runs on `device`: on the CPU a block of query
+/// rows per thread (`attention_cpu.rs`), on a GPU [`ENGINE_ATTENTION`].
+pub fn engine_attention(device: &candle_core::Device) -> Attention {
+    if device.is_cpu() {
+        Attention::RowsPerThread {
+            score_bytes: crate::attention_cpu::SCORE_BYTES as u64,
+            threads: candle_core::utils::get_num_threads().max(1),
+        }
+    } else {
+        ENGINE_ATTENTION
+    }
+}
 
 /// The shapes that decide activation memory, read from the UNet and VAE configs.
 #[derive(Debug, Clone, PartialEq)]
@@ -113,6 +141,7 @@ impl ModelShape {
         vae: &VaeConfig,
         dtype_bytes: usize,
         vae_dtype_bytes: usize,
+        attention: Attention,
     ) -> Self {
         let n = unet.block_out_channels.len();
         let heads = unet
@@ -143,7 +172,7 @@ impl ModelShape {
             dtype_bytes,
             vae_dtype_bytes,
             vae_tile: vae.sample_size(),
-            attention: ENGINE_ATTENTION,
+            attention,
         }
     }
 

@@ -74,6 +74,7 @@ pub fn plan_for_model(
             &vae,
             dtype.size_in_bytes(),
             vae_dtype.size_in_bytes(),
+            super::cost::engine_attention(device),
         ),
         options.vae_tiling,
         TILING_AVAILABLE,

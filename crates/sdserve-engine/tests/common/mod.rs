@@ -12,6 +12,11 @@ use sdserve_engine::request::ImageToImage;
 use sdserve_engine::{GenerateRequest, PromptSyntax, SamplerName, ScheduleType};
 use serde::Deserialize;
 
+/// The binary's allocator, so the parity suites check the product's
+/// zero-copy weight tensors and reused buffers against diffusers.
+#[global_allocator]
+static ALLOCATOR: sdserve_engine::alloc::EngineAllocator = sdserve_engine::alloc::EngineAllocator;
+
 /// One diffusers render: its settings and the PNGs it wrote. (Each test
 /// binary compiles this module and reads its own subset of the fields.)
 #[allow(dead_code)]

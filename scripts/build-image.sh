@@ -92,7 +92,10 @@ if [ -n "$context_only" ]; then
   echo "context written to $ctx"
   exit 0
 fi
-version=$("$binary" --version | awk '{print $2}')
+# A CUDA binary cannot start here without the driver's libcuda.so.1: then the
+# version is the checkout's (the binary is built from it).
+version=$("$binary" --version 2>/dev/null | awk '{print $2}') ||
+  version=$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -n1)
 revision=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
 docker build --quiet -t "$tag" \
   --label org.opencontainers.image.title=sdserve \

@@ -14,6 +14,7 @@ use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use gemm::Parallelism;
 use rayon::prelude::*;
 
+use crate::shared_out::SharedOut;
 use crate::softmax::exp_shifted_rows;
 
 /// Bytes of one task's scores: about half a typical L2 cache.
@@ -37,19 +38,6 @@ pub fn attention_f32(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> Result<T
 
 struct FusedAttention {
     scale: f32,
-}
-
-/// The output, written by several tasks at disjoint rows.
-#[derive(Clone, Copy)]
-struct Out(*mut f32);
-// SAFETY: each task writes only its own rows.
-unsafe impl Send for Out {}
-unsafe impl Sync for Out {}
-
-impl Out {
-    fn at(self, offset: usize) -> *mut f32 {
-        self.0.wrapping_add(offset)
-    }
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -112,7 +100,7 @@ fn run(q: &[f32], k: &[f32], v: &[f32], d: Dims, scale: f32) -> Vec<f32> {
         .clamp(MIN_ROWS, MAX_ROWS)
         .min(d.queries);
     let blocks = d.queries.div_ceil(rows);
-    let dst = Out(out.as_mut_ptr());
+    let dst = SharedOut::new(&mut out);
     let task = |scratch: &mut (Vec<f32>, Vec<f32>), index: usize| {
         let (head, block) = (index / blocks, index % blocks);
         let r0 = block * rows;

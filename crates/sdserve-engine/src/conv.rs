@@ -18,6 +18,8 @@ use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use gemm::Parallelism;
 use rayon::prelude::*;
 
+use crate::shared_out::SharedOut;
+
 /// Bytes of one band's im2col matrix: large enough for gemm to run at full
 /// speed, small enough to stay in the last-level cache.
 const BAND_BYTES: usize = 8 << 20;
@@ -100,20 +102,6 @@ impl Dims {
     }
 }
 
-/// The output buffer, written by several threads at disjoint places.
-#[derive(Clone, Copy)]
-struct Out(*mut f32);
-// SAFETY: each task writes only its own band's columns of the output.
-unsafe impl Send for Out {}
-unsafe impl Sync for Out {}
-
-impl Out {
-    /// The pointer (a method, so closures capture the `Sync` wrapper, not the field).
-    fn at(self, offset: usize) -> *mut f32 {
-        self.0.wrapping_add(offset)
-    }
-}
-
 impl CustomOp3 for Conv {
     fn name(&self) -> &'static str {
         "sdserve-conv2d"
@@ -169,7 +157,7 @@ fn run(input: &[f32], weight: &[f32], bias: &[f32], d: Dims, g: ConvGeometry) ->
     } else {
         (false, Parallelism::None)
     };
-    let dst = Out(out.as_mut_ptr());
+    let dst = SharedOut::new(&mut out);
     let task = |scratch: &mut Vec<f32>, index: usize| {
         let (b, band) = (index / bands, index % bands);
         let y0 = band * rows;

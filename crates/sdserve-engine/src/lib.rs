@@ -34,6 +34,7 @@ pub mod prompt;
 pub mod request;
 pub mod rng;
 pub mod samplers;
+mod shared_out;
 mod single_file;
 mod softmax;
 mod text_encoder;

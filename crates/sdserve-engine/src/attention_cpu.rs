@@ -14,7 +14,7 @@ use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use gemm::Parallelism;
 use rayon::prelude::*;
 
-use crate::shared_out::SharedOut;
+use crate::cpu_kernel::{contiguous_f32, SharedOut};
 use crate::softmax::exp_shifted_rows;
 
 /// Bytes of one task's scores: about half a typical L2 cache.
@@ -62,14 +62,9 @@ impl CustomOp3 for FusedAttention {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let (CpuStorage::F32(q), CpuStorage::F32(k), CpuStorage::F32(v)) = (s1, s2, s3) else {
-            candle_core::bail!("sdserve-attention takes f32 tensors");
-        };
-        let contiguous = |l: &Layout| l.contiguous_offsets().map(|(a, b)| a..b);
-        let (Some(rq), Some(rk), Some(rv)) = (contiguous(l1), contiguous(l2), contiguous(l3))
-        else {
-            candle_core::bail!("sdserve-attention takes contiguous tensors");
-        };
+        let q = contiguous_f32(self.name(), s1, l1)?;
+        let k = contiguous_f32(self.name(), s2, l2)?;
+        let v = contiguous_f32(self.name(), s3, l3)?;
         let (heads, queries, depth) = l1.shape().dims3()?;
         let (k_heads, keys, k_depth) = l2.shape().dims3()?;
         if (k_heads, k_depth) != (heads, depth) || l3.shape().dims() != l2.shape().dims() {
@@ -86,7 +81,7 @@ impl CustomOp3 for FusedAttention {
             keys,
             depth,
         };
-        let out = run(&q[rq], &k[rk], &v[rv], d, self.scale);
+        let out = run(q, k, v, d, self.scale);
         Ok((CpuStorage::F32(out), Shape::from((heads, queries, depth))))
     }
 }

@@ -18,7 +18,7 @@ use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use gemm::Parallelism;
 use rayon::prelude::*;
 
-use crate::shared_out::SharedOut;
+use crate::cpu_kernel::{contiguous_f32, SharedOut};
 
 /// Bytes of one band's im2col matrix: large enough for gemm to run at full
 /// speed, small enough to stay in the last-level cache.
@@ -116,17 +116,11 @@ impl CustomOp3 for Conv {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let (CpuStorage::F32(input), CpuStorage::F32(weight), CpuStorage::F32(bias)) = (s1, s2, s3)
-        else {
-            candle_core::bail!("sdserve-conv2d takes f32 tensors");
-        };
-        let contiguous = |l: &Layout| l.contiguous_offsets().map(|(a, b)| a..b);
-        let (Some(ri), Some(rw), Some(rb)) = (contiguous(l1), contiguous(l2), contiguous(l3))
-        else {
-            candle_core::bail!("sdserve-conv2d takes contiguous tensors");
-        };
+        let input = contiguous_f32(self.name(), s1, l1)?;
+        let weight = contiguous_f32(self.name(), s2, l2)?;
+        let bias = contiguous_f32(self.name(), s3, l3)?;
         let d = Dims::new(l1, l2, l3, self.0)?;
-        let out = run(&input[ri], &weight[rw], &bias[rb], d, self.0);
+        let out = run(input, weight, bias, d, self.0);
         let shape = Shape::from((d.batch, d.c_out, d.out_h, d.out_w));
         Ok((CpuStorage::F32(out), shape))
     }

@@ -402,58 +402,51 @@ impl MappedWeights {
                     path: name.to_string(),
                 })?;
         let map = &self.maps[*file];
-        if dtype == entry.dtype && device.is_cpu() {
-            if let Some(tensor) = self.adopt(name, map, entry)? {
-                return Ok(tensor);
+        let mut adopted = self.adopted.lock().unwrap_or_else(|e| e.into_inner());
+        let owned_by_a_tensor = adopted.contains(name);
+        if dtype == entry.dtype && device.is_cpu() && !owned_by_a_tensor {
+            if let Some(tensor) = adopt(map, entry) {
+                adopted.insert(name.to_string());
+                return tensor;
             }
         }
-        // The file may have shrunk since its header was checked.
+        // A tensor asked for again after its pages were adopted is copied
+        // from them (weights are never written in place, so they still hold
+        // the file's values); otherwise the file may have shrunk since its
+        // header was checked.
         let bytes = map.bytes(entry.start, entry.end).ok_or_else(|| {
             candle_core::Error::Msg(format!("tensor {name}: file changed while loading"))
         })?;
         let tensor =
             Tensor::from_raw_buffer(bytes, entry.dtype, &entry.shape, device)?.to_dtype(dtype)?;
-        map.dont_need(entry.start, entry.end);
+        // Pages a tensor owns stay mapped.
+        if !owned_by_a_tensor {
+            map.dont_need(entry.start, entry.end);
+        }
         Ok(tensor)
     }
+}
 
-    /// The tensor over the mapping's own pages, or None where it must be copied.
-    fn adopt(
-        &self,
-        name: &str,
+/// The tensor over the mapping's own pages, or None where it must be copied
+/// (the allocator is not installed, a dtype without a Rust element type here,
+/// misaligned bytes).
+fn adopt(map: &MappedFile, entry: &TensorEntry) -> Option<candle_core::Result<Tensor>> {
+    fn over<T: candle_core::WithDType>(
         map: &MappedFile,
         entry: &TensorEntry,
-    ) -> candle_core::Result<Option<Tensor>> {
-        let mut adopted = self.adopted.lock().unwrap_or_else(|e| e.into_inner());
-        if adopted.contains(name) {
-            return Ok(None);
-        }
+    ) -> Option<candle_core::Result<Tensor>> {
         let count = entry.shape.iter().product::<usize>();
-        // SAFETY: every bit pattern is a valid float of these types; the
-        // stretch is this tensor's alone (safetensors tensors do not overlap:
-        // checked with the header) and `adopted` keeps it from being handed
-        // out twice or read as bytes afterwards.
-        let tensor = unsafe {
-            match entry.dtype {
-                DType::F32 => map
-                    .adopt::<f32>(entry.start, count)
-                    .map(|v| Tensor::from_vec(v, entry.shape.as_slice(), &Device::Cpu)),
-                DType::F16 => map
-                    .adopt::<half::f16>(entry.start, count)
-                    .map(|v| Tensor::from_vec(v, entry.shape.as_slice(), &Device::Cpu)),
-                DType::BF16 => map
-                    .adopt::<half::bf16>(entry.start, count)
-                    .map(|v| Tensor::from_vec(v, entry.shape.as_slice(), &Device::Cpu)),
-                _ => None,
-            }
-        };
-        match tensor {
-            Some(t) => {
-                adopted.insert(name.to_string());
-                t.map(Some)
-            }
-            None => Ok(None),
-        }
+        // SAFETY: every bit pattern is a valid float of these types, and the
+        // stretch is this tensor's alone: tensors do not overlap (checked
+        // with the header) and `MappedWeights::adopted` hands it out once.
+        let data = unsafe { map.adopt::<T>(entry.start, count) }?;
+        Some(Tensor::from_vec(data, entry.shape.as_slice(), &Device::Cpu))
+    }
+    match entry.dtype {
+        DType::F32 => over::<f32>(map, entry),
+        DType::F16 => over::<half::f16>(map, entry),
+        DType::BF16 => over::<half::bf16>(map, entry),
+        _ => None,
     }
 }
 

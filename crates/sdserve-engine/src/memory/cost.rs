@@ -358,6 +358,13 @@ mod tests {
         assert!(ratio(&chunked) < 4.5, "{}", ratio(&chunked));
         // full attention at 512, batch 2 (CFG): 2 * 8 heads * 4096^2 scores and softmax
         assert!(full.unet_peak(512, 512, 2) > 2 * 16 * 4096 * 4096 * 4);
+        // the CPU's rows per thread: a fixed block per thread, never more than the whole matrix
+        let rows = Attention::RowsPerThread {
+            score_bytes: 512 << 10,
+            threads: 2,
+        };
+        assert_eq!(rows.scratch(16, 4096, 4096), 2 * (512 << 10) / 4);
+        assert_eq!(rows.scratch(1, 10, 77), 770);
         // tiling bounds the decode by the tile
         assert!(chunked.vae_tiled_peak(2048, 2048, 512) < chunked.vae_decode_peak(2048, 2048) / 4);
         assert!(

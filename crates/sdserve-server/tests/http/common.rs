@@ -142,7 +142,6 @@ impl TestServer {
             .to_string()
     }
 
-    /// Polls the native job until it is terminal.
     /// A native job's `status` field ("" if it has none).
     pub async fn job_status(&self, id: &str) -> String {
         let job: Value = self
@@ -154,6 +153,7 @@ impl TestServer {
         job["status"].as_str().unwrap_or_default().to_string()
     }
 
+    /// Polls the native job until it is terminal.
     pub async fn wait_job(&self, id: &str) -> Value {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {

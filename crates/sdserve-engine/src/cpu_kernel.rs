@@ -1,4 +1,4 @@
-//! What our CPU custom ops (conv.rs, attention_cpu.rs) share: their inputs
+//! What our CPU custom ops (conv/, attention_cpu.rs) share: their inputs
 //! as contiguous f32 slices, and an output buffer that several rayon tasks
 //! write at disjoint places (the convolution's bands, the attention's rows).
 

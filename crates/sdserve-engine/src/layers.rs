@@ -1,11 +1,11 @@
 //! The convolution, group norm and resnet layers of the UNet and VAE.
 //!
-//! Ours for three reasons. Speed: on the CPU convolutions run `conv.rs`'s
-//! banded im2col + gemm instead of candle's. bf16 on the CPU: there is no bf16
-//! convolution kernel (without MKL), so a bf16 convolution on the CPU widens
-//! its input and weight to f32 for the call and narrows the result back
-//! (weights stay bf16 in memory; one layer's weight is widened at a time). Memory: candle's
-//! GroupNorm is five out-of-place ops (centre, square, divide, scale, shift)
+//! Ours for three reasons. Speed: on the CPU convolutions run `conv/`'s
+//! banded im2col + gemm (Winograd for large 3×3 layers) instead of candle's.
+//! bf16 on the CPU: there is no bf16 convolution kernel (without MKL), so a
+//! bf16 convolution on the CPU widens its input and weight to f32 for the
+//! call and narrows the result back (weights stay bf16 in memory; one
+//! layer's weight is widened at a time). Memory: candle's GroupNorm is five out-of-place ops (centre, square, divide, scale, shift)
 //! and SiLU a sixth, so at full VAE resolution a resnet held five copies of
 //! its input; on the CPU in f32 our GroupNorm (with the SiLU that always
 //! follows it in a resnet) is one pass writing one buffer.
@@ -17,7 +17,7 @@ use candle_nn as nn;
 use rayon::prelude::*;
 
 /// A 2-D convolution (`weight`, optional `bias`). On the CPU it runs our
-/// banded im2col + gemm (`conv.rs`), in f32 (bf16 widens for the call).
+/// banded im2col + gemm or Winograd (`conv/`), in f32 (bf16 widens for the call).
 pub struct Conv2d {
     inner: nn::Conv2d,
     /// The bias, or zeros: the CPU kernel starts its sums from it.

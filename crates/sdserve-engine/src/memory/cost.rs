@@ -14,8 +14,10 @@
 //! * GroupNorm (+ SiLU) of `c` channels over `n` cells: one fused pass, one
 //!   output buffer of `c·n` (on the CPU in f32; other dtypes take candle's
 //!   out-of-place ops, which this model undercounts).
-//! * 3×3 conv (`conv.rs` on the CPU): the output only; the im2col band each
-//!   thread fills is at most 8 MiB, negligible.
+//! * 3×3 conv (`conv/` on the CPU): the output only; the im2col or Winograd
+//!   band each thread fills is at most 8 MiB, and Winograd's transformed
+//!   kernels at most 16 MiB, small beside the activations of the images
+//!   that take that path.
 //! * ResnetBlock2D (`cin` → `cout`, shortcut conv when they differ): see
 //!   [`resnet_peak`].
 //! * Transformer block of `c` channels: the residual and hidden state, then the

@@ -1,0 +1,386 @@
+//! Winograd F(2×2, 3×3) for the CPU's 3×3 stride-1 convolutions on large
+//! images (the VAE decoder at full resolution, the UNet's first level).
+//!
+//! Each 2×2 block of output pixels (a tile) depends on a 4×4 window of the
+//! input. In the Winograd domain (`Bᵀ d B` for the window, `G g Gᵀ` for the
+//! kernel) the tile's 3×3 convolution is 16 element-wise products summed over
+//! input channels: 16 gemms of `c_out × c_in` by `c_in × tiles`, then
+//! `Aᵀ m A` turns each tile's 16 sums back into 4 pixels. That is 16
+//! multiplies per 4 outputs and input channel where im2col does 36: 2.25×
+//! less arithmetic in the gemm that is most of a convolution's time, for
+//! transforms whose cost is linear in the data and in the weights.
+//!
+//! The transforms use only ±1 and ½, so the result differs from the direct
+//! sum by a few f32 roundings of the tile's values; the tests bound it
+//! against candle's conv2d.
+
+use std::ops::Range;
+
+use rayon::prelude::*;
+
+use super::{schedule, Dims};
+use crate::cpu_kernel::SharedOut;
+
+/// Bytes of one band's transformed input and products (per thread).
+const BAND_BYTES: usize = 8 << 20;
+/// The transformed kernels take 16/9 of the weight; above this size the
+/// layer keeps im2col (the UNet's 640- and 1280-channel levels, whose images
+/// are small anyway), so this path's extra memory stays small.
+const MAX_KERNEL_BYTES: usize = 16 << 20;
+/// Below this many tiles per image the kernel transform does not pay off.
+const MIN_TILES: usize = 256;
+
+/// Whether the convolution `d` with geometry `g` takes this path.
+pub(super) fn applies(d: &Dims, g: super::ConvGeometry) -> bool {
+    let kernel_bytes = (16 * 4usize).saturating_mul(d.c_out).saturating_mul(d.c_in);
+    d.kh == 3
+        && d.kw == 3
+        && g.stride == 1
+        && g.dilation == 1
+        && kernel_bytes <= MAX_KERNEL_BYTES
+        && d.out_h.div_ceil(2) * d.out_w.div_ceil(2) >= MIN_TILES
+}
+
+/// Per-task buffers, reused across the bands a thread runs.
+#[derive(Default)]
+struct Scratch {
+    /// 16 matrices `c_in × tiles`: the band's transformed input.
+    input: Vec<f32>,
+    /// 16 matrices `c_out × tiles`: their products with the kernels.
+    products: Vec<f32>,
+    /// Four input rows with the padding made explicit.
+    rows: Vec<f32>,
+}
+
+/// The 3×3, stride-1 convolution of `input` (padding `padding`) into `out`,
+/// which holds `d.batch × c_out × out_h × out_w` elements.
+pub(super) fn run(
+    input: &[f32],
+    weight: &[f32],
+    bias: &[f32],
+    d: Dims,
+    padding: usize,
+    out: &mut [f32],
+) {
+    run_in_bands(input, weight, bias, d, padding, out, BAND_BYTES);
+}
+
+/// [`run`] with bands of about `band_bytes` of scratch each.
+fn run_in_bands(
+    input: &[f32],
+    weight: &[f32],
+    bias: &[f32],
+    d: Dims,
+    padding: usize,
+    out: &mut [f32],
+    band_bytes: usize,
+) {
+    let kernels = transform_kernels(weight, d.c_out, d.c_in);
+    let tiles_x = d.out_w.div_ceil(2);
+    let tiles_y = d.out_h.div_ceil(2);
+    let per_tile_row = 16 * 4 * (d.c_in + d.c_out) * tiles_x;
+    let rows = (band_bytes / per_tile_row.max(1)).clamp(1, tiles_y);
+    let bands = tiles_y.div_ceil(rows);
+    let tasks = d.batch * bands;
+    let (outer, inner) = schedule(tasks);
+    let dst = SharedOut::new(out);
+    let image_len = d.c_in * d.h * d.w;
+    let task = |scratch: &mut Scratch, index: usize| {
+        let (b, band) = (index / bands, index % bands);
+        let tys = band * rows..((band + 1) * rows).min(tiles_y);
+        let tiles = tys.len() * tiles_x;
+        let image = &input[b * image_len..(b + 1) * image_len];
+        scratch.input.resize(16 * d.c_in * tiles, 0.0);
+        scratch.products.resize(16 * d.c_out * tiles, 0.0);
+        transform_input(image, &d, padding, tys.clone(), tiles_x, scratch);
+        for xi in 0..16 {
+            let u = &kernels[xi * d.c_out * d.c_in..(xi + 1) * d.c_out * d.c_in];
+            let v = &scratch.input[xi * d.c_in * tiles..(xi + 1) * d.c_in * tiles];
+            let m = &mut scratch.products[xi * d.c_out * tiles..(xi + 1) * d.c_out * tiles];
+            // SAFETY: `m` is c_out × tiles (row stride tiles), `u` c_out × c_in
+            // (row stride c_in), `v` c_in × tiles (row stride tiles), as sliced.
+            unsafe {
+                gemm::gemm(
+                    d.c_out,
+                    tiles,
+                    d.c_in,
+                    m.as_mut_ptr(),
+                    1,
+                    tiles as isize,
+                    false,
+                    u.as_ptr(),
+                    1,
+                    d.c_in as isize,
+                    v.as_ptr(),
+                    1,
+                    tiles as isize,
+                    0.0,
+                    1.0,
+                    false,
+                    false,
+                    false,
+                    inner,
+                );
+            }
+        }
+        let first_row = 2 * tys.start;
+        let end_row = (2 * tys.end).min(d.out_h);
+        let plane = d.out_h * d.out_w;
+        for (co, value) in bias.iter().enumerate() {
+            let start = (b * d.c_out + co) * plane + first_row * d.out_w;
+            // SAFETY: output rows [first_row, end_row) of channel `co` of image
+            // `b` lie inside `out` and belong to this task's band only.
+            let dst = unsafe {
+                std::slice::from_raw_parts_mut(dst.at(start), (end_row - first_row) * d.out_w)
+            };
+            let products = Products {
+                all: &scratch.products,
+                stride: d.c_out * tiles,
+                offset: co * tiles,
+            };
+            transform_output(&products, *value, &d, tys.clone(), tiles_x, dst);
+        }
+    };
+    if outer {
+        (0..tasks)
+            .into_par_iter()
+            .for_each_init(Scratch::default, |scratch, index| task(scratch, index));
+    } else {
+        let mut scratch = Scratch::default();
+        (0..tasks).for_each(|index| task(&mut scratch, index));
+    }
+}
+
+/// `G g Gᵀ` of every kernel, as 16 matrices `c_out × c_in` (the `ξ`-th holds
+/// element `ξ` of each 4×4 transform), with
+/// `G = [[1, 0, 0], [½, ½, ½], [½, -½, ½], [0, 0, 1]]`.
+fn transform_kernels(weight: &[f32], c_out: usize, c_in: usize) -> Vec<f32> {
+    let pairs = c_out * c_in;
+    let mut kernels = vec![0f32; 16 * pairs];
+    let expand = |a: f32, b: f32, c: f32| [a, 0.5 * (a + b + c), 0.5 * (a - b + c), c];
+    for (pair, g) in weight.chunks_exact(9).enumerate() {
+        // G g: 4 rows of 3, column by column.
+        let columns = [0, 1, 2].map(|j| expand(g[j], g[3 + j], g[6 + j]));
+        for i in 0..4 {
+            let row = expand(columns[0][i], columns[1][i], columns[2][i]);
+            for (j, value) in row.into_iter().enumerate() {
+                kernels[(4 * i + j) * pairs + pair] = value;
+            }
+        }
+    }
+    kernels
+}
+
+/// `Bᵀ d B` of every 4×4 input window of tile rows `tys`, into
+/// `scratch.input` (16 matrices `c_in × tiles`, tiles in row-major order),
+/// with `Bᵀ = [[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]]`.
+fn transform_input(
+    image: &[f32],
+    d: &Dims,
+    padding: usize,
+    tys: Range<usize>,
+    tiles_x: usize,
+    scratch: &mut Scratch,
+) {
+    // Padded column `p` is input column `p - padding`; the windows of tile
+    // `tx` are columns 2·tx .. 2·tx + 4.
+    let width = 2 * tiles_x + 2;
+    let tiles = tys.len() * tiles_x;
+    scratch.rows.resize(4 * width, 0.0);
+    let copied = d.w.min(width.saturating_sub(padding));
+    for c in 0..d.c_in {
+        let channel = &image[c * d.h * d.w..(c + 1) * d.h * d.w];
+        for (k, ty) in tys.clone().enumerate() {
+            for (i, row) in scratch.rows.chunks_exact_mut(width).enumerate() {
+                row.fill(0.0);
+                let iy = (2 * ty + i) as isize - padding as isize;
+                if (0..d.h as isize).contains(&iy) {
+                    let src = &channel[iy as usize * d.w..][..copied];
+                    row[padding..padding + copied].copy_from_slice(src);
+                }
+            }
+            let rows = &scratch.rows;
+            for tx in 0..tiles_x {
+                let at = |i: usize, j: usize| rows[i * width + 2 * tx + j];
+                // Bᵀ d, column by column, then each row of it times B.
+                let mut left = [[0f32; 4]; 4];
+                for (j, column) in left.iter_mut().enumerate() {
+                    let [d0, d1, d2, d3] = [at(0, j), at(1, j), at(2, j), at(3, j)];
+                    *column = [d0 - d2, d1 + d2, d2 - d1, d1 - d3];
+                }
+                let tile = k * tiles_x + tx;
+                let [c0, c1, c2, c3] = left;
+                for i in 0..4 {
+                    let [r0, r1, r2, r3] = [c0[i], c1[i], c2[i], c3[i]];
+                    let values = [r0 - r2, r1 + r2, r2 - r1, r1 - r3];
+                    for (j, value) in values.into_iter().enumerate() {
+                        scratch.input[((4 * i + j) * d.c_in + c) * tiles + tile] = value;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// One output channel's row of each of the 16 product matrices.
+struct Products<'a> {
+    all: &'a [f32],
+    /// Elements between product matrices.
+    stride: usize,
+    /// The channel's row in each.
+    offset: usize,
+}
+
+/// `Aᵀ m A + bias` of one output channel's tiles in rows `tys`, written to
+/// `dst` (that channel's output rows `2·tys.start ..`, clipped to the image),
+/// with `Aᵀ = [[1, 1, 1, 0], [0, 1, -1, -1]]`.
+fn transform_output(
+    products: &Products,
+    bias: f32,
+    d: &Dims,
+    tys: Range<usize>,
+    tiles_x: usize,
+    dst: &mut [f32],
+) {
+    let first_row = 2 * tys.start;
+    for (k, ty) in tys.enumerate() {
+        for tx in 0..tiles_x {
+            let tile = k * tiles_x + tx;
+            let m = |xi: usize| products.all[xi * products.stride + products.offset + tile];
+            // Aᵀ m: two rows of four.
+            let mut top = [0f32; 4];
+            let mut bottom = [0f32; 4];
+            for j in 0..4 {
+                let [m0, m1, m2, m3] = [m(j), m(4 + j), m(8 + j), m(12 + j)];
+                top[j] = m0 + m1 + m2;
+                bottom[j] = m1 - m2 - m3;
+            }
+            let pixels = |r: [f32; 4]| [r[0] + r[1] + r[2] + bias, r[1] - r[2] - r[3] + bias];
+            for (dy, values) in [pixels(top), pixels(bottom)].into_iter().enumerate() {
+                let y = 2 * ty + dy;
+                if y >= d.out_h {
+                    continue;
+                }
+                let line = &mut dst[(y - first_row) * d.out_w..(y - first_row + 1) * d.out_w];
+                for (dx, value) in values.into_iter().enumerate() {
+                    if let Some(pixel) = line.get_mut(2 * tx + dx) {
+                        *pixel = value;
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::conv::ConvGeometry;
+
+    /// Against the direct sum in f64, on sizes with odd edges, both paddings,
+    /// batches and bands cut mid-image (called directly: most are below
+    /// `applies`' thresholds).
+    #[test]
+    fn equals_the_direct_sum_within_f32_rounding() {
+        let cases = [
+            // (batch, c_in, h, w, c_out, padding, band bytes)
+            (1, 3, 9, 7, 4, 1, BAND_BYTES),
+            (2, 5, 8, 10, 3, 1, BAND_BYTES),
+            (1, 4, 11, 6, 2, 0, BAND_BYTES),
+            (1, 2, 3, 3, 1, 0, BAND_BYTES),
+            // bands of one and of two tile rows, the last one short
+            (2, 30, 9, 9, 20, 1, 1),
+            (1, 30, 14, 9, 20, 1, 2 * 16 * 4 * 50 * 5),
+        ];
+        let mut seed = 7u32;
+        let mut random = move || {
+            seed = seed.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+            (seed >> 8) as f32 / (1 << 24) as f32 - 0.5
+        };
+        for (batch, c_in, h, w, c_out, padding, band_bytes) in cases {
+            let d = Dims {
+                batch,
+                c_in,
+                h,
+                w,
+                c_out,
+                kh: 3,
+                kw: 3,
+                out_h: h + 2 * padding - 2,
+                out_w: w + 2 * padding - 2,
+            };
+            let input: Vec<f32> = (0..batch * c_in * h * w).map(|_| random()).collect();
+            let weight: Vec<f32> = (0..c_out * c_in * 9).map(|_| random()).collect();
+            let bias: Vec<f32> = (0..c_out).map(|_| random()).collect();
+            let mut ours = vec![f32::NAN; batch * c_out * d.out_h * d.out_w];
+            run_in_bands(&input, &weight, &bias, d, padding, &mut ours, band_bytes);
+            let mut worst = 0f64;
+            for (index, value) in ours.iter().enumerate() {
+                let x = index % d.out_w;
+                let y = index / d.out_w % d.out_h;
+                let co = index / (d.out_w * d.out_h) % c_out;
+                let b = index / (d.out_w * d.out_h * c_out);
+                let mut sum = f64::from(bias[co]);
+                for ci in 0..c_in {
+                    for i in 0..3 {
+                        for j in 0..3 {
+                            let iy = (y + i) as isize - padding as isize;
+                            let ix = (x + j) as isize - padding as isize;
+                            if iy < 0 || ix < 0 || iy >= h as isize || ix >= w as isize {
+                                continue;
+                            }
+                            let pixel =
+                                input[((b * c_in + ci) * h + iy as usize) * w + ix as usize];
+                            let tap = weight[((co * c_in + ci) * 3 + i) * 3 + j];
+                            sum += f64::from(pixel) * f64::from(tap);
+                        }
+                    }
+                }
+                worst = worst.max((f64::from(*value) - sum).abs());
+            }
+            // Each of the 9·c_in terms is below ¼ in size; a few f32 roundings
+            // of sums of that size.
+            let bound = 1e-6 * (9 * c_in) as f64;
+            assert!(
+                worst < bound,
+                "{batch} {c_in} {h}x{w} {c_out} p{padding}: {worst} vs {bound}"
+            );
+        }
+    }
+
+    /// The path is taken only where it pays: 3×3 at stride 1, large images,
+    /// kernels whose transform stays small.
+    #[test]
+    fn applies_to_large_stride_one_three_by_three_convolutions_only() {
+        let dims = |c_in: usize, c_out: usize, size: usize, k: usize| Dims {
+            batch: 1,
+            c_in,
+            h: size,
+            w: size,
+            c_out,
+            kh: k,
+            kw: k,
+            out_h: size,
+            out_w: size,
+        };
+        let g = ConvGeometry {
+            padding: 1,
+            stride: 1,
+            dilation: 1,
+        };
+        assert!(applies(&dims(128, 128, 512, 3), g));
+        assert!(applies(&dims(512, 512, 64, 3), g));
+        assert!(applies(&dims(320, 320, 32, 3), g));
+        assert!(!applies(&dims(640, 640, 64, 3), g), "transform over 16 MiB");
+        assert!(!applies(&dims(320, 320, 16, 3), g), "64 tiles");
+        assert!(!applies(&dims(128, 128, 512, 1), g));
+        assert!(!applies(
+            &dims(128, 128, 512, 3),
+            ConvGeometry { stride: 2, ..g }
+        ));
+        assert!(!applies(
+            &dims(128, 128, 512, 3),
+            ConvGeometry { dilation: 2, ..g }
+        ));
+    }
+}

@@ -5,10 +5,11 @@
 //! bf16 on the CPU: there is no bf16 convolution kernel (without MKL), so a
 //! bf16 convolution on the CPU widens its input and weight to f32 for the
 //! call and narrows the result back (weights stay bf16 in memory; one
-//! layer's weight is widened at a time). Memory: candle's GroupNorm is five out-of-place ops (centre, square, divide, scale, shift)
-//! and SiLU a sixth, so at full VAE resolution a resnet held five copies of
-//! its input; on the CPU in f32 our GroupNorm (with the SiLU that always
-//! follows it in a resnet) is one pass writing one buffer.
+//! layer's weight is widened at a time). Memory: candle's GroupNorm is five
+//! out-of-place ops (centre, square, divide, scale, shift) and SiLU a sixth,
+//! so at full VAE resolution a resnet held five copies of its input; on the
+//! CPU in f32 our GroupNorm (with the SiLU that always follows it in a
+//! resnet) is one pass writing one buffer.
 
 use candle_core::{CpuStorage, CustomOp3, DType, Layout, Module, Result, Shape, Tensor, D};
 

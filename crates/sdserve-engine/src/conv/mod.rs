@@ -25,8 +25,9 @@ use rayon::prelude::*;
 
 use crate::cpu_kernel::{contiguous_f32, SharedOut};
 
-/// Bytes of one band's im2col matrix: large enough for gemm to run at full
-/// speed, small enough to stay in the last-level cache.
+/// Bytes of one band's scratch (im2col matrix, or Winograd's transformed
+/// input and products): large enough for gemm to run at full speed, small
+/// enough to stay in the last-level cache.
 const BAND_BYTES: usize = 8 << 20;
 
 /// Padding, stride and dilation, the same on both axes (as every SD layer).
@@ -138,23 +139,32 @@ fn run(input: &[f32], weight: &[f32], bias: &[f32], d: Dims, g: ConvGeometry) ->
         return out;
     }
     if winograd::applies(&d, g) {
-        winograd::run(input, weight, bias, d, g.padding, &mut out);
+        winograd::run(input, weight, bias, d, g.padding, &mut out, BAND_BYTES);
     } else {
         im2col_gemm(input, weight, bias, d, g, &mut out);
     }
     out
 }
 
-/// How `tasks` independent pieces use the threads: many pieces, one thread
-/// each (`true`, and no threads inside a gemm); few, each gemm uses every thread.
-fn schedule(tasks: usize) -> (bool, Parallelism) {
+/// Runs `task(scratch, index, parallelism)` for each index below `tasks`.
+/// Many tasks: one thread each, no threads inside their gemms. Few: one
+/// after another, each gemm using every thread. `S` is per-thread scratch.
+fn run_tasks<S: Default>(tasks: usize, task: impl Fn(&mut S, usize, Parallelism) + Send + Sync) {
     let threads = candle_core::utils::get_num_threads().max(1);
     if tasks >= 2 * threads {
-        (true, Parallelism::None)
-    } else if threads > 1 {
-        (false, Parallelism::Rayon(threads))
+        (0..tasks)
+            .into_par_iter()
+            .for_each_init(S::default, |scratch, index| {
+                task(scratch, index, Parallelism::None)
+            });
     } else {
-        (false, Parallelism::None)
+        let inner = if threads > 1 {
+            Parallelism::Rayon(threads)
+        } else {
+            Parallelism::None
+        };
+        let mut scratch = S::default();
+        (0..tasks).for_each(|index| task(&mut scratch, index, inner));
     }
 }
 
@@ -177,9 +187,8 @@ fn im2col_gemm(
     };
     let bands = d.out_h.div_ceil(rows);
     let tasks = d.batch * bands;
-    let (outer, inner) = schedule(tasks);
     let dst = SharedOut::new(out);
-    let task = |scratch: &mut Vec<f32>, index: usize| {
+    run_tasks(tasks, |scratch: &mut Vec<f32>, index, inner| {
         let (b, band) = (index / bands, index % bands);
         let y0 = band * rows;
         let y1 = (y0 + rows).min(d.out_h);
@@ -223,15 +232,7 @@ fn im2col_gemm(
                 inner,
             );
         }
-    };
-    if outer {
-        (0..tasks)
-            .into_par_iter()
-            .for_each_init(Vec::new, |scratch, index| task(scratch, index));
-    } else {
-        let mut scratch = Vec::new();
-        (0..tasks).for_each(|index| task(&mut scratch, index));
-    }
+    });
 }
 
 /// The im2col rows of output rows `ys` of one image: row `(c, i, j)` holds,

@@ -16,13 +16,9 @@
 
 use std::ops::Range;
 
-use rayon::prelude::*;
-
-use super::{schedule, Dims};
+use super::{run_tasks, Dims};
 use crate::cpu_kernel::SharedOut;
 
-/// Bytes of one band's transformed input and products (per thread).
-const BAND_BYTES: usize = 8 << 20;
 /// The transformed kernels take 16/9 of the weight; above this size the
 /// layer keeps im2col (the UNet's 640- and 1280-channel levels, whose images
 /// are small anyway), so this path's extra memory stays small.
@@ -53,20 +49,9 @@ struct Scratch {
 }
 
 /// The 3×3, stride-1 convolution of `input` (padding `padding`) into `out`,
-/// which holds `d.batch × c_out × out_h × out_w` elements.
+/// which holds `d.batch × c_out × out_h × out_w` elements, in bands whose
+/// transformed input and products take about `band_bytes` per thread.
 pub(super) fn run(
-    input: &[f32],
-    weight: &[f32],
-    bias: &[f32],
-    d: Dims,
-    padding: usize,
-    out: &mut [f32],
-) {
-    run_in_bands(input, weight, bias, d, padding, out, BAND_BYTES);
-}
-
-/// [`run`] with bands of about `band_bytes` of scratch each.
-fn run_in_bands(
     input: &[f32],
     weight: &[f32],
     bias: &[f32],
@@ -82,10 +67,9 @@ fn run_in_bands(
     let rows = (band_bytes / per_tile_row.max(1)).clamp(1, tiles_y);
     let bands = tiles_y.div_ceil(rows);
     let tasks = d.batch * bands;
-    let (outer, inner) = schedule(tasks);
     let dst = SharedOut::new(out);
     let image_len = d.c_in * d.h * d.w;
-    let task = |scratch: &mut Scratch, index: usize| {
+    run_tasks(tasks, |scratch: &mut Scratch, index, inner| {
         let (b, band) = (index / bands, index % bands);
         let tys = band * rows..((band + 1) * rows).min(tiles_y);
         let tiles = tys.len() * tiles_x;
@@ -140,15 +124,7 @@ fn run_in_bands(
             };
             transform_output(&products, *value, &d, tys.clone(), tiles_x, dst);
         }
-    };
-    if outer {
-        (0..tasks)
-            .into_par_iter()
-            .for_each_init(Scratch::default, |scratch, index| task(scratch, index));
-    } else {
-        let mut scratch = Scratch::default();
-        (0..tasks).for_each(|index| task(&mut scratch, index));
-    }
+    });
 }
 
 /// `G g Gᵀ` of every kernel, as 16 matrices `c_out × c_in` (the `ξ`-th holds
@@ -275,7 +251,7 @@ fn transform_output(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::conv::ConvGeometry;
+    use crate::conv::{ConvGeometry, BAND_BYTES};
 
     /// Against the direct sum in f64, on sizes with odd edges, both paddings,
     /// batches and bands cut mid-image (called directly: most are below
@@ -313,7 +289,7 @@ mod tests {
             let weight: Vec<f32> = (0..c_out * c_in * 9).map(|_| random()).collect();
             let bias: Vec<f32> = (0..c_out).map(|_| random()).collect();
             let mut ours = vec![f32::NAN; batch * c_out * d.out_h * d.out_w];
-            run_in_bands(&input, &weight, &bias, d, padding, &mut ours, band_bytes);
+            run(&input, &weight, &bias, d, padding, &mut ours, band_bytes);
             let mut worst = 0f64;
             for (index, value) in ours.iter().enumerate() {
                 let x = index % d.out_w;

@@ -47,7 +47,8 @@ impl Default for ScoreBlock {
 }
 
 /// `softmax(q · kᵀ · scale) · v` for `q: (n, queries, d)`, `k, v: (n, keys, d)`,
-/// computed in f32 block by block; the result has `q`'s dtype.
+/// computed in f32 block by block (bf16 operands with f32 sums for bf16
+/// inputs on a CPU with AVX512-BF16); the result has `q`'s dtype.
 pub fn attention(
     q: &Tensor,
     k: &Tensor,
@@ -56,6 +57,10 @@ pub fn attention(
     block: ScoreBlock,
 ) -> Result<Tensor> {
     if q.device().is_cpu() {
+        let bf16 = [q, k, v].iter().all(|t| t.dtype() == DType::BF16);
+        if bf16 && crate::bf16_gemm::available() {
+            return crate::attention_bf16::attention_bf16(q, k, v, scale);
+        }
         let f32 = |t: &Tensor| t.to_dtype(DType::F32);
         return crate::attention_cpu::attention_f32(&f32(q)?, &f32(k)?, &f32(v)?, scale)?
             .to_dtype(q.dtype());
@@ -155,6 +160,34 @@ mod tests {
         // Mismatched shapes are an error, not a crash.
         let bad = Tensor::zeros((2, 5, 3), DType::F32, &dev).unwrap();
         assert!(crate::attention_cpu::attention_f32(&q_t, &bad, &bad, 1.0).is_err());
+    }
+
+    /// The bf16 attention against the f32 one on the same bf16 values: the
+    /// probabilities' bf16 rounding (relative 2^-9) and the output's bound it.
+    #[test]
+    fn bf16_attention_equals_f32_attention_of_the_same_values() {
+        if !crate::bf16_gemm::available() {
+            eprintln!("skipped: this CPU has no AVX512-BF16");
+            return;
+        }
+        let dev = Device::Cpu;
+        for (heads, queries, keys, depth) in [(3, 50, 77, 40), (2, 300, 1100, 80), (1, 1, 1, 1)] {
+            let bf16 = |shape: (usize, usize, usize)| {
+                Tensor::randn(0f32, 1.0, shape, &dev)
+                    .unwrap()
+                    .to_dtype(DType::BF16)
+                    .unwrap()
+            };
+            let q = bf16((heads, queries, depth));
+            let k = bf16((heads, keys, depth));
+            let v = bf16((heads, keys, depth));
+            let got = attention(&q, &k, &v, 0.3, ScoreBlock::DEFAULT).unwrap();
+            assert_eq!(got.dtype(), DType::BF16);
+            let f32 = |t: &Tensor| t.to_dtype(DType::F32).unwrap();
+            let want = naive(&f32(&q), &f32(&k), &f32(&v), 0.3);
+            let d = max_diff(&f32(&got), &want);
+            assert!(d < 0.02, "{heads}x{queries}x{keys}x{depth}: {d}");
+        }
     }
 
     #[test]

@@ -21,7 +21,7 @@ pub(crate) fn contiguous_f32<'a>(
 
 /// The buffer's start; each task derives its own part with [`SharedOut::at`].
 #[derive(Clone, Copy)]
-pub(crate) struct SharedOut(*mut f32);
+pub(crate) struct SharedOut(pub(crate) *mut f32);
 
 // SAFETY: callers write only the part of the buffer their task owns, and the
 // buffer outlives the parallel loop that uses this pointer.

@@ -2,10 +2,11 @@
 //!
 //! Ours for three reasons. Speed: on the CPU convolutions run `conv/`'s
 //! banded im2col + gemm (Winograd for large 3×3 layers) instead of candle's.
-//! bf16 on the CPU: there is no bf16 convolution kernel (without MKL), so a
+//! bf16 on the CPU: candle has no bf16 convolution kernel (without MKL), so a
 //! bf16 convolution on the CPU widens its input and weight to f32 for the
-//! call and narrows the result back (weights stay bf16 in memory; one
-//! layer's weight is widened at a time). Memory: candle's GroupNorm is five
+//! call, runs its products in bf16 where the CPU has AVX512-BF16, and
+//! narrows the result back (weights stay bf16 in memory; one layer's weight
+//! is widened at a time). Memory: candle's GroupNorm is five
 //! out-of-place ops (centre, square, divide, scale, shift) and SiLU a sixth,
 //! so at full VAE resolution a resnet held five copies of its input; on the
 //! CPU in f32 our GroupNorm (with the SiLU that always follows it in a
@@ -13,7 +14,7 @@
 
 use candle_core::{CpuStorage, CustomOp3, DType, Layout, Module, Result, Shape, Tensor, D};
 
-use crate::conv::{conv2d_f32, ConvGeometry};
+use crate::conv::{conv2d, ConvGeometry, Precision};
 use candle_nn as nn;
 use rayon::prelude::*;
 
@@ -57,11 +58,19 @@ impl Module for Conv2d {
             stride: cfg.stride,
             dilation: cfg.dilation,
         };
-        let out = conv2d_f32(
+        // bf16 models: the values are bf16 already, so bf16 products lose
+        // nothing but Winograd's rounding of its transformed input.
+        let precision = if dtype == DType::BF16 && crate::bf16_gemm::available() {
+            Precision::Bf16
+        } else {
+            Precision::F32
+        };
+        let out = conv2d(
             &xs.to_dtype(DType::F32)?,
             &self.inner.weight().to_dtype(DType::F32)?,
             &self.bias.to_dtype(DType::F32)?,
             geometry,
+            precision,
         )?;
         out.to_dtype(dtype)
     }

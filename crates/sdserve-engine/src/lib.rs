@@ -6,7 +6,9 @@
 
 pub mod alloc;
 mod attention;
+mod attention_bf16;
 mod attention_cpu;
+mod bf16_gemm;
 mod conditioning;
 pub mod config;
 mod conv;
@@ -22,6 +24,7 @@ pub mod image_input;
 pub mod image_ops;
 mod img2img;
 mod layers;
+mod linear;
 pub mod loader;
 pub mod lora;
 pub mod memory;

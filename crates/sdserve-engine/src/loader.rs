@@ -417,8 +417,14 @@ impl MappedWeights {
         let bytes = map.bytes(entry.start, entry.end).ok_or_else(|| {
             candle_core::Error::Msg(format!("tensor {name}: file changed while loading"))
         })?;
-        let tensor =
-            Tensor::from_raw_buffer(bytes, entry.dtype, &entry.shape, device)?.to_dtype(dtype)?;
+        let tensor = if (entry.dtype, dtype) == (DType::F32, DType::BF16) && device.is_cpu() {
+            // Straight to bf16, on every thread (candle's path copies the f32
+            // bytes first, then converts on one).
+            let values = crate::bf16_gemm::bf16_from_f32_bytes(bytes);
+            Tensor::from_vec(values, entry.shape.as_slice(), device)?
+        } else {
+            Tensor::from_raw_buffer(bytes, entry.dtype, &entry.shape, device)?.to_dtype(dtype)?
+        };
         // Pages a tensor owns stay mapped.
         if !owned_by_a_tensor {
             map.dont_need(entry.start, entry.end);

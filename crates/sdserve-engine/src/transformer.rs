@@ -9,13 +9,14 @@ use candle_nn as nn;
 
 use crate::attention::{attention, ScoreBlock};
 use crate::layers::{Conv2d, GroupNorm};
+use crate::linear::{linear, linear_no_bias, Linear};
 
 /// Multi-head attention of `Attention` (`to_q`, `to_k`, `to_v`, `to_out.0`).
 struct CrossAttention {
-    to_q: nn::Linear,
-    to_k: nn::Linear,
-    to_v: nn::Linear,
-    to_out: nn::Linear,
+    to_q: Linear,
+    to_k: Linear,
+    to_v: Linear,
+    to_out: Linear,
     heads: usize,
     scale: f64,
     block: ScoreBlock,
@@ -32,10 +33,10 @@ impl CrossAttention {
     ) -> Result<Self> {
         let inner = heads * head_dim;
         Ok(Self {
-            to_q: nn::linear_no_bias(query_dim, inner, vb.pp("to_q"))?,
-            to_k: nn::linear_no_bias(context_dim, inner, vb.pp("to_k"))?,
-            to_v: nn::linear_no_bias(context_dim, inner, vb.pp("to_v"))?,
-            to_out: nn::linear(inner, query_dim, vb.pp("to_out.0"))?,
+            to_q: linear_no_bias(query_dim, inner, vb.pp("to_q"))?,
+            to_k: linear_no_bias(context_dim, inner, vb.pp("to_k"))?,
+            to_v: linear_no_bias(context_dim, inner, vb.pp("to_v"))?,
+            to_out: linear(inner, query_dim, vb.pp("to_out.0"))?,
             heads,
             scale: 1.0 / (head_dim as f64).sqrt(),
             block,
@@ -70,8 +71,8 @@ impl CrossAttention {
 
 /// `FeedForward` with a GEGLU input projection (`net.0.proj`, `net.2`).
 struct FeedForward {
-    project_in: nn::Linear,
-    project_out: nn::Linear,
+    project_in: Linear,
+    project_out: Linear,
 }
 
 impl FeedForward {
@@ -79,8 +80,8 @@ impl FeedForward {
         let inner = dim * 4;
         let vb = vb.pp("net");
         Ok(Self {
-            project_in: nn::linear(dim, inner * 2, vb.pp("0").pp("proj"))?,
-            project_out: nn::linear(inner, dim, vb.pp("2"))?,
+            project_in: linear(dim, inner * 2, vb.pp("0").pp("proj"))?,
+            project_out: linear(inner, dim, vb.pp("2"))?,
         })
     }
 }
@@ -128,7 +129,7 @@ pub struct SpatialTransformerConfig {
 
 enum Projection {
     Conv(Conv2d),
-    Linear(nn::Linear),
+    Linear(Linear),
 }
 
 /// `Transformer2DModel`: group norm, project in, transformer blocks over the
@@ -146,7 +147,7 @@ impl SpatialTransformer {
         let head_dim = dim / c.heads.max(1);
         let projection = |vb: nn::VarBuilder| -> Result<Projection> {
             Ok(if c.use_linear_projection {
-                Projection::Linear(nn::linear(dim, dim, vb)?)
+                Projection::Linear(linear(dim, dim, vb)?)
             } else {
                 Projection::Conv(Conv2d::new(vb, (dim, dim), 1, Default::default())?)
             })

@@ -26,10 +26,10 @@ pub struct VaeShape {
 /// (`to_q`/`to_k`/`to_v`/`to_out.0`, or the older `query`/`key`/`value`/`proj_attn`).
 pub(crate) struct SelfAttention {
     group_norm: GroupNorm,
-    to_q: nn::Linear,
-    to_k: nn::Linear,
-    to_v: nn::Linear,
-    to_out: nn::Linear,
+    to_q: crate::linear::Linear,
+    to_k: crate::linear::Linear,
+    to_v: crate::linear::Linear,
+    to_out: crate::linear::Linear,
     block: ScoreBlock,
 }
 
@@ -45,7 +45,7 @@ impl SelfAttention {
         } else {
             ["query", "key", "value", "proj_attn"]
         };
-        let linear = |name: &str| nn::linear(channels, channels, vb.pp(name));
+        let linear = |name: &str| crate::linear::linear(channels, channels, vb.pp(name));
         Ok(Self {
             group_norm: GroupNorm::new(vb.pp("group_norm"), groups, channels, 1e-6)?,
             to_q: linear(names[0])?,

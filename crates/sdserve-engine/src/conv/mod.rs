@@ -23,6 +23,7 @@ use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use gemm::Parallelism;
 use rayon::prelude::*;
 
+use crate::bf16_gemm::{multiply, multiply_on_pool, Matrix, PackedA, PackedB, WIDE_TILE_ROWS};
 use crate::cpu_kernel::{contiguous_f32, SharedOut};
 
 /// Bytes of one band's scratch (im2col matrix, or Winograd's transformed
@@ -38,21 +39,134 @@ pub struct ConvGeometry {
     pub dilation: usize,
 }
 
+/// How a convolution's matrix products run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Precision {
+    /// f32 throughout (the gemm crate).
+    F32,
+    /// bf16 operands with f32 sums ([`crate::bf16_gemm`]; the caller checks
+    /// [`crate::bf16_gemm::available`]): for bf16 models, whose inputs and
+    /// weights are bf16 values already.
+    Bf16,
+}
+
 /// `conv2d(input, weight) + bias` on the CPU for f32 `(b, c_in, h, w)` input,
 /// `(c_out, c_in, kh, kw)` weight and `(c_out,)` bias.
+#[cfg(test)]
 pub fn conv2d_f32(
     input: &Tensor,
     weight: &Tensor,
     bias: &Tensor,
     geometry: ConvGeometry,
 ) -> Result<Tensor> {
+    conv2d(input, weight, bias, geometry, Precision::F32)
+}
+
+/// `conv2d(input, weight) + bias` on the CPU for f32 `(b, c_in, h, w)` input,
+/// `(c_out, c_in, kh, kw)` weight and `(c_out,)` bias, the products run as
+/// `precision` says.
+pub fn conv2d(
+    input: &Tensor,
+    weight: &Tensor,
+    bias: &Tensor,
+    geometry: ConvGeometry,
+    precision: Precision,
+) -> Result<Tensor> {
+    if precision == Precision::Bf16 && !crate::bf16_gemm::available() {
+        candle_core::bail!("conv2d: bf16 products need AVX512-BF16");
+    }
     let input = input.contiguous()?;
     let weight = weight.contiguous()?;
     let bias = bias.contiguous()?;
-    input.apply_op3_no_bwd(&weight, &bias, &Conv(geometry))
+    input.apply_op3_no_bwd(
+        &weight,
+        &bias,
+        &Conv {
+            geometry,
+            precision,
+        },
+    )
 }
 
-struct Conv(ConvGeometry);
+struct Conv {
+    geometry: ConvGeometry,
+    precision: Precision,
+}
+
+/// A weight matrix (`m × k`, row-major f32) as the products take it.
+enum Lhs<'a> {
+    F32 { data: &'a [f32], m: usize, k: usize },
+    Bf16(PackedA),
+}
+
+impl<'a> Lhs<'a> {
+    fn new(data: &'a [f32], m: usize, k: usize, precision: Precision) -> Self {
+        match precision {
+            Precision::F32 => Self::F32 { data, m, k },
+            Precision::Bf16 => Self::Bf16(PackedA::new(Matrix::F32(data), m, k, k, WIDE_TILE_ROWS)),
+        }
+    }
+
+    /// `C = self · rhs (+ C when accumulate)`, `rhs` being `k × n` (rows `n`
+    /// apart) and `C` `m × n` (rows `ldc` apart) at `c`, with the threads
+    /// `inner` gives.
+    ///
+    /// # Safety
+    /// `c` must be valid for writes at all of C, which no other thread
+    /// touches during the call.
+    unsafe fn times(
+        &self,
+        rhs: &[f32],
+        n: usize,
+        c: *mut f32,
+        ldc: usize,
+        accumulate: bool,
+        inner: Parallelism,
+    ) {
+        match self {
+            &Self::F32 { data, m, k } => {
+                // SAFETY: `data` is m × k (row stride k), `rhs` k × n (row
+                // stride n); C as the caller guarantees.
+                unsafe {
+                    gemm::gemm(
+                        m,
+                        n,
+                        k,
+                        c,
+                        1,
+                        ldc as isize,
+                        accumulate,
+                        data.as_ptr(),
+                        1,
+                        k as isize,
+                        rhs.as_ptr(),
+                        1,
+                        n as isize,
+                        1.0,
+                        1.0,
+                        false,
+                        false,
+                        false,
+                        inner,
+                    );
+                }
+            }
+            Self::Bf16(a) => {
+                let k = rhs.len() / n.max(1);
+                let b = PackedB::from_rows_wide(Matrix::F32(rhs), k, n, n);
+                // SAFETY: Lhs::Bf16 exists only where the kernel is
+                // available (`conv2d` checks); C as the caller guarantees.
+                unsafe {
+                    if matches!(inner, Parallelism::None) {
+                        multiply(a, &b, 0..a.panels(), 0..b.panels(), c, ldc, 1.0, accumulate);
+                    } else {
+                        multiply_on_pool(a, &b, c, ldc, 1.0, accumulate);
+                    }
+                }
+            }
+        }
+    }
+}
 
 /// Sizes of one convolution, checked against each other.
 #[derive(Debug, Clone, Copy)]
@@ -125,23 +239,33 @@ impl CustomOp3 for Conv {
         let input = contiguous_f32(self.name(), s1, l1)?;
         let weight = contiguous_f32(self.name(), s2, l2)?;
         let bias = contiguous_f32(self.name(), s3, l3)?;
-        let d = Dims::new(l1, l2, l3, self.0)?;
-        let out = run(input, weight, bias, d, self.0);
+        let d = Dims::new(l1, l2, l3, self.geometry)?;
+        let out = run(input, weight, bias, d, self.geometry, self.precision);
         let shape = Shape::from((d.batch, d.c_out, d.out_h, d.out_w));
         Ok((CpuStorage::F32(out), shape))
     }
 }
 
 /// The convolution proper, on slices of the sizes `d` gives.
-fn run(input: &[f32], weight: &[f32], bias: &[f32], d: Dims, g: ConvGeometry) -> Vec<f32> {
+fn run(
+    input: &[f32],
+    weight: &[f32],
+    bias: &[f32],
+    d: Dims,
+    g: ConvGeometry,
+    precision: Precision,
+) -> Vec<f32> {
     let mut out = vec![0f32; d.batch * d.c_out * d.out_h * d.out_w];
     if out.is_empty() {
         return out;
     }
     if winograd::applies(&d, g) {
-        winograd::run(input, weight, bias, d, g.padding, &mut out, BAND_BYTES);
+        winograd::run(
+            input, weight, bias, d, g.padding, &mut out, BAND_BYTES, precision,
+        );
     } else {
-        im2col_gemm(input, weight, bias, d, g, &mut out);
+        let weight = Lhs::new(weight, d.c_out, d.k(), precision);
+        im2col_gemm(input, &weight, bias, d, g, &mut out);
     }
     out
 }
@@ -171,7 +295,7 @@ fn run_tasks<S: Default>(tasks: usize, task: impl Fn(&mut S, usize, Parallelism)
 /// Banded im2col, one gemm per band, into `out`.
 fn im2col_gemm(
     input: &[f32],
-    weight: &[f32],
+    weight: &Lhs,
     bias: &[f32],
     d: Dims,
     g: ConvGeometry,
@@ -204,33 +328,13 @@ fn im2col_gemm(
         let first = b * d.c_out * plane + y0 * d.out_w;
         // SAFETY: the band's columns [first, first + n) of each of the c_out
         // rows (stride `plane`) lie inside `out` and belong to this task only;
-        // `rhs` is k × n (row stride n), `weight` c_out × k (row stride k).
+        // `rhs` is k × n (row stride n).
         unsafe {
             let base = dst.at(first);
             for (c, value) in bias.iter().enumerate() {
                 std::slice::from_raw_parts_mut(base.add(c * plane), n).fill(*value);
             }
-            gemm::gemm(
-                d.c_out,
-                n,
-                k,
-                base,
-                1,
-                plane as isize,
-                true,
-                weight.as_ptr(),
-                1,
-                k as isize,
-                rhs.as_ptr(),
-                1,
-                n as isize,
-                1.0,
-                1.0,
-                false,
-                false,
-                false,
-                inner,
-            );
+            weight.times(&rhs[..k * n], n, base, plane, true, inner);
         }
     });
 }
@@ -320,41 +424,52 @@ mod tests {
             (1, 8, 40, 40, 8, 3, 1, 1, 1),
             (2, 4, 36, 35, 5, 3, 0, 1, 1),
         ];
+        let mut precision = vec![Precision::F32];
+        if crate::bf16_gemm::available() {
+            precision.push(Precision::Bf16);
+        }
         for (b, c_in, h, w, c_out, k, padding, stride, dilation) in cases {
-            let x = Tensor::randn(0f32, 1.0, (b, c_in, h, w), &dev).unwrap();
-            let weight = Tensor::randn(0f32, 0.2, (c_out, c_in, k, k), &dev).unwrap();
-            let bias = Tensor::randn(0f32, 1.0, c_out, &dev).unwrap();
-            let geometry = ConvGeometry {
-                padding,
-                stride,
-                dilation,
-            };
-            let ours = conv2d_f32(&x, &weight, &bias, geometry).unwrap();
-            let theirs = x
-                .conv2d(&weight, padding, stride, dilation, 1)
-                .unwrap()
-                .broadcast_add(&bias.reshape((1, c_out, 1, 1)).unwrap())
-                .unwrap();
-            assert_eq!(
-                ours.dims(),
-                theirs.dims(),
-                "{b} {c_in} {h} {w} k{k} s{stride}"
-            );
-            let diff = (ours - &theirs)
-                .unwrap()
-                .abs()
-                .unwrap()
-                .flatten_all()
-                .unwrap()
-                .max(0)
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap();
-            let scale = (c_in * k * k) as f32;
-            assert!(
-                diff < 1e-6 * scale.max(1.0) * 4.0,
-                "{b} {c_in} {h} {w} {c_out} k{k} p{padding} s{stride} d{dilation}: {diff}"
-            );
+            for &precision in &precision {
+                let round = |t: Tensor| match precision {
+                    Precision::F32 => t,
+                    Precision::Bf16 => t
+                        .to_dtype(DType::BF16)
+                        .unwrap()
+                        .to_dtype(DType::F32)
+                        .unwrap(),
+                };
+                let x = round(Tensor::randn(0f32, 1.0, (b, c_in, h, w), &dev).unwrap());
+                let weight = round(Tensor::randn(0f32, 0.2, (c_out, c_in, k, k), &dev).unwrap());
+                let bias = Tensor::randn(0f32, 1.0, c_out, &dev).unwrap();
+                let geometry = ConvGeometry {
+                    padding,
+                    stride,
+                    dilation,
+                };
+                let ours = conv2d(&x, &weight, &bias, geometry, precision).unwrap();
+                let theirs = x
+                    .conv2d(&weight, padding, stride, dilation, 1)
+                    .unwrap()
+                    .broadcast_add(&bias.reshape((1, c_out, 1, 1)).unwrap())
+                    .unwrap();
+                assert_eq!(
+                    ours.dims(),
+                    theirs.dims(),
+                    "{b} {c_in} {h} {w} k{k} s{stride}"
+                );
+                let diff = crate::test_util::max_diff(&ours, &theirs);
+                let scale = (c_in * k * k) as f32;
+                // bf16 precision are exact on bf16 values except Winograd's
+                // transformed input, rounded to bf16 (relative 2^-9 per term).
+                let bound = match precision {
+                    Precision::F32 => 1e-6 * scale.max(1.0) * 4.0,
+                    Precision::Bf16 => 1e-2 * scale.sqrt(),
+                };
+                assert!(
+                    diff < bound,
+                    "{precision:?} {b} {c_in} {h} {w} {c_out} k{k} p{padding} s{stride} d{dilation}: {diff}"
+                );
+            }
         }
     }
 

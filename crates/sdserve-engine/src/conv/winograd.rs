@@ -16,7 +16,7 @@
 
 use std::ops::Range;
 
-use super::{run_tasks, Dims};
+use super::{run_tasks, Dims, Lhs, Precision};
 use crate::cpu_kernel::SharedOut;
 
 /// The transformed kernels take 16/9 of the weight; above this size the
@@ -51,6 +51,7 @@ struct Scratch {
 /// The 3×3, stride-1 convolution of `input` (padding `padding`) into `out`,
 /// which holds `d.batch × c_out × out_h × out_w` elements, in bands whose
 /// transformed input and products take about `band_bytes` per thread.
+#[allow(clippy::too_many_arguments)]
 pub(super) fn run(
     input: &[f32],
     weight: &[f32],
@@ -59,8 +60,13 @@ pub(super) fn run(
     padding: usize,
     out: &mut [f32],
     band_bytes: usize,
+    precision: Precision,
 ) {
-    let kernels = transform_kernels(weight, d.c_out, d.c_in);
+    let transformed = transform_kernels(weight, d.c_out, d.c_in);
+    let kernels: Vec<Lhs> = transformed
+        .chunks_exact((d.c_out * d.c_in).max(1))
+        .map(|u| Lhs::new(u, d.c_out, d.c_in, precision))
+        .collect();
     let tiles_x = d.out_w.div_ceil(2);
     let tiles_y = d.out_h.div_ceil(2);
     let per_tile_row = 16 * 4 * (d.c_in + d.c_out) * tiles_x;
@@ -77,35 +83,11 @@ pub(super) fn run(
         scratch.input.resize(16 * d.c_in * tiles, 0.0);
         scratch.products.resize(16 * d.c_out * tiles, 0.0);
         transform_input(image, &d, padding, tys.clone(), tiles_x, scratch);
-        for xi in 0..16 {
-            let u = &kernels[xi * d.c_out * d.c_in..(xi + 1) * d.c_out * d.c_in];
+        for (xi, u) in kernels.iter().enumerate() {
             let v = &scratch.input[xi * d.c_in * tiles..(xi + 1) * d.c_in * tiles];
             let m = &mut scratch.products[xi * d.c_out * tiles..(xi + 1) * d.c_out * tiles];
-            // SAFETY: `m` is c_out × tiles (row stride tiles), `u` c_out × c_in
-            // (row stride c_in), `v` c_in × tiles (row stride tiles), as sliced.
-            unsafe {
-                gemm::gemm(
-                    d.c_out,
-                    tiles,
-                    d.c_in,
-                    m.as_mut_ptr(),
-                    1,
-                    tiles as isize,
-                    false,
-                    u.as_ptr(),
-                    1,
-                    d.c_in as isize,
-                    v.as_ptr(),
-                    1,
-                    tiles as isize,
-                    0.0,
-                    1.0,
-                    false,
-                    false,
-                    false,
-                    inner,
-                );
-            }
+            // SAFETY: `m` is c_out × tiles (row stride tiles), this task's own.
+            unsafe { u.times(v, tiles, m.as_mut_ptr(), tiles, false, inner) };
         }
         let first_row = 2 * tys.start;
         let end_row = (2 * tys.end).min(d.out_h);
@@ -289,7 +271,16 @@ mod tests {
             let weight: Vec<f32> = (0..c_out * c_in * 9).map(|_| random()).collect();
             let bias: Vec<f32> = (0..c_out).map(|_| random()).collect();
             let mut ours = vec![f32::NAN; batch * c_out * d.out_h * d.out_w];
-            run(&input, &weight, &bias, d, padding, &mut ours, band_bytes);
+            run(
+                &input,
+                &weight,
+                &bias,
+                d,
+                padding,
+                &mut ours,
+                band_bytes,
+                Precision::F32,
+            );
             let mut worst = 0f64;
             for (index, value) in ours.iter().enumerate() {
                 let x = index % d.out_w;

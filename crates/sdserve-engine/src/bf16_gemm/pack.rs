@@ -1,0 +1,237 @@
+//! Packing an operand into panels of bf16 pairs along `k`: line `l` of a
+//! panel (a row of A, a column of B), pair `p`, is one `u32` holding the
+//! line's elements `2p` (low half) and `2p + 1` (high half, 0 past `k`), the
+//! panel's lines side by side for each pair. Lines past the matrix are 0.
+//!
+//! Packing runs once per product, so it must stay a small part of it: f32
+//! sources convert 32 values per instruction (`vcvtne2ps2bf16`, rounding to
+//! nearest even like `half`'s scalar conversion of the tails).
+
+use half::bf16;
+use rayon::prelude::*;
+
+use super::Matrix;
+
+/// Where a line's elements lie in the source (row stride `ld`).
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Lines {
+    /// Line `l` is source row `l`: element `(l, kk)` at `l·ld + kk` (A, or
+    /// B given transposed).
+    AcrossRows,
+    /// Line `l` is source column `l`: element `(l, kk)` at `kk·ld + l` (B
+    /// given as is).
+    AlongRows,
+}
+
+/// `lines × k` (in the source's layout `lines`) packed in panels of `width`.
+pub(super) fn pack(
+    src: Matrix,
+    lines: usize,
+    k: usize,
+    ld: usize,
+    width: usize,
+    layout: Lines,
+) -> Vec<u32> {
+    let pairs = k.div_ceil(2);
+    let mut data = vec![0u32; lines.div_ceil(width) * pairs * width];
+    if pairs == 0 || lines == 0 {
+        return data;
+    }
+    let simd = super::available();
+    data.par_chunks_mut(pairs * width)
+        .enumerate()
+        .for_each_init(Vec::new, |row_pairs: &mut Vec<u32>, (panel, out)| {
+            let first = panel * width;
+            let count = width.min(lines - first);
+            match layout {
+                Lines::AcrossRows => {
+                    row_pairs.resize(pairs, 0);
+                    for l in 0..count {
+                        let start = (first + l) * ld;
+                        match src {
+                            Matrix::F32(s) => f32_pairs(&s[start..start + k], row_pairs, simd),
+                            Matrix::Bf16(s) => bf16_pairs(&s[start..start + k], row_pairs),
+                        }
+                        for (p, pair) in row_pairs.iter().enumerate() {
+                            out[p * width + l] = *pair;
+                        }
+                    }
+                }
+                Lines::AlongRows => {
+                    for p in 0..pairs {
+                        let r0 = 2 * p * ld + first;
+                        let r1 = (2 * p + 1 < k).then_some(r0 + ld);
+                        let dst = &mut out[p * width..p * width + count];
+                        match src {
+                            Matrix::F32(s) => f32_interleave(
+                                &s[r0..r0 + count],
+                                r1.map(|r| &s[r..r + count]),
+                                dst,
+                                simd,
+                            ),
+                            Matrix::Bf16(s) => bf16_interleave(
+                                &s[r0..r0 + count],
+                                r1.map(|r| &s[r..r + count]),
+                                dst,
+                            ),
+                        }
+                    }
+                }
+            }
+        });
+    data
+}
+
+/// Little-endian f32 bytes (a weight file's) as bf16, rounded to nearest
+/// even, on every thread: `--dtype bf16` loads of f32 files convert without
+/// an f32 copy in between.
+pub(crate) fn bf16_from_f32_bytes(bytes: &[u8]) -> Vec<bf16> {
+    const CHUNK: usize = 1 << 16;
+    let mut out = vec![bf16::ZERO; bytes.len() / 4];
+    let simd = super::available();
+    out.par_chunks_mut(CHUNK)
+        .zip(bytes.par_chunks(4 * CHUNK))
+        .for_each(|(out, bytes)| {
+            let mut done = 0;
+            #[cfg(target_arch = "x86_64")]
+            if simd {
+                // SAFETY: the kernel is available; `bytes` holds 4 bytes per
+                // element of `out`.
+                done = unsafe { x86::bf16_from_f32_bytes(bytes, out) };
+            }
+            let _ = simd;
+            for (value, le) in out.iter_mut().zip(bytes.chunks_exact(4)).skip(done) {
+                *value = bf16::from_f32(f32::from_le_bytes([le[0], le[1], le[2], le[3]]));
+            }
+        });
+    out
+}
+
+fn bits(x: f32) -> u32 {
+    bf16::from_f32(x).to_bits() as u32
+}
+
+/// `out[p]` = the pair `(row[2p], row[2p + 1])`.
+fn f32_pairs(row: &[f32], out: &mut [u32], simd: bool) {
+    let mut done = 0;
+    #[cfg(target_arch = "x86_64")]
+    if simd {
+        // SAFETY: `simd` is `available()`; the function reads and writes
+        // within the slices.
+        done = unsafe { x86::f32_pairs(row, out) };
+    }
+    let _ = simd;
+    for (p, pair) in out.iter_mut().enumerate().skip(done / 2) {
+        let second = row.get(2 * p + 1).map_or(0, |x| bits(*x));
+        *pair = bits(row[2 * p]) | (second << 16);
+    }
+}
+
+fn bf16_pairs(row: &[bf16], out: &mut [u32]) {
+    for (p, pair) in out.iter_mut().enumerate() {
+        let second = row.get(2 * p + 1).map_or(0, |x| x.to_bits() as u32);
+        *pair = row[2 * p].to_bits() as u32 | (second << 16);
+    }
+}
+
+/// `out[l]` = the pair `(r0[l], r1[l])` (`r1` 0 when absent).
+fn f32_interleave(r0: &[f32], r1: Option<&[f32]>, out: &mut [u32], simd: bool) {
+    let mut done = 0;
+    #[cfg(target_arch = "x86_64")]
+    if simd {
+        // SAFETY: as in `f32_pairs`.
+        done = unsafe { x86::f32_interleave(r0, r1, out) };
+    }
+    let _ = simd;
+    for l in done..out.len() {
+        out[l] = bits(r0[l]) | r1.map_or(0, |r| bits(r[l]) << 16);
+    }
+}
+
+fn bf16_interleave(r0: &[bf16], r1: Option<&[bf16]>, out: &mut [u32]) {
+    for (l, pair) in out.iter_mut().enumerate() {
+        *pair = r0[l].to_bits() as u32 | r1.map_or(0, |r| (r[l].to_bits() as u32) << 16);
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use std::arch::x86_64::*;
+
+    /// Whole blocks of 32 values of `row` into `out`; returns the values done.
+    #[target_feature(enable = "avx512f,avx512bf16")]
+    pub(super) unsafe fn f32_pairs(row: &[f32], out: &mut [u32]) -> usize {
+        let blocks = (row.len() / 32).min(out.len() / 16);
+        for b in 0..blocks {
+            let lo = _mm512_loadu_ps(row.as_ptr().add(32 * b));
+            let hi = _mm512_loadu_ps(row.as_ptr().add(32 * b + 16));
+            // Low half from the second operand: the 32 values in order.
+            let packed = _mm512_cvtne2ps_pbh(hi, lo);
+            let packed = std::mem::transmute::<__m512bh, __m512i>(packed);
+            _mm512_storeu_si512(out.as_mut_ptr().add(16 * b) as *mut _, packed);
+        }
+        32 * blocks
+    }
+
+    /// Whole blocks of 32 elements of `bytes` (f32, little-endian, any
+    /// alignment) into `out`; returns the elements done.
+    #[target_feature(enable = "avx512f,avx512bf16")]
+    pub(super) unsafe fn bf16_from_f32_bytes(bytes: &[u8], out: &mut [half::bf16]) -> usize {
+        let blocks = (bytes.len() / 128).min(out.len() / 32);
+        for b in 0..blocks {
+            let at = bytes.as_ptr().add(128 * b) as *const f32;
+            let packed = _mm512_cvtne2ps_pbh(_mm512_loadu_ps(at.add(16)), _mm512_loadu_ps(at));
+            let packed = std::mem::transmute::<__m512bh, __m512i>(packed);
+            _mm512_storeu_si512(out.as_mut_ptr().add(32 * b) as *mut _, packed);
+        }
+        32 * blocks
+    }
+
+    /// Whole blocks of 16 lines of `r0`, `r1` into `out`; returns the lines done.
+    #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+    pub(super) unsafe fn f32_interleave(r0: &[f32], r1: Option<&[f32]>, out: &mut [u32]) -> usize {
+        let blocks = out.len() / 16;
+        // Lane pairs (i, 16 + i): element i of r0 then of r1.
+        let order = _mm512_set_epi16(
+            31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8, 23, 7, 22, 6, 21, 5, 20,
+            4, 19, 3, 18, 2, 17, 1, 16, 0,
+        );
+        for b in 0..blocks {
+            let first = _mm512_loadu_ps(r0.as_ptr().add(16 * b));
+            let second = match r1 {
+                Some(r1) => _mm512_loadu_ps(r1.as_ptr().add(16 * b)),
+                None => _mm512_setzero_ps(),
+            };
+            let packed = _mm512_cvtne2ps_pbh(second, first);
+            let packed = std::mem::transmute::<__m512bh, __m512i>(packed);
+            let pairs = _mm512_permutexvar_epi16(order, packed);
+            _mm512_storeu_si512(out.as_mut_ptr().add(16 * b) as *mut _, pairs);
+        }
+        16 * blocks
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The vector conversion rounds as `half` does (to nearest, ties to
+    /// even), tails included, at any byte alignment.
+    #[test]
+    fn f32_bytes_convert_like_half() {
+        let mut values: Vec<f32> = (0..1000)
+            .map(|i| ((i as f32) * 0.7312).sin() * 10f32.powi(i % 9 - 4))
+            .collect();
+        // Ties: exactly halfway between two bf16 values, both parities.
+        values.extend([1.0 + 2f32.powi(-8), 1.0 + 3.0 * 2f32.powi(-8), -0.0]);
+        values.extend([f32::INFINITY, f32::NEG_INFINITY, f32::MAX, 3.0e38]);
+        let mut bytes = vec![0u8];
+        bytes.extend(values.iter().flat_map(|v| v.to_le_bytes()));
+        let got = bf16_from_f32_bytes(&bytes[1..]);
+        assert_eq!(got.len(), values.len());
+        for (g, v) in got.iter().zip(&values) {
+            assert_eq!(g.to_bits(), bf16::from_f32(*v).to_bits(), "{v}");
+        }
+        assert!(bf16_from_f32_bytes(&f32::NAN.to_le_bytes())[0].is_nan());
+    }
+}

@@ -1,0 +1,150 @@
+//! A linear layer (`torch.nn.Linear`) whose bf16 product on the CPU runs
+//! [`crate::bf16_gemm`]: candle's CPU matmul has no bf16 kernel, and these
+//! layers hold most of the UNet's multiplies outside the attention. Every
+//! other case (f32, f16, GPU, a CPU without AVX512-BF16) is candle's.
+
+use candle_core::{CpuStorage, CustomOp3, DType, Layout, Module, Result, Shape, Tensor};
+use candle_nn as nn;
+use half::bf16;
+use rayon::prelude::*;
+
+use crate::bf16_gemm::{self, Matrix, PackedA, PackedB};
+
+/// `xs · weightᵀ + bias` with a `(out, in)` weight.
+#[derive(Clone)]
+pub struct Linear {
+    inner: nn::Linear,
+}
+
+/// A linear layer with a bias (`weight`, `bias` under `vb`).
+pub fn linear(in_dim: usize, out_dim: usize, vb: nn::VarBuilder) -> Result<Linear> {
+    Ok(Linear {
+        inner: nn::linear(in_dim, out_dim, vb)?,
+    })
+}
+
+/// A linear layer without a bias.
+pub fn linear_no_bias(in_dim: usize, out_dim: usize, vb: nn::VarBuilder) -> Result<Linear> {
+    Ok(Linear {
+        inner: nn::linear_no_bias(in_dim, out_dim, vb)?,
+    })
+}
+
+impl Module for Linear {
+    fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+        let weight = self.inner.weight();
+        let ours = xs.device().is_cpu()
+            && xs.dtype() == DType::BF16
+            && weight.dtype() == DType::BF16
+            && bf16_gemm::available();
+        if !ours {
+            return self.inner.forward(xs);
+        }
+        let out_dim = weight.dim(0)?;
+        let bias = match self.inner.bias() {
+            Some(bias) => bias.to_dtype(DType::F32)?,
+            None => Tensor::zeros(out_dim, DType::F32, xs.device())?,
+        };
+        xs.contiguous()?
+            .apply_op3_no_bwd(&weight.contiguous()?, &bias, &Bf16Linear)
+    }
+}
+
+/// The op: bf16 input `(..., in)`, bf16 weight `(out, in)`, f32 bias `(out,)`.
+struct Bf16Linear;
+
+impl CustomOp3 for Bf16Linear {
+    fn name(&self) -> &'static str {
+        "sdserve-bf16-linear"
+    }
+
+    fn cpu_fwd(
+        &self,
+        xs: &CpuStorage,
+        xs_layout: &Layout,
+        weight: &CpuStorage,
+        weight_layout: &Layout,
+        bias: &CpuStorage,
+        bias_layout: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let xs = bf16_slice(self.name(), xs, xs_layout)?;
+        let weight = bf16_slice(self.name(), weight, weight_layout)?;
+        let bias = crate::cpu_kernel::contiguous_f32(self.name(), bias, bias_layout)?;
+        let (out_dim, in_dim) = weight_layout.shape().dims2()?;
+        let dims = xs_layout.dims();
+        if dims.last() != Some(&in_dim) || bias.len() != out_dim {
+            candle_core::bail!(
+                "{}: input {dims:?}, weight ({out_dim}, {in_dim}), bias {}",
+                self.name(),
+                bias.len()
+            );
+        }
+        let rows = xs.len() / in_dim.max(1);
+        let b = PackedB::from_transposed(Matrix::Bf16(weight), out_dim, in_dim, in_dim);
+        let a = PackedA::new(Matrix::Bf16(xs), rows, in_dim, in_dim, b.tile_rows());
+        let mut out = vec![0f32; rows * out_dim];
+        if out_dim > 0 {
+            out.par_chunks_mut(out_dim)
+                .for_each(|row| row.copy_from_slice(bias));
+        }
+        bf16_gemm::multiply_parallel(&a, &b, &mut out, out_dim, 1.0, true)?;
+        let out: Vec<bf16> = out.par_iter().map(|v| bf16::from_f32(*v)).collect();
+        let mut shape = dims.to_vec();
+        if let Some(last) = shape.last_mut() {
+            *last = out_dim;
+        }
+        Ok((CpuStorage::BF16(out), Shape::from(shape)))
+    }
+}
+
+/// The bf16 elements of a contiguous tensor.
+pub(crate) fn bf16_slice<'a>(
+    op: &str,
+    storage: &'a CpuStorage,
+    layout: &Layout,
+) -> Result<&'a [bf16]> {
+    let CpuStorage::BF16(data) = storage else {
+        candle_core::bail!("{op} takes bf16 tensors");
+    };
+    let Some((start, end)) = layout.contiguous_offsets() else {
+        candle_core::bail!("{op} takes contiguous tensors");
+    };
+    Ok(&data[start..end])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    /// The bf16 kernel against candle's f32 linear on the same bf16 values:
+    /// they differ by f32 summation order and the output's bf16 rounding.
+    #[test]
+    fn bf16_linear_equals_f32_linear_of_the_same_values() {
+        if !bf16_gemm::available() {
+            eprintln!("skipped: this CPU has no AVX512-BF16");
+            return;
+        }
+        let dev = Device::Cpu;
+        let bf = |t: Tensor| t.to_dtype(DType::BF16).unwrap();
+        let xs = bf(Tensor::randn(0f32, 1.0, (2, 37, 70), &dev).unwrap());
+        let weight = bf(Tensor::randn(0f32, 0.2, (45, 70), &dev).unwrap());
+        let bias = bf(Tensor::randn(0f32, 1.0, 45, &dev).unwrap());
+        for bias in [Some(bias), None] {
+            let layer = Linear {
+                inner: nn::Linear::new(weight.clone(), bias.clone()),
+            };
+            let got = layer.forward(&xs).unwrap();
+            assert_eq!(got.dims(), &[2, 37, 45]);
+            assert_eq!(got.dtype(), DType::BF16);
+            let f32 = |t: &Tensor| t.to_dtype(DType::F32).unwrap();
+            let reference = nn::Linear::new(f32(&weight), bias.as_ref().map(f32));
+            let want = reference.forward(&f32(&xs)).unwrap();
+            // bf16 output: relative rounding 2^-8 of values up to ~10.
+            let diff = crate::test_util::max_diff(&f32(&got), &want);
+            assert!(diff < 0.05, "{diff}");
+            let scale = crate::test_util::max_diff(&want, &want.zeros_like().unwrap());
+            assert!(scale > 1.0, "the check must see real values: {scale}");
+        }
+    }
+}

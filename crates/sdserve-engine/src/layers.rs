@@ -19,7 +19,9 @@ use candle_nn as nn;
 use rayon::prelude::*;
 
 /// A 2-D convolution (`weight`, optional `bias`). On the CPU it runs our
-/// banded im2col + gemm or Winograd (`conv/`), in f32 (bf16 widens for the call).
+/// banded im2col + gemm or Winograd (`conv/`), in f32 (bf16 widens for the
+/// call); input and weight may differ in dtype (f32 activations over bf16
+/// weights), the output has the input's.
 pub struct Conv2d {
     inner: nn::Conv2d,
     /// The bias, or zeros: the CPU kernel starts its sums from it.
@@ -50,7 +52,11 @@ impl Module for Conv2d {
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
         let cfg = self.inner.config();
         let dtype = xs.dtype();
-        if !xs.device().is_cpu() || cfg.groups != 1 || !matches!(dtype, DType::F32 | DType::BF16) {
+        let weight_dtype = self.inner.weight().dtype();
+        let ours = [dtype, weight_dtype]
+            .iter()
+            .all(|d| matches!(d, DType::F32 | DType::BF16));
+        if !xs.device().is_cpu() || cfg.groups != 1 || !ours {
             return self.inner.forward(xs);
         }
         let geometry = ConvGeometry {
@@ -60,7 +66,8 @@ impl Module for Conv2d {
         };
         // bf16 models: the values are bf16 already, so bf16 products lose
         // nothing but Winograd's rounding of its transformed input.
-        let precision = if dtype == DType::BF16 && crate::bf16_gemm::available() {
+        let bf16 = dtype == DType::BF16 || weight_dtype == DType::BF16;
+        let precision = if bf16 && crate::bf16_gemm::available() {
             Precision::Bf16
         } else {
             Precision::F32
@@ -99,19 +106,19 @@ impl GroupNorm {
 
     /// Normalises `xs` (`(batch, channels, ...)`), then applies SiLU when `silu`.
     pub fn forward(&self, xs: &Tensor, silu: bool) -> Result<Tensor> {
-        let fused = xs.device().is_cpu()
-            && xs.dtype() == DType::F32
-            && self.weight.dtype() == DType::F32
-            && xs.rank() >= 3;
+        let fused = xs.device().is_cpu() && xs.dtype() == DType::F32 && xs.rank() >= 3;
         if fused {
             let op = FusedGroupNorm {
                 groups: self.groups,
                 eps: self.eps,
                 silu,
             };
+            // bf16 weights under f32 activations (mixed precision): widened
+            // per call, `channels` values.
+            let f32 = |t: &Tensor| t.to_dtype(DType::F32);
             return xs
                 .contiguous()?
-                .apply_op3_no_bwd(&self.weight, &self.bias, &op);
+                .apply_op3_no_bwd(&f32(&self.weight)?, &f32(&self.bias)?, &op);
         }
         let norm = nn::GroupNorm::new(
             self.weight.clone(),

@@ -33,8 +33,9 @@ pub fn linear_no_bias(in_dim: usize, out_dim: usize, vb: nn::VarBuilder) -> Resu
 impl Module for Linear {
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
         let weight = self.inner.weight();
+        // bf16 weights, bf16 or f32 (mixed precision) activations.
         let ours = xs.device().is_cpu()
-            && xs.dtype() == DType::BF16
+            && matches!(xs.dtype(), DType::BF16 | DType::F32)
             && weight.dtype() == DType::BF16
             && bf16_gemm::available();
         if !ours {
@@ -50,7 +51,8 @@ impl Module for Linear {
     }
 }
 
-/// The op: bf16 input `(..., in)`, bf16 weight `(out, in)`, f32 bias `(out,)`.
+/// The op: bf16 or f32 input `(..., in)`, bf16 weight `(out, in)`, f32 bias
+/// `(out,)`; the output has the input's dtype.
 struct Bf16Linear;
 
 impl CustomOp3 for Bf16Linear {
@@ -67,7 +69,14 @@ impl CustomOp3 for Bf16Linear {
         bias: &CpuStorage,
         bias_layout: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let xs = bf16_slice(self.name(), xs, xs_layout)?;
+        let xs = match xs {
+            CpuStorage::F32(_) => Matrix::F32(crate::cpu_kernel::contiguous_f32(
+                self.name(),
+                xs,
+                xs_layout,
+            )?),
+            _ => Matrix::Bf16(bf16_slice(self.name(), xs, xs_layout)?),
+        };
         let weight = bf16_slice(self.name(), weight, weight_layout)?;
         let bias = crate::cpu_kernel::contiguous_f32(self.name(), bias, bias_layout)?;
         let (out_dim, in_dim) = weight_layout.shape().dims2()?;
@@ -79,21 +88,30 @@ impl CustomOp3 for Bf16Linear {
                 bias.len()
             );
         }
-        let rows = xs.len() / in_dim.max(1);
+        let len = match xs {
+            Matrix::F32(x) => x.len(),
+            Matrix::Bf16(x) => x.len(),
+        };
+        let rows = len / in_dim.max(1);
         let b = PackedB::from_transposed(Matrix::Bf16(weight), out_dim, in_dim, in_dim);
-        let a = PackedA::new(Matrix::Bf16(xs), rows, in_dim, in_dim, b.tile_rows());
+        let a = PackedA::new(xs, rows, in_dim, in_dim, b.tile_rows());
         let mut out = vec![0f32; rows * out_dim];
         if out_dim > 0 {
             out.par_chunks_mut(out_dim)
                 .for_each(|row| row.copy_from_slice(bias));
         }
         bf16_gemm::multiply_parallel(&a, &b, &mut out, out_dim, 1.0, true)?;
-        let out: Vec<bf16> = out.par_iter().map(|v| bf16::from_f32(*v)).collect();
         let mut shape = dims.to_vec();
         if let Some(last) = shape.last_mut() {
             *last = out_dim;
         }
-        Ok((CpuStorage::BF16(out), Shape::from(shape)))
+        let out = match xs {
+            Matrix::F32(_) => CpuStorage::F32(out),
+            Matrix::Bf16(_) => {
+                CpuStorage::BF16(out.par_iter().map(|v| bf16::from_f32(*v)).collect())
+            }
+        };
+        Ok((out, Shape::from(shape)))
     }
 }
 
@@ -134,10 +152,22 @@ mod tests {
             let layer = Linear {
                 inner: nn::Linear::new(weight.clone(), bias.clone()),
             };
+            let f32 = |t: &Tensor| t.to_dtype(DType::F32).unwrap();
+            // Mixed precision: f32 activations of bf16 values, same result in f32.
+            let mixed = layer.forward(&f32(&xs)).unwrap();
+            assert_eq!(mixed.dtype(), DType::F32);
             let got = layer.forward(&xs).unwrap();
             assert_eq!(got.dims(), &[2, 37, 45]);
             assert_eq!(got.dtype(), DType::BF16);
-            let f32 = |t: &Tensor| t.to_dtype(DType::F32).unwrap();
+            let rounded = crate::test_util::max_diff(
+                &f32(&got),
+                &mixed
+                    .to_dtype(DType::BF16)
+                    .unwrap()
+                    .to_dtype(DType::F32)
+                    .unwrap(),
+            );
+            assert_eq!(rounded, 0.0, "bf16 output is the f32 output rounded");
             let reference = nn::Linear::new(f32(&weight), bias.as_ref().map(f32));
             let want = reference.forward(&f32(&xs)).unwrap();
             // bf16 output: relative rounding 2^-8 of values up to ~10.

@@ -46,7 +46,8 @@ pub struct StableDiffusion {
     pub inpainting: bool,
     /// dtype of the text encoder and UNet weights and activations.
     pub dtype: DType,
-    /// dtype the VAE decodes in (f32 when `force_upcast` and `dtype` is f16, as diffusers).
+    /// dtype of the VAE's activations (f32 when `force_upcast` and `dtype` is f16, as
+    /// diffusers, and for bf16 on a CPU with AVX512-BF16: [`vae_compute_dtype`]).
     pub vae_dtype: DType,
     pub scheduler: SchedulerConfig,
     pub vae_scaling_factor: f64,
@@ -166,8 +167,8 @@ impl StableDiffusion {
                 ),
             ));
         }
-        let vae_dtype = vae_dtype(dtype, &vae_cfg);
-        let (vb, _, vae_file) = files.weights(Part::Vae, vae_dtype, device)?;
+        let (vb, _, vae_file) = files.weights(Part::Vae, vae_dtype(dtype, &vae_cfg), device)?;
+        let vae_dtype = vae_compute_dtype(dtype, &vae_cfg, device);
         let vae_shape = VaeShape {
             latent_channels: vae_cfg.latent_channels,
             out_channels: vae_cfg.out_channels,
@@ -232,6 +233,19 @@ pub fn vae_dtype(dtype: DType, vae: &VaeConfig) -> DType {
         DType::F32
     } else {
         dtype
+    }
+}
+
+/// The dtype of the VAE's activations: its weights' ([`vae_dtype`]), except
+/// bf16 on a CPU with AVX512-BF16, where they are f32 (mixed precision, as
+/// under autocast): the convolutions' products stay bf16, and every
+/// element-wise pass at full image size runs on f32 without conversions.
+pub fn vae_compute_dtype(dtype: DType, vae: &VaeConfig, device: &Device) -> DType {
+    let weights = vae_dtype(dtype, vae);
+    if weights == DType::BF16 && device.is_cpu() && crate::bf16_gemm::available() {
+        DType::F32
+    } else {
+        weights
     }
 }
 

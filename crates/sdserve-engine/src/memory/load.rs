@@ -73,7 +73,7 @@ pub fn plan_for_model(
             &unet,
             &vae,
             dtype.size_in_bytes(),
-            vae_dtype.size_in_bytes(),
+            crate::model::vae_compute_dtype(dtype, &vae, device).size_in_bytes(),
             super::cost::engine_attention(device),
         ),
         options.vae_tiling,

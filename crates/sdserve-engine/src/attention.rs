@@ -47,17 +47,19 @@ impl Default for ScoreBlock {
 }
 
 /// `softmax(q · kᵀ · scale) · v` for `q: (n, queries, d)`, `k, v: (n, keys, d)`,
-/// computed in f32 block by block (bf16 operands with f32 sums for bf16
-/// inputs on a CPU with AVX512-BF16); the result has `q`'s dtype.
+/// computed in f32 block by block (bf16 operands with f32 sums on a CPU with
+/// AVX512-BF16 for bf16 inputs, or when the projections' `weights` are bf16);
+/// the result has `q`'s dtype.
 pub fn attention(
     q: &Tensor,
     k: &Tensor,
     v: &Tensor,
     scale: f64,
     block: ScoreBlock,
+    weights: DType,
 ) -> Result<Tensor> {
     if q.device().is_cpu() {
-        let bf16 = [q, k, v].iter().all(|t| t.dtype() == DType::BF16);
+        let bf16 = weights == DType::BF16 || [q, k, v].iter().all(|t| t.dtype() == DType::BF16);
         if bf16 && crate::bf16_gemm::available() {
             return crate::attention_bf16::attention_bf16(q, k, v, scale);
         }
@@ -153,7 +155,7 @@ mod tests {
         let v = Tensor::randn(0f32, 1.0, (2, 5, 4), &dev).unwrap();
         let q_t = q.permute((2, 1, 0)).unwrap(); // (2, 9, 4), strided
         let d = max_diff(
-            &attention(&q_t, &k, &v, 0.5, ScoreBlock::DEFAULT).unwrap(),
+            &attention(&q_t, &k, &v, 0.5, ScoreBlock::DEFAULT, DType::F32).unwrap(),
             &naive(&q_t.contiguous().unwrap(), &k, &v, 0.5),
         );
         assert!(d < 1e-5, "{d}");
@@ -181,12 +183,25 @@ mod tests {
             let q = bf16((heads, queries, depth));
             let k = bf16((heads, keys, depth));
             let v = bf16((heads, keys, depth));
-            let got = attention(&q, &k, &v, 0.3, ScoreBlock::DEFAULT).unwrap();
+            let got = attention(&q, &k, &v, 0.3, ScoreBlock::DEFAULT, DType::BF16).unwrap();
             assert_eq!(got.dtype(), DType::BF16);
             let f32 = |t: &Tensor| t.to_dtype(DType::F32).unwrap();
             let want = naive(&f32(&q), &f32(&k), &f32(&v), 0.3);
             let d = max_diff(&f32(&got), &want);
             assert!(d < 0.02, "{heads}x{queries}x{keys}x{depth}: {d}");
+            // Mixed precision: f32 activations over bf16 weights.
+            let mixed = attention(
+                &f32(&q),
+                &f32(&k),
+                &f32(&v),
+                0.3,
+                ScoreBlock::DEFAULT,
+                DType::BF16,
+            );
+            let mixed = mixed.unwrap();
+            assert_eq!(mixed.dtype(), DType::F32);
+            let d = max_diff(&mixed, &want);
+            assert!(d < 0.01, "mixed {heads}x{queries}x{keys}x{depth}: {d}");
         }
     }
 

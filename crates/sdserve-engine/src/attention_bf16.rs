@@ -1,5 +1,6 @@
-//! The CPU attention of [`crate::attention_cpu`] for bf16 models, with its
-//! two products in bf16 ([`crate::bf16_gemm`]): each task takes a few query
+//! The CPU attention of [`crate::attention_cpu`] for bf16 models (bf16
+//! activations, or f32 ones over bf16 weights), with its two products in
+//! bf16 ([`crate::bf16_gemm`]): each task takes a few query
 //! rows of one head, computes their scores in f32, the softmax in f32 in
 //! place, rounds the probabilities to bf16 for the product with `v`, and
 //! divides by the f32 row sums last. Keys and values are packed once per
@@ -10,7 +11,7 @@ use half::bf16;
 use rayon::prelude::*;
 
 use crate::bf16_gemm::{self, Matrix, PackedA, PackedB};
-use crate::cpu_kernel::SharedOut;
+use crate::cpu_kernel::{contiguous_f32, SharedOut};
 use crate::linear::bf16_slice;
 use crate::softmax::exp_shifted_rows;
 
@@ -19,8 +20,8 @@ const SCORE_BYTES: usize = 768 << 10;
 /// Query rows per task are a multiple of this (both products' tile rows).
 const ROW_STEP: usize = 24;
 
-/// `softmax(q · kᵀ · scale) · v` for bf16 CPU tensors `q: (n, queries, d)`,
-/// `k, v: (n, keys, d)`; the result is bf16.
+/// `softmax(q · kᵀ · scale) · v` for bf16 or f32 CPU tensors
+/// `q: (n, queries, d)`, `k, v: (n, keys, d)`; the result has `q`'s dtype.
 pub fn attention_bf16(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> Result<Tensor> {
     let (q, k, v) = (q.contiguous()?, k.contiguous()?, v.contiguous()?);
     q.apply_op3_no_bwd(
@@ -58,9 +59,9 @@ impl CustomOp3 for Bf16Attention {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let q = bf16_slice(self.name(), s1, l1)?;
-        let k = bf16_slice(self.name(), s2, l2)?;
-        let v = bf16_slice(self.name(), s3, l3)?;
+        let q = matrix(self.name(), s1, l1)?;
+        let k = matrix(self.name(), s2, l2)?;
+        let v = matrix(self.name(), s3, l3)?;
         let (heads, queries, depth) = l1.shape().dims3()?;
         let (k_heads, keys, k_depth) = l2.shape().dims3()?;
         if (k_heads, k_depth) != (heads, depth) || l3.shape().dims() != l2.shape().dims() {
@@ -79,12 +80,33 @@ impl CustomOp3 for Bf16Attention {
             depth,
         };
         let out = run(q, k, v, d, self.scale)?;
-        let out: Vec<bf16> = out.par_iter().map(|x| bf16::from_f32(*x)).collect();
-        Ok((CpuStorage::BF16(out), Shape::from((heads, queries, depth))))
+        let out = match q {
+            Matrix::F32(_) => CpuStorage::F32(out),
+            Matrix::Bf16(_) => {
+                CpuStorage::BF16(out.par_iter().map(|x| bf16::from_f32(*x)).collect())
+            }
+        };
+        Ok((out, Shape::from((heads, queries, depth))))
     }
 }
 
-fn run(q: &[bf16], k: &[bf16], v: &[bf16], d: Dims, scale: f32) -> Result<Vec<f32>> {
+/// The elements of a contiguous bf16 or f32 tensor.
+fn matrix<'a>(op: &str, storage: &'a CpuStorage, layout: &Layout) -> Result<Matrix<'a>> {
+    Ok(match storage {
+        CpuStorage::F32(_) => Matrix::F32(contiguous_f32(op, storage, layout)?),
+        _ => Matrix::Bf16(bf16_slice(op, storage, layout)?),
+    })
+}
+
+/// Elements `range` of `m`.
+fn part<'a>(m: Matrix<'a>, range: std::ops::Range<usize>) -> Matrix<'a> {
+    match m {
+        Matrix::F32(x) => Matrix::F32(&x[range]),
+        Matrix::Bf16(x) => Matrix::Bf16(&x[range]),
+    }
+}
+
+fn run(q: Matrix, k: Matrix, v: Matrix, d: Dims, scale: f32) -> Result<Vec<f32>> {
     if !bf16_gemm::available() {
         candle_core::bail!("bf16 attention: this CPU has no AVX512-BF16");
     }
@@ -97,8 +119,8 @@ fn run(q: &[bf16], k: &[bf16], v: &[bf16], d: Dims, scale: f32) -> Result<Vec<f3
         .map(|h| {
             let span = h * d.keys * d.depth..(h + 1) * d.keys * d.depth;
             (
-                PackedB::from_transposed(Matrix::Bf16(&k[span.clone()]), d.keys, d.depth, d.depth),
-                PackedB::from_rows(Matrix::Bf16(&v[span]), d.keys, d.depth, d.depth),
+                PackedB::from_transposed(part(k, span.clone()), d.keys, d.depth, d.depth),
+                PackedB::from_rows(part(v, span), d.keys, d.depth, d.depth),
             )
         })
         .unzip();
@@ -116,7 +138,7 @@ fn run(q: &[bf16], k: &[bf16], v: &[bf16], d: Dims, scale: f32) -> Result<Vec<f3
         sums.resize(m, 0.0);
         let first = (h * d.queries + r0) * d.depth;
         let q_rows = PackedA::new(
-            Matrix::Bf16(&q[first..first + m * d.depth]),
+            part(q, first..first + m * d.depth),
             m,
             d.depth,
             d.depth,

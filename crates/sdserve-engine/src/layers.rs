@@ -255,6 +255,7 @@ impl ResnetBlock {
         let h = self.conv1.forward(&self.norm1.forward(xs, true)?)?;
         let h = match (temb, &self.time_emb_proj) {
             (Some(temb), Some(proj)) => project_rows(proj, &nn::ops::silu(temb)?)?
+                .to_dtype(h.dtype())?
                 .unsqueeze(D::Minus1)?
                 .unsqueeze(D::Minus1)?
                 .broadcast_add(&h)?,
@@ -269,6 +270,8 @@ impl ResnetBlock {
 /// a product of 1-2 rows differently from one of 3+, and a job's image must
 /// not depend on the batch it runs in (SDXL gives each image its own row).
 fn project_rows(proj: &nn::Linear, xs: &Tensor) -> Result<Tensor> {
+    // In the weight's dtype (the activations' may be f32 over bf16 weights).
+    let xs = &xs.to_dtype(proj.weight().dtype())?;
     let rows = xs.dim(0)?;
     if rows == 1 {
         return proj.forward(xs);

@@ -30,6 +30,13 @@ pub fn linear_no_bias(in_dim: usize, out_dim: usize, vb: nn::VarBuilder) -> Resu
     })
 }
 
+impl Linear {
+    /// The weight's dtype (what the layer's products run in).
+    pub fn weight_dtype(&self) -> DType {
+        self.inner.weight().dtype()
+    }
+}
+
 impl Module for Linear {
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
         let weight = self.inner.weight();

@@ -44,8 +44,10 @@ pub struct StableDiffusion {
     /// The UNet takes `2 * latent_channels + 1` inputs: latents, mask and the
     /// masked image's latents (an inpainting model).
     pub inpainting: bool,
-    /// dtype of the text encoder and UNet weights and activations.
+    /// dtype of the text encoder and UNet weights (and text encoder activations).
     pub dtype: DType,
+    /// dtype of the UNet's activations ([`compute_dtype`]).
+    pub unet_dtype: DType,
     /// dtype of the VAE's activations (f32 when `force_upcast` and `dtype` is f16, as
     /// diffusers, and for bf16 on a CPU with AVX512-BF16: [`vae_compute_dtype`]).
     pub vae_dtype: DType,
@@ -210,6 +212,7 @@ impl StableDiffusion {
             vae_encoder,
             inpainting,
             dtype,
+            unet_dtype: compute_dtype(dtype, device),
             vae_dtype,
             scheduler,
             vae_scaling_factor: vae_cfg.scaling_factor,
@@ -236,12 +239,16 @@ pub fn vae_dtype(dtype: DType, vae: &VaeConfig) -> DType {
     }
 }
 
-/// The dtype of the VAE's activations: its weights' ([`vae_dtype`]), except
-/// bf16 on a CPU with AVX512-BF16, where they are f32 (mixed precision, as
-/// under autocast): the convolutions' products stay bf16, and every
-/// element-wise pass at full image size runs on f32 without conversions.
+/// The dtype of the VAE's activations ([`compute_dtype`] of its weights').
 pub fn vae_compute_dtype(dtype: DType, vae: &VaeConfig, device: &Device) -> DType {
-    let weights = vae_dtype(dtype, vae);
+    compute_dtype(vae_dtype(dtype, vae), device)
+}
+
+/// The dtype of activations over weights of `weights`: f32 for bf16 weights
+/// on a CPU with AVX512-BF16 (mixed precision, as under autocast: products
+/// in bf16 with f32 sums, every element-wise op on f32 without conversions),
+/// the weights' own otherwise.
+pub fn compute_dtype(weights: DType, device: &Device) -> DType {
     if weights == DType::BF16 && device.is_cpu() && crate::bf16_gemm::available() {
         DType::F32
     } else {

@@ -412,7 +412,7 @@ fn predict(
             .collect();
         let x = Tensor::cat(&rows.iter().map(|&i| &inputs[i]).collect::<Vec<_>>(), 0)?;
         let contexts: Vec<&Tensor> = rows.iter().map(|&i| &conds[i].0.context).collect();
-        let context = Tensor::cat(&contexts, 0)?;
+        let context = Tensor::cat(&contexts, 0)?.to_dtype(model.unet_dtype)?;
         let pooled: Option<Vec<&Tensor>> =
             rows.iter().map(|&i| conds[i].0.pooled.as_ref()).collect();
         let added = match pooled {
@@ -422,8 +422,8 @@ fn predict(
             }),
             _ => None,
         };
-        // Latents and sampler arithmetic stay f32; the UNet runs in the model's dtype.
-        let x = x.to_dtype(model.dtype)?;
+        // Latents and sampler arithmetic stay f32; the UNet runs in its own dtype.
+        let x = x.to_dtype(model.unet_dtype)?;
         let prediction = model
             .unet
             .forward(&x, t, &context, added.as_ref())?

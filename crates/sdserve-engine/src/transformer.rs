@@ -59,7 +59,7 @@ impl CrossAttention {
         let q = self.split_heads(&self.to_q.forward(xs)?)?;
         let k = self.split_heads(&self.to_k.forward(&context)?)?;
         let v = self.split_heads(&self.to_v.forward(&context)?)?;
-        let out = attention(&q, &k, &v, self.scale, self.block)?;
+        let out = attention(&q, &k, &v, self.scale, self.block, self.to_q.weight_dtype())?;
         let (bh, t, d) = out.dims3()?;
         let out = out
             .reshape((bh / self.heads, self.heads, t, d))?
@@ -94,13 +94,32 @@ impl Module for FeedForward {
     }
 }
 
+/// `nn::LayerNorm` that also takes activations of another dtype than its
+/// weights (f32 over bf16: the weights, `dim` values, convert per call).
+struct LayerNorm(nn::LayerNorm);
+
+impl Module for LayerNorm {
+    fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+        let dtype = xs.dtype();
+        if self.0.weight().dtype() == dtype {
+            return self.0.forward(xs);
+        }
+        let weight = self.0.weight().to_dtype(dtype)?;
+        let norm = match self.0.bias() {
+            Some(bias) => nn::LayerNorm::new(weight, bias.to_dtype(dtype)?, self.0.eps()),
+            None => nn::LayerNorm::new_no_bias(weight, self.0.eps()),
+        };
+        norm.forward(xs)
+    }
+}
+
 /// `BasicTransformerBlock`: pre-norm self-attention, cross-attention, feed-forward.
 struct TransformerBlock {
-    norm1: nn::LayerNorm,
+    norm1: LayerNorm,
     attn1: CrossAttention,
-    norm2: nn::LayerNorm,
+    norm2: LayerNorm,
     attn2: CrossAttention,
-    norm3: nn::LayerNorm,
+    norm3: LayerNorm,
     ff: FeedForward,
 }
 
@@ -157,9 +176,9 @@ impl SpatialTransformer {
         for i in 0..c.depth {
             let vb = blocks_vb.pp(i.to_string());
             blocks.push(TransformerBlock {
-                norm1: nn::layer_norm(dim, 1e-5, vb.pp("norm1"))?,
+                norm1: LayerNorm(nn::layer_norm(dim, 1e-5, vb.pp("norm1"))?),
                 attn1: CrossAttention::new(vb.pp("attn1"), dim, dim, c.heads, head_dim, c.block)?,
-                norm2: nn::layer_norm(dim, 1e-5, vb.pp("norm2"))?,
+                norm2: LayerNorm(nn::layer_norm(dim, 1e-5, vb.pp("norm2"))?),
                 attn2: CrossAttention::new(
                     vb.pp("attn2"),
                     dim,
@@ -168,7 +187,7 @@ impl SpatialTransformer {
                     head_dim,
                     c.block,
                 )?,
-                norm3: nn::layer_norm(dim, 1e-5, vb.pp("norm3"))?,
+                norm3: LayerNorm(nn::layer_norm(dim, 1e-5, vb.pp("norm3"))?),
                 ff: FeedForward::new(vb.pp("ff"), dim)?,
             });
         }

@@ -71,6 +71,8 @@ impl TextTimeEmbedding {
 
 /// The denoising UNet; weights are looked up under diffusers' key names.
 pub struct UNet {
+    /// dtype of the weights; activations may be f32 over bf16 weights.
+    weight_dtype: DType,
     conv_in: Conv2d,
     time_proj: Timesteps,
     time_embedding: TimestepEmbedding,
@@ -166,6 +168,7 @@ impl UNet {
         }
 
         Ok(Self {
+            weight_dtype: vb.dtype(),
             conv_in: Conv2d::new(vb.pp("conv_in"), (in_channels, channels(0)), 3, conv3)?,
             time_proj: Timesteps::new(channels(0), c.flip_sin_to_cos, c.freq_shift),
             time_embedding: TimestepEmbedding::new(vb.pp("time_embedding"), channels(0), time_dim)?,
@@ -216,7 +219,8 @@ impl UNet {
             xs.clone()
         };
         // One embedding row, broadcast by every resnet over the batch.
-        let t = (Tensor::ones(1, xs.dtype(), xs.device())? * timestep)?;
+        // In the weights' dtype (candle's embedding layers), then the activations'.
+        let t = (Tensor::ones(1, self.weight_dtype, xs.device())? * timestep)?;
         let emb = self.time_embedding.forward(&self.time_proj.forward(&t)?)?;
         let emb = match (&self.text_time, added) {
             (Some(tt), Some(added)) => emb.broadcast_add(&tt.forward(added, emb.dtype())?)?,
@@ -224,6 +228,7 @@ impl UNet {
             (Some(_), None) => candle_core::bail!("this UNet needs SDXL's added conditioning"),
             (None, Some(_)) => candle_core::bail!("this UNet takes no added conditioning"),
         };
+        let emb = emb.to_dtype(xs.dtype())?;
 
         let mut xs = self.conv_in.forward(&xs)?;
         let mut skips = vec![xs.clone()];

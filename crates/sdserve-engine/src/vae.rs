@@ -69,7 +69,8 @@ impl Module for SelfAttention {
         let q = self.to_q.forward(&tokens)?;
         let k = self.to_k.forward(&tokens)?;
         let v = self.to_v.forward(&tokens)?;
-        let out = attention(&q, &k, &v, 1.0 / (c as f64).sqrt(), self.block)?;
+        let scale = 1.0 / (c as f64).sqrt();
+        let out = attention(&q, &k, &v, scale, self.block, self.to_q.weight_dtype())?;
         let out = self
             .to_out
             .forward(&out)?

@@ -72,7 +72,7 @@ pub fn plan_for_model(
         ModelShape::from_configs(
             &unet,
             &vae,
-            dtype.size_in_bytes(),
+            crate::model::compute_dtype(dtype, device).size_in_bytes(),
             crate::model::vae_compute_dtype(dtype, &vae, device).size_in_bytes(),
             super::cost::engine_attention(device),
         ),

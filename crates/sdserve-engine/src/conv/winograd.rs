@@ -46,6 +46,9 @@ struct Scratch {
     products: Vec<f32>,
     /// Four input rows with the padding made explicit.
     rows: Vec<f32>,
+    /// Their even and odd columns.
+    even: [Vec<f32>; 4],
+    odd: [Vec<f32>; 4],
 }
 
 /// The 3×3, stride-1 convolution of `input` (padding `padding`) into `out`,
@@ -145,6 +148,9 @@ fn transform_input(
     let width = 2 * tiles_x + 2;
     let tiles = tys.len() * tiles_x;
     scratch.rows.resize(4 * width, 0.0);
+    for half in scratch.even.iter_mut().chain(scratch.odd.iter_mut()) {
+        half.resize(width / 2, 0.0);
+    }
     let copied = d.w.min(width.saturating_sub(padding));
     for c in 0..d.c_in {
         let channel = &image[c * d.h * d.w..(c + 1) * d.h * d.w];
@@ -157,25 +163,83 @@ fn transform_input(
                     row[padding..padding + copied].copy_from_slice(src);
                 }
             }
-            let rows = &scratch.rows;
-            for tx in 0..tiles_x {
-                let at = |i: usize, j: usize| rows[i * width + 2 * tx + j];
-                // Bᵀ d, column by column, then each row of it times B.
-                let mut left = [[0f32; 4]; 4];
-                for (j, column) in left.iter_mut().enumerate() {
-                    let [d0, d1, d2, d3] = [at(0, j), at(1, j), at(2, j), at(3, j)];
-                    *column = [d0 - d2, d1 + d2, d2 - d1, d1 - d3];
-                }
-                let tile = k * tiles_x + tx;
-                let [c0, c1, c2, c3] = left;
-                for i in 0..4 {
-                    let [r0, r1, r2, r3] = [c0[i], c1[i], c2[i], c3[i]];
-                    let values = [r0 - r2, r1 + r2, r2 - r1, r1 - r3];
-                    for (j, value) in values.into_iter().enumerate() {
-                        scratch.input[((4 * i + j) * d.c_in + c) * tiles + tile] = value;
-                    }
+            // Even and odd padded columns of each row: tile `tx`'s window
+            // is (even[tx], odd[tx], even[tx + 1], odd[tx + 1]), contiguous
+            // in `tx`, so a block of 16 tiles transforms as vectors.
+            for (i, row) in scratch.rows.chunks_exact(width).enumerate() {
+                for (t, pair) in row.chunks_exact(2).enumerate() {
+                    scratch.even[i][t] = pair[0];
+                    scratch.odd[i][t] = pair[1];
                 }
             }
+            for tx0 in (0..tiles_x).step_by(LANES) {
+                let n = LANES.min(tiles_x - tx0);
+                let mut even = [[0f32; LANES + 1]; 4];
+                let mut odd = [[0f32; LANES + 1]; 4];
+                for i in 0..4 {
+                    let m = (n + 1).min(scratch.even[i].len() - tx0);
+                    even[i][..m].copy_from_slice(&scratch.even[i][tx0..tx0 + m]);
+                    odd[i][..m].copy_from_slice(&scratch.odd[i][tx0..tx0 + m]);
+                }
+                let mut out = [[0f32; LANES]; 16];
+                input_block(&even, &odd, &mut out);
+                for (xi, values) in out.iter().enumerate() {
+                    let at = (xi * d.c_in + c) * tiles + k * tiles_x + tx0;
+                    scratch.input[at..at + n].copy_from_slice(&values[..n]);
+                }
+            }
+        }
+    }
+}
+
+/// Tiles per block of [`input_block`].
+const LANES: usize = 16;
+
+/// `Bᵀ d B` of [`LANES`] tiles side by side: `even[i][l]`, `odd[i][l]` are
+/// row `i`'s padded columns `2l`, `2l + 1` from the block's first tile on;
+/// `out[ξ][l]` gets element `ξ` of tile `l`'s transform.
+fn input_block(
+    even: &[[f32; LANES + 1]; 4],
+    odd: &[[f32; LANES + 1]; 4],
+    out: &mut [[f32; LANES]; 16],
+) {
+    #[cfg(target_arch = "x86_64")]
+    if std::is_x86_feature_detected!("avx512f") {
+        // SAFETY: the CPU has AVX-512F (checked above).
+        return unsafe { input_block_avx512(even, odd, out) };
+    }
+    input_block_any(even, odd, out)
+}
+
+/// [`input_block_any`] compiled for 16-wide vectors.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn input_block_avx512(
+    even: &[[f32; LANES + 1]; 4],
+    odd: &[[f32; LANES + 1]; 4],
+    out: &mut [[f32; LANES]; 16],
+) {
+    input_block_any(even, odd, out)
+}
+
+#[inline(always)]
+fn input_block_any(
+    even: &[[f32; LANES + 1]; 4],
+    odd: &[[f32; LANES + 1]; 4],
+    out: &mut [[f32; LANES]; 16],
+) {
+    for l in 0..LANES {
+        let d = |i: usize| [even[i][l], odd[i][l], even[i][l + 1], odd[i][l + 1]];
+        let [d0, d1, d2, d3] = [d(0), d(1), d(2), d(3)];
+        // Bᵀ d (rows), then each row times B.
+        let left =
+            [0, 1, 2, 3].map(|j| [d0[j] - d2[j], d1[j] + d2[j], d2[j] - d1[j], d1[j] - d3[j]]);
+        for i in 0..4 {
+            let [r0, r1, r2, r3] = [left[0][i], left[1][i], left[2][i], left[3][i]];
+            out[4 * i][l] = r0 - r2;
+            out[4 * i + 1][l] = r1 + r2;
+            out[4 * i + 2][l] = r2 - r1;
+            out[4 * i + 3][l] = r1 - r3;
         }
     }
 }

@@ -228,18 +228,36 @@ fn input_block_any(
     odd: &[[f32; LANES + 1]; 4],
     out: &mut [[f32; LANES]; 16],
 ) {
-    for l in 0..LANES {
-        let d = |i: usize| [even[i][l], odd[i][l], even[i][l + 1], odd[i][l + 1]];
-        let [d0, d1, d2, d3] = [d(0), d(1), d(2), d(3)];
-        // Bᵀ d (rows), then each row times B.
-        let left =
-            [0, 1, 2, 3].map(|j| [d0[j] - d2[j], d1[j] + d2[j], d2[j] - d1[j], d1[j] - d3[j]]);
-        for i in 0..4 {
-            let [r0, r1, r2, r3] = [left[0][i], left[1][i], left[2][i], left[3][i]];
-            out[4 * i][l] = r0 - r2;
-            out[4 * i + 1][l] = r1 + r2;
-            out[4 * i + 2][l] = r2 - r1;
-            out[4 * i + 3][l] = r1 - r3;
+    // Column `j` of row `i` of every tile's window, lane by lane.
+    let column = |i: usize, j: usize| -> &[f32; LANES] {
+        let (half, shift) = match j {
+            0 => (&even[i], 0),
+            1 => (&odd[i], 0),
+            2 => (&even[i], 1),
+            _ => (&odd[i], 1),
+        };
+        half[shift..shift + LANES]
+            .try_into()
+            .unwrap_or(&[0.0; LANES])
+    };
+    // Bᵀ d: left[r][j] for each lane.
+    let mut left = [[[0f32; LANES]; 4]; 4];
+    for j in 0..4 {
+        let [d0, d1, d2, d3] = [column(0, j), column(1, j), column(2, j), column(3, j)];
+        for l in 0..LANES {
+            left[0][j][l] = d0[l] - d2[l];
+            left[1][j][l] = d1[l] + d2[l];
+            left[2][j][l] = d2[l] - d1[l];
+            left[3][j][l] = d1[l] - d3[l];
+        }
+    }
+    // Each row of it times B.
+    for (i, [r0, r1, r2, r3]) in left.iter().enumerate() {
+        for l in 0..LANES {
+            out[4 * i][l] = r0[l] - r2[l];
+            out[4 * i + 1][l] = r1[l] + r2[l];
+            out[4 * i + 2][l] = r2[l] - r1[l];
+            out[4 * i + 3][l] = r1[l] - r3[l];
         }
     }
 }
@@ -266,30 +284,68 @@ fn transform_output(
 ) {
     let first_row = 2 * tys.start;
     for (k, ty) in tys.enumerate() {
-        for tx in 0..tiles_x {
-            let tile = k * tiles_x + tx;
-            let m = |xi: usize| products.all[xi * products.stride + products.offset + tile];
-            // Aᵀ m: two rows of four.
-            let mut top = [0f32; 4];
-            let mut bottom = [0f32; 4];
-            for j in 0..4 {
-                let [m0, m1, m2, m3] = [m(j), m(4 + j), m(8 + j), m(12 + j)];
-                top[j] = m0 + m1 + m2;
-                bottom[j] = m1 - m2 - m3;
+        for tx0 in (0..tiles_x).step_by(LANES) {
+            let n = LANES.min(tiles_x - tx0);
+            let mut m = [[0f32; LANES]; 16];
+            for (xi, lanes) in m.iter_mut().enumerate() {
+                let at = xi * products.stride + products.offset + k * tiles_x + tx0;
+                lanes[..n].copy_from_slice(&products.all[at..at + n]);
             }
-            let pixels = |r: [f32; 4]| [r[0] + r[1] + r[2] + bias, r[1] - r[2] - r[3] + bias];
-            for (dy, values) in [pixels(top), pixels(bottom)].into_iter().enumerate() {
+            // Output rows 2·ty and 2·ty + 1, pixels 2·tx0 onwards.
+            let mut pixels = [[0f32; 2 * LANES]; 2];
+            output_block(&m, bias, &mut pixels);
+            for (dy, values) in pixels.iter().enumerate() {
                 let y = 2 * ty + dy;
                 if y >= d.out_h {
                     continue;
                 }
                 let line = &mut dst[(y - first_row) * d.out_w..(y - first_row + 1) * d.out_w];
-                for (dx, value) in values.into_iter().enumerate() {
-                    if let Some(pixel) = line.get_mut(2 * tx + dx) {
-                        *pixel = value;
-                    }
-                }
+                let count = (2 * n).min(d.out_w - 2 * tx0);
+                line[2 * tx0..2 * tx0 + count].copy_from_slice(&values[..count]);
             }
+        }
+    }
+}
+
+/// `Aᵀ m A + bias` of [`LANES`] tiles side by side (`m[ξ][l]`: element `ξ`
+/// of tile `l`) into their two rows of output pixels.
+fn output_block(m: &[[f32; LANES]; 16], bias: f32, pixels: &mut [[f32; 2 * LANES]; 2]) {
+    #[cfg(target_arch = "x86_64")]
+    if std::is_x86_feature_detected!("avx512f") {
+        // SAFETY: the CPU has AVX-512F (checked above).
+        return unsafe { output_block_avx512(m, bias, pixels) };
+    }
+    output_block_any(m, bias, pixels)
+}
+
+/// [`output_block_any`] compiled for 16-wide vectors.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn output_block_avx512(
+    m: &[[f32; LANES]; 16],
+    bias: f32,
+    pixels: &mut [[f32; 2 * LANES]; 2],
+) {
+    output_block_any(m, bias, pixels)
+}
+
+#[inline(always)]
+fn output_block_any(m: &[[f32; LANES]; 16], bias: f32, pixels: &mut [[f32; 2 * LANES]; 2]) {
+    // Aᵀ m: two rows of four, for each lane.
+    let mut top = [[0f32; LANES]; 4];
+    let mut bottom = [[0f32; LANES]; 4];
+    for j in 0..4 {
+        let [m0, m1, m2, m3] = [&m[j], &m[4 + j], &m[8 + j], &m[12 + j]];
+        for l in 0..LANES {
+            top[j][l] = m0[l] + m1[l] + m2[l];
+            bottom[j][l] = m1[l] - m2[l] - m3[l];
+        }
+    }
+    // Each row times A: two pixels per lane, side by side.
+    for (row, [r0, r1, r2, r3]) in pixels.iter_mut().zip([top, bottom]) {
+        for l in 0..LANES {
+            row[2 * l] = r0[l] + r1[l] + r2[l] + bias;
+            row[2 * l + 1] = r1[l] - r2[l] - r3[l] + bias;
         }
     }
 }

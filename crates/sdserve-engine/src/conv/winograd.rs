@@ -223,6 +223,7 @@ unsafe fn input_block_avx512(
 }
 
 #[inline(always)]
+#[allow(clippy::needless_range_loop)] // lanes and rows index several arrays at once
 fn input_block_any(
     even: &[[f32; LANES + 1]; 4],
     odd: &[[f32; LANES + 1]; 4],

@@ -72,9 +72,14 @@ impl Module for Conv2d {
         } else {
             Precision::F32
         };
+        // bf16 products pack a bf16 weight as it is; f32 ones widen it.
+        let weight = match precision {
+            Precision::Bf16 => self.inner.weight().clone(),
+            Precision::F32 => self.inner.weight().to_dtype(DType::F32)?,
+        };
         let out = conv2d(
             &xs.to_dtype(DType::F32)?,
-            &self.inner.weight().to_dtype(DType::F32)?,
+            &weight,
             &self.bias.to_dtype(DType::F32)?,
             geometry,
             precision,

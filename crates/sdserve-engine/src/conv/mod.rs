@@ -63,8 +63,8 @@ pub fn conv2d_f32(
 }
 
 /// `conv2d(input, weight) + bias` on the CPU for f32 `(b, c_in, h, w)` input,
-/// `(c_out, c_in, kh, kw)` weight and `(c_out,)` bias, the products run as
-/// `precision` says.
+/// `(c_out, c_in, kh, kw)` weight (f32, or bf16 with bf16 products) and f32
+/// `(c_out,)` bias, the products run as `precision` says.
 pub fn conv2d(
     input: &Tensor,
     weight: &Tensor,
@@ -237,7 +237,13 @@ impl CustomOp3 for Conv {
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let input = contiguous_f32(self.name(), s1, l1)?;
-        let weight = contiguous_f32(self.name(), s2, l2)?;
+        // bf16 weights are packed as they are for bf16 products (no f32 copy).
+        let weight = match s2 {
+            CpuStorage::BF16(_) if self.precision == Precision::Bf16 => {
+                Matrix::Bf16(crate::linear::bf16_slice(self.name(), s2, l2)?)
+            }
+            _ => Matrix::F32(contiguous_f32(self.name(), s2, l2)?),
+        };
         let bias = contiguous_f32(self.name(), s3, l3)?;
         let d = Dims::new(l1, l2, l3, self.geometry)?;
         let out = run(input, weight, bias, d, self.geometry, self.precision);
@@ -249,7 +255,7 @@ impl CustomOp3 for Conv {
 /// The convolution proper, on slices of the sizes `d` gives.
 fn run(
     input: &[f32],
-    weight: &[f32],
+    weight: Matrix,
     bias: &[f32],
     d: Dims,
     g: ConvGeometry,
@@ -260,11 +266,29 @@ fn run(
         return out;
     }
     if winograd::applies(&d, g) {
+        // The kernel transform works in f32.
+        let widened: Vec<f32>;
+        let weight = match weight {
+            Matrix::F32(w) => w,
+            Matrix::Bf16(w) => {
+                widened = w.iter().map(|v| v.to_f32()).collect();
+                &widened
+            }
+        };
         winograd::run(
             input, weight, bias, d, g.padding, &mut out, BAND_BYTES, precision,
         );
     } else {
-        let weight = Lhs::new(weight, d.c_out, d.k(), precision);
+        let weight = match weight {
+            Matrix::F32(w) => Lhs::new(w, d.c_out, d.k(), precision),
+            Matrix::Bf16(w) => Lhs::Bf16(PackedA::new(
+                Matrix::Bf16(w),
+                d.c_out,
+                d.k(),
+                d.k(),
+                WIDE_TILE_ROWS,
+            )),
+        };
         im2col_gemm(input, &weight, bias, d, g, &mut out);
     }
     out
@@ -447,6 +471,12 @@ mod tests {
                     dilation,
                 };
                 let ours = conv2d(&x, &weight, &bias, geometry, precision).unwrap();
+                if precision == Precision::Bf16 {
+                    // A bf16 weight tensor is packed as is: the same result.
+                    let w16 = weight.to_dtype(DType::BF16).unwrap();
+                    let same = conv2d(&x, &w16, &bias, geometry, precision).unwrap();
+                    assert_eq!(crate::test_util::max_diff(&same, &ours), 0.0);
+                }
                 let theirs = x
                     .conv2d(&weight, padding, stride, dilation, 1)
                     .unwrap()

@@ -10,9 +10,9 @@ use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use half::bf16;
 use rayon::prelude::*;
 
+use crate::attention_cpu::Dims;
 use crate::bf16_gemm::{self, Matrix, PackedA, PackedB};
-use crate::cpu_kernel::{contiguous_f32, SharedOut};
-use crate::linear::bf16_slice;
+use crate::cpu_kernel::{contiguous_matrix, SharedOut};
 use crate::softmax::exp_shifted_rows;
 
 /// Bytes of one task's f32 scores: within a typical L2 cache.
@@ -37,14 +37,6 @@ struct Bf16Attention {
     scale: f32,
 }
 
-#[derive(Debug, Clone, Copy)]
-struct Dims {
-    heads: usize,
-    queries: usize,
-    keys: usize,
-    depth: usize,
-}
-
 impl CustomOp3 for Bf16Attention {
     fn name(&self) -> &'static str {
         "sdserve-bf16-attention"
@@ -59,26 +51,10 @@ impl CustomOp3 for Bf16Attention {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let q = matrix(self.name(), s1, l1)?;
-        let k = matrix(self.name(), s2, l2)?;
-        let v = matrix(self.name(), s3, l3)?;
-        let (heads, queries, depth) = l1.shape().dims3()?;
-        let (k_heads, keys, k_depth) = l2.shape().dims3()?;
-        if (k_heads, k_depth) != (heads, depth) || l3.shape().dims() != l2.shape().dims() {
-            candle_core::bail!(
-                "{}: q {:?}, k {:?}, v {:?}",
-                self.name(),
-                l1.shape(),
-                l2.shape(),
-                l3.shape()
-            );
-        }
-        let d = Dims {
-            heads,
-            queries,
-            keys,
-            depth,
-        };
+        let q = contiguous_matrix(self.name(), s1, l1)?;
+        let k = contiguous_matrix(self.name(), s2, l2)?;
+        let v = contiguous_matrix(self.name(), s3, l3)?;
+        let d = Dims::new(self.name(), l1, l2, l3)?;
         let out = run(q, k, v, d, self.scale)?;
         let out = match q {
             Matrix::F32(_) => CpuStorage::F32(out),
@@ -86,23 +62,7 @@ impl CustomOp3 for Bf16Attention {
                 CpuStorage::BF16(out.par_iter().map(|x| bf16::from_f32(*x)).collect())
             }
         };
-        Ok((out, Shape::from((heads, queries, depth))))
-    }
-}
-
-/// The elements of a contiguous bf16 or f32 tensor.
-fn matrix<'a>(op: &str, storage: &'a CpuStorage, layout: &Layout) -> Result<Matrix<'a>> {
-    Ok(match storage {
-        CpuStorage::F32(_) => Matrix::F32(contiguous_f32(op, storage, layout)?),
-        _ => Matrix::Bf16(bf16_slice(op, storage, layout)?),
-    })
-}
-
-/// Elements `range` of `m`.
-fn part<'a>(m: Matrix<'a>, range: std::ops::Range<usize>) -> Matrix<'a> {
-    match m {
-        Matrix::F32(x) => Matrix::F32(&x[range]),
-        Matrix::Bf16(x) => Matrix::Bf16(&x[range]),
+        Ok((out, Shape::from((d.heads, d.queries, d.depth))))
     }
 }
 
@@ -119,8 +79,8 @@ fn run(q: Matrix, k: Matrix, v: Matrix, d: Dims, scale: f32) -> Result<Vec<f32>>
         .map(|h| {
             let span = h * d.keys * d.depth..(h + 1) * d.keys * d.depth;
             (
-                PackedB::from_transposed(part(k, span.clone()), d.keys, d.depth, d.depth),
-                PackedB::from_rows(part(v, span), d.keys, d.depth, d.depth),
+                PackedB::from_transposed(k.part(span.clone()), d.keys, d.depth, d.depth),
+                PackedB::from_rows(v.part(span), d.keys, d.depth, d.depth),
             )
         })
         .unzip();
@@ -138,7 +98,7 @@ fn run(q: Matrix, k: Matrix, v: Matrix, d: Dims, scale: f32) -> Result<Vec<f32>>
         sums.resize(m, 0.0);
         let first = (h * d.queries + r0) * d.depth;
         let q_rows = PackedA::new(
-            part(q, first..first + m * d.depth),
+            q.part(first..first + m * d.depth),
             m,
             d.depth,
             d.depth,

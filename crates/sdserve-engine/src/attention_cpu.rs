@@ -40,12 +40,36 @@ struct FusedAttention {
     scale: f32,
 }
 
+/// Sizes of one attention call, checked against each other.
 #[derive(Debug, Clone, Copy)]
-struct Dims {
-    heads: usize,
-    queries: usize,
-    keys: usize,
-    depth: usize,
+pub(crate) struct Dims {
+    pub heads: usize,
+    pub queries: usize,
+    pub keys: usize,
+    pub depth: usize,
+}
+
+impl Dims {
+    /// From `q: (heads, queries, depth)`, `k, v: (heads, keys, depth)`; an
+    /// error naming `op` when they disagree.
+    pub(crate) fn new(op: &str, q: &Layout, k: &Layout, v: &Layout) -> Result<Self> {
+        let (heads, queries, depth) = q.shape().dims3()?;
+        let (k_heads, keys, k_depth) = k.shape().dims3()?;
+        if (k_heads, k_depth) != (heads, depth) || v.shape().dims() != k.shape().dims() {
+            candle_core::bail!(
+                "{op}: q {:?}, k {:?}, v {:?}",
+                q.shape(),
+                k.shape(),
+                v.shape()
+            );
+        }
+        Ok(Self {
+            heads,
+            queries,
+            keys,
+            depth,
+        })
+    }
 }
 
 impl CustomOp3 for FusedAttention {
@@ -65,24 +89,12 @@ impl CustomOp3 for FusedAttention {
         let q = contiguous_f32(self.name(), s1, l1)?;
         let k = contiguous_f32(self.name(), s2, l2)?;
         let v = contiguous_f32(self.name(), s3, l3)?;
-        let (heads, queries, depth) = l1.shape().dims3()?;
-        let (k_heads, keys, k_depth) = l2.shape().dims3()?;
-        if (k_heads, k_depth) != (heads, depth) || l3.shape().dims() != l2.shape().dims() {
-            candle_core::bail!(
-                "sdserve-attention: q {:?}, k {:?}, v {:?}",
-                l1.shape(),
-                l2.shape(),
-                l3.shape()
-            );
-        }
-        let d = Dims {
-            heads,
-            queries,
-            keys,
-            depth,
-        };
+        let d = Dims::new(self.name(), l1, l2, l3)?;
         let out = run(q, k, v, d, self.scale);
-        Ok((CpuStorage::F32(out), Shape::from((heads, queries, depth))))
+        Ok((
+            CpuStorage::F32(out),
+            Shape::from((d.heads, d.queries, d.depth)),
+        ))
     }
 }
 

@@ -1,8 +1,11 @@
-//! What our CPU custom ops (conv/, attention_cpu.rs) share: their inputs
-//! as contiguous f32 slices, and an output buffer that several rayon tasks
+//! What our CPU custom ops (conv/, attention_cpu.rs, attention_bf16.rs,
+//! linear.rs) share: their inputs as contiguous slices, and an output buffer that several rayon tasks
 //! write at disjoint places (the convolution's bands, the attention's rows).
 
 use candle_core::{CpuStorage, Layout, Result};
+use half::bf16;
+
+use crate::bf16_gemm::Matrix;
 
 /// The f32 elements of a contiguous tensor; an error naming `op` otherwise.
 pub(crate) fn contiguous_f32<'a>(
@@ -17,6 +20,33 @@ pub(crate) fn contiguous_f32<'a>(
         candle_core::bail!("{op} takes contiguous tensors");
     };
     Ok(&data[start..end])
+}
+
+/// The bf16 elements of a contiguous tensor; an error naming `op` otherwise.
+pub(crate) fn contiguous_bf16<'a>(
+    op: &str,
+    storage: &'a CpuStorage,
+    layout: &Layout,
+) -> Result<&'a [bf16]> {
+    let CpuStorage::BF16(data) = storage else {
+        candle_core::bail!("{op} takes bf16 tensors");
+    };
+    let Some((start, end)) = layout.contiguous_offsets() else {
+        candle_core::bail!("{op} takes contiguous tensors");
+    };
+    Ok(&data[start..end])
+}
+
+/// The elements of a contiguous f32 or bf16 tensor, as the bf16 kernel takes them.
+pub(crate) fn contiguous_matrix<'a>(
+    op: &str,
+    storage: &'a CpuStorage,
+    layout: &Layout,
+) -> Result<Matrix<'a>> {
+    Ok(match storage {
+        CpuStorage::BF16(_) => Matrix::Bf16(contiguous_bf16(op, storage, layout)?),
+        _ => Matrix::F32(contiguous_f32(op, storage, layout)?),
+    })
 }
 
 /// The buffer's start; each task derives its own part with [`SharedOut::at`].

@@ -15,6 +15,7 @@
 use candle_core::{CpuStorage, CustomOp3, DType, Layout, Module, Result, Shape, Tensor, D};
 
 use crate::conv::{conv2d, ConvGeometry, Precision};
+use crate::cpu_kernel::contiguous_f32;
 use candle_nn as nn;
 use rayon::prelude::*;
 
@@ -164,14 +165,9 @@ impl CustomOp3 for FusedGroupNorm {
         bias: &CpuStorage,
         bias_layout: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        fn slice<'a>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [f32]> {
-            let (CpuStorage::F32(v), Some((start, end))) = (s, l.contiguous_offsets()) else {
-                candle_core::bail!("fused group norm needs contiguous f32 tensors");
-            };
-            Ok(&v[start..end])
-        }
-        let x = slice(xs, xs_layout)?;
-        let (w, b) = (slice(weight, weight_layout)?, slice(bias, bias_layout)?);
+        let x = contiguous_f32(self.name(), xs, xs_layout)?;
+        let w = contiguous_f32(self.name(), weight, weight_layout)?;
+        let b = contiguous_f32(self.name(), bias, bias_layout)?;
         let dims = xs_layout.dims();
         let channels = dims[1];
         let cells: usize = dims[2..].iter().product();

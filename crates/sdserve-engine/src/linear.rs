@@ -9,6 +9,7 @@ use half::bf16;
 use rayon::prelude::*;
 
 use crate::bf16_gemm::{self, Matrix, PackedA, PackedB};
+use crate::cpu_kernel::{contiguous_bf16, contiguous_f32, contiguous_matrix};
 
 /// `xs · weightᵀ + bias` with a `(out, in)` weight.
 #[derive(Clone)]
@@ -76,16 +77,9 @@ impl CustomOp3 for Bf16Linear {
         bias: &CpuStorage,
         bias_layout: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let xs = match xs {
-            CpuStorage::F32(_) => Matrix::F32(crate::cpu_kernel::contiguous_f32(
-                self.name(),
-                xs,
-                xs_layout,
-            )?),
-            _ => Matrix::Bf16(bf16_slice(self.name(), xs, xs_layout)?),
-        };
-        let weight = bf16_slice(self.name(), weight, weight_layout)?;
-        let bias = crate::cpu_kernel::contiguous_f32(self.name(), bias, bias_layout)?;
+        let xs = contiguous_matrix(self.name(), xs, xs_layout)?;
+        let weight = contiguous_bf16(self.name(), weight, weight_layout)?;
+        let bias = contiguous_f32(self.name(), bias, bias_layout)?;
         let (out_dim, in_dim) = weight_layout.shape().dims2()?;
         let dims = xs_layout.dims();
         if dims.last() != Some(&in_dim) || bias.len() != out_dim {
@@ -95,11 +89,7 @@ impl CustomOp3 for Bf16Linear {
                 bias.len()
             );
         }
-        let len = match xs {
-            Matrix::F32(x) => x.len(),
-            Matrix::Bf16(x) => x.len(),
-        };
-        let rows = len / in_dim.max(1);
+        let rows = xs.len() / in_dim.max(1);
         let b = PackedB::from_transposed(Matrix::Bf16(weight), out_dim, in_dim, in_dim);
         let a = PackedA::new(xs, rows, in_dim, in_dim, b.tile_rows());
         let mut out = vec![0f32; rows * out_dim];
@@ -120,21 +110,6 @@ impl CustomOp3 for Bf16Linear {
         };
         Ok((out, Shape::from(shape)))
     }
-}
-
-/// The bf16 elements of a contiguous tensor.
-pub(crate) fn bf16_slice<'a>(
-    op: &str,
-    storage: &'a CpuStorage,
-    layout: &Layout,
-) -> Result<&'a [bf16]> {
-    let CpuStorage::BF16(data) = storage else {
-        candle_core::bail!("{op} takes bf16 tensors");
-    };
-    let Some((start, end)) = layout.contiguous_offsets() else {
-        candle_core::bail!("{op} takes contiguous tensors");
-    };
-    Ok(&data[start..end])
 }
 
 #[cfg(test)]

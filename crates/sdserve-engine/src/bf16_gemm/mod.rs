@@ -53,6 +53,24 @@ pub enum Matrix<'a> {
     Bf16(&'a [bf16]),
 }
 
+impl<'a> Matrix<'a> {
+    /// Number of elements.
+    pub fn len(&self) -> usize {
+        match self {
+            Self::F32(x) => x.len(),
+            Self::Bf16(x) => x.len(),
+        }
+    }
+
+    /// Elements `range` of it.
+    pub fn part(self, range: std::ops::Range<usize>) -> Matrix<'a> {
+        match self {
+            Self::F32(x) => Self::F32(&x[range]),
+            Self::Bf16(x) => Self::Bf16(&x[range]),
+        }
+    }
+}
+
 /// The left operand, `m × k`, in panels of `tile_rows` rows.
 pub struct PackedA {
     data: Vec<u32>,

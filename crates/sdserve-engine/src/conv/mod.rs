@@ -240,7 +240,7 @@ impl CustomOp3 for Conv {
         // bf16 weights are packed as they are for bf16 products (no f32 copy).
         let weight = match s2 {
             CpuStorage::BF16(_) if self.precision == Precision::Bf16 => {
-                Matrix::Bf16(crate::linear::bf16_slice(self.name(), s2, l2)?)
+                Matrix::Bf16(crate::cpu_kernel::contiguous_bf16(self.name(), s2, l2)?)
             }
             _ => Matrix::F32(contiguous_f32(self.name(), s2, l2)?),
         };

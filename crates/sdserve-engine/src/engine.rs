@@ -1,6 +1,6 @@
 //! The public facade: load a model once, then generate from many requests.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use candle_core::{DType, Device};
@@ -15,6 +15,7 @@ use crate::options::{DeviceChoice, EngineOptions, Precision, VaeTiling};
 use crate::pipeline;
 use crate::png::ModelLabel;
 use crate::request::{GenerateRequest, GeneratedImage, Observer, Timings};
+use crate::tiny_vae::TinyVaeDecoder;
 
 /// Where a model comes from: a local diffusers folder or single file, or a Hugging Face repo id.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -136,6 +137,9 @@ impl Engine {
             None => EmbeddingLibrary::default(),
         };
         model.text.set_embeddings(&embeddings);
+        if let Some(dir) = &options.fast_decode {
+            model.fast_decoder = Some(Arc::new(load_fast_decoder(dir, &model, &device)?));
+        }
         let loras = options.lora_dir.as_deref().map(LoraDir::open).transpose()?;
         if options.vae_tiling == VaeTiling::On {
             // `--vae-tiling on` with a VAE that cannot tile is refused now, not at the first decode.
@@ -579,6 +583,26 @@ fn open_device(choice: DeviceChoice) -> Result<Device> {
             "--device cuda:{n}: this sdserve was built without CUDA (cargo feature `cuda`)"
         ))),
     }
+}
+
+/// The `--fast-decode` decoder for `model`: its latents must be the model's
+/// and it must upscale as the model's VAE does.
+fn load_fast_decoder(
+    dir: &Path,
+    model: &StableDiffusion,
+    device: &Device,
+) -> Result<TinyVaeDecoder> {
+    let tiny = TinyVaeDecoder::load(dir, model.vae_dtype, device)?;
+    if tiny.latent_channels != model.latent_channels || tiny.upscale != model.vae_scale_factor {
+        return Err(EngineError::invalid_model(
+            dir,
+            format!(
+                "this tiny VAE decodes {} latent channels at {}x; the model has {} at {}x",
+                tiny.latent_channels, tiny.upscale, model.latent_channels, model.vae_scale_factor
+            ),
+        ));
+    }
+    Ok(tiny)
 }
 
 #[cfg(test)]

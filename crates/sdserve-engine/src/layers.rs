@@ -36,7 +36,27 @@ impl Conv2d {
         kernel: usize,
         cfg: nn::Conv2dConfig,
     ) -> Result<Self> {
-        let inner = nn::conv2d(in_channels, out_channels, kernel, cfg, vb)?;
+        Self::from_inner(nn::conv2d(in_channels, out_channels, kernel, cfg, vb)?)
+    }
+
+    /// A convolution without a bias (`weight` only).
+    pub fn without_bias(
+        vb: nn::VarBuilder,
+        (in_channels, out_channels): (usize, usize),
+        kernel: usize,
+        cfg: nn::Conv2dConfig,
+    ) -> Result<Self> {
+        Self::from_inner(nn::conv2d_no_bias(
+            in_channels,
+            out_channels,
+            kernel,
+            cfg,
+            vb,
+        )?)
+    }
+
+    fn from_inner(inner: nn::Conv2d) -> Result<Self> {
+        let out_channels = inner.weight().dim(0)?;
         let bias = match inner.bias() {
             Some(bias) => bias.clone(),
             None => Tensor::zeros(

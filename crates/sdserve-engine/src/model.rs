@@ -39,6 +39,9 @@ pub struct StableDiffusion {
     pub text: TextConditioner,
     pub unet: Arc<UNet>,
     pub vae: Arc<VaeDecoder>,
+    /// `--fast-decode`: a tiny VAE decoder that decodes the final images
+    /// instead of [`Self::vae`] (set by the engine after loading).
+    pub fast_decoder: Option<Arc<crate::tiny_vae::TinyVaeDecoder>>,
     /// The VAE encoder, for image-to-image (absent from decoder-only files).
     pub vae_encoder: Option<Arc<VaeEncoder>>,
     /// The UNet takes `2 * latent_channels + 1` inputs: latents, mask and the
@@ -209,6 +212,7 @@ impl StableDiffusion {
             text,
             unet: Arc::new(unet),
             vae,
+            fast_decoder: None,
             vae_encoder,
             inpainting,
             dtype,

@@ -196,6 +196,9 @@ pub struct EngineOptions {
     pub embeddings_dir: Option<std::path::PathBuf>,
     /// `--lora-dir`: where requests' LoRAs are looked up by name.
     pub lora_dir: Option<std::path::PathBuf>,
+    /// `--fast-decode`: a tiny VAE (TAESD-class `AutoencoderTiny` folder)
+    /// that decodes every final image instead of the model's VAE.
+    pub fast_decode: Option<std::path::PathBuf>,
 }
 
 #[cfg(test)]

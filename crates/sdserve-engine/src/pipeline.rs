@@ -509,8 +509,13 @@ fn decode_rgb(
     let pixels = match tiles {
         Some(geometry) => vae_tiling::decode(&model.vae, geometry, &latent)?,
         None => model.vae.decode(&latent)?,
-    }
-    .to_dtype(DType::F32)?;
+    };
+    to_rgb(&pixels)
+}
+
+/// `(1, 3, h, w)` pixels in [-1, 1] as (width, height, RGB bytes).
+fn to_rgb(pixels: &Tensor) -> Result<(usize, usize, Vec<u8>)> {
+    let pixels = pixels.to_dtype(DType::F32)?;
     let pixels = ((pixels / 2.0)? + 0.5)?.clamp(0f32, 1f32)?;
     let (_, _, h, w) = pixels.dims4()?;
     let hwc: Vec<f32> = pixels
@@ -531,9 +536,18 @@ fn decode(
     label: &crate::png::ModelLabel,
     job: &JobState,
 ) -> Result<Vec<GeneratedImage>> {
-    let latents = unscale_latents(model, &job.latents)?;
+    // `--fast-decode`: the tiny VAE, as diffusers' pipelines run one swapped
+    // in (`latents / scaling_factor`, whole: it needs no tiling).
+    let fast = model.fast_decoder.as_deref();
+    let latents = match fast {
+        Some(tiny) => (&job.latents / tiny.scaling_factor)?,
+        None => unscale_latents(model, &job.latents)?,
+    };
     let n = latents.dim(0)?;
-    let infotext = crate::png::infotext(&job.request, job.seed, label);
+    let mut infotext = crate::png::infotext(&job.request, job.seed, label);
+    if let Some(tiny) = fast {
+        infotext = crate::png::with_settings(&infotext, &[("Fast decode", tiny.name.clone())]);
+    }
     let tiles = job
         .tile_vae
         .then(|| model.vae_tile_geometry())
@@ -541,8 +555,11 @@ fn decode(
     let overlay = img2img::Overlay::for_request(&job.request);
     let mut images = Vec::with_capacity(n);
     for i in 0..n {
-        let (width, height, mut rgb) =
-            decode_rgb(model, tiles.as_ref(), &latents.narrow(0, i, 1)?)?;
+        let latent = latents.narrow(0, i, 1)?;
+        let (width, height, mut rgb) = match fast {
+            Some(tiny) => to_rgb(&tiny.decode(&latent.to_dtype(model.vae_dtype)?)?)?,
+            None => decode_rgb(model, tiles.as_ref(), &latent)?,
+        };
         if let Some(overlay) = &overlay {
             overlay.apply(&mut rgb);
         }

@@ -167,6 +167,34 @@ fn generate_writes_the_diffusers_image_with_a1111_parameters() {
     }
 }
 
+/// `--fast-decode DIR`: diffusers' image with the same tiny VAE swapped in,
+/// named in the infotext; a folder that is not a tiny VAE is refused by name.
+#[test]
+fn fast_decode_writes_the_tiny_vae_image_and_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("fast.png");
+    let model = fixtures().join("models/tiny-sd1");
+    let tiny = fixtures().join("models/tiny-taesd");
+    let mut args = case_a_args(model.to_str().unwrap(), out.to_str().unwrap());
+    args.extend(["--fast-decode", tiny.to_str().unwrap()]);
+    let result = sdserve(&args, &[]);
+    assert!(result.status.success(), "{}", stderr(&result));
+    assert_matches_reference(&out, "reference/tiny-vae/tiny-sd1/fast-a-0.png");
+    let params = png::read_parameters(&std::fs::read(&out).unwrap()).expect("parameters chunk");
+    assert!(
+        params.contains(", Fast decode: tiny-taesd, Version: sdserve "),
+        "{params}"
+    );
+
+    let mut args = case_a_args(model.to_str().unwrap(), out.to_str().unwrap());
+    let not_tiny = fixtures().join("models/tiny-sdxl");
+    args.extend(["--fast-decode", not_tiny.to_str().unwrap()]);
+    let result = sdserve(&args, &[]);
+    assert!(!result.status.success());
+    let err = stderr(&result);
+    assert!(err.contains("not a tiny VAE folder"), "{err}");
+}
+
 /// `--model file.safetensors`: the single-file (LDM layout) twin of tiny-sd2 (v-prediction,
 /// OpenCLIP text encoder) renders the folder's diffusers image and is named by its stem.
 #[test]

@@ -37,6 +37,10 @@ pub struct Case {
     pub height: usize,
     pub batch_size: usize,
     pub images: Vec<String>,
+    /// Rendered with this tiny VAE (a folder under `fixtures/models/`) as the
+    /// pipeline's VAE (`tiny-vae-cases.json`).
+    #[serde(default)]
+    pub fast_decode: Option<String>,
     /// Rendered with `vae.enable_tiling()` (absent in `cases.json`: off).
     #[serde(default)]
     pub vae_tiling: bool,

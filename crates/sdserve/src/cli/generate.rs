@@ -119,6 +119,12 @@ pub struct GenerateArgs {
     /// Folder of LoRA `.safetensors` files that --lora names.
     #[arg(long, value_name = "DIR", env = "SDSERVE_LORA_DIR")]
     pub lora_dir: Option<PathBuf>,
+    /// A tiny VAE folder (TAESD-class `AutoencoderTiny`, e.g. a download of
+    /// madebyollin/taesd, or taesdxl for SDXL) that decodes every image instead
+    /// of the model's VAE: many times faster, approximate; the infotext says
+    /// `Fast decode: <folder>`.
+    #[arg(long, value_name = "DIR", env = "SDSERVE_FAST_DECODE")]
+    pub fast_decode: Option<PathBuf>,
     /// A LoRA from --lora-dir as NAME:WEIGHT (or NAME, weight 1, or
     /// NAME:TE:UNET as A1111's tag); repeatable, applied in order.
     #[arg(long = "lora", value_name = "NAME:WEIGHT", value_parser = parse_lora)]
@@ -203,6 +209,7 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
         device: args.device,
         embeddings_dir: args.embeddings_dir.clone(),
         lora_dir: args.lora_dir.clone(),
+        fast_decode: args.fast_decode.clone(),
     };
     let mut engine = Engine::load_with(&ModelSource::parse(&args.model), options)
         .with_context(|| format!("loading model {}", args.model))?;

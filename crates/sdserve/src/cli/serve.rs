@@ -87,6 +87,12 @@ pub struct ServeArgs {
     /// (native `loras`, A1111's `<lora:name:weight>` prompt tags).
     #[arg(long, value_name = "DIR", env = "SDSERVE_LORA_DIR")]
     pub lora_dir: Option<PathBuf>,
+    /// A tiny VAE folder (TAESD-class `AutoencoderTiny`, e.g. a download of
+    /// madebyollin/taesd, or taesdxl for SDXL) that decodes every image instead
+    /// of the model's VAE: many times faster, approximate; the infotext says
+    /// `Fast decode: <folder>`.
+    #[arg(long, value_name = "DIR", env = "SDSERVE_FAST_DECODE")]
+    pub fast_decode: Option<PathBuf>,
     /// Accepted API key (`Authorization: Bearer KEY`); repeatable. With any key or
     /// user, every route but /livez and /readyz requires one.
     #[arg(
@@ -299,6 +305,7 @@ async fn serve(app: App, args: ServeArgs, started: Instant) -> anyhow::Result<Ex
         device: Default::default(),
         embeddings_dir: args.embeddings_dir.clone(),
         lora_dir: args.lora_dir.clone(),
+        fast_decode: args.fast_decode.clone(),
     };
     let models = super::models::models(
         args.models_dir.as_deref(),

@@ -246,6 +246,25 @@ def build(cache: Path, family: str, seed: int = 0) -> None:
     log(f"built {cache} in {time.perf_counter() - t0:.0f}s")
 
 
+def build_tiny_vae(folder: Path) -> None:
+    """A random TAESD-shaped decoder (diffusers' AutoencoderTiny defaults: 64
+    channels, as madebyollin/taesd and taesdxl) for `--fast-decode`."""
+    import torch
+    from diffusers import AutoencoderTiny
+
+    torch.manual_seed(5)
+    AutoencoderTiny().eval().save_pretrained(folder)
+    log(f"built {folder}")
+
+
+def ensure_tiny_vae(cache: Path) -> Path:
+    folder = cache.parent / "taesd-random"
+    if not (folder / "config.json").exists():
+        cmd = [sys.executable, __file__, "--cache", str(folder), "build-tiny-vae"]
+        subprocess.run(cmd, check=True)
+    return folder
+
+
 def ensure_model(cache: Path, family: str, rebuild: bool) -> dict:
     if rebuild or not (cache / BUILD_MARKER).exists():
         log(f"building {family} shaped random model in {cache} (a few GB)...")
@@ -266,6 +285,10 @@ def diffusers_child(args) -> None:
     # The class comes from model_index.json (StableDiffusionPipeline or StableDiffusionXLPipeline).
     pipe = DiffusionPipeline.from_pretrained(args.model, dtype=torch.float32)
     pipe.scheduler = EulerAncestralDiscreteScheduler.from_config(pipe.scheduler.config)
+    if args.fast_decode:
+        from diffusers import AutoencoderTiny
+
+        pipe.vae = AutoencoderTiny.from_pretrained(args.fast_decode, dtype=torch.float32)
     pipe.set_progress_bar_config(disable=True)
     t_load = time.perf_counter()
     # Best mode: autocast runs matmuls and convolutions in bf16 (oneDNN's
@@ -320,21 +343,23 @@ def run_timed(cmd: list[str]) -> dict:
     return {"wall_s": wall, "peak_rss_mib": usage.ru_maxrss / 1024, "stdout": stdout, "stderr": stderr}
 
 
-def diffusers_cmd(model: Path, prompt: str, steps: int, w: int, h: int, output: Path, mode: str) -> list[str]:
+def diffusers_cmd(model: Path, prompt: str, steps: int, w: int, h: int, output: Path, mode: str,
+                  fast_decode: Path | None) -> list[str]:
     return [
         sys.executable, __file__, "_diffusers", "--mode", mode,
         "--model", str(model), "--prompt", prompt, "--steps", str(steps),
         "--width", str(w), "--height", str(h), "--output", str(output),
-    ]  # fmt: skip
+    ] + (["--fast-decode", str(fast_decode)] if fast_decode else [])  # fmt: skip
 
 
-def sdserve_cmd(binary: Path, model: Path, prompt: str, steps: int, w: int, h: int, output: Path, mode: str) -> list[str]:
+def sdserve_cmd(binary: Path, model: Path, prompt: str, steps: int, w: int, h: int, output: Path, mode: str,
+                fast_decode: Path | None) -> list[str]:
     return [
         str(binary), "generate", "--dtype", "bf16" if mode == "best" else "f32",
         "--model", str(model), "--prompt", prompt, "--steps", str(steps),
         "--cfg-scale", str(CFG_SCALE), "--sampler", SAMPLER,
         "--width", str(w), "--height", str(h), "--seed", str(SEED), "--output", str(output),
-    ]  # fmt: skip
+    ] + (["--fast-decode", str(fast_decode)] if fast_decode else [])  # fmt: skip
 
 
 def parse_sizes(text: str) -> list[tuple[int, int]]:
@@ -394,6 +419,7 @@ def machine_info() -> list[str]:
 def bench(args) -> None:
     cache = Path(args.cache).resolve()
     build_info = ensure_model(cache, args.family, args.rebuild)
+    tiny = ensure_tiny_vae(cache) if args.fast_decode else None
     binary = Path(args.sdserve)
     if not binary.is_absolute():
         binary = (REPO / binary).resolve()
@@ -418,9 +444,9 @@ def bench(args) -> None:
                 for i in range(args.runs):
                     out = tmpd / f"{tool}-{w}x{h}-{i}.png"
                     cmd = (
-                        diffusers_cmd(cache, args.prompt, args.steps, w, h, out, args.mode)
+                        diffusers_cmd(cache, args.prompt, args.steps, w, h, out, args.mode, tiny)
                         if tool == "diffusers"
-                        else sdserve_cmd(binary, cache, args.prompt, args.steps, w, h, out, args.mode)
+                        else sdserve_cmd(binary, cache, args.prompt, args.steps, w, h, out, args.mode, tiny)
                     )
                     log(f"[{tool} {w}x{h} run {i + 1}/{args.runs}] ...")
                     r = run_timed(cmd)
@@ -449,6 +475,8 @@ def bench(args) -> None:
     shape = "SDXL base" if args.family == "sdxl" else "SD 1.5"
     stored = "fp16 safetensors run in fp32" if args.family == "sdxl" else "fp32 safetensors"
     modes = "diffusers under bf16 autocast, sdserve --dtype bf16" if args.mode == "best" else "both f32"
+    if tiny:
+        modes += "; both decode with a TAESD-shaped tiny VAE (`pipe.vae = AutoencoderTiny`, `--fast-decode`)"
     print(f"## sdserve vs diffusers, CPU, {shape} shaped random weights ({modes})\n")
     print(f"- Date: {time.strftime('%Y-%m-%d %H:%M %Z')}")
     for line in machine_info():
@@ -502,6 +530,7 @@ def main() -> None:
     sub = ap.add_subparsers(dest="cmd")
 
     sub.add_parser("build", help="only build the random-weight model")
+    sub.add_parser("build-tiny-vae", help=argparse.SUPPRESS)
 
     d = sub.add_parser("_diffusers", help=argparse.SUPPRESS)
     d.add_argument("--model", required=True)
@@ -511,6 +540,7 @@ def main() -> None:
     d.add_argument("--height", type=int, required=True)
     d.add_argument("--output", required=True)
     d.add_argument("--mode", choices=MODES, default="f32")
+    d.add_argument("--fast-decode")
 
     ap.add_argument("--sdserve", default="target/release/sdserve", help="sdserve binary (default: %(default)s)")
     ap.add_argument("--sizes", default="256x256,512x512", help="WxH list (default: %(default)s)")
@@ -521,12 +551,16 @@ def main() -> None:
     ap.add_argument("--rebuild", action="store_true", help="rebuild the model even if cached")
     ap.add_argument("--skip-diffusers", action="store_true")
     ap.add_argument("--skip-sdserve", action="store_true")
+    ap.add_argument("--fast-decode", action="store_true",
+                    help="both tools decode with a random TAESD-shaped tiny VAE (built in bench/.cache/taesd-random)")
     args = ap.parse_args()
     if args.cache is None:
         args.cache = str(CACHES[args.family])
 
     if args.cmd == "build":
         build(Path(args.cache).resolve(), args.family)
+    elif args.cmd == "build-tiny-vae":
+        build_tiny_vae(Path(args.cache).resolve())
     elif args.cmd == "_diffusers":
         diffusers_child(args)
     else:

@@ -139,8 +139,14 @@ mod tests {
     fn cpu_attention_equals_the_naive_one() {
         let dev = Device::Cpu;
         // Cross-attention-like (few keys), self-attention with ragged row
-        // blocks (more rows than one task takes), and a non-contiguous q.
-        for (heads, queries, keys, depth) in [(3, 50, 7, 8), (2, 700, 1100, 40), (1, 1, 1, 1)] {
+        // blocks (more rows than one task takes) and keys in two and three
+        // chunks (the online softmax), and a non-contiguous q.
+        for (heads, queries, keys, depth) in [
+            (3, 50, 7, 8),
+            (2, 700, 1100, 40),
+            (1, 300, 2500, 40),
+            (1, 1, 1, 1),
+        ] {
             let q = Tensor::randn(0f32, 1.0, (heads, queries, depth), &dev).unwrap();
             let k = Tensor::randn(0f32, 1.0, (heads, keys, depth), &dev).unwrap();
             let v = Tensor::randn(0f32, 1.0, (heads, keys, depth), &dev).unwrap();

@@ -34,10 +34,9 @@ fn exp(x: f32) -> f32 {
     e_r * f32::from_bits(((n as i32 + 127) as u32) << 23)
 }
 
-/// Replaces `row` by `exp(row - max(row))` and returns the sum of the new
-/// values (the caller divides by it, where it is cheapest).
+/// The largest value of `row` (`-inf` when empty).
 #[inline(always)]
-fn exp_shifted_row(row: &mut [f32]) -> f32 {
+fn row_max(row: &[f32]) -> f32 {
     let mut lanes = [f32::NEG_INFINITY; LANES];
     let mut chunks = row.chunks_exact(LANES);
     for chunk in &mut chunks {
@@ -49,6 +48,12 @@ fn exp_shifted_row(row: &mut [f32]) -> f32 {
     for &x in chunks.remainder() {
         max = max.max(x);
     }
+    max
+}
+
+/// Replaces `row` by `exp(row - max)` and returns the sum of the new values.
+#[inline(always)]
+fn exp_shifted_by(row: &mut [f32], max: f32) -> f32 {
     let mut sums = [0f32; LANES];
     let mut chunks = row.chunks_exact_mut(LANES);
     for chunk in &mut chunks {
@@ -63,6 +68,84 @@ fn exp_shifted_row(row: &mut [f32]) -> f32 {
         sum += *x;
     }
     sum
+}
+
+/// Replaces `row` by `exp(row - max(row))` and returns the sum of the new
+/// values (the caller divides by it, where it is cheapest).
+#[inline(always)]
+fn exp_shifted_row(row: &mut [f32]) -> f32 {
+    exp_shifted_by(row, row_max(row))
+}
+
+/// One step of the online softmax over a chunk of a row's keys: `max` and
+/// `sum` hold what the earlier chunks gave (`-inf` and 0 before the first);
+/// the chunk becomes `exp(chunk - new max)`, and the returned factor
+/// (`exp(old max - new max)`) is what the earlier chunks' products must be
+/// multiplied by.
+#[inline(always)]
+fn exp_running_row(row: &mut [f32], max: &mut f32, sum: &mut f32) -> f32 {
+    let new_max = row_max(row).max(*max);
+    let factor = if *max == f32::NEG_INFINITY {
+        0.0
+    } else {
+        exp(*max - new_max)
+    };
+    *sum = *sum * factor + exp_shifted_by(row, new_max);
+    *max = new_max;
+    factor
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn exp_running_row_avx512(row: &mut [f32], max: &mut f32, sum: &mut f32) -> f32 {
+    exp_running_row(row, max, sum)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn exp_running_row_avx2(row: &mut [f32], max: &mut f32, sum: &mut f32) -> f32 {
+    exp_running_row(row, max, sum)
+}
+
+/// The online softmax's step ([`exp_running_row`]) for each `cols`-long row
+/// of `rows`, with that row's running `maxes` and `sums`; `factors` gets each
+/// row's rescaling factor for what earlier chunks accumulated.
+pub fn exp_running_rows(
+    rows: &mut [f32],
+    cols: usize,
+    maxes: &mut [f32],
+    sums: &mut [f32],
+    factors: &mut [f32],
+) {
+    if cols == 0 {
+        return;
+    }
+    let state = maxes
+        .iter_mut()
+        .zip(sums.iter_mut())
+        .zip(factors.iter_mut());
+    let rows = rows.chunks_exact_mut(cols).zip(state);
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            for (row, ((max, sum), factor)) in rows {
+                // SAFETY: the CPU has AVX-512F (checked above).
+                *factor = unsafe { exp_running_row_avx512(row, max, sum) };
+            }
+            return;
+        }
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+        {
+            for (row, ((max, sum), factor)) in rows {
+                // SAFETY: the CPU has AVX2 and FMA (checked above).
+                *factor = unsafe { exp_running_row_avx2(row, max, sum) };
+            }
+            return;
+        }
+    }
+    for (row, ((max, sum), factor)) in rows {
+        *factor = exp_running_row(row, max, sum);
+    }
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -123,6 +206,44 @@ mod tests {
         // Clamped, not garbage, far outside.
         assert!(exp(-1e4) < 1e-37 && exp(-f32::INFINITY) < 1e-37);
         assert_eq!(exp(0.0), 1.0);
+    }
+
+    /// Chunk by chunk, with the earlier chunks rescaled by the factors, the
+    /// online softmax gives the whole row's.
+    #[test]
+    fn running_rows_over_chunks_equal_the_whole_rows() {
+        let cols = 53;
+        let rows: Vec<f32> = (0..2 * cols)
+            .map(|i| ((i * 7919) % 113) as f32 * 0.41 - 20.0)
+            .collect();
+        let mut whole = rows.clone();
+        let mut whole_sums = [0f32; 2];
+        exp_shifted_rows(&mut whole, cols, &mut whole_sums);
+        let (mut maxes, mut sums, mut factors) = ([f32::NEG_INFINITY; 2], [0f32; 2], [0f32; 2]);
+        // Each row's softmax-weighted sum of its column indices, accumulated chunk by chunk.
+        let mut acc = [0f32; 2];
+        for (start, len) in [(0, 20), (20, 16), (36, 17)] {
+            let mut chunk: Vec<f32> = (0..2)
+                .flat_map(|r| rows[r * cols + start..][..len].to_vec())
+                .collect();
+            exp_running_rows(&mut chunk, len, &mut maxes, &mut sums, &mut factors);
+            for r in 0..2 {
+                acc[r] *= factors[r];
+                acc[r] += (0..len)
+                    .map(|j| chunk[r * len + j] * (start + j) as f32)
+                    .sum::<f32>();
+            }
+        }
+        for r in 0..2 {
+            let want: f32 = (0..cols)
+                .map(|j| whole[r * cols + j] / whole_sums[r] * j as f32)
+                .sum();
+            let got = acc[r] / sums[r];
+            assert!(
+                (got - want).abs() <= 1e-4 * want.abs(),
+                "{r}: {got} vs {want}"
+            );
+        }
     }
 
     #[test]

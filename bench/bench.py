@@ -290,6 +290,12 @@ def diffusers_child(args) -> None:
 
         pipe.vae = AutoencoderTiny.from_pretrained(args.fast_decode, dtype=torch.float32)
     pipe.set_progress_bar_config(disable=True)
+    if args.step_cache:
+        from DeepCache import DeepCacheSDHelper
+
+        helper = DeepCacheSDHelper(pipe=pipe)
+        helper.set_params(cache_interval=args.step_cache, cache_branch_id=0)
+        helper.enable()
     t_load = time.perf_counter()
     # Best mode: autocast runs matmuls and convolutions in bf16 (oneDNN's
     # AVX512-BF16/AMX kernels where the CPU has them), the rest in f32.
@@ -344,22 +350,24 @@ def run_timed(cmd: list[str]) -> dict:
 
 
 def diffusers_cmd(model: Path, prompt: str, steps: int, w: int, h: int, output: Path, mode: str,
-                  fast_decode: Path | None) -> list[str]:
+                  fast_decode: Path | None, step_cache: int) -> list[str]:
     return [
         sys.executable, __file__, "_diffusers", "--mode", mode,
         "--model", str(model), "--prompt", prompt, "--steps", str(steps),
         "--width", str(w), "--height", str(h), "--output", str(output),
-    ] + (["--fast-decode", str(fast_decode)] if fast_decode else [])  # fmt: skip
+    ] + (["--fast-decode", str(fast_decode)] if fast_decode else []) + (
+        ["--step-cache", str(step_cache)] if step_cache else [])  # fmt: skip
 
 
 def sdserve_cmd(binary: Path, model: Path, prompt: str, steps: int, w: int, h: int, output: Path, mode: str,
-                fast_decode: Path | None) -> list[str]:
+                fast_decode: Path | None, step_cache: int) -> list[str]:
     return [
         str(binary), "generate", "--dtype", "bf16" if mode == "best" else "f32",
         "--model", str(model), "--prompt", prompt, "--steps", str(steps),
         "--cfg-scale", str(CFG_SCALE), "--sampler", SAMPLER,
         "--width", str(w), "--height", str(h), "--seed", str(SEED), "--output", str(output),
-    ] + (["--fast-decode", str(fast_decode)] if fast_decode else [])  # fmt: skip
+    ] + (["--fast-decode", str(fast_decode)] if fast_decode else []) + (
+        ["--step-cache", str(step_cache)] if step_cache else [])  # fmt: skip
 
 
 def parse_sizes(text: str) -> list[tuple[int, int]]:
@@ -444,9 +452,10 @@ def bench(args) -> None:
                 for i in range(args.runs):
                     out = tmpd / f"{tool}-{w}x{h}-{i}.png"
                     cmd = (
-                        diffusers_cmd(cache, args.prompt, args.steps, w, h, out, args.mode, tiny)
+                        diffusers_cmd(cache, args.prompt, args.steps, w, h, out, args.mode, tiny, args.step_cache)
                         if tool == "diffusers"
-                        else sdserve_cmd(binary, cache, args.prompt, args.steps, w, h, out, args.mode, tiny)
+                        else sdserve_cmd(binary, cache, args.prompt, args.steps, w, h, out, args.mode, tiny,
+                                         args.step_cache)
                     )
                     log(f"[{tool} {w}x{h} run {i + 1}/{args.runs}] ...")
                     r = run_timed(cmd)
@@ -477,6 +486,8 @@ def bench(args) -> None:
     modes = "diffusers under bf16 autocast, sdserve --dtype bf16" if args.mode == "best" else "both f32"
     if tiny:
         modes += "; both decode with a TAESD-shaped tiny VAE (`pipe.vae = AutoencoderTiny`, `--fast-decode`)"
+    if args.step_cache:
+        modes += f"; both cache steps, interval {args.step_cache} (`DeepCacheSDHelper`, `--step-cache`)"
     print(f"## sdserve vs diffusers, CPU, {shape} shaped random weights ({modes})\n")
     print(f"- Date: {time.strftime('%Y-%m-%d %H:%M %Z')}")
     for line in machine_info():
@@ -541,6 +552,7 @@ def main() -> None:
     d.add_argument("--output", required=True)
     d.add_argument("--mode", choices=MODES, default="f32")
     d.add_argument("--fast-decode")
+    d.add_argument("--step-cache", type=int, default=0)
 
     ap.add_argument("--sdserve", default="target/release/sdserve", help="sdserve binary (default: %(default)s)")
     ap.add_argument("--sizes", default="256x256,512x512", help="WxH list (default: %(default)s)")
@@ -553,6 +565,8 @@ def main() -> None:
     ap.add_argument("--skip-sdserve", action="store_true")
     ap.add_argument("--fast-decode", action="store_true",
                     help="both tools decode with a random TAESD-shaped tiny VAE (built in bench/.cache/taesd-random)")
+    ap.add_argument("--step-cache", type=int, default=0, metavar="N",
+                    help="both tools cache UNet steps with DeepCache interval N (diffusers: the DeepCache package)")
     args = ap.parse_args()
     if args.cache is None:
         args.cache = str(CACHES[args.family])

@@ -137,6 +137,14 @@ impl Engine {
             None => EmbeddingLibrary::default(),
         };
         model.text.set_embeddings(&embeddings);
+        if let Some(interval) = options.step_cache {
+            if interval < 2 {
+                return Err(EngineError::InvalidRequest(format!(
+                    "step cache interval {interval}: must be at least 2 (a full UNet call every N)"
+                )));
+            }
+            model.step_cache = Some(interval);
+        }
         if let Some(dir) = &options.fast_decode {
             model.fast_decoder = Some(Arc::new(load_fast_decoder(dir, &model, &device)?));
         }

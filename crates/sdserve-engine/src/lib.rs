@@ -45,6 +45,7 @@ mod tiny_vae;
 pub mod tokenizer;
 mod transformer;
 mod unet;
+mod unet_batch;
 mod unet_blocks;
 mod vae;
 mod vae_encoder;

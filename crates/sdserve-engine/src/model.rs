@@ -42,6 +42,9 @@ pub struct StableDiffusion {
     /// `--fast-decode`: a tiny VAE decoder that decodes the final images
     /// instead of [`Self::vae`] (set by the engine after loading).
     pub fast_decoder: Option<Arc<crate::tiny_vae::TinyVaeDecoder>>,
+    /// `--step-cache N`: DeepCache's interval (every N-th UNet call of a job
+    /// is full, the others shallow); `None` runs every call in full.
+    pub step_cache: Option<usize>,
     /// The VAE encoder, for image-to-image (absent from decoder-only files).
     pub vae_encoder: Option<Arc<VaeEncoder>>,
     /// The UNet takes `2 * latent_channels + 1` inputs: latents, mask and the
@@ -213,6 +216,7 @@ impl StableDiffusion {
             unet: Arc::new(unet),
             vae,
             fast_decoder: None,
+            step_cache: None,
             vae_encoder,
             inpainting,
             dtype,

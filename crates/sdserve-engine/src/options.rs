@@ -199,6 +199,9 @@ pub struct EngineOptions {
     /// `--fast-decode`: a tiny VAE (TAESD-class `AutoencoderTiny` folder)
     /// that decodes every final image instead of the model's VAE.
     pub fast_decode: Option<std::path::PathBuf>,
+    /// `--step-cache N`: DeepCache-style reuse of the UNet's deep features,
+    /// a full call every N (at least 2) calls of a job.
+    pub step_cache: Option<usize>,
 }
 
 #[cfg(test)]

@@ -19,7 +19,7 @@ use crate::prompt::PromptSyntax;
 use crate::request::{GenerateRequest, GeneratedImage, Observer, Progress, Timings};
 use crate::rng::TorchRng;
 use crate::samplers::{self, Sampler};
-use crate::unet::AddedConditioning;
+use crate::unet_batch::{predict, CacheMode};
 use crate::vae_tiling;
 
 /// One job's images and the batch's stage timings, or why the job has none.
@@ -56,6 +56,9 @@ struct JobState {
     cancelled: bool,
     /// Stopped denoising early on request; still decoded.
     finished: bool,
+    /// `--step-cache`: per UNet input of this job (uncond first, then cond),
+    /// the feature its last full call kept; empty until one ran.
+    kept: Vec<Option<Tensor>>,
 }
 
 /// True when guidance runs the unconditional pass (`guidance_scale > 1`).
@@ -125,6 +128,7 @@ pub fn generate_batch(
                 rng,
                 cancelled: false,
                 finished: false,
+                kept: Vec::new(),
                 request,
             });
         }
@@ -302,6 +306,8 @@ fn start_hires_pass(
     job.start_step = start;
     job.sampler = sampler;
     job.rng = rng;
+    // The second pass counts its step cache afresh, from a full call.
+    job.kept = Vec::new();
     let (out_w, out_h) = geometry.output;
     job.time_ids = time_ids(out_h, out_w, n, &model.device)?;
     Ok(())
@@ -333,6 +339,8 @@ fn parts(job: &Job) -> Vec<(GenerateRequest, u64)> {
 }
 
 /// One UNet call for every active job, then each job's sampler update.
+/// With `--step-cache N` a job's call `c` (counted from its first) is full
+/// when `c % N == 0`, shallow otherwise; full and shallow jobs run apart.
 fn denoise_step(
     model: &StableDiffusion,
     jobs: &mut [JobState],
@@ -342,12 +350,37 @@ fn denoise_step(
     let active: Vec<usize> = (0..jobs.len())
         .filter(|i| !jobs[*i].cancelled && !jobs[*i].finished && jobs[*i].start_step <= step)
         .collect();
-    if active.is_empty() {
+    let Some(interval) = model.step_cache else {
+        return step_jobs(model, jobs, &active, step, guidance, CacheMode::Off);
+    };
+    let shallow = |job: &JobState| {
+        !(step - job.start_step).is_multiple_of(interval)
+            && !job.kept.is_empty()
+            && job.kept.iter().all(Option::is_some)
+    };
+    let (reuse, full): (Vec<usize>, Vec<usize>) =
+        active.into_iter().partition(|&i| shallow(&jobs[i]));
+    step_jobs(model, jobs, &full, step, guidance, CacheMode::Record)?;
+    step_jobs(model, jobs, &reuse, step, guidance, CacheMode::Reuse)
+}
+
+/// One UNet call (per context length) for the jobs `group`, then each
+/// job's sampler update.
+fn step_jobs(
+    model: &StableDiffusion,
+    jobs: &mut [JobState],
+    group: &[usize],
+    step: usize,
+    guidance: bool,
+    cache: CacheMode,
+) -> Result<()> {
+    let Some(&first) = group.first() else {
         return Ok(());
-    }
+    };
     let mut inputs = Vec::new();
     let mut conds: Vec<(&Conditioning, &Tensor)> = Vec::new();
-    for &i in &active {
+    let mut kept = Vec::new();
+    for &i in group {
         let job = &jobs[i];
         let scaled = job.sampler.scale_model_input(&job.latents, step)?;
         let scaled = match &job.inpaint {
@@ -360,13 +393,21 @@ fn denoise_step(
         }
         inputs.push(scaled);
         conds.push((&job.cond, &job.time_ids));
+        let own = if job.uncond.is_some() { 2 } else { 1 };
+        kept.extend((0..own).map(|k| job.kept.get(k).cloned().flatten()));
     }
-    let t = jobs[active[0]].sampler.timesteps()[step];
-    let prediction = predict(model, t, &inputs, &conds)?;
+    let t = jobs[first].sampler.timesteps()[step];
+    let prediction = predict(model, t, &inputs, &conds, cache, &mut kept)?;
 
     let mut row = 0;
-    for &i in &active {
+    let mut kept = kept.into_iter();
+    for &i in group {
         let job = &mut jobs[i];
+        let own = if job.uncond.is_some() { 2 } else { 1 };
+        let mine: Vec<Option<Tensor>> = kept.by_ref().take(own).collect();
+        if cache == CacheMode::Record {
+            job.kept = mine;
+        }
         let n = job.request.batch_size;
         let noise_pred = if guidance {
             let uncond = prediction.narrow(0, row, n)?;
@@ -386,62 +427,6 @@ fn denoise_step(
         }
     }
     Ok(())
-}
-
-/// The UNet's prediction (f32) for every input, in order. Inputs whose
-/// contexts differ in length (prompts of more 75-token chunks than others)
-/// cannot share a call: each length runs as its own batch, as A1111 runs
-/// cond and uncond apart when their lengths differ.
-fn predict(
-    model: &StableDiffusion,
-    t: f64,
-    inputs: &[Tensor],
-    conds: &[(&Conditioning, &Tensor)],
-) -> Result<Tensor> {
-    let lengths = conds
-        .iter()
-        .map(|(c, _)| c.context.dim(1))
-        .collect::<candle_core::Result<Vec<_>>>()?;
-    let mut distinct = lengths.clone();
-    distinct.sort_unstable();
-    distinct.dedup();
-    let mut parts: Vec<Option<Tensor>> = vec![None; inputs.len()];
-    for length in &distinct {
-        let rows: Vec<usize> = (0..inputs.len())
-            .filter(|&i| lengths[i] == *length)
-            .collect();
-        let x = Tensor::cat(&rows.iter().map(|&i| &inputs[i]).collect::<Vec<_>>(), 0)?;
-        let contexts: Vec<&Tensor> = rows.iter().map(|&i| &conds[i].0.context).collect();
-        let context = Tensor::cat(&contexts, 0)?.to_dtype(model.unet_dtype)?;
-        let pooled: Option<Vec<&Tensor>> =
-            rows.iter().map(|&i| conds[i].0.pooled.as_ref()).collect();
-        let added = match pooled {
-            Some(pooled) if !pooled.is_empty() => Some(AddedConditioning {
-                text_embeds: Tensor::cat(&pooled, 0)?,
-                time_ids: Tensor::cat(&rows.iter().map(|&i| conds[i].1).collect::<Vec<_>>(), 0)?,
-            }),
-            _ => None,
-        };
-        // Latents and sampler arithmetic stay f32; the UNet runs in its own dtype.
-        let x = x.to_dtype(model.unet_dtype)?;
-        let prediction = model
-            .unet
-            .forward(&x, t, &context, added.as_ref())?
-            .to_dtype(DType::F32)?;
-        if distinct.len() == 1 {
-            return Ok(prediction);
-        }
-        let mut offset = 0;
-        for &i in &rows {
-            let n = inputs[i].dim(0)?;
-            parts[i] = Some(prediction.narrow(0, offset, n)?);
-            offset += n;
-        }
-    }
-    Ok(Tensor::cat(
-        &parts.into_iter().flatten().collect::<Vec<_>>(),
-        0,
-    )?)
 }
 
 /// `n` copies of a prompt's conditioning (as `num_images_per_prompt`).
@@ -547,6 +532,10 @@ fn decode(
     let mut infotext = crate::png::infotext(&job.request, job.seed, label);
     if let Some(tiny) = fast {
         infotext = crate::png::with_settings(&infotext, &[("Fast decode", tiny.name.clone())]);
+    }
+    if let Some(interval) = model.step_cache {
+        infotext =
+            crate::png::with_settings(&infotext, &[("DeepCache interval", interval.to_string())]);
     }
     let tiles = job
         .tile_vae

@@ -205,6 +205,8 @@ impl UNet {
 
     /// Predicts noise (or v, or x0) for latents `xs` at `timestep`, conditioned
     /// on `context` (and, for SDXL, on `added`, which it then requires).
+    /// (The pipeline calls [`Self::forward_cached`].)
+    #[cfg(test)]
     pub fn forward(
         &self,
         xs: &Tensor,
@@ -212,6 +214,22 @@ impl UNet {
         context: &Tensor,
         added: Option<&AddedConditioning>,
     ) -> Result<Tensor> {
+        Ok(self
+            .forward_cached(xs, timestep, context, added, StepCache::Off)?
+            .0)
+    }
+
+    /// The UNet's prediction with DeepCache's step caching: the prediction, and
+    /// with [`StepCache::Record`] the feature a later [`StepCache::Reuse`]
+    /// call takes.
+    pub fn forward_cached(
+        &self,
+        xs: &Tensor,
+        timestep: f64,
+        context: &Tensor,
+        added: Option<&AddedConditioning>,
+        cache: StepCache,
+    ) -> Result<(Tensor, Option<Tensor>)> {
         let (_, _, height, width) = xs.dims4()?;
         let xs = if self.center_input_sample {
             ((xs * 2.0)? - 1.0)?
@@ -231,6 +249,16 @@ impl UNet {
         let emb = emb.to_dtype(xs.dtype())?;
 
         let mut xs = self.conv_in.forward(&xs)?;
+        let last_up = self.up.len().saturating_sub(1);
+        if let StepCache::Reuse(deep) = cache {
+            // The shallow call: the last up block's last layer over the kept
+            // feature, with this call's conv_in output as its skip.
+            let block = &self.up[last_up];
+            let xs = block.layer(block.layers() - 1, deep, &xs, &emb, context)?;
+            let xs = self.norm_out.forward(&xs, true)?;
+            return Ok((self.conv_out.forward(&xs)?, None));
+        }
+        let mut recorded = None;
         let mut skips = vec![xs.clone()];
         for block in &self.down {
             let (out, res) = block.forward(&xs, &emb, context)?;
@@ -252,9 +280,26 @@ impl UNet {
                 }
                 _ => None,
             };
-            xs = block.forward(&xs, &res, &emb, context, upsample_size)?;
+            let record =
+                (i == last_up && matches!(cache, StepCache::Record)).then_some(&mut recorded);
+            xs = block.forward(&xs, &res, &emb, context, upsample_size, record)?;
         }
         let xs = self.norm_out.forward(&xs, true)?;
-        self.conv_out.forward(&xs)
+        Ok((self.conv_out.forward(&xs)?, recorded))
     }
+}
+
+/// DeepCache-style step caching (`--step-cache`, the `DeepCache` package's
+/// `cache_branch_id=0`): on a shallow call every block's output is the last
+/// full call's, except the last up block's last layer, whose skip is this
+/// call's `conv_in` output; so only `conv_in`, that layer and the output
+/// layers run. What a full call keeps is that layer's input.
+#[derive(Clone, Copy)]
+pub enum StepCache<'a> {
+    /// A plain call.
+    Off,
+    /// A full call that also returns the feature to keep.
+    Record,
+    /// A shallow call over a kept feature (same batch rows as `xs`).
+    Reuse(&'a Tensor),
 }

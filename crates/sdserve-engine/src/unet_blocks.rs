@@ -241,6 +241,8 @@ impl UpBlock {
         self.resnets.len()
     }
 
+    /// The block's layers, then its upsampler; the input of its last layer
+    /// is also handed out when `last_input` is given (the step cache keeps it).
     pub fn forward(
         &self,
         xs: &Tensor,
@@ -248,18 +250,37 @@ impl UpBlock {
         temb: &Tensor,
         context: &Tensor,
         upsample_size: Option<(usize, usize)>,
+        mut last_input: Option<&mut Option<Tensor>>,
     ) -> Result<Tensor> {
         let mut xs = xs.clone();
-        for (i, resnet) in self.resnets.iter().enumerate() {
-            let skip = &skips[skips.len() - 1 - i];
-            xs = Tensor::cat(&[&xs, skip], 1)?;
-            xs = resnet.forward(&xs, Some(temb))?;
-            if let Some(attn) = self.attentions.get(i) {
-                xs = attn.forward(&xs, context)?;
+        let layers = self.layers();
+        for i in 0..layers {
+            if i + 1 == layers {
+                if let Some(slot) = last_input.as_deref_mut() {
+                    *slot = Some(xs.clone());
+                }
             }
+            xs = self.layer(i, &xs, &skips[skips.len() - 1 - i], temb, context)?;
         }
         match &self.upsampler {
             Some(up) => up.forward(&xs, upsample_size),
+            None => Ok(xs),
+        }
+    }
+
+    /// Layer `i`: the skip concatenated, the resnet, the attention if any.
+    pub fn layer(
+        &self,
+        i: usize,
+        xs: &Tensor,
+        skip: &Tensor,
+        temb: &Tensor,
+        context: &Tensor,
+    ) -> Result<Tensor> {
+        let xs = Tensor::cat(&[xs, skip], 1)?;
+        let xs = self.resnets[i].forward(&xs, Some(temb))?;
+        match self.attentions.get(i) {
+            Some(attn) => attn.forward(&xs, context),
             None => Ok(xs),
         }
     }

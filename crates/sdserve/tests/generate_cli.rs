@@ -195,6 +195,32 @@ fn fast_decode_writes_the_tiny_vae_image_and_says_so() {
     assert!(err.contains("not a tiny VAE folder"), "{err}");
 }
 
+/// `--step-cache 3`: the image diffusers renders with the DeepCache
+/// package's helper at interval 3, named in the infotext; 1 is refused.
+#[test]
+fn step_cache_writes_the_deepcache_image_and_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("cached.png");
+    let model = fixtures().join("models/tiny-sd1");
+    let mut args = case_a_args(model.to_str().unwrap(), out.to_str().unwrap());
+    args.extend(["--step-cache", "3"]);
+    let result = sdserve(&args, &[]);
+    assert!(result.status.success(), "{}", stderr(&result));
+    assert_matches_reference(&out, "reference/step-cache/tiny-sd1/cache-a-0.png");
+    let params = png::read_parameters(&std::fs::read(&out).unwrap()).expect("parameters chunk");
+    assert!(
+        params.contains(", DeepCache interval: 3, Version: sdserve "),
+        "{params}"
+    );
+
+    let mut args = case_a_args(model.to_str().unwrap(), out.to_str().unwrap());
+    args.extend(["--step-cache", "1"]);
+    let result = sdserve(&args, &[]);
+    assert!(!result.status.success());
+    let err = stderr(&result);
+    assert!(err.contains("--step-cache"), "{err}");
+}
+
 /// `--model file.safetensors`: the single-file (LDM layout) twin of tiny-sd2 (v-prediction,
 /// OpenCLIP text encoder) renders the folder's diffusers image and is named by its stem.
 #[test]

@@ -37,6 +37,9 @@ pub struct Case {
     pub height: usize,
     pub batch_size: usize,
     pub images: Vec<String>,
+    /// Rendered with DeepCache's helper at this interval (`step-cache-cases.json`).
+    #[serde(default)]
+    pub step_cache: Option<usize>,
     /// Rendered with this tiny VAE (a folder under `fixtures/models/`) as the
     /// pipeline's VAE (`tiny-vae-cases.json`).
     #[serde(default)]

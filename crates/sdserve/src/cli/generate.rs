@@ -125,6 +125,13 @@ pub struct GenerateArgs {
     /// `Fast decode: <folder>`.
     #[arg(long, value_name = "DIR", env = "SDSERVE_FAST_DECODE")]
     pub fast_decode: Option<PathBuf>,
+    /// DeepCache-style step caching: every N-th UNet call of a job runs in
+    /// full, the others reuse its deep features and run only the outermost
+    /// layers (much faster, approximate; the infotext says
+    /// `DeepCache interval: N`). N is at least 2; off by default.
+    #[arg(long, value_name = "N", env = "SDSERVE_STEP_CACHE",
+          value_parser = clap::value_parser!(u32).range(2..=1000))]
+    pub step_cache: Option<u32>,
     /// A LoRA from --lora-dir as NAME:WEIGHT (or NAME, weight 1, or
     /// NAME:TE:UNET as A1111's tag); repeatable, applied in order.
     #[arg(long = "lora", value_name = "NAME:WEIGHT", value_parser = parse_lora)]
@@ -210,6 +217,7 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
         embeddings_dir: args.embeddings_dir.clone(),
         lora_dir: args.lora_dir.clone(),
         fast_decode: args.fast_decode.clone(),
+        step_cache: args.step_cache.map(|n| n as usize),
     };
     let mut engine = Engine::load_with(&ModelSource::parse(&args.model), options)
         .with_context(|| format!("loading model {}", args.model))?;

@@ -93,6 +93,13 @@ pub struct ServeArgs {
     /// `Fast decode: <folder>`.
     #[arg(long, value_name = "DIR", env = "SDSERVE_FAST_DECODE")]
     pub fast_decode: Option<PathBuf>,
+    /// DeepCache-style step caching: every N-th UNet call of a job runs in
+    /// full, the others reuse its deep features and run only the outermost
+    /// layers (much faster, approximate; the infotext says
+    /// `DeepCache interval: N`). N is at least 2; off by default.
+    #[arg(long, value_name = "N", env = "SDSERVE_STEP_CACHE",
+          value_parser = clap::value_parser!(u32).range(2..=1000))]
+    pub step_cache: Option<u32>,
     /// Accepted API key (`Authorization: Bearer KEY`); repeatable. With any key or
     /// user, every route but /livez and /readyz requires one.
     #[arg(
@@ -306,6 +313,7 @@ async fn serve(app: App, args: ServeArgs, started: Instant) -> anyhow::Result<Ex
         embeddings_dir: args.embeddings_dir.clone(),
         lora_dir: args.lora_dir.clone(),
         fast_decode: args.fast_decode.clone(),
+        step_cache: args.step_cache.map(|n| n as usize),
     };
     let models = super::models::models(
         args.models_dir.as_deref(),

@@ -366,7 +366,7 @@ def sdserve_cmd(binary: Path, model: Path, prompt: str, steps: int, w: int, h: i
         "--model", str(model), "--prompt", prompt, "--steps", str(steps),
         "--cfg-scale", str(CFG_SCALE), "--sampler", SAMPLER,
         "--width", str(w), "--height", str(h), "--seed", str(SEED), "--output", str(output),
-    ] + (["--fast-decode", str(fast_decode)] if fast_decode else []) + (
+    ] + (["--tiny-vae", str(fast_decode), "--fast-decode"] if fast_decode else []) + (
         ["--step-cache", str(step_cache)] if step_cache else [])  # fmt: skip
 
 

@@ -145,8 +145,16 @@ impl Engine {
             }
             model.step_cache = Some(interval);
         }
-        if let Some(dir) = &options.fast_decode {
-            model.fast_decoder = Some(Arc::new(load_fast_decoder(dir, &model, &device)?));
+        if let Some(dir) = &options.tiny_vae {
+            model.tiny_vae = Some(Arc::new(load_tiny_vae(dir, &model, &device)?));
+        }
+        if options.fast_decode {
+            if model.tiny_vae.is_none() {
+                return Err(EngineError::InvalidRequest(
+                    "fast decode needs a tiny VAE (--tiny-vae DIR)".into(),
+                ));
+            }
+            model.fast_decode = true;
         }
         let loras = options.lora_dir.as_deref().map(LoraDir::open).transpose()?;
         if options.vae_tiling == VaeTiling::On {
@@ -593,13 +601,9 @@ fn open_device(choice: DeviceChoice) -> Result<Device> {
     }
 }
 
-/// The `--fast-decode` decoder for `model`: its latents must be the model's
+/// The `--tiny-vae` decoder for `model`: its latents must be the model's
 /// and it must upscale as the model's VAE does.
-fn load_fast_decoder(
-    dir: &Path,
-    model: &StableDiffusion,
-    device: &Device,
-) -> Result<TinyVaeDecoder> {
+fn load_tiny_vae(dir: &Path, model: &StableDiffusion, device: &Device) -> Result<TinyVaeDecoder> {
     let tiny = TinyVaeDecoder::load(dir, model.vae_dtype, device)?;
     if tiny.latent_channels != model.latent_channels || tiny.upscale != model.vae_scale_factor {
         return Err(EngineError::invalid_model(

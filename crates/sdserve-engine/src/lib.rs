@@ -41,7 +41,7 @@ pub mod samplers;
 mod single_file;
 mod softmax;
 mod text_encoder;
-mod tiny_vae;
+pub mod tiny_vae;
 pub mod tokenizer;
 mod transformer;
 mod unet;

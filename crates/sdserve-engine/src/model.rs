@@ -39,9 +39,12 @@ pub struct StableDiffusion {
     pub text: TextConditioner,
     pub unet: Arc<UNet>,
     pub vae: Arc<VaeDecoder>,
-    /// `--fast-decode`: a tiny VAE decoder that decodes the final images
-    /// instead of [`Self::vae`] (set by the engine after loading).
-    pub fast_decoder: Option<Arc<crate::tiny_vae::TinyVaeDecoder>>,
+    /// `--tiny-vae`: a tiny VAE decoder for live previews (set by the
+    /// engine after loading).
+    pub tiny_vae: Option<Arc<crate::tiny_vae::TinyVaeDecoder>>,
+    /// `--fast-decode`: [`Self::tiny_vae`] decodes the final images instead
+    /// of [`Self::vae`].
+    pub fast_decode: bool,
     /// `--step-cache N`: DeepCache's interval (every N-th UNet call of a job
     /// is full, the others shallow); `None` runs every call in full.
     pub step_cache: Option<usize>,
@@ -215,7 +218,8 @@ impl StableDiffusion {
             text,
             unet: Arc::new(unet),
             vae,
-            fast_decoder: None,
+            tiny_vae: None,
+            fast_decode: false,
             step_cache: None,
             vae_encoder,
             inpainting,

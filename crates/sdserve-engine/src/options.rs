@@ -196,9 +196,12 @@ pub struct EngineOptions {
     pub embeddings_dir: Option<std::path::PathBuf>,
     /// `--lora-dir`: where requests' LoRAs are looked up by name.
     pub lora_dir: Option<std::path::PathBuf>,
-    /// `--fast-decode`: a tiny VAE (TAESD-class `AutoencoderTiny` folder)
-    /// that decodes every final image instead of the model's VAE.
-    pub fast_decode: Option<std::path::PathBuf>,
+    /// `--tiny-vae`: a tiny VAE (TAESD-class `AutoencoderTiny` folder) that
+    /// draws the live previews, and with `fast_decode` the final images.
+    pub tiny_vae: Option<std::path::PathBuf>,
+    /// `--fast-decode`: the tiny VAE decodes every final image instead of
+    /// the model's VAE (needs `tiny_vae`).
+    pub fast_decode: bool,
     /// `--step-cache N`: DeepCache-style reuse of the UNet's deep features,
     /// a full call every N (at least 2) calls of a job.
     pub step_cache: Option<usize>,

@@ -233,7 +233,11 @@ fn denoise(
             if let Some(job) = running {
                 // The latents are now at step + 1's noise level (sigma 0 after the last).
                 let scaled = job.sampler.scale_model_input(&job.latents, step + 1)?;
-                if let Some(preview) = crate::preview::cheap_preview(&scaled, model.family)? {
+                let preview = match model.tiny_vae.as_deref() {
+                    Some(tiny) => crate::preview::tiny_vae_preview(&scaled, tiny, model.vae_dtype)?,
+                    None => crate::preview::cheap_preview(&scaled, model.family)?,
+                };
+                if let Some(preview) = preview {
                     observer.preview(crate::preview::Preview {
                         job: job.parent,
                         ..preview
@@ -523,7 +527,7 @@ fn decode(
 ) -> Result<Vec<GeneratedImage>> {
     // `--fast-decode`: the tiny VAE, as diffusers' pipelines run one swapped
     // in (`latents / scaling_factor`, whole: it needs no tiling).
-    let fast = model.fast_decoder.as_deref();
+    let fast = model.tiny_vae.as_deref().filter(|_| model.fast_decode);
     let latents = match fast {
         Some(tiny) => (&job.latents / tiny.scaling_factor)?,
         None => unscale_latents(model, &job.latents)?,

@@ -6,6 +6,7 @@ use candle_core::{DType, Tensor};
 
 use crate::error::Result;
 use crate::model::Family;
+use crate::tiny_vae::TinyVaeDecoder;
 
 /// SD 1.x/2.x latent channels to RGB (A1111 `sd_vae_approx.cheap_approximation`).
 const SD_COEFFICIENTS: [[f32; 3]; 4] = [
@@ -61,6 +62,35 @@ pub fn cheap_preview(latents: &Tensor, family: Family) -> Result<Option<Preview>
     let rgb = rgb
         .iter()
         .map(|v| (((v + 1.0) / 2.0).clamp(0.0, 1.0) * 255.0) as u8)
+        .collect();
+    Ok(Some(Preview {
+        width,
+        height,
+        rgb,
+        job: 0,
+    }))
+}
+
+/// The first image of `latents` (as [`cheap_preview`] takes them) decoded by
+/// the tiny VAE (`--tiny-vae`) at full resolution: A1111's "TAESD" live
+/// preview method.
+pub fn tiny_vae_preview(
+    latents: &Tensor,
+    tiny: &TinyVaeDecoder,
+    dtype: DType,
+) -> Result<Option<Preview>> {
+    let first = (latents.narrow(0, 0, 1)? / tiny.scaling_factor)?.to_dtype(dtype)?;
+    let pixels = tiny.decode(&first)?.to_dtype(DType::F32)?;
+    let (_, _, height, width) = pixels.dims4()?;
+    let values: Vec<f32> = ((pixels / 2.0)? + 0.5)?
+        .clamp(0f32, 1f32)?
+        .squeeze(0)?
+        .permute((1, 2, 0))?
+        .flatten_all()?
+        .to_vec1()?;
+    let rgb = values
+        .iter()
+        .map(|v| (v * 255.0).round_ties_even() as u8)
         .collect();
     Ok(Some(Preview {
         width,

@@ -12,7 +12,8 @@ const TOLERANCE: u8 = 3;
 
 fn load_engine(model: &str, fast_decode: &str) -> Engine {
     let options = EngineOptions {
-        fast_decode: Some(fixtures().join("models").join(fast_decode)),
+        tiny_vae: Some(fixtures().join("models").join(fast_decode)),
+        fast_decode: true,
         ..EngineOptions::default()
     };
     let dir = fixtures().join("models").join(model);
@@ -86,11 +87,82 @@ fn the_full_vae_renders_a_different_image() {
     assert!(!full.images[0].infotext.contains("Fast decode"));
 }
 
+/// Collects the live previews.
+struct Previews(Vec<sdserve_engine::preview::Preview>);
+
+impl sdserve_engine::Observer for Previews {
+    fn wants_preview(&mut self) -> bool {
+        true
+    }
+    fn preview(&mut self, preview: sdserve_engine::preview::Preview) {
+        self.0.push(preview);
+    }
+}
+
+/// With a tiny VAE, live previews are its full-size decodes (the last one,
+/// at sigma 0, is the fast-decoded image itself); without --fast-decode the
+/// final image is still the model's VAE's.
+#[test]
+fn tiny_vae_previews_are_full_size_and_final_images_need_fast_decode() {
+    let case = read_cases(&["tiny-vae-cases.json"])
+        .into_iter()
+        .find(|c| c.model == "tiny-sd1" && c.batch_size == 1)
+        .expect("a single-image tiny-sd1 case");
+    let mut previews = Previews(Vec::new());
+    let fast = load_engine("tiny-sd1", "tiny-taesd")
+        .generate(&request(&case), &mut previews)
+        .expect("generates");
+    assert_eq!(previews.0.len(), case.steps);
+    for p in &previews.0 {
+        assert_eq!((p.width, p.height), (case.width, case.height));
+        assert_eq!(p.rgb.len(), case.width * case.height * 3);
+    }
+    let last = previews.0.last().expect("previews");
+    assert_eq!(last.rgb, fast.images[0].rgb);
+
+    let options = EngineOptions {
+        tiny_vae: Some(fixtures().join("models").join("tiny-taesd")),
+        ..EngineOptions::default()
+    };
+    let dir = fixtures().join("models").join("tiny-sd1");
+    let previews_only = Engine::load_with(&ModelSource::Dir(dir), options)
+        .expect("loads")
+        .generate(&request(&case), &mut NoopObserver)
+        .expect("generates");
+    // CASE_A with the model's own VAE: the main parity suite's reference.
+    let bytes = std::fs::read(fixtures().join("reference/tiny-sd1/euler_ancestral-a-0.png"))
+        .expect("reference png");
+    let (_, _, rgb) = png::decode_rgb(&bytes).expect("reference decodes");
+    let diff = previews_only.images[0]
+        .rgb
+        .iter()
+        .zip(&rgb)
+        .map(|(a, b)| a.abs_diff(*b))
+        .max()
+        .unwrap_or(0);
+    assert!(diff <= TOLERANCE, "max diff {diff}");
+    assert!(!previews_only.images[0].infotext.contains("Fast decode"));
+}
+
+/// --fast-decode without a tiny VAE is refused.
+#[test]
+fn fast_decode_needs_a_tiny_vae() {
+    let options = EngineOptions {
+        fast_decode: true,
+        ..EngineOptions::default()
+    };
+    let dir = fixtures().join("models").join("tiny-sd1");
+    let err = Engine::load_with(&ModelSource::Dir(dir), options)
+        .err()
+        .expect("refused");
+    assert!(err.to_string().contains("--tiny-vae"), "{err}");
+}
+
 /// A tiny VAE of another latent space or scale is refused at load, by name.
 #[test]
 fn a_tiny_vae_that_does_not_fit_the_model_is_refused() {
     let options = EngineOptions {
-        fast_decode: Some(fixtures().join("models").join("tiny-sd1")),
+        tiny_vae: Some(fixtures().join("models").join("tiny-sd1")),
         ..EngineOptions::default()
     };
     let dir = fixtures().join("models").join("tiny-sd1");

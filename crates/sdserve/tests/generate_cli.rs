@@ -167,8 +167,9 @@ fn generate_writes_the_diffusers_image_with_a1111_parameters() {
     }
 }
 
-/// `--fast-decode DIR`: diffusers' image with the same tiny VAE swapped in,
-/// named in the infotext; a folder that is not a tiny VAE is refused by name.
+/// `--tiny-vae DIR --fast-decode`: diffusers' image with the same tiny VAE
+/// swapped in, named in the infotext; a folder that is not a tiny VAE is
+/// refused by name, and --fast-decode alone asks for --tiny-vae.
 #[test]
 fn fast_decode_writes_the_tiny_vae_image_and_says_so() {
     let dir = tempfile::tempdir().unwrap();
@@ -176,7 +177,7 @@ fn fast_decode_writes_the_tiny_vae_image_and_says_so() {
     let model = fixtures().join("models/tiny-sd1");
     let tiny = fixtures().join("models/tiny-taesd");
     let mut args = case_a_args(model.to_str().unwrap(), out.to_str().unwrap());
-    args.extend(["--fast-decode", tiny.to_str().unwrap()]);
+    args.extend(["--tiny-vae", tiny.to_str().unwrap(), "--fast-decode"]);
     let result = sdserve(&args, &[]);
     assert!(result.status.success(), "{}", stderr(&result));
     assert_matches_reference(&out, "reference/tiny-vae/tiny-sd1/fast-a-0.png");
@@ -188,11 +189,18 @@ fn fast_decode_writes_the_tiny_vae_image_and_says_so() {
 
     let mut args = case_a_args(model.to_str().unwrap(), out.to_str().unwrap());
     let not_tiny = fixtures().join("models/tiny-sdxl");
-    args.extend(["--fast-decode", not_tiny.to_str().unwrap()]);
+    args.extend(["--tiny-vae", not_tiny.to_str().unwrap(), "--fast-decode"]);
     let result = sdserve(&args, &[]);
     assert!(!result.status.success());
     let err = stderr(&result);
     assert!(err.contains("not a tiny VAE folder"), "{err}");
+
+    let mut args = case_a_args(model.to_str().unwrap(), out.to_str().unwrap());
+    args.push("--fast-decode");
+    let result = sdserve(&args, &[]);
+    assert!(!result.status.success());
+    let err = stderr(&result);
+    assert!(err.contains("--tiny-vae"), "{err}");
 }
 
 /// `--step-cache 3`: the image diffusers renders with the DeepCache

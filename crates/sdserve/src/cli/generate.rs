@@ -120,11 +120,14 @@ pub struct GenerateArgs {
     #[arg(long, value_name = "DIR", env = "SDSERVE_LORA_DIR")]
     pub lora_dir: Option<PathBuf>,
     /// A tiny VAE folder (TAESD-class `AutoencoderTiny`, e.g. a download of
-    /// madebyollin/taesd, or taesdxl for SDXL) that decodes every image instead
-    /// of the model's VAE: many times faster, approximate; the infotext says
-    /// `Fast decode: <folder>`.
-    #[arg(long, value_name = "DIR", env = "SDSERVE_FAST_DECODE")]
-    pub fast_decode: Option<PathBuf>,
+    /// madebyollin/taesd, or taesdxl for SDXL): live previews are drawn with
+    /// it at full size, and with --fast-decode the final images too.
+    #[arg(long, value_name = "DIR", env = "SDSERVE_TINY_VAE")]
+    pub tiny_vae: Option<PathBuf>,
+    /// Decode every image with --tiny-vae instead of the model's VAE: many
+    /// times faster, approximate; the infotext says `Fast decode: <folder>`.
+    #[arg(long, env = "SDSERVE_FAST_DECODE", requires = "tiny_vae")]
+    pub fast_decode: bool,
     /// DeepCache-style step caching: every N-th UNet call of a job runs in
     /// full, the others reuse its deep features and run only the outermost
     /// layers (much faster, approximate; the infotext says
@@ -216,7 +219,8 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
         device: args.device,
         embeddings_dir: args.embeddings_dir.clone(),
         lora_dir: args.lora_dir.clone(),
-        fast_decode: args.fast_decode.clone(),
+        tiny_vae: args.tiny_vae.clone(),
+        fast_decode: args.fast_decode,
         step_cache: args.step_cache.map(|n| n as usize),
     };
     let mut engine = Engine::load_with(&ModelSource::parse(&args.model), options)

@@ -161,17 +161,8 @@ impl TinyVaeDecoder {
     /// Loads `dir` (`config.json` + `diffusion_pytorch_model.safetensors`, as
     /// diffusers saves an `AutoencoderTiny`), weights in `dtype`.
     pub fn load(dir: &Path, dtype: DType, device: &Device) -> Result<Self> {
-        let config_path = dir.join("config.json");
-        if !config_path.is_file() {
-            return Err(EngineError::invalid_model(
-                dir,
-                "not a tiny VAE folder: no config.json (expected diffusers' AutoencoderTiny \
-                 layout, e.g. a download of madebyollin/taesd)",
-            ));
-        }
-        let config: TinyVaeConfig = crate::config::read_json(&config_path)?;
-        let act = check(&config, &config_path)?;
-        let files = crate::loader::component_weights(dir, &["diffusion_pytorch_model"])?;
+        let (config, files) = folder(dir)?;
+        let act = check(&config, &dir.join("config.json"))?;
         let (vb, _) = crate::loader::var_builder(&files, dtype, device)?;
         let first: PathBuf = files.first().cloned().unwrap_or_else(|| dir.to_path_buf());
         let layers = build(vb.pp("decoder").pp("layers"), &config, act)
@@ -208,6 +199,22 @@ impl TinyVaeDecoder {
         }
         (x * 2.0)? - 1.0
     }
+}
+
+/// A tiny VAE folder's config and weight files (the memory plan reads them
+/// before the weights load).
+pub fn folder(dir: &Path) -> Result<(TinyVaeConfig, Vec<PathBuf>)> {
+    let config_path = dir.join("config.json");
+    if !config_path.is_file() {
+        return Err(EngineError::invalid_model(
+            dir,
+            "not a tiny VAE folder: no config.json (expected diffusers' AutoencoderTiny \
+             layout, e.g. a download of madebyollin/taesd)",
+        ));
+    }
+    let config: TinyVaeConfig = crate::config::read_json(&config_path)?;
+    let files = crate::loader::component_weights(dir, &["diffusion_pytorch_model"])?;
+    Ok((config, files))
 }
 
 /// The config's shape is one this decoder builds; its activation.

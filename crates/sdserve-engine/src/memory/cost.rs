@@ -134,6 +134,9 @@ pub struct ModelShape {
     pub vae_tile: usize,
     /// How attention holds its scores.
     pub attention: Attention,
+    /// `--fast-decode`: the tiny VAE's widest decoder stage (it decodes the
+    /// final images instead of the VAE, whole); `None` without it.
+    pub fast_decode_channels: Option<usize>,
 }
 
 impl ModelShape {
@@ -175,7 +178,19 @@ impl ModelShape {
             vae_dtype_bytes,
             vae_tile: vae.sample_size(),
             attention,
+            fast_decode_channels: None,
         }
+    }
+
+    /// Peak activation bytes of the tiny VAE decoding one image of `w × h`
+    /// pixels whole (`--fast-decode`), `None` without one: at full size a
+    /// stage holds its input (the upsampled copy, or a block's input kept
+    /// for the skip), a block's intermediate, a convolution's output and the
+    /// skip's sum: four buffers of its width.
+    pub fn tiny_decode_peak(&self, width: usize, height: usize) -> Option<u128> {
+        let channels = self.fast_decode_channels? as u128;
+        let pixels = (width as u128) * (height as u128);
+        Some(4 * channels * pixels * self.vae_dtype_bytes as u128)
     }
 
     /// Peak activation bytes of one UNet call on `batch` latents of `w × h` pixels.
@@ -325,6 +340,7 @@ mod tests {
             vae_dtype_bytes: 4,
             vae_tile: 512,
             attention: Attention::Full,
+            fast_decode_channels: None,
         }
     }
 
@@ -342,6 +358,18 @@ mod tests {
         // decoder levels 512, 512, 256, 128 channels; the 256 -> 128 resnet at
         // 512x512 holds 2*256 + 128 + 128 (shortcut) = 768 floats per pixel.
         assert_eq!(sd15().vae_decode_peak(512, 512), 768 * 512 * 512 * 4);
+    }
+
+    #[test]
+    fn a_64_channel_tiny_decoder_costs_a_third_of_the_sd_vae_decode() {
+        assert_eq!(sd15().tiny_decode_peak(512, 512), None);
+        let fast = ModelShape {
+            fast_decode_channels: Some(64),
+            ..sd15()
+        };
+        let tiny = fast.tiny_decode_peak(512, 512).expect("a tiny decoder");
+        assert_eq!(tiny, 4 * 64 * 512 * 512 * 4);
+        assert!(3 * tiny == fast.vae_decode_peak(512, 512));
     }
 
     #[test]

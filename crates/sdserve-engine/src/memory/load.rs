@@ -38,6 +38,11 @@ pub fn plan_for_model(
     let unet: UNetConfig = files.unet_config()?;
     let vae: VaeConfig = files.vae_config()?;
     let vae_dtype = crate::model::vae_dtype(dtype, &vae);
+    let tiny_vae = options
+        .tiny_vae
+        .as_deref()
+        .map(crate::tiny_vae::folder)
+        .transpose()?;
     let mut weights = 0u64;
     for (part, dtype) in [
         (Part::TextEncoder, dtype),
@@ -50,6 +55,9 @@ pub fn plan_for_model(
             continue;
         }
         weights = weights.saturating_add(files.runtime_bytes(part, dtype)?);
+    }
+    if let Some((_, files)) = &tiny_vae {
+        weights = weights.saturating_add(crate::loader::runtime_bytes(files, vae_dtype)?);
     }
     let paths = HostPaths::default();
     let baseline = budget::current_rss(&paths)
@@ -65,17 +73,23 @@ pub fn plan_for_model(
         source: "no limit found".into(),
         candidates: Vec::new(),
     });
-    let plan = MemoryPlan::new(
-        budget,
-        baseline,
-        weights,
-        ModelShape::from_configs(
+    let shape = ModelShape {
+        fast_decode_channels: tiny_vae
+            .filter(|_| options.fast_decode)
+            .and_then(|(c, _)| c.decoder_block_out_channels.iter().copied().max()),
+        ..ModelShape::from_configs(
             &unet,
             &vae,
             crate::model::compute_dtype(dtype, device).size_in_bytes(),
             crate::model::vae_compute_dtype(dtype, &vae, device).size_in_bytes(),
             super::cost::engine_attention(device),
-        ),
+        )
+    };
+    let plan = MemoryPlan::new(
+        budget,
+        baseline,
+        weights,
+        shape,
         options.vae_tiling,
         TILING_AVAILABLE,
     );

@@ -200,16 +200,24 @@ impl MemoryPlan {
                 // images are decoded one at a time; the batch's latents and
                 // finished RGB images stay alive meanwhile. An init image is
                 // encoded (tiled alike) before: the VAE's worse pass counts.
-                let decode = if tiled {
+                // With --fast-decode the tiny VAE decodes whole; tiling then
+                // applies to the encode only.
+                let (decode, encode) = if tiled {
                     let tile = shape.vae_tile;
-                    shape
-                        .vae_tiled_peak(width, height, tile)
-                        .max(shape.vae_tiled_encode_peak(width, height, tile))
+                    (
+                        shape.vae_tiled_peak(width, height, tile),
+                        shape.vae_tiled_encode_peak(width, height, tile),
+                    )
                 } else {
-                    shape
-                        .vae_decode_peak(width, height)
-                        .max(shape.vae_encode_peak(width, height))
+                    (
+                        shape.vae_decode_peak(width, height),
+                        shape.vae_encode_peak(width, height),
+                    )
                 };
+                let decode = shape
+                    .tiny_decode_peak(width, height)
+                    .unwrap_or(decode)
+                    .max(encode);
                 let held = pixels * batch as u128 * 3 * 2;
                 let live = unet.max(decode + held);
                 // What the cost model does not enumerate: buffers under
@@ -406,7 +414,25 @@ mod tests {
                 q_block: 256,
                 k_block: 256,
             },
+            fast_decode_channels: None,
         }
+    }
+
+    /// With --fast-decode the plan counts the tiny VAE's whole decode, not
+    /// the VAE's: a tiled VAE decode no longer stands in for it.
+    #[test]
+    fn fast_decode_counts_the_tiny_decoder_whole() {
+        let kl = MemoryPlan::new(budget(1 << 40), 0, 0, tiny(), VaeTiling::Off, true);
+        let fast_shape = ModelShape {
+            fast_decode_channels: Some(256),
+            ..tiny()
+        };
+        let wide = fast_shape.tiny_decode_peak(4096, 4096).expect("tiny");
+        let fast = MemoryPlan::new(budget(1 << 40), 0, 0, fast_shape, VaeTiling::On, true);
+        // Tiled for the encode, yet the whole tiny decode is in the estimate.
+        assert!(fast.tile_vae(4096, 4096));
+        assert!(u128::from(fast.estimate(4096, 4096, 1, false)) >= wide);
+        assert!(fast.estimate(4096, 4096, 1, false) > kl.estimate(4096, 4096, 1, false));
     }
 
     #[test]

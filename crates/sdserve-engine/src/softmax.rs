@@ -22,7 +22,13 @@ const LANES: usize = 16;
 #[inline(always)]
 fn exp(x: f32) -> f32 {
     let x = x.clamp(MIN_X, MAX_X);
-    let n = (x * LOG2_E + ROUND) - ROUND;
+    // `shifted` holds n = round(x·log2 e) in its low mantissa bits (same
+    // exponent as ROUND for |n| < 2²²), so n as an integer is a bit
+    // difference: `n as i32` (a saturating conversion) kept the compiler from
+    // vectorising this function, one scalar convert and NaN check per lane.
+    let shifted = x * LOG2_E + ROUND;
+    let n = shifted - ROUND;
+    let k = (shifted.to_bits() as i32).wrapping_sub(ROUND.to_bits() as i32);
     let r = x - n * LN2_HI - n * LN2_LO;
     let mut p = 1.987_569_1e-4_f32;
     p = p * r + 1.398_199_9e-3;
@@ -31,7 +37,7 @@ fn exp(x: f32) -> f32 {
     p = p * r + 1.666_666_5e-1;
     p = p * r + 0.5;
     let e_r = p * r * r + r + 1.0;
-    e_r * f32::from_bits(((n as i32 + 127) as u32) << 23)
+    e_r * f32::from_bits((k.wrapping_add(127) as u32) << 23)
 }
 
 /// The largest value of `row` (`-inf` when empty).

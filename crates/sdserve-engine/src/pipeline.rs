@@ -7,7 +7,7 @@
 
 use std::time::Instant;
 
-use candle_core::{DType, Tensor};
+use candle_core::Tensor;
 
 use crate::conditioning::{Conditioning, TextOptions};
 use crate::error::{EngineError, Result};
@@ -499,24 +499,7 @@ fn decode_rgb(
         Some(geometry) => vae_tiling::decode(&model.vae, geometry, &latent)?,
         None => model.vae.decode(&latent)?,
     };
-    to_rgb(&pixels)
-}
-
-/// `(1, 3, h, w)` pixels in [-1, 1] as (width, height, RGB bytes).
-fn to_rgb(pixels: &Tensor) -> Result<(usize, usize, Vec<u8>)> {
-    let pixels = pixels.to_dtype(DType::F32)?;
-    let pixels = ((pixels / 2.0)? + 0.5)?.clamp(0f32, 1f32)?;
-    let (_, _, h, w) = pixels.dims4()?;
-    let hwc: Vec<f32> = pixels
-        .squeeze(0)?
-        .permute((1, 2, 0))?
-        .flatten_all()?
-        .to_vec1()?;
-    let rgb = hwc
-        .iter()
-        .map(|v| (v * 255.0).round_ties_even() as u8)
-        .collect();
-    Ok((w, h, rgb))
+    Ok(crate::vae::to_rgb(&pixels)?)
 }
 
 /// A job's images: each latent decoded, A1111's overlay applied, the infotext attached.
@@ -541,8 +524,7 @@ fn decode(
         infotext =
             crate::png::with_settings(&infotext, &[("DeepCache interval", interval.to_string())]);
     }
-    let tiles = job
-        .tile_vae
+    let tiles = (job.tile_vae && fast.is_none())
         .then(|| model.vae_tile_geometry())
         .transpose()?;
     let overlay = img2img::Overlay::for_request(&job.request);
@@ -550,7 +532,7 @@ fn decode(
     for i in 0..n {
         let latent = latents.narrow(0, i, 1)?;
         let (width, height, mut rgb) = match fast {
-            Some(tiny) => to_rgb(&tiny.decode(&latent.to_dtype(model.vae_dtype)?)?)?,
+            Some(tiny) => crate::vae::to_rgb(&tiny.decode(&latent.to_dtype(model.vae_dtype)?)?)?,
             None => decode_rgb(model, tiles.as_ref(), &latent)?,
         };
         if let Some(overlay) = &overlay {

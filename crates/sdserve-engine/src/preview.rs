@@ -80,18 +80,7 @@ pub fn tiny_vae_preview(
     dtype: DType,
 ) -> Result<Option<Preview>> {
     let first = (latents.narrow(0, 0, 1)? / tiny.scaling_factor)?.to_dtype(dtype)?;
-    let pixels = tiny.decode(&first)?.to_dtype(DType::F32)?;
-    let (_, _, height, width) = pixels.dims4()?;
-    let values: Vec<f32> = ((pixels / 2.0)? + 0.5)?
-        .clamp(0f32, 1f32)?
-        .squeeze(0)?
-        .permute((1, 2, 0))?
-        .flatten_all()?
-        .to_vec1()?;
-    let rgb = values
-        .iter()
-        .map(|v| (v * 255.0).round_ties_even() as u8)
-        .collect();
+    let (width, height, rgb) = crate::vae::to_rgb(&tiny.decode(&first)?)?;
     Ok(Some(Preview {
         width,
         height,

@@ -11,6 +11,25 @@ use crate::attention::{attention, ScoreBlock};
 use crate::layers::{Conv2d, GroupNorm, ResnetBlock, ResnetShape};
 use crate::unet_blocks::Upsample;
 
+/// A decoded `(1, 3, h, w)` image in [-1, 1] as diffusers' postprocessing
+/// gives it: `(x / 2 + 0.5).clamp(0, 1)`, rounded to 8 bits as
+/// `numpy_to_pil`: (width, height, RGB bytes).
+pub(crate) fn to_rgb(pixels: &Tensor) -> Result<(usize, usize, Vec<u8>)> {
+    let pixels = pixels.to_dtype(candle_core::DType::F32)?;
+    let pixels = ((pixels / 2.0)? + 0.5)?.clamp(0f32, 1f32)?;
+    let (_, _, h, w) = pixels.dims4()?;
+    let hwc: Vec<f32> = pixels
+        .squeeze(0)?
+        .permute((1, 2, 0))?
+        .flatten_all()?
+        .to_vec1()?;
+    let rgb = hwc
+        .iter()
+        .map(|v| (v * 255.0).round_ties_even() as u8)
+        .collect();
+    Ok((w, h, rgb))
+}
+
 /// What the decoder is built from (the VAE's `config.json`).
 #[derive(Debug, Clone)]
 pub struct VaeShape {

@@ -5,8 +5,8 @@
 
 mod common;
 
-use common::{fixtures, read_cases, request};
-use sdserve_engine::{png, Engine, EngineOptions, ModelSource, NoopObserver};
+use common::{diff_to_reference, fixtures, read_cases, request};
+use sdserve_engine::{Engine, EngineOptions, ModelSource, NoopObserver};
 
 const TOLERANCE: u8 = 3;
 
@@ -34,16 +34,8 @@ fn fast_decode_matches_diffusers_with_the_tiny_vae_swapped_in() {
                 .expect("generates");
             assert_eq!(output.images.len(), case.images.len(), "{}", case.name);
             for (image, reference) in output.images.iter().zip(&case.images) {
-                let bytes = std::fs::read(fixtures().join(reference)).expect("reference png");
-                let (w, h, rgb) = png::decode_rgb(&bytes).expect("reference decodes");
-                assert_eq!((image.width, image.height), (w, h), "{}", case.name);
-                let diff = image
-                    .rgb
-                    .iter()
-                    .zip(&rgb)
-                    .map(|(a, b)| a.abs_diff(*b))
-                    .max()
-                    .unwrap_or(0);
+                assert_eq!((image.width, image.height), (case.width, case.height));
+                let diff = diff_to_reference(&image.rgb, reference);
                 eprintln!("{model} {}: max {diff}", case.name);
                 assert!(diff <= TOLERANCE, "{reference}: max diff {diff}/255");
                 assert!(
@@ -71,15 +63,7 @@ fn the_full_vae_renders_a_different_image() {
         .expect("model loads")
         .generate(&request(&case), &mut NoopObserver)
         .expect("generates");
-    let bytes = std::fs::read(fixtures().join(&case.images[0])).expect("reference png");
-    let (_, _, rgb) = png::decode_rgb(&bytes).expect("reference decodes");
-    let diff = full.images[0]
-        .rgb
-        .iter()
-        .zip(&rgb)
-        .map(|(a, b)| a.abs_diff(*b))
-        .max()
-        .unwrap_or(0);
+    let diff = diff_to_reference(&full.images[0].rgb, &case.images[0]);
     assert!(
         diff > 20,
         "full VAE within {diff}/255 of the tiny VAE's image"
@@ -130,16 +114,10 @@ fn tiny_vae_previews_are_full_size_and_final_images_need_fast_decode() {
         .generate(&request(&case), &mut NoopObserver)
         .expect("generates");
     // CASE_A with the model's own VAE: the main parity suite's reference.
-    let bytes = std::fs::read(fixtures().join("reference/tiny-sd1/euler_ancestral-a-0.png"))
-        .expect("reference png");
-    let (_, _, rgb) = png::decode_rgb(&bytes).expect("reference decodes");
-    let diff = previews_only.images[0]
-        .rgb
-        .iter()
-        .zip(&rgb)
-        .map(|(a, b)| a.abs_diff(*b))
-        .max()
-        .unwrap_or(0);
+    let diff = diff_to_reference(
+        &previews_only.images[0].rgb,
+        "reference/tiny-sd1/euler_ancestral-a-0.png",
+    );
     assert!(diff <= TOLERANCE, "max diff {diff}");
     assert!(!previews_only.images[0].infotext.contains("Fast decode"));
 }
@@ -158,9 +136,9 @@ fn fast_decode_needs_a_tiny_vae() {
     assert!(err.to_string().contains("--tiny-vae"), "{err}");
 }
 
-/// A tiny VAE of another latent space or scale is refused at load, by name.
+/// A folder that is not a tiny VAE is refused by name.
 #[test]
-fn a_tiny_vae_that_does_not_fit_the_model_is_refused() {
+fn a_folder_without_a_tiny_vae_config_is_refused() {
     let options = EngineOptions {
         tiny_vae: Some(fixtures().join("models").join("tiny-sd1")),
         ..EngineOptions::default()
@@ -170,4 +148,32 @@ fn a_tiny_vae_that_does_not_fit_the_model_is_refused() {
         .err()
         .expect("a pipeline folder is not a tiny VAE");
     assert!(err.to_string().contains("config.json"), "{err}");
+}
+
+/// A tiny VAE that decodes at another scale than the model's VAE (here the
+/// fixture's weights with no upsampling: 1x instead of 8x) is refused at
+/// load, naming both scales.
+#[test]
+fn a_tiny_vae_of_another_scale_is_refused() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let tiny = fixtures().join("models").join("tiny-taesd");
+    let weights = "diffusion_pytorch_model.safetensors";
+    std::fs::copy(tiny.join(weights), dir.path().join(weights)).expect("copy weights");
+    let config = std::fs::read_to_string(tiny.join("config.json")).expect("config");
+    let mut config: serde_json::Value = serde_json::from_str(&config).expect("json");
+    config["upsampling_scaling_factor"] = 1.into();
+    std::fs::write(dir.path().join("config.json"), config.to_string()).expect("write config");
+    let options = EngineOptions {
+        tiny_vae: Some(dir.path().to_path_buf()),
+        ..EngineOptions::default()
+    };
+    let model = fixtures().join("models").join("tiny-sd1");
+    let err = Engine::load_with(&ModelSource::Dir(model), options)
+        .err()
+        .expect("refused");
+    assert!(
+        err.to_string()
+            .contains("4 latent channels at 1x; the model has 4 at 8x"),
+        "{err}"
+    );
 }

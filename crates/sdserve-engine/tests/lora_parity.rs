@@ -11,9 +11,9 @@ mod common;
 use std::path::PathBuf;
 
 use candle_core::{Device, Tensor};
-use common::{fixtures, read_cases, request};
+use common::{diff_to_reference, fixtures, read_cases, request};
 use sdserve_engine::{
-    png, Engine, EngineError, EngineOptions, GenerateRequest, LoraRef, ModelSource, NoopObserver,
+    Engine, EngineError, EngineOptions, GenerateRequest, LoraRef, ModelSource, NoopObserver,
 };
 
 const TOLERANCE: u8 = 3;
@@ -76,24 +76,13 @@ fn assert_cases_match(engine: &Engine, cases: &[common::Case], loras: Vec<Vec<Lo
             ..request(case)
         };
         let out = engine.generate(&req, &mut NoopObserver).expect("generates");
-        let diff = max_diff(&out.images[0].rgb, &case.images[0]);
+        let diff = diff_to_reference(&out.images[0].rgb, &case.images[0]);
         println!("{}: max diff {diff}/255", case.name);
         if diff > TOLERANCE {
             failures.push(format!("{}: {diff}", case.name));
         }
     }
     assert!(failures.is_empty(), "over {TOLERANCE}/255: {failures:?}");
-}
-
-fn max_diff(ours: &[u8], reference: &str) -> u8 {
-    let bytes = std::fs::read(fixtures().join(reference)).expect("reference png");
-    let (_, _, rgb) = png::decode_rgb(&bytes).expect("reference decodes");
-    assert_eq!(ours.len(), rgb.len(), "{reference}: size");
-    ours.iter()
-        .zip(&rgb)
-        .map(|(x, y)| x.abs_diff(*y))
-        .max()
-        .unwrap_or(0)
 }
 
 #[test]
@@ -107,7 +96,7 @@ fn tiny_sd1_loras_match_diffusers() {
     // The base weights are shared, never patched in place.
     let after = engine.generate(&plain, &mut NoopObserver).unwrap();
     assert_eq!(before.images[0].rgb, after.images[0].rgb);
-    assert!(max_diff(&after.images[0].rgb, &cases[0].images[0]) > 20);
+    assert!(diff_to_reference(&after.images[0].rgb, &cases[0].images[0]) > 20);
 }
 
 /// SD 2.x: the same kohya layers on tiny-sd2 (v-prediction, OpenCLIP-shaped
@@ -127,7 +116,7 @@ fn check_cases(model: &str, dir: &str, file: &str) {
     let plain = engine
         .generate(&request(&cases[0]), &mut NoopObserver)
         .unwrap();
-    assert!(max_diff(&plain.images[0].rgb, &cases[0].images[0]) > 20);
+    assert!(diff_to_reference(&plain.images[0].rgb, &cases[0].images[0]) > 20);
 }
 
 /// kohya's SDXL LoRAs name the UNet by SGM paths (`lora_unet_input_blocks_4_1_..`)

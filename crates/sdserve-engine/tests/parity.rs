@@ -8,7 +8,7 @@ mod common;
 use std::collections::HashMap;
 use std::path::PathBuf;
 
-use common::{fixtures, read_cases, request, Case};
+use common::{fixtures, max_diff, read_cases, request, Case};
 use sdserve_engine::{
     png, Engine, EngineOptions, GenerateRequest, ModelSource, NoopObserver, SamplerId, VaeTiling,
 };
@@ -32,15 +32,6 @@ fn engine_at(path: PathBuf, vae_tiling: VaeTiling) -> Engine {
         ..EngineOptions::default()
     };
     Engine::load_with(&ModelSource::Dir(path), options).expect("model loads")
-}
-
-/// Largest channel difference between two RGB buffers.
-fn max_diff(a: &[u8], b: &[u8]) -> u8 {
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| x.abs_diff(*y))
-        .max()
-        .unwrap_or(0)
 }
 
 /// Renders every reference case of `model` (a fixture folder's name) from

@@ -5,8 +5,8 @@
 
 mod common;
 
-use common::{fixtures, read_cases, request};
-use sdserve_engine::{png, Engine, EngineOptions, ModelSource, NoopObserver};
+use common::{diff_to_reference, fixtures, max_diff, read_cases, request};
+use sdserve_engine::{Engine, EngineOptions, ModelSource, NoopObserver};
 
 const TOLERANCE: u8 = 3;
 
@@ -17,14 +17,6 @@ fn load_engine(model: &str, step_cache: Option<usize>) -> Engine {
     };
     let dir = fixtures().join("models").join(model);
     Engine::load_with(&ModelSource::Dir(dir), options).expect("model loads")
-}
-
-fn max_diff(a: &[u8], b: &[u8]) -> u8 {
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| x.abs_diff(*y))
-        .max()
-        .unwrap_or(0)
 }
 
 #[test]
@@ -39,10 +31,8 @@ fn step_cache_matches_deepcache_on_diffusers() {
             .expect("generates");
         assert_eq!(output.images.len(), case.images.len(), "{}", case.name);
         for (image, reference) in output.images.iter().zip(&case.images) {
-            let bytes = std::fs::read(fixtures().join(reference)).expect("reference png");
-            let (w, h, rgb) = png::decode_rgb(&bytes).expect("reference decodes");
-            assert_eq!((image.width, image.height), (w, h), "{}", case.name);
-            let diff = max_diff(&image.rgb, &rgb);
+            assert_eq!((image.width, image.height), (case.width, case.height));
+            let diff = diff_to_reference(&image.rgb, reference);
             eprintln!("{} {}: max {diff}", case.model, case.name);
             assert!(diff <= TOLERANCE, "{reference}: max diff {diff}/255");
             assert!(

@@ -129,6 +129,26 @@ pub fn request(case: &Case) -> GenerateRequest {
     }
 }
 
+/// Largest per-channel difference between two RGB buffers.
+#[allow(dead_code)]
+pub fn max_diff(a: &[u8], b: &[u8]) -> u8 {
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| x.abs_diff(*y))
+        .max()
+        .unwrap_or(0)
+}
+
+/// Largest per-channel difference between `ours` and the reference PNG at
+/// `reference` (under fixtures/), which must be the same size.
+#[allow(dead_code)]
+pub fn diff_to_reference(ours: &[u8], reference: &str) -> u8 {
+    let bytes = std::fs::read(fixtures().join(reference)).expect(reference);
+    let (_, _, rgb) = sdserve_engine::png::decode_rgb(&bytes).expect(reference);
+    assert_eq!(ours.len(), rgb.len(), "{reference}: size");
+    max_diff(ours, &rgb)
+}
+
 /// A PNG under fixtures/, decoded to RGB (gray masks expand to three equal channels).
 pub fn read_rgb(path: &str) -> DecodedImage {
     let bytes = std::fs::read(fixtures().join(path)).expect(path);

@@ -17,8 +17,6 @@ use crate::softmax::exp_shifted_rows;
 
 /// Bytes of one task's f32 scores: within a typical L2 cache.
 const SCORE_BYTES: usize = 768 << 10;
-/// Query rows per task are a multiple of this (both products' tile rows).
-const ROW_STEP: usize = 24;
 
 /// `softmax(q · kᵀ · scale) · v` for bf16 or f32 CPU tensors
 /// `q: (n, queries, d)`, `k, v: (n, keys, d)`; the result has `q`'s dtype.
@@ -66,6 +64,14 @@ impl CustomOp3 for Bf16Attention {
     }
 }
 
+fn lcm(a: usize, b: usize) -> usize {
+    let (mut x, mut y) = (a, b);
+    while y != 0 {
+        (x, y) = (y, x % y);
+    }
+    a / x.max(1) * b
+}
+
 fn run(q: Matrix, k: Matrix, v: Matrix, d: Dims, scale: f32) -> Result<Vec<f32>> {
     if !bf16_gemm::available() {
         candle_core::bail!("bf16 attention: this CPU has no AVX512-BF16");
@@ -84,8 +90,11 @@ fn run(q: Matrix, k: Matrix, v: Matrix, d: Dims, scale: f32) -> Result<Vec<f32>>
             )
         })
         .unzip();
-    let rows = ((SCORE_BYTES / 4 / d.keys) / ROW_STEP * ROW_STEP)
-        .max(ROW_STEP)
+    // Query rows per task: whole A panels of both products (`out` is not
+    // empty, so there is a head).
+    let step = lcm(keys[0].a_panels().rows(), values[0].a_panels().rows());
+    let rows = ((SCORE_BYTES / 4 / d.keys) / step * step)
+        .max(step)
         .min(d.queries);
     let blocks = d.queries.div_ceil(rows);
     let dst = SharedOut::new(&mut out);
@@ -102,7 +111,7 @@ fn run(q: Matrix, k: Matrix, v: Matrix, d: Dims, scale: f32) -> Result<Vec<f32>>
             m,
             d.depth,
             d.depth,
-            keys[h].tile_rows(),
+            keys[h].a_panels(),
         );
         // SAFETY: the kernel is available (checked above); `scores` holds m
         // rows of `keys` columns and belongs to this task.
@@ -119,13 +128,8 @@ fn run(q: Matrix, k: Matrix, v: Matrix, d: Dims, scale: f32) -> Result<Vec<f32>>
             );
         }
         exp_shifted_rows(scores, d.keys, sums);
-        let probabilities = PackedA::new(
-            Matrix::F32(scores),
-            m,
-            d.keys,
-            d.keys,
-            values[h].tile_rows(),
-        );
+        let probabilities =
+            PackedA::new(Matrix::F32(scores), m, d.keys, d.keys, values[h].a_panels());
         // SAFETY: as above; the output rows [first, first + m·depth) belong
         // to this task alone.
         unsafe {

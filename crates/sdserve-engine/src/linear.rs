@@ -91,7 +91,7 @@ impl CustomOp3 for Bf16Linear {
         }
         let rows = xs.len() / in_dim.max(1);
         let b = PackedB::from_transposed(Matrix::Bf16(weight), out_dim, in_dim, in_dim);
-        let a = PackedA::new(xs, rows, in_dim, in_dim, b.tile_rows());
+        let a = PackedA::new(xs, rows, in_dim, in_dim, b.a_panels());
         let mut out = vec![0f32; rows * out_dim];
         if out_dim > 0 {
             out.par_chunks_mut(out_dim)

@@ -6,12 +6,17 @@
 //! product here is `C = alpha · A·B (+ C)`, with f32 sums and f32 output:
 //!
 //! * both operands are packed per call into bf16 pairs along `k` ([`PackedA`]
-//!   in panels of [`PackedB::tile_rows`] rows, [`PackedB`] in panels of 16 or
+//!   in panels of [`PackedB::a_panels`] rows, [`PackedB`] in panels of 16 or
 //!   32 columns), rounding f32 sources to nearest even; packing costs
 //!   `O(m·k + k·n)` against the product's `O(m·k·n)` and keeps no copy of a
 //!   weight between calls (LoRA patches and memory plans see one weight);
 //! * [`multiply`] walks `k` in chunks that keep one B panel in L1 and a group
-//!   of A panels in L2, each tile of C in registers.
+//!   of A panels in L2, each tile of C in registers;
+//! * where the CPU has AMX (Xeons since Sapphire Rapids) and passes a
+//!   self-test, operands are packed for tiles instead and [`amx`] multiplies
+//!   them with `tdpbf16ps` (16 times the work per instruction of
+//!   `vdpbf16ps`), as PyTorch's bf16 autocast does through oneDNN.
+//!   `SDSERVE_NO_AMX=1` keeps the `vdpbf16ps` kernel.
 //!
 //! Results equal the f64 product of the bf16-rounded operands up to f32
 //! summation error, which the tests bound.
@@ -40,8 +45,62 @@ pub fn available() -> bool {
     false
 }
 
-/// [`PackedB::tile_rows`] of 32-column panels ([`PackedB::from_rows_wide`]).
-pub const WIDE_TILE_ROWS: usize = 12;
+/// How operands are packed, which decides the kernel that multiplies them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Layout {
+    /// For the `vdpbf16ps` register tile ([`kernel`]).
+    Dot,
+    /// For AMX tiles ([`amx`]).
+    Tiles,
+}
+
+impl Layout {
+    /// AMX tiles where this process may use them, else `vdpbf16ps`.
+    fn current() -> Self {
+        #[cfg(target_arch = "x86_64")]
+        if available() && amx::available() {
+            return Self::Tiles;
+        }
+        Self::Dot
+    }
+}
+
+/// How to pack an A for a kind of B: rows per panel and layout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct APanels {
+    rows: usize,
+    layout: Layout,
+}
+
+impl APanels {
+    /// Rows of A per panel.
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+}
+
+/// [`APanels`] for a B from [`PackedB::from_rows_wide`].
+pub fn wide_a_panels() -> APanels {
+    match Layout::current() {
+        Layout::Dot => APanels {
+            rows: 12,
+            layout: Layout::Dot,
+        },
+        Layout::Tiles => APanels {
+            rows: TILE_PANEL,
+            layout: Layout::Tiles,
+        },
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+const TILE_PANEL: usize = amx::PANEL;
+#[cfg(not(target_arch = "x86_64"))]
+const TILE_PANEL: usize = 32;
+#[cfg(target_arch = "x86_64")]
+const TILE_BLOCK_PAIRS: usize = amx::BLOCK_PAIRS;
+#[cfg(not(target_arch = "x86_64"))]
+const TILE_BLOCK_PAIRS: usize = 16;
 
 /// k-pairs per chunk: one 32-column B panel chunk is 32 KiB.
 const CHUNK_PAIRS: usize = 256;
@@ -77,16 +136,30 @@ pub struct PackedA {
     rows: usize,
     pairs: usize,
     tile_rows: usize,
+    layout: Layout,
 }
 
 impl PackedA {
-    /// Packs the `m × k` matrix whose row `i` starts at `i · ld`.
-    pub fn new(src: Matrix, m: usize, k: usize, ld: usize, tile_rows: usize) -> Self {
+    /// Packs the `m × k` matrix whose row `i` starts at `i · ld`, as
+    /// `panels` (from the B it will multiply) says.
+    pub fn new(src: Matrix, m: usize, k: usize, ld: usize, panels: APanels) -> Self {
+        let (order, padded) = match panels.layout {
+            Layout::Dot => (Order::PairMajor, k.div_ceil(2)),
+            Layout::Tiles => (Order::Blocks, tile_pairs(k)),
+        };
+        let shape = pack::Shape {
+            lines: m,
+            k,
+            ld,
+            width: panels.rows,
+            padded_pairs: padded,
+        };
         Self {
-            data: pack::pack(src, m, k, ld, tile_rows, Lines::AcrossRows),
+            data: pack::pack(src, shape, Lines::AcrossRows, order),
             rows: m,
             pairs: k.div_ceil(2),
-            tile_rows,
+            tile_rows: panels.rows,
+            layout: panels.layout,
         }
     }
 
@@ -96,12 +169,27 @@ impl PackedA {
     }
 }
 
+/// k-pairs of an operand on AMX tiles: whole blocks.
+fn tile_pairs(k: usize) -> usize {
+    k.div_ceil(2).div_ceil(TILE_BLOCK_PAIRS) * TILE_BLOCK_PAIRS
+}
+
+/// The order of a panel's pairs ([`pack`]).
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Order {
+    /// `[pair][line]`: the `vdpbf16ps` operands and B on tiles.
+    PairMajor,
+    /// `[block of 16 pairs][line][pair]`: A on tiles.
+    Blocks,
+}
+
 /// The right operand, `k × n`, in panels of 16 or 32 columns.
 pub struct PackedB {
     data: Vec<u32>,
     cols: usize,
     pairs: usize,
     vectors: usize,
+    layout: Layout,
 }
 
 impl PackedB {
@@ -126,25 +214,60 @@ impl PackedB {
     }
 
     /// [`Self::from_rows`] in 32-column panels whatever `n`, so that one
-    /// [`PackedA`] packed for [`WIDE_TILE_ROWS`] serves every band of a
+    /// [`PackedA`] packed for [`wide_a_panels`] serves every band of a
     /// convolution (wide matrices: the padding is a small part).
     pub fn from_rows_wide(src: Matrix, k: usize, n: usize, ld: usize) -> Self {
         Self::pack(src, n, k, ld, 2, Lines::AlongRows)
     }
 
     fn pack(src: Matrix, n: usize, k: usize, ld: usize, vectors: usize, lines: Lines) -> Self {
-        Self {
-            data: pack::pack(src, n, k, ld, 16 * vectors, lines),
-            cols: n,
-            pairs: k.div_ceil(2),
-            vectors,
+        match Layout::current() {
+            Layout::Dot => Self::with_layout(src, n, k, ld, vectors, lines, Layout::Dot),
+            Layout::Tiles => Self::with_layout(src, n, k, ld, 2, lines, Layout::Tiles),
         }
     }
 
-    /// Rows of A per register tile for this panel width (24 or 12
-    /// accumulators' rows: 24 of the 32 vector registers hold sums).
-    pub fn tile_rows(&self) -> usize {
-        24 / self.vectors
+    fn with_layout(
+        src: Matrix,
+        n: usize,
+        k: usize,
+        ld: usize,
+        vectors: usize,
+        lines: Lines,
+        layout: Layout,
+    ) -> Self {
+        let padded_pairs = match layout {
+            Layout::Dot => k.div_ceil(2),
+            Layout::Tiles => tile_pairs(k),
+        };
+        let shape = pack::Shape {
+            lines: n,
+            k,
+            ld,
+            width: 16 * vectors,
+            padded_pairs,
+        };
+        Self {
+            data: pack::pack(src, shape, lines, Order::PairMajor),
+            cols: n,
+            pairs: k.div_ceil(2),
+            vectors,
+            layout,
+        }
+    }
+
+    /// How to pack the A this B multiplies: rows of A per register tile
+    /// (24 or 12 accumulators' rows: 24 of the 32 vector registers hold
+    /// sums), or 32 rows (two tiles) on AMX.
+    pub fn a_panels(&self) -> APanels {
+        let rows = match self.layout {
+            Layout::Dot => 24 / self.vectors,
+            Layout::Tiles => TILE_PANEL,
+        };
+        APanels {
+            rows,
+            layout: self.layout,
+        }
     }
 
     /// Number of column panels.
@@ -172,12 +295,26 @@ pub unsafe fn multiply(
     alpha: f32,
     accumulate: bool,
 ) {
+    let panels = b.a_panels();
     assert!(
-        a.pairs == b.pairs && a.tile_rows == b.tile_rows(),
+        a.pairs == b.pairs && a.tile_rows == panels.rows && a.layout == panels.layout,
         "packed operands do not match"
     );
     #[cfg(target_arch = "x86_64")]
-    {
+    // SAFETY: forwarded from the caller; Layout::Tiles exists only where
+    // `amx::available()` (Layout::current).
+    unsafe {
+        if b.layout == Layout::Tiles {
+            let job = amx::Job {
+                a,
+                b,
+                c,
+                ldc,
+                alpha,
+            };
+            amx::run::<amx::Hardware>(&job, row_panels, col_panels, accumulate);
+            return;
+        }
         let job = kernel::Job {
             a,
             b,
@@ -185,12 +322,9 @@ pub unsafe fn multiply(
             ldc,
             alpha,
         };
-        // SAFETY: forwarded from the caller.
-        unsafe {
-            match b.vectors {
-                1 => kernel::run::<24, 1>(&job, row_panels, col_panels, accumulate),
-                _ => kernel::run::<12, 2>(&job, row_panels, col_panels, accumulate),
-            }
+        match b.vectors {
+            1 => kernel::run::<24, 1>(&job, row_panels, col_panels, accumulate),
+            _ => kernel::run::<12, 2>(&job, row_panels, col_panels, accumulate),
         }
     }
     #[cfg(not(target_arch = "x86_64"))]
@@ -258,6 +392,8 @@ pub unsafe fn multiply_on_pool(
 }
 
 #[cfg(target_arch = "x86_64")]
+mod amx;
+#[cfg(target_arch = "x86_64")]
 mod kernel;
 
 #[cfg(test)]
@@ -280,22 +416,26 @@ mod tests {
         x.iter().map(|v| bf16::from_f32(*v).to_f64()).collect()
     }
 
-    /// The kernel against the f64 product of the bf16-rounded operands, for
-    /// shapes with edge tiles in both directions, odd `k`, several `k` chunks,
-    /// both panel widths, both source types and both B layouts.
-    #[test]
-    fn product_equals_f64_reference_of_rounded_operands() {
-        if !available() {
-            eprintln!("skipped: this CPU has no AVX512-BF16");
-            return;
-        }
-        for &(m, n, k) in &[
-            (1, 1, 1),
-            (13, 40, 7),
-            (30, 64, 600),
-            (25, 80, 33),
-            (50, 33, 1100),
-        ] {
+    /// Shapes with edge tiles in both directions, odd `k`, several `k`
+    /// chunks (and tile blocks), both panel widths.
+    const SHAPES: [(usize, usize, usize); 6] = [
+        (1, 1, 1),
+        (13, 40, 7),
+        (30, 64, 600),
+        (25, 80, 33),
+        (50, 33, 1100),
+        (70, 65, 64),
+    ];
+
+    /// Runs `product(a, b_layout_is_rows, c, ldc)` for every shape, both
+    /// source types and both B layouts, on C filled with 1 and alpha 0.5
+    /// accumulating, and checks C against the f64 product of the
+    /// bf16-rounded operands up to f32 summation error.
+    fn check_against_reference(
+        product: impl Fn(&PackedA, &PackedB, &mut [f32], usize),
+        pack_b: impl Fn(Matrix, usize, usize, usize, bool) -> PackedB,
+    ) {
+        for &(m, n, k) in &SHAPES {
             let lda = k + 3;
             let a = lcg(1, m * lda);
             let bt = lcg(2, n * k); // n × k
@@ -303,29 +443,17 @@ mod tests {
             let (ar, br) = (round(&a), round(&bt));
             let a16: Vec<bf16> = a.iter().map(|v| bf16::from_f32(*v)).collect();
             for (which, packed_b) in [
-                PackedB::from_transposed(Matrix::F32(&bt), n, k, k),
-                PackedB::from_rows(Matrix::F32(&b_rows), k, n, n),
+                pack_b(Matrix::F32(&bt), n, k, k, false),
+                pack_b(Matrix::F32(&b_rows), k, n, n, true),
             ]
             .into_iter()
             .enumerate()
             {
                 for src in [Matrix::F32(&a), Matrix::Bf16(&a16)] {
-                    let packed_a = PackedA::new(src, m, k, lda, packed_b.tile_rows());
+                    let packed_a = PackedA::new(src, m, k, lda, packed_b.a_panels());
                     let ldc = n + 5;
                     let mut c = vec![1.0f32; m * ldc];
-                    // SAFETY: c holds m rows of ldc ≥ n columns; one thread.
-                    unsafe {
-                        multiply(
-                            &packed_a,
-                            &packed_b,
-                            0..packed_a.panels(),
-                            0..packed_b.panels(),
-                            c.as_mut_ptr(),
-                            ldc,
-                            0.5,
-                            true,
-                        );
-                    }
+                    product(&packed_a, &packed_b, &mut c, ldc);
                     for i in 0..m {
                         for j in 0..n {
                             let exact: f64 =
@@ -344,5 +472,65 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// The kernel this CPU uses (AMX tiles where present, else
+    /// `vdpbf16ps`) against the reference.
+    #[test]
+    fn product_equals_f64_reference_of_rounded_operands() {
+        if !available() {
+            eprintln!("skipped: this CPU has no AVX512-BF16");
+            return;
+        }
+        eprintln!("layout: {:?}", Layout::current());
+        check_against_reference(
+            |a, b, c, ldc| {
+                // SAFETY: c holds m rows of ldc ≥ n columns; one thread.
+                unsafe {
+                    multiply(
+                        a,
+                        b,
+                        0..a.panels(),
+                        0..b.panels(),
+                        c.as_mut_ptr(),
+                        ldc,
+                        0.5,
+                        true,
+                    );
+                }
+            },
+            |src, rows, cols, ld, given_as_rows| match given_as_rows {
+                true => PackedB::from_rows(src, rows, cols, ld),
+                false => PackedB::from_transposed(src, rows, cols, ld),
+            },
+        );
+    }
+
+    /// The AMX tile walk, packing and edges, with the tile arithmetic
+    /// emulated: tested on every CPU, AMX or not.
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn tile_walk_equals_f64_reference_of_rounded_operands() {
+        check_against_reference(
+            |a, b, c, ldc| {
+                let job = amx::Job {
+                    a,
+                    b,
+                    c: c.as_mut_ptr(),
+                    ldc,
+                    alpha: 0.5,
+                };
+                // SAFETY: as above; the emulated unit needs no AMX.
+                unsafe { amx::run::<amx::Emulated>(&job, 0..a.panels(), 0..b.panels(), true) };
+            },
+            |src, rows, cols, ld, given_as_rows| {
+                // (n, k) for transposed sources, (k, n) for rows.
+                let (n, k, lines) = match given_as_rows {
+                    true => (cols, rows, Lines::AlongRows),
+                    false => (rows, cols, Lines::AcrossRows),
+                };
+                PackedB::with_layout(src, n, k, ld, 2, lines, Layout::Tiles)
+            },
+        );
     }
 }

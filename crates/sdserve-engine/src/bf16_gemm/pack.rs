@@ -10,7 +10,7 @@
 use half::bf16;
 use rayon::prelude::*;
 
-use super::Matrix;
+use super::{Matrix, Order};
 
 /// Where a line's elements lie in the source (row stride `ld`).
 #[derive(Debug, Clone, Copy)]
@@ -23,45 +23,64 @@ pub(super) enum Lines {
     AlongRows,
 }
 
-/// `lines × k` (in the source's layout `lines`) packed in panels of `width`.
-pub(super) fn pack(
-    src: Matrix,
-    lines: usize,
-    k: usize,
-    ld: usize,
-    width: usize,
-    layout: Lines,
-) -> Vec<u32> {
+/// The sizes of an operand to pack.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Shape {
+    /// Rows of A or columns of B.
+    pub lines: usize,
+    /// Elements per line.
+    pub k: usize,
+    /// The source's row stride.
+    pub ld: usize,
+    /// Lines per panel.
+    pub width: usize,
+    /// Pairs per line in a panel, `⌈k/2⌉` or more (zeros after).
+    pub padded_pairs: usize,
+}
+
+/// `lines × k` (in the source's layout `layout`) packed in panels of
+/// `width` lines, each panel's pairs in `order`.
+pub(super) fn pack(src: Matrix, shape: Shape, layout: Lines, order: Order) -> Vec<u32> {
+    let Shape {
+        lines,
+        k,
+        ld,
+        width,
+        padded_pairs,
+    } = shape;
     let pairs = k.div_ceil(2);
-    let mut data = vec![0u32; lines.div_ceil(width) * pairs * width];
+    let panel_len = padded_pairs * width;
+    let mut data = vec![0u32; lines.div_ceil(width) * panel_len];
     if pairs == 0 || lines == 0 {
         return data;
     }
     let simd = super::available();
-    data.par_chunks_mut(pairs * width)
-        .enumerate()
-        .for_each_init(Vec::new, |row_pairs: &mut Vec<u32>, (panel, out)| {
+    data.par_chunks_mut(panel_len).enumerate().for_each_init(
+        Vec::new,
+        |line_pairs: &mut Vec<u32>, (panel, out)| {
             let first = panel * width;
             let count = width.min(lines - first);
             match layout {
                 Lines::AcrossRows => {
-                    row_pairs.resize(pairs, 0);
+                    line_pairs.resize(pairs, 0);
                     for l in 0..count {
                         let start = (first + l) * ld;
                         match src {
-                            Matrix::F32(s) => f32_pairs(&s[start..start + k], row_pairs, simd),
-                            Matrix::Bf16(s) => bf16_pairs(&s[start..start + k], row_pairs),
+                            Matrix::F32(s) => f32_pairs(&s[start..start + k], line_pairs, simd),
+                            Matrix::Bf16(s) => bf16_pairs(&s[start..start + k], line_pairs),
                         }
-                        for (p, pair) in row_pairs.iter().enumerate() {
-                            out[p * width + l] = *pair;
-                        }
+                        place_line(line_pairs, l, width, order, out);
                     }
                 }
                 Lines::AlongRows => {
+                    line_pairs.resize(count, 0);
                     for p in 0..pairs {
                         let r0 = 2 * p * ld + first;
                         let r1 = (2 * p + 1 < k).then_some(r0 + ld);
-                        let dst = &mut out[p * width..p * width + count];
+                        let dst = match order {
+                            Order::PairMajor => &mut out[p * width..p * width + count],
+                            Order::Blocks => &mut line_pairs[..],
+                        };
                         match src {
                             Matrix::F32(s) => f32_interleave(
                                 &s[r0..r0 + count],
@@ -75,11 +94,41 @@ pub(super) fn pack(
                                 dst,
                             ),
                         }
+                        if let Order::Blocks = order {
+                            for (l, pair) in line_pairs.iter().enumerate() {
+                                out[blocks_index(p, l, width)] = *pair;
+                            }
+                        }
                     }
                 }
             }
-        });
+        },
+    );
     data
+}
+
+/// Where pair `p` of line `l` lies in an [`Order::Blocks`] panel.
+fn blocks_index(p: usize, l: usize, width: usize) -> usize {
+    let block = super::TILE_BLOCK_PAIRS;
+    ((p / block) * width + l) * block + p % block
+}
+
+/// One line's pairs into its place in a panel.
+fn place_line(pairs: &[u32], l: usize, width: usize, order: Order, out: &mut [u32]) {
+    match order {
+        Order::PairMajor => {
+            for (p, pair) in pairs.iter().enumerate() {
+                out[p * width + l] = *pair;
+            }
+        }
+        Order::Blocks => {
+            let block = super::TILE_BLOCK_PAIRS;
+            for (b, run) in pairs.chunks(block).enumerate() {
+                let start = blocks_index(b * block, l, width);
+                out[start..start + run.len()].copy_from_slice(run);
+            }
+        }
+    }
 }
 
 /// Little-endian f32 bytes (a weight file's) as bf16, rounded to nearest

@@ -23,7 +23,7 @@ use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use gemm::Parallelism;
 use rayon::prelude::*;
 
-use crate::bf16_gemm::{multiply, multiply_on_pool, Matrix, PackedA, PackedB, WIDE_TILE_ROWS};
+use crate::bf16_gemm::{multiply, multiply_on_pool, wide_a_panels, Matrix, PackedA, PackedB};
 use crate::cpu_kernel::{contiguous_f32, SharedOut};
 
 /// Bytes of one band's scratch (im2col matrix, or Winograd's transformed
@@ -103,7 +103,9 @@ impl<'a> Lhs<'a> {
     fn new(data: &'a [f32], m: usize, k: usize, precision: Precision) -> Self {
         match precision {
             Precision::F32 => Self::F32 { data, m, k },
-            Precision::Bf16 => Self::Bf16(PackedA::new(Matrix::F32(data), m, k, k, WIDE_TILE_ROWS)),
+            Precision::Bf16 => {
+                Self::Bf16(PackedA::new(Matrix::F32(data), m, k, k, wide_a_panels()))
+            }
         }
     }
 
@@ -286,7 +288,7 @@ fn run(
                 d.c_out,
                 d.k(),
                 d.k(),
-                WIDE_TILE_ROWS,
+                wide_a_panels(),
             )),
         };
         im2col_gemm(input, &weight, bias, d, g, &mut out);

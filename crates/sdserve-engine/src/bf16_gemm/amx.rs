@@ -80,13 +80,15 @@ fn request_tile_state() -> bool {
     false
 }
 
-/// Runs `U` (the [`Hardware`]) on a product with edges in every direction
-/// in a forked child and compares it with [`Emulated`]; true only if the
-/// child exits cleanly with a match. Everything the child touches is allocated before
-/// the fork, so it needs no lock another thread might hold.
+/// Runs `U` (the [`Hardware`]) in a forked child on a product with whole
+/// blocks and edges in every direction, both ways C is written (scaled
+/// through a buffer; accumulated straight in the tiles), and compares it
+/// with [`Emulated`]; true only if the child exits cleanly with a match.
+/// Everything the child touches is allocated before the fork, so it needs
+/// no lock another thread might hold.
 #[cfg(target_os = "linux")]
 fn self_test_in_child<U: Unit>() -> bool {
-    let (m, n, k) = (45, 50, 100);
+    let (m, n, k) = (70, 65, 100);
     let a_src: Vec<f32> = (0..m * k)
         .map(|i| ((i * 7 % 23) as f32 - 11.0) / 8.0)
         .collect();
@@ -94,29 +96,42 @@ fn self_test_in_child<U: Unit>() -> bool {
         .map(|i| ((i * 5 % 19) as f32 - 9.0) / 4.0)
         .collect();
     let (a, b) = tiles_operands(&a_src, &b_src, m, n, k);
-    let mut want = vec![0f32; m * n];
-    let mut got = vec![0f32; m * n];
-    let job = |c: &mut Vec<f32>| Job {
-        a: &a,
-        b: &b,
-        c: c.as_mut_ptr(),
-        ldc: n,
-        alpha: 0.5,
+    let start: Vec<f32> = (0..m * n).map(|i| (i % 11) as f32 - 5.0).collect();
+    let mut want = [start.clone(), start.clone()];
+    let mut got = [start.clone(), start];
+    let ways = [(0.5, false), (1.0, true)];
+    let jobs = |c: &mut [Vec<f32>; 2]| {
+        let [first, second] = c;
+        [(first, ways[0]), (second, ways[1])].map(|(c, (alpha, accumulate))| {
+            let job = Job {
+                a: &a,
+                b: &b,
+                c: c.as_mut_ptr(),
+                ldc: n,
+                alpha,
+            };
+            (job, accumulate)
+        })
     };
-    // SAFETY: `want` holds the m × n product; one thread.
-    unsafe { run::<Emulated>(&job(&mut want), 0..a.panels(), 0..b.panels(), false) };
-    let got_job = job(&mut got);
+    for (job, accumulate) in jobs(&mut want) {
+        // SAFETY: the job's C holds the m × n product; one thread.
+        unsafe { run::<Emulated>(&job, 0..a.panels(), 0..b.panels(), accumulate) };
+    }
+    let got_jobs = jobs(&mut got);
     // SAFETY: fork in a process that may have other threads: the child
     // runs only the kernel on memory allocated above, then `_exit`s.
     let pid = unsafe { libc::fork() };
     if pid == 0 {
         // SAFETY: in the child, request_tile_state succeeded in the parent
-        // (the grant is inherited); `got` holds the product.
+        // (the grant is inherited); each job's C holds the product.
         unsafe {
-            run::<U>(&got_job, 0..a.panels(), 0..b.panels(), false);
+            for (job, accumulate) in &got_jobs {
+                run::<U>(job, 0..a.panels(), 0..b.panels(), *accumulate);
+            }
             let matches = want
                 .iter()
-                .zip(got.iter())
+                .flatten()
+                .zip(got.iter().flatten())
                 .all(|(w, g)| (w - g).abs() <= 1e-4 * (1.0 + w.abs()));
             libc::_exit(if matches { 0 } else { 1 });
         }
@@ -179,13 +194,17 @@ pub(super) trait Unit: Default {
     /// rows, 64 bytes apart row to row), `b` a 16-pair block of a 32-column
     /// panel (two tiles side by side, 128 bytes apart row to row).
     unsafe fn step(&mut self, a: *const u32, b: *const u32);
-    /// The 32 × 32 sums into `out` (row-major).
-    unsafe fn store_sums(&mut self, out: &mut [[f32; PANEL]; PANEL]);
+    /// Sets the sums to the 32 × 32 f32 block at `c` (rows `ldc` apart).
+    unsafe fn load_sums(&mut self, c: *const f32, ldc: usize);
+    /// The 32 × 32 sums into the block at `c` (rows `ldc` apart).
+    unsafe fn store_sums(&mut self, c: *mut f32, ldc: usize);
     /// Releases the tile state.
     unsafe fn end(&mut self);
 }
 
 /// `C[panels] = alpha · A·B (+ C when accumulate)`, block by block of C.
+/// Whole blocks with `alpha` 1 (every product but attention's scores) go
+/// straight between C and the sum tiles; the others through a buffer.
 ///
 /// # Safety
 /// As for [`super::multiply`], the operands in [`super::Layout::Tiles`];
@@ -208,13 +227,22 @@ pub(super) unsafe fn run<U: Unit>(
         for i in row_panels.clone() {
             let a_panel = a.data.as_ptr().add(i * padded * PANEL);
             let rows = PANEL.min(a.rows - i * PANEL);
-            unit.zero_sums();
+            let c = job.c.add(i * PANEL * job.ldc + j * PANEL);
+            let direct = job.alpha == 1.0 && rows == PANEL && cols == PANEL;
+            if direct && accumulate {
+                unit.load_sums(c, job.ldc);
+            } else {
+                unit.zero_sums();
+            }
             for block in 0..blocks {
                 let step = block * BLOCK_PAIRS * PANEL;
                 unit.step(a_panel.add(step), b_panel.add(step));
             }
-            unit.store_sums(&mut sums);
-            let c = job.c.add(i * PANEL * job.ldc + j * PANEL);
+            if direct {
+                unit.store_sums(c, job.ldc);
+                continue;
+            }
+            unit.store_sums(sums.as_mut_ptr() as *mut f32, PANEL);
             for (r, row) in sums.iter().enumerate().take(rows) {
                 let dst = std::slice::from_raw_parts_mut(c.add(r * job.ldc), cols);
                 for (d, s) in dst.iter_mut().zip(row) {
@@ -284,18 +312,32 @@ impl Unit for Hardware {
         );
     }
 
-    unsafe fn store_sums(&mut self, out: &mut [[f32; PANEL]; PANEL]) {
-        let base = out.as_mut_ptr() as *mut f32;
+    unsafe fn load_sums(&mut self, c: *const f32, ldc: usize) {
+        asm!(
+            "tileloadd tmm0, [{top_left} + {stride}]",
+            "tileloadd tmm1, [{top_right} + {stride}]",
+            "tileloadd tmm2, [{bottom_left} + {stride}]",
+            "tileloadd tmm3, [{bottom_right} + {stride}]",
+            top_left = in(reg) c,
+            top_right = in(reg) c.add(16),
+            bottom_left = in(reg) c.add(16 * ldc),
+            bottom_right = in(reg) c.add(16 * ldc + 16),
+            stride = in(reg) 4 * ldc,
+            options(nostack, readonly)
+        );
+    }
+
+    unsafe fn store_sums(&mut self, c: *mut f32, ldc: usize) {
         asm!(
             "tilestored [{top_left} + {stride}], tmm0",
             "tilestored [{top_right} + {stride}], tmm1",
             "tilestored [{bottom_left} + {stride}], tmm2",
             "tilestored [{bottom_right} + {stride}], tmm3",
-            top_left = in(reg) base,
-            top_right = in(reg) base.add(16),
-            bottom_left = in(reg) base.add(16 * PANEL),
-            bottom_right = in(reg) base.add(16 * PANEL + 16),
-            stride = in(reg) 4 * PANEL,
+            top_left = in(reg) c,
+            top_right = in(reg) c.add(16),
+            bottom_left = in(reg) c.add(16 * ldc),
+            bottom_right = in(reg) c.add(16 * ldc + 16),
+            stride = in(reg) 4 * ldc,
             options(nostack)
         );
     }
@@ -344,11 +386,20 @@ impl Unit for Emulated {
         }
     }
 
-    unsafe fn store_sums(&mut self, out: &mut [[f32; PANEL]; PANEL]) {
+    unsafe fn load_sums(&mut self, c: *const f32, ldc: usize) {
+        for (t, sums) in self.sums.iter_mut().enumerate() {
+            let corner = c.add((t / 2) * 16 * ldc + (t % 2) * 16);
+            for (m, row) in sums.iter_mut().enumerate() {
+                row.copy_from_slice(std::slice::from_raw_parts(corner.add(m * ldc), 16));
+            }
+        }
+    }
+
+    unsafe fn store_sums(&mut self, c: *mut f32, ldc: usize) {
         for (t, sums) in self.sums.iter().enumerate() {
+            let corner = c.add((t / 2) * 16 * ldc + (t % 2) * 16);
             for (m, row) in sums.iter().enumerate() {
-                let start = (t % 2) * 16;
-                out[(t / 2) * 16 + m][start..start + 16].copy_from_slice(row);
+                std::slice::from_raw_parts_mut(corner.add(m * ldc), 16).copy_from_slice(row);
             }
         }
     }
@@ -372,9 +423,12 @@ mod tests {
         unsafe fn step(&mut self, a: *const u32, b: *const u32) {
             self.0.step(a, b);
         }
-        unsafe fn store_sums(&mut self, out: &mut [[f32; PANEL]; PANEL]) {
-            self.0.store_sums(out);
-            out[3][5] += 1.0;
+        unsafe fn load_sums(&mut self, c: *const f32, ldc: usize) {
+            self.0.load_sums(c, ldc);
+        }
+        unsafe fn store_sums(&mut self, c: *mut f32, ldc: usize) {
+            self.0.store_sums(c, ldc);
+            *c.add(3 * ldc + 5) += 1.0;
         }
         unsafe fn end(&mut self) {}
     }
@@ -389,7 +443,8 @@ mod tests {
         }
         unsafe fn zero_sums(&mut self) {}
         unsafe fn step(&mut self, _: *const u32, _: *const u32) {}
-        unsafe fn store_sums(&mut self, _: &mut [[f32; PANEL]; PANEL]) {}
+        unsafe fn load_sums(&mut self, _: *const f32, _: usize) {}
+        unsafe fn store_sums(&mut self, _: *mut f32, _: usize) {}
         unsafe fn end(&mut self) {}
     }
 

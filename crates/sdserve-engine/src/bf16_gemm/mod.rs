@@ -427,12 +427,13 @@ mod tests {
         (70, 65, 64),
     ];
 
-    /// Runs `product(a, b_layout_is_rows, c, ldc)` for every shape, both
-    /// source types and both B layouts, on C filled with 1 and alpha 0.5
-    /// accumulating, and checks C against the f64 product of the
-    /// bf16-rounded operands up to f32 summation error.
+    /// Runs `product(a, b, c, ldc, alpha, accumulate)` for every shape,
+    /// both source types and both B layouts, on C filled with 1, scaled
+    /// (alpha 0.5) and not (1), accumulating and not, and checks C against
+    /// the f64 product of the bf16-rounded operands up to f32 summation
+    /// error.
     fn check_against_reference(
-        product: impl Fn(&PackedA, &PackedB, &mut [f32], usize),
+        product: impl Fn(&PackedA, &PackedB, &mut [f32], usize, f32, bool),
         pack_b: impl Fn(Matrix, usize, usize, usize, bool) -> PackedB,
     ) {
         for &(m, n, k) in &SHAPES {
@@ -449,21 +450,24 @@ mod tests {
             .into_iter()
             .enumerate()
             {
-                for src in [Matrix::F32(&a), Matrix::Bf16(&a16)] {
-                    let packed_a = PackedA::new(src, m, k, lda, packed_b.a_panels());
+                let sources = [Matrix::F32(&a), Matrix::Bf16(&a16)];
+                let ways = [(0.5, true), (1.0, true), (0.5, false), (1.0, false)];
+                for (src, (alpha, accumulate)) in sources.iter().flat_map(|s| ways.map(|w| (s, w)))
+                {
+                    let packed_a = PackedA::new(*src, m, k, lda, packed_b.a_panels());
                     let ldc = n + 5;
                     let mut c = vec![1.0f32; m * ldc];
-                    product(&packed_a, &packed_b, &mut c, ldc);
+                    product(&packed_a, &packed_b, &mut c, ldc, alpha, accumulate);
                     for i in 0..m {
                         for j in 0..n {
                             let exact: f64 =
                                 (0..k).map(|kk| ar[i * lda + kk] * br[j * k + kk]).sum();
-                            let want = 1.0 + 0.5 * exact;
+                            let want = f64::from(accumulate) + alpha as f64 * exact;
                             let got = c[i * ldc + j] as f64;
                             let bound = 1e-6 * (k as f64) + 1e-6;
                             assert!(
                                 (got - want).abs() <= bound,
-                                "{m}x{n}x{k} layout {which} [{i},{j}]: {got} vs {want}"
+                                "{m}x{n}x{k} layout {which} alpha {alpha} accumulate {accumulate} [{i},{j}]: {got} vs {want}"
                             );
                         }
                         // The padding between rows is untouched.
@@ -484,18 +488,19 @@ mod tests {
         }
         eprintln!("layout: {:?}", Layout::current());
         check_against_reference(
-            |a, b, c, ldc| {
+            |a, b, c, ldc, alpha, accumulate| {
                 // SAFETY: c holds m rows of ldc ≥ n columns; one thread.
                 unsafe {
+                    let c = c.as_mut_ptr();
                     multiply(
                         a,
                         b,
                         0..a.panels(),
                         0..b.panels(),
-                        c.as_mut_ptr(),
+                        c,
                         ldc,
-                        0.5,
-                        true,
+                        alpha,
+                        accumulate,
                     );
                 }
             },
@@ -512,16 +517,17 @@ mod tests {
     #[test]
     fn tile_walk_equals_f64_reference_of_rounded_operands() {
         check_against_reference(
-            |a, b, c, ldc| {
+            |a, b, c, ldc, alpha, accumulate| {
                 let job = amx::Job {
                     a,
                     b,
                     c: c.as_mut_ptr(),
                     ldc,
-                    alpha: 0.5,
+                    alpha,
                 };
+                let (rows, cols) = (0..a.panels(), 0..b.panels());
                 // SAFETY: as above; the emulated unit needs no AMX.
-                unsafe { amx::run::<amx::Emulated>(&job, 0..a.panels(), 0..b.panels(), true) };
+                unsafe { amx::run::<amx::Emulated>(&job, rows, cols, accumulate) };
             },
             |src, rows, cols, ld, given_as_rows| {
                 // (n, k) for transposed sources, (k, n) for rows.

@@ -421,7 +421,21 @@ def machine_info() -> list[str]:
         mem = f", {kb / 1024 / 1024:.0f} GiB RAM"
     except (OSError, ValueError, IndexError):
         pass
-    return [f"CPU: {cpu}, {os.cpu_count()} logical cores{mem}", f"OS: {platform.platform()}"]
+    lines = [f"CPU: {cpu}, {os.cpu_count()} logical cores{mem}", f"OS: {platform.platform()}"]
+    # The flags that pick each tool's kernels (bf16: vdpbf16ps, or AMX tiles
+    # unless SDSERVE_NO_AMX is set).
+    wanted = ["fma", "avx2", "avx512f", "avx512bw", "avx512vl", "avx512_bf16", "amx_bf16", "amx_tile"]
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                present = set(line.split(":", 1)[1].split())
+                have = " ".join(f for f in wanted if f in present) or "none of " + " ".join(wanted)
+                no_amx = " (SDSERVE_NO_AMX set)" if os.environ.get("SDSERVE_NO_AMX") else ""
+                lines.append(f"CPU flags: {have}{no_amx}")
+                break
+    except OSError:
+        pass
+    return lines
 
 
 def bench(args) -> None:

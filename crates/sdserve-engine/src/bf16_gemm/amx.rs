@@ -30,11 +30,13 @@ pub(super) const BLOCK_PAIRS: usize = 16;
 
 /// Whether this process multiplies on AMX tiles: the CPU says so, Linux
 /// grants the tile state, the forked self-test agrees with the emulation,
-/// and `SDSERVE_NO_AMX` is unset (for comparisons and as an escape hatch).
+/// and `SDSERVE_NO_AMX` is unset, empty or `0` (setting it is for
+/// comparisons and an escape hatch).
 pub(super) fn available() -> bool {
     static AVAILABLE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *AVAILABLE.get_or_init(|| {
-        if std::env::var_os("SDSERVE_NO_AMX").is_some() || !cpu_has_amx_bf16() {
+        let refused = matches!(std::env::var("SDSERVE_NO_AMX").as_deref(), Ok(v) if !v.is_empty() && v != "0");
+        if refused || !cpu_has_amx_bf16() {
             return false;
         }
         if !request_tile_state() {

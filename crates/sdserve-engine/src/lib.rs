@@ -18,6 +18,7 @@ mod engine;
 pub mod error;
 pub mod extra_networks;
 mod folder;
+mod geglu;
 pub mod hires;
 pub mod hub;
 pub mod image_input;

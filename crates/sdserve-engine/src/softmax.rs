@@ -19,8 +19,10 @@ const LN2_LO: f32 = -2.121_944_4e-4;
 const ROUND: f32 = 12_582_912.0;
 const LANES: usize = 16;
 
+/// `e^x` within about 1 ulp, written so that it vectorises (also used by
+/// [`crate::geglu`]).
 #[inline(always)]
-fn exp(x: f32) -> f32 {
+pub(crate) fn exp(x: f32) -> f32 {
     let x = x.clamp(MIN_X, MAX_X);
     // `shifted` holds n = round(x·log2 e) in its low mantissa bits (same
     // exponent as ROUND for |n| < 2²²), so n as an integer is a bit

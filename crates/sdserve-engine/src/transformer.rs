@@ -4,7 +4,7 @@
 //! bounded blocks ([`crate::attention`]) and the GEGLU uses the exact (erf)
 //! GELU, as diffusers does.
 
-use candle_core::{Module, Result, Tensor, D};
+use candle_core::{Module, Result, Tensor};
 use candle_nn as nn;
 
 use crate::attention::{attention, ScoreBlock};
@@ -88,8 +88,7 @@ impl FeedForward {
 
 impl Module for FeedForward {
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
-        let halves = self.project_in.forward(xs)?.chunk(2, D::Minus1)?;
-        let gated = (&halves[0] * halves[1].gelu_erf()?)?;
+        let gated = crate::geglu::geglu(&self.project_in.forward(xs)?)?;
         self.project_out.forward(&gated)
     }
 }

@@ -21,7 +21,7 @@
 use std::arch::asm;
 use std::ops::Range;
 
-use super::{PackedA, PackedB};
+use super::{Job, PackedA, PackedB};
 
 /// Rows of A (and columns of B) per panel: two tiles.
 pub(super) const PANEL: usize = 32;
@@ -153,7 +153,8 @@ fn self_test_in_child<U: Unit>() -> bool {
 }
 
 /// `a_src` (`m × k`) and `b_src` (`k × n`), both row-major, packed for tiles.
-pub(super) fn tiles_operands(
+#[cfg(target_os = "linux")]
+fn tiles_operands(
     a_src: &[f32],
     b_src: &[f32],
     m: usize,
@@ -175,14 +176,6 @@ pub(super) fn tiles_operands(
         super::Layout::Tiles,
     );
     (a, b)
-}
-
-pub(super) struct Job<'a> {
-    pub a: &'a PackedA,
-    pub b: &'a PackedB,
-    pub c: *mut f32,
-    pub ldc: usize,
-    pub alpha: f32,
 }
 
 /// The tile operations the walk needs; [`Hardware`] and [`Emulated`] do

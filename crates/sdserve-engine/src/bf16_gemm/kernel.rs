@@ -3,15 +3,7 @@
 use std::arch::x86_64::*;
 use std::ops::Range;
 
-use super::{PackedA, PackedB, CHUNK_PAIRS};
-
-pub(super) struct Job<'a> {
-    pub a: &'a PackedA,
-    pub b: &'a PackedB,
-    pub c: *mut f32,
-    pub ldc: usize,
-    pub alpha: f32,
-}
+use super::{Job, CHUNK_PAIRS};
 
 /// Chunk by chunk of `k`: each B panel's chunk against each A panel's.
 #[target_feature(enable = "avx512f,avx512bf16")]

@@ -276,6 +276,16 @@ impl PackedB {
     }
 }
 
+/// One product as both kernels take it: C at `c`, rows `ldc` apart.
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+struct Job<'a> {
+    a: &'a PackedA,
+    b: &'a PackedB,
+    c: *mut f32,
+    ldc: usize,
+    alpha: f32,
+}
+
 /// `C[rows, cols] = alpha · A·B (+ C when accumulate)` for the row panels
 /// `row_panels` of `a` and column panels `col_panels` of `b`; `c` points at
 /// `C[0][0]`, rows `ldc` apart.
@@ -304,24 +314,17 @@ pub unsafe fn multiply(
     // SAFETY: forwarded from the caller; Layout::Tiles exists only where
     // `amx::available()` (Layout::current).
     unsafe {
-        if b.layout == Layout::Tiles {
-            let job = amx::Job {
-                a,
-                b,
-                c,
-                ldc,
-                alpha,
-            };
-            amx::run::<amx::Hardware>(&job, row_panels, col_panels, accumulate);
-            return;
-        }
-        let job = kernel::Job {
+        let job = Job {
             a,
             b,
             c,
             ldc,
             alpha,
         };
+        if b.layout == Layout::Tiles {
+            amx::run::<amx::Hardware>(&job, row_panels, col_panels, accumulate);
+            return;
+        }
         match b.vectors {
             1 => kernel::run::<24, 1>(&job, row_panels, col_panels, accumulate),
             _ => kernel::run::<12, 2>(&job, row_panels, col_panels, accumulate),
@@ -518,7 +521,7 @@ mod tests {
     fn tile_walk_equals_f64_reference_of_rounded_operands() {
         check_against_reference(
             |a, b, c, ldc, alpha, accumulate| {
-                let job = amx::Job {
+                let job = Job {
                     a,
                     b,
                     c: c.as_mut_ptr(),

@@ -119,22 +119,9 @@ pub struct GenerateArgs {
     /// Folder of LoRA `.safetensors` files that --lora names.
     #[arg(long, value_name = "DIR", env = "SDSERVE_LORA_DIR")]
     pub lora_dir: Option<PathBuf>,
-    /// A tiny VAE folder (TAESD-class `AutoencoderTiny`, e.g. a download of
-    /// madebyollin/taesd, or taesdxl for SDXL): live previews are drawn with
-    /// it at full size, and with --fast-decode the final images too.
-    #[arg(long, value_name = "DIR", env = "SDSERVE_TINY_VAE")]
-    pub tiny_vae: Option<PathBuf>,
-    /// Decode every image with --tiny-vae instead of the model's VAE: many
-    /// times faster, approximate; the infotext says `Fast decode: <folder>`.
-    #[arg(long, env = "SDSERVE_FAST_DECODE", requires = "tiny_vae")]
-    pub fast_decode: bool,
-    /// DeepCache-style step caching: every N-th UNet call of a job runs in
-    /// full, the others reuse its deep features and run only the outermost
-    /// layers (much faster, approximate; the infotext says
-    /// `DeepCache interval: N`). N is at least 2; off by default.
-    #[arg(long, value_name = "N", env = "SDSERVE_STEP_CACHE",
-          value_parser = clap::value_parser!(u32).range(2..=1000))]
-    pub step_cache: Option<u32>,
+    /// The opt-in trades of exactness for speed.
+    #[command(flatten)]
+    pub trades: super::SpeedTrades,
     /// A LoRA from --lora-dir as NAME:WEIGHT (or NAME, weight 1, or
     /// NAME:TE:UNET as A1111's tag); repeatable, applied in order.
     #[arg(long = "lora", value_name = "NAME:WEIGHT", value_parser = parse_lora)]
@@ -219,9 +206,9 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
         device: args.device,
         embeddings_dir: args.embeddings_dir.clone(),
         lora_dir: args.lora_dir.clone(),
-        tiny_vae: args.tiny_vae.clone(),
-        fast_decode: args.fast_decode,
-        step_cache: args.step_cache.map(|n| n as usize),
+        tiny_vae: args.trades.tiny_vae.clone(),
+        fast_decode: args.trades.fast_decode,
+        step_cache: args.trades.step_cache.map(|n| n as usize),
     };
     let mut engine = Engine::load_with(&ModelSource::parse(&args.model), options)
         .with_context(|| format!("loading model {}", args.model))?;

@@ -87,22 +87,9 @@ pub struct ServeArgs {
     /// (native `loras`, A1111's `<lora:name:weight>` prompt tags).
     #[arg(long, value_name = "DIR", env = "SDSERVE_LORA_DIR")]
     pub lora_dir: Option<PathBuf>,
-    /// A tiny VAE folder (TAESD-class `AutoencoderTiny`, e.g. a download of
-    /// madebyollin/taesd, or taesdxl for SDXL): live previews are drawn with
-    /// it at full size, and with --fast-decode the final images too.
-    #[arg(long, value_name = "DIR", env = "SDSERVE_TINY_VAE")]
-    pub tiny_vae: Option<PathBuf>,
-    /// Decode every image with --tiny-vae instead of the model's VAE: many
-    /// times faster, approximate; the infotext says `Fast decode: <folder>`.
-    #[arg(long, env = "SDSERVE_FAST_DECODE", requires = "tiny_vae")]
-    pub fast_decode: bool,
-    /// DeepCache-style step caching: every N-th UNet call of a job runs in
-    /// full, the others reuse its deep features and run only the outermost
-    /// layers (much faster, approximate; the infotext says
-    /// `DeepCache interval: N`). N is at least 2; off by default.
-    #[arg(long, value_name = "N", env = "SDSERVE_STEP_CACHE",
-          value_parser = clap::value_parser!(u32).range(2..=1000))]
-    pub step_cache: Option<u32>,
+    /// The opt-in trades of exactness for speed.
+    #[command(flatten)]
+    pub trades: super::SpeedTrades,
     /// Accepted API key (`Authorization: Bearer KEY`); repeatable. With any key or
     /// user, every route but /livez and /readyz requires one.
     #[arg(
@@ -315,9 +302,9 @@ async fn serve(app: App, args: ServeArgs, started: Instant) -> anyhow::Result<Ex
         device: Default::default(),
         embeddings_dir: args.embeddings_dir.clone(),
         lora_dir: args.lora_dir.clone(),
-        tiny_vae: args.tiny_vae.clone(),
-        fast_decode: args.fast_decode,
-        step_cache: args.step_cache.map(|n| n as usize),
+        tiny_vae: args.trades.tiny_vae.clone(),
+        fast_decode: args.trades.fast_decode,
+        step_cache: args.trades.step_cache.map(|n| n as usize),
     };
     let models = super::models::models(
         args.models_dir.as_deref(),

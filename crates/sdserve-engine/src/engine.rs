@@ -387,9 +387,7 @@ impl Engine {
             )?;
         }
         // Freed buffers are reused within the job, never past its own peak.
-        let _reuse = std::env::var_os("XX_NO_REUSE")
-            .is_none()
-            .then(crate::alloc::BlockReuse::begin);
+        let _reuse = crate::alloc::BlockReuse::begin();
         let seeded: Vec<pipeline::Job> = jobs
             .iter()
             .map(|j| pipeline::Job {

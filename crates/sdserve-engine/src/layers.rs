@@ -6,18 +6,14 @@
 //! bf16 convolution on the CPU widens its input and weight to f32 for the
 //! call, runs its products in bf16 where the CPU has AVX512-BF16, and
 //! narrows the result back (weights stay bf16 in memory; one layer's weight
-//! is widened at a time). Memory: candle's GroupNorm is five
-//! out-of-place ops (centre, square, divide, scale, shift) and SiLU a sixth,
-//! so at full VAE resolution a resnet held five copies of its input; on the
-//! CPU in f32 our GroupNorm (with the SiLU that always follows it in a
-//! resnet) is one pass writing one buffer.
+//! is widened at a time). The group norm (with the SiLU that always follows
+//! it in a resnet) is [`crate::group_norm`]'s.
 
-use candle_core::{CpuStorage, CustomOp3, DType, Layout, Module, Result, Shape, Tensor, D};
+use candle_core::{DType, Module, Result, Tensor, D};
 
 use crate::conv::{conv2d, ConvGeometry, Precision};
-use crate::cpu_kernel::contiguous_f32;
+pub use crate::group_norm::GroupNorm;
 use candle_nn as nn;
-use rayon::prelude::*;
 
 /// A 2-D convolution (`weight`, optional `bias`). On the CPU it runs our
 /// banded im2col + gemm or Winograd (`conv/`), in f32 (bf16 widens for the
@@ -109,118 +105,6 @@ impl Module for Conv2d {
     }
 }
 
-/// `torch.nn.GroupNorm` (affine), optionally followed by SiLU.
-pub struct GroupNorm {
-    weight: Tensor,
-    bias: Tensor,
-    groups: usize,
-    eps: f64,
-}
-
-impl GroupNorm {
-    pub fn new(vb: nn::VarBuilder, groups: usize, channels: usize, eps: f64) -> Result<Self> {
-        if groups == 0 || !channels.is_multiple_of(groups) {
-            candle_core::bail!("{channels} channels do not split into {groups} groups");
-        }
-        Ok(Self {
-            weight: vb.get(channels, "weight")?,
-            bias: vb.get(channels, "bias")?,
-            groups,
-            eps,
-        })
-    }
-
-    /// Normalises `xs` (`(batch, channels, ...)`), then applies SiLU when `silu`.
-    pub fn forward(&self, xs: &Tensor, silu: bool) -> Result<Tensor> {
-        let fused = xs.device().is_cpu() && xs.dtype() == DType::F32 && xs.rank() >= 3;
-        if fused {
-            let op = FusedGroupNorm {
-                groups: self.groups,
-                eps: self.eps,
-                silu,
-            };
-            // bf16 weights under f32 activations (mixed precision): widened
-            // per call, `channels` values.
-            let f32 = |t: &Tensor| t.to_dtype(DType::F32);
-            return xs
-                .contiguous()?
-                .apply_op3_no_bwd(&f32(&self.weight)?, &f32(&self.bias)?, &op);
-        }
-        let norm = nn::GroupNorm::new(
-            self.weight.clone(),
-            self.bias.clone(),
-            self.weight.dim(0)?,
-            self.groups,
-            self.eps,
-        )?;
-        let out = norm.forward(xs)?;
-        if silu {
-            nn::ops::silu(&out)
-        } else {
-            Ok(out)
-        }
-    }
-}
-
-/// One pass per (image, group): mean and variance in f64 (two passes over the
-/// group's contiguous run), then `(x - mean) / sqrt(var + eps) * w + b` and
-/// SiLU written into the one output buffer.
-struct FusedGroupNorm {
-    groups: usize,
-    eps: f64,
-    silu: bool,
-}
-
-impl CustomOp3 for FusedGroupNorm {
-    fn name(&self) -> &'static str {
-        "fused-group-norm"
-    }
-
-    fn cpu_fwd(
-        &self,
-        xs: &CpuStorage,
-        xs_layout: &Layout,
-        weight: &CpuStorage,
-        weight_layout: &Layout,
-        bias: &CpuStorage,
-        bias_layout: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        let x = contiguous_f32(self.name(), xs, xs_layout)?;
-        let w = contiguous_f32(self.name(), weight, weight_layout)?;
-        let b = contiguous_f32(self.name(), bias, bias_layout)?;
-        let dims = xs_layout.dims();
-        let channels = dims[1];
-        let cells: usize = dims[2..].iter().product();
-        let per_group = channels / self.groups;
-        let run = per_group * cells;
-        if run == 0 || w.len() != channels || b.len() != channels {
-            candle_core::bail!("fused group norm: bad shapes {dims:?}, {} weights", w.len());
-        }
-        let mut out = vec![0f32; x.len()];
-        out.par_chunks_mut(run)
-            .zip(x.par_chunks(run))
-            .enumerate()
-            .for_each(|(i, (out, x))| {
-                let n = x.len() as f64;
-                let mean = x.iter().map(|v| *v as f64).sum::<f64>() / n;
-                let var = x.iter().map(|v| (*v as f64 - mean).powi(2)).sum::<f64>() / n;
-                let inv = 1.0 / (var + self.eps).sqrt();
-                let first_channel = (i % self.groups) * per_group;
-                for (c, (out, x)) in out.chunks_mut(cells).zip(x.chunks(cells)).enumerate() {
-                    let scale = (inv * w[first_channel + c] as f64) as f32;
-                    let shift = (b[first_channel + c] as f64
-                        - mean * inv * w[first_channel + c] as f64)
-                        as f32;
-                    for (o, v) in out.iter_mut().zip(x) {
-                        let y = v * scale + shift;
-                        *o = if self.silu { y / (1.0 + (-y).exp()) } else { y };
-                    }
-                }
-            });
-        Ok((CpuStorage::F32(out), xs_layout.shape().clone()))
-    }
-}
-
 /// diffusers' `ResnetBlock2D` (default time-scale shift, silu): norm, conv,
 /// add the projected time embedding, norm, conv, add the (projected) input.
 pub struct ResnetBlock {
@@ -301,42 +185,4 @@ fn project_rows(proj: &nn::Linear, xs: &Tensor) -> Result<Tensor> {
         .map(|r| proj.forward(&xs.narrow(0, r, 1)?))
         .collect::<Result<Vec<_>>>()?;
     Tensor::cat(&out, 0)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use candle_core::Device;
-
-    #[test]
-    fn fused_group_norm_equals_candles_group_norm_and_silu() {
-        let dev = Device::Cpu;
-        let xs = (Tensor::randn(0f32, 3.0, (2, 12, 5, 7), &dev).unwrap() + 1.5).unwrap();
-        let weight = Tensor::randn(1f32, 0.5, 12, &dev).unwrap();
-        let bias = Tensor::randn(0f32, 0.5, 12, &dev).unwrap();
-        let ours = GroupNorm {
-            weight: weight.clone(),
-            bias: bias.clone(),
-            groups: 3,
-            eps: 1e-6,
-        };
-        let candle = nn::GroupNorm::new(weight, bias, 12, 3, 1e-6).unwrap();
-        for silu in [false, true] {
-            let mut expected = candle.forward(&xs).unwrap();
-            if silu {
-                expected = nn::ops::silu(&expected).unwrap();
-            }
-            let got = ours.forward(&xs, silu).unwrap();
-            let diff = crate::test_util::max_diff(&got, &expected);
-            assert!(diff < 1e-5, "silu {silu}: {diff}");
-        }
-        // bf16 (weights and input) takes candle's path.
-        let bf16 = |t: &Tensor| t.to_dtype(DType::BF16).unwrap();
-        let half = GroupNorm {
-            weight: bf16(&ours.weight),
-            bias: bf16(&ours.bias),
-            ..ours
-        };
-        assert_eq!(half.forward(&bf16(&xs), true).unwrap().dtype(), DType::BF16);
-    }
 }

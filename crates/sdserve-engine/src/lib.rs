@@ -19,6 +19,7 @@ pub mod error;
 pub mod extra_networks;
 mod folder;
 mod geglu;
+mod group_norm;
 pub mod hires;
 pub mod hub;
 pub mod image_input;

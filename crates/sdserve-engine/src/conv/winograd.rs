@@ -135,7 +135,39 @@ fn transform_kernels(weight: &[f32], c_out: usize, c_in: usize) -> Vec<f32> {
 /// `Bᵀ d B` of every 4×4 input window of tile rows `tys`, into
 /// `scratch.input` (16 matrices `c_in × tiles`, tiles in row-major order),
 /// with `Bᵀ = [[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]]`.
+/// Compiled whole for AVX-512 where the CPU has it, so that the blocks'
+/// arrays stay in registers.
 fn transform_input(
+    image: &[f32],
+    d: &Dims,
+    padding: usize,
+    tys: Range<usize>,
+    tiles_x: usize,
+    scratch: &mut Scratch,
+) {
+    #[cfg(target_arch = "x86_64")]
+    if std::is_x86_feature_detected!("avx512f") {
+        // SAFETY: the CPU has AVX-512F (checked above).
+        return unsafe { transform_input_avx512(image, d, padding, tys, tiles_x, scratch) };
+    }
+    transform_input_any(image, d, padding, tys, tiles_x, scratch)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn transform_input_avx512(
+    image: &[f32],
+    d: &Dims,
+    padding: usize,
+    tys: Range<usize>,
+    tiles_x: usize,
+    scratch: &mut Scratch,
+) {
+    transform_input_any(image, d, padding, tys, tiles_x, scratch)
+}
+
+#[inline(always)]
+fn transform_input_any(
     image: &[f32],
     d: &Dims,
     padding: usize,
@@ -167,10 +199,7 @@ fn transform_input(
             // is (even[tx], odd[tx], even[tx + 1], odd[tx + 1]), contiguous
             // in `tx`, so a block of 16 tiles transforms as vectors.
             for (i, row) in scratch.rows.chunks_exact(width).enumerate() {
-                for (t, pair) in row.chunks_exact(2).enumerate() {
-                    scratch.even[i][t] = pair[0];
-                    scratch.odd[i][t] = pair[1];
-                }
+                deinterleave(row, &mut scratch.even[i], &mut scratch.odd[i]);
             }
             for tx0 in (0..tiles_x).step_by(LANES) {
                 let n = LANES.min(tiles_x - tx0);
@@ -178,14 +207,14 @@ fn transform_input(
                 let mut odd = [[0f32; LANES + 1]; 4];
                 for i in 0..4 {
                     let m = (n + 1).min(scratch.even[i].len() - tx0);
-                    even[i][..m].copy_from_slice(&scratch.even[i][tx0..tx0 + m]);
-                    odd[i][..m].copy_from_slice(&scratch.odd[i][tx0..tx0 + m]);
+                    copy_short(&mut even[i][..m], &scratch.even[i][tx0..tx0 + m]);
+                    copy_short(&mut odd[i][..m], &scratch.odd[i][tx0..tx0 + m]);
                 }
                 let mut out = [[0f32; LANES]; 16];
                 input_block(&even, &odd, &mut out);
                 for (xi, values) in out.iter().enumerate() {
                     let at = (xi * d.c_in + c) * tiles + k * tiles_x + tx0;
-                    scratch.input[at..at + n].copy_from_slice(&values[..n]);
+                    copy_short(&mut scratch.input[at..at + n], &values[..n]);
                 }
             }
         }
@@ -195,36 +224,69 @@ fn transform_input(
 /// Tiles per block of [`input_block`].
 const LANES: usize = 16;
 
+/// `even[t] = row[2t]`, `odd[t] = row[2t + 1]`, a block of [`LANES`] pairs
+/// at a time (fixed-size, so it compiles to vector shuffles).
+#[inline(always)]
+fn deinterleave(row: &[f32], even: &mut [f32], odd: &mut [f32]) {
+    let mut pairs = row.chunks_exact(2 * LANES);
+    let mut evens = even.chunks_exact_mut(LANES);
+    let mut odds = odd.chunks_exact_mut(LANES);
+    let mut done = 0;
+    for ((pairs, even), odd) in (&mut pairs).zip(&mut evens).zip(&mut odds) {
+        let block = (
+            <&[f32; 2 * LANES]>::try_from(pairs),
+            <&mut [f32; LANES]>::try_from(even),
+            <&mut [f32; LANES]>::try_from(odd),
+        );
+        if let (Ok(pairs), Ok(even), Ok(odd)) = block {
+            for l in 0..LANES {
+                even[l] = pairs[2 * l];
+                odd[l] = pairs[2 * l + 1];
+            }
+        }
+        done += LANES;
+    }
+    for (t, pair) in row[2 * done..].chunks_exact(2).enumerate() {
+        even[done + t] = pair[0];
+        odd[done + t] = pair[1];
+    }
+}
+
+/// `dst.copy_from_slice(src)` for the short runs of a block: whole blocks
+/// (a block's lanes, its windows' columns, its pixel rows) copy as fixed-size arrays, which compile to vector
+/// moves; a `copy_from_slice` of unknown length is a call to `memcpy`, and
+/// those calls were 18% of a full-resolution VAE decode.
+#[inline(always)]
+fn copy_short(dst: &mut [f32], src: &[f32]) {
+    #[inline(always)]
+    fn fixed<const N: usize>(dst: &mut [f32], src: &[f32]) -> bool {
+        match (<&mut [f32; N]>::try_from(dst), <&[f32; N]>::try_from(src)) {
+            (Ok(dst), Ok(src)) => {
+                *dst = *src;
+                true
+            }
+            _ => false,
+        }
+    }
+    const WINDOW: usize = LANES + 1;
+    const PIXELS: usize = 2 * LANES;
+    let done = match src.len() {
+        LANES => fixed::<LANES>(dst, src),
+        WINDOW => fixed::<WINDOW>(dst, src),
+        PIXELS => fixed::<PIXELS>(dst, src),
+        _ => false,
+    };
+    if !done {
+        dst.copy_from_slice(src);
+    }
+}
+
 /// `Bᵀ d B` of [`LANES`] tiles side by side: `even[i][l]`, `odd[i][l]` are
 /// row `i`'s padded columns `2l`, `2l + 1` from the block's first tile on;
 /// `out[ξ][l]` gets element `ξ` of tile `l`'s transform.
-fn input_block(
-    even: &[[f32; LANES + 1]; 4],
-    odd: &[[f32; LANES + 1]; 4],
-    out: &mut [[f32; LANES]; 16],
-) {
-    #[cfg(target_arch = "x86_64")]
-    if std::is_x86_feature_detected!("avx512f") {
-        // SAFETY: the CPU has AVX-512F (checked above).
-        return unsafe { input_block_avx512(even, odd, out) };
-    }
-    input_block_any(even, odd, out)
-}
-
-/// [`input_block_any`] compiled for 16-wide vectors.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn input_block_avx512(
-    even: &[[f32; LANES + 1]; 4],
-    odd: &[[f32; LANES + 1]; 4],
-    out: &mut [[f32; LANES]; 16],
-) {
-    input_block_any(even, odd, out)
-}
-
 #[inline(always)]
 #[allow(clippy::needless_range_loop)] // lanes and rows index several arrays at once
-fn input_block_any(
+fn input_block(
     even: &[[f32; LANES + 1]; 4],
     odd: &[[f32; LANES + 1]; 4],
     out: &mut [[f32; LANES]; 16],
@@ -274,8 +336,39 @@ struct Products<'a> {
 
 /// `Aᵀ m A + bias` of one output channel's tiles in rows `tys`, written to
 /// `dst` (that channel's output rows `2·tys.start ..`, clipped to the image),
-/// with `Aᵀ = [[1, 1, 1, 0], [0, 1, -1, -1]]`.
+/// with `Aᵀ = [[1, 1, 1, 0], [0, 1, -1, -1]]`. Compiled whole for AVX-512
+/// where the CPU has it, as [`transform_input`].
 fn transform_output(
+    products: &Products,
+    bias: f32,
+    d: &Dims,
+    tys: Range<usize>,
+    tiles_x: usize,
+    dst: &mut [f32],
+) {
+    #[cfg(target_arch = "x86_64")]
+    if std::is_x86_feature_detected!("avx512f") {
+        // SAFETY: the CPU has AVX-512F (checked above).
+        return unsafe { transform_output_avx512(products, bias, d, tys, tiles_x, dst) };
+    }
+    transform_output_any(products, bias, d, tys, tiles_x, dst)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn transform_output_avx512(
+    products: &Products,
+    bias: f32,
+    d: &Dims,
+    tys: Range<usize>,
+    tiles_x: usize,
+    dst: &mut [f32],
+) {
+    transform_output_any(products, bias, d, tys, tiles_x, dst)
+}
+
+#[inline(always)]
+fn transform_output_any(
     products: &Products,
     bias: f32,
     d: &Dims,
@@ -290,7 +383,7 @@ fn transform_output(
             let mut m = [[0f32; LANES]; 16];
             for (xi, lanes) in m.iter_mut().enumerate() {
                 let at = xi * products.stride + products.offset + k * tiles_x + tx0;
-                lanes[..n].copy_from_slice(&products.all[at..at + n]);
+                copy_short(&mut lanes[..n], &products.all[at..at + n]);
             }
             // Output rows 2·ty and 2·ty + 1, pixels 2·tx0 onwards.
             let mut pixels = [[0f32; 2 * LANES]; 2];
@@ -302,7 +395,7 @@ fn transform_output(
                 }
                 let line = &mut dst[(y - first_row) * d.out_w..(y - first_row + 1) * d.out_w];
                 let count = (2 * n).min(d.out_w - 2 * tx0);
-                line[2 * tx0..2 * tx0 + count].copy_from_slice(&values[..count]);
+                copy_short(&mut line[2 * tx0..2 * tx0 + count], &values[..count]);
             }
         }
     }
@@ -310,28 +403,8 @@ fn transform_output(
 
 /// `Aᵀ m A + bias` of [`LANES`] tiles side by side (`m[ξ][l]`: element `ξ`
 /// of tile `l`) into their two rows of output pixels.
-fn output_block(m: &[[f32; LANES]; 16], bias: f32, pixels: &mut [[f32; 2 * LANES]; 2]) {
-    #[cfg(target_arch = "x86_64")]
-    if std::is_x86_feature_detected!("avx512f") {
-        // SAFETY: the CPU has AVX-512F (checked above).
-        return unsafe { output_block_avx512(m, bias, pixels) };
-    }
-    output_block_any(m, bias, pixels)
-}
-
-/// [`output_block_any`] compiled for 16-wide vectors.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn output_block_avx512(
-    m: &[[f32; LANES]; 16],
-    bias: f32,
-    pixels: &mut [[f32; 2 * LANES]; 2],
-) {
-    output_block_any(m, bias, pixels)
-}
-
 #[inline(always)]
-fn output_block_any(m: &[[f32; LANES]; 16], bias: f32, pixels: &mut [[f32; 2 * LANES]; 2]) {
+fn output_block(m: &[[f32; LANES]; 16], bias: f32, pixels: &mut [[f32; 2 * LANES]; 2]) {
     // Aᵀ m: two rows of four, for each lane.
     let mut top = [[0f32; LANES]; 4];
     let mut bottom = [[0f32; LANES]; 4];

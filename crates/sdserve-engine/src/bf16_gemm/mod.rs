@@ -102,6 +102,9 @@ const TILE_BLOCK_PAIRS: usize = amx::BLOCK_PAIRS;
 #[cfg(not(target_arch = "x86_64"))]
 const TILE_BLOCK_PAIRS: usize = 16;
 
+/// Columns per panel of a wide B ([`PackedB::from_rows_wide`]).
+const WIDE_COLUMNS: usize = 32;
+
 /// k-pairs per chunk: one 32-column B panel chunk is 32 KiB.
 const CHUNK_PAIRS: usize = 256;
 
@@ -218,6 +221,87 @@ impl PackedB {
     /// convolution (wide matrices: the padding is a small part).
     pub fn from_rows_wide(src: Matrix, k: usize, n: usize, ld: usize) -> Self {
         Self::pack(src, n, k, ld, 2, Lines::AlongRows)
+    }
+
+    /// A `k × n` B in 32-column panels (as [`Self::from_rows_wide`]) that
+    /// its producer fills with [`Self::write_rows`], all zero until then:
+    /// Winograd's transformed input is written here as it is computed,
+    /// without an f32 copy to pack afterwards.
+    pub fn wide_unwritten(k: usize, n: usize) -> Self {
+        let layout = Layout::current();
+        let mut b = Self {
+            data: Vec::new(),
+            cols: n,
+            pairs: k.div_ceil(2),
+            vectors: 2,
+            layout,
+        };
+        b.data = vec![0; n.div_ceil(WIDE_COLUMNS) * b.padded_pairs() * WIDE_COLUMNS];
+        b
+    }
+
+    /// Makes `self` a [`Self::wide_unwritten`] `k × n` B, keeping its memory
+    /// when it is one of that shape already: then its words still hold the
+    /// last matrix written, and its padding zeros, until the producer writes
+    /// every pair and column again (as Winograd's bands of equal size do).
+    /// Fresh zeroed memory, faulted in page by page, was 15% of a
+    /// full-resolution bf16 VAE decode when each band took new matrices.
+    pub fn rewrite_wide(&mut self, k: usize, n: usize) {
+        let same = self.vectors == 2
+            && self.layout == Layout::current()
+            && self.pairs == k.div_ceil(2)
+            && self.cols == n;
+        if !same {
+            *self = Self::wide_unwritten(k, n);
+        }
+    }
+
+    /// Writes rows `2·pair` (`lo`) and `2·pair + 1` (`hi`; zeros when
+    /// absent) of columns `col..col + lo.len()` of a [`Self::wide_unwritten`]
+    /// B, rounded to nearest even as packing rounds.
+    ///
+    /// # Panics
+    /// On a pair or columns outside the matrix, or `hi` of another length
+    /// (the caller's shapes are wrong).
+    #[inline(always)]
+    pub fn write_rows(&mut self, pair: usize, col: usize, lo: &[f32], hi: Option<&[f32]>) {
+        assert!(
+            self.vectors == 2
+                && pair < self.pairs
+                && col + lo.len() <= self.cols
+                && hi.is_none_or(|hi| hi.len() == lo.len()),
+            "write_rows: outside the packed matrix"
+        );
+        let panel_len = self.padded_pairs() * WIDE_COLUMNS;
+        let simd = available();
+        let mut done = 0;
+        while done < lo.len() {
+            let at = col + done;
+            let within = at % WIDE_COLUMNS;
+            let run = (WIDE_COLUMNS - within).min(lo.len() - done);
+            let start = (at / WIDE_COLUMNS) * panel_len + pair * WIDE_COLUMNS + within;
+            pack::f32_interleave(
+                &lo[done..done + run],
+                hi.map(|hi| &hi[done..done + run]),
+                &mut self.data[start..start + run],
+                simd,
+            );
+            done += run;
+        }
+    }
+
+    /// Pairs per panel, zeros past `pairs` (whole tile blocks on AMX).
+    fn padded_pairs(&self) -> usize {
+        match self.layout {
+            Layout::Dot => self.pairs,
+            Layout::Tiles => tile_pairs(2 * self.pairs),
+        }
+    }
+
+    /// The packed words, for tests that compare two ways of packing.
+    #[cfg(test)]
+    pub(crate) fn words(&self) -> &[u32] {
+        &self.data
     }
 
     fn pack(src: Matrix, n: usize, k: usize, ld: usize, vectors: usize, lines: Lines) -> Self {

@@ -245,7 +245,8 @@ fn bf16_pairs(row: &[bf16], out: &mut [u32]) {
 }
 
 /// `out[l]` = the pair `(r0[l], r1[l])` (`r1` 0 when absent).
-fn f32_interleave(r0: &[f32], r1: Option<&[f32]>, out: &mut [u32], simd: bool) {
+#[inline(always)]
+pub(super) fn f32_interleave(r0: &[f32], r1: Option<&[f32]>, out: &mut [u32], simd: bool) {
     let mut done = 0;
     #[cfg(target_arch = "x86_64")]
     if simd {
@@ -368,6 +369,7 @@ mod x86 {
     }
 
     /// Whole blocks of 16 lines of `r0`, `r1` into `out`; returns the lines done.
+    #[inline]
     #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
     pub(super) unsafe fn f32_interleave(r0: &[f32], r1: Option<&[f32]>, out: &mut [u32]) -> usize {
         let blocks = out.len() / 16;

@@ -156,16 +156,33 @@ impl<'a> Lhs<'a> {
             Self::Bf16(a) => {
                 let k = rhs.len() / n.max(1);
                 let b = PackedB::from_rows_wide(Matrix::F32(rhs), k, n, n);
-                // SAFETY: Lhs::Bf16 exists only where the kernel is
-                // available (`conv2d` checks); C as the caller guarantees.
-                unsafe {
-                    if matches!(inner, Parallelism::None) {
-                        multiply(a, &b, 0..a.panels(), 0..b.panels(), c, ldc, 1.0, accumulate);
-                    } else {
-                        multiply_on_pool(a, &b, c, ldc, 1.0, accumulate);
-                    }
-                }
+                // SAFETY: as the caller guarantees.
+                unsafe { times_packed(a, &b, c, ldc, accumulate, inner) };
             }
+        }
+    }
+}
+
+/// `C = a · b (+ C when accumulate)` in bf16, C at `c` (rows `ldc` apart),
+/// with the threads `inner` gives.
+///
+/// # Safety
+/// As [`Lhs::times`]. (A [`PackedA`] for a convolution exists only where
+/// the kernel is available: `conv2d` checks.)
+unsafe fn times_packed(
+    a: &PackedA,
+    b: &PackedB,
+    c: *mut f32,
+    ldc: usize,
+    accumulate: bool,
+    inner: Parallelism,
+) {
+    // SAFETY: forwarded from the caller.
+    unsafe {
+        if matches!(inner, Parallelism::None) {
+            multiply(a, b, 0..a.panels(), 0..b.panels(), c, ldc, 1.0, accumulate);
+        } else {
+            multiply_on_pool(a, b, c, ldc, 1.0, accumulate);
         }
     }
 }

@@ -16,7 +16,8 @@
 
 use std::ops::Range;
 
-use super::{run_tasks, Dims, Lhs, Precision};
+use super::{run_tasks, times_packed, Dims, Lhs, Precision};
+use crate::bf16_gemm::{PackedA, PackedB};
 use crate::cpu_kernel::SharedOut;
 
 /// The transformed kernels take 16/9 of the weight; above this size the
@@ -40,15 +41,31 @@ pub(super) fn applies(d: &Dims, g: super::ConvGeometry) -> bool {
 /// Per-task buffers, reused across the bands a thread runs.
 #[derive(Default)]
 struct Scratch {
-    /// 16 matrices `c_in × tiles`: the band's transformed input.
+    /// f32 products: 16 matrices `c_in × tiles`, the band's transformed input.
     input: Vec<f32>,
+    /// bf16 products: the same, packed for the kernel as they are computed.
+    packed: Vec<PackedB>,
     /// 16 matrices `c_out × tiles`: their products with the kernels.
     products: Vec<f32>,
+    windows: Windows,
+}
+
+/// The input rows of one tile row, for a pair of channels.
+#[derive(Default)]
+struct Windows {
     /// Four input rows with the padding made explicit.
     rows: Vec<f32>,
-    /// Their even and odd columns.
-    even: [Vec<f32>; 4],
-    odd: [Vec<f32>; 4],
+    /// Their even and odd columns, per channel of the pair.
+    even: [[Vec<f32>; 4]; 2],
+    odd: [[Vec<f32>; 4]; 2],
+}
+
+/// Where [`transform_input`] writes.
+enum Target<'a> {
+    /// 16 f32 matrices `c_in × tiles`, one after another.
+    F32(&'a mut [f32]),
+    /// 16 packed bf16 matrices `c_in × tiles`.
+    Packed(&'a mut [PackedB]),
 }
 
 /// The 3×3, stride-1 convolution of `input` (padding `padding`) into `out`,
@@ -70,6 +87,14 @@ pub(super) fn run(
         .chunks_exact((d.c_out * d.c_in).max(1))
         .map(|u| Lhs::new(u, d.c_out, d.c_in, precision))
         .collect();
+    // bf16 products: the transformed input is packed as it is computed.
+    let bf16: Option<Vec<&PackedA>> = kernels
+        .iter()
+        .map(|u| match u {
+            Lhs::Bf16(a) => Some(a),
+            Lhs::F32 { .. } => None,
+        })
+        .collect();
     let tiles_x = d.out_w.div_ceil(2);
     let tiles_y = d.out_h.div_ceil(2);
     let per_tile_row = 16 * 4 * (d.c_in + d.c_out) * tiles_x;
@@ -83,14 +108,46 @@ pub(super) fn run(
         let tys = band * rows..((band + 1) * rows).min(tiles_y);
         let tiles = tys.len() * tiles_x;
         let image = &input[b * image_len..(b + 1) * image_len];
-        scratch.input.resize(16 * d.c_in * tiles, 0.0);
         scratch.products.resize(16 * d.c_out * tiles, 0.0);
-        transform_input(image, &d, padding, tys.clone(), tiles_x, scratch);
-        for (xi, u) in kernels.iter().enumerate() {
-            let v = &scratch.input[xi * d.c_in * tiles..(xi + 1) * d.c_in * tiles];
-            let m = &mut scratch.products[xi * d.c_out * tiles..(xi + 1) * d.c_out * tiles];
-            // SAFETY: `m` is c_out × tiles (row stride tiles), this task's own.
-            unsafe { u.times(v, tiles, m.as_mut_ptr(), tiles, false, inner) };
+        let products = scratch.products.chunks_exact_mut((d.c_out * tiles).max(1));
+        if let Some(bf16) = &bf16 {
+            scratch
+                .packed
+                .resize_with(16, || PackedB::wide_unwritten(d.c_in, tiles));
+            for b in &mut scratch.packed {
+                b.rewrite_wide(d.c_in, tiles);
+            }
+            let target = Target::Packed(&mut scratch.packed);
+            transform_input(
+                image,
+                &d,
+                padding,
+                tys.clone(),
+                tiles_x,
+                &mut scratch.windows,
+                target,
+            );
+            for ((a, b), m) in bf16.iter().zip(&scratch.packed).zip(products) {
+                // SAFETY: `m` is c_out × tiles (row stride tiles), this task's own.
+                unsafe { times_packed(a, b, m.as_mut_ptr(), tiles, false, inner) };
+            }
+        } else {
+            scratch.input.resize(16 * d.c_in * tiles, 0.0);
+            let target = Target::F32(&mut scratch.input);
+            transform_input(
+                image,
+                &d,
+                padding,
+                tys.clone(),
+                tiles_x,
+                &mut scratch.windows,
+                target,
+            );
+            let inputs = scratch.input.chunks_exact((d.c_in * tiles).max(1));
+            for ((u, v), m) in kernels.iter().zip(inputs).zip(products) {
+                // SAFETY: `m` is c_out × tiles (row stride tiles), this task's own.
+                unsafe { u.times(v, tiles, m.as_mut_ptr(), tiles, false, inner) };
+            }
         }
         let first_row = 2 * tys.start;
         let end_row = (2 * tys.end).min(d.out_h);
@@ -132,25 +189,53 @@ fn transform_kernels(weight: &[f32], c_out: usize, c_in: usize) -> Vec<f32> {
     kernels
 }
 
-/// `Bᵀ d B` of every 4×4 input window of tile rows `tys`, into
-/// `scratch.input` (16 matrices `c_in × tiles`, tiles in row-major order),
-/// with `Bᵀ = [[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]]`.
-/// Compiled whole for AVX-512 where the CPU has it, so that the blocks'
-/// arrays stay in registers.
+/// `Bᵀ d B` of every 4×4 input window of tile rows `tys`, into `target`
+/// (16 matrices `c_in × tiles`, tiles in row-major order), with
+/// `Bᵀ = [[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]]`.
+/// Channels go in pairs, the two rows of a packed bf16 pair. Compiled whole
+/// for AVX-512 where the CPU has it, so that the blocks' arrays stay in
+/// registers.
 fn transform_input(
     image: &[f32],
     d: &Dims,
     padding: usize,
     tys: Range<usize>,
     tiles_x: usize,
-    scratch: &mut Scratch,
+    windows: &mut Windows,
+    target: Target,
 ) {
     #[cfg(target_arch = "x86_64")]
-    if std::is_x86_feature_detected!("avx512f") {
-        // SAFETY: the CPU has AVX-512F (checked above).
-        return unsafe { transform_input_avx512(image, d, padding, tys, tiles_x, scratch) };
+    {
+        if matches!(target, Target::Packed(_)) && crate::bf16_gemm::available() {
+            // SAFETY: the CPU has the bf16 kernel's features (checked above).
+            return unsafe {
+                transform_input_bf16(image, d, padding, tys, tiles_x, windows, target)
+            };
+        }
+        if std::is_x86_feature_detected!("avx512f") {
+            // SAFETY: the CPU has AVX-512F (checked above).
+            return unsafe {
+                transform_input_avx512(image, d, padding, tys, tiles_x, windows, target)
+            };
+        }
     }
-    transform_input_any(image, d, padding, tys, tiles_x, scratch)
+    transform_input_any(image, d, padding, tys, tiles_x, windows, target)
+}
+
+/// With the bf16 conversion's features too, so that packing each block
+/// ([`PackedB::write_rows`]) inlines instead of being a call per block.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+unsafe fn transform_input_bf16(
+    image: &[f32],
+    d: &Dims,
+    padding: usize,
+    tys: Range<usize>,
+    tiles_x: usize,
+    windows: &mut Windows,
+    target: Target,
+) {
+    transform_input_any(image, d, padding, tys, tiles_x, windows, target)
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -161,9 +246,10 @@ unsafe fn transform_input_avx512(
     padding: usize,
     tys: Range<usize>,
     tiles_x: usize,
-    scratch: &mut Scratch,
+    windows: &mut Windows,
+    target: Target,
 ) {
-    transform_input_any(image, d, padding, tys, tiles_x, scratch)
+    transform_input_any(image, d, padding, tys, tiles_x, windows, target)
 }
 
 #[inline(always)]
@@ -173,48 +259,75 @@ fn transform_input_any(
     padding: usize,
     tys: Range<usize>,
     tiles_x: usize,
-    scratch: &mut Scratch,
+    windows: &mut Windows,
+    mut target: Target,
 ) {
     // Padded column `p` is input column `p - padding`; the windows of tile
     // `tx` are columns 2·tx .. 2·tx + 4.
     let width = 2 * tiles_x + 2;
     let tiles = tys.len() * tiles_x;
-    scratch.rows.resize(4 * width, 0.0);
-    for half in scratch.even.iter_mut().chain(scratch.odd.iter_mut()) {
+    windows.rows.resize(4 * width, 0.0);
+    for half in windows
+        .even
+        .iter_mut()
+        .chain(windows.odd.iter_mut())
+        .flatten()
+    {
         half.resize(width / 2, 0.0);
     }
     let copied = d.w.min(width.saturating_sub(padding));
-    for c in 0..d.c_in {
-        let channel = &image[c * d.h * d.w..(c + 1) * d.h * d.w];
+    let plane = d.h * d.w;
+    for c0 in (0..d.c_in).step_by(2) {
+        let channels = (d.c_in - c0).min(2);
         for (k, ty) in tys.clone().enumerate() {
-            for (i, row) in scratch.rows.chunks_exact_mut(width).enumerate() {
-                row.fill(0.0);
-                let iy = (2 * ty + i) as isize - padding as isize;
-                if (0..d.h as isize).contains(&iy) {
-                    let src = &channel[iy as usize * d.w..][..copied];
-                    row[padding..padding + copied].copy_from_slice(src);
+            for ch in 0..channels {
+                let channel = &image[(c0 + ch) * plane..(c0 + ch + 1) * plane];
+                for (i, row) in windows.rows.chunks_exact_mut(width).enumerate() {
+                    row.fill(0.0);
+                    let iy = (2 * ty + i) as isize - padding as isize;
+                    if (0..d.h as isize).contains(&iy) {
+                        let src = &channel[iy as usize * d.w..][..copied];
+                        row[padding..padding + copied].copy_from_slice(src);
+                    }
                 }
-            }
-            // Even and odd padded columns of each row: tile `tx`'s window
-            // is (even[tx], odd[tx], even[tx + 1], odd[tx + 1]), contiguous
-            // in `tx`, so a block of 16 tiles transforms as vectors.
-            for (i, row) in scratch.rows.chunks_exact(width).enumerate() {
-                deinterleave(row, &mut scratch.even[i], &mut scratch.odd[i]);
+                // Even and odd padded columns of each row: tile `tx`'s
+                // window is (even[tx], odd[tx], even[tx + 1], odd[tx + 1]),
+                // contiguous in `tx`, so a block of 16 tiles transforms as
+                // vectors.
+                for (i, row) in windows.rows.chunks_exact(width).enumerate() {
+                    deinterleave(row, &mut windows.even[ch][i], &mut windows.odd[ch][i]);
+                }
             }
             for tx0 in (0..tiles_x).step_by(LANES) {
                 let n = LANES.min(tiles_x - tx0);
-                let mut even = [[0f32; LANES + 1]; 4];
-                let mut odd = [[0f32; LANES + 1]; 4];
-                for i in 0..4 {
-                    let m = (n + 1).min(scratch.even[i].len() - tx0);
-                    copy_short(&mut even[i][..m], &scratch.even[i][tx0..tx0 + m]);
-                    copy_short(&mut odd[i][..m], &scratch.odd[i][tx0..tx0 + m]);
+                let mut out = [[[0f32; LANES]; 16]; 2];
+                for (ch, out) in out.iter_mut().enumerate().take(channels) {
+                    let mut even = [[0f32; LANES + 1]; 4];
+                    let mut odd = [[0f32; LANES + 1]; 4];
+                    for i in 0..4 {
+                        let (all_even, all_odd) = (&windows.even[ch][i], &windows.odd[ch][i]);
+                        let m = (n + 1).min(all_even.len() - tx0);
+                        copy_short(&mut even[i][..m], &all_even[tx0..tx0 + m]);
+                        copy_short(&mut odd[i][..m], &all_odd[tx0..tx0 + m]);
+                    }
+                    input_block(&even, &odd, out);
                 }
-                let mut out = [[0f32; LANES]; 16];
-                input_block(&even, &odd, &mut out);
-                for (xi, values) in out.iter().enumerate() {
-                    let at = (xi * d.c_in + c) * tiles + k * tiles_x + tx0;
-                    copy_short(&mut scratch.input[at..at + n], &values[..n]);
+                let col = k * tiles_x + tx0;
+                match &mut target {
+                    Target::F32(input) => {
+                        for (ch, out) in out.iter().enumerate().take(channels) {
+                            for (xi, values) in out.iter().enumerate() {
+                                let at = (xi * d.c_in + c0 + ch) * tiles + col;
+                                copy_short(&mut input[at..at + n], &values[..n]);
+                            }
+                        }
+                    }
+                    Target::Packed(packed) => {
+                        for (xi, b) in packed.iter_mut().enumerate() {
+                            let hi = (channels == 2).then(|| &out[1][xi][..n]);
+                            b.write_rows(c0 / 2, col, &out[0][xi][..n], hi);
+                        }
+                    }
                 }
             }
         }
@@ -506,6 +619,75 @@ mod tests {
                 worst < bound,
                 "{batch} {c_in} {h}x{w} {c_out} p{padding}: {worst} vs {bound}"
             );
+        }
+    }
+
+    /// bf16: the transformed input packed as it is computed equals the f32
+    /// transform packed afterwards, word for word: odd and even channel
+    /// counts, bands from the image's middle, blocks of tiles that cross
+    /// the packed panels' 32-column boundaries.
+    #[test]
+    fn packing_while_transforming_equals_packing_afterwards() {
+        use crate::bf16_gemm::Matrix;
+        let mut seed = 11u32;
+        let mut random = move || {
+            seed = seed.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+            (seed >> 8) as f32 / (1 << 24) as f32 - 0.5
+        };
+        for (c_in, h, w, padding, tys) in [
+            (5, 14, 9, 1, 0..7),
+            (30, 20, 67, 1, 2..5),
+            (4, 9, 7, 0, 1..3),
+        ] {
+            let d = Dims {
+                batch: 1,
+                c_in,
+                h,
+                w,
+                c_out: 1,
+                kh: 3,
+                kw: 3,
+                out_h: h + 2 * padding - 2,
+                out_w: w + 2 * padding - 2,
+            };
+            let tiles_x = d.out_w.div_ceil(2);
+            let tiles = tys.len() * tiles_x;
+            let image: Vec<f32> = (0..c_in * h * w).map(|_| random()).collect();
+            let mut f32s = vec![0f32; 16 * c_in * tiles];
+            let target = Target::F32(&mut f32s);
+            transform_input(
+                &image,
+                &d,
+                padding,
+                tys.clone(),
+                tiles_x,
+                &mut Windows::default(),
+                target,
+            );
+            // Matrices that held another band (as a task reuses them) are
+            // rewritten whole; fresh ones start from zeros.
+            let mut reused: Vec<PackedB> = (0..16)
+                .map(|_| PackedB::wide_unwritten(c_in, tiles))
+                .collect();
+            let other: Vec<f32> = image.iter().map(|v| 1.0 - v).collect();
+            let windows = &mut Windows::default();
+            let target = Target::Packed(&mut reused);
+            transform_input(&other, &d, padding, tys.clone(), tiles_x, windows, target);
+            let mut fresh = Vec::new();
+            for b in &mut reused {
+                b.rewrite_wide(c_in, tiles);
+                fresh.push(PackedB::wide_unwritten(c_in, tiles));
+            }
+            for packed in [&mut reused, &mut fresh] {
+                let target = Target::Packed(packed);
+                transform_input(&image, &d, padding, tys.clone(), tiles_x, windows, target);
+                let wanted = f32s.chunks_exact(c_in * tiles);
+                for (xi, (b, v)) in packed.iter().zip(wanted).enumerate() {
+                    let want = PackedB::from_rows_wide(Matrix::F32(v), c_in, tiles, tiles);
+                    assert_eq!(b.words(), want.words(), "{c_in} {h}x{w}: matrix {xi}");
+                    assert!(b.words().iter().any(|w| *w != 0), "real values");
+                }
+            }
         }
     }
 

@@ -55,6 +55,15 @@ pub(crate) enum Layout {
 }
 
 impl Layout {
+    /// k-pairs per panel line for a `k` this long: zeros past `⌈k/2⌉` make
+    /// whole tile blocks on AMX.
+    fn padded_pairs(self, k: usize) -> usize {
+        match self {
+            Self::Dot => k.div_ceil(2),
+            Self::Tiles => tile_pairs(k),
+        }
+    }
+
     /// AMX tiles where this process may use them, else `vdpbf16ps`.
     fn current() -> Self {
         #[cfg(target_arch = "x86_64")]
@@ -146,16 +155,16 @@ impl PackedA {
     /// Packs the `m × k` matrix whose row `i` starts at `i · ld`, as
     /// `panels` (from the B it will multiply) says.
     pub fn new(src: Matrix, m: usize, k: usize, ld: usize, panels: APanels) -> Self {
-        let (order, padded) = match panels.layout {
-            Layout::Dot => (Order::PairMajor, k.div_ceil(2)),
-            Layout::Tiles => (Order::Blocks, tile_pairs(k)),
+        let order = match panels.layout {
+            Layout::Dot => Order::PairMajor,
+            Layout::Tiles => Order::Blocks,
         };
         let shape = pack::Shape {
             lines: m,
             k,
             ld,
             width: panels.rows,
-            padded_pairs: padded,
+            padded_pairs: panels.layout.padded_pairs(k),
         };
         Self {
             data: pack::pack(src, shape, Lines::AcrossRows, order),
@@ -229,15 +238,13 @@ impl PackedB {
     /// without an f32 copy to pack afterwards.
     pub fn wide_unwritten(k: usize, n: usize) -> Self {
         let layout = Layout::current();
-        let mut b = Self {
-            data: Vec::new(),
+        Self {
+            data: vec![0; n.div_ceil(WIDE_COLUMNS) * layout.padded_pairs(k) * WIDE_COLUMNS],
             cols: n,
             pairs: k.div_ceil(2),
             vectors: 2,
             layout,
-        };
-        b.data = vec![0; n.div_ceil(WIDE_COLUMNS) * b.padded_pairs() * WIDE_COLUMNS];
-        b
+        }
     }
 
     /// Makes `self` a [`Self::wide_unwritten`] `k × n` B, keeping its memory
@@ -272,7 +279,7 @@ impl PackedB {
                 && hi.is_none_or(|hi| hi.len() == lo.len()),
             "write_rows: outside the packed matrix"
         );
-        let panel_len = self.padded_pairs() * WIDE_COLUMNS;
+        let panel_len = self.layout.padded_pairs(2 * self.pairs) * WIDE_COLUMNS;
         let simd = available();
         let mut done = 0;
         while done < lo.len() {
@@ -287,14 +294,6 @@ impl PackedB {
                 simd,
             );
             done += run;
-        }
-    }
-
-    /// Pairs per panel, zeros past `pairs` (whole tile blocks on AMX).
-    fn padded_pairs(&self) -> usize {
-        match self.layout {
-            Layout::Dot => self.pairs,
-            Layout::Tiles => tile_pairs(2 * self.pairs),
         }
     }
 
@@ -320,16 +319,12 @@ impl PackedB {
         lines: Lines,
         layout: Layout,
     ) -> Self {
-        let padded_pairs = match layout {
-            Layout::Dot => k.div_ceil(2),
-            Layout::Tiles => tile_pairs(k),
-        };
         let shape = pack::Shape {
             lines: n,
             k,
             ld,
             width: 16 * vectors,
-            padded_pairs,
+            padded_pairs: layout.padded_pairs(k),
         };
         Self {
             data: pack::pack(src, shape, lines, Order::PairMajor),

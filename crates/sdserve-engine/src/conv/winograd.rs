@@ -60,6 +60,15 @@ struct Windows {
     odd: [[Vec<f32>; 4]; 2],
 }
 
+/// The tile rows `tys` of one image, `tiles_x` tiles each: what both
+/// transforms walk.
+struct Band<'a> {
+    d: &'a Dims,
+    padding: usize,
+    tys: Range<usize>,
+    tiles_x: usize,
+}
+
 /// Where [`transform_input`] writes.
 enum Target<'a> {
     /// 16 f32 matrices `c_in × tiles`, one after another.
@@ -104,45 +113,37 @@ pub(super) fn run(
     let dst = SharedOut::new(out);
     let image_len = d.c_in * d.h * d.w;
     run_tasks(tasks, |scratch: &mut Scratch, index, inner| {
-        let (b, band) = (index / bands, index % bands);
-        let tys = band * rows..((band + 1) * rows).min(tiles_y);
+        let (b, which) = (index / bands, index % bands);
+        let band = Band {
+            d: &d,
+            padding,
+            tys: which * rows..((which + 1) * rows).min(tiles_y),
+            tiles_x,
+        };
+        let tys = band.tys.clone();
         let tiles = tys.len() * tiles_x;
         let image = &input[b * image_len..(b + 1) * image_len];
-        scratch.products.resize(16 * d.c_out * tiles, 0.0);
-        let products = scratch.products.chunks_exact_mut((d.c_out * tiles).max(1));
-        if let Some(bf16) = &bf16 {
+        let target = if bf16.is_some() {
             scratch
                 .packed
                 .resize_with(16, || PackedB::wide_unwritten(d.c_in, tiles));
             for b in &mut scratch.packed {
                 b.rewrite_wide(d.c_in, tiles);
             }
-            let target = Target::Packed(&mut scratch.packed);
-            transform_input(
-                image,
-                &d,
-                padding,
-                tys.clone(),
-                tiles_x,
-                &mut scratch.windows,
-                target,
-            );
+            Target::Packed(&mut scratch.packed)
+        } else {
+            scratch.input.resize(16 * d.c_in * tiles, 0.0);
+            Target::F32(&mut scratch.input)
+        };
+        transform_input(&band, image, &mut scratch.windows, target);
+        scratch.products.resize(16 * d.c_out * tiles, 0.0);
+        let products = scratch.products.chunks_exact_mut((d.c_out * tiles).max(1));
+        if let Some(bf16) = &bf16 {
             for ((a, b), m) in bf16.iter().zip(&scratch.packed).zip(products) {
                 // SAFETY: `m` is c_out × tiles (row stride tiles), this task's own.
                 unsafe { times_packed(a, b, m.as_mut_ptr(), tiles, false, inner) };
             }
         } else {
-            scratch.input.resize(16 * d.c_in * tiles, 0.0);
-            let target = Target::F32(&mut scratch.input);
-            transform_input(
-                image,
-                &d,
-                padding,
-                tys.clone(),
-                tiles_x,
-                &mut scratch.windows,
-                target,
-            );
             let inputs = scratch.input.chunks_exact((d.c_in * tiles).max(1));
             for ((u, v), m) in kernels.iter().zip(inputs).zip(products) {
                 // SAFETY: `m` is c_out × tiles (row stride tiles), this task's own.
@@ -164,7 +165,7 @@ pub(super) fn run(
                 stride: d.c_out * tiles,
                 offset: co * tiles,
             };
-            transform_output(&products, *value, &d, tys.clone(), tiles_x, dst);
+            transform_output(&band, &products, *value, dst);
         }
     });
 }
@@ -195,73 +196,49 @@ fn transform_kernels(weight: &[f32], c_out: usize, c_in: usize) -> Vec<f32> {
 /// Channels go in pairs, the two rows of a packed bf16 pair. Compiled whole
 /// for AVX-512 where the CPU has it, so that the blocks' arrays stay in
 /// registers.
-fn transform_input(
-    image: &[f32],
-    d: &Dims,
-    padding: usize,
-    tys: Range<usize>,
-    tiles_x: usize,
-    windows: &mut Windows,
-    target: Target,
-) {
+fn transform_input(band: &Band, image: &[f32], windows: &mut Windows, target: Target) {
     #[cfg(target_arch = "x86_64")]
     {
         if matches!(target, Target::Packed(_)) && crate::bf16_gemm::available() {
             // SAFETY: the CPU has the bf16 kernel's features (checked above).
-            return unsafe {
-                transform_input_bf16(image, d, padding, tys, tiles_x, windows, target)
-            };
+            return unsafe { transform_input_bf16(band, image, windows, target) };
         }
         if std::is_x86_feature_detected!("avx512f") {
             // SAFETY: the CPU has AVX-512F (checked above).
-            return unsafe {
-                transform_input_avx512(image, d, padding, tys, tiles_x, windows, target)
-            };
+            return unsafe { transform_input_avx512(band, image, windows, target) };
         }
     }
-    transform_input_any(image, d, padding, tys, tiles_x, windows, target)
+    transform_input_any(band, image, windows, target)
 }
 
 /// With the bf16 conversion's features too, so that packing each block
 /// ([`PackedB::write_rows`]) inlines instead of being a call per block.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
-unsafe fn transform_input_bf16(
-    image: &[f32],
-    d: &Dims,
-    padding: usize,
-    tys: Range<usize>,
-    tiles_x: usize,
-    windows: &mut Windows,
-    target: Target,
-) {
-    transform_input_any(image, d, padding, tys, tiles_x, windows, target)
+unsafe fn transform_input_bf16(band: &Band, image: &[f32], windows: &mut Windows, target: Target) {
+    transform_input_any(band, image, windows, target)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 unsafe fn transform_input_avx512(
+    band: &Band,
     image: &[f32],
-    d: &Dims,
-    padding: usize,
-    tys: Range<usize>,
-    tiles_x: usize,
     windows: &mut Windows,
     target: Target,
 ) {
-    transform_input_any(image, d, padding, tys, tiles_x, windows, target)
+    transform_input_any(band, image, windows, target)
 }
 
 #[inline(always)]
-fn transform_input_any(
-    image: &[f32],
-    d: &Dims,
-    padding: usize,
-    tys: Range<usize>,
-    tiles_x: usize,
-    windows: &mut Windows,
-    mut target: Target,
-) {
+fn transform_input_any(band: &Band, image: &[f32], windows: &mut Windows, mut target: Target) {
+    let Band {
+        d,
+        padding,
+        tiles_x,
+        ..
+    } = *band;
+    let tys = band.tys.clone();
     // Padded column `p` is input column `p - padding`; the windows of tile
     // `tx` are columns 2·tx .. 2·tx + 4.
     let width = 2 * tiles_x + 2;
@@ -451,44 +428,25 @@ struct Products<'a> {
 /// `dst` (that channel's output rows `2·tys.start ..`, clipped to the image),
 /// with `Aᵀ = [[1, 1, 1, 0], [0, 1, -1, -1]]`. Compiled whole for AVX-512
 /// where the CPU has it, as [`transform_input`].
-fn transform_output(
-    products: &Products,
-    bias: f32,
-    d: &Dims,
-    tys: Range<usize>,
-    tiles_x: usize,
-    dst: &mut [f32],
-) {
+fn transform_output(band: &Band, products: &Products, bias: f32, dst: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
     if std::is_x86_feature_detected!("avx512f") {
         // SAFETY: the CPU has AVX-512F (checked above).
-        return unsafe { transform_output_avx512(products, bias, d, tys, tiles_x, dst) };
+        return unsafe { transform_output_avx512(band, products, bias, dst) };
     }
-    transform_output_any(products, bias, d, tys, tiles_x, dst)
+    transform_output_any(band, products, bias, dst)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn transform_output_avx512(
-    products: &Products,
-    bias: f32,
-    d: &Dims,
-    tys: Range<usize>,
-    tiles_x: usize,
-    dst: &mut [f32],
-) {
-    transform_output_any(products, bias, d, tys, tiles_x, dst)
+unsafe fn transform_output_avx512(band: &Band, products: &Products, bias: f32, dst: &mut [f32]) {
+    transform_output_any(band, products, bias, dst)
 }
 
 #[inline(always)]
-fn transform_output_any(
-    products: &Products,
-    bias: f32,
-    d: &Dims,
-    tys: Range<usize>,
-    tiles_x: usize,
-    dst: &mut [f32],
-) {
+fn transform_output_any(band: &Band, products: &Products, bias: f32, dst: &mut [f32]) {
+    let Band { d, tiles_x, .. } = *band;
+    let tys = band.tys.clone();
     let first_row = 2 * tys.start;
     for (k, ty) in tys.enumerate() {
         for tx0 in (0..tiles_x).step_by(LANES) {
@@ -654,33 +612,28 @@ mod tests {
             let tiles = tys.len() * tiles_x;
             let image: Vec<f32> = (0..c_in * h * w).map(|_| random()).collect();
             let mut f32s = vec![0f32; 16 * c_in * tiles];
-            let target = Target::F32(&mut f32s);
-            transform_input(
-                &image,
-                &d,
+            let band = Band {
+                d: &d,
                 padding,
-                tys.clone(),
+                tys,
                 tiles_x,
-                &mut Windows::default(),
-                target,
-            );
+            };
+            let windows = &mut Windows::default();
+            transform_input(&band, &image, windows, Target::F32(&mut f32s));
             // Matrices that held another band (as a task reuses them) are
             // rewritten whole; fresh ones start from zeros.
             let mut reused: Vec<PackedB> = (0..16)
                 .map(|_| PackedB::wide_unwritten(c_in, tiles))
                 .collect();
             let other: Vec<f32> = image.iter().map(|v| 1.0 - v).collect();
-            let windows = &mut Windows::default();
-            let target = Target::Packed(&mut reused);
-            transform_input(&other, &d, padding, tys.clone(), tiles_x, windows, target);
+            transform_input(&band, &other, windows, Target::Packed(&mut reused));
             let mut fresh = Vec::new();
             for b in &mut reused {
                 b.rewrite_wide(c_in, tiles);
                 fresh.push(PackedB::wide_unwritten(c_in, tiles));
             }
             for packed in [&mut reused, &mut fresh] {
-                let target = Target::Packed(packed);
-                transform_input(&image, &d, padding, tys.clone(), tiles_x, windows, target);
+                transform_input(&band, &image, windows, Target::Packed(packed));
                 let wanted = f32s.chunks_exact(c_in * tiles);
                 for (xi, (b, v)) in packed.iter().zip(wanted).enumerate() {
                     let want = PackedB::from_rows_wide(Matrix::F32(v), c_in, tiles, tiles);

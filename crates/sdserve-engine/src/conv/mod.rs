@@ -187,6 +187,41 @@ unsafe fn times_packed(
     }
 }
 
+/// Bytes a 3×3, stride-1 convolution from `c_in` to `c_out` channels with
+/// an `out_w × out_h` output holds beside its input and output while it
+/// runs on the CPU: its Winograd kernels, 0 where it keeps im2col (whose
+/// per-thread bands the plan's slack covers). The memory plan adds the
+/// largest to a peak.
+pub(crate) fn workspace_bytes(
+    c_in: usize,
+    c_out: usize,
+    out_w: usize,
+    out_h: usize,
+    precision: Precision,
+) -> u64 {
+    let d = Dims {
+        batch: 1,
+        c_in,
+        h: out_h,
+        w: out_w,
+        c_out,
+        kh: 3,
+        kw: 3,
+        out_h,
+        out_w,
+    };
+    let g = ConvGeometry {
+        padding: 1,
+        stride: 1,
+        dilation: 1,
+    };
+    if winograd::applies(&d, g, precision) {
+        winograd::kernel_bytes(&d, precision) as u64
+    } else {
+        0
+    }
+}
+
 /// Sizes of one convolution, checked against each other.
 #[derive(Debug, Clone, Copy)]
 struct Dims {
@@ -284,7 +319,7 @@ fn run(
     if out.is_empty() {
         return out;
     }
-    if winograd::applies(&d, g) {
+    if winograd::applies(&d, g, precision) {
         // The kernel transform works in f32.
         let widened: Vec<f32>;
         let weight = match weight {

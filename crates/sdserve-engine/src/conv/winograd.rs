@@ -17,25 +17,37 @@
 use std::ops::Range;
 
 use super::{run_tasks, times_packed, Dims, Lhs, Precision};
-use crate::bf16_gemm::{PackedA, PackedB};
+use crate::bf16_gemm::{wide_a_panels, Matrix, PackedA, PackedB};
 use crate::cpu_kernel::SharedOut;
 
-/// The transformed kernels take 16/9 of the weight; above this size the
-/// layer keeps im2col (the UNet's 640- and 1280-channel levels, whose images
-/// are small anyway), so this path's extra memory stays small.
-const MAX_KERNEL_BYTES: usize = 16 << 20;
+/// The transformed kernels take 16/9 of the weight, in f32 and (bf16
+/// products) packed beside them while they are packed. Above this many bytes
+/// of them the layer keeps im2col, so this path's extra memory stays bounded;
+/// the memory plan adds it to every peak ([`crate::memory`]).
+pub const MAX_KERNEL_BYTES: usize = 160 << 20;
 /// Below this many tiles per image the kernel transform does not pay off.
 const MIN_TILES: usize = 256;
 
 /// Whether the convolution `d` with geometry `g` takes this path.
-pub(super) fn applies(d: &Dims, g: super::ConvGeometry) -> bool {
-    let kernel_bytes = (16 * 4usize).saturating_mul(d.c_out).saturating_mul(d.c_in);
+pub(super) fn applies(d: &Dims, g: super::ConvGeometry, precision: Precision) -> bool {
     d.kh == 3
         && d.kw == 3
         && g.stride == 1
         && g.dilation == 1
-        && kernel_bytes <= MAX_KERNEL_BYTES
+        && kernel_bytes(d, precision) <= MAX_KERNEL_BYTES
         && d.out_h.div_ceil(2) * d.out_w.div_ceil(2) >= MIN_TILES
+}
+
+/// The transformed kernels' bytes at their peak: 16 f32 matrices
+/// `c_out × c_in`, and their packed bf16 copies while they are packed.
+pub(super) fn kernel_bytes(d: &Dims, precision: Precision) -> usize {
+    let per_value = match precision {
+        Precision::F32 => 4,
+        Precision::Bf16 => 4 + 2,
+    };
+    (16 * per_value as usize)
+        .saturating_mul(d.c_out)
+        .saturating_mul(d.c_in)
 }
 
 /// Per-task buffers, reused across the bands a thread runs.
@@ -92,17 +104,23 @@ pub(super) fn run(
     precision: Precision,
 ) {
     let transformed = transform_kernels(weight, d.c_out, d.c_in);
+    let pairs = (d.c_out * d.c_in).max(1);
+    // bf16 products: the kernels packed (and their f32 transform freed),
+    // the transformed input packed as it is computed.
+    let (bf16, transformed) = match precision {
+        Precision::Bf16 => {
+            let packed: Vec<PackedA> = transformed
+                .chunks_exact(pairs)
+                .map(|u| PackedA::new(Matrix::F32(u), d.c_out, d.c_in, d.c_in, wide_a_panels()))
+                .collect();
+            drop(transformed);
+            (Some(packed), Vec::new())
+        }
+        Precision::F32 => (None, transformed),
+    };
     let kernels: Vec<Lhs> = transformed
-        .chunks_exact((d.c_out * d.c_in).max(1))
+        .chunks_exact(pairs)
         .map(|u| Lhs::new(u, d.c_out, d.c_in, precision))
-        .collect();
-    // bf16 products: the transformed input is packed as it is computed.
-    let bf16: Option<Vec<&PackedA>> = kernels
-        .iter()
-        .map(|u| match u {
-            Lhs::Bf16(a) => Some(a),
-            Lhs::F32 { .. } => None,
-        })
         .collect();
     let tiles_x = d.out_w.div_ceil(2);
     let tiles_y = d.out_h.div_ceil(2);
@@ -586,7 +604,6 @@ mod tests {
     /// the packed panels' 32-column boundaries.
     #[test]
     fn packing_while_transforming_equals_packing_afterwards() {
-        use crate::bf16_gemm::Matrix;
         let mut seed = 11u32;
         let mut random = move || {
             seed = seed.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
@@ -664,10 +681,16 @@ mod tests {
             stride: 1,
             dilation: 1,
         };
+        for precision in [Precision::F32, Precision::Bf16] {
+            let wide = dims(1280, 1280, 32, 3);
+            assert!(applies(&wide, g, precision), "SD's 32x32 level");
+            let wider = dims(2560, 1280, 32, 3);
+            assert!(!applies(&wider, g, precision), "transform over the cap");
+        }
+        let applies = |d: &Dims, g| applies(d, g, Precision::Bf16);
         assert!(applies(&dims(128, 128, 512, 3), g));
         assert!(applies(&dims(512, 512, 64, 3), g));
         assert!(applies(&dims(320, 320, 32, 3), g));
-        assert!(!applies(&dims(640, 640, 64, 3), g), "transform over 16 MiB");
         assert!(!applies(&dims(320, 320, 16, 3), g), "64 tiles");
         assert!(!applies(&dims(128, 128, 512, 1), g));
         assert!(!applies(

@@ -14,10 +14,11 @@
 //! * GroupNorm (+ SiLU) of `c` channels over `n` cells: one fused pass, one
 //!   output buffer of `c·n` (on the CPU in f32; other dtypes take candle's
 //!   out-of-place ops, which this model undercounts).
-//! * 3×3 conv (`conv/` on the CPU): the output only; the im2col or Winograd
-//!   band each thread fills is at most 8 MiB, and Winograd's transformed
-//!   kernels at most 16 MiB, small beside the activations of the images
-//!   that take that path.
+//! * 3×3 conv (`conv/` on the CPU): the output, and Winograd's transformed
+//!   kernels where the layer takes that path (up to 150 MiB for SD's
+//!   1280-channel convolutions at 512 px), counted once per pass as the
+//!   largest of its convolutions ([`ModelShape::winograd_bytes`]). The
+//!   im2col or Winograd band each thread fills is at most 8 MiB.
 //! * ResnetBlock2D (`cin` → `cout`, shortcut conv when they differ): see
 //!   [`resnet_peak`].
 //! * Transformer block of `c` channels: the residual and hidden state, then the
@@ -137,6 +138,9 @@ pub struct ModelShape {
     /// `--fast-decode`: the tiny VAE's widest decoder stage (it decodes the
     /// final images instead of the VAE, whole); `None` without it.
     pub fast_decode_channels: Option<usize>,
+    /// Whether the convolutions run on the CPU (`conv/`), whose Winograd
+    /// kernels a pass holds beside its activations.
+    pub cpu_convs: bool,
 }
 
 impl ModelShape {
@@ -179,6 +183,7 @@ impl ModelShape {
             vae_tile: vae.sample_size(),
             attention,
             fast_decode_channels: None,
+            cpu_convs: false,
         }
     }
 
@@ -235,7 +240,49 @@ impl ModelShape {
         let bh = batch * self.unet_heads.get(bottom).copied().unwrap_or(8);
         let mid = (2 * mid_c + (8 * mid_c + self.attention.scratch(bh, n, n)).max(18 * mid_c))
             .max(resnet_peak(ch(bottom), ch(bottom), true) * cells(bottom));
-        (skips + worst.max(mid)) * self.dtype_bytes as u128
+        // Winograd's kernels: each level's resnet convolutions (the up
+        // blocks' first sees the level below concatenated, the last the
+        // level above) and the upsampler into it.
+        let size = |i: usize| ((lw >> i).max(1), (lh >> i).max(1));
+        let convs = (0..levels).flat_map(|i| {
+            let below = if i + 1 < levels { ch(i + 1) } else { ch(i) };
+            let above = if i > 0 { ch(i - 1) } else { ch(i) };
+            let (w, h) = size(i);
+            [below + ch(i), 2 * ch(i), above + ch(i)]
+                .map(|cin| (cin, ch(i), w, h))
+                .into_iter()
+                .chain((i + 1 < levels).then_some((below, below, w, h)))
+        });
+        let workspace = self.winograd_bytes(self.dtype_bytes, convs);
+        (skips + worst.max(mid)) * self.dtype_bytes as u128 + workspace
+    }
+
+    /// The largest Winograd kernels of `convs` (`c_in`, `c_out`, output
+    /// width and height) on the CPU in a dtype of `dtype_bytes`; 0 on a GPU.
+    pub fn winograd_bytes(
+        &self,
+        dtype_bytes: usize,
+        convs: impl IntoIterator<Item = (u128, u128, usize, usize)>,
+    ) -> u128 {
+        if !self.cpu_convs {
+            return 0;
+        }
+        // 2-byte dtypes may take bf16 products, whose packed copy counts.
+        let precision = if dtype_bytes == 2 {
+            crate::conv::Precision::Bf16
+        } else {
+            crate::conv::Precision::F32
+        };
+        let bytes = |(cin, cout, w, h): (u128, u128, usize, usize)| {
+            let (cin, cout) = (usize::try_from(cin), usize::try_from(cout));
+            match (cin, cout) {
+                (Ok(cin), Ok(cout)) => {
+                    crate::conv::workspace_bytes(cin, cout, w, h, precision).into()
+                }
+                _ => 0,
+            }
+        };
+        convs.into_iter().map(bytes).max().unwrap_or(0)
     }
 
     /// Peak activation bytes of decoding one image of `w × h` pixels whole.
@@ -262,7 +309,19 @@ impl ModelShape {
         // conv_norm_out + silu (one buffer) and conv_out's RGB output at full size.
         let last = rev[levels - 1] * cells(levels - 1);
         worst = worst.max(2 * last + 3 * cells(levels - 1));
-        worst * self.vae_dtype_bytes as u128
+        // Winograd's kernels: each level's resnets, and its upsampler's
+        // convolution at the next level's size.
+        let size = |j: usize| (lw << j, lh << j);
+        let convs = (0..levels).flat_map(|j| {
+            let cin = if j == 0 { rev[0] } else { rev[j - 1] };
+            let (w, h) = size(j);
+            let (uw, uh) = size(j + 1);
+            [(cin, rev[j], w, h), (rev[j], rev[j], w, h)]
+                .into_iter()
+                .chain((j + 1 < levels).then_some((rev[j], rev[j], uw, uh)))
+        });
+        let workspace = self.winograd_bytes(self.vae_dtype_bytes, convs);
+        worst * self.vae_dtype_bytes as u128 + workspace
     }
 
     /// Peak activation bytes of decoding in tiles of `tile` pixels square:
@@ -295,8 +354,15 @@ impl ModelShape {
         let n = (width >> deep).max(1) * (height >> deep).max(1);
         let mid = (resnet_peak(ch[deep], ch[deep], false) * cells(deep))
             .max(6 * ch[deep] * cells(deep) + self.attention.scratch(1, n, n));
+        // Winograd's kernels: each level's resnets.
+        let convs = (0..levels).flat_map(|j| {
+            let cin = if j == 0 { ch[0] } else { ch[j - 1] };
+            let (w, h) = ((width >> j).max(1), (height >> j).max(1));
+            [(cin, ch[j], w, h), (ch[j], ch[j], w, h)]
+        });
+        let workspace = self.winograd_bytes(self.vae_dtype_bytes, convs);
         // The input pixels stay alive throughout.
-        (worst.max(mid) + 3 * cells(0)) * self.vae_dtype_bytes as u128
+        (worst.max(mid) + 3 * cells(0)) * self.vae_dtype_bytes as u128 + workspace
     }
 
     /// Peak activation bytes of encoding in tiles of `tile` pixels square:
@@ -341,6 +407,7 @@ mod tests {
             vae_tile: 512,
             attention: Attention::Full,
             fast_decode_channels: None,
+            cpu_convs: false,
         }
     }
 
@@ -412,6 +479,34 @@ mod tests {
         let m = sd15();
         assert_eq!(m.vae_encode_peak(512, 512), (512 + 3) * 512 * 512 * 4);
         assert!(m.vae_encode_peak(1024, 768) < m.vae_decode_peak(1024, 768));
+    }
+
+    /// On the CPU a pass also holds its largest Winograd kernels: at 512 px
+    /// SD 1.5's upsampler into the 32x32 level (1280 channels, 16 f32 and 16
+    /// bf16 copies), at 256 px the one into the 32x32 level 0 (640); the
+    /// 16x16 levels keep im2col. A GPU holds none.
+    #[test]
+    fn winograd_kernels_count_on_the_cpu_only() {
+        let gpu = ModelShape {
+            dtype_bytes: 2,
+            ..sd15()
+        };
+        let cpu = ModelShape {
+            cpu_convs: true,
+            ..gpu.clone()
+        };
+        let mib = |n: u128| n << 20;
+        let extra = |w: usize| cpu.unet_peak(w, w, 2) - gpu.unet_peak(w, w, 2);
+        assert_eq!(extra(512), 16 * 6 * 1280 * 1280);
+        assert_eq!(extra(512), mib(150));
+        assert_eq!(extra(256), 16 * 6 * 640 * 640);
+        let decode = cpu.vae_decode_peak(512, 512) - gpu.vae_decode_peak(512, 512);
+        assert_eq!(
+            decode,
+            16 * 4 * 512 * 512,
+            "the f32 VAE's 512-channel convs"
+        );
+        assert!(cpu.vae_encode_peak(512, 512) > gpu.vae_encode_peak(512, 512));
     }
 
     #[test]

@@ -74,6 +74,7 @@ pub fn plan_for_model(
         candidates: Vec::new(),
     });
     let shape = ModelShape {
+        cpu_convs: device.is_cpu(),
         fast_decode_channels: tiny_vae
             .filter(|_| options.fast_decode)
             .and_then(|(c, _)| c.decoder_block_out_channels.iter().copied().max()),

@@ -415,6 +415,7 @@ mod tests {
                 k_block: 256,
             },
             fast_decode_channels: None,
+            cpu_convs: false,
         }
     }
 

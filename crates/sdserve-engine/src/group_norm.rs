@@ -243,21 +243,20 @@ mod tests {
             );
             let cells = h * w;
             let run = channels / groups * cells;
-            let magnitude: Vec<f64> = x
+            let stats: Vec<(f64, f64)> = x
                 .chunks(run)
-                .flat_map(|group| {
+                .map(|group| {
                     let n = group.len() as f64;
                     let mean = group.iter().sum::<f64>() / n;
                     let var = group.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / n;
-                    let inv = 1.0 / (var + 1e-6).sqrt();
-                    group
-                        .iter()
-                        .map(move |v| (v, mean, inv))
-                        .collect::<Vec<_>>()
+                    (mean, 1.0 / (var + 1e-6).sqrt())
                 })
+                .collect();
+            let magnitude: Vec<f64> = x
+                .iter()
                 .enumerate()
-                .map(|(i, (v, mean, inv))| {
-                    let c = (i / cells) % channels;
+                .map(|(i, v)| {
+                    let ((mean, inv), c) = (stats[i / run], (i / cells) % channels);
                     (v * inv * wv[c]).abs() + (bv[c] - mean * inv * wv[c]).abs()
                 })
                 .collect();

@@ -23,8 +23,8 @@ use crate::cpu_kernel::SharedOut;
 /// The transformed kernels take 16/9 of the weight, in f32 and (bf16
 /// products) packed beside them while they are packed. Above this many bytes
 /// of them the layer keeps im2col, so this path's extra memory stays bounded;
-/// the memory plan adds it to every peak ([`crate::memory`]).
-pub const MAX_KERNEL_BYTES: usize = 160 << 20;
+/// the memory plan adds it to every peak (`memory/cost.rs`).
+const MAX_KERNEL_BYTES: usize = 160 << 20;
 /// Below this many tiles per image the kernel transform does not pay off.
 const MIN_TILES: usize = 256;
 

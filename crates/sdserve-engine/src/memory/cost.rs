@@ -17,7 +17,7 @@
 //! * 3×3 conv (`conv/` on the CPU): the output, and Winograd's transformed
 //!   kernels where the layer takes that path (up to 150 MiB for SD's
 //!   1280-channel convolutions at 512 px), counted once per pass as the
-//!   largest of its convolutions ([`ModelShape::winograd_bytes`]). The
+//!   largest of its convolutions (`ModelShape::winograd_bytes`). The
 //!   im2col or Winograd band each thread fills is at most 8 MiB.
 //! * ResnetBlock2D (`cin` → `cout`, shortcut conv when they differ): see
 //!   [`resnet_peak`].
@@ -253,34 +253,32 @@ impl ModelShape {
                 .into_iter()
                 .chain((i + 1 < levels).then_some((below, below, w, h)))
         });
-        let workspace = self.winograd_bytes(self.dtype_bytes, convs);
+        let workspace = self.winograd_bytes(convs);
         (skips + worst.max(mid)) * self.dtype_bytes as u128 + workspace
     }
 
     /// The largest Winograd kernels of `convs` (`c_in`, `c_out`, output
-    /// width and height) on the CPU in a dtype of `dtype_bytes`; 0 on a GPU.
-    pub fn winograd_bytes(
-        &self,
-        dtype_bytes: usize,
-        convs: impl IntoIterator<Item = (u128, u128, usize, usize)>,
-    ) -> u128 {
+    /// width and height) on the CPU; 0 on a GPU. A convolution's precision
+    /// follows its weights (bf16 products for bf16 weights where the CPU has
+    /// them, `layers.rs`), which the activations' dtype does not tell, so
+    /// both precisions the CPU can run are counted and the larger kept.
+    fn winograd_bytes(&self, convs: impl IntoIterator<Item = (u128, u128, usize, usize)>) -> u128 {
+        use crate::conv::{workspace_bytes, Precision};
         if !self.cpu_convs {
             return 0;
         }
-        // 2-byte dtypes may take bf16 products, whose packed copy counts.
-        let precision = if dtype_bytes == 2 {
-            crate::conv::Precision::Bf16
-        } else {
-            crate::conv::Precision::F32
-        };
+        let bf16 = crate::bf16_gemm::available();
         let bytes = |(cin, cout, w, h): (u128, u128, usize, usize)| {
-            let (cin, cout) = (usize::try_from(cin), usize::try_from(cout));
-            match (cin, cout) {
-                (Ok(cin), Ok(cout)) => {
-                    crate::conv::workspace_bytes(cin, cout, w, h, precision).into()
-                }
-                _ => 0,
-            }
+            let (Ok(cin), Ok(cout)) = (usize::try_from(cin), usize::try_from(cout)) else {
+                return 0;
+            };
+            let f32 = workspace_bytes(cin, cout, w, h, Precision::F32);
+            let bf16 = if bf16 {
+                workspace_bytes(cin, cout, w, h, Precision::Bf16)
+            } else {
+                0
+            };
+            u128::from(f32.max(bf16))
         };
         convs.into_iter().map(bytes).max().unwrap_or(0)
     }
@@ -320,7 +318,7 @@ impl ModelShape {
                 .into_iter()
                 .chain((j + 1 < levels).then_some((rev[j], rev[j], uw, uh)))
         });
-        let workspace = self.winograd_bytes(self.vae_dtype_bytes, convs);
+        let workspace = self.winograd_bytes(convs);
         worst * self.vae_dtype_bytes as u128 + workspace
     }
 
@@ -360,7 +358,7 @@ impl ModelShape {
             let (w, h) = ((width >> j).max(1), (height >> j).max(1));
             [(cin, ch[j], w, h), (ch[j], ch[j], w, h)]
         });
-        let workspace = self.winograd_bytes(self.vae_dtype_bytes, convs);
+        let workspace = self.winograd_bytes(convs);
         // The input pixels stay alive throughout.
         (worst.max(mid) + 3 * cells(0)) * self.vae_dtype_bytes as u128 + workspace
     }
@@ -482,31 +480,39 @@ mod tests {
     }
 
     /// On the CPU a pass also holds its largest Winograd kernels: at 512 px
-    /// SD 1.5's upsampler into the 32x32 level (1280 channels, 16 f32 and 16
-    /// bf16 copies), at 256 px the one into the 32x32 level 0 (640); the
-    /// 16x16 levels keep im2col. A GPU holds none.
+    /// SD 1.5's upsampler into the 32x32 level (1280 channels: 16 f32
+    /// matrices, and 16 packed bf16 copies where the CPU has bf16 products),
+    /// at 256 px the one into the 32x32 level 0 (640); the 16x16 levels keep
+    /// im2col. Whatever the activations' dtype. A GPU holds none.
     #[test]
     fn winograd_kernels_count_on_the_cpu_only() {
-        let gpu = ModelShape {
-            dtype_bytes: 2,
-            ..sd15()
-        };
-        let cpu = ModelShape {
-            cpu_convs: true,
-            ..gpu.clone()
-        };
-        let mib = |n: u128| n << 20;
-        let extra = |w: usize| cpu.unet_peak(w, w, 2) - gpu.unet_peak(w, w, 2);
-        assert_eq!(extra(512), 16 * 6 * 1280 * 1280);
-        assert_eq!(extra(512), mib(150));
-        assert_eq!(extra(256), 16 * 6 * 640 * 640);
-        let decode = cpu.vae_decode_peak(512, 512) - gpu.vae_decode_peak(512, 512);
-        assert_eq!(
-            decode,
-            16 * 4 * 512 * 512,
-            "the f32 VAE's 512-channel convs"
-        );
-        assert!(cpu.vae_encode_peak(512, 512) > gpu.vae_encode_peak(512, 512));
+        let per_value = if crate::bf16_gemm::available() { 6 } else { 4 };
+        for dtype_bytes in [2, 4] {
+            let gpu = ModelShape {
+                dtype_bytes,
+                vae_dtype_bytes: dtype_bytes,
+                ..sd15()
+            };
+            let cpu = ModelShape {
+                cpu_convs: true,
+                ..gpu.clone()
+            };
+            let extra = |w: usize| cpu.unet_peak(w, w, 2) - gpu.unet_peak(w, w, 2);
+            assert_eq!(extra(512), 16 * per_value * 1280 * 1280);
+            assert_eq!(extra(256), 16 * per_value * 640 * 640);
+            let decode = cpu.vae_decode_peak(512, 512) - gpu.vae_decode_peak(512, 512);
+            assert_eq!(
+                decode,
+                16 * per_value * 512 * 512,
+                "the VAE's 512-channel convs"
+            );
+            let encode = cpu.vae_encode_peak(512, 512) - gpu.vae_encode_peak(512, 512);
+            assert_eq!(
+                encode,
+                16 * per_value * 512 * 512,
+                "the encoder's 64x64 level"
+            );
+        }
     }
 
     #[test]

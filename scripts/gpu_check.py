@@ -7,8 +7,9 @@ PNGs with diffusers' f32 references: f32 within 3/255 (the CPU parity bound),
 f16 within the bound `crates/sdserve-engine/tests/precision.rs` asserts on the
 CPU. Then, unless --skip-speed, it builds a random-weight model with the SD 1.5
 shapes (bench/bench.py build; needs diffusers importable, e.g. a carried
-wheel on PYTHONPATH) and times diffusers and sdserve in f16 at 512x512, batch
-1, CFG on: it/s, load time, peak GPU memory. It writes a markdown report to
+wheel on PYTHONPATH) and times diffusers and sdserve, CFG on, for each of
+SPEED_CASES (f16 at 512x512 batch 1 and 4 and at 1024x1024, f32 at 512x512):
+it/s, load time, peak GPU memory. It writes a markdown report to
 <out>/gpu-report.md and exits non-zero when a parity bound fails.
 
 Only the standard library is needed for the parity part (PNGs are decoded
@@ -146,50 +147,136 @@ def gpu_memory_poller() -> tuple[threading.Event, list[int]]:
     return stop, samples
 
 
-def speed(binary: Path, device: str, steps: int, cache: Path) -> list[str]:
-    if not (cache / "model_index.json").exists():
-        proc = run([sys.executable, str(REPO / "bench/bench.py"), "build", "--cache", str(cache)])
-        if proc.returncode != 0:
-            return [f"model build failed: {proc.stderr[-500:]}"]
-    lines = ["| tool | load s | it/s | peak GPU MiB |", "|---|---|---|---|"]
+# (width, height, batch, dtype) rows of the speed table; the first is GPU.md's headline case.
+SPEED_CASES = {
+    "sd15": [(512, 512, 1, "f16"), (512, 512, 4, "f16"), (1024, 1024, 1, "f16"), (512, 512, 1, "f32")],
+    "sdxl": [(1024, 1024, 1, "f16")],
+}
+PIPELINES = {"sd15": "StableDiffusionPipeline", "sdxl": "StableDiffusionXLPipeline"}
+TORCH_DTYPES = {"f16": "torch.float16", "f32": "torch.float32"}
+
+
+def diffusers_speed(cache: Path, steps: int, cases, family: str) -> dict:
+    """One python process times every case (imports once); {case: (load s, it/s, peak MiB)}."""
     code = f"""
 import time, torch
-from diffusers import StableDiffusionPipeline, EulerAncestralDiscreteScheduler
-t0 = time.perf_counter()
-pipe = StableDiffusionPipeline.from_pretrained({str(cache)!r}, torch_dtype=torch.float16,
-    safety_checker=None, feature_extractor=None, requires_safety_checker=False).to("cuda")
-pipe.scheduler = EulerAncestralDiscreteScheduler.from_config(pipe.scheduler.config)
-pipe.set_progress_bar_config(disable=True)
-torch.cuda.synchronize(); load = time.perf_counter() - t0
-pipe("warm-up", num_inference_steps=2, width=512, height=512)
-torch.cuda.synchronize(); t1 = time.perf_counter()
-pipe("a photograph of an astronaut riding a horse", num_inference_steps={steps}, guidance_scale=7.0,
-     width=512, height=512, generator=torch.Generator("cuda").manual_seed(1))
-torch.cuda.synchronize(); gen = time.perf_counter() - t1
-print("RESULT", load, {steps} / gen, torch.cuda.max_memory_allocated() / 2**20)
+from diffusers import {PIPELINES[family]} as Pipeline, EulerAncestralDiscreteScheduler
+pipes = {{}}
+for w, h, n, dtype in {cases!r}:
+    if dtype not in pipes:
+        pipes.clear(); torch.cuda.empty_cache()
+        t0 = time.perf_counter()
+        pipe = Pipeline.from_pretrained({str(cache)!r}, torch_dtype=eval({TORCH_DTYPES!r}[dtype]),
+            safety_checker=None, feature_extractor=None, requires_safety_checker=False).to("cuda")
+        pipe.scheduler = EulerAncestralDiscreteScheduler.from_config(pipe.scheduler.config)
+        pipe.set_progress_bar_config(disable=True)
+        torch.cuda.synchronize(); load = time.perf_counter() - t0
+        pipes[dtype] = pipe
+    pipe = pipes[dtype]
+    pipe("warm-up", num_inference_steps=2, width=w, height=h, num_images_per_prompt=n)
+    torch.cuda.synchronize(); torch.cuda.reset_peak_memory_stats(); t1 = time.perf_counter()
+    pipe("a photograph of an astronaut riding a horse", num_inference_steps={steps}, guidance_scale=7.0,
+         width=w, height=h, num_images_per_prompt=n, generator=torch.Generator("cuda").manual_seed(1))
+    torch.cuda.synchronize(); gen = time.perf_counter() - t1
+    print("RESULT", w, h, n, dtype, load, {steps} / gen, torch.cuda.max_memory_reserved() / 2**20, flush=True)
 """
-    stop, samples = gpu_memory_poller()
     proc = run([sys.executable, "-c", code])
-    stop.set()
-    m = re.search(r"RESULT (\S+) (\S+) (\S+)", proc.stdout)
-    if m:
-        lines.append(f"| diffusers f16 | {float(m[1]):.2f} | {float(m[2]):.2f} | {max(samples, default=0)} (torch {float(m[3]):.0f}) |")
-    else:
-        lines.append(f"| diffusers f16 | failed: {proc.stderr.strip()[-300:]} | | |")
-    with tempfile.TemporaryDirectory() as tmp:
-        stop, samples = gpu_memory_poller()
-        proc = run([
-            str(binary), "generate", "--device", device, "--dtype", "f16", "--model", str(cache),
-            "--prompt", "a photograph of an astronaut riding a horse", "--steps", str(steps),
-            "--cfg-scale", "7", "--sampler", "Euler a", "--width", "512", "--height", "512",
-            "--seed", "1", "--output", str(Path(tmp) / "x.png"),
-        ])  # fmt: skip
-        stop.set()
-    m = re.search(r"timings: load (\S+)s.*\((\S+) it/s\)", proc.stderr)
-    if m:
-        lines.append(f"| sdserve f16 | {float(m[1]):.2f} | {float(m[2]):.2f} | {max(samples, default=0)} |")
-    else:
-        lines.append(f"| sdserve f16 | failed: {proc.stderr.strip()[-300:]} | | |")
+    found = {}
+    for m in re.finditer(r"RESULT (\d+) (\d+) (\d+) (\w+) (\S+) (\S+) (\S+)", proc.stdout):
+        found[(int(m[1]), int(m[2]), int(m[3]), m[4])] = (float(m[5]), float(m[6]), float(m[7]))
+    if len(found) < len(cases):
+        print(proc.stderr[-2000:], file=sys.stderr)
+    return found
+
+
+def speed(binary: Path, device: str, steps: int, cache: Path, family: str, with_diffusers: bool = True) -> list[str]:
+    if not (cache / "model_index.json").exists():
+        t0 = time.perf_counter()
+        proc = run([sys.executable, str(REPO / "bench/bench.py"), "--family", family, "--cache", str(cache), "build"])
+        if proc.returncode != 0:
+            return [f"model build failed: {proc.stderr[-500:]}"]
+        print(f"model built in {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
+    lines = [
+        f"{steps} steps, Euler a, CFG 7. diffusers: load once per dtype, one warm-up call, then the timed call;"
+        " peak = torch's max_memory_reserved. sdserve: a fresh process per row (load = process start to"
+        " first step); peak = nvidia-smi's used memory, polled every 100 ms.",
+        "",
+        "| case | tool | load s | it/s | peak GPU MiB | ratio (sdserve it/s / diffusers it/s) |",
+        "|---|---|---|---|---|---|",
+    ]
+    cases = SPEED_CASES[family]
+    reference = diffusers_speed(cache, steps, cases, family) if with_diffusers else {}
+    for w, h, n, dtype in cases:
+        case = f"{w}x{h} batch {n} {dtype}"
+        ref = reference.get((w, h, n, dtype))
+        if ref:
+            lines.append(f"| {case} | diffusers | {ref[0]:.2f} | {ref[1]:.2f} | {ref[2]:.0f} | |")
+        elif with_diffusers:
+            lines.append(f"| {case} | diffusers | failed | | | |")
+        with tempfile.TemporaryDirectory() as tmp:
+            stop, samples = gpu_memory_poller()
+            t0 = time.perf_counter()
+            proc = run([
+                str(binary), "generate", "--device", device, "--dtype", dtype, "--model", str(cache),
+                "--prompt", "a photograph of an astronaut riding a horse", "--steps", str(steps),
+                "--cfg-scale", "7", "--sampler", "Euler a", "--width", str(w), "--height", str(h),
+                "--batch-size", str(n), "--seed", "1", "--output", str(Path(tmp) / "x.png"),
+            ])  # fmt: skip
+            wall = time.perf_counter() - t0
+            stop.set()
+        m = re.search(r"timings: load (\S+)s.*\((\S+) it/s\), decoding (\S+)s", proc.stderr)
+        if m:
+            ratio = f"{float(m[2]) / ref[1]:.2f}" if ref else ""
+            lines.append(
+                f"| {case} | sdserve | {float(m[1]):.2f} | {float(m[2]):.2f} | {max(samples, default=0)} | {ratio}"
+                f" (decode {float(m[3]):.2f} s, process {wall:.1f} s) |"
+            )
+        else:
+            lines.append(f"| {case} | sdserve | failed: {proc.stderr.strip()[-300:]} | | | |")
+        print(lines[-1], file=sys.stderr, flush=True)
+    return lines
+
+
+def server(binary: Path, device: str) -> list[str]:
+    """`sdserve serve` on the device: /readyz, then one A1111 txt2img request decoded and checked."""
+    import base64
+    import urllib.request
+
+    port = 17861
+    proc = subprocess.Popen(
+        [str(binary), "serve", "--device", device, "--model", str(REPO / "fixtures/models/tiny-sd1"),
+         "--port", str(port)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=REPO,
+    )  # fmt: skip
+    base = f"http://127.0.0.1:{port}"
+    lines = []
+    try:
+        ready = None
+        for _ in range(120):
+            try:
+                with urllib.request.urlopen(base + "/readyz", timeout=2) as r:
+                    ready = json.loads(r.read() or b"{}")
+                    break
+            except OSError:
+                time.sleep(0.5)
+        lines.append(f"- `/readyz`: {json.dumps(ready)[:600] if ready is not None else 'never ready'}")
+        body = json.dumps({"prompt": "a cat", "steps": 4, "width": 64, "height": 64, "seed": 1}).encode()
+        req = urllib.request.Request(base + "/sdapi/v1/txt2img", body, {"Content-Type": "application/json"})
+        t0 = time.perf_counter()
+        with urllib.request.urlopen(req, timeout=120) as r:
+            reply = json.loads(r.read())
+        w, h, _ = decode_png_rgb(base64.b64decode(reply["images"][0]))
+        lines.append(f"- `POST /sdapi/v1/txt2img` (64x64, 4 steps): {w}x{h} PNG in {time.perf_counter() - t0:.2f} s")
+    except Exception as e:  # noqa: BLE001 (the report says what failed)
+        lines.append(f"- server check failed: {e!r}")
+    finally:
+        proc.terminate()
+        try:
+            _, err = proc.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            _, err = proc.communicate()
+        lines.append(f"- exit {proc.returncode}; last log lines: `{' / '.join(err.strip().splitlines()[-3:])[:600]}`")
     return lines
 
 
@@ -201,6 +288,10 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--cache", default=str(REPO / "bench/.cache/sd15-random"))
     ap.add_argument("--skip-speed", action="store_true")
+    ap.add_argument("--skip-parity", action="store_true")
+    ap.add_argument("--skip-server", action="store_true")
+    ap.add_argument("--skip-diffusers", action="store_true", help="time sdserve alone")
+    ap.add_argument("--family", choices=sorted(SPEED_CASES), default="sd15", help="model shapes for the speed part")
     args = ap.parse_args()
     binary = Path(args.sdserve)
     out = Path(args.out)
@@ -214,18 +305,23 @@ def main() -> None:
         f"- commit {commit}, kernel `{platform.release()}` (4.4.0 means gVisor), device `{args.device}`",
         f"- GPU: {gpu or 'nvidia-smi not available'}",
         "",
-        "## Parity with diffusers' f32 references",
-        "",
-        "| case | dtype | result |",
-        "|---|---|---|",
     ]
-    ok32, rows32 = parity(binary, args.device, "f32", F32_BOUND)
-    ok16, rows16 = parity(binary, args.device, "f16", F16_BOUND)
-    report += rows32 + rows16
-    report += ["", f"f32 {'PASS' if ok32 else 'FAIL'}, f16 {'PASS' if ok16 else 'FAIL'}", ""]
+    ok32, ok16 = True, True
+    if not args.skip_parity:
+        report += ["## Parity with diffusers' f32 references", "", "| case | dtype | result |", "|---|---|---|"]
+        ok32, rows32 = parity(binary, args.device, "f32", F32_BOUND)
+        ok16, rows16 = parity(binary, args.device, "f16", F16_BOUND)
+        report += rows32 + rows16
+        report += ["", f"f32 {'PASS' if ok32 else 'FAIL'}, f16 {'PASS' if ok16 else 'FAIL'}", ""]
+        # Written now too, so a speed run cut short still leaves the parity results.
+        (out / "gpu-report.md").write_text("\n".join(report) + "\n")
+    if not args.skip_server:
+        report += ["## Server", ""] + server(binary, args.device) + [""]
+        (out / "gpu-report.md").write_text("\n".join(report) + "\n")
     if not args.skip_speed:
-        report += ["## Speed at SD 1.5 shapes, 512x512, batch 1, CFG 7, f16", ""]
-        report += speed(binary, args.device, args.steps, Path(args.cache))
+        shapes = "SDXL base" if args.family == "sdxl" else "SD 1.5"
+        report += [f"## Speed at {shapes} shapes (random weights)", ""]
+        report += speed(binary, args.device, args.steps, Path(args.cache), args.family, not args.skip_diffusers)
     text = "\n".join(report) + "\n"
     (out / "gpu-report.md").write_text(text)
     print(text)

@@ -46,10 +46,14 @@ impl Default for ScoreBlock {
     }
 }
 
-/// `softmax(q · kᵀ · scale) · v` for `q: (n, queries, d)`, `k, v: (n, keys, d)`,
-/// computed in f32 block by block (bf16 operands with f32 sums on a CPU with
-/// AVX512-BF16 for bf16 inputs, or when the projections' `weights` are bf16);
+/// `softmax(q · kᵀ · scale) · v` for `q: (n, queries, d)`, `k, v: (n, keys, d)`;
 /// the result has `q`'s dtype.
+///
+/// On the CPU it is computed in f32, or with bf16 operands and f32 sums on a
+/// CPU with AVX512-BF16 for bf16 inputs or when the projections' `weights` are
+/// bf16. On a GPU, block by block: in f32, or in `q`'s dtype when that is f16
+/// or bf16 and `upcast` (the UNet config's `upcast_attention`) is not set;
+/// the matrix products then sum in f32 (cuBLAS's default) and the softmax too.
 pub fn attention(
     q: &Tensor,
     k: &Tensor,
@@ -57,6 +61,7 @@ pub fn attention(
     scale: f64,
     block: ScoreBlock,
     weights: DType,
+    upcast: bool,
 ) -> Result<Tensor> {
     if q.device().is_cpu() {
         let bf16 = weights == DType::BF16 || [q, k, v].iter().all(|t| t.dtype() == DType::BF16);
@@ -67,17 +72,32 @@ pub fn attention(
         return crate::attention_cpu::attention_f32(&f32(q)?, &f32(k)?, &f32(v)?, scale)?
             .to_dtype(q.dtype());
     }
-    blocked(q, k, v, scale, block)
+    let half = matches!(q.dtype(), DType::F16 | DType::BF16);
+    let dtype = if half && !upcast {
+        q.dtype()
+    } else {
+        DType::F32
+    };
+    blocked(q, k, v, scale, block, dtype)
 }
 
-/// The GPU's form: one [`ScoreBlock`] of scores at a time.
-fn blocked(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64, block: ScoreBlock) -> Result<Tensor> {
+/// The GPU's form: one [`ScoreBlock`] of scores at a time, computed in `dtype`.
+/// The scale goes into `kᵀ` before the product, so half-precision scores stay
+/// in range where the unscaled `q·kᵀ` might not.
+fn blocked(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    scale: f64,
+    block: ScoreBlock,
+    dtype: DType,
+) -> Result<Tensor> {
     let in_dtype = q.dtype();
     let (heads, queries, _) = q.dims3()?;
     let keys = k.dim(1)?;
-    let q = q.to_dtype(DType::F32)?;
-    let k_t = (k.to_dtype(DType::F32)?.t()? * scale)?;
-    let v = v.to_dtype(DType::F32)?;
+    let q = q.to_dtype(dtype)?;
+    let k_t = (k.to_dtype(dtype)?.t()? * scale)?;
+    let v = v.to_dtype(dtype)?;
     let (head_run, query_run) = block.split(heads, queries, keys);
 
     let one = |q: &Tensor, k_t: &Tensor, v: &Tensor| -> Result<Tensor> {
@@ -161,7 +181,7 @@ mod tests {
         let v = Tensor::randn(0f32, 1.0, (2, 5, 4), &dev).unwrap();
         let q_t = q.permute((2, 1, 0)).unwrap(); // (2, 9, 4), strided
         let d = max_diff(
-            &attention(&q_t, &k, &v, 0.5, ScoreBlock::DEFAULT, DType::F32).unwrap(),
+            &attention(&q_t, &k, &v, 0.5, ScoreBlock::DEFAULT, DType::F32, false).unwrap(),
             &naive(&q_t.contiguous().unwrap(), &k, &v, 0.5),
         );
         assert!(d < 1e-5, "{d}");
@@ -189,7 +209,7 @@ mod tests {
             let q = bf16((heads, queries, depth));
             let k = bf16((heads, keys, depth));
             let v = bf16((heads, keys, depth));
-            let got = attention(&q, &k, &v, 0.3, ScoreBlock::DEFAULT, DType::BF16).unwrap();
+            let got = attention(&q, &k, &v, 0.3, ScoreBlock::DEFAULT, DType::BF16, false).unwrap();
             assert_eq!(got.dtype(), DType::BF16);
             let f32 = |t: &Tensor| t.to_dtype(DType::F32).unwrap();
             let want = naive(&f32(&q), &f32(&k), &f32(&v), 0.3);
@@ -203,6 +223,7 @@ mod tests {
                 0.3,
                 ScoreBlock::DEFAULT,
                 DType::BF16,
+                false,
             );
             let mixed = mixed.unwrap();
             assert_eq!(mixed.dtype(), DType::F32);
@@ -220,10 +241,38 @@ mod tests {
         let expected = naive(&q, &k, &v, 0.35);
         // Whole, runs of heads, and runs of rows with a ragged last block.
         for bytes in [1 << 30, 4 * 37 * 29 * 4, 4 * 29 * 5, 1] {
-            let got = blocked(&q, &k, &v, 0.35, ScoreBlock(bytes)).unwrap();
+            let got = blocked(&q, &k, &v, 0.35, ScoreBlock(bytes), DType::F32).unwrap();
             assert_eq!(got.dims(), &[6, 37, 8]);
             let d = max_diff(&got, &expected);
             assert!(d < 1e-5, "block {bytes}: {d}");
+        }
+    }
+
+    /// The GPU's half-precision form (run here on the CPU, which has the same
+    /// ops): f16 products and softmax against the f32 attention of the same
+    /// f16 values. The scores' and probabilities' f16 rounding (relative 2^-11)
+    /// bounds the error; scores of magnitude ~40 keep the scale's placement honest.
+    #[test]
+    fn half_precision_blocked_attention_stays_near_the_f32_one() {
+        let dev = Device::Cpu;
+        for (scale, bytes) in [(0.35, 1 << 30), (0.35, 4 * 29 * 5), (2.0, 1 << 30)] {
+            let half = |shape: (usize, usize, usize)| {
+                Tensor::randn(0f32, 1.0, shape, &dev)
+                    .unwrap()
+                    .to_dtype(DType::F16)
+                    .unwrap()
+            };
+            let (q, k, v) = (half((6, 37, 8)), half((6, 29, 8)), half((6, 29, 8)));
+            let f32 = |t: &Tensor| t.to_dtype(DType::F32).unwrap();
+            let expected = naive(&f32(&q), &f32(&k), &f32(&v), scale);
+            let got = blocked(&q, &k, &v, scale, ScoreBlock(bytes), DType::F16).unwrap();
+            assert_eq!(got.dtype(), DType::F16);
+            let d = max_diff(&f32(&got), &expected);
+            assert!(d < 0.02, "scale {scale}, block {bytes}: {d}");
+            // The public entry keeps f32 scores on request (SD 2.x's upcast_attention).
+            let upcast = blocked(&q, &k, &v, scale, ScoreBlock(bytes), DType::F32).unwrap();
+            let d = max_diff(&f32(&upcast), &expected);
+            assert!(d < 2e-3, "upcast, scale {scale}: {d}");
         }
     }
 }

@@ -123,6 +123,10 @@ pub struct UNetConfig {
     pub transformer_layers_per_block: PerBlock<usize>,
     #[serde(default)]
     pub use_linear_projection: bool,
+    /// Attention scores in f32 even when the model runs in half precision
+    /// (SD 2.x sets it: its scores overflow f16).
+    #[serde(default)]
+    pub upcast_attention: bool,
     #[serde(default = "default_groups")]
     pub norm_num_groups: usize,
     #[serde(default = "default_norm_eps")]

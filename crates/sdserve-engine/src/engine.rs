@@ -119,10 +119,15 @@ impl Engine {
             Precision::F16 => DType::F16,
             Precision::Bf16 => DType::BF16,
         };
-        let block = ScoreBlock::DEFAULT;
         StableDiffusion::check_folder(&dir)?;
         // Before the weights: a budget that cannot hold them is an error, not an OOM kill.
         let plan = plan_for_model(&dir, &options, &device, dtype)?;
+        // The GPU's blocks of attention scores are as large as the plan counted.
+        let block = plan
+            .score_block_bytes()
+            .map_or(ScoreBlock::DEFAULT, |bytes| {
+                ScoreBlock(usize::try_from(bytes).unwrap_or(usize::MAX))
+            });
         let mut model = StableDiffusion::load_with(&dir, &device, block, dtype)?;
         let embeddings = match &options.embeddings_dir {
             Some(folder) => {

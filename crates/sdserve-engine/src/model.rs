@@ -505,6 +505,7 @@ fn unet_config(c: &UNetConfig, path: &Path) -> Result<UNetShape> {
         // diffusers' mid block takes the last entry whatever the last block's type.
         mid_transformer_layers: transformer_layers[n - 1],
         text_time,
+        upcast_attention: c.upcast_attention,
     })
 }
 

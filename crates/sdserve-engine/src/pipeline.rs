@@ -133,6 +133,8 @@ pub fn generate_batch(
             });
         }
     }
+    // GPU work is queued asynchronously: wait for it so each stage's time is its own.
+    device.synchronize()?;
     timings.text_encoding = started.elapsed().as_secs_f64();
     observer.progress(Progress::Encoded);
 
@@ -178,6 +180,7 @@ pub fn generate_batch(
             &mut counter,
         )?;
     }
+    device.synchronize()?;
     timings.denoising = started.elapsed().as_secs_f64();
 
     let started = Instant::now();

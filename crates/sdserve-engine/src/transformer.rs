@@ -20,6 +20,7 @@ struct CrossAttention {
     heads: usize,
     scale: f64,
     block: ScoreBlock,
+    upcast: bool,
 }
 
 impl CrossAttention {
@@ -30,6 +31,7 @@ impl CrossAttention {
         heads: usize,
         head_dim: usize,
         block: ScoreBlock,
+        upcast: bool,
     ) -> Result<Self> {
         let inner = heads * head_dim;
         Ok(Self {
@@ -40,6 +42,7 @@ impl CrossAttention {
             heads,
             scale: 1.0 / (head_dim as f64).sqrt(),
             block,
+            upcast,
         })
     }
 
@@ -59,7 +62,8 @@ impl CrossAttention {
         let q = self.split_heads(&self.to_q.forward(xs)?)?;
         let k = self.split_heads(&self.to_k.forward(&context)?)?;
         let v = self.split_heads(&self.to_v.forward(&context)?)?;
-        let out = attention(&q, &k, &v, self.scale, self.block, self.to_q.weight_dtype())?;
+        let weights = self.to_q.weight_dtype();
+        let out = attention(&q, &k, &v, self.scale, self.block, weights, self.upcast)?;
         let (bh, t, d) = out.dims3()?;
         let out = out
             .reshape((bh / self.heads, self.heads, t, d))?
@@ -143,6 +147,8 @@ pub struct SpatialTransformerConfig {
     pub context_dim: usize,
     pub use_linear_projection: bool,
     pub block: ScoreBlock,
+    /// The UNet config's `upcast_attention`.
+    pub upcast_attention: bool,
 }
 
 enum Projection {
@@ -176,7 +182,15 @@ impl SpatialTransformer {
             let vb = blocks_vb.pp(i.to_string());
             blocks.push(TransformerBlock {
                 norm1: LayerNorm(nn::layer_norm(dim, 1e-5, vb.pp("norm1"))?),
-                attn1: CrossAttention::new(vb.pp("attn1"), dim, dim, c.heads, head_dim, c.block)?,
+                attn1: CrossAttention::new(
+                    vb.pp("attn1"),
+                    dim,
+                    dim,
+                    c.heads,
+                    head_dim,
+                    c.block,
+                    c.upcast_attention,
+                )?,
                 norm2: LayerNorm(nn::layer_norm(dim, 1e-5, vb.pp("norm2"))?),
                 attn2: CrossAttention::new(
                     vb.pp("attn2"),
@@ -185,6 +199,7 @@ impl SpatialTransformer {
                     c.heads,
                     head_dim,
                     c.block,
+                    c.upcast_attention,
                 )?,
                 norm3: LayerNorm(nn::layer_norm(dim, 1e-5, vb.pp("norm3"))?),
                 ff: FeedForward::new(vb.pp("ff"), dim)?,

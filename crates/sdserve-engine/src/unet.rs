@@ -37,6 +37,8 @@ pub struct UNetShape {
     /// Transformer depth of the mid block (the last `transformer_layers_per_block`).
     pub mid_transformer_layers: usize,
     pub text_time: Option<TextTimeShape>,
+    /// The config's `upcast_attention`: scores in f32 on a GPU in f16/bf16.
+    pub upcast_attention: bool,
 }
 
 /// Per-image inputs of SDXL's added conditioning, one row per UNet batch entry.
@@ -111,6 +113,7 @@ impl UNet {
             context_dim: c.cross_attention_dim,
             use_linear_projection: c.use_linear_projection,
             block,
+            upcast_attention: shape.upcast_attention,
         };
         let block_shape = |b: &BlockConfig, attention: Option<usize>| BlockShape {
             temb_channels: time_dim,

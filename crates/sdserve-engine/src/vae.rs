@@ -89,7 +89,17 @@ impl Module for SelfAttention {
         let k = self.to_k.forward(&tokens)?;
         let v = self.to_v.forward(&tokens)?;
         let scale = 1.0 / (c as f64).sqrt();
-        let out = attention(&q, &k, &v, scale, self.block, self.to_q.weight_dtype())?;
+        // Scores in f32 whatever the dtype: one layer, and the VAE is the
+        // part of SD most prone to f16 overflow.
+        let out = attention(
+            &q,
+            &k,
+            &v,
+            scale,
+            self.block,
+            self.to_q.weight_dtype(),
+            true,
+        )?;
         let out = self
             .to_out
             .forward(&out)?

@@ -63,16 +63,18 @@ pub enum Attention {
 }
 
 impl Attention {
-    /// Elements of score scratch for `bh` (batch × heads) attentions of `nq` queries over `nk` keys.
-    pub fn scratch(self, bh: usize, nq: usize, nk: usize) -> u128 {
+    /// Elements (of `dtype_bytes` each) of score scratch for `bh` (batch ×
+    /// heads) attentions of `nq` queries over `nk` keys.
+    pub fn scratch(self, bh: usize, nq: usize, nk: usize, dtype_bytes: usize) -> u128 {
         let bh = bh as u128;
         match self {
             // scores and their softmax
             Attention::Full => 2 * bh * nq as u128 * nk as u128,
             Attention::Blocked { score_bytes } => {
                 let whole = 2 * bh * nq as u128 * nk as u128;
-                // scores are f32 whatever the model's dtype: bytes / 4 per block
-                whole.min(2 * u128::from(score_bytes) / 4)
+                // A block holds score_bytes / 4 scores, f32 where they are
+                // upcast (SD 2.x, the VAE): counted as f32 whatever the dtype.
+                whole.min(2 * u128::from(score_bytes) / 4) * 4 / dtype_bytes.max(1) as u128
             }
             Attention::RowsPerThread {
                 score_bytes,
@@ -90,21 +92,34 @@ impl Attention {
     }
 }
 
-/// The attention the engine runs on a GPU: blocks of 64 MiB of scores (`attention::ScoreBlock::DEFAULT`).
-pub const ENGINE_ATTENTION: Attention = Attention::Blocked {
-    score_bytes: 64 << 20,
-};
+/// Bounds of a GPU's score block (`attention::ScoreBlock`, counted as f32).
+const GPU_SCORE_BYTES: std::ops::RangeInclusive<u64> = (64 << 20)..=(2 << 30);
 
-/// The attention the engine runs on `device`: on the CPU a block of query
-/// rows per thread (`attention_cpu.rs`), on a GPU [`ENGINE_ATTENTION`].
-pub fn engine_attention(device: &candle_core::Device) -> Attention {
+/// A GPU's score block for a memory budget: 1/32 of it within
+/// [`GPU_SCORE_BYTES`]. The products of a block run as one batched matrix
+/// product, and one head's probabilities times its values (`n × keys` by
+/// `keys × head_dim`) fill few of a GPU's multiprocessors: the GPU is only busy
+/// when a block holds many heads or many rows. On an H200, 64 MiB blocks ran
+/// SD 1.5 at 1024x1024 at 1.3 it/s; see bench/README.md for the larger ones.
+/// The block's scores and softmax, 1/16 of the budget at most in f32, are
+/// counted by the plan like any activation.
+pub fn gpu_score_bytes(budget: u64) -> u64 {
+    (budget / 32).clamp(*GPU_SCORE_BYTES.start(), *GPU_SCORE_BYTES.end())
+}
+
+/// The attention the engine runs on `device` within `budget` bytes: on the
+/// CPU a block of query rows per thread (`attention_cpu.rs`), on a GPU blocks
+/// of [`gpu_score_bytes`].
+pub fn engine_attention(device: &candle_core::Device, budget: u64) -> Attention {
     if device.is_cpu() {
         Attention::RowsPerThread {
             score_bytes: crate::attention_cpu::SCORE_BYTES as u64,
             threads: candle_core::utils::get_num_threads().max(1),
         }
     } else {
-        ENGINE_ATTENTION
+        Attention::Blocked {
+            score_bytes: gpu_score_bytes(budget),
+        }
     }
 }
 
@@ -226,8 +241,11 @@ impl ModelShape {
                 let n = (lw >> i).max(1) * (lh >> i).max(1);
                 let bh = batch * self.unet_heads.get(i).copied().unwrap_or(8);
                 let c = ch(i) * cells(i);
-                let self_attn = 8 * c + self.attention.scratch(bh, n, n);
-                let cross_attn = 4 * c + self.attention.scratch(bh, n, CONTEXT_TOKENS);
+                let self_attn = 8 * c + self.attention.scratch(bh, n, n, self.dtype_bytes);
+                let cross_attn = 4 * c
+                    + self
+                        .attention
+                        .scratch(bh, n, CONTEXT_TOKENS, self.dtype_bytes);
                 let feed_forward = 18 * c;
                 local = local.max(2 * c + self_attn.max(cross_attn).max(feed_forward));
             }
@@ -238,8 +256,9 @@ impl ModelShape {
         let mid_c = ch(bottom) * cells(bottom);
         let n = (lw >> bottom).max(1) * (lh >> bottom).max(1);
         let bh = batch * self.unet_heads.get(bottom).copied().unwrap_or(8);
-        let mid = (2 * mid_c + (8 * mid_c + self.attention.scratch(bh, n, n)).max(18 * mid_c))
-            .max(resnet_peak(ch(bottom), ch(bottom), true) * cells(bottom));
+        let mid = (2 * mid_c
+            + (8 * mid_c + self.attention.scratch(bh, n, n, self.dtype_bytes)).max(18 * mid_c))
+        .max(resnet_peak(ch(bottom), ch(bottom), true) * cells(bottom));
         // Winograd's kernels: each level's resnet convolutions (the up
         // blocks' first sees the level below concatenated, the last the
         // level above) and the upsampler into it.
@@ -292,7 +311,7 @@ impl ModelShape {
         // Mid block at the latent size: resnet, single-head attention, resnet.
         let n0 = lw * lh;
         let mid = (resnet_peak(rev[0], rev[0], false) * cells(0))
-            .max(6 * rev[0] * cells(0) + self.attention.scratch(1, n0, n0));
+            .max(6 * rev[0] * cells(0) + self.attention.scratch(1, n0, n0, self.vae_dtype_bytes));
         let mut worst = mid;
         for j in 0..levels {
             let cin = if j == 0 { rev[0] } else { rev[j - 1] };
@@ -350,8 +369,9 @@ impl ModelShape {
         }
         let deep = levels - 1;
         let n = (width >> deep).max(1) * (height >> deep).max(1);
-        let mid = (resnet_peak(ch[deep], ch[deep], false) * cells(deep))
-            .max(6 * ch[deep] * cells(deep) + self.attention.scratch(1, n, n));
+        let mid = (resnet_peak(ch[deep], ch[deep], false) * cells(deep)).max(
+            6 * ch[deep] * cells(deep) + self.attention.scratch(1, n, n, self.vae_dtype_bytes),
+        );
         // Winograd's kernels: each level's resnets.
         let convs = (0..levels).flat_map(|j| {
             let cin = if j == 0 { ch[0] } else { ch[j - 1] };
@@ -438,6 +458,18 @@ mod tests {
     }
 
     #[test]
+    fn gpu_score_blocks_take_a_32nd_of_the_budget_within_bounds() {
+        const GIB: u64 = 1 << 30;
+        assert_eq!(gpu_score_bytes(16 * GIB), 512 << 20);
+        assert_eq!(gpu_score_bytes(GIB), 64 << 20);
+        assert_eq!(gpu_score_bytes(0), 64 << 20);
+        assert_eq!(gpu_score_bytes(140 * GIB), 2 * GIB);
+        assert_eq!(gpu_score_bytes(u64::MAX), 2 * GIB);
+        let cpu = engine_attention(&candle_core::Device::Cpu, 16 * GIB);
+        assert!(matches!(cpu, Attention::RowsPerThread { .. }), "{cpu:?}");
+    }
+
+    #[test]
     fn full_attention_is_quadratic_and_chunked_is_not() {
         let full = sd15();
         let chunked = ModelShape {
@@ -458,8 +490,16 @@ mod tests {
             score_bytes: 512 << 10,
             threads: 2,
         };
-        assert_eq!(rows.scratch(16, 4096, 4096), 2 * (512 << 10) / 4);
-        assert_eq!(rows.scratch(1, 10, 77), 770);
+        assert_eq!(rows.scratch(16, 4096, 4096, 4), 2 * (512 << 10) / 4);
+        assert_eq!(rows.scratch(1, 10, 77, 4), 770);
+        // the GPU's blocks: as f32 scores and softmax whatever the dtype
+        // (upcast scores are f32), never more than the whole matrix
+        let blocked = Attention::Blocked {
+            score_bytes: 64 << 20,
+        };
+        assert_eq!(blocked.scratch(16, 4096, 4096, 2) * 2, 2 * (64 << 20));
+        assert_eq!(blocked.scratch(16, 4096, 4096, 4) * 4, 2 * (64 << 20));
+        assert_eq!(blocked.scratch(2, 10, 77, 2) * 2, 2 * 2 * 770 * 4);
         // tiling bounds the decode by the tile
         assert!(chunked.vae_tiled_peak(2048, 2048, 512) < chunked.vae_decode_peak(2048, 2048) / 4);
         assert!(

@@ -83,7 +83,7 @@ pub fn plan_for_model(
             &vae,
             crate::model::compute_dtype(dtype, device).size_in_bytes(),
             crate::model::vae_compute_dtype(dtype, &vae, device).size_in_bytes(),
-            super::cost::engine_attention(device),
+            super::cost::engine_attention(device, budget.bytes),
         )
     };
     let plan = MemoryPlan::new(

@@ -9,7 +9,7 @@
 use std::fmt;
 
 use super::budget::{human_bytes, Budget};
-use super::cost::ModelShape;
+use super::cost::{Attention, ModelShape};
 use crate::options::VaeTiling;
 
 /// Side of the square VAE tiles of a per-pixel (fake) cost, in pixels.
@@ -155,6 +155,18 @@ impl MemoryPlan {
         match &self.cost {
             Cost::Model(shape) => shape.vae_tile,
             Cost::PerPixel(_) => VAE_TILE,
+        }
+    }
+
+    /// The bytes of a GPU attention score block this plan counts
+    /// (`attention::ScoreBlock`); `None` where the attention is not blocked.
+    pub fn score_block_bytes(&self) -> Option<u64> {
+        match &self.cost {
+            Cost::Model(ModelShape {
+                attention: Attention::Blocked { score_bytes },
+                ..
+            }) => Some(*score_bytes),
+            _ => None,
         }
     }
 

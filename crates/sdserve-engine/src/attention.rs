@@ -21,8 +21,9 @@ use candle_core::{DType, Result, Tensor};
 pub struct ScoreBlock(pub usize);
 
 impl ScoreBlock {
-    /// 64 MiB: large enough that chunking costs no measurable speed (a 512x512
-    /// SD 1.5 head is exactly one block), small enough to be noise in the plan.
+    /// 64 MiB: the block where no memory plan sizes it (the CPU, whose
+    /// attention does not use blocks, and tests). A GPU's comes from its
+    /// budget (`memory::cost::gpu_score_bytes`): 64 MiB leaves it mostly idle.
     pub const DEFAULT: Self = Self(64 << 20);
 
     /// How many (heads, query rows) go into one block for `heads × queries × keys` scores.

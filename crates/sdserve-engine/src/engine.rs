@@ -120,6 +120,9 @@ impl Engine {
             Precision::Bf16 => DType::BF16,
         };
         StableDiffusion::check_folder(&dir)?;
+        if let Some(warning) = crate::model::slow_precision(dtype, &device) {
+            tracing::warn!("{warning}");
+        }
         // Before the weights: a budget that cannot hold them is an error, not an OOM kill.
         let plan = plan_for_model(&dir, &options, &device, dtype)?;
         // The GPU's blocks of attention scores are as large as the plan counted.

@@ -10,7 +10,8 @@ shapes (bench/bench.py build; needs diffusers importable, e.g. a carried
 wheel on PYTHONPATH) and times diffusers and sdserve, CFG on, for each of
 SPEED_CASES (f16 at 512x512 batch 1 and 4 and at 1024x1024, f32 at 512x512):
 it/s, load time, peak GPU memory. It writes a markdown report to
-<out>/gpu-report.md and exits non-zero when a parity bound fails.
+<out>/gpu-report.md and exits non-zero when a parity bound, the server check or
+an sdserve speed run fails.
 
 Only the standard library is needed for the parity part (PNGs are decoded
 here); the speed part needs torch and diffusers.
@@ -153,7 +154,7 @@ SPEED_CASES = {
     "sdxl": [(1024, 1024, 1, "f16")],
 }
 PIPELINES = {"sd15": "StableDiffusionPipeline", "sdxl": "StableDiffusionXLPipeline"}
-TORCH_DTYPES = {"f16": "torch.float16", "f32": "torch.float32"}
+TORCH_DTYPES = {"f16": "float16", "f32": "float32"}
 
 
 def diffusers_speed(cache: Path, steps: int, cases, family: str) -> dict:
@@ -161,18 +162,17 @@ def diffusers_speed(cache: Path, steps: int, cases, family: str) -> dict:
     code = f"""
 import time, torch
 from diffusers import {PIPELINES[family]} as Pipeline, EulerAncestralDiscreteScheduler
-pipes = {{}}
+pipe, loaded = None, None
 for w, h, n, dtype in {cases!r}:
-    if dtype not in pipes:
-        pipes.clear(); torch.cuda.empty_cache()
+    if dtype != loaded:
+        pipe = None; torch.cuda.empty_cache()
         t0 = time.perf_counter()
-        pipe = Pipeline.from_pretrained({str(cache)!r}, torch_dtype=eval({TORCH_DTYPES!r}[dtype]),
+        pipe = Pipeline.from_pretrained({str(cache)!r}, torch_dtype=getattr(torch, {TORCH_DTYPES!r}[dtype]),
             safety_checker=None, feature_extractor=None, requires_safety_checker=False).to("cuda")
         pipe.scheduler = EulerAncestralDiscreteScheduler.from_config(pipe.scheduler.config)
         pipe.set_progress_bar_config(disable=True)
         torch.cuda.synchronize(); load = time.perf_counter() - t0
-        pipes[dtype] = pipe
-    pipe = pipes[dtype]
+        loaded = dtype
     pipe("warm-up", num_inference_steps=2, width=w, height=h, num_images_per_prompt=n)
     torch.cuda.synchronize(); torch.cuda.reset_peak_memory_stats(); t1 = time.perf_counter()
     pipe("a photograph of an astronaut riding a horse", num_inference_steps={steps}, guidance_scale=7.0,
@@ -189,12 +189,15 @@ for w, h, n, dtype in {cases!r}:
     return found
 
 
-def speed(binary: Path, device: str, steps: int, cache: Path, family: str, with_diffusers: bool = True) -> list[str]:
+def speed(
+    binary: Path, device: str, steps: int, cache: Path, family: str, with_diffusers: bool = True
+) -> tuple[bool, list[str]]:
+    """The speed table; False when the model build or an sdserve run failed."""
     if not (cache / "model_index.json").exists():
         t0 = time.perf_counter()
         proc = run([sys.executable, str(REPO / "bench/bench.py"), "--family", family, "--cache", str(cache), "build"])
         if proc.returncode != 0:
-            return [f"model build failed: {proc.stderr[-500:]}"]
+            return False, [f"model build failed: {proc.stderr[-500:]}"]
         print(f"model built in {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
     lines = [
         f"{steps} steps, Euler a, CFG 7. diffusers: load once per dtype, one warm-up call, then the timed call;"
@@ -204,6 +207,7 @@ def speed(binary: Path, device: str, steps: int, cache: Path, family: str, with_
         "| case | tool | load s | it/s | peak GPU MiB | ratio (sdserve it/s / diffusers it/s) |",
         "|---|---|---|---|---|---|",
     ]
+    ok = True
     cases = SPEED_CASES[family]
     reference = diffusers_speed(cache, steps, cases, family) if with_diffusers else {}
     for w, h, n, dtype in cases:
@@ -232,24 +236,29 @@ def speed(binary: Path, device: str, steps: int, cache: Path, family: str, with_
                 f" (decode {float(m[3]):.2f} s, process {wall:.1f} s) |"
             )
         else:
+            ok = False
             lines.append(f"| {case} | sdserve | failed: {proc.stderr.strip()[-300:]} | | | |")
         print(lines[-1], file=sys.stderr, flush=True)
-    return lines
+    return ok, lines
 
 
-def server(binary: Path, device: str) -> list[str]:
-    """`sdserve serve` on the device: /readyz, then one A1111 txt2img request decoded and checked."""
+def server(binary: Path, device: str) -> tuple[bool, list[str]]:
+    """`sdserve serve` on the device: /readyz, then one A1111 txt2img request decoded and
+    checked; False when any of it failed or the server did not exit cleanly."""
     import base64
     import urllib.request
 
     port = 17861
-    proc = subprocess.Popen(
-        [str(binary), "serve", "--device", device, "--model", str(REPO / "fixtures/models/tiny-sd1"),
-         "--port", str(port)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=REPO,
-    )  # fmt: skip
+    try:
+        proc = subprocess.Popen(
+            [str(binary), "serve", "--device", device, "--model", str(REPO / "fixtures/models/tiny-sd1"),
+             "--port", str(port)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=REPO,
+        )  # fmt: skip
+    except OSError as e:
+        return False, [f"- server did not start: {e}"]
     base = f"http://127.0.0.1:{port}"
-    lines = []
+    lines, ok = [], False
     try:
         ready = None
         for _ in range(120):
@@ -266,6 +275,7 @@ def server(binary: Path, device: str) -> list[str]:
         with urllib.request.urlopen(req, timeout=120) as r:
             reply = json.loads(r.read())
         w, h, _ = decode_png_rgb(base64.b64decode(reply["images"][0]))
+        ok = (w, h) == (64, 64)
         lines.append(f"- `POST /sdapi/v1/txt2img` (64x64, 4 steps): {w}x{h} PNG in {time.perf_counter() - t0:.2f} s")
     except Exception as e:  # noqa: BLE001 (the report says what failed)
         lines.append(f"- server check failed: {e!r}")
@@ -276,8 +286,9 @@ def server(binary: Path, device: str) -> list[str]:
         except subprocess.TimeoutExpired:
             proc.kill()
             _, err = proc.communicate()
+        ok &= proc.returncode == 0
         lines.append(f"- exit {proc.returncode}; last log lines: `{' / '.join(err.strip().splitlines()[-3:])[:600]}`")
-    return lines
+    return ok, lines
 
 
 def main() -> None:
@@ -306,7 +317,7 @@ def main() -> None:
         f"- GPU: {gpu or 'nvidia-smi not available'}",
         "",
     ]
-    ok32, ok16 = True, True
+    ok32, ok16, server_ok, speed_ok = True, True, True, True
     if not args.skip_parity:
         report += ["## Parity with diffusers' f32 references", "", "| case | dtype | result |", "|---|---|---|"]
         ok32, rows32 = parity(binary, args.device, "f32", F32_BOUND)
@@ -316,16 +327,18 @@ def main() -> None:
         # Written now too, so a speed run cut short still leaves the parity results.
         (out / "gpu-report.md").write_text("\n".join(report) + "\n")
     if not args.skip_server:
-        report += ["## Server", ""] + server(binary, args.device) + [""]
+        server_ok, rows = server(binary, args.device)
+        report += ["## Server", ""] + rows + [""]
         (out / "gpu-report.md").write_text("\n".join(report) + "\n")
     if not args.skip_speed:
         shapes = "SDXL base" if args.family == "sdxl" else "SD 1.5"
         report += [f"## Speed at {shapes} shapes (random weights)", ""]
-        report += speed(binary, args.device, args.steps, Path(args.cache), args.family, not args.skip_diffusers)
+        speed_ok, rows = speed(binary, args.device, args.steps, Path(args.cache), args.family, not args.skip_diffusers)
+        report += rows
     text = "\n".join(report) + "\n"
     (out / "gpu-report.md").write_text(text)
     print(text)
-    sys.exit(0 if ok32 and ok16 else 1)
+    sys.exit(0 if ok32 and ok16 and server_ok and speed_ok else 1)
 
 
 if __name__ == "__main__":

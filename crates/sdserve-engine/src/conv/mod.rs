@@ -11,13 +11,15 @@
 //! scatter, and the bias is the gemm's initial value. A 1×1 convolution at
 //! stride 1 without padding needs no im2col at all: the input is the matrix.
 //!
-//! 3×3 convolutions at stride 1 on large images take [`winograd`] instead,
-//! which does 2.25× fewer multiplies.
+//! 3×3 convolutions at stride 1 on large images take Winograd instead:
+//! [`winograd4`]'s F(4×4, 3×3) in f32 (4× fewer multiplies) where its
+//! transformed kernels fit, else [`winograd`]'s F(2×2, 3×3) (2.25×).
 //!
 //! Summation order differs from candle's (the gemm blocks `k` differently),
 //! so results agree within f32 rounding, which the tests bound.
 
 mod winograd;
+mod winograd4;
 
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use gemm::Parallelism;
@@ -215,7 +217,9 @@ pub(crate) fn workspace_bytes(
         stride: 1,
         dilation: 1,
     };
-    if winograd::applies(&d, g, precision) {
+    if winograd4::applies(&d, g, precision) {
+        winograd4::kernel_bytes(&d) as u64
+    } else if winograd::applies(&d, g, precision) {
         winograd::kernel_bytes(&d, precision) as u64
     } else {
         0
@@ -319,7 +323,9 @@ fn run(
     if out.is_empty() {
         return out;
     }
-    if winograd::applies(&d, g, precision) {
+    if let (true, Matrix::F32(weight)) = (winograd4::applies(&d, g, precision), weight) {
+        winograd4::run(input, weight, bias, d, g.padding, &mut out, BAND_BYTES);
+    } else if winograd::applies(&d, g, precision) {
         // The kernel transform works in f32.
         let widened: Vec<f32>;
         let weight = match weight {

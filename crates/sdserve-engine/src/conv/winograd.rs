@@ -212,7 +212,7 @@ fn transform_kernels(weight: &[f32], c_out: usize, c_in: usize) -> Vec<f32> {
 /// (16 matrices `c_in × tiles`, tiles in row-major order), with
 /// `Bᵀ = [[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]]`.
 /// Channels go in pairs, the two rows of a packed bf16 pair. Compiled whole
-/// for AVX-512 where the CPU has it, so that the blocks' arrays stay in
+/// for AVX-512 (else AVX2) where the CPU has it, so that the blocks' arrays stay in
 /// registers.
 fn transform_input(band: &Band, image: &[f32], windows: &mut Windows, target: Target) {
     #[cfg(target_arch = "x86_64")]
@@ -224,6 +224,10 @@ fn transform_input(band: &Band, image: &[f32], windows: &mut Windows, target: Ta
         if std::is_x86_feature_detected!("avx512f") {
             // SAFETY: the CPU has AVX-512F (checked above).
             return unsafe { transform_input_avx512(band, image, windows, target) };
+        }
+        if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+            // SAFETY: the CPU has AVX2 and FMA (checked above).
+            return unsafe { transform_input_avx2(band, image, windows, target) };
         }
     }
     transform_input_any(band, image, windows, target)
@@ -245,6 +249,12 @@ unsafe fn transform_input_avx512(
     windows: &mut Windows,
     target: Target,
 ) {
+    transform_input_any(band, image, windows, target)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn transform_input_avx2(band: &Band, image: &[f32], windows: &mut Windows, target: Target) {
     transform_input_any(band, image, windows, target)
 }
 
@@ -445,12 +455,18 @@ struct Products<'a> {
 /// `Aᵀ m A + bias` of one output channel's tiles in rows `tys`, written to
 /// `dst` (that channel's output rows `2·tys.start ..`, clipped to the image),
 /// with `Aᵀ = [[1, 1, 1, 0], [0, 1, -1, -1]]`. Compiled whole for AVX-512
-/// where the CPU has it, as [`transform_input`].
+/// (else AVX2) where the CPU has it, as [`transform_input`].
 fn transform_output(band: &Band, products: &Products, bias: f32, dst: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
-    if std::is_x86_feature_detected!("avx512f") {
-        // SAFETY: the CPU has AVX-512F (checked above).
-        return unsafe { transform_output_avx512(band, products, bias, dst) };
+    {
+        if std::is_x86_feature_detected!("avx512f") {
+            // SAFETY: the CPU has AVX-512F (checked above).
+            return unsafe { transform_output_avx512(band, products, bias, dst) };
+        }
+        if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+            // SAFETY: the CPU has AVX2 and FMA (checked above).
+            return unsafe { transform_output_avx2(band, products, bias, dst) };
+        }
     }
     transform_output_any(band, products, bias, dst)
 }
@@ -458,6 +474,12 @@ fn transform_output(band: &Band, products: &Products, bias: f32, dst: &mut [f32]
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 unsafe fn transform_output_avx512(band: &Band, products: &Products, bias: f32, dst: &mut [f32]) {
+    transform_output_any(band, products, bias, dst)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn transform_output_avx2(band: &Band, products: &Products, bias: f32, dst: &mut [f32]) {
     transform_output_any(band, products, bias, dst)
 }
 

@@ -523,7 +523,9 @@ mod tests {
     /// SD 1.5's upsampler into the 32x32 level (1280 channels: 16 f32
     /// matrices, and 16 packed bf16 copies where the CPU has bf16 products),
     /// at 256 px the one into the 32x32 level 0 (640); the 16x16 levels keep
-    /// im2col. Whatever the activations' dtype. A GPU holds none.
+    /// im2col. The VAE's 512-channel convolutions take f32 F(4x4, 3x3), 36
+    /// f32 matrices, more than bf16's F(2x2) with its packed copies.
+    /// Whatever the activations' dtype. A GPU holds none.
     #[test]
     fn winograd_kernels_count_on_the_cpu_only() {
         let per_value = if crate::bf16_gemm::available() { 6 } else { 4 };
@@ -541,17 +543,9 @@ mod tests {
             assert_eq!(extra(512), 16 * per_value * 1280 * 1280);
             assert_eq!(extra(256), 16 * per_value * 640 * 640);
             let decode = cpu.vae_decode_peak(512, 512) - gpu.vae_decode_peak(512, 512);
-            assert_eq!(
-                decode,
-                16 * per_value * 512 * 512,
-                "the VAE's 512-channel convs"
-            );
+            assert_eq!(decode, 36 * 4 * 512 * 512, "the VAE's 512-channel convs");
             let encode = cpu.vae_encode_peak(512, 512) - gpu.vae_encode_peak(512, 512);
-            assert_eq!(
-                encode,
-                16 * per_value * 512 * 512,
-                "the encoder's 64x64 level"
-            );
+            assert_eq!(encode, 36 * 4 * 512 * 512, "the encoder's 64x64 level");
         }
     }
 

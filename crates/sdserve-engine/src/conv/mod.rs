@@ -354,6 +354,16 @@ fn run(
     out
 }
 
+/// One output channel's row of each Winograd product matrix (16 for
+/// F(2×2), 36 for F(4×4)): what both variants' output transforms read.
+struct Products<'a> {
+    all: &'a [f32],
+    /// Elements between product matrices.
+    stride: usize,
+    /// The channel's row in each.
+    offset: usize,
+}
+
 /// Runs `task(scratch, index, parallelism)` for each index below `tasks`.
 /// Many tasks: one thread each, no threads inside their gemms. Few: one
 /// after another, each gemm using every thread. `S` is per-thread scratch.

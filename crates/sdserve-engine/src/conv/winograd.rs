@@ -16,7 +16,7 @@
 
 use std::ops::Range;
 
-use super::{run_tasks, times_packed, Dims, Lhs, Precision};
+use super::{run_tasks, times_packed, Dims, Lhs, Precision, Products};
 use crate::bf16_gemm::{wide_a_panels, Matrix, PackedA, PackedB};
 use crate::cpu_kernel::SharedOut;
 
@@ -441,15 +441,6 @@ fn input_block(
             out[4 * i + 3][l] = r1[l] - r3[l];
         }
     }
-}
-
-/// One output channel's row of each of the 16 product matrices.
-struct Products<'a> {
-    all: &'a [f32],
-    /// Elements between product matrices.
-    stride: usize,
-    /// The channel's row in each.
-    offset: usize,
 }
 
 /// `Aᵀ m A + bias` of one output channel's tiles in rows `tys`, written to

@@ -18,7 +18,7 @@
 
 use std::ops::Range;
 
-use super::{run_tasks, Dims, Lhs, Precision};
+use super::{run_tasks, Dims, Lhs, Precision, Products};
 use crate::cpu_kernel::SharedOut;
 
 /// Above this many bytes of transformed kernels (36 f32 matrices
@@ -313,15 +313,6 @@ fn b_transposed(d: &[[f32; LANES]; 6]) -> [[f32; LANES]; 6] {
         r[5][l] = 4.0 * d1 - 5.0 * d3 + d5;
     }
     r
-}
-
-/// One output channel's row of each of the 36 product matrices.
-struct Products<'a> {
-    all: &'a [f32],
-    /// Elements between product matrices.
-    stride: usize,
-    /// The channel's row in each.
-    offset: usize,
 }
 
 /// `Aᵀ m A + bias` of one output channel's tiles in the band's rows, written

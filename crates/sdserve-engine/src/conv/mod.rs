@@ -364,6 +364,74 @@ struct Products<'a> {
     offset: usize,
 }
 
+/// One case of [`assert_3x3_equals_the_direct_sum`]: batch, input
+/// channels, height, width, output channels, padding, band bytes.
+#[cfg(test)]
+type Case3x3 = (usize, usize, usize, usize, usize, usize, usize);
+
+/// The Winograd variants' exactness check: `conv` (input, weight, bias,
+/// sizes, padding, output, band bytes) on random values in [-½, ½) for each
+/// case of a 3×3 kernel equals the direct sum in f64 within 1e-6 per term
+/// (each of the 9·c_in terms is below ¼; a few f32 roundings of sums of
+/// that size).
+#[cfg(test)]
+fn assert_3x3_equals_the_direct_sum(
+    cases: &[Case3x3],
+    conv: impl Fn(&[f32], &[f32], &[f32], Dims, usize, &mut [f32], usize),
+) {
+    let mut seed = 7u32;
+    let mut random = move || {
+        seed = seed.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+        (seed >> 8) as f32 / (1 << 24) as f32 - 0.5
+    };
+    for &(batch, c_in, h, w, c_out, padding, band_bytes) in cases {
+        let d = Dims {
+            batch,
+            c_in,
+            h,
+            w,
+            c_out,
+            kh: 3,
+            kw: 3,
+            out_h: h + 2 * padding - 2,
+            out_w: w + 2 * padding - 2,
+        };
+        let input: Vec<f32> = (0..batch * c_in * h * w).map(|_| random()).collect();
+        let weight: Vec<f32> = (0..c_out * c_in * 9).map(|_| random()).collect();
+        let bias: Vec<f32> = (0..c_out).map(|_| random()).collect();
+        let mut ours = vec![f32::NAN; batch * c_out * d.out_h * d.out_w];
+        conv(&input, &weight, &bias, d, padding, &mut ours, band_bytes);
+        let mut worst = 0f64;
+        for (index, value) in ours.iter().enumerate() {
+            let x = index % d.out_w;
+            let y = index / d.out_w % d.out_h;
+            let co = index / (d.out_w * d.out_h) % c_out;
+            let b = index / (d.out_w * d.out_h * c_out);
+            let mut sum = f64::from(bias[co]);
+            for ci in 0..c_in {
+                for i in 0..3 {
+                    for j in 0..3 {
+                        let iy = (y + i) as isize - padding as isize;
+                        let ix = (x + j) as isize - padding as isize;
+                        if iy < 0 || ix < 0 || iy >= h as isize || ix >= w as isize {
+                            continue;
+                        }
+                        let pixel = input[((b * c_in + ci) * h + iy as usize) * w + ix as usize];
+                        let tap = weight[((co * c_in + ci) * 3 + i) * 3 + j];
+                        sum += f64::from(pixel) * f64::from(tap);
+                    }
+                }
+            }
+            worst = worst.max((f64::from(*value) - sum).abs());
+        }
+        let bound = 1e-6 * (9 * c_in) as f64;
+        assert!(
+            worst < bound,
+            "{batch} {c_in} {h}x{w} {c_out} p{padding}: {worst} vs {bound}"
+        );
+    }
+}
+
 /// Runs `task(scratch, index, parallelism)` for each index below `tasks`.
 /// Many tasks: one thread each, no threads inside their gemms. Few: one
 /// after another, each gemm using every thread. `S` is per-thread scratch.

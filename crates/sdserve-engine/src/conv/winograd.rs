@@ -529,7 +529,7 @@ fn output_block(m: &[[f32; LANES]; 16], bias: f32, pixels: &mut [[f32; 2 * LANES
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::conv::{ConvGeometry, BAND_BYTES};
+    use crate::conv::{assert_3x3_equals_the_direct_sum, ConvGeometry, BAND_BYTES};
 
     /// Against the direct sum in f64, on sizes with odd edges, both paddings,
     /// batches and bands cut mid-image (called directly: most are below
@@ -546,69 +546,9 @@ mod tests {
             (2, 30, 9, 9, 20, 1, 1),
             (1, 30, 14, 9, 20, 1, 2 * 16 * 4 * 50 * 5),
         ];
-        let mut seed = 7u32;
-        let mut random = move || {
-            seed = seed.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
-            (seed >> 8) as f32 / (1 << 24) as f32 - 0.5
-        };
-        for (batch, c_in, h, w, c_out, padding, band_bytes) in cases {
-            let d = Dims {
-                batch,
-                c_in,
-                h,
-                w,
-                c_out,
-                kh: 3,
-                kw: 3,
-                out_h: h + 2 * padding - 2,
-                out_w: w + 2 * padding - 2,
-            };
-            let input: Vec<f32> = (0..batch * c_in * h * w).map(|_| random()).collect();
-            let weight: Vec<f32> = (0..c_out * c_in * 9).map(|_| random()).collect();
-            let bias: Vec<f32> = (0..c_out).map(|_| random()).collect();
-            let mut ours = vec![f32::NAN; batch * c_out * d.out_h * d.out_w];
-            run(
-                &input,
-                &weight,
-                &bias,
-                d,
-                padding,
-                &mut ours,
-                band_bytes,
-                Precision::F32,
-            );
-            let mut worst = 0f64;
-            for (index, value) in ours.iter().enumerate() {
-                let x = index % d.out_w;
-                let y = index / d.out_w % d.out_h;
-                let co = index / (d.out_w * d.out_h) % c_out;
-                let b = index / (d.out_w * d.out_h * c_out);
-                let mut sum = f64::from(bias[co]);
-                for ci in 0..c_in {
-                    for i in 0..3 {
-                        for j in 0..3 {
-                            let iy = (y + i) as isize - padding as isize;
-                            let ix = (x + j) as isize - padding as isize;
-                            if iy < 0 || ix < 0 || iy >= h as isize || ix >= w as isize {
-                                continue;
-                            }
-                            let pixel =
-                                input[((b * c_in + ci) * h + iy as usize) * w + ix as usize];
-                            let tap = weight[((co * c_in + ci) * 3 + i) * 3 + j];
-                            sum += f64::from(pixel) * f64::from(tap);
-                        }
-                    }
-                }
-                worst = worst.max((f64::from(*value) - sum).abs());
-            }
-            // Each of the 9·c_in terms is below ¼ in size; a few f32 roundings
-            // of sums of that size.
-            let bound = 1e-6 * (9 * c_in) as f64;
-            assert!(
-                worst < bound,
-                "{batch} {c_in} {h}x{w} {c_out} p{padding}: {worst} vs {bound}"
-            );
-        }
+        assert_3x3_equals_the_direct_sum(&cases, |input, weight, bias, d, padding, out, band| {
+            run(input, weight, bias, d, padding, out, band, Precision::F32)
+        });
     }
 
     /// bf16: the transformed input packed as it is computed equals the f32

@@ -4,7 +4,7 @@
     python bench/bench.py                       # build the model if needed, then benchmark
     python bench/bench.py --sizes 256x256 --steps 1 --runs 1 --skip-sdserve   # quick trial
     python bench/bench.py build                 # only build the random-weight model
-    python bench/bench.py --mode best           # each tool's fastest CPU mode (bf16)
+    python bench/bench.py --mode best           # each tool's fastest CPU mode
     python bench/bench.py --family sdxl --sizes 1024x1024 --steps 1 --runs 1
 
 The SD 1.5 model has the real SD 1.5 shapes (UNet 860M, CLIP ViT-L/14 text
@@ -18,7 +18,8 @@ start-up and model loading, and the peak RSS is that process's own
 stays small and cannot inflate the children's numbers.
 
 `--mode best` times each tool's fastest CPU mode instead of f32: diffusers under
-`torch.autocast("cpu", dtype=torch.bfloat16)`, sdserve with `--dtype bf16`.
+`torch.autocast("cpu", dtype=torch.bfloat16)`, sdserve with `--dtype bf16` where
+the CPU has AVX512-BF16 or AMX, else `--dtype f32`.
 
 Results go to stdout as markdown; progress goes to stderr.
 """
@@ -359,10 +360,27 @@ def diffusers_cmd(model: Path, prompt: str, steps: int, w: int, h: int, output: 
         ["--step-cache", str(step_cache)] if step_cache else [])  # fmt: skip
 
 
+def cpu_flags() -> set[str]:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def sdserve_best_dtype() -> str:
+    """sdserve's fastest CPU mode: bf16 where the CPU multiplies bf16 itself
+    (AVX512-BF16 or AMX), else f32 (bf16 would run generic half-precision
+    ops there, slower than f32; sdserve warns so)."""
+    return "bf16" if cpu_flags() & {"avx512_bf16", "amx_bf16"} else "f32"
+
+
 def sdserve_cmd(binary: Path, model: Path, prompt: str, steps: int, w: int, h: int, output: Path, mode: str,
                 fast_decode: Path | None, step_cache: int) -> list[str]:
     return [
-        str(binary), "generate", "--dtype", "bf16" if mode == "best" else "f32",
+        str(binary), "generate", "--dtype", sdserve_best_dtype() if mode == "best" else "f32",
         "--model", str(model), "--prompt", prompt, "--steps", str(steps),
         "--cfg-scale", str(CFG_SCALE), "--sampler", SAMPLER,
         "--width", str(w), "--height", str(h), "--seed", str(SEED), "--output", str(output),
@@ -425,16 +443,11 @@ def machine_info() -> list[str]:
     # The flags that pick each tool's kernels (bf16: vdpbf16ps, or AMX tiles
     # unless SDSERVE_NO_AMX is set).
     wanted = ["fma", "avx2", "avx512f", "avx512bw", "avx512vl", "avx512_bf16", "amx_bf16", "amx_tile"]
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                present = set(line.split(":", 1)[1].split())
-                have = " ".join(f for f in wanted if f in present) or "none of " + " ".join(wanted)
-                no_amx = " (SDSERVE_NO_AMX set)" if os.environ.get("SDSERVE_NO_AMX") else ""
-                lines.append(f"CPU flags: {have}{no_amx}")
-                break
-    except OSError:
-        pass
+    present = cpu_flags()
+    if present:
+        have = " ".join(f for f in wanted if f in present) or "none of " + " ".join(wanted)
+        no_amx = " (SDSERVE_NO_AMX set)" if os.environ.get("SDSERVE_NO_AMX") else ""
+        lines.append(f"CPU flags: {have}{no_amx}")
     return lines
 
 
@@ -497,7 +510,8 @@ def bench(args) -> None:
     p = build_info["param_counts"]
     shape = "SDXL base" if args.family == "sdxl" else "SD 1.5"
     stored = "fp16 safetensors run in fp32" if args.family == "sdxl" else "fp32 safetensors"
-    modes = "diffusers under bf16 autocast, sdserve --dtype bf16" if args.mode == "best" else "both f32"
+    modes = (f"diffusers under bf16 autocast, sdserve --dtype {sdserve_best_dtype()}"
+             if args.mode == "best" else "both f32")  # fmt: skip
     if tiny:
         modes += "; both decode with a TAESD-shaped tiny VAE (`pipe.vae = AutoencoderTiny`, `--fast-decode`)"
     if args.step_cache:

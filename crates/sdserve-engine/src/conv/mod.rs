@@ -13,13 +13,17 @@
 //!
 //! 3×3 convolutions at stride 1 on large images take Winograd instead:
 //! [`winograd4`]'s F(4×4, 3×3) in f32 (4× fewer multiplies) where its
-//! transformed kernels fit, else [`winograd`]'s F(2×2, 3×3) (2.25×).
+//! transformed kernels fit, else [`winograd`]'s F(2×2, 3×3) (2.25×). On
+//! AVX2 CPUs without AVX-512 their f32 products take [`panels`], whose
+//! kernel side is packed once per convolution rather than per band.
 //!
 //! Summation order differs from candle's (the gemm blocks `k` differently),
 //! so results agree within f32 rounding, which the tests bound.
 
+mod panels;
 mod winograd;
 mod winograd4;
+mod winograd_common;
 
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use gemm::Parallelism;
@@ -95,9 +99,19 @@ struct Conv {
     precision: Precision,
 }
 
-/// A weight matrix (`m × k`, row-major f32) as the products take it.
+/// A weight matrix (`m × k` f32) as the products take it.
 enum Lhs<'a> {
-    F32 { data: &'a [f32], m: usize, k: usize },
+    /// Row-major, for the gemm crate.
+    F32 {
+        data: &'a [f32],
+        m: usize,
+        k: usize,
+    },
+    /// Packed once for [`panels::multiply`].
+    Panels {
+        data: &'a [f32],
+        layout: panels::PanelLayout,
+    },
     Bf16(PackedA),
 }
 
@@ -154,6 +168,12 @@ impl<'a> Lhs<'a> {
                         inner,
                     );
                 }
+            }
+            &Self::Panels { data, layout } => {
+                // SAFETY: a `Panels` matrix exists only where the CPU has
+                // the kernel's features (`KernelLayout::for_products`); C as
+                // the caller guarantees.
+                unsafe { panels::multiply(data, layout, rhs, n, c, ldc, accumulate, inner) };
             }
             Self::Bf16(a) => {
                 let k = rhs.len() / n.max(1);
@@ -352,84 +372,6 @@ fn run(
         im2col_gemm(input, &weight, bias, d, g, &mut out);
     }
     out
-}
-
-/// One output channel's row of each Winograd product matrix (16 for
-/// F(2×2), 36 for F(4×4)): what both variants' output transforms read.
-struct Products<'a> {
-    all: &'a [f32],
-    /// Elements between product matrices.
-    stride: usize,
-    /// The channel's row in each.
-    offset: usize,
-}
-
-/// One case of [`assert_3x3_equals_the_direct_sum`]: batch, input
-/// channels, height, width, output channels, padding, band bytes.
-#[cfg(test)]
-type Case3x3 = (usize, usize, usize, usize, usize, usize, usize);
-
-/// The Winograd variants' exactness check: `conv` (input, weight, bias,
-/// sizes, padding, output, band bytes) on random values in [-½, ½) for each
-/// case of a 3×3 kernel equals the direct sum in f64 within 1e-6 per term
-/// (each of the 9·c_in terms is below ¼; a few f32 roundings of sums of
-/// that size).
-#[cfg(test)]
-fn assert_3x3_equals_the_direct_sum(
-    cases: &[Case3x3],
-    conv: impl Fn(&[f32], &[f32], &[f32], Dims, usize, &mut [f32], usize),
-) {
-    let mut seed = 7u32;
-    let mut random = move || {
-        seed = seed.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
-        (seed >> 8) as f32 / (1 << 24) as f32 - 0.5
-    };
-    for &(batch, c_in, h, w, c_out, padding, band_bytes) in cases {
-        let d = Dims {
-            batch,
-            c_in,
-            h,
-            w,
-            c_out,
-            kh: 3,
-            kw: 3,
-            out_h: h + 2 * padding - 2,
-            out_w: w + 2 * padding - 2,
-        };
-        let input: Vec<f32> = (0..batch * c_in * h * w).map(|_| random()).collect();
-        let weight: Vec<f32> = (0..c_out * c_in * 9).map(|_| random()).collect();
-        let bias: Vec<f32> = (0..c_out).map(|_| random()).collect();
-        let mut ours = vec![f32::NAN; batch * c_out * d.out_h * d.out_w];
-        conv(&input, &weight, &bias, d, padding, &mut ours, band_bytes);
-        let mut worst = 0f64;
-        for (index, value) in ours.iter().enumerate() {
-            let x = index % d.out_w;
-            let y = index / d.out_w % d.out_h;
-            let co = index / (d.out_w * d.out_h) % c_out;
-            let b = index / (d.out_w * d.out_h * c_out);
-            let mut sum = f64::from(bias[co]);
-            for ci in 0..c_in {
-                for i in 0..3 {
-                    for j in 0..3 {
-                        let iy = (y + i) as isize - padding as isize;
-                        let ix = (x + j) as isize - padding as isize;
-                        if iy < 0 || ix < 0 || iy >= h as isize || ix >= w as isize {
-                            continue;
-                        }
-                        let pixel = input[((b * c_in + ci) * h + iy as usize) * w + ix as usize];
-                        let tap = weight[((co * c_in + ci) * 3 + i) * 3 + j];
-                        sum += f64::from(pixel) * f64::from(tap);
-                    }
-                }
-            }
-            worst = worst.max((f64::from(*value) - sum).abs());
-        }
-        let bound = 1e-6 * (9 * c_in) as f64;
-        assert!(
-            worst < bound,
-            "{batch} {c_in} {h}x{w} {c_out} p{padding}: {worst} vs {bound}"
-        );
-    }
 }
 
 /// Runs `task(scratch, index, parallelism)` for each index below `tasks`.

@@ -16,7 +16,8 @@
 
 use std::ops::Range;
 
-use super::{run_tasks, times_packed, Dims, Lhs, Precision, Products};
+use super::winograd_common::{KernelLayout, Products};
+use super::{run_tasks, times_packed, Dims, Lhs, Precision};
 use crate::bf16_gemm::{wide_a_panels, Matrix, PackedA, PackedB};
 use crate::cpu_kernel::SharedOut;
 
@@ -45,9 +46,7 @@ pub(super) fn kernel_bytes(d: &Dims, precision: Precision) -> usize {
         Precision::F32 => 4,
         Precision::Bf16 => 4 + 2,
     };
-    (16 * per_value as usize)
-        .saturating_mul(d.c_out)
-        .saturating_mul(d.c_in)
+    super::winograd_common::transformed_bytes(16, d.c_out, d.c_in) / 4 * per_value
 }
 
 /// Per-task buffers, reused across the bands a thread runs.
@@ -103,8 +102,9 @@ pub(super) fn run(
     band_bytes: usize,
     precision: Precision,
 ) {
-    let transformed = transform_kernels(weight, d.c_out, d.c_in);
-    let pairs = (d.c_out * d.c_in).max(1);
+    let layout = KernelLayout::for_products(precision);
+    let transformed = transform_kernels(weight, d.c_out, d.c_in, layout);
+    let pairs = layout.matrix_len(d.c_out, d.c_in).max(1);
     // bf16 products: the kernels packed (and their f32 transform freed),
     // the transformed input packed as it is computed.
     let (bf16, transformed) = match precision {
@@ -120,7 +120,7 @@ pub(super) fn run(
     };
     let kernels: Vec<Lhs> = transformed
         .chunks_exact(pairs)
-        .map(|u| Lhs::new(u, d.c_out, d.c_in, precision))
+        .map(|u| layout.lhs(u, d.c_out, d.c_in))
         .collect();
     let tiles_x = d.out_w.div_ceil(2);
     let tiles_y = d.out_h.div_ceil(2);
@@ -191,17 +191,18 @@ pub(super) fn run(
 /// `G g Gᵀ` of every kernel, as 16 matrices `c_out × c_in` (the `ξ`-th holds
 /// element `ξ` of each 4×4 transform), with
 /// `G = [[1, 0, 0], [½, ½, ½], [½, -½, ½], [0, 0, 1]]`.
-fn transform_kernels(weight: &[f32], c_out: usize, c_in: usize) -> Vec<f32> {
-    let pairs = c_out * c_in;
-    let mut kernels = vec![0f32; 16 * pairs];
+fn transform_kernels(weight: &[f32], c_out: usize, c_in: usize, layout: KernelLayout) -> Vec<f32> {
+    let len = layout.matrix_len(c_out, c_in);
+    let mut kernels = vec![0f32; 16 * len];
     let expand = |a: f32, b: f32, c: f32| [a, 0.5 * (a + b + c), 0.5 * (a - b + c), c];
     for (pair, g) in weight.chunks_exact(9).enumerate() {
+        let at = layout.offset(c_in, pair / c_in, pair % c_in);
         // G g: 4 rows of 3, column by column.
         let columns = [0, 1, 2].map(|j| expand(g[j], g[3 + j], g[6 + j]));
         for i in 0..4 {
             let row = expand(columns[0][i], columns[1][i], columns[2][i]);
             for (j, value) in row.into_iter().enumerate() {
-                kernels[(4 * i + j) * pairs + pair] = value;
+                kernels[(4 * i + j) * len + at] = value;
             }
         }
     }
@@ -529,7 +530,8 @@ fn output_block(m: &[[f32; LANES]; 16], bias: f32, pixels: &mut [[f32; 2 * LANES
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::conv::{assert_3x3_equals_the_direct_sum, ConvGeometry, BAND_BYTES};
+    use crate::conv::winograd_common::assert_3x3_equals_the_direct_sum;
+    use crate::conv::{ConvGeometry, BAND_BYTES};
 
     /// Against the direct sum in f64, on sizes with odd edges, both paddings,
     /// batches and bands cut mid-image (called directly: most are below

@@ -18,7 +18,8 @@
 
 use std::ops::Range;
 
-use super::{run_tasks, Dims, Lhs, Precision, Products};
+use super::winograd_common::{KernelLayout, Products};
+use super::{run_tasks, Dims, Lhs, Precision};
 use crate::cpu_kernel::SharedOut;
 
 /// Above this many bytes of transformed kernels (36 f32 matrices
@@ -46,7 +47,7 @@ pub(super) fn applies(d: &Dims, g: super::ConvGeometry, precision: Precision) ->
 
 /// The transformed kernels' bytes: 36 f32 matrices `c_out × c_in`.
 pub(super) fn kernel_bytes(d: &Dims) -> usize {
-    (POINTS * 4).saturating_mul(d.c_out).saturating_mul(d.c_in)
+    super::winograd_common::transformed_bytes(POINTS, d.c_out, d.c_in)
 }
 
 /// Per-task buffers, reused across the bands a thread runs.
@@ -82,11 +83,11 @@ pub(super) fn run(
     out: &mut [f32],
     band_bytes: usize,
 ) {
-    let transformed = transform_kernels(weight, d.c_out, d.c_in);
-    let pairs = (d.c_out * d.c_in).max(1);
+    let layout = KernelLayout::for_products(Precision::F32);
+    let transformed = transform_kernels(weight, d.c_out, d.c_in, layout);
     let kernels: Vec<Lhs> = transformed
-        .chunks_exact(pairs)
-        .map(|u| Lhs::new(u, d.c_out, d.c_in, Precision::F32))
+        .chunks_exact(layout.matrix_len(d.c_out, d.c_in).max(1))
+        .map(|u| layout.lhs(u, d.c_out, d.c_in))
         .collect();
     let tiles_x = d.out_w.div_ceil(4);
     let tiles_y = d.out_h.div_ceil(4);
@@ -139,9 +140,9 @@ pub(super) fn run(
 /// `G g Gᵀ` of every kernel, as 36 matrices `c_out × c_in` (the `ξ`-th holds
 /// element `ξ` of each 6×6 transform), with
 /// `G = [[¼, 0, 0], [-⅙, -⅙, -⅙], [-⅙, ⅙, -⅙], [1/24, 1/12, ⅙], [1/24, -1/12, ⅙], [0, 0, 1]]`.
-fn transform_kernels(weight: &[f32], c_out: usize, c_in: usize) -> Vec<f32> {
-    let pairs = c_out * c_in;
-    let mut kernels = vec![0f32; POINTS * pairs];
+fn transform_kernels(weight: &[f32], c_out: usize, c_in: usize, layout: KernelLayout) -> Vec<f32> {
+    let len = layout.matrix_len(c_out, c_in);
+    let mut kernels = vec![0f32; POINTS * len];
     let expand = |a: f32, b: f32, c: f32| {
         [
             a / 4.0,
@@ -153,12 +154,13 @@ fn transform_kernels(weight: &[f32], c_out: usize, c_in: usize) -> Vec<f32> {
         ]
     };
     for (pair, g) in weight.chunks_exact(9).enumerate() {
+        let at = layout.offset(c_in, pair / c_in, pair % c_in);
         // G g: 6 rows of 3, column by column.
         let columns = [0, 1, 2].map(|j| expand(g[j], g[3 + j], g[6 + j]));
         for i in 0..6 {
             let row = expand(columns[0][i], columns[1][i], columns[2][i]);
             for (j, value) in row.into_iter().enumerate() {
-                kernels[(6 * i + j) * pairs + pair] = value;
+                kernels[(6 * i + j) * len + at] = value;
             }
         }
     }
@@ -444,7 +446,8 @@ fn copy_short(dst: &mut [f32], src: &[f32]) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::conv::{assert_3x3_equals_the_direct_sum, ConvGeometry, BAND_BYTES};
+    use crate::conv::winograd_common::assert_3x3_equals_the_direct_sum;
+    use crate::conv::{ConvGeometry, BAND_BYTES};
 
     /// Against the direct sum in f64, on sizes with ragged edges (widths and
     /// heights off the 4-pixel tiles and the 8-tile blocks), both paddings,

@@ -46,7 +46,7 @@ pub(super) fn kernel_bytes(d: &Dims, precision: Precision) -> usize {
         Precision::F32 => 4,
         Precision::Bf16 => 4 + 2,
     };
-    super::winograd_common::transformed_bytes(16, d.c_out, d.c_in) / 4 * per_value
+    super::winograd_common::transformed_bytes(16, per_value, d.c_out, d.c_in)
 }
 
 /// Per-task buffers, reused across the bands a thread runs.
@@ -196,7 +196,7 @@ fn transform_kernels(weight: &[f32], c_out: usize, c_in: usize, layout: KernelLa
     let mut kernels = vec![0f32; 16 * len];
     let expand = |a: f32, b: f32, c: f32| [a, 0.5 * (a + b + c), 0.5 * (a - b + c), c];
     for (pair, g) in weight.chunks_exact(9).enumerate() {
-        let at = layout.offset(c_in, pair / c_in, pair % c_in);
+        let at = layout.offset(c_out, c_in, pair / c_in, pair % c_in);
         // G g: 4 rows of 3, column by column.
         let columns = [0, 1, 2].map(|j| expand(g[j], g[3 + j], g[6 + j]));
         for i in 0..4 {

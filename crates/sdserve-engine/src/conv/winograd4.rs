@@ -47,7 +47,7 @@ pub(super) fn applies(d: &Dims, g: super::ConvGeometry, precision: Precision) ->
 
 /// The transformed kernels' bytes: 36 f32 matrices `c_out × c_in`.
 pub(super) fn kernel_bytes(d: &Dims) -> usize {
-    super::winograd_common::transformed_bytes(POINTS, d.c_out, d.c_in)
+    super::winograd_common::transformed_bytes(POINTS, 4, d.c_out, d.c_in)
 }
 
 /// Per-task buffers, reused across the bands a thread runs.
@@ -154,7 +154,7 @@ fn transform_kernels(weight: &[f32], c_out: usize, c_in: usize, layout: KernelLa
         ]
     };
     for (pair, g) in weight.chunks_exact(9).enumerate() {
-        let at = layout.offset(c_in, pair / c_in, pair % c_in);
+        let at = layout.offset(c_out, c_in, pair / c_in, pair % c_in);
         // G g: 6 rows of 3, column by column.
         let columns = [0, 1, 2].map(|j| expand(g[j], g[3 + j], g[6 + j]));
         for i in 0..6 {

@@ -33,10 +33,10 @@ impl KernelLayout {
 
     /// Where element `row`, `col` of an `m × k` matrix sits in it.
     #[inline(always)]
-    pub(super) fn offset(self, k: usize, row: usize, col: usize) -> usize {
+    pub(super) fn offset(self, m: usize, k: usize, row: usize, col: usize) -> usize {
         match self {
             Self::Rows => row * k + col,
-            Self::Panels => panels::PanelLayout { m: 0, k }.offset(row, col),
+            Self::Panels => panels::PanelLayout { m, k }.offset(row, col),
         }
     }
 
@@ -52,11 +52,16 @@ impl KernelLayout {
     }
 }
 
-/// Bytes of `count` transformed f32 kernels `c_out × c_in`, counted in whole
-/// panels whatever the CPU (at most 5 rows more), so the memory plan's
-/// figures do not depend on the CPU's vector width.
-pub(super) fn transformed_bytes(count: usize, c_out: usize, c_in: usize) -> usize {
-    (count * 4)
+/// Bytes of `count` transformed kernels `c_out × c_in` of `value_bytes`
+/// each, counted in whole panels whatever the CPU (at most 5 rows more), so
+/// the memory plan's figures do not depend on the CPU's vector width.
+pub(super) fn transformed_bytes(
+    count: usize,
+    value_bytes: usize,
+    c_out: usize,
+    c_in: usize,
+) -> usize {
+    (count * value_bytes)
         .saturating_mul(c_out.div_ceil(panels::ROWS) * panels::ROWS)
         .saturating_mul(c_in)
 }

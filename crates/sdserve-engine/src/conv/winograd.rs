@@ -16,7 +16,7 @@
 
 use std::ops::Range;
 
-use super::winograd_common::{KernelLayout, Products};
+use super::winograd_common::{transform_kernels, KernelLayout, Products};
 use super::{run_tasks, times_packed, Dims, Lhs, Precision};
 use crate::bf16_gemm::{wide_a_panels, Matrix, PackedA, PackedB};
 use crate::cpu_kernel::SharedOut;
@@ -103,7 +103,7 @@ pub(super) fn run(
     precision: Precision,
 ) {
     let layout = KernelLayout::for_products(precision);
-    let transformed = transform_kernels(weight, d.c_out, d.c_in, layout);
+    let transformed = transform_kernels(weight, d.c_out, d.c_in, layout, kernel_transform);
     let pairs = layout.matrix_len(d.c_out, d.c_in).max(1);
     // bf16 products: the kernels packed (and their f32 transform freed),
     // the transformed input packed as it is computed.
@@ -188,25 +188,17 @@ pub(super) fn run(
     });
 }
 
-/// `G g Gᵀ` of every kernel, as 16 matrices `c_out × c_in` (the `ξ`-th holds
-/// element `ξ` of each 4×4 transform), with
+/// `G g Gᵀ` of one kernel (element `4i + j` at row `i`, column `j`), with
 /// `G = [[1, 0, 0], [½, ½, ½], [½, -½, ½], [0, 0, 1]]`.
-fn transform_kernels(weight: &[f32], c_out: usize, c_in: usize, layout: KernelLayout) -> Vec<f32> {
-    let len = layout.matrix_len(c_out, c_in);
-    let mut kernels = vec![0f32; 16 * len];
+fn kernel_transform(g: &[f32; 9]) -> [f32; 16] {
     let expand = |a: f32, b: f32, c: f32| [a, 0.5 * (a + b + c), 0.5 * (a - b + c), c];
-    for (pair, g) in weight.chunks_exact(9).enumerate() {
-        let at = layout.offset(c_out, c_in, pair / c_in, pair % c_in);
-        // G g: 4 rows of 3, column by column.
-        let columns = [0, 1, 2].map(|j| expand(g[j], g[3 + j], g[6 + j]));
-        for i in 0..4 {
-            let row = expand(columns[0][i], columns[1][i], columns[2][i]);
-            for (j, value) in row.into_iter().enumerate() {
-                kernels[(4 * i + j) * len + at] = value;
-            }
-        }
+    // G g: 4 rows of 3, column by column.
+    let columns = [0, 1, 2].map(|j| expand(g[j], g[3 + j], g[6 + j]));
+    let mut out = [0f32; 16];
+    for (i, row) in out.chunks_exact_mut(4).enumerate() {
+        row.copy_from_slice(&expand(columns[0][i], columns[1][i], columns[2][i]));
     }
-    kernels
+    out
 }
 
 /// `Bᵀ d B` of every 4×4 input window of tile rows `tys`, into `target`

@@ -18,7 +18,7 @@
 
 use std::ops::Range;
 
-use super::winograd_common::{KernelLayout, Products};
+use super::winograd_common::{transform_kernels, KernelLayout, Products};
 use super::{run_tasks, Dims, Lhs, Precision};
 use crate::cpu_kernel::SharedOut;
 
@@ -84,7 +84,7 @@ pub(super) fn run(
     band_bytes: usize,
 ) {
     let layout = KernelLayout::for_products(Precision::F32);
-    let transformed = transform_kernels(weight, d.c_out, d.c_in, layout);
+    let transformed = transform_kernels(weight, d.c_out, d.c_in, layout, kernel_transform);
     let kernels: Vec<Lhs> = transformed
         .chunks_exact(layout.matrix_len(d.c_out, d.c_in).max(1))
         .map(|u| layout.lhs(u, d.c_out, d.c_in))
@@ -137,12 +137,9 @@ pub(super) fn run(
     });
 }
 
-/// `G g Gᵀ` of every kernel, as 36 matrices `c_out × c_in` (the `ξ`-th holds
-/// element `ξ` of each 6×6 transform), with
+/// `G g Gᵀ` of one kernel (element `6i + j` at row `i`, column `j`), with
 /// `G = [[¼, 0, 0], [-⅙, -⅙, -⅙], [-⅙, ⅙, -⅙], [1/24, 1/12, ⅙], [1/24, -1/12, ⅙], [0, 0, 1]]`.
-fn transform_kernels(weight: &[f32], c_out: usize, c_in: usize, layout: KernelLayout) -> Vec<f32> {
-    let len = layout.matrix_len(c_out, c_in);
-    let mut kernels = vec![0f32; POINTS * len];
+fn kernel_transform(g: &[f32; 9]) -> [f32; POINTS] {
     let expand = |a: f32, b: f32, c: f32| {
         [
             a / 4.0,
@@ -153,18 +150,13 @@ fn transform_kernels(weight: &[f32], c_out: usize, c_in: usize, layout: KernelLa
             c,
         ]
     };
-    for (pair, g) in weight.chunks_exact(9).enumerate() {
-        let at = layout.offset(c_out, c_in, pair / c_in, pair % c_in);
-        // G g: 6 rows of 3, column by column.
-        let columns = [0, 1, 2].map(|j| expand(g[j], g[3 + j], g[6 + j]));
-        for i in 0..6 {
-            let row = expand(columns[0][i], columns[1][i], columns[2][i]);
-            for (j, value) in row.into_iter().enumerate() {
-                kernels[(6 * i + j) * len + at] = value;
-            }
-        }
+    // G g: 6 rows of 3, column by column.
+    let columns = [0, 1, 2].map(|j| expand(g[j], g[3 + j], g[6 + j]));
+    let mut out = [0f32; POINTS];
+    for (i, row) in out.chunks_exact_mut(6).enumerate() {
+        row.copy_from_slice(&expand(columns[0][i], columns[1][i], columns[2][i]));
     }
-    kernels
+    out
 }
 
 /// `Bᵀ d B` of every 6×6 input window of the band's tile rows, into

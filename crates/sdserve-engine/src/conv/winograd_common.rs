@@ -5,6 +5,8 @@
 #[cfg(test)]
 use super::Dims;
 use super::{panels, Lhs, Precision};
+use crate::cpu_kernel::SharedOut;
+use rayon::prelude::*;
 
 /// How the Winograd kernel transforms store each `c_out × c_in` matrix:
 /// in panels where the f32 products take [`panels`], else row by row.
@@ -64,6 +66,43 @@ pub(super) fn transformed_bytes(
     (count * value_bytes)
         .saturating_mul(c_out.div_ceil(panels::ROWS) * panels::ROWS)
         .saturating_mul(c_in)
+}
+
+/// The transformed kernels of `weight` (`c_out × c_in` 3×3 kernels, row by
+/// row) as `N` matrices `c_out × c_in` stored by `layout`: the `ξ`-th holds
+/// element `ξ` of `transform(g)` for each kernel `g`. Threads split the
+/// output channels in whole panels, so that no two write the same rows (a
+/// serial transform was the largest single-threaded part of a decode).
+pub(super) fn transform_kernels<const N: usize>(
+    weight: &[f32],
+    c_out: usize,
+    c_in: usize,
+    layout: KernelLayout,
+    transform: impl Fn(&[f32; 9]) -> [f32; N] + Sync,
+) -> Vec<f32> {
+    let len = layout.matrix_len(c_out, c_in);
+    let mut kernels = vec![0f32; N * len];
+    let dst = SharedOut::new(&mut kernels);
+    let group = panels::ROWS * 9 * c_in;
+    weight[..(9 * c_out * c_in).min(weight.len())]
+        .par_chunks(group.max(1))
+        .enumerate()
+        .for_each(|(index, rows)| {
+            for (pair, g) in rows.chunks_exact(9).enumerate() {
+                let Some(g) = g.first_chunk::<9>() else {
+                    continue;
+                };
+                let row = index * panels::ROWS + pair / c_in;
+                let at = layout.offset(c_out, c_in, row, pair % c_in);
+                for (xi, value) in transform(g).into_iter().enumerate() {
+                    // SAFETY: `at < len`, so `xi * len + at < N * len`; the
+                    // layouts place distinct (row, column) pairs at distinct
+                    // offsets, and this task owns rows `index * ROWS..` alone.
+                    unsafe { *dst.at(xi * len + at) = value };
+                }
+            }
+        });
+    kernels
 }
 
 /// One output channel's row of each Winograd product matrix (16 for

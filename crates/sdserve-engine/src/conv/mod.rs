@@ -20,6 +20,7 @@
 //! Summation order differs from candle's (the gemm blocks `k` differently),
 //! so results agree within f32 rounding, which the tests bound.
 
+mod bands;
 mod panels;
 mod winograd;
 mod winograd4;

@@ -16,6 +16,7 @@
 
 use std::ops::Range;
 
+use super::bands::Bands;
 use super::winograd_common::{transform_kernels, KernelLayout, Products};
 use super::{run_tasks, times_packed, Dims, Lhs, Precision};
 use crate::bf16_gemm::{wide_a_panels, Matrix, PackedA, PackedB};
@@ -125,17 +126,18 @@ pub(super) fn run(
     let tiles_x = d.out_w.div_ceil(2);
     let tiles_y = d.out_h.div_ceil(2);
     let per_tile_row = 16 * 4 * (d.c_in + d.c_out) * tiles_x;
-    let rows = (band_bytes / per_tile_row.max(1)).clamp(1, tiles_y);
-    let bands = tiles_y.div_ceil(rows);
-    let tasks = d.batch * bands;
+    let max_rows = band_bytes / per_tile_row.max(1);
+    let threads = candle_core::utils::get_num_threads();
+    let bands = Bands::plan(d.batch, tiles_y, max_rows, threads);
+    let tasks = d.batch * bands.count();
     let dst = SharedOut::new(out);
     let image_len = d.c_in * d.h * d.w;
     run_tasks(tasks, |scratch: &mut Scratch, index, inner| {
-        let (b, which) = (index / bands, index % bands);
+        let (b, which) = (index / bands.count(), index % bands.count());
         let band = Band {
             d: &d,
             padding,
-            tys: which * rows..((which + 1) * rows).min(tiles_y),
+            tys: bands.rows(which),
             tiles_x,
         };
         let tys = band.tys.clone();

@@ -167,7 +167,14 @@ impl ResnetBlock {
             _ => h,
         };
         let h = self.conv2.forward(&self.norm2.forward(&h, true)?)?;
-        (shortcut + h)? / self.output_scale_factor
+        let sum = (shortcut + h)?;
+        // Every SD VAE and UNet has 1: the division would be a full
+        // single-threaded pass over the block's output for nothing.
+        if self.output_scale_factor == 1.0 {
+            Ok(sum)
+        } else {
+            sum / self.output_scale_factor
+        }
     }
 }
 

@@ -49,6 +49,7 @@ mod transformer;
 mod unet;
 mod unet_batch;
 mod unet_blocks;
+mod upsample;
 mod vae;
 mod vae_encoder;
 mod vae_tiling;

@@ -193,7 +193,7 @@ impl TinyVaeDecoder {
                 Layer::Block(block) => block.forward(&x)?,
                 Layer::Upsample(factor) => {
                     let (_, _, h, w) = x.dims4()?;
-                    x.upsample_nearest2d(h * factor, w * factor)?
+                    crate::upsample::upsample_nearest(&x, h * factor, w * factor)?
                 }
             };
         }

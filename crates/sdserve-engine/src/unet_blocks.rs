@@ -97,7 +97,8 @@ impl Upsample {
     pub fn forward(&self, xs: &Tensor, size: Option<(usize, usize)>) -> Result<Tensor> {
         let (_, _, h, w) = xs.dims4()?;
         let (h, w) = size.unwrap_or((2 * h, 2 * w));
-        self.conv.forward(&xs.upsample_nearest2d(h, w)?)
+        self.conv
+            .forward(&crate::upsample::upsample_nearest(xs, h, w)?)
     }
 }
 

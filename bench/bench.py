@@ -19,7 +19,7 @@ stays small and cannot inflate the children's numbers.
 
 `--mode best` times each tool's fastest CPU mode instead of f32: diffusers under
 `torch.autocast("cpu", dtype=torch.bfloat16)`, sdserve with `--dtype bf16` where
-the CPU has AVX512-BF16 or AMX, else `--dtype f32`.
+the CPU has AMX, else `--dtype f32` (its fastest there; see sdserve_best_dtype).
 
 Results go to stdout as markdown; progress goes to stderr.
 """
@@ -331,11 +331,32 @@ def diffusers_child(args) -> None:
 # --- timing harness -----------------------------------------------------------
 
 
-def run_timed(cmd: list[str]) -> dict:
+def thread_env(threads: int | None) -> dict[str, str]:
+    """The environment that runs both tools on `threads` threads (None: their defaults).
+
+    torch takes its intra-op thread count from OMP_NUM_THREADS at import;
+    sdserve's pool (and candle's and the gemm crate's) from RAYON_NUM_THREADS.
+    """
+    env = dict(os.environ)
+    if threads is not None:
+        env["OMP_NUM_THREADS"] = env["RAYON_NUM_THREADS"] = str(threads)
+    return env
+
+
+def parse_threads(text: str) -> list[int | None]:
+    if not text:
+        return [None]
+    counts = [int(part) for part in text.split(",")]
+    if any(n < 1 for n in counts):
+        raise SystemExit(f"--threads: counts must be at least 1, got {text!r}")
+    return counts
+
+
+def run_timed(cmd: list[str], env: dict[str, str] | None = None) -> dict:
     """Run cmd as a fresh process; wall seconds and that process's peak RSS."""
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         t0 = time.perf_counter()
-        proc = subprocess.Popen(cmd, stdout=out, stderr=err, cwd=REPO)
+        proc = subprocess.Popen(cmd, stdout=out, stderr=err, cwd=REPO, env=env)
         _, status, usage = os.wait4(proc.pid, 0)
         wall = time.perf_counter() - t0
         proc.returncode = os.waitstatus_to_exitcode(status)
@@ -371,10 +392,12 @@ def cpu_flags() -> set[str]:
 
 
 def sdserve_best_dtype() -> str:
-    """sdserve's fastest CPU mode: bf16 where the CPU multiplies bf16 itself
-    (AVX512-BF16 or AMX), else f32 (bf16 would run generic half-precision
-    ops there, slower than f32; sdserve warns so)."""
-    return "bf16" if cpu_flags() & {"avx512_bf16", "amx_bf16"} else "f32"
+    """sdserve's fastest CPU mode: bf16 where the CPU has AMX tiles (and
+    SDSERVE_NO_AMX is unset), else f32. With AVX512-BF16 alone, bf16 measured
+    1.7x slower than f32 at 512x512 (bench/README.md, session 11); without
+    either, bf16 runs generic half-precision ops, slower still."""
+    amx = "amx_bf16" in cpu_flags() and not os.environ.get("SDSERVE_NO_AMX")
+    return "bf16" if amx else "f32"
 
 
 def sdserve_cmd(binary: Path, model: Path, prompt: str, steps: int, w: int, h: int, output: Path, mode: str,
@@ -464,39 +487,43 @@ def bench(args) -> None:
         do_sdserve = False
     sizes = parse_sizes(args.sizes)
 
+    thread_counts = parse_threads(args.threads)
     results = {}
     details = {}
     env_info = {}
     with tempfile.TemporaryDirectory(prefix="sdserve-bench-") as tmp:
         tmpd = Path(tmp)
         for w, h in sizes:
-            for tool in ("diffusers", "sdserve"):
-                if tool == "diffusers" and args.skip_diffusers:
-                    continue
-                if tool == "sdserve" and not do_sdserve:
-                    continue
-                runs = []
-                for i in range(args.runs):
-                    out = tmpd / f"{tool}-{w}x{h}-{i}.png"
-                    cmd = (
-                        diffusers_cmd(cache, args.prompt, args.steps, w, h, out, args.mode, tiny, args.step_cache)
-                        if tool == "diffusers"
-                        else sdserve_cmd(binary, cache, args.prompt, args.steps, w, h, out, args.mode, tiny,
-                                         args.step_cache)
-                    )
-                    log(f"[{tool} {w}x{h} run {i + 1}/{args.runs}] ...")
-                    r = run_timed(cmd)
-                    if not out.exists():
-                        log(f"{tool} produced no image at {out}")
-                        raise SystemExit(1)
-                    log(f"[{tool} {w}x{h} run {i + 1}/{args.runs}] {r['wall_s']:.1f}s, peak RSS {r['peak_rss_mib']:.0f} MiB")
-                    runs.append(r)
-                results[(w, h, tool)] = summarize(runs)
-                details[(w, h, tool)] = diffusers_detail(runs) if tool == "diffusers" else sdserve_detail(runs)
-                if tool == "diffusers":
-                    for line in runs[0]["stdout"].splitlines():
-                        if line.startswith("BENCH_JSON "):
-                            env_info = json.loads(line[len("BENCH_JSON ") :])
+            for threads in thread_counts:
+                for tool in ("diffusers", "sdserve"):
+                    if tool == "diffusers" and args.skip_diffusers:
+                        continue
+                    if tool == "sdserve" and not do_sdserve:
+                        continue
+                    label = f"{tool} {w}x{h}" + (f" {threads} threads" if threads else "")
+                    runs = []
+                    for i in range(args.runs):
+                        out = tmpd / f"{tool}-{w}x{h}-{threads}-{i}.png"
+                        cmd = (
+                            diffusers_cmd(cache, args.prompt, args.steps, w, h, out, args.mode, tiny, args.step_cache)
+                            if tool == "diffusers"
+                            else sdserve_cmd(binary, cache, args.prompt, args.steps, w, h, out, args.mode, tiny,
+                                             args.step_cache)
+                        )
+                        log(f"[{label} run {i + 1}/{args.runs}] ...")
+                        r = run_timed(cmd, thread_env(threads))
+                        if not out.exists():
+                            log(f"{tool} produced no image at {out}")
+                            raise SystemExit(1)
+                        log(f"[{label} run {i + 1}/{args.runs}] {r['wall_s']:.1f}s, peak RSS {r['peak_rss_mib']:.0f} MiB")
+                        runs.append(r)
+                    key = (w, h, threads, tool)
+                    results[key] = summarize(runs)
+                    details[key] = diffusers_detail(runs) if tool == "diffusers" else sdserve_detail(runs)
+                    if tool == "diffusers":
+                        for line in runs[0]["stdout"].splitlines():
+                            if line.startswith("BENCH_JSON "):
+                                env_info = json.loads(line[len("BENCH_JSON ") :])
         sdserve_version = ""
         if do_sdserve:
             try:
@@ -521,9 +548,12 @@ def bench(args) -> None:
     for line in machine_info():
         print(f"- {line}")
     if env_info:
+        threads_note = (
+            "(default, not set)" if thread_counts == [None] else "(set per row by OMP_NUM_THREADS, as sdserve's RAYON_NUM_THREADS)"
+        )
         print(
             f"- diffusers {env_info['diffusers']}, torch {env_info['torch']}, "
-            f"torch.get_num_threads() = {env_info['torch_threads']} (default, not set)"
+            f"torch.get_num_threads() = {env_info['torch_threads']} in the last row {threads_note}"
         )
     if sdserve_version:
         print(f"- {sdserve_version} ({binary})")
@@ -537,27 +567,43 @@ def bench(args) -> None:
         f"{args.runs} run(s) per cell, each a fresh process (start-up + load + generate + PNG write)"
     )
     print()
-    print("| size | tool | median s | min s | peak RSS MiB | breakdown (median / last run) |")
-    print("|---|---|---:|---:|---:|---|")
+    shown = lambda t: "default" if t is None else str(t)  # noqa: E731
+    print("| size | threads | tool | median s | min s | peak RSS MiB | breakdown (median / last run) |")
+    print("|---|---:|---|---:|---:|---:|---|")
     for w, h in sizes:
-        for tool in ("diffusers", "sdserve"):
-            r = results.get((w, h, tool))
-            if r:
-                print(
-                    f"| {w}x{h} | {tool} | {r['median_s']:.1f} | {r['min_s']:.1f} | "
-                    f"{r['peak_rss_mib']:.0f} | {details[(w, h, tool)]} |"
-                )
-    if any((w, h, "sdserve") in results and (w, h, "diffusers") in results for w, h in sizes):
+        for threads in thread_counts:
+            for tool in ("diffusers", "sdserve"):
+                r = results.get((w, h, threads, tool))
+                if r:
+                    print(
+                        f"| {w}x{h} | {shown(threads)} | {tool} | {r['median_s']:.1f} | {r['min_s']:.1f} | "
+                        f"{r['peak_rss_mib']:.0f} | {details[(w, h, threads, tool)]} |"
+                    )
+    pairs = [(w, h, t) for w, h in sizes for t in thread_counts
+             if (w, h, t, "sdserve") in results and (w, h, t, "diffusers") in results]  # fmt: skip
+    if pairs:
         print()
-        print("| size | time sdserve/diffusers | peak RSS sdserve/diffusers |")
-        print("|---|---:|---:|")
+        print("| size | threads | time sdserve/diffusers | peak RSS sdserve/diffusers |")
+        print("|---|---:|---:|---:|")
+        for w, h, t in pairs:
+            s, d = results[(w, h, t, "sdserve")], results[(w, h, t, "diffusers")]
+            print(
+                f"| {w}x{h} | {shown(t)} | {s['median_s'] / d['median_s']:.2f} | "
+                f"{s['peak_rss_mib'] / d['peak_rss_mib']:.2f} |"
+            )
+    if len(thread_counts) > 1:
+        # Scaling: each tool's speed-up over its own run on the first count.
+        first = thread_counts[0]
+        print()
+        print(f"| size | threads | diffusers speed-up over {first} | sdserve speed-up over {first} |")
+        print("|---|---:|---:|---:|")
         for w, h in sizes:
-            s, d = results.get((w, h, "sdserve")), results.get((w, h, "diffusers"))
-            if s and d:
-                print(
-                    f"| {w}x{h} | {s['median_s'] / d['median_s']:.2f} | "
-                    f"{s['peak_rss_mib'] / d['peak_rss_mib']:.2f} |"
-                )
+            for t in thread_counts[1:]:
+                cells = []
+                for tool in ("diffusers", "sdserve"):
+                    base, now = results.get((w, h, first, tool)), results.get((w, h, t, tool))
+                    cells.append(f"{base['median_s'] / now['median_s']:.2f}x" if base and now else "")
+                print(f"| {w}x{h} | {t} | {cells[0]} | {cells[1]} |")
     print()
     print("Ratios below 1 mean sdserve is faster / uses less memory.")
 
@@ -587,6 +633,8 @@ def main() -> None:
     ap.add_argument("--mode", choices=MODES, default="f32", help="f32, or each tool's fastest CPU mode (default: %(default)s)")
     ap.add_argument("--steps", type=int, default=4, help="denoising steps (default: %(default)s)")
     ap.add_argument("--runs", type=int, default=2, help="runs per tool and size (default: %(default)s)")
+    ap.add_argument("--threads", default="", metavar="LIST",
+                    help="thread counts to run both tools with, e.g. 1,2,4 (default: each tool's own default)")
     ap.add_argument("--prompt", default=DEFAULT_PROMPT)
     ap.add_argument("--rebuild", action="store_true", help="rebuild the model even if cached")
     ap.add_argument("--skip-diffusers", action="store_true")

@@ -238,7 +238,7 @@ pub(crate) fn workspace_bytes(
         stride: 1,
         dilation: 1,
     };
-    if winograd4::applies(&d, g, precision) {
+    if winograd4::applies(&d, g) {
         winograd4::kernel_bytes(&d) as u64
     } else if winograd::applies(&d, g, precision) {
         winograd::kernel_bytes(&d, precision) as u64
@@ -344,7 +344,16 @@ fn run(
     if out.is_empty() {
         return out;
     }
-    if let (true, Matrix::F32(weight)) = (winograd4::applies(&d, g, precision), weight) {
+    if winograd4::applies(&d, g) {
+        // F(4×4) multiplies in f32 whatever the weights' dtype.
+        let widened: Vec<f32>;
+        let weight = match weight {
+            Matrix::F32(w) => w,
+            Matrix::Bf16(w) => {
+                widened = w.iter().map(|v| v.to_f32()).collect();
+                &widened
+            }
+        };
         winograd4::run(input, weight, bias, d, g.padding, &mut out, BAND_BYTES);
     } else if winograd::applies(&d, g, precision) {
         // The kernel transform works in f32.

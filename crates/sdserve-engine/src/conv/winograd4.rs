@@ -12,9 +12,11 @@
 //! The price is exactness and memory: the transforms' constants reach 1/24
 //! and 8 (the interpolation points 0, ±1, ±2), so rounding grows (to about
 //! 1e-7 of a term's size on random data, within F(2×2)'s tested bound), and
-//! the transformed kernels take 4× the weight. bf16
-//! products keep F(2×2): their 8-bit mantissas would carry the larger
-//! constants' error into the image.
+//! the transformed kernels take 4× the weight. Its products are always f32:
+//! bf16 products' 8-bit mantissas would carry the larger constants' error
+//! into the image. Layers with bf16 weights take this path too, their
+//! weights widened: on an AVX512-BF16 CPU without AMX, F(4×4) in f32 beat
+//! F(2×2) with `vdpbf16ps` products (bench/README.md, session 11).
 
 use std::ops::Range;
 
@@ -36,9 +38,8 @@ const LANES: usize = 8;
 const POINTS: usize = 36;
 
 /// Whether the convolution `d` with geometry `g` takes this path.
-pub(super) fn applies(d: &Dims, g: super::ConvGeometry, precision: Precision) -> bool {
-    precision == Precision::F32
-        && d.kh == 3
+pub(super) fn applies(d: &Dims, g: super::ConvGeometry) -> bool {
+    d.kh == 3
         && d.kw == 3
         && g.stride == 1
         && g.dilation == 1
@@ -469,7 +470,7 @@ mod tests {
     /// f32 only, 3×3 at stride 1, outputs of at least 64×64, kernels whose
     /// transform stays under the cap.
     #[test]
-    fn applies_to_large_f32_stride_one_three_by_three_convolutions_only() {
+    fn applies_to_large_stride_one_three_by_three_convolutions_only() {
         let dims = |c_in: usize, c_out: usize, size: usize, k: usize| Dims {
             batch: 1,
             c_in,
@@ -486,20 +487,15 @@ mod tests {
             stride: 1,
             dilation: 1,
         };
-        let f32 = Precision::F32;
-        assert!(applies(&dims(128, 128, 512, 3), g, f32));
-        assert!(applies(&dims(512, 512, 64, 3), g, f32), "VAE's first level");
-        assert!(applies(&dims(960, 320, 64, 3), g, f32), "UNet's up block");
-        assert!(!applies(&dims(512, 512, 64, 3), g, Precision::Bf16));
-        assert!(!applies(&dims(640, 640, 32, 3), g, f32), "64 tiles");
-        assert!(
-            !applies(&dims(1920, 640, 64, 3), g, f32),
-            "kernels over the cap"
-        );
-        assert!(!applies(&dims(128, 128, 512, 1), g, f32));
+        assert!(applies(&dims(128, 128, 512, 3), g));
+        assert!(applies(&dims(512, 512, 64, 3), g), "VAE's first level");
+        assert!(applies(&dims(960, 320, 64, 3), g), "UNet's up block");
+        assert!(!applies(&dims(640, 640, 32, 3), g), "64 tiles");
+        assert!(!applies(&dims(1920, 640, 64, 3), g), "kernels over the cap");
+        assert!(!applies(&dims(128, 128, 512, 1), g));
         let strided = ConvGeometry { stride: 2, ..g };
-        assert!(!applies(&dims(128, 128, 512, 3), strided, f32));
+        assert!(!applies(&dims(128, 128, 512, 3), strided));
         let dilated = ConvGeometry { dilation: 2, ..g };
-        assert!(!applies(&dims(128, 128, 512, 3), dilated, f32));
+        assert!(!applies(&dims(128, 128, 512, 3), dilated));
     }
 }

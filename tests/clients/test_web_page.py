@@ -148,7 +148,10 @@ def generate_matches_the_api(page, api, shots):
     settings = {
         "prompt": "a red fox in the snow", "negative_prompt": "blurry", "sampler": "dpmpp_2m_sde",
         "sampler_label": "DPM++ 2M SDE", "schedule_type": "exponential",
-        "schedule_label": "Exponential", "steps": 8, "cfg_scale": 6.5, "width": 64, "height": 48,
+        # 40 steps: long enough (~0.5 s on the tiny model) for the event
+        # stream to show a running step even on a fast CPU; 8 steps (0.09 s)
+        # could finish between two events.
+        "schedule_label": "Exponential", "steps": 40, "cfg_scale": 6.5, "width": 64, "height": 48,
         "seed": 1234, "batch_size": 1,
     }
     fill_form(page, settings)
@@ -167,7 +170,7 @@ def generate_matches_the_api(page, api, shots):
     seen = page.evaluate("window.statusSeen")
     assert any(s.startswith("Step ") for s in seen), seen
     progress = page.eval_on_selector("#progress", "p => [p.value, p.max]")
-    assert progress == [8, 8], progress
+    assert progress == [settings["steps"]] * 2, progress
     expect(page.locator("#job-status")).to_contain_text("Done: 1 image")
     expect(page.get_by_role("button", name="Reuse last seed")).to_be_enabled()
     page.get_by_role("button", name="Random seed").click()
@@ -189,13 +192,13 @@ def viewer_reuses_settings(page, settings):
     page.get_by_role("button", name="Copy infotext").click()
     expect(page.locator("#viewer-message")).to_have_text("Infotext copied.")
     copied = page.evaluate("navigator.clipboard.readText()")
-    assert "Steps: 8" in copied and "Seed: 1234" in copied, copied
+    assert "Steps: 40," in copied and "Seed: 1234" in copied, copied
     download = page.get_by_role("link", name="Download")
     assert download.get_attribute("download").startswith("sdserve-1234-")
     page.get_by_role("button", name="Use these settings").click()
     expect(viewer).to_be_hidden()
     assert page.get_by_label("Prompt", exact=True).input_value() == settings["prompt"]
-    assert page.get_by_label("Steps", exact=True).input_value() == "8"
+    assert page.get_by_label("Steps", exact=True).input_value() == "40"
     assert page.get_by_label("CFG scale", exact=True).input_value() == "6.5"
     log("viewer: infotext copied, settings reused")
 

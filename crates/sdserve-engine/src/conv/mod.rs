@@ -344,8 +344,10 @@ fn run(
     if out.is_empty() {
         return out;
     }
-    if winograd4::applies(&d, g) {
-        // F(4×4) multiplies in f32 whatever the weights' dtype.
+    let four = winograd4::applies(&d, g);
+    if four || winograd::applies(&d, g, precision) {
+        // Both kernel transforms work in f32 (and F(4×4) multiplies in f32
+        // whatever the weights' dtype).
         let widened: Vec<f32>;
         let weight = match weight {
             Matrix::F32(w) => w,
@@ -354,20 +356,13 @@ fn run(
                 &widened
             }
         };
-        winograd4::run(input, weight, bias, d, g.padding, &mut out, BAND_BYTES);
-    } else if winograd::applies(&d, g, precision) {
-        // The kernel transform works in f32.
-        let widened: Vec<f32>;
-        let weight = match weight {
-            Matrix::F32(w) => w,
-            Matrix::Bf16(w) => {
-                widened = w.iter().map(|v| v.to_f32()).collect();
-                &widened
-            }
-        };
-        winograd::run(
-            input, weight, bias, d, g.padding, &mut out, BAND_BYTES, precision,
-        );
+        if four {
+            winograd4::run(input, weight, bias, d, g.padding, &mut out, BAND_BYTES);
+        } else {
+            winograd::run(
+                input, weight, bias, d, g.padding, &mut out, BAND_BYTES, precision,
+            );
+        }
     } else {
         let weight = match weight {
             Matrix::F32(w) => Lhs::new(w, d.c_out, d.k(), precision),
@@ -537,6 +532,8 @@ mod tests {
             // Winograd (at least 256 tiles of 2×2), odd and even edges
             (1, 8, 40, 40, 8, 3, 1, 1, 1),
             (2, 4, 36, 35, 5, 3, 0, 1, 1),
+            // F(4×4) (at least 256 tiles of 4×4), bf16 weights included
+            (1, 4, 64, 66, 3, 3, 1, 1, 1),
         ];
         let mut precision = vec![Precision::F32];
         if crate::bf16_gemm::available() {

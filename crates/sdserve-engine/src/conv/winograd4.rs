@@ -467,7 +467,7 @@ mod tests {
         assert_3x3_equals_the_direct_sum(&cases, run);
     }
 
-    /// f32 only, 3×3 at stride 1, outputs of at least 64×64, kernels whose
+    /// Any weight dtype, 3×3 at stride 1, outputs of at least 64×64, kernels whose
     /// transform stays under the cap.
     #[test]
     fn applies_to_large_stride_one_three_by_three_convolutions_only() {
